@@ -1,0 +1,682 @@
+//! `slb_conf.json`: the raw serde schema (`RawConfig`) and its validation into a typed
+//! [`Config`]. Pure: parsing takes a string, validation makes no system calls, and every error
+//! names the field path it is about.
+
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::net::{Ipv4Net, Protocol};
+use crate::sched::Algorithm;
+
+/// Where slbd looks for its configuration unless told otherwise.
+pub const DEFAULT_PATH: &str = "/etc/slb/slb_conf.json";
+
+/// The file as written, before validation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub address: String,
+    pub address_dev: String,
+    pub gateway: String,
+    pub gateway_dev: String,
+    pub cluster_network: String,
+    #[serde(default = "default_algorithm")]
+    pub algorithm: String,
+    /// Seconds a client stays with the real server it was given; 0 turns persistence off.
+    #[serde(default)]
+    pub persistence_timeout: u64,
+    pub services: Vec<RawService>,
+    #[serde(default)]
+    pub queue: RawQueue,
+    #[serde(default)]
+    pub flows: RawFlows,
+}
+
+fn default_algorithm() -> String {
+    "ROUND_ROBIN".to_string()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawService {
+    pub protocol: String,
+    pub port: u32,
+    /// Overrides the top-level algorithm for this service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<String>,
+    /// Overrides the top-level persistence timeout for this service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistence_timeout: Option<u64>,
+    pub servers: Vec<RawServer>,
+}
+
+/// A real server: `"172.16.0.2:80"`, or `{"address": "172.16.0.2:80", "weight": 3}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RawServer {
+    Plain(String),
+    Weighted(RawWeightedServer),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWeightedServer {
+    pub address: String,
+    #[serde(default = "default_weight")]
+    pub weight: u64,
+}
+
+fn default_weight() -> u64 {
+    1
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawQueue {
+    /// First NFQUEUE number slbd binds.
+    pub num: u32,
+    /// How many queues (one worker thread each); 0 means one per CPU core.
+    pub count: u32,
+    /// Packets the kernel holds per queue before it drops.
+    pub max_len: u32,
+    /// Let the kernel hand over segmentation-offloaded (GSO) packets whole.
+    pub gso: bool,
+}
+
+impl Default for RawQueue {
+    fn default() -> Self {
+        RawQueue {
+            num: 0,
+            count: 0,
+            max_len: 8192,
+            gso: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawFlows {
+    /// Flows tracked at most; new flows beyond it are refused.
+    pub max: u64,
+    pub tcp_timeout: u64,
+    pub tcp_closing_timeout: u64,
+    pub udp_timeout: u64,
+}
+
+impl Default for RawFlows {
+    fn default() -> Self {
+        // The established and FIN timeouts follow IPVS's defaults (900 s, 120 s would be its
+        // tcpfin; closed flows here are only kept to absorb retransmitted FIN/ACKs).
+        RawFlows {
+            max: 1 << 20,
+            tcp_timeout: 900,
+            tcp_closing_timeout: 30,
+            udp_timeout: 60,
+        }
+    }
+}
+
+/// A validated configuration: every address parsed, every cross-field rule checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub vip: Ipv4Addr,
+    pub vip_dev: String,
+    pub gateway: Ipv4Addr,
+    pub gateway_dev: String,
+    pub cluster_network: Ipv4Net,
+    pub algorithm: Algorithm,
+    pub persistence_timeout: Duration,
+    pub services: Vec<Service>,
+    pub queue: QueueConfig,
+    pub flows: FlowLimits,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Service {
+    pub protocol: Protocol,
+    pub port: u16,
+    pub algorithm: Algorithm,
+    pub persistence_timeout: Duration,
+    pub servers: Vec<RealServer>,
+}
+
+impl Service {
+    /// The name operators see in logs: `tcp/80`.
+    pub fn name(&self) -> String {
+        format!("{}/{}", self.protocol, self.port)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RealServer {
+    pub addr: SocketAddrV4,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueConfig {
+    pub num: u16,
+    /// 0 until the daemon resolves it to the number of cores.
+    pub count: u16,
+    pub max_len: u32,
+    pub gso: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowLimits {
+    pub max: u32,
+    pub tcp_timeout: Duration,
+    pub tcp_closing_timeout: Duration,
+    pub udp_timeout: Duration,
+}
+
+/// Largest weight a server may have; keeps the weighted schedulers' sums far from overflow.
+pub const MAX_WEIGHT: u64 = 10_000;
+const MAX_FLOWS: u64 = 1 << 24;
+
+/// One thing wrong with a configuration, at a field path such as `services[1].servers[0]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Why a configuration was refused. A file is checked as a whole, so all problems are listed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("not valid slb_conf.json: {0}")]
+    Syntax(String),
+    #[error("{}", list(.0))]
+    Invalid(Vec<FieldError>),
+}
+
+fn list(errors: &[FieldError]) -> String {
+    let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    lines.join("; ")
+}
+
+impl Config {
+    /// Parses and validates a configuration held in a string.
+    pub fn from_json(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig =
+            serde_json::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        Config::try_from(&raw)
+    }
+
+    /// Reads, parses and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::from_json(&text)
+    }
+
+    /// Finds a service by protocol and port.
+    pub fn service(&self, protocol: Protocol, port: u16) -> Option<&Service> {
+        self.services
+            .iter()
+            .find(|s| s.protocol == protocol && s.port == port)
+    }
+}
+
+/// Collects field errors while a configuration is checked.
+#[derive(Default)]
+struct Checker {
+    errors: Vec<FieldError>,
+}
+
+impl Checker {
+    fn fail(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(FieldError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    fn ipv4(&mut self, path: &str, value: &str) -> Option<Ipv4Addr> {
+        match value.parse::<Ipv4Addr>() {
+            Ok(ip) => Some(ip),
+            Err(_) => {
+                self.fail(path, format!("{value:?} is not an IPv4 address"));
+                None
+            }
+        }
+    }
+
+    fn device(&mut self, path: &str, value: &str) -> String {
+        // IFNAMSIZ is 16 including the NUL; the kernel also refuses '/', ':' and whitespace.
+        let ok = !value.is_empty()
+            && value.len() < 16
+            && value != "."
+            && value != ".."
+            && !value
+                .chars()
+                .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control());
+        if !ok {
+            self.fail(path, format!("{value:?} is not a network interface name"));
+        }
+        value.to_string()
+    }
+
+    fn seconds(&mut self, path: &str, value: u64, min: u64) -> Duration {
+        if value < min || value > 7 * 24 * 3600 {
+            self.fail(
+                path,
+                format!("{value} is out of range ({min} to 604800 seconds)"),
+            );
+        }
+        Duration::from_secs(value)
+    }
+
+    fn algorithm(&mut self, path: &str, value: &str) -> Algorithm {
+        match value.parse::<Algorithm>() {
+            Ok(a) => a,
+            Err(e) => {
+                self.fail(path, e.to_string());
+                Algorithm::RoundRobin
+            }
+        }
+    }
+}
+
+impl TryFrom<&RawConfig> for Config {
+    type Error = ConfigError;
+
+    fn try_from(raw: &RawConfig) -> Result<Config, ConfigError> {
+        let mut c = Checker::default();
+        let vip = c.ipv4("address", &raw.address);
+        let vip_dev = c.device("address_dev", &raw.address_dev);
+        let gateway = c.ipv4("gateway", &raw.gateway);
+        let gateway_dev = c.device("gateway_dev", &raw.gateway_dev);
+        let cluster_network = match raw.cluster_network.parse::<Ipv4Net>() {
+            Ok(n) if n.prefix() > 30 => {
+                c.fail(
+                    "cluster_network",
+                    format!("{n} leaves no room for a gateway and real servers"),
+                );
+                None
+            }
+            Ok(n) => Some(n),
+            Err(e) => {
+                c.fail("cluster_network", format!("{:?}: {e}", raw.cluster_network));
+                None
+            }
+        };
+        let algorithm = c.algorithm("algorithm", &raw.algorithm);
+        let persistence_timeout = c.seconds("persistence_timeout", raw.persistence_timeout, 0);
+
+        if let (Some(vip), Some(net)) = (vip, cluster_network) {
+            if net.contains(vip) {
+                c.fail(
+                    "address",
+                    format!("the VIP {vip} must not be inside cluster_network {net}"),
+                );
+            }
+        }
+        if let (Some(gw), Some(net)) = (gateway, cluster_network) {
+            if !net.contains(gw) {
+                c.fail(
+                    "gateway",
+                    format!("{gw} is not inside cluster_network {net}"),
+                );
+            } else if gw == net.addr() || gw == net.broadcast() {
+                c.fail(
+                    "gateway",
+                    format!("{gw} is the network or broadcast address of {net}"),
+                );
+            }
+        }
+        if vip.is_some() && vip == gateway {
+            c.fail("gateway", "must differ from address (the VIP)");
+        }
+
+        if raw.services.is_empty() {
+            c.fail("services", "at least one service is needed");
+        }
+        let mut services: Vec<Service> = Vec::new();
+        for (i, s) in raw.services.iter().enumerate() {
+            let Some(svc) =
+                service(&mut c, i, s, algorithm, persistence_timeout, cluster_network, gateway)
+            else {
+                continue;
+            };
+            if services.iter().any(|o| (o.protocol, o.port) == (svc.protocol, svc.port)) {
+                c.fail(format!("services[{i}]"), format!("{} is defined twice", svc.name()));
+            } else {
+                services.push(svc);
+            }
+        }
+
+        let queue = queue(&mut c, &raw.queue);
+        let flows = flows(&mut c, &raw.flows);
+
+        if !c.errors.is_empty() {
+            return Err(ConfigError::Invalid(c.errors));
+        }
+        Ok(Config {
+            vip: vip.expect("checked"),
+            vip_dev,
+            gateway: gateway.expect("checked"),
+            gateway_dev,
+            cluster_network: cluster_network.expect("checked"),
+            algorithm,
+            persistence_timeout,
+            services,
+            queue,
+            flows,
+        })
+    }
+}
+
+fn service(
+    c: &mut Checker,
+    i: usize,
+    raw: &RawService,
+    default_algorithm: Algorithm,
+    default_persistence: Duration,
+    net: Option<Ipv4Net>,
+    gateway: Option<Ipv4Addr>,
+) -> Option<Service> {
+    let path = format!("services[{i}]");
+    let protocol = match raw.protocol.parse::<Protocol>() {
+        Ok(p) => Some(p),
+        Err(()) => {
+            c.fail(
+                format!("{path}.protocol"),
+                format!("{:?} is not \"tcp\" or \"udp\"", raw.protocol),
+            );
+            None
+        }
+    };
+    let port = port(c, &format!("{path}.port"), raw.port);
+    let algorithm = match &raw.algorithm {
+        Some(a) => c.algorithm(&format!("{path}.algorithm"), a),
+        None => default_algorithm,
+    };
+    let persistence_timeout = match raw.persistence_timeout {
+        Some(t) => c.seconds(&format!("{path}.persistence_timeout"), t, 0),
+        None => default_persistence,
+    };
+    if raw.servers.is_empty() {
+        c.fail(format!("{path}.servers"), "at least one real server is needed");
+    }
+    let mut servers = Vec::new();
+    for (j, s) in raw.servers.iter().enumerate() {
+        let spath = format!("{path}.servers[{j}]");
+        if let Some(server) = real_server(c, &spath, s, net, gateway) {
+            if servers.iter().any(|o: &RealServer| o.addr == server.addr) {
+                c.fail(spath, format!("{} is listed twice", server.addr));
+            } else {
+                servers.push(server);
+            }
+        }
+    }
+    Some(Service {
+        protocol: protocol?,
+        port: port?,
+        algorithm,
+        persistence_timeout,
+        servers,
+    })
+}
+
+fn port(c: &mut Checker, path: &str, value: u32) -> Option<u16> {
+    match u16::try_from(value) {
+        Ok(p) if p != 0 => Some(p),
+        _ => {
+            c.fail(path, format!("{value} is not a port (1 to 65535)"));
+            None
+        }
+    }
+}
+
+/// Parses `ADDRESS:PORT`, naming which half is wrong.
+pub fn parse_server_address(value: &str) -> Result<SocketAddrV4, String> {
+    let Some((a, p)) = value.rsplit_once(':') else {
+        return Err(format!("{value:?} is not ADDRESS:PORT"));
+    };
+    let ip: Ipv4Addr = a
+        .parse()
+        .map_err(|_| format!("{value:?} is not an IPv4 address"))?;
+    let port = p
+        .parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("{value:?} has no valid port (1 to 65535)"))?;
+    Ok(SocketAddrV4::new(ip, port))
+}
+
+fn real_server(
+    c: &mut Checker,
+    path: &str,
+    raw: &RawServer,
+    net: Option<Ipv4Net>,
+    gateway: Option<Ipv4Addr>,
+) -> Option<RealServer> {
+    let (address, weight) = match raw {
+        RawServer::Plain(a) => (a.as_str(), 1),
+        RawServer::Weighted(w) => (w.address.as_str(), w.weight),
+    };
+    let addr = match parse_server_address(address) {
+        Ok(a) => a,
+        Err(e) => {
+            c.fail(path, e);
+            return None;
+        }
+    };
+    if !(1..=MAX_WEIGHT).contains(&weight) {
+        c.fail(
+            format!("{path}.weight"),
+            format!("{weight} is out of range (1 to {MAX_WEIGHT})"),
+        );
+    }
+    if let Some(net) = net {
+        // NAT mode: replies only come back through slbd if the server routes via the gateway,
+        // which it can only do from inside the cluster network.
+        if !net.contains(*addr.ip()) {
+            c.fail(
+                path,
+                format!("{} is not inside cluster_network {net}", addr.ip()),
+            );
+        } else if *addr.ip() == net.addr() || *addr.ip() == net.broadcast() {
+            c.fail(
+                path,
+                format!("{} is the network or broadcast address of {net}", addr.ip()),
+            );
+        }
+    }
+    if Some(*addr.ip()) == gateway {
+        c.fail(path, format!("{} is the gateway address", addr.ip()));
+    }
+    Some(RealServer {
+        addr,
+        weight: weight.min(MAX_WEIGHT) as u32,
+    })
+}
+
+fn queue(c: &mut Checker, raw: &RawQueue) -> QueueConfig {
+    if raw.num > u32::from(u16::MAX) {
+        c.fail("queue.num", format!("{} is not a queue number (0 to 65535)", raw.num));
+    }
+    if raw.count > 64 {
+        c.fail("queue.count", format!("{} is out of range (0 to 64)", raw.count));
+    } else if raw.num + raw.count.max(1) > 65536 {
+        c.fail("queue.count", "queue numbers would run past 65535");
+    }
+    if !(16..=1 << 20).contains(&raw.max_len) {
+        c.fail(
+            "queue.max_len",
+            format!("{} is out of range (16 to 1048576)", raw.max_len),
+        );
+    }
+    QueueConfig {
+        num: raw.num.min(65535) as u16,
+        count: raw.count.min(64) as u16,
+        max_len: raw.max_len,
+        gso: raw.gso,
+    }
+}
+
+fn flows(c: &mut Checker, raw: &RawFlows) -> FlowLimits {
+    if !(1..=MAX_FLOWS).contains(&raw.max) {
+        c.fail("flows.max", format!("{} is out of range (1 to {MAX_FLOWS})", raw.max));
+    }
+    FlowLimits {
+        max: raw.max.clamp(1, MAX_FLOWS) as u32,
+        tcp_timeout: c.seconds("flows.tcp_timeout", raw.tcp_timeout, 1),
+        tcp_closing_timeout: c.seconds("flows.tcp_closing_timeout", raw.tcp_closing_timeout, 1),
+        udp_timeout: c.seconds("flows.udp_timeout", raw.udp_timeout, 1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"{
+        "address": "10.0.0.100",
+        "address_dev": "eth0",
+        "gateway": "172.16.0.1",
+        "gateway_dev": "eth1",
+        "cluster_network": "172.16.0.0/24",
+        "algorithm": "ROUND_ROBIN",
+        "persistence_timeout": 300,
+        "services": [
+            {"protocol": "tcp", "port": 80, "servers": ["172.16.0.2:80", "172.16.0.3:8080"]},
+            {"protocol": "udp", "port": 53, "algorithm": "RATIO",
+             "servers": [{"address": "172.16.0.2:53", "weight": 3}, "172.16.0.3:53"]}
+        ]
+    }"#;
+
+    fn errors_of(text: &str) -> Vec<String> {
+        match Config::from_json(text) {
+            Err(ConfigError::Invalid(errs)) => errs.iter().map(|e| e.to_string()).collect(),
+            other => panic!("expected field errors, got {other:?}"),
+        }
+    }
+
+    fn with(pointer: &str, value: serde_json::Value) -> String {
+        let mut v: serde_json::Value = serde_json::from_str(GOOD).unwrap();
+        *v.pointer_mut(pointer).unwrap() = value;
+        v.to_string()
+    }
+
+    #[test]
+    fn accepts_a_good_file() {
+        let c = Config::from_json(GOOD).unwrap();
+        assert_eq!(c.vip, Ipv4Addr::new(10, 0, 0, 100));
+        assert_eq!(c.services.len(), 2);
+        assert_eq!(c.services[1].algorithm, Algorithm::Ratio);
+        assert_eq!(c.services[0].algorithm, Algorithm::RoundRobin);
+        assert_eq!(c.services[1].servers[0].weight, 3);
+        assert_eq!(c.services[0].servers[1].addr.port(), 8080);
+        assert_eq!(c.services[0].persistence_timeout, Duration::from_secs(300));
+        assert_eq!(c.queue.max_len, 8192);
+        assert!(c.service(Protocol::Udp, 53).is_some());
+        assert!(c.service(Protocol::Tcp, 53).is_none());
+    }
+
+    #[test]
+    fn names_the_field_of_a_bad_server_address() {
+        let text = with(
+            "/services/1/servers/0",
+            serde_json::json!("172.16.0.300:80"),
+        );
+        assert_eq!(
+            errors_of(&text),
+            vec![r#"services[1].servers[0]: "172.16.0.300:80" is not an IPv4 address"#]
+        );
+    }
+
+    #[test]
+    fn reports_every_problem_at_once() {
+        let mut v: serde_json::Value = serde_json::from_str(GOOD).unwrap();
+        v["address"] = "10.0.0".into();
+        v["cluster_network"] = "172.16.0.1/24".into();
+        v["services"][0]["port"] = 70000.into();
+        v["services"][1]["protocol"] = "sctp".into();
+        let errs = errors_of(&v.to_string());
+        assert_eq!(
+            errs,
+            vec![
+                r#"address: "10.0.0" is not an IPv4 address"#,
+                r#"cluster_network: "172.16.0.1/24": host bits are set (did you mean 172.16.0.0/24?)"#,
+                "services[0].port: 70000 is not a port (1 to 65535)",
+                r#"services[1].protocol: "sctp" is not "tcp" or "udp""#,
+            ]
+        );
+    }
+
+    #[test]
+    fn checks_cross_field_rules() {
+        let cases: &[(&str, serde_json::Value, &str)] = &[
+            ("/address", "172.16.0.9".into(), "address: the VIP 172.16.0.9 must not be inside cluster_network 172.16.0.0/24"),
+            ("/gateway", "10.9.9.9".into(), "gateway: 10.9.9.9 is not inside cluster_network 172.16.0.0/24"),
+            ("/gateway", "172.16.0.255".into(), "gateway: 172.16.0.255 is the network or broadcast address of 172.16.0.0/24"),
+            ("/services/0/servers/0", "10.1.1.1:80".into(), "services[0].servers[0]: 10.1.1.1 is not inside cluster_network 172.16.0.0/24"),
+            ("/services/0/servers/0", "172.16.0.1:80".into(), "services[0].servers[0]: 172.16.0.1 is the gateway address"),
+            ("/services/0/servers/1", "172.16.0.2:80".into(), "services[0].servers[1]: 172.16.0.2:80 is listed twice"),
+            ("/services/0/servers/0", "172.16.0.2".into(), r#"services[0].servers[0]: "172.16.0.2" is not ADDRESS:PORT"#),
+            ("/services/0/servers/0", "172.16.0.2:0".into(), r#"services[0].servers[0]: "172.16.0.2:0" has no valid port (1 to 65535)"#),
+            ("/services/1/servers/0/weight", 0.into(), "services[1].servers[0].weight: 0 is out of range (1 to 10000)"),
+            ("/services/0/servers", serde_json::json!([]), "services[0].servers: at least one real server is needed"),
+            ("/services", serde_json::json!([]), "services: at least one service is needed"),
+            ("/algorithm", "FASTEST".into(), r#"algorithm: "FASTEST" is not a scheduling algorithm (ROUND_ROBIN, RATIO)"#),
+            ("/address_dev", "eth0 ".into(), r#"address_dev: "eth0 " is not a network interface name"#),
+            ("/gateway_dev", "averyveryverylongname".into(), r#"gateway_dev: "averyveryverylongname" is not a network interface name"#),
+            ("/cluster_network", "172.16.0.0/31".into(), "cluster_network: 172.16.0.0/31 leaves no room for a gateway and real servers"),
+        ];
+        for (pointer, value, expected) in cases {
+            assert_eq!(errors_of(&with(pointer, value.clone())), vec![*expected], "{pointer}");
+        }
+    }
+
+    #[test]
+    fn refuses_duplicate_services() {
+        let mut v: serde_json::Value = serde_json::from_str(GOOD).unwrap();
+        v["services"][1]["protocol"] = "TCP".into();
+        v["services"][1]["port"] = 80.into();
+        assert_eq!(errors_of(&v.to_string()), vec!["services[1]: tcp/80 is defined twice"]);
+    }
+
+    #[test]
+    fn refuses_unknown_fields_and_bad_json() {
+        let text = GOOD.replace("\"gateway_dev\"", "\"gateway_device\"");
+        let err = Config::from_json(&text).unwrap_err().to_string();
+        assert!(err.contains("unknown field `gateway_device`"), "{err}");
+        let err = Config::from_json("{\"address\": ").unwrap_err().to_string();
+        assert!(err.starts_with("not valid slb_conf.json"), "{err}");
+    }
+
+    #[test]
+    fn parses_the_shipped_example() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../etc/slb/slb_conf.json");
+        let c = Config::load(Path::new(path)).unwrap();
+        assert!(!c.services.is_empty());
+    }
+
+    #[test]
+    fn raw_config_round_trips_through_json() {
+        let raw: RawConfig = serde_json::from_str(GOOD).unwrap();
+        let again: RawConfig = serde_json::from_str(&serde_json::to_string(&raw).unwrap()).unwrap();
+        assert_eq!(raw, again);
+    }
+}

@@ -1,0 +1,496 @@
+//! The flow table: which real server each client connection was given, looked up from either
+//! direction (client → VIP requests and real server → client replies), with TCP state and idle
+//! timeouts. Pure: every call takes `now` in milliseconds and expiry returns what it evicted.
+//!
+//! Layout, for memory per flow: flows live in one `Vec` of 28-byte slots with an intrusive free
+//! list, and the two indices are `hashbrown::HashTable<u32>` holding only slot numbers (5 bytes
+//! a bucket with its control byte), hashing the key read back from the slot.
+
+use std::hash::BuildHasher;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
+
+use hashbrown::{DefaultHashBuilder, HashTable};
+
+use crate::net::Protocol;
+use crate::packet::tcp_flags;
+
+/// A flow's 5-tuple as seen in one direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub protocol: Protocol,
+    pub src: SocketAddrV4,
+    pub dst: SocketAddrV4,
+}
+
+/// Idle timeouts by state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub tcp: Duration,
+    /// TCP after a FIN or RST, and TCP handshakes that got no reply yet.
+    pub tcp_closing: Duration,
+    pub udp: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum State {
+    Free = 0,
+    /// A TCP SYN went to the server; nothing came back yet.
+    Opening,
+    Established,
+    /// A FIN or RST was seen.
+    Closing,
+}
+
+/// Timestamps are stored in units of 100 ms to fit a `u32` for 13 years of uptime.
+const TICK_MS: u64 = 100;
+
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    client_ip: u32,
+    vip_ip: u32,
+    server_ip: u32,
+    client_port: u16,
+    vip_port: u16,
+    server_port: u16,
+    protocol: u8,
+    state: State,
+    last_seen: u32,
+    /// The caller's tag for the flow; the next free slot while the slot is free.
+    tag: u32,
+}
+
+const NO_SLOT: u32 = u32::MAX;
+
+impl Slot {
+    fn request_key(&self) -> FlowKey {
+        FlowKey {
+            protocol: self.proto(),
+            src: SocketAddrV4::new(self.client_ip.into(), self.client_port),
+            dst: SocketAddrV4::new(self.vip_ip.into(), self.vip_port),
+        }
+    }
+
+    fn reply_key(&self) -> FlowKey {
+        FlowKey {
+            protocol: self.proto(),
+            src: SocketAddrV4::new(self.server_ip.into(), self.server_port),
+            dst: SocketAddrV4::new(self.client_ip.into(), self.client_port),
+        }
+    }
+
+    fn proto(&self) -> Protocol {
+        if self.protocol == Protocol::Udp as u8 {
+            Protocol::Udp
+        } else {
+            Protocol::Tcp
+        }
+    }
+
+    fn ended(&self) -> Ended {
+        let r = self.request_key();
+        Ended {
+            protocol: r.protocol,
+            client: r.src,
+            vip: r.dst,
+            server: SocketAddrV4::new(self.server_ip.into(), self.server_port),
+            tag: self.tag,
+        }
+    }
+}
+
+/// A flow that left the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ended {
+    pub protocol: Protocol,
+    pub client: SocketAddrV4,
+    pub vip: SocketAddrV4,
+    pub server: SocketAddrV4,
+    pub tag: u32,
+}
+
+/// Where a request packet of a known flow goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placed {
+    pub server: SocketAddrV4,
+    pub tag: u32,
+}
+
+/// The result of looking up a request packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    Found(Placed),
+    Missing,
+    /// A SYN reused the 5-tuple of a flow that had closed: the old flow ended and the packet
+    /// starts a new one, to be scheduled afresh.
+    Reused(Ended),
+}
+
+/// The table is at its configured maximum; the new flow was not added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("flow table full")]
+pub struct Full;
+
+pub struct FlowTable {
+    slots: Vec<Slot>,
+    free_head: u32,
+    len: u32,
+    max: u32,
+    by_request: HashTable<u32>,
+    by_reply: HashTable<u32>,
+    hasher: DefaultHashBuilder,
+    timeouts: Timeouts,
+    sweep_at: usize,
+}
+
+fn ticks(now_ms: u64) -> u32 {
+    (now_ms / TICK_MS) as u32
+}
+
+impl FlowTable {
+    pub fn new(timeouts: Timeouts, max: u32) -> FlowTable {
+        FlowTable {
+            slots: Vec::new(),
+            free_head: NO_SLOT,
+            len: 0,
+            max,
+            by_request: HashTable::new(),
+            by_reply: HashTable::new(),
+            hasher: DefaultHashBuilder::default(),
+            timeouts,
+            sweep_at: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn set_timeouts(&mut self, timeouts: Timeouts) {
+        self.timeouts = timeouts;
+    }
+
+    /// Heap bytes the table holds now, for the per-flow memory figure.
+    pub fn memory_bytes(&self) -> usize {
+        let bucket = std::mem::size_of::<u32>() + 1;
+        self.slots.capacity() * std::mem::size_of::<Slot>()
+            + (self.by_request.capacity() + self.by_reply.capacity()) * bucket
+    }
+
+    fn find(&self, table: &HashTable<u32>, key: &FlowKey, reply: bool) -> Option<u32> {
+        let hash = self.hasher.hash_one(key);
+        table
+            .find(hash, |&i| {
+                let s = &self.slots[i as usize];
+                (if reply { s.reply_key() } else { s.request_key() }) == *key
+            })
+            .copied()
+    }
+
+    /// Looks up a client → VIP packet and records what its TCP flags say.
+    pub fn lookup_request(&mut self, key: &FlowKey, flags: u8, now_ms: u64) -> Lookup {
+        let Some(i) = self.find(&self.by_request, key, false) else {
+            return Lookup::Missing;
+        };
+        let slot = &mut self.slots[i as usize];
+        let syn_only = flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
+        if key.protocol == Protocol::Tcp && syn_only && slot.state == State::Closing {
+            let ended = slot.ended();
+            self.remove(i);
+            return Lookup::Reused(ended);
+        }
+        slot.last_seen = ticks(now_ms);
+        if key.protocol == Protocol::Tcp && flags & (tcp_flags::FIN | tcp_flags::RST) != 0 {
+            slot.state = State::Closing;
+        }
+        Lookup::Found(Placed {
+            server: SocketAddrV4::new(slot.server_ip.into(), slot.server_port),
+            tag: slot.tag,
+        })
+    }
+
+    /// Looks up a real server → client packet; returns the VIP endpoint it must come from.
+    pub fn lookup_reply(&mut self, key: &FlowKey, flags: u8, now_ms: u64) -> Option<SocketAddrV4> {
+        let i = self.find(&self.by_reply, key, true)?;
+        let slot = &mut self.slots[i as usize];
+        slot.last_seen = ticks(now_ms);
+        if key.protocol == Protocol::Tcp {
+            if flags & (tcp_flags::FIN | tcp_flags::RST) != 0 {
+                slot.state = State::Closing;
+            } else if slot.state == State::Opening {
+                slot.state = State::Established;
+            }
+        }
+        Some(SocketAddrV4::new(slot.vip_ip.into(), slot.vip_port))
+    }
+
+    /// Adds a flow for a request packet that found none. A reply key already held by another
+    /// flow (two VIP ports that share a real server, used from one client port) is replaced so
+    /// that replies follow the newest flow.
+    pub fn insert(&mut self, key: &FlowKey, server: SocketAddrV4, tag: u32, now_ms: u64) -> Result<(), Full> {
+        if self.len >= self.max {
+            return Err(Full);
+        }
+        let slot = Slot {
+            client_ip: (*key.src.ip()).into(),
+            vip_ip: (*key.dst.ip()).into(),
+            server_ip: (*server.ip()).into(),
+            client_port: key.src.port(),
+            vip_port: key.dst.port(),
+            server_port: server.port(),
+            protocol: key.protocol as u8,
+            state: match key.protocol {
+                Protocol::Tcp => State::Opening,
+                Protocol::Udp => State::Established,
+            },
+            last_seen: ticks(now_ms),
+            tag,
+        };
+        if let Some(old) = self.find(&self.by_reply, &slot.reply_key(), true) {
+            self.remove(old);
+        }
+        let i = if self.free_head != NO_SLOT {
+            let i = self.free_head;
+            self.free_head = self.slots[i as usize].tag;
+            self.slots[i as usize] = slot;
+            i
+        } else {
+            self.slots.push(slot);
+            (self.slots.len() - 1) as u32
+        };
+        let (slots, hasher) = (&self.slots, &self.hasher);
+        let rq = hasher.hash_one(slot.request_key());
+        self.by_request
+            .insert_unique(rq, i, |&j| hasher.hash_one(slots[j as usize].request_key()));
+        let rp = hasher.hash_one(slot.reply_key());
+        self.by_reply
+            .insert_unique(rp, i, |&j| hasher.hash_one(slots[j as usize].reply_key()));
+        self.len += 1;
+        Ok(())
+    }
+
+    fn remove(&mut self, i: u32) {
+        let slot = self.slots[i as usize];
+        let hasher = &self.hasher;
+        if let Ok(e) = self
+            .by_request
+            .find_entry(hasher.hash_one(slot.request_key()), |&j| j == i)
+        {
+            e.remove();
+        }
+        if let Ok(e) = self
+            .by_reply
+            .find_entry(hasher.hash_one(slot.reply_key()), |&j| j == i)
+        {
+            e.remove();
+        }
+        let s = &mut self.slots[i as usize];
+        s.state = State::Free;
+        s.tag = self.free_head;
+        self.free_head = i;
+        self.len -= 1;
+    }
+
+    fn timeout(&self, s: &Slot) -> Duration {
+        match (s.proto(), s.state) {
+            (Protocol::Udp, _) => self.timeouts.udp,
+            (Protocol::Tcp, State::Established) => self.timeouts.tcp,
+            _ => self.timeouts.tcp_closing,
+        }
+    }
+
+    /// Examines up to `budget` slots, continuing where the last call stopped, and removes the
+    /// flows idle past their timeout. Bounded so a caller holding a lock holds it briefly.
+    pub fn expire(&mut self, now_ms: u64, budget: usize) -> Vec<Ended> {
+        let mut ended = Vec::new();
+        let now = ticks(now_ms);
+        for _ in 0..budget.min(self.slots.len()) {
+            if self.sweep_at >= self.slots.len() {
+                self.sweep_at = 0;
+            }
+            let i = self.sweep_at;
+            self.sweep_at += 1;
+            let s = self.slots[i];
+            if s.state == State::Free {
+                continue;
+            }
+            let limit = (self.timeout(&s).as_millis() as u64 / TICK_MS) as u32;
+            if now.wrapping_sub(s.last_seen) >= limit {
+                ended.push(s.ended());
+                self.remove(i as u32);
+            }
+        }
+        ended
+    }
+
+    /// Every flow in the table, for status and tests.
+    pub fn flows(&self) -> impl Iterator<Item = Ended> + '_ {
+        self.slots
+            .iter()
+            .filter(|s| s.state != State::Free)
+            .map(Slot::ended)
+    }
+}
+
+/// A flow's key as its request would carry it, from its parts.
+pub fn request_key(protocol: Protocol, client: SocketAddrV4, vip: Ipv4Addr, port: u16) -> FlowKey {
+    FlowKey {
+        protocol,
+        src: client,
+        dst: SocketAddrV4::new(vip, port),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packet::tcp_flags::{ACK, FIN, RST, SYN};
+
+    const T: Timeouts = Timeouts {
+        tcp: Duration::from_secs(900),
+        tcp_closing: Duration::from_secs(10),
+        udp: Duration::from_secs(30),
+    };
+
+    fn sa(s: &str) -> SocketAddrV4 {
+        s.parse().unwrap()
+    }
+
+    fn req(p: Protocol, client: &str) -> FlowKey {
+        FlowKey { protocol: p, src: sa(client), dst: sa("10.0.0.100:80") }
+    }
+
+    fn reply(p: Protocol, server: &str, client: &str) -> FlowKey {
+        FlowKey { protocol: p, src: sa(server), dst: sa(client) }
+    }
+
+    #[test]
+    fn finds_a_flow_from_both_directions() {
+        let mut t = FlowTable::new(T, 10);
+        let k = req(Protocol::Tcp, "10.0.0.5:4000");
+        assert_eq!(t.lookup_request(&k, SYN, 0), Lookup::Missing);
+        t.insert(&k, sa("172.16.0.2:8080"), 7, 0).unwrap();
+        assert_eq!(
+            t.lookup_request(&k, SYN, 1),
+            Lookup::Found(Placed { server: sa("172.16.0.2:8080"), tag: 7 })
+        );
+        let r = reply(Protocol::Tcp, "172.16.0.2:8080", "10.0.0.5:4000");
+        assert_eq!(t.lookup_reply(&r, SYN | ACK, 2), Some(sa("10.0.0.100:80")));
+        // Replies are matched, never guessed: another client port or server misses.
+        assert_eq!(t.lookup_reply(&reply(Protocol::Tcp, "172.16.0.2:8080", "10.0.0.5:4001"), ACK, 2), None);
+        assert_eq!(t.lookup_reply(&reply(Protocol::Tcp, "172.16.0.3:8080", "10.0.0.5:4000"), ACK, 2), None);
+        assert_eq!(t.lookup_reply(&reply(Protocol::Udp, "172.16.0.2:8080", "10.0.0.5:4000"), 0, 2), None);
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn tcp_timeouts_follow_state() {
+        let mut t = FlowTable::new(T, 10);
+        let k = req(Protocol::Tcp, "10.0.0.5:4000");
+        t.insert(&k, sa("172.16.0.2:80"), 0, 0).unwrap();
+        // An unanswered handshake is dropped after the short timeout.
+        assert!(t.expire(9_000, 10).is_empty());
+        assert_eq!(t.expire(10_000, 10).len(), 1);
+        assert!(t.is_empty());
+
+        t.insert(&k, sa("172.16.0.2:80"), 0, 0).unwrap();
+        let r = reply(Protocol::Tcp, "172.16.0.2:80", "10.0.0.5:4000");
+        t.lookup_reply(&r, SYN | ACK, 100);
+        assert!(t.expire(800_000, 10).is_empty(), "established flows live for the tcp timeout");
+        t.lookup_request(&k, FIN | ACK, 800_000);
+        assert!(t.expire(805_000, 10).is_empty());
+        let ended = t.expire(810_000, 10);
+        assert_eq!(ended.len(), 1);
+        assert_eq!(ended[0].server, sa("172.16.0.2:80"));
+        assert_eq!(ended[0].client, sa("10.0.0.5:4000"));
+    }
+
+    #[test]
+    fn rst_from_the_server_closes() {
+        let mut t = FlowTable::new(T, 10);
+        let k = req(Protocol::Tcp, "10.0.0.5:4000");
+        t.insert(&k, sa("172.16.0.2:80"), 0, 0).unwrap();
+        t.lookup_reply(&reply(Protocol::Tcp, "172.16.0.2:80", "10.0.0.5:4000"), RST, 0);
+        assert_eq!(t.expire(10_000, 10).len(), 1);
+    }
+
+    #[test]
+    fn udp_lives_for_its_own_timeout() {
+        let mut t = FlowTable::new(T, 10);
+        let k = req(Protocol::Udp, "10.0.0.5:5353");
+        t.insert(&k, sa("172.16.0.2:53"), 0, 0).unwrap();
+        t.lookup_request(&k, 0, 20_000);
+        assert!(t.expire(49_000, 10).is_empty());
+        assert_eq!(t.expire(50_000, 10).len(), 1);
+    }
+
+    #[test]
+    fn a_syn_on_a_closed_flow_starts_a_new_one_but_a_retransmitted_syn_does_not() {
+        let mut t = FlowTable::new(T, 10);
+        let k = req(Protocol::Tcp, "10.0.0.5:4000");
+        t.insert(&k, sa("172.16.0.2:80"), 1, 0).unwrap();
+        assert!(matches!(t.lookup_request(&k, SYN, 1000), Lookup::Found(_)));
+        t.lookup_request(&k, FIN | ACK, 2000);
+        match t.lookup_request(&k, SYN, 3000) {
+            Lookup::Reused(e) => assert_eq!(e.tag, 1),
+            other => panic!("expected Reused, got {other:?}"),
+        }
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn refuses_new_flows_when_full_and_reuses_freed_slots() {
+        let mut t = FlowTable::new(T, 2);
+        t.insert(&req(Protocol::Udp, "10.0.0.5:1"), sa("172.16.0.2:53"), 0, 0).unwrap();
+        t.insert(&req(Protocol::Udp, "10.0.0.5:2"), sa("172.16.0.2:53"), 0, 0).unwrap();
+        assert_eq!(t.insert(&req(Protocol::Udp, "10.0.0.5:3"), sa("172.16.0.2:53"), 0, 0), Err(Full));
+        assert_eq!(t.expire(60_000, 10).len(), 2);
+        t.insert(&req(Protocol::Udp, "10.0.0.5:3"), sa("172.16.0.2:53"), 0, 60_000).unwrap();
+        t.insert(&req(Protocol::Udp, "10.0.0.5:4"), sa("172.16.0.3:53"), 0, 60_000).unwrap();
+        assert_eq!(t.slots.len(), 2, "freed slots are reused");
+        assert!(t.lookup_reply(&reply(Protocol::Udp, "172.16.0.3:53", "10.0.0.5:4"), 0, 60_000).is_some());
+    }
+
+    #[test]
+    fn expiry_is_bounded_and_resumes() {
+        let mut t = FlowTable::new(T, 100);
+        for p in 0..50 {
+            t.insert(&req(Protocol::Udp, &format!("10.0.0.5:{}", p + 1)), sa("172.16.0.2:53"), 0, 0).unwrap();
+        }
+        assert_eq!(t.expire(60_000, 20).len(), 20);
+        assert_eq!(t.expire(60_000, 20).len(), 20);
+        assert_eq!(t.expire(60_000, 20).len(), 10);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn a_reply_key_collision_follows_the_newest_flow() {
+        let mut t = FlowTable::new(T, 10);
+        let a = FlowKey { protocol: Protocol::Tcp, src: sa("10.0.0.5:4000"), dst: sa("10.0.0.100:80") };
+        let b = FlowKey { protocol: Protocol::Tcp, src: sa("10.0.0.5:4000"), dst: sa("10.0.0.100:81") };
+        t.insert(&a, sa("172.16.0.2:80"), 0, 0).unwrap();
+        t.insert(&b, sa("172.16.0.2:80"), 0, 0).unwrap();
+        let r = reply(Protocol::Tcp, "172.16.0.2:80", "10.0.0.5:4000");
+        assert_eq!(t.lookup_reply(&r, ACK, 0), Some(sa("10.0.0.100:81")));
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.lookup_request(&a, ACK, 0), Lookup::Missing);
+    }
+
+    #[test]
+    fn memory_per_flow_stays_under_128_bytes() {
+        for n in [10_000u32, 100_000] {
+            let mut t = FlowTable::new(T, n);
+            for i in 0..n {
+                let client = SocketAddrV4::new(Ipv4Addr::from(0x0a00_0000 + (i >> 8)), 1024 + (i & 0xff) as u16);
+                t.insert(&FlowKey { protocol: Protocol::Tcp, src: client, dst: sa("10.0.0.100:80") }, sa("172.16.0.2:80"), 0, 0).unwrap();
+            }
+            let per_flow = t.memory_bytes() / n as usize;
+            assert!(per_flow <= 128, "{n} flows take {per_flow} bytes each");
+        }
+    }
+}

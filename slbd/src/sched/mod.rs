@@ -1,0 +1,126 @@
+//! Choosing a real server for a new flow. Pure: each algorithm is a small synchronous
+//! [`Scheduler`] that sees the candidate servers and returns an index; it never sees packets,
+//! sockets or clocks.
+
+mod ratio;
+mod round_robin;
+
+use std::fmt;
+use std::str::FromStr;
+
+pub use ratio::Ratio;
+pub use round_robin::RoundRobin;
+
+/// The scheduling algorithms a service can name in `slb_conf.json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    RoundRobin,
+    Ratio,
+}
+
+impl Algorithm {
+    pub const ALL: [Algorithm; 2] = [Algorithm::RoundRobin, Algorithm::Ratio];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::RoundRobin => "ROUND_ROBIN",
+            Algorithm::Ratio => "RATIO",
+        }
+    }
+
+    /// A fresh scheduler for `servers` candidates.
+    pub fn scheduler(self) -> Box<dyn Scheduler> {
+        match self {
+            Algorithm::RoundRobin => Box::new(RoundRobin::default()),
+            Algorithm::Ratio => Box::new(Ratio::default()),
+        }
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{given:?} is not a scheduling algorithm ({})", known())]
+pub struct UnknownAlgorithm {
+    given: String,
+}
+
+fn known() -> String {
+    let names: Vec<&str> = Algorithm::ALL.iter().map(|a| a.name()).collect();
+    names.join(", ")
+}
+
+impl FromStr for Algorithm {
+    type Err = UnknownAlgorithm;
+    fn from_str(s: &str) -> Result<Self, UnknownAlgorithm> {
+        Algorithm::ALL
+            .into_iter()
+            .find(|a| a.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| UnknownAlgorithm {
+                given: s.to_string(),
+            })
+    }
+}
+
+/// What a scheduler may know about one real server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Candidate {
+    pub weight: u32,
+    /// False while the server is out of rotation; such a server is never chosen.
+    pub up: bool,
+}
+
+/// Picks the index of the server a new flow goes to, or `None` when no server is up.
+pub trait Scheduler: Send {
+    fn pick(&mut self, servers: &[Candidate]) -> Option<usize>;
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    pub fn up(weights: &[u32]) -> Vec<Candidate> {
+        weights
+            .iter()
+            .map(|&weight| Candidate { weight, up: true })
+            .collect()
+    }
+
+    /// How many of `n` picks each server got.
+    pub fn spread(s: &mut dyn Scheduler, servers: &[Candidate], n: usize) -> Vec<usize> {
+        let mut counts = vec![0; servers.len()];
+        for _ in 0..n {
+            counts[s.pick(servers).expect("a server is up")] += 1;
+        }
+        counts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_names_case_insensitively() {
+        assert_eq!("round_robin".parse::<Algorithm>(), Ok(Algorithm::RoundRobin));
+        assert_eq!("RATIO".parse::<Algorithm>(), Ok(Algorithm::Ratio));
+        assert_eq!(
+            "LOWEST".parse::<Algorithm>().unwrap_err().to_string(),
+            r#""LOWEST" is not a scheduling algorithm (ROUND_ROBIN, RATIO)"#
+        );
+    }
+
+    #[test]
+    fn no_algorithm_picks_from_an_empty_or_all_down_set() {
+        for a in Algorithm::ALL {
+            let mut s = a.scheduler();
+            assert_eq!(s.pick(&[]), None, "{a}");
+            let down = [Candidate { weight: 1, up: false }; 3];
+            assert_eq!(s.pick(&down), None, "{a}");
+        }
+    }
+}

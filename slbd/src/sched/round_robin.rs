@@ -1,0 +1,52 @@
+//! ROUND_ROBIN: each new flow goes to the next server that is up, in configured order.
+
+use super::{Candidate, Scheduler};
+
+#[derive(Debug, Default)]
+pub struct RoundRobin {
+    next: usize,
+}
+
+impl Scheduler for RoundRobin {
+    fn pick(&mut self, servers: &[Candidate]) -> Option<usize> {
+        let n = servers.len();
+        (0..n)
+            .map(|k| (self.next + k) % n)
+            .find(|&i| servers[i].up)
+            .inspect(|&i| self.next = (i + 1) % n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{spread, up};
+    use super::*;
+
+    #[test]
+    fn spreads_evenly_in_order() {
+        let servers = up(&[1, 5, 1]);
+        let mut rr = RoundRobin::default();
+        let picks: Vec<_> = (0..6).map(|_| rr.pick(&servers).unwrap()).collect();
+        assert_eq!(picks, vec![0, 1, 2, 0, 1, 2]);
+        assert_eq!(spread(&mut rr, &servers, 30), vec![10, 10, 10]);
+    }
+
+    #[test]
+    fn skips_servers_that_are_down() {
+        let mut servers = up(&[1, 1, 1, 1]);
+        servers[1].up = false;
+        let mut rr = RoundRobin::default();
+        assert_eq!(spread(&mut rr, &servers, 30), vec![10, 0, 10, 10]);
+    }
+
+    #[test]
+    fn survives_the_server_list_shrinking() {
+        let mut rr = RoundRobin::default();
+        let four = up(&[1, 1, 1, 1]);
+        for _ in 0..3 {
+            rr.pick(&four);
+        }
+        let two = up(&[1, 1]);
+        assert_eq!(spread(&mut rr, &two, 10), vec![5, 5]);
+    }
+}
