@@ -1,0 +1,382 @@
+//! SHELL: writes a [`Ruleset`] into the kernel as slbd's own nftables table, in one atomic
+//! batch through `nftnl` + `mnl`, checks every ACK, and reads the table back to verify it.
+//! Side effects: creates, replaces and deletes the table `ip slb`, and nothing else.
+//!
+//! NFQUEUE comes in two forms. Kernels with `nft_queue` take the native `queue` expression;
+//! kernels without it (CONFIG_NFT_QUEUE unset) still take the xtables `NFQUEUE` target through
+//! nft_compat. [`probe`] finds out which, once, with a batch that adds and deletes a scratch
+//! table in the same transaction, so it leaves nothing behind either way.
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::ptr::NonNull;
+
+use nftnl::expr::{Bitwise, Cmp, CmpOp, Expression, Meta, Payload, Verdict};
+use nftnl::nftnl_sys as sys;
+use nftnl::{Batch, Chain, FinalizedBatch, MsgType, ProtoFamily, Rule, Table};
+
+use crate::net::Protocol;
+use crate::ruleset::{self, Action, Hook, Match, QueueRange, Ruleset};
+
+/// How a queue verdict is expressed to this kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueBackend {
+    /// nftables' own `queue` expression (nft_queue).
+    Native,
+    /// The xtables `NFQUEUE` target, revision 3, through nft_compat.
+    Xtables,
+}
+
+impl QueueBackend {
+    pub fn name(self) -> &'static str {
+        match self {
+            QueueBackend::Native => "native nft queue",
+            QueueBackend::Xtables => "xtables NFQUEUE target (nft_compat)",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NftError {
+    #[error("cannot open a netfilter netlink socket")]
+    Socket(#[source] io::Error),
+    #[error("the kernel refused the nftables batch")]
+    Batch(#[source] io::Error),
+    #[error("reading back table {table} failed")]
+    Dump {
+        table: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("table {table} holds {found} rules in chain {chain}, expected {expected}")]
+    Verify {
+        table: &'static str,
+        chain: &'static str,
+        expected: usize,
+        found: usize,
+    },
+    #[error("neither the native queue expression nor the xtables NFQUEUE target is available")]
+    NoQueue(#[source] io::Error),
+}
+
+const PROBE_TABLE: &CStr = c"slb_probe";
+
+fn table_name() -> CString {
+    CString::new(ruleset::TABLE).expect("no NUL in the table name")
+}
+
+/// Finds which queue expression this kernel takes.
+pub fn probe() -> Result<QueueBackend, NftError> {
+    let q = QueueRange { first: 0, count: 1 };
+    let try_backend = |backend| {
+        let table = Table::new(PROBE_TABLE, ProtoFamily::Ipv4);
+        let chain = Chain::new(c"probe", &table);
+        let mut rule = Rule::new(&chain);
+        add_queue(&mut rule, q, backend);
+        let mut batch = Batch::new();
+        batch.add(&table, MsgType::Add);
+        batch.add(&chain, MsgType::Add);
+        batch.add(&rule, MsgType::Add);
+        batch.add(&table, MsgType::Del);
+        send(&batch.finalize())
+    };
+    match try_backend(QueueBackend::Native) {
+        Ok(()) => Ok(QueueBackend::Native),
+        Err(NftError::Batch(_)) => match try_backend(QueueBackend::Xtables) {
+            Ok(()) => Ok(QueueBackend::Xtables),
+            Err(NftError::Batch(e)) => Err(NftError::NoQueue(e)),
+            Err(e) => Err(e),
+        },
+        Err(e) => Err(e),
+    }
+}
+
+/// Replaces slbd's table with `rules` in one transaction (a table left by an earlier slbd is
+/// taken over without a moment where the VIP is unguarded), then verifies it.
+pub fn apply(rules: &Ruleset, backend: QueueBackend) -> Result<(), NftError> {
+    let name = table_name();
+    let table = Table::new(&name, ProtoFamily::Ipv4);
+    let chains: Vec<Chain> = Ruleset::CHAINS
+        .iter()
+        .map(|c| {
+            let cname = CString::new(c.name).expect("no NUL in chain names");
+            let mut chain = Chain::new(&cname, &table);
+            let hook = match c.hook {
+                Hook::Prerouting => nftnl::Hook::PreRouting,
+                Hook::Postrouting => nftnl::Hook::PostRouting,
+            };
+            chain.set_hook(hook, c.priority);
+            chain.set_type(nftnl::ChainType::Filter);
+            chain.set_policy(nftnl::Policy::Accept);
+            chain
+        })
+        .collect();
+    let mut batch = Batch::new();
+    batch.add(&table, MsgType::Add);
+    batch.add(&table, MsgType::Del);
+    batch.add(&table, MsgType::Add);
+    for c in &chains {
+        batch.add(c, MsgType::Add);
+    }
+    for r in &rules.rules {
+        let chain = chains
+            .iter()
+            .find(|c| c.get_name().to_bytes() == r.chain.name.as_bytes())
+            .expect("every rule's chain is in CHAINS");
+        batch.add(&build_rule(chain, r, backend), MsgType::Add);
+    }
+    send(&batch.finalize())?;
+    verify(rules)
+}
+
+/// Deletes slbd's table if it exists.
+pub fn remove() -> Result<(), NftError> {
+    let name = table_name();
+    let table = Table::new(&name, ProtoFamily::Ipv4);
+    let mut batch = Batch::new();
+    // Adding first makes the delete succeed whether or not the table was there.
+    batch.add(&table, MsgType::Add);
+    batch.add(&table, MsgType::Del);
+    send(&batch.finalize())
+}
+
+fn build_rule<'a>(chain: &'a Chain<'a>, r: &ruleset::Rule, backend: QueueBackend) -> Rule<'a> {
+    let mut rule = Rule::new(chain);
+    for m in &r.matches {
+        add_match(&mut rule, m);
+    }
+    for a in &r.actions {
+        match a {
+            Action::Notrack => rule.add_expr(&Notrack),
+            Action::Drop => rule.add_expr(&Verdict::Drop),
+            Action::Queue(q) => add_queue(&mut rule, *q, backend),
+        }
+    }
+    if let Ok(c) = CString::new(r.comment.as_str()) {
+        // Comments only help `nft list ruleset` readers; a refused one is no reason to fail.
+        let _ = rule.set_comment(c);
+    }
+    rule
+}
+
+fn add_match(rule: &mut Rule, m: &Match) {
+    use nftnl::expr::{Ipv4HeaderField, NetworkHeaderField, TcpHeaderField, TransportHeaderField, UdpHeaderField};
+    let ip = |f| Payload::Network(NetworkHeaderField::Ipv4(f));
+    let port = |p: Protocol, src: bool| match (p, src) {
+        (Protocol::Tcp, true) => Payload::Transport(TransportHeaderField::Tcp(TcpHeaderField::Sport)),
+        (Protocol::Tcp, false) => Payload::Transport(TransportHeaderField::Tcp(TcpHeaderField::Dport)),
+        (Protocol::Udp, true) => Payload::Transport(TransportHeaderField::Udp(UdpHeaderField::Sport)),
+        (Protocol::Udp, false) => Payload::Transport(TransportHeaderField::Udp(UdpHeaderField::Dport)),
+    };
+    match *m {
+        Match::DaddrIs(a) => {
+            rule.add_expr(&ip(Ipv4HeaderField::Daddr));
+            rule.add_expr(&Cmp::new(CmpOp::Eq, a));
+        }
+        Match::SaddrIn(n) | Match::DaddrNotIn(n) => {
+            let (field, op) = match m {
+                Match::SaddrIn(_) => (Ipv4HeaderField::Saddr, CmpOp::Eq),
+                _ => (Ipv4HeaderField::Daddr, CmpOp::Neq),
+            };
+            rule.add_expr(&ip(field));
+            rule.add_expr(&Bitwise::new(n.netmask(), std::net::Ipv4Addr::UNSPECIFIED));
+            rule.add_expr(&Cmp::new(op, n.addr()));
+        }
+        Match::L4Proto(p) => {
+            rule.add_expr(&Meta::L4Proto);
+            rule.add_expr(&Cmp::new(CmpOp::Eq, p as u8));
+        }
+        Match::Dport(p, n) | Match::Sport(p, n) => {
+            rule.add_expr(&port(p, matches!(m, Match::Sport(..))));
+            rule.add_expr(&Cmp::new(CmpOp::Eq, &n.to_be_bytes()[..]));
+        }
+    }
+}
+
+fn add_queue(rule: &mut Rule, q: QueueRange, backend: QueueBackend) {
+    // Never NFT_QUEUE_FLAG_BYPASS (1): without a reader the packets must be dropped.
+    let flags: u16 = if q.fanout() { 2 } else { 0 };
+    match backend {
+        QueueBackend::Native => rule.add_expr(&NativeQueue { q, flags }),
+        QueueBackend::Xtables => rule.add_expr(&XtNfqueue { q, flags }),
+    }
+}
+
+macro_rules! alloc_expr {
+    ($name:expr) => {
+        NonNull::new(unsafe { sys::nftnl_expr_alloc($name.as_ptr()) })
+            .expect("libnftnl could not allocate an expression (out of memory)")
+    };
+}
+
+/// The `notrack` statement (nft_ct's notrack expression): keeps a packet out of conntrack.
+struct Notrack;
+
+impl Expression for Notrack {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        alloc_expr!(c"notrack")
+    }
+}
+
+/// nftables' native `queue num A-B [fanout]`.
+struct NativeQueue {
+    q: QueueRange,
+    flags: u16,
+}
+
+impl Expression for NativeQueue {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        let expr = alloc_expr!(c"queue");
+        unsafe {
+            sys::nftnl_expr_set_u16(expr.as_ptr(), sys::NFTNL_EXPR_QUEUE_NUM as u16, self.q.first);
+            sys::nftnl_expr_set_u16(expr.as_ptr(), sys::NFTNL_EXPR_QUEUE_TOTAL as u16, self.q.count);
+            sys::nftnl_expr_set_u16(expr.as_ptr(), sys::NFTNL_EXPR_QUEUE_FLAGS as u16, self.flags);
+        }
+        expr
+    }
+}
+
+/// The xtables `NFQUEUE` target, revision 3, run by nft_compat. Its info is the kernel's
+/// `struct xt_NFQ_info_v3 { __u16 queuenum, queues_total, flags; }`, padded to XT_ALIGN (8).
+struct XtNfqueue {
+    q: QueueRange,
+    flags: u16,
+}
+
+impl Expression for XtNfqueue {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        let expr = alloc_expr!(c"target");
+        let mut info = [0u8; 8];
+        info[0..2].copy_from_slice(&self.q.first.to_ne_bytes());
+        info[2..4].copy_from_slice(&self.q.count.to_ne_bytes());
+        info[4..6].copy_from_slice(&self.flags.to_ne_bytes());
+        unsafe {
+            sys::nftnl_expr_set_str(expr.as_ptr(), sys::NFTNL_EXPR_TG_NAME as u16, c"NFQUEUE".as_ptr());
+            sys::nftnl_expr_set_u32(expr.as_ptr(), sys::NFTNL_EXPR_TG_REV as u16, 3);
+            // libnftnl takes ownership of the info buffer and free()s it with the expression,
+            // so it must come from malloc.
+            let buf = sys::libc::malloc(info.len()) as *mut u8;
+            assert!(!buf.is_null(), "malloc of 8 bytes failed");
+            std::ptr::copy_nonoverlapping(info.as_ptr(), buf, info.len());
+            sys::nftnl_expr_set(
+                expr.as_ptr(),
+                sys::NFTNL_EXPR_TG_INFO as u16,
+                buf as *const sys::libc::c_void,
+                info.len() as u32,
+            );
+        }
+        expr
+    }
+}
+
+/// A receive/build buffer aligned for `nlmsghdr`, as libmnl requires.
+struct NlBuf(Vec<u64>);
+
+impl NlBuf {
+    fn new() -> NlBuf {
+        NlBuf(vec![0; nftnl::nft_nlmsg_maxsize() as usize / 8 + 1])
+    }
+
+    fn bytes(&mut self) -> &mut [u8] {
+        let len = self.0.len() * 8;
+        // SAFETY: the Vec owns `len` initialised bytes, and u8 has no alignment requirement.
+        unsafe { std::slice::from_raw_parts_mut(self.0.as_mut_ptr() as *mut u8, len) }
+    }
+}
+
+/// Sends a finalized batch and checks one ACK per message.
+fn send(batch: &FinalizedBatch) -> Result<(), NftError> {
+    let socket = mnl::Socket::new(mnl::Bus::Netfilter).map_err(NftError::Socket)?;
+    let portid = socket.portid();
+    socket.send_all(batch).map_err(NftError::Batch)?;
+    let mut buf = NlBuf::new();
+    let buffer = buf.bytes();
+    let mut expected = batch.sequence_numbers();
+    while !expected.is_empty() {
+        for message in socket.recv(buffer).map_err(NftError::Batch)? {
+            let message = message.map_err(NftError::Batch)?;
+            let Some(seq) = expected.next() else { break };
+            mnl::cb_run(message, seq, portid).map_err(NftError::Batch)?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads the table's rules back and checks each chain holds what was planned.
+fn verify(rules: &Ruleset) -> Result<(), NftError> {
+    let found = list_rule_chains().map_err(|source| NftError::Dump {
+        table: ruleset::TABLE,
+        source,
+    })?;
+    for c in Ruleset::CHAINS {
+        let expected = rules.count_in(c.name);
+        let n = found.iter().filter(|name| name.as_str() == c.name).count();
+        if n != expected {
+            return Err(NftError::Verify {
+                table: ruleset::TABLE,
+                chain: c.name,
+                expected,
+                found: n,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The chain name of every rule in slbd's table, from a rule dump.
+pub fn list_rule_chains() -> io::Result<Vec<String>> {
+    let socket = mnl::Socket::new(mnl::Bus::Netfilter)?;
+    let portid = socket.portid();
+    let seq = 1;
+    let mut request_buf = NlBuf::new();
+    let request = request_buf.bytes();
+    let name = table_name();
+    unsafe {
+        let nlh = sys::nftnl_nlmsg_build_hdr(
+            request.as_mut_ptr() as *mut sys::libc::c_char,
+            sys::libc::NFT_MSG_GETRULE as u16,
+            ProtoFamily::Ipv4 as u16,
+            (sys::libc::NLM_F_DUMP | sys::libc::NLM_F_ACK) as u16,
+            seq,
+        );
+        let filter = sys::nftnl_rule_alloc();
+        sys::nftnl_rule_set_str(filter, sys::NFTNL_RULE_TABLE as u16, name.as_ptr());
+        sys::nftnl_rule_nlmsg_build_payload(nlh, filter);
+        sys::nftnl_rule_free(filter);
+        let len = (*nlh).nlmsg_len as usize;
+        socket.send(&request[..len])?;
+    }
+    let mut chains: Vec<String> = Vec::new();
+    let mut buf = NlBuf::new();
+    let buffer = buf.bytes();
+    loop {
+        let n = socket.recv_raw(buffer)?;
+        if n == 0 {
+            break;
+        }
+        match mnl::cb_run2(&buffer[..n], seq, portid, rule_chain_cb, &mut chains)? {
+            mnl::CbResult::Stop => break,
+            mnl::CbResult::Ok => {}
+        }
+    }
+    Ok(chains)
+}
+
+fn rule_chain_cb(header: &sys::libc::nlmsghdr, chains: &mut Vec<String>) -> sys::libc::c_int {
+    unsafe {
+        let rule = sys::nftnl_rule_alloc();
+        if sys::nftnl_rule_nlmsg_parse(header, rule) >= 0 {
+            let table = sys::nftnl_rule_get_str(rule, sys::NFTNL_RULE_TABLE as u16);
+            let chain = sys::nftnl_rule_get_str(rule, sys::NFTNL_RULE_CHAIN as u16);
+            // The kernel filters the dump by table; checking again costs nothing.
+            if !table.is_null()
+                && !chain.is_null()
+                && CStr::from_ptr(table).to_bytes() == ruleset::TABLE.as_bytes()
+            {
+                chains.push(CStr::from_ptr(chain).to_string_lossy().into_owned());
+            }
+        }
+        sys::nftnl_rule_free(rule);
+    }
+    1 // MNL_CB_OK
+}
