@@ -1,5 +1,6 @@
 //! The slbd binary: parses its flags, loads and validates `slb_conf.json`, and runs the daemon.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -26,6 +27,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("SLB_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
     match run(args) {

@@ -1,1 +1,385 @@
+//! The network-namespace lab that the tests and the demo share: a client, a balancer and N real
+//! servers, each in a namespace this process creates under a unique name and always removes
+//! (the [`Lab`] guard kills what runs inside and deletes the namespaces on drop, panics included).
+//!
+//! Topology (addresses are only ever inside these namespaces):
+//! ```text
+//!  client 10.0.0.5,.6/24 ──eth0── eth0 10.0.0.1/24 [+ VIP 10.0.0.100/32 by slbd]
+//!                                  balancer
+//!                                  br0 [gateway 172.16.0.1/24 by slbd] ── sI eth0 172.16.0.(I+1)/24
+//!                                                                          default via 172.16.0.1
+//! ```
+//! Each real server runs `lab-server`: HTTP on :8000 naming itself, UDP echo on :5300.
 
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
+pub const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 5);
+pub const CLIENT2: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 6);
+pub const SERVER_HTTP_PORT: u16 = 8000;
+pub const SERVER_UDP_PORT: u16 = 5300;
+
+/// Deterministic bytes for bulk transfers: the byte at stream offset `pos` is a hash of `pos`.
+pub fn pattern(offset: u64, buf: &mut [u8]) {
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b = ((offset + i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as u8;
+    }
+}
+
+/// Address of real server `i` (0-based).
+pub fn server_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(172, 16, 0, 2 + i as u8)
+}
+
+static LABS: AtomicUsize = AtomicUsize::new(0);
+
+/// True when this process may build namespaces. Outside CI a test without root skips; in CI
+/// (which runs as root) a missing privilege is a failure, not a skip.
+pub fn can_run(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    assert!(std::env::var_os("CI").is_none(), "{test}: CI must run the lab tests as root");
+    eprintln!("skipping {test}: network namespaces need root");
+    false
+}
+
+/// The path of a workspace binary built next to the running test or demo binary.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(format!("{}_BIN", name.to_uppercase().replace('-', "_"))) {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir.join(name)
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip").args(args).output().context("running ip")?;
+    if !out.status.success() {
+        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+/// A running slbd in the lab's balancer namespace.
+pub struct Slbd {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Slbd {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig);
+    }
+
+    /// Waits for slbd to exit, returning its exit code (None if killed by a signal).
+    pub fn wait(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "slbd did not exit within {timeout:?}; log:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Slbd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The namespaces of one lab, removed on drop.
+pub struct Lab {
+    pub id: String,
+    namespaces: Vec<String>,
+    servers: Vec<Child>,
+    dir: PathBuf,
+    helpers: Mutex<Vec<Child>>,
+}
+
+impl Lab {
+    /// Builds the topology with `n` real servers, each running `lab-server`.
+    pub fn new(n: usize) -> Result<Lab> {
+        let id = format!("slb{}x{}", std::process::id(), LABS.fetch_add(1, Ordering::SeqCst));
+        let dir = std::env::temp_dir().join(&id);
+        std::fs::create_dir_all(&dir)?;
+        let mut lab = Lab { id, namespaces: Vec::new(), servers: Vec::new(), dir, helpers: Mutex::new(Vec::new()) };
+        lab.build(n)?;
+        Ok(lab)
+    }
+
+    pub fn client(&self) -> String {
+        format!("{}c", self.id)
+    }
+
+    pub fn balancer(&self) -> String {
+        format!("{}b", self.id)
+    }
+
+    pub fn server(&self, i: usize) -> String {
+        format!("{}s{}", self.id, i + 1)
+    }
+
+    fn add_ns(&mut self, name: String) -> Result<()> {
+        ip(&["netns", "add", &name])?;
+        self.namespaces.push(name.clone());
+        ip(&["-n", &name, "link", "set", "lo", "up"])
+    }
+
+    fn build(&mut self, n: usize) -> Result<()> {
+        let (c, b) = (self.client(), self.balancer());
+        self.add_ns(c.clone())?;
+        self.add_ns(b.clone())?;
+        ip(&["-n", &b, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &c])?;
+        ip(&["-n", &b, "addr", "add", "10.0.0.1/24", "dev", "eth0"])?;
+        ip(&["-n", &b, "link", "set", "eth0", "up"])?;
+        ip(&["-n", &b, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &b, "link", "set", "br0", "up"])?;
+        for a in [CLIENT, CLIENT2] {
+            ip(&["-n", &c, "addr", "add", &format!("{a}/24"), "dev", "eth0"])?;
+        }
+        ip(&["-n", &c, "link", "set", "eth0", "up"])?;
+        self.sysctl(&b, "net.ipv4.ip_forward", "1")?;
+        let server_bin = workspace_bin("lab-server");
+        for i in 0..n {
+            let s = self.server(i);
+            self.add_ns(s.clone())?;
+            let port = format!("p{}", i + 1);
+            ip(&["-n", &b, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &s])?;
+            ip(&["-n", &b, "link", "set", &port, "master", "br0", "up"])?;
+            ip(&["-n", &s, "addr", "add", &format!("{}/24", server_ip(i)), "dev", "eth0"])?;
+            ip(&["-n", &s, "link", "set", "eth0", "up"])?;
+            ip(&["-n", &s, "route", "add", "default", "via", "172.16.0.1"])?;
+            let mut child = Command::new("ip")
+                .args(["netns", "exec", &s])
+                .arg(&server_bin)
+                .args(["--name", &format!("s{}", i + 1)])
+                .args(["--tcp", &format!("0.0.0.0:{SERVER_HTTP_PORT}")])
+                .args(["--udp", &format!("0.0.0.0:{SERVER_UDP_PORT}")])
+                .stdout(Stdio::piped())
+                .spawn()
+                .with_context(|| format!("starting {}", server_bin.display()))?;
+            let mut line = String::new();
+            BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
+            self.servers.push(child);
+            if line.trim() != "ready" {
+                bail!("lab-server s{} did not start", i + 1);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn sysctl(&self, ns: &str, key: &str, value: &str) -> Result<()> {
+        let out = self.exec(ns, &["sysctl", "-qw", &format!("{key}={value}")])?;
+        if !out.status.success() {
+            bail!("sysctl {key} in {ns}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
+    /// Runs a command in a namespace and returns its output.
+    pub fn exec(&self, ns: &str, cmd: &[&str]) -> Result<Output> {
+        Command::new("ip").args(["netns", "exec", ns]).args(cmd).output().with_context(|| format!("running {cmd:?} in {ns}"))
+    }
+
+    /// Starts a helper process in a namespace; it is killed when the lab is dropped.
+    pub fn spawn(&self, ns: &str, cmd: &[&str]) -> Result<()> {
+        let child = Command::new("ip").args(["netns", "exec", ns]).args(cmd).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+        self.helpers.lock().unwrap().push(child);
+        Ok(())
+    }
+
+    /// The lab's default configuration: one TCP service on VIP:80 and one UDP service on
+    /// VIP:53 over all `n` servers (whose ports differ from the VIP's, so ports are rewritten).
+    pub fn config(&self, n: usize) -> Value {
+        let servers = |port: u16| (0..n).map(|i| Value::from(format!("{}:{port}", server_ip(i)))).collect::<Vec<_>>();
+        json!({
+            "address": VIP.to_string(),
+            "address_dev": "eth0",
+            "gateway": "172.16.0.1",
+            "gateway_dev": "br0",
+            "cluster_network": "172.16.0.0/24",
+            "algorithm": "ROUND_ROBIN",
+            "services": [
+                {"protocol": "tcp", "port": 80, "servers": servers(SERVER_HTTP_PORT)},
+                {"protocol": "udp", "port": 53, "servers": servers(SERVER_UDP_PORT)}
+            ]
+        })
+    }
+
+    /// Writes `config` to a file and returns its path.
+    pub fn write_config(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir.join(name);
+        std::fs::write(&path, text).expect("write config");
+        path
+    }
+
+    /// Starts slbd in the balancer namespace without waiting for it.
+    pub fn spawn_slbd(&self, config: &Path) -> Slbd {
+        let log = self.dir.join(format!("slbd-{}.log", LABS.fetch_add(1, Ordering::SeqCst)));
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.balancer()])
+            .arg(workspace_bin("slbd"))
+            .arg("--config")
+            .arg(config)
+            .env("SLB_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).expect("log file"))
+            .spawn()
+            .expect("starting slbd (build it first: cargo build --bins)");
+        Slbd { child, log }
+    }
+
+    /// Starts slbd with `config` and waits until it says it is balancing.
+    pub fn start_slbd(&self, config: &Value) -> Slbd {
+        let path = self.write_config("slb_conf.json", &serde_json::to_string_pretty(config).unwrap());
+        let mut slbd = self.spawn_slbd(&path);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if slbd.log_text().contains("balancing") {
+                return slbd;
+            }
+            if let Ok(Some(status)) = slbd.child.try_wait() {
+                panic!("slbd exited ({status}) instead of balancing; log:\n{}", slbd.log_text());
+            }
+            assert!(Instant::now() < deadline, "slbd did not start balancing; log:\n{}", slbd.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `nft list tables` in the balancer namespace.
+    pub fn nft_tables(&self) -> String {
+        let out = self.exec(&self.balancer(), &["nft", "list", "tables"]).expect("nft");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The IPv4 addresses on the balancer's interfaces.
+    pub fn balancer_addrs(&self) -> String {
+        let out = self.exec(&self.balancer(), &["ip", "-4", "-o", "addr"]).expect("ip addr");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for c in self.helpers.lock().unwrap().iter_mut().chain(self.servers.iter_mut()) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in self.namespaces.iter().rev() {
+            // Anything still running inside keeps the namespace alive; end it first.
+            if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    if let Ok(pid) = pid.parse::<i32>() {
+                        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                    }
+                }
+            }
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs `f` on a thread that has entered network namespace `ns`; the caller's thread is not
+/// moved. Sockets made inside `f` live in `ns`.
+pub fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let handle = File::open(format!("/run/netns/{ns}")).expect("namespace handle");
+                nix::sched::setns(handle, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+                f()
+            })
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    })
+}
+
+/// One HTTP/1.0 GET to `to` from `from` (0 port = any); returns the body.
+pub fn http_get(from: Ipv4Addr, to: SocketAddrV4, path: &str, timeout: Duration) -> std::io::Result<Vec<u8>> {
+    let mut s = connect(from, to, timeout)?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: vip\r\n\r\n")?;
+    read_body(s)
+}
+
+/// Connects from a chosen local address.
+pub fn connect(from: Ipv4Addr, to: SocketAddrV4, timeout: Duration) -> std::io::Result<TcpStream> {
+    use nix::sys::socket::{bind, connect as nconnect, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::empty(), None)?;
+    bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(SocketAddrV4::new(from, 0)))?;
+    let s = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
+    // Connect with a deadline: non-blocking connect, then wait for writability.
+    s.set_nonblocking(true)?;
+    match nconnect(std::os::fd::AsRawFd::as_raw_fd(&s), &SockaddrIn::from(to)) {
+        Ok(()) | Err(nix::errno::Errno::EINPROGRESS) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let mut pfd = [libc::pollfd { fd: std::os::fd::AsRawFd::as_raw_fd(&s), events: libc::POLLOUT, revents: 0 }];
+    let n = unsafe { libc::poll(pfd.as_mut_ptr(), 1, timeout.as_millis() as i32) };
+    if n == 0 {
+        return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connect to {to} timed out")));
+    }
+    if let Some(e) = s.take_error()? {
+        return Err(e);
+    }
+    s.peer_addr()?;
+    s.set_nonblocking(false)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    Ok(s)
+}
+
+fn read_body(mut s: TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut all = Vec::new();
+    s.read_to_end(&mut all)?;
+    let at = all
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "no HTTP header end"))?;
+    Ok(all.split_off(at + 4))
+}
+
+/// Sends one UDP datagram from `from` to `to` and waits for the answer; returns the answer and
+/// the address it came from.
+pub fn udp_ask(from: Ipv4Addr, to: SocketAddrV4, payload: &[u8], timeout: Duration) -> std::io::Result<(Vec<u8>, SocketAddr)> {
+    let s = UdpSocket::bind(SocketAddrV4::new(from, 0))?;
+    s.set_read_timeout(Some(timeout))?;
+    s.send_to(payload, to)?;
+    let mut buf = vec![0u8; 65536];
+    let (n, peer) = s.recv_from(&mut buf)?;
+    buf.truncate(n);
+    Ok((buf, peer))
+}
+
+/// Which server answered an HTTP request, from the body `sN\n`.
+pub fn server_name(body: &[u8]) -> String {
+    String::from_utf8_lossy(body).trim().to_string()
+}
