@@ -26,16 +26,16 @@ pub fn fold(mut acc: u64) -> u16 {
 
 /// The pseudo-header sum of RFC 793 §3.1 / RFC 768 for IPv4.
 pub fn pseudo_header(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, l4_len: u16) -> u64 {
-    u64::from(u32::from(src))
-        + u64::from(u32::from(dst))
-        + u64::from(protocol)
-        + u64::from(l4_len)
+    u64::from(u32::from(src)) + u64::from(u32::from(dst)) + u64::from(protocol) + u64::from(l4_len)
 }
 
 /// The full TCP or UDP checksum of `segment` whose own checksum field is at `check_at`
 /// (the field is treated as zero).
 pub fn l4(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, segment: &[u8], check_at: usize) -> u16 {
-    let acc = sum(segment, pseudo_header(src, dst, protocol, segment.len() as u16));
+    let acc = sum(
+        segment,
+        pseudo_header(src, dst, protocol, segment.len() as u16),
+    );
     let field = u16::from_be_bytes([segment[check_at], segment[check_at + 1]]);
     // Subtracting the field in one's complement is adding its complement.
     !fold(acc + u64::from(!field))

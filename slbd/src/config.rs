@@ -353,13 +353,25 @@ impl TryFrom<&RawConfig> for Config {
         }
         let mut services: Vec<Service> = Vec::new();
         for (i, s) in raw.services.iter().enumerate() {
-            let Some(svc) =
-                service(&mut c, i, s, algorithm, persistence_timeout, cluster_network, gateway)
-            else {
+            let Some(svc) = service(
+                &mut c,
+                i,
+                s,
+                algorithm,
+                persistence_timeout,
+                cluster_network,
+                gateway,
+            ) else {
                 continue;
             };
-            if services.iter().any(|o| (o.protocol, o.port) == (svc.protocol, svc.port)) {
-                c.fail(format!("services[{i}]"), format!("{} is defined twice", svc.name()));
+            if services
+                .iter()
+                .any(|o| (o.protocol, o.port) == (svc.protocol, svc.port))
+            {
+                c.fail(
+                    format!("services[{i}]"),
+                    format!("{} is defined twice", svc.name()),
+                );
             } else {
                 services.push(svc);
             }
@@ -416,7 +428,10 @@ fn service(
         None => default_persistence,
     };
     if raw.servers.is_empty() {
-        c.fail(format!("{path}.servers"), "at least one real server is needed");
+        c.fail(
+            format!("{path}.servers"),
+            "at least one real server is needed",
+        );
     }
     let mut servers = Vec::new();
     for (j, s) in raw.servers.iter().enumerate() {
@@ -514,10 +529,16 @@ fn real_server(
 
 fn queue(c: &mut Checker, raw: &RawQueue) -> QueueConfig {
     if raw.num > u32::from(u16::MAX) {
-        c.fail("queue.num", format!("{} is not a queue number (0 to 65535)", raw.num));
+        c.fail(
+            "queue.num",
+            format!("{} is not a queue number (0 to 65535)", raw.num),
+        );
     }
     if raw.count > 64 {
-        c.fail("queue.count", format!("{} is out of range (0 to 64)", raw.count));
+        c.fail(
+            "queue.count",
+            format!("{} is out of range (0 to 64)", raw.count),
+        );
     } else if raw.num + raw.count.max(1) > 65536 {
         c.fail("queue.count", "queue numbers would run past 65535");
     }
@@ -537,7 +558,10 @@ fn queue(c: &mut Checker, raw: &RawQueue) -> QueueConfig {
 
 fn flows(c: &mut Checker, raw: &RawFlows) -> FlowLimits {
     if !(1..=MAX_FLOWS).contains(&raw.max) {
-        c.fail("flows.max", format!("{} is out of range (1 to {MAX_FLOWS})", raw.max));
+        c.fail(
+            "flows.max",
+            format!("{} is out of range (1 to {MAX_FLOWS})", raw.max),
+        );
     }
     FlowLimits {
         max: raw.max.clamp(1, MAX_FLOWS) as u32,
@@ -628,24 +652,88 @@ mod tests {
     #[test]
     fn checks_cross_field_rules() {
         let cases: &[(&str, serde_json::Value, &str)] = &[
-            ("/address", "172.16.0.9".into(), "address: the VIP 172.16.0.9 must not be inside cluster_network 172.16.0.0/24"),
-            ("/gateway", "10.9.9.9".into(), "gateway: 10.9.9.9 is not inside cluster_network 172.16.0.0/24"),
-            ("/gateway", "172.16.0.255".into(), "gateway: 172.16.0.255 is the network or broadcast address of 172.16.0.0/24"),
-            ("/services/0/servers/0", "10.1.1.1:80".into(), "services[0].servers[0]: 10.1.1.1 is not inside cluster_network 172.16.0.0/24"),
-            ("/services/0/servers/0", "172.16.0.1:80".into(), "services[0].servers[0]: 172.16.0.1 is the gateway address"),
-            ("/services/0/servers/1", "172.16.0.2:80".into(), "services[0].servers[1]: 172.16.0.2:80 is listed twice"),
-            ("/services/0/servers/0", "172.16.0.2".into(), r#"services[0].servers[0]: "172.16.0.2" is not ADDRESS:PORT"#),
-            ("/services/0/servers/0", "172.16.0.2:0".into(), r#"services[0].servers[0]: "172.16.0.2:0" has no valid port (1 to 65535)"#),
-            ("/services/1/servers/0/weight", 0.into(), "services[1].servers[0].weight: 0 is out of range (1 to 10000)"),
-            ("/services/0/servers", serde_json::json!([]), "services[0].servers: at least one real server is needed"),
-            ("/services", serde_json::json!([]), "services: at least one service is needed"),
-            ("/algorithm", "FASTEST".into(), r#"algorithm: "FASTEST" is not a scheduling algorithm (ROUND_ROBIN, RATIO)"#),
-            ("/address_dev", "eth0 ".into(), r#"address_dev: "eth0 " is not a network interface name"#),
-            ("/gateway_dev", "averyveryverylongname".into(), r#"gateway_dev: "averyveryverylongname" is not a network interface name"#),
-            ("/cluster_network", "172.16.0.0/31".into(), "cluster_network: 172.16.0.0/31 leaves no room for a gateway and real servers"),
+            (
+                "/address",
+                "172.16.0.9".into(),
+                "address: the VIP 172.16.0.9 must not be inside cluster_network 172.16.0.0/24",
+            ),
+            (
+                "/gateway",
+                "10.9.9.9".into(),
+                "gateway: 10.9.9.9 is not inside cluster_network 172.16.0.0/24",
+            ),
+            (
+                "/gateway",
+                "172.16.0.255".into(),
+                "gateway: 172.16.0.255 is the network or broadcast address of 172.16.0.0/24",
+            ),
+            (
+                "/services/0/servers/0",
+                "10.1.1.1:80".into(),
+                "services[0].servers[0]: 10.1.1.1 is not inside cluster_network 172.16.0.0/24",
+            ),
+            (
+                "/services/0/servers/0",
+                "172.16.0.1:80".into(),
+                "services[0].servers[0]: 172.16.0.1 is the gateway address",
+            ),
+            (
+                "/services/0/servers/1",
+                "172.16.0.2:80".into(),
+                "services[0].servers[1]: 172.16.0.2:80 is listed twice",
+            ),
+            (
+                "/services/0/servers/0",
+                "172.16.0.2".into(),
+                r#"services[0].servers[0]: "172.16.0.2" is not ADDRESS:PORT"#,
+            ),
+            (
+                "/services/0/servers/0",
+                "172.16.0.2:0".into(),
+                r#"services[0].servers[0]: "172.16.0.2:0" has no valid port (1 to 65535)"#,
+            ),
+            (
+                "/services/1/servers/0/weight",
+                0.into(),
+                "services[1].servers[0].weight: 0 is out of range (1 to 10000)",
+            ),
+            (
+                "/services/0/servers",
+                serde_json::json!([]),
+                "services[0].servers: at least one real server is needed",
+            ),
+            (
+                "/services",
+                serde_json::json!([]),
+                "services: at least one service is needed",
+            ),
+            (
+                "/algorithm",
+                "FASTEST".into(),
+                r#"algorithm: "FASTEST" is not a scheduling algorithm (ROUND_ROBIN, RATIO)"#,
+            ),
+            (
+                "/address_dev",
+                "eth0 ".into(),
+                r#"address_dev: "eth0 " is not a network interface name"#,
+            ),
+            (
+                "/gateway_dev",
+                "averyveryverylongname".into(),
+                r#"gateway_dev: "averyveryverylongname" is not a network interface name"#,
+            ),
+            (
+                "/cluster_network",
+                "172.16.0.0/31".into(),
+                "cluster_network: 172.16.0.0/31 leaves no room for a gateway and real servers",
+            ),
         ];
         for (pointer, value, expected) in cases {
-            assert_eq!(errors_of(&with(pointer, value.clone())), vec![*expected], "{pointer}");
+            assert_eq!(
+                errors_of(&with(pointer, value.clone())),
+                vec![*expected],
+                "{pointer}"
+            );
         }
     }
 
@@ -654,7 +742,10 @@ mod tests {
         let mut v: serde_json::Value = serde_json::from_str(GOOD).unwrap();
         v["services"][1]["protocol"] = "TCP".into();
         v["services"][1]["port"] = 80.into();
-        assert_eq!(errors_of(&v.to_string()), vec!["services[1]: tcp/80 is defined twice"]);
+        assert_eq!(
+            errors_of(&v.to_string()),
+            vec!["services[1]: tcp/80 is defined twice"]
+        );
     }
 
     #[test]

@@ -119,7 +119,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let signal = loop {
         match signals.wait() {
             Ok(Signal::SIGHUP) => {
-                tracing::info!("SIGHUP: configuration reload arrives with the control socket; ignored");
+                tracing::info!(
+                    "SIGHUP: configuration reload arrives with the control socket; ignored"
+                );
             }
             Ok(s) => break s,
             Err(e) => tracing::warn!(error = %e, "sigwait failed"),
@@ -141,7 +143,9 @@ fn shut_down(addrs: &[ManagedAddr], dp: &Dataplane, stats: &QueueStats) {
     }
     match nft::remove() {
         Ok(()) => tracing::info!(table = ruleset::TABLE, "table removed"),
-        Err(e) => tracing::error!(error = %format!("{:#}", anyhow::Error::from(e)), "removing the table failed"),
+        Err(e) => {
+            tracing::error!(error = %format!("{:#}", anyhow::Error::from(e)), "removing the table failed")
+        }
     }
     let drops: Vec<String> = Drop::all()
         .filter(|d| dp.counters.dropped(*d) > 0)

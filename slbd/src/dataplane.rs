@@ -84,13 +84,29 @@ impl Drop {
 
     pub fn all() -> impl Iterator<Item = Drop> {
         use Malformed::*;
-        [Drop::NoService, Drop::MidStream, Drop::ReplyWithoutFlow, Drop::NoServer, Drop::TableFull, Drop::Truncated]
+        [
+            Drop::NoService,
+            Drop::MidStream,
+            Drop::ReplyWithoutFlow,
+            Drop::NoServer,
+            Drop::TableFull,
+            Drop::Truncated,
+        ]
+        .into_iter()
+        .chain(
+            [
+                TooShort,
+                NotIpv4,
+                BadHeaderLength,
+                BadTotalLength,
+                Fragment,
+                Protocol,
+                L4TooShort,
+                BadUdpLength,
+            ]
             .into_iter()
-            .chain(
-                [TooShort, NotIpv4, BadHeaderLength, BadTotalLength, Fragment, Protocol, L4TooShort, BadUdpLength]
-                    .into_iter()
-                    .map(Drop::Malformed),
-            )
+            .map(Drop::Malformed),
+        )
     }
 }
 
@@ -164,7 +180,10 @@ impl Dataplane {
                     candidates: s
                         .servers
                         .iter()
-                        .map(|r| Candidate { weight: r.weight, up: true })
+                        .map(|r| Candidate {
+                            weight: r.weight,
+                            up: true,
+                        })
                         .collect(),
                     scheduler: Mutex::new(s.algorithm.scheduler()),
                     stats: s.servers.iter().map(|_| ServerStats::default()).collect(),
@@ -185,7 +204,14 @@ impl Dataplane {
 
     /// Decides a queued packet and rewrites `buf` in place when the verdict is Accept.
     /// `whole` is false when the kernel copied only part of the packet.
-    pub fn handle(&self, dir: Direction, buf: &mut [u8], whole: bool, csum: ChecksumState, now_ms: u64) -> Verdict {
+    pub fn handle(
+        &self,
+        dir: Direction,
+        buf: &mut [u8],
+        whole: bool,
+        csum: ChecksumState,
+        now_ms: u64,
+    ) -> Verdict {
         let verdict = if !whole {
             Err(Drop::Truncated)
         } else {
@@ -223,7 +249,11 @@ impl Dataplane {
             .filter(|_| *h.dst.ip() == self.vip)
             .ok_or(Drop::NoService)?;
         let svc = &self.services[si];
-        let key = FlowKey { protocol: h.protocol, src: h.src, dst: h.dst };
+        let key = FlowKey {
+            protocol: h.protocol,
+            src: h.src,
+            dst: h.dst,
+        };
         let mut flows = self.shards[shard_of(h.src)].lock();
         let (server, server_i) = match flows.lookup_request(&key, h.flags, now_ms) {
             Lookup::Found(placed) => (placed.server, (placed.tag & 0xffff) as usize),
@@ -234,7 +264,9 @@ impl Dataplane {
                 }
                 let i = self.choose(svc, h.src, now_ms)?;
                 let server = svc.service.servers[i].addr;
-                flows.insert(&key, server, tag(si, i), now_ms).map_err(|_| Drop::TableFull)?;
+                flows
+                    .insert(&key, server, tag(si, i), now_ms)
+                    .map_err(|_| Drop::TableFull)?;
                 if let Some(stats) = svc.stats.get(i) {
                     stats.new_flows.fetch_add(1, Relaxed);
                     stats.live_flows.fetch_add(1, Relaxed);
@@ -273,7 +305,11 @@ impl Dataplane {
                 return Ok(i);
             }
         }
-        let i = svc.scheduler.lock().pick(&svc.candidates).ok_or(Drop::NoServer)?;
+        let i = svc
+            .scheduler
+            .lock()
+            .pick(&svc.candidates)
+            .ok_or(Drop::NoServer)?;
         if timeout > 0 {
             self.persistence
                 .lock()
@@ -284,7 +320,11 @@ impl Dataplane {
 
     fn reply(&self, buf: &mut [u8], csum: ChecksumState, now_ms: u64) -> Result<(), Drop> {
         let h = packet::parse(buf).map_err(Drop::Malformed)?;
-        let key = FlowKey { protocol: h.protocol, src: h.src, dst: h.dst };
+        let key = FlowKey {
+            protocol: h.protocol,
+            src: h.src,
+            dst: h.dst,
+        };
         let vip = self.shards[shard_of(h.dst)]
             .lock()
             .lookup_reply(&key, h.flags, now_ms)
@@ -313,14 +353,22 @@ impl Dataplane {
             n += ended.len();
             for e in ended {
                 let (si, i) = ((e.tag >> 16) as usize, (e.tag & 0xffff) as usize);
-                let Some(svc) = self.services.get(si) else { continue };
+                let Some(svc) = self.services.get(si) else {
+                    continue;
+                };
                 if let Some(stats) = svc.stats.get(i) {
                     stats.live_flows.fetch_sub(1, Relaxed);
                 }
                 let timeout = svc.service.persistence_timeout.as_millis() as u64;
                 if timeout > 0 {
-                    let key = PersistKey { client: *e.client.ip(), protocol: e.protocol, port: e.vip.port() };
-                    self.persistence.lock().touch(&key, e.server, now_ms + timeout);
+                    let key = PersistKey {
+                        client: *e.client.ip(),
+                        protocol: e.protocol,
+                        port: e.vip.port(),
+                    };
+                    self.persistence
+                        .lock()
+                        .touch(&key, e.server, now_ms + timeout);
                 }
             }
         }
@@ -340,7 +388,9 @@ impl Dataplane {
 
     /// Each service with its servers' counters, for status and logs.
     pub fn services(&self) -> impl Iterator<Item = (&Service, &[ServerStats])> {
-        self.services.iter().map(|s| (&s.service, s.stats.as_slice()))
+        self.services
+            .iter()
+            .map(|s| (&s.service, s.stats.as_slice()))
     }
 }
 
@@ -379,12 +429,26 @@ mod tests {
         let dp = Dataplane::new(&config(""));
         let mut seen = Vec::new();
         for port in 40000..40006 {
-            let mut p = tcp(sa(&format!("10.0.0.5:{port}")), sa("10.0.0.100:80"), SYN, b"", &[]);
-            assert_eq!(dp.handle(Direction::Request, &mut p, true, ChecksumState::Complete, 0), Verdict::Accept);
+            let mut p = tcp(
+                sa(&format!("10.0.0.5:{port}")),
+                sa("10.0.0.100:80"),
+                SYN,
+                b"",
+                &[],
+            );
+            assert_eq!(
+                dp.handle(Direction::Request, &mut p, true, ChecksumState::Complete, 0),
+                Verdict::Accept
+            );
             assert!(checksums_ok(&p));
             seen.push(dst_of(&p));
         }
-        let expected: Vec<_> = ["172.16.0.2:80", "172.16.0.3:80", "172.16.0.4:8080"].iter().cycle().take(6).map(|s| sa(s)).collect();
+        let expected: Vec<_> = ["172.16.0.2:80", "172.16.0.3:80", "172.16.0.4:8080"]
+            .iter()
+            .cycle()
+            .take(6)
+            .map(|s| sa(s))
+            .collect();
         assert_eq!(seen, expected);
         assert_eq!(dp.flow_count(), 6);
     }
@@ -394,18 +458,45 @@ mod tests {
         let dp = Dataplane::new(&config(""));
         let client = sa("10.0.0.5:40000");
         let mut syn = tcp(client, sa("10.0.0.100:80"), SYN, b"", &[]);
-        dp.handle(Direction::Request, &mut syn, true, ChecksumState::Complete, 0);
+        dp.handle(
+            Direction::Request,
+            &mut syn,
+            true,
+            ChecksumState::Complete,
+            0,
+        );
         let server = dst_of(&syn);
         // Another flow moves the round robin on; this flow's next packet must not move.
         let mut other = tcp(sa("10.0.0.6:1"), sa("10.0.0.100:80"), SYN, b"", &[]);
-        dp.handle(Direction::Request, &mut other, true, ChecksumState::Complete, 1);
+        dp.handle(
+            Direction::Request,
+            &mut other,
+            true,
+            ChecksumState::Complete,
+            1,
+        );
         let mut data = tcp(client, sa("10.0.0.100:80"), ACK, b"GET /", &[]);
-        dp.handle(Direction::Request, &mut data, true, ChecksumState::Complete, 2);
+        dp.handle(
+            Direction::Request,
+            &mut data,
+            true,
+            ChecksumState::Complete,
+            2,
+        );
         assert_eq!(dst_of(&data), server);
 
         let mut reply = tcp(server, client, SYN | ACK, b"", &[]);
         make_partial(&mut reply);
-        assert_eq!(dp.handle(Direction::Reply, &mut reply, true, ChecksumState::Partial, 3), Verdict::Accept);
+        assert_eq!(
+            dp.handle(
+                Direction::Reply,
+                &mut reply,
+                true,
+                ChecksumState::Partial,
+                3
+            ),
+            Verdict::Accept
+        );
         let h = packet::parse(&reply).unwrap();
         assert_eq!(h.src, sa("10.0.0.100:80"));
         assert_eq!(h.dst, client);
@@ -430,8 +521,20 @@ mod tests {
     fn persistence_keeps_a_client_on_its_server_until_the_timeout() {
         let dp = Dataplane::new(&config(r#""persistence_timeout": 10,"#));
         let first = |port: u16, now: u64| {
-            let mut p = tcp(SocketAddrV4::new("10.0.0.5".parse().unwrap(), port), sa("10.0.0.100:80"), SYN, b"", &[]);
-            dp.handle(Direction::Request, &mut p, true, ChecksumState::Complete, now);
+            let mut p = tcp(
+                SocketAddrV4::new("10.0.0.5".parse().unwrap(), port),
+                sa("10.0.0.100:80"),
+                SYN,
+                b"",
+                &[],
+            );
+            dp.handle(
+                Direction::Request,
+                &mut p,
+                true,
+                ChecksumState::Complete,
+                now,
+            );
             dst_of(&p)
         };
         let s = first(1000, 0);
@@ -440,11 +543,19 @@ mod tests {
         }
         // Another client is balanced normally.
         let mut p = tcp(sa("10.0.0.9:1000"), sa("10.0.0.100:80"), SYN, b"", &[]);
-        dp.handle(Direction::Request, &mut p, true, ChecksumState::Complete, 1_000);
+        dp.handle(
+            Direction::Request,
+            &mut p,
+            true,
+            ChecksumState::Complete,
+            1_000,
+        );
         assert_ne!(dst_of(&p), s);
         // Flows' ends refresh it; after the timeout with no flows, the client may move.
         dp.expire(2_000_000);
-        let moved = (0..3).map(|k| first(2000 + k, 2_100_000)).collect::<Vec<_>>();
+        let moved = (0..3)
+            .map(|k| first(2000 + k, 2_100_000))
+            .collect::<Vec<_>>();
         assert!(moved.iter().all(|m| *m == moved[0]));
     }
 
@@ -452,23 +563,64 @@ mod tests {
     fn drops_what_it_cannot_balance_and_counts_why() {
         let dp = Dataplane::new(&config(""));
         let cases: Vec<(Direction, Vec<u8>, Drop)> = vec![
-            (Direction::Request, vec![0x45, 0, 0], Drop::Malformed(Malformed::TooShort)),
-            (Direction::Request, tcp(sa("10.0.0.5:1"), sa("10.0.0.100:81"), SYN, b"", &[]), Drop::NoService),
-            (Direction::Request, tcp(sa("10.0.0.5:1"), sa("10.0.0.101:80"), SYN, b"", &[]), Drop::NoService),
-            (Direction::Request, tcp(sa("10.0.0.5:1"), sa("10.0.0.100:80"), ACK, b"x", &[]), Drop::MidStream),
-            (Direction::Request, tcp(sa("10.0.0.5:1"), sa("10.0.0.100:80"), FIN | ACK, b"", &[]), Drop::MidStream),
-            (Direction::Reply, tcp(sa("172.16.0.2:80"), sa("10.0.0.5:1"), ACK, b"", &[]), Drop::ReplyWithoutFlow),
+            (
+                Direction::Request,
+                vec![0x45, 0, 0],
+                Drop::Malformed(Malformed::TooShort),
+            ),
+            (
+                Direction::Request,
+                tcp(sa("10.0.0.5:1"), sa("10.0.0.100:81"), SYN, b"", &[]),
+                Drop::NoService,
+            ),
+            (
+                Direction::Request,
+                tcp(sa("10.0.0.5:1"), sa("10.0.0.101:80"), SYN, b"", &[]),
+                Drop::NoService,
+            ),
+            (
+                Direction::Request,
+                tcp(sa("10.0.0.5:1"), sa("10.0.0.100:80"), ACK, b"x", &[]),
+                Drop::MidStream,
+            ),
+            (
+                Direction::Request,
+                tcp(sa("10.0.0.5:1"), sa("10.0.0.100:80"), FIN | ACK, b"", &[]),
+                Drop::MidStream,
+            ),
+            (
+                Direction::Reply,
+                tcp(sa("172.16.0.2:80"), sa("10.0.0.5:1"), ACK, b"", &[]),
+                Drop::ReplyWithoutFlow,
+            ),
         ];
         for (dir, mut p, why) in cases {
             let before = p.clone();
-            assert_eq!(dp.handle(dir, &mut p, true, ChecksumState::Complete, 0), Verdict::Drop(why));
+            assert_eq!(
+                dp.handle(dir, &mut p, true, ChecksumState::Complete, 0),
+                Verdict::Drop(why)
+            );
             assert_eq!(p, before, "a dropped packet is not touched");
         }
-        for (why, n) in [(Drop::Malformed(Malformed::TooShort), 1), (Drop::NoService, 2), (Drop::MidStream, 2), (Drop::ReplyWithoutFlow, 1)] {
+        for (why, n) in [
+            (Drop::Malformed(Malformed::TooShort), 1),
+            (Drop::NoService, 2),
+            (Drop::MidStream, 2),
+            (Drop::ReplyWithoutFlow, 1),
+        ] {
             assert_eq!(dp.counters.dropped(why), n, "{}", why.name());
         }
         let mut p = tcp(sa("10.0.0.5:1"), sa("10.0.0.100:80"), SYN, b"", &[]);
-        assert_eq!(dp.handle(Direction::Request, &mut p, false, ChecksumState::Complete, 0), Verdict::Drop(Drop::Truncated));
+        assert_eq!(
+            dp.handle(
+                Direction::Request,
+                &mut p,
+                false,
+                ChecksumState::Complete,
+                0
+            ),
+            Verdict::Drop(Drop::Truncated)
+        );
         assert_eq!(dp.flow_count(), 0);
     }
 
@@ -477,8 +629,14 @@ mod tests {
         let dp = Dataplane::new(&config(r#""flows": {"max": 64},"#));
         let mut accepted = 0;
         for port in 1..=2000u16 {
-            let mut p = udp(SocketAddrV4::new("10.0.0.5".parse().unwrap(), port), sa("10.0.0.100:53"), b"q");
-            if dp.handle(Direction::Request, &mut p, true, ChecksumState::Complete, 0) == Verdict::Accept {
+            let mut p = udp(
+                SocketAddrV4::new("10.0.0.5".parse().unwrap(), port),
+                sa("10.0.0.100:53"),
+                b"q",
+            );
+            if dp.handle(Direction::Request, &mut p, true, ChecksumState::Complete, 0)
+                == Verdict::Accept
+            {
                 accepted += 1;
             }
         }
@@ -491,10 +649,18 @@ mod tests {
     fn live_flow_counts_fall_when_flows_expire() {
         let dp = Dataplane::new(&config(""));
         for port in 1..=9u16 {
-            let mut p = udp(SocketAddrV4::new("10.0.0.5".parse().unwrap(), port), sa("10.0.0.100:53"), b"q");
+            let mut p = udp(
+                SocketAddrV4::new("10.0.0.5".parse().unwrap(), port),
+                sa("10.0.0.100:53"),
+                b"q",
+            );
             dp.handle(Direction::Request, &mut p, true, ChecksumState::Complete, 0);
         }
-        let live = |dp: &Dataplane| dp.services().map(|(_, s)| s.iter().map(|x| x.live_flows.load(Relaxed)).sum::<u64>()).sum::<u64>();
+        let live = |dp: &Dataplane| {
+            dp.services()
+                .map(|(_, s)| s.iter().map(|x| x.live_flows.load(Relaxed)).sum::<u64>())
+                .sum::<u64>()
+        };
         assert_eq!(live(&dp), 9);
         assert_eq!(dp.expire(61_000), 9);
         assert_eq!(live(&dp), 0);

@@ -177,9 +177,18 @@ impl FlowTable {
 
     /// Heap bytes the table holds now, for the per-flow memory figure.
     pub fn memory_bytes(&self) -> usize {
+        // hashbrown fills at most 7/8 of its buckets; each bucket is the value plus one
+        // control byte.
         let bucket = std::mem::size_of::<u32>() + 1;
+        let buckets = |items: usize| {
+            if items == 0 {
+                0
+            } else {
+                (items * 8 / 7).next_power_of_two()
+            }
+        };
         self.slots.capacity() * std::mem::size_of::<Slot>()
-            + (self.by_request.capacity() + self.by_reply.capacity()) * bucket
+            + (buckets(self.by_request.capacity()) + buckets(self.by_reply.capacity())) * bucket
     }
 
     fn find(&self, table: &HashTable<u32>, key: &FlowKey, reply: bool) -> Option<u32> {
@@ -187,7 +196,11 @@ impl FlowTable {
         table
             .find(hash, |&i| {
                 let s = &self.slots[i as usize];
-                (if reply { s.reply_key() } else { s.request_key() }) == *key
+                (if reply {
+                    s.reply_key()
+                } else {
+                    s.request_key()
+                }) == *key
             })
             .copied()
     }
@@ -232,7 +245,13 @@ impl FlowTable {
     /// Adds a flow for a request packet that found none. A reply key already held by another
     /// flow (two VIP ports that share a real server, used from one client port) is replaced so
     /// that replies follow the newest flow.
-    pub fn insert(&mut self, key: &FlowKey, server: SocketAddrV4, tag: u32, now_ms: u64) -> Result<(), Full> {
+    pub fn insert(
+        &mut self,
+        key: &FlowKey,
+        server: SocketAddrV4,
+        tag: u32,
+        now_ms: u64,
+    ) -> Result<(), Full> {
         if self.len >= self.max {
             return Err(Full);
         }
@@ -362,11 +381,19 @@ mod tests {
     }
 
     fn req(p: Protocol, client: &str) -> FlowKey {
-        FlowKey { protocol: p, src: sa(client), dst: sa("10.0.0.100:80") }
+        FlowKey {
+            protocol: p,
+            src: sa(client),
+            dst: sa("10.0.0.100:80"),
+        }
     }
 
     fn reply(p: Protocol, server: &str, client: &str) -> FlowKey {
-        FlowKey { protocol: p, src: sa(server), dst: sa(client) }
+        FlowKey {
+            protocol: p,
+            src: sa(server),
+            dst: sa(client),
+        }
     }
 
     #[test]
@@ -377,14 +404,38 @@ mod tests {
         t.insert(&k, sa("172.16.0.2:8080"), 7, 0).unwrap();
         assert_eq!(
             t.lookup_request(&k, SYN, 1),
-            Lookup::Found(Placed { server: sa("172.16.0.2:8080"), tag: 7 })
+            Lookup::Found(Placed {
+                server: sa("172.16.0.2:8080"),
+                tag: 7
+            })
         );
         let r = reply(Protocol::Tcp, "172.16.0.2:8080", "10.0.0.5:4000");
         assert_eq!(t.lookup_reply(&r, SYN | ACK, 2), Some(sa("10.0.0.100:80")));
         // Replies are matched, never guessed: another client port or server misses.
-        assert_eq!(t.lookup_reply(&reply(Protocol::Tcp, "172.16.0.2:8080", "10.0.0.5:4001"), ACK, 2), None);
-        assert_eq!(t.lookup_reply(&reply(Protocol::Tcp, "172.16.0.3:8080", "10.0.0.5:4000"), ACK, 2), None);
-        assert_eq!(t.lookup_reply(&reply(Protocol::Udp, "172.16.0.2:8080", "10.0.0.5:4000"), 0, 2), None);
+        assert_eq!(
+            t.lookup_reply(
+                &reply(Protocol::Tcp, "172.16.0.2:8080", "10.0.0.5:4001"),
+                ACK,
+                2
+            ),
+            None
+        );
+        assert_eq!(
+            t.lookup_reply(
+                &reply(Protocol::Tcp, "172.16.0.3:8080", "10.0.0.5:4000"),
+                ACK,
+                2
+            ),
+            None
+        );
+        assert_eq!(
+            t.lookup_reply(
+                &reply(Protocol::Udp, "172.16.0.2:8080", "10.0.0.5:4000"),
+                0,
+                2
+            ),
+            None
+        );
         assert_eq!(t.len(), 1);
     }
 
@@ -401,7 +452,10 @@ mod tests {
         t.insert(&k, sa("172.16.0.2:80"), 0, 0).unwrap();
         let r = reply(Protocol::Tcp, "172.16.0.2:80", "10.0.0.5:4000");
         t.lookup_reply(&r, SYN | ACK, 100);
-        assert!(t.expire(800_000, 10).is_empty(), "established flows live for the tcp timeout");
+        assert!(
+            t.expire(800_000, 10).is_empty(),
+            "established flows live for the tcp timeout"
+        );
         t.lookup_request(&k, FIN | ACK, 800_000);
         assert!(t.expire(805_000, 10).is_empty());
         let ended = t.expire(810_000, 10);
@@ -415,7 +469,11 @@ mod tests {
         let mut t = FlowTable::new(T, 10);
         let k = req(Protocol::Tcp, "10.0.0.5:4000");
         t.insert(&k, sa("172.16.0.2:80"), 0, 0).unwrap();
-        t.lookup_reply(&reply(Protocol::Tcp, "172.16.0.2:80", "10.0.0.5:4000"), RST, 0);
+        t.lookup_reply(
+            &reply(Protocol::Tcp, "172.16.0.2:80", "10.0.0.5:4000"),
+            RST,
+            0,
+        );
         assert_eq!(t.expire(10_000, 10).len(), 1);
     }
 
@@ -446,21 +504,50 @@ mod tests {
     #[test]
     fn refuses_new_flows_when_full_and_reuses_freed_slots() {
         let mut t = FlowTable::new(T, 2);
-        t.insert(&req(Protocol::Udp, "10.0.0.5:1"), sa("172.16.0.2:53"), 0, 0).unwrap();
-        t.insert(&req(Protocol::Udp, "10.0.0.5:2"), sa("172.16.0.2:53"), 0, 0).unwrap();
-        assert_eq!(t.insert(&req(Protocol::Udp, "10.0.0.5:3"), sa("172.16.0.2:53"), 0, 0), Err(Full));
+        t.insert(&req(Protocol::Udp, "10.0.0.5:1"), sa("172.16.0.2:53"), 0, 0)
+            .unwrap();
+        t.insert(&req(Protocol::Udp, "10.0.0.5:2"), sa("172.16.0.2:53"), 0, 0)
+            .unwrap();
+        assert_eq!(
+            t.insert(&req(Protocol::Udp, "10.0.0.5:3"), sa("172.16.0.2:53"), 0, 0),
+            Err(Full)
+        );
         assert_eq!(t.expire(60_000, 10).len(), 2);
-        t.insert(&req(Protocol::Udp, "10.0.0.5:3"), sa("172.16.0.2:53"), 0, 60_000).unwrap();
-        t.insert(&req(Protocol::Udp, "10.0.0.5:4"), sa("172.16.0.3:53"), 0, 60_000).unwrap();
+        t.insert(
+            &req(Protocol::Udp, "10.0.0.5:3"),
+            sa("172.16.0.2:53"),
+            0,
+            60_000,
+        )
+        .unwrap();
+        t.insert(
+            &req(Protocol::Udp, "10.0.0.5:4"),
+            sa("172.16.0.3:53"),
+            0,
+            60_000,
+        )
+        .unwrap();
         assert_eq!(t.slots.len(), 2, "freed slots are reused");
-        assert!(t.lookup_reply(&reply(Protocol::Udp, "172.16.0.3:53", "10.0.0.5:4"), 0, 60_000).is_some());
+        assert!(t
+            .lookup_reply(
+                &reply(Protocol::Udp, "172.16.0.3:53", "10.0.0.5:4"),
+                0,
+                60_000
+            )
+            .is_some());
     }
 
     #[test]
     fn expiry_is_bounded_and_resumes() {
         let mut t = FlowTable::new(T, 100);
         for p in 0..50 {
-            t.insert(&req(Protocol::Udp, &format!("10.0.0.5:{}", p + 1)), sa("172.16.0.2:53"), 0, 0).unwrap();
+            t.insert(
+                &req(Protocol::Udp, &format!("10.0.0.5:{}", p + 1)),
+                sa("172.16.0.2:53"),
+                0,
+                0,
+            )
+            .unwrap();
         }
         assert_eq!(t.expire(60_000, 20).len(), 20);
         assert_eq!(t.expire(60_000, 20).len(), 20);
@@ -471,8 +558,16 @@ mod tests {
     #[test]
     fn a_reply_key_collision_follows_the_newest_flow() {
         let mut t = FlowTable::new(T, 10);
-        let a = FlowKey { protocol: Protocol::Tcp, src: sa("10.0.0.5:4000"), dst: sa("10.0.0.100:80") };
-        let b = FlowKey { protocol: Protocol::Tcp, src: sa("10.0.0.5:4000"), dst: sa("10.0.0.100:81") };
+        let a = FlowKey {
+            protocol: Protocol::Tcp,
+            src: sa("10.0.0.5:4000"),
+            dst: sa("10.0.0.100:80"),
+        };
+        let b = FlowKey {
+            protocol: Protocol::Tcp,
+            src: sa("10.0.0.5:4000"),
+            dst: sa("10.0.0.100:81"),
+        };
         t.insert(&a, sa("172.16.0.2:80"), 0, 0).unwrap();
         t.insert(&b, sa("172.16.0.2:80"), 0, 0).unwrap();
         let r = reply(Protocol::Tcp, "172.16.0.2:80", "10.0.0.5:4000");
@@ -486,8 +581,21 @@ mod tests {
         for n in [10_000u32, 100_000] {
             let mut t = FlowTable::new(T, n);
             for i in 0..n {
-                let client = SocketAddrV4::new(Ipv4Addr::from(0x0a00_0000 + (i >> 8)), 1024 + (i & 0xff) as u16);
-                t.insert(&FlowKey { protocol: Protocol::Tcp, src: client, dst: sa("10.0.0.100:80") }, sa("172.16.0.2:80"), 0, 0).unwrap();
+                let client = SocketAddrV4::new(
+                    Ipv4Addr::from(0x0a00_0000 + (i >> 8)),
+                    1024 + (i & 0xff) as u16,
+                );
+                t.insert(
+                    &FlowKey {
+                        protocol: Protocol::Tcp,
+                        src: client,
+                        dst: sa("10.0.0.100:80"),
+                    },
+                    sa("172.16.0.2:80"),
+                    0,
+                    0,
+                )
+                .unwrap();
             }
             let per_flow = t.memory_bytes() / n as usize;
             assert!(per_flow <= 128, "{n} flows take {per_flow} bytes each");

@@ -147,9 +147,18 @@ mod tests {
             "172.16.0.1/24".parse::<Ipv4Net>(),
             Err(CidrError::HostBits("172.16.0.0/24".parse().unwrap()))
         );
-        assert_eq!("172.16.0.0".parse::<Ipv4Net>(), Err(CidrError::MissingSlash));
-        assert!(matches!("1.2.3.4/33".parse::<Ipv4Net>(), Err(CidrError::Prefix(_))));
-        assert!(matches!("1.2.3/8".parse::<Ipv4Net>(), Err(CidrError::Address(_))));
+        assert_eq!(
+            "172.16.0.0".parse::<Ipv4Net>(),
+            Err(CidrError::MissingSlash)
+        );
+        assert!(matches!(
+            "1.2.3.4/33".parse::<Ipv4Net>(),
+            Err(CidrError::Prefix(_))
+        ));
+        assert!(matches!(
+            "1.2.3/8".parse::<Ipv4Net>(),
+            Err(CidrError::Address(_))
+        ));
         let all: Ipv4Net = "0.0.0.0/0".parse().unwrap();
         assert!(all.contains(Ipv4Addr::new(8, 8, 8, 8)));
     }

@@ -160,13 +160,23 @@ fn build_rule<'a>(chain: &'a Chain<'a>, r: &ruleset::Rule, backend: QueueBackend
 }
 
 fn add_match(rule: &mut Rule, m: &Match) {
-    use nftnl::expr::{Ipv4HeaderField, NetworkHeaderField, TcpHeaderField, TransportHeaderField, UdpHeaderField};
+    use nftnl::expr::{
+        Ipv4HeaderField, NetworkHeaderField, TcpHeaderField, TransportHeaderField, UdpHeaderField,
+    };
     let ip = |f| Payload::Network(NetworkHeaderField::Ipv4(f));
     let port = |p: Protocol, src: bool| match (p, src) {
-        (Protocol::Tcp, true) => Payload::Transport(TransportHeaderField::Tcp(TcpHeaderField::Sport)),
-        (Protocol::Tcp, false) => Payload::Transport(TransportHeaderField::Tcp(TcpHeaderField::Dport)),
-        (Protocol::Udp, true) => Payload::Transport(TransportHeaderField::Udp(UdpHeaderField::Sport)),
-        (Protocol::Udp, false) => Payload::Transport(TransportHeaderField::Udp(UdpHeaderField::Dport)),
+        (Protocol::Tcp, true) => {
+            Payload::Transport(TransportHeaderField::Tcp(TcpHeaderField::Sport))
+        }
+        (Protocol::Tcp, false) => {
+            Payload::Transport(TransportHeaderField::Tcp(TcpHeaderField::Dport))
+        }
+        (Protocol::Udp, true) => {
+            Payload::Transport(TransportHeaderField::Udp(UdpHeaderField::Sport))
+        }
+        (Protocol::Udp, false) => {
+            Payload::Transport(TransportHeaderField::Udp(UdpHeaderField::Dport))
+        }
     };
     match *m {
         Match::DaddrIs(a) => {
@@ -228,9 +238,21 @@ impl Expression for NativeQueue {
     fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
         let expr = alloc_expr!(c"queue");
         unsafe {
-            sys::nftnl_expr_set_u16(expr.as_ptr(), sys::NFTNL_EXPR_QUEUE_NUM as u16, self.q.first);
-            sys::nftnl_expr_set_u16(expr.as_ptr(), sys::NFTNL_EXPR_QUEUE_TOTAL as u16, self.q.count);
-            sys::nftnl_expr_set_u16(expr.as_ptr(), sys::NFTNL_EXPR_QUEUE_FLAGS as u16, self.flags);
+            sys::nftnl_expr_set_u16(
+                expr.as_ptr(),
+                sys::NFTNL_EXPR_QUEUE_NUM as u16,
+                self.q.first,
+            );
+            sys::nftnl_expr_set_u16(
+                expr.as_ptr(),
+                sys::NFTNL_EXPR_QUEUE_TOTAL as u16,
+                self.q.count,
+            );
+            sys::nftnl_expr_set_u16(
+                expr.as_ptr(),
+                sys::NFTNL_EXPR_QUEUE_FLAGS as u16,
+                self.flags,
+            );
         }
         expr
     }
@@ -251,7 +273,11 @@ impl Expression for XtNfqueue {
         info[2..4].copy_from_slice(&self.q.count.to_ne_bytes());
         info[4..6].copy_from_slice(&self.flags.to_ne_bytes());
         unsafe {
-            sys::nftnl_expr_set_str(expr.as_ptr(), sys::NFTNL_EXPR_TG_NAME as u16, c"NFQUEUE".as_ptr());
+            sys::nftnl_expr_set_str(
+                expr.as_ptr(),
+                sys::NFTNL_EXPR_TG_NAME as u16,
+                c"NFQUEUE".as_ptr(),
+            );
             sys::nftnl_expr_set_u32(expr.as_ptr(), sys::NFTNL_EXPR_TG_REV as u16, 3);
             // libnftnl takes ownership of the info buffer and free()s it with the expression,
             // so it must come from malloc.

@@ -149,7 +149,13 @@ pub enum Endpoint {
 
 /// Rewrites one endpoint of a packet that [`parse`] accepted as `h`, and fixes the IPv4 and
 /// layer-4 checksums according to `state`.
-pub fn rewrite(buf: &mut [u8], h: &Headers, which: Endpoint, to: SocketAddrV4, state: ChecksumState) {
+pub fn rewrite(
+    buf: &mut [u8],
+    h: &Headers,
+    which: Endpoint,
+    to: SocketAddrV4,
+    state: ChecksumState,
+) {
     let (ip_at, port_at, from) = match which {
         Endpoint::Source => (12, h.l4_at, h.src),
         Endpoint::Destination => (16, h.l4_at + 2, h.dst),
@@ -176,7 +182,13 @@ pub fn rewrite(buf: &mut [u8], h: &Headers, which: Endpoint, to: SocketAddrV4, s
                 Endpoint::Destination => (*h.src.ip(), *to.ip()),
             };
             let segment = &buf[h.l4_at..h.l4_at + h.l4_len];
-            checksum::l4(src, dst, h.protocol as u8, segment, check_offset(h.protocol))
+            checksum::l4(
+                src,
+                dst,
+                h.protocol as u8,
+                segment,
+                check_offset(h.protocol),
+            )
         }
     };
     // RFC 768: a computed UDP checksum of zero is sent as all ones; zero means "none".
@@ -205,7 +217,13 @@ pub(crate) mod fixtures {
     use pnet_packet::udp::{self, MutableUdpPacket};
     use std::net::SocketAddrV4;
 
-    pub fn tcp(src: SocketAddrV4, dst: SocketAddrV4, flags: u8, payload: &[u8], options: &[u8]) -> Vec<u8> {
+    pub fn tcp(
+        src: SocketAddrV4,
+        dst: SocketAddrV4,
+        flags: u8,
+        payload: &[u8],
+        options: &[u8],
+    ) -> Vec<u8> {
         let ihl = 20 + options.len();
         let mut buf = vec![0u8; ihl + 20 + payload.len()];
         let total = buf.len();
@@ -314,7 +332,13 @@ mod tests {
 
     #[test]
     fn parses_a_tcp_syn() {
-        let p = tcp(sa("10.0.0.5:40000"), sa("10.0.0.100:80"), tcp_flags::SYN, b"", &[]);
+        let p = tcp(
+            sa("10.0.0.5:40000"),
+            sa("10.0.0.100:80"),
+            tcp_flags::SYN,
+            b"",
+            &[],
+        );
         let h = parse(&p).unwrap();
         assert_eq!(h.protocol, Protocol::Tcp);
         assert_eq!(h.src, sa("10.0.0.5:40000"));
@@ -325,9 +349,21 @@ mod tests {
     #[test]
     fn dnat_tcp_with_ip_options_keeps_checksums_valid() {
         // A 4-byte options field (two NOPs and an end-of-options, padded).
-        let mut p = tcp(sa("10.0.0.5:40000"), sa("10.0.0.100:80"), 0x18, b"GET / HTTP/1.0\r\n\r\n", &[1, 1, 0, 0]);
+        let mut p = tcp(
+            sa("10.0.0.5:40000"),
+            sa("10.0.0.100:80"),
+            0x18,
+            b"GET / HTTP/1.0\r\n\r\n",
+            &[1, 1, 0, 0],
+        );
         let h = parse(&p).unwrap();
-        rewrite(&mut p, &h, Endpoint::Destination, sa("172.16.0.3:8080"), ChecksumState::Complete);
+        rewrite(
+            &mut p,
+            &h,
+            Endpoint::Destination,
+            sa("172.16.0.3:8080"),
+            ChecksumState::Complete,
+        );
         assert!(checksums_ok(&p));
         let after = parse(&p).unwrap();
         assert_eq!(after.dst, sa("172.16.0.3:8080"));
@@ -339,7 +375,13 @@ mod tests {
     fn snat_udp_keeps_checksums_valid() {
         let mut p = udp(sa("172.16.0.3:53"), sa("10.0.0.5:5353"), b"answer");
         let h = parse(&p).unwrap();
-        rewrite(&mut p, &h, Endpoint::Source, sa("10.0.0.100:53"), ChecksumState::Complete);
+        rewrite(
+            &mut p,
+            &h,
+            Endpoint::Source,
+            sa("10.0.0.100:53"),
+            ChecksumState::Complete,
+        );
         assert!(checksums_ok(&p));
         assert_eq!(parse(&p).unwrap().src, sa("10.0.0.100:53"));
     }
@@ -350,7 +392,13 @@ mod tests {
         p[26] = 0;
         p[27] = 0;
         let h = parse(&p).unwrap();
-        rewrite(&mut p, &h, Endpoint::Destination, sa("172.16.0.3:53"), ChecksumState::Complete);
+        rewrite(
+            &mut p,
+            &h,
+            Endpoint::Destination,
+            sa("172.16.0.3:53"),
+            ChecksumState::Complete,
+        );
         assert_eq!(&p[26..28], &[0, 0]);
         assert!(checksums_ok(&p));
     }
@@ -366,17 +414,35 @@ mod tests {
             make_partial(&mut p);
             assert!(!checksums_ok(&p));
             let h = parse(&p).unwrap();
-            rewrite(&mut p, &h, Endpoint::Destination, sa("172.16.0.2:80"), ChecksumState::Partial);
+            rewrite(
+                &mut p,
+                &h,
+                Endpoint::Destination,
+                sa("172.16.0.2:80"),
+                ChecksumState::Partial,
+            );
             assert!(checksums_ok(&p), "{proto}");
         }
     }
 
     #[test]
     fn partial_gso_keeps_a_correct_seed() {
-        let mut p = tcp(sa("172.16.0.2:80"), sa("10.0.0.5:40000"), 0x10, &[7u8; 3000], &[]);
+        let mut p = tcp(
+            sa("172.16.0.2:80"),
+            sa("10.0.0.5:40000"),
+            0x10,
+            &[7u8; 3000],
+            &[],
+        );
         make_partial(&mut p);
         let h = parse(&p).unwrap();
-        rewrite(&mut p, &h, Endpoint::Source, sa("10.0.0.100:80"), ChecksumState::PartialGso);
+        rewrite(
+            &mut p,
+            &h,
+            Endpoint::Source,
+            sa("10.0.0.100:80"),
+            ChecksumState::PartialGso,
+        );
         let mut expected = p.clone();
         make_partial(&mut expected);
         assert_eq!(p, expected);
@@ -384,21 +450,106 @@ mod tests {
 
     #[test]
     fn refuses_malformed_packets() {
-        let good = tcp(sa("10.0.0.5:1"), sa("10.0.0.100:80"), tcp_flags::SYN, b"", &[]);
+        let good = tcp(
+            sa("10.0.0.5:1"),
+            sa("10.0.0.100:80"),
+            tcp_flags::SYN,
+            b"",
+            &[],
+        );
         let cases: Vec<(Vec<u8>, Malformed)> = vec![
             (vec![], Malformed::TooShort),
             (good[..19].to_vec(), Malformed::TooShort),
-            ({ let mut p = good.clone(); p[0] = 0x65; p }, Malformed::NotIpv4),
-            ({ let mut p = good.clone(); p[0] = 0x44; p }, Malformed::BadHeaderLength),
-            ({ let mut p = good.clone(); p[0] = 0x4f; p }, Malformed::BadHeaderLength),
-            ({ let mut p = good.clone(); p[3] = 200; p }, Malformed::BadTotalLength),
-            ({ let mut p = good.clone(); p[2] = 0; p[3] = 10; p }, Malformed::BadTotalLength),
-            ({ let mut p = good.clone(); p[6] = 0x20; p }, Malformed::Fragment),
-            ({ let mut p = good.clone(); p[7] = 0x01; p }, Malformed::Fragment),
-            ({ let mut p = good.clone(); p[9] = 1; p }, Malformed::Protocol),
-            ({ let mut p = good.clone(); p.truncate(30); p[3] = 30; p }, Malformed::L4TooShort),
-            ({ let mut p = good.clone(); p[32] = 0xf0; p }, Malformed::L4TooShort),
-            ({ let mut p = udp(sa("10.0.0.5:1"), sa("10.0.0.100:53"), b"x"); p[25] = 99; p }, Malformed::BadUdpLength),
+            (
+                {
+                    let mut p = good.clone();
+                    p[0] = 0x65;
+                    p
+                },
+                Malformed::NotIpv4,
+            ),
+            (
+                {
+                    let mut p = good.clone();
+                    p[0] = 0x44;
+                    p
+                },
+                Malformed::BadHeaderLength,
+            ),
+            (
+                {
+                    let mut p = good.clone();
+                    p[0] = 0x4f;
+                    p
+                },
+                Malformed::BadHeaderLength,
+            ),
+            (
+                {
+                    let mut p = good.clone();
+                    p[3] = 200;
+                    p
+                },
+                Malformed::BadTotalLength,
+            ),
+            (
+                {
+                    let mut p = good.clone();
+                    p[2] = 0;
+                    p[3] = 10;
+                    p
+                },
+                Malformed::BadTotalLength,
+            ),
+            (
+                {
+                    let mut p = good.clone();
+                    p[6] = 0x20;
+                    p
+                },
+                Malformed::Fragment,
+            ),
+            (
+                {
+                    let mut p = good.clone();
+                    p[7] = 0x01;
+                    p
+                },
+                Malformed::Fragment,
+            ),
+            (
+                {
+                    let mut p = good.clone();
+                    p[9] = 1;
+                    p
+                },
+                Malformed::Protocol,
+            ),
+            (
+                {
+                    let mut p = good.clone();
+                    p.truncate(30);
+                    p[3] = 30;
+                    p
+                },
+                Malformed::L4TooShort,
+            ),
+            (
+                {
+                    let mut p = good.clone();
+                    p[32] = 0xf0;
+                    p
+                },
+                Malformed::L4TooShort,
+            ),
+            (
+                {
+                    let mut p = udp(sa("10.0.0.5:1"), sa("10.0.0.100:53"), b"x");
+                    p[25] = 99;
+                    p
+                },
+                Malformed::BadUdpLength,
+            ),
         ];
         for (i, (p, want)) in cases.iter().enumerate() {
             assert_eq!(parse(p), Err(*want), "case {i}");

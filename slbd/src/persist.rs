@@ -50,7 +50,10 @@ impl Persistence {
         if self.entries.len() >= self.max && !self.entries.contains_key(&key) {
             return;
         }
-        let e = self.entries.entry(key).or_insert(Entry { server, until_ms });
+        let e = self
+            .entries
+            .entry(key)
+            .or_insert(Entry { server, until_ms });
         if e.server != server || e.until_ms < until_ms {
             *e = Entry { server, until_ms };
         }
@@ -86,7 +89,11 @@ mod tests {
     use super::*;
 
     fn key(client: &str) -> PersistKey {
-        PersistKey { client: client.parse().unwrap(), protocol: Protocol::Tcp, port: 80 }
+        PersistKey {
+            client: client.parse().unwrap(),
+            protocol: Protocol::Tcp,
+            port: 80,
+        }
     }
 
     #[test]
@@ -106,7 +113,10 @@ mod tests {
         let mut p = Persistence::new(10);
         let s: SocketAddrV4 = "172.16.0.2:80".parse().unwrap();
         p.remember(key("10.0.0.5"), s, 5_000);
-        let other = PersistKey { port: 443, ..key("10.0.0.5") };
+        let other = PersistKey {
+            port: 443,
+            ..key("10.0.0.5")
+        };
         assert_eq!(p.get(&other, 0), None);
     }
 

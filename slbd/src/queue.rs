@@ -46,7 +46,8 @@ pub struct QueueStats {
 /// Opens and configures queue `num`.
 pub fn open(num: u16, cfg: &QueueConfig) -> Result<nfq::Queue, QueueError> {
     let mut q = nfq::Queue::open().map_err(QueueError::Open)?;
-    q.bind(num).map_err(|source| QueueError::Bind { num, source })?;
+    q.bind(num)
+        .map_err(|source| QueueError::Bind { num, source })?;
     let configure = |source| QueueError::Configure { num, source };
     q.set_queue_max_len(num, cfg.max_len).map_err(configure)?;
     q.set_recv_gso(num, cfg.gso).map_err(configure)?;
@@ -64,7 +65,13 @@ fn checksum_state(msg: &nfq::Message) -> ChecksumState {
 }
 
 /// Runs one queue until its socket fails for good. Never returns on a healthy queue.
-pub fn run(mut q: nfq::Queue, num: u16, dp: Arc<Dataplane>, stats: Arc<QueueStats>, epoch: Instant) {
+pub fn run(
+    mut q: nfq::Queue,
+    num: u16,
+    dp: Arc<Dataplane>,
+    stats: Arc<QueueStats>,
+    epoch: Instant,
+) {
     tracing::info!(queue = num, "queue worker started");
     let mut consecutive_errors = 0u32;
     loop {

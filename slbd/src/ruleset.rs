@@ -214,7 +214,11 @@ mod tests {
         )
         .unwrap();
         let rs = plan(&config, QueueRange { first: 0, count: 2 });
-        let text: Vec<String> = rs.rules.iter().map(|r| format!("{}: {r}", r.chain.name)).collect();
+        let text: Vec<String> = rs
+            .rules
+            .iter()
+            .map(|r| format!("{}: {r}", r.chain.name))
+            .collect();
         assert_eq!(
             text,
             vec![

@@ -29,11 +29,21 @@ pub const CLIENT2: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 6);
 pub const SERVER_HTTP_PORT: u16 = 8000;
 pub const SERVER_UDP_PORT: u16 = 5300;
 
-/// Deterministic bytes for bulk transfers: the byte at stream offset `pos` is a hash of `pos`.
+/// Deterministic bytes for bulk transfers: each 8-byte word at stream offset `8w` is a hash of
+/// `w`, so any reordered, dropped or corrupted segment changes the stream's digest.
 pub fn pattern(offset: u64, buf: &mut [u8]) {
-    for (i, b) in buf.iter_mut().enumerate() {
-        *b = ((offset + i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as u8;
+    let mut i = 0;
+    while i < buf.len() {
+        let pos = offset + i as u64;
+        let (w, k) = (word(pos / 8), (pos % 8) as usize);
+        let n = (8 - k).min(buf.len() - i);
+        buf[i..i + n].copy_from_slice(&w[k..k + n]);
+        i += n;
     }
+}
+
+fn word(w: u64) -> [u8; 8] {
+    (w.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (w >> 3)).to_le_bytes()
 }
 
 /// Address of real server `i` (0-based).
@@ -49,7 +59,10 @@ pub fn can_run(test: &str) -> bool {
     if nix::unistd::geteuid().is_root() {
         return true;
     }
-    assert!(std::env::var_os("CI").is_none(), "{test}: CI must run the lab tests as root");
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test}: CI must run the lab tests as root"
+    );
     eprintln!("skipping {test}: network namespaces need root");
     false
 }
@@ -68,9 +81,16 @@ pub fn workspace_bin(name: &str) -> PathBuf {
 }
 
 fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip").args(args).output().context("running ip")?;
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running ip")?;
     if !out.status.success() {
-        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -97,7 +117,11 @@ impl Slbd {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 return status.code();
             }
-            assert!(Instant::now() < deadline, "slbd did not exit within {timeout:?}; log:\n{}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "slbd did not exit within {timeout:?}; log:\n{}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -126,10 +150,21 @@ pub struct Lab {
 impl Lab {
     /// Builds the topology with `n` real servers, each running `lab-server`.
     pub fn new(n: usize) -> Result<Lab> {
-        let id = format!("slb{}x{}", std::process::id(), LABS.fetch_add(1, Ordering::SeqCst));
+        sweep_stale_labs();
+        let id = format!(
+            "slb{}x{}",
+            std::process::id(),
+            LABS.fetch_add(1, Ordering::SeqCst)
+        );
         let dir = std::env::temp_dir().join(&id);
         std::fs::create_dir_all(&dir)?;
-        let mut lab = Lab { id, namespaces: Vec::new(), servers: Vec::new(), dir, helpers: Mutex::new(Vec::new()) };
+        let mut lab = Lab {
+            id,
+            namespaces: Vec::new(),
+            servers: Vec::new(),
+            dir,
+            helpers: Mutex::new(Vec::new()),
+        };
         lab.build(n)?;
         Ok(lab)
     }
@@ -156,7 +191,9 @@ impl Lab {
         let (c, b) = (self.client(), self.balancer());
         self.add_ns(c.clone())?;
         self.add_ns(b.clone())?;
-        ip(&["-n", &b, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &c])?;
+        ip(&[
+            "-n", &b, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &c,
+        ])?;
         ip(&["-n", &b, "addr", "add", "10.0.0.1/24", "dev", "eth0"])?;
         ip(&["-n", &b, "link", "set", "eth0", "up"])?;
         ip(&["-n", &b, "link", "add", "br0", "type", "bridge"])?;
@@ -171,9 +208,19 @@ impl Lab {
             let s = self.server(i);
             self.add_ns(s.clone())?;
             let port = format!("p{}", i + 1);
-            ip(&["-n", &b, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &s])?;
+            ip(&[
+                "-n", &b, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &s,
+            ])?;
             ip(&["-n", &b, "link", "set", &port, "master", "br0", "up"])?;
-            ip(&["-n", &s, "addr", "add", &format!("{}/24", server_ip(i)), "dev", "eth0"])?;
+            ip(&[
+                "-n",
+                &s,
+                "addr",
+                "add",
+                &format!("{}/24", server_ip(i)),
+                "dev",
+                "eth0",
+            ])?;
             ip(&["-n", &s, "link", "set", "eth0", "up"])?;
             ip(&["-n", &s, "route", "add", "default", "via", "172.16.0.1"])?;
             let mut child = Command::new("ip")
@@ -198,19 +245,31 @@ impl Lab {
     pub fn sysctl(&self, ns: &str, key: &str, value: &str) -> Result<()> {
         let out = self.exec(ns, &["sysctl", "-qw", &format!("{key}={value}")])?;
         if !out.status.success() {
-            bail!("sysctl {key} in {ns}: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "sysctl {key} in {ns}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(())
     }
 
     /// Runs a command in a namespace and returns its output.
     pub fn exec(&self, ns: &str, cmd: &[&str]) -> Result<Output> {
-        Command::new("ip").args(["netns", "exec", ns]).args(cmd).output().with_context(|| format!("running {cmd:?} in {ns}"))
+        Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(cmd)
+            .output()
+            .with_context(|| format!("running {cmd:?} in {ns}"))
     }
 
     /// Starts a helper process in a namespace; it is killed when the lab is dropped.
     pub fn spawn(&self, ns: &str, cmd: &[&str]) -> Result<()> {
-        let child = Command::new("ip").args(["netns", "exec", ns]).args(cmd).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(cmd)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
         self.helpers.lock().unwrap().push(child);
         Ok(())
     }
@@ -218,7 +277,11 @@ impl Lab {
     /// The lab's default configuration: one TCP service on VIP:80 and one UDP service on
     /// VIP:53 over all `n` servers (whose ports differ from the VIP's, so ports are rewritten).
     pub fn config(&self, n: usize) -> Value {
-        let servers = |port: u16| (0..n).map(|i| Value::from(format!("{}:{port}", server_ip(i)))).collect::<Vec<_>>();
+        let servers = |port: u16| {
+            (0..n)
+                .map(|i| Value::from(format!("{}:{port}", server_ip(i))))
+                .collect::<Vec<_>>()
+        };
         json!({
             "address": VIP.to_string(),
             "address_dev": "eth0",
@@ -242,7 +305,9 @@ impl Lab {
 
     /// Starts slbd in the balancer namespace without waiting for it.
     pub fn spawn_slbd(&self, config: &Path) -> Slbd {
-        let log = self.dir.join(format!("slbd-{}.log", LABS.fetch_add(1, Ordering::SeqCst)));
+        let log = self
+            .dir
+            .join(format!("slbd-{}.log", LABS.fetch_add(1, Ordering::SeqCst)));
         let child = Command::new("ip")
             .args(["netns", "exec", &self.balancer()])
             .arg(workspace_bin("slbd"))
@@ -258,7 +323,10 @@ impl Lab {
 
     /// Starts slbd with `config` and waits until it says it is balancing.
     pub fn start_slbd(&self, config: &Value) -> Slbd {
-        let path = self.write_config("slb_conf.json", &serde_json::to_string_pretty(config).unwrap());
+        let path = self.write_config(
+            "slb_conf.json",
+            &serde_json::to_string_pretty(config).unwrap(),
+        );
         let mut slbd = self.spawn_slbd(&path);
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
@@ -266,29 +334,46 @@ impl Lab {
                 return slbd;
             }
             if let Ok(Some(status)) = slbd.child.try_wait() {
-                panic!("slbd exited ({status}) instead of balancing; log:\n{}", slbd.log_text());
+                panic!(
+                    "slbd exited ({status}) instead of balancing; log:\n{}",
+                    slbd.log_text()
+                );
             }
-            assert!(Instant::now() < deadline, "slbd did not start balancing; log:\n{}", slbd.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "slbd did not start balancing; log:\n{}",
+                slbd.log_text()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     /// `nft list tables` in the balancer namespace.
     pub fn nft_tables(&self) -> String {
-        let out = self.exec(&self.balancer(), &["nft", "list", "tables"]).expect("nft");
+        let out = self
+            .exec(&self.balancer(), &["nft", "list", "tables"])
+            .expect("nft");
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// The IPv4 addresses on the balancer's interfaces.
     pub fn balancer_addrs(&self) -> String {
-        let out = self.exec(&self.balancer(), &["ip", "-4", "-o", "addr"]).expect("ip addr");
+        let out = self
+            .exec(&self.balancer(), &["ip", "-4", "-o", "addr"])
+            .expect("ip addr");
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        for c in self.helpers.lock().unwrap().iter_mut().chain(self.servers.iter_mut()) {
+        for c in self
+            .helpers
+            .lock()
+            .unwrap()
+            .iter_mut()
+            .chain(self.servers.iter_mut())
+        {
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -297,13 +382,51 @@ impl Drop for Lab {
             if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
                 for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
                     if let Ok(pid) = pid.parse::<i32>() {
-                        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
                     }
                 }
             }
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Removes namespaces left by a lab whose process died without dropping it (killed by a
+/// signal): their names carry the dead process's pid.
+fn sweep_stale_labs() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for name in String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+    {
+        let Some(pid) = name
+            .strip_prefix("slb")
+            .and_then(|r| r.split('x').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        if let Ok(out) = Command::new("ip").args(["netns", "pids", name]).output() {
+            for p in String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(p),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        let _ = Command::new("ip").args(["netns", "del", name]).status();
     }
 }
 
@@ -323,7 +446,12 @@ pub fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
 }
 
 /// One HTTP/1.0 GET to `to` from `from` (0 port = any); returns the body.
-pub fn http_get(from: Ipv4Addr, to: SocketAddrV4, path: &str, timeout: Duration) -> std::io::Result<Vec<u8>> {
+pub fn http_get(
+    from: Ipv4Addr,
+    to: SocketAddrV4,
+    path: &str,
+    timeout: Duration,
+) -> std::io::Result<Vec<u8>> {
     let mut s = connect(from, to, timeout)?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: vip\r\n\r\n")?;
     read_body(s)
@@ -331,10 +459,20 @@ pub fn http_get(from: Ipv4Addr, to: SocketAddrV4, path: &str, timeout: Duration)
 
 /// Connects from a chosen local address.
 pub fn connect(from: Ipv4Addr, to: SocketAddrV4, timeout: Duration) -> std::io::Result<TcpStream> {
-    use nix::sys::socket::{bind, connect as nconnect, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
+    use nix::sys::socket::{
+        bind, connect as nconnect, socket, AddressFamily, SockFlag, SockType, SockaddrIn,
+    };
     use std::os::fd::{FromRawFd, IntoRawFd};
-    let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::empty(), None)?;
-    bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::from(SocketAddrV4::new(from, 0)))?;
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::empty(),
+        None,
+    )?;
+    bind(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrIn::from(SocketAddrV4::new(from, 0)),
+    )?;
     let s = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
     // Connect with a deadline: non-blocking connect, then wait for writability.
     s.set_nonblocking(true)?;
@@ -342,10 +480,17 @@ pub fn connect(from: Ipv4Addr, to: SocketAddrV4, timeout: Duration) -> std::io::
         Ok(()) | Err(nix::errno::Errno::EINPROGRESS) => {}
         Err(e) => return Err(e.into()),
     }
-    let mut pfd = [libc::pollfd { fd: std::os::fd::AsRawFd::as_raw_fd(&s), events: libc::POLLOUT, revents: 0 }];
+    let mut pfd = [libc::pollfd {
+        fd: std::os::fd::AsRawFd::as_raw_fd(&s),
+        events: libc::POLLOUT,
+        revents: 0,
+    }];
     let n = unsafe { libc::poll(pfd.as_mut_ptr(), 1, timeout.as_millis() as i32) };
     if n == 0 {
-        return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connect to {to} timed out")));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("connect to {to} timed out"),
+        ));
     }
     if let Some(e) = s.take_error()? {
         return Err(e);
@@ -363,13 +508,20 @@ fn read_body(mut s: TcpStream) -> std::io::Result<Vec<u8>> {
     let at = all
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "no HTTP header end"))?;
+        .ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidData, "no HTTP header end")
+        })?;
     Ok(all.split_off(at + 4))
 }
 
 /// Sends one UDP datagram from `from` to `to` and waits for the answer; returns the answer and
 /// the address it came from.
-pub fn udp_ask(from: Ipv4Addr, to: SocketAddrV4, payload: &[u8], timeout: Duration) -> std::io::Result<(Vec<u8>, SocketAddr)> {
+pub fn udp_ask(
+    from: Ipv4Addr,
+    to: SocketAddrV4,
+    payload: &[u8],
+    timeout: Duration,
+) -> std::io::Result<(Vec<u8>, SocketAddr)> {
     let s = UdpSocket::bind(SocketAddrV4::new(from, 0))?;
     s.set_read_timeout(Some(timeout))?;
     s.send_to(payload, to)?;
@@ -382,4 +534,22 @@ pub fn udp_ask(from: Ipv4Addr, to: SocketAddrV4, payload: &[u8], timeout: Durati
 /// Which server answered an HTTP request, from the body `sN\n`.
 pub fn server_name(body: &[u8]) -> String {
     String::from_utf8_lossy(body).trim().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pattern_is_the_same_however_it_is_cut() {
+        let mut whole = vec![0u8; 1000];
+        pattern(3, &mut whole);
+        for cut in [0usize, 1, 5, 8, 13, 500, 999] {
+            let (mut a, mut b) = (vec![0u8; cut], vec![0u8; 1000 - cut]);
+            pattern(3, &mut a);
+            pattern(3 + cut as u64, &mut b);
+            a.extend(b);
+            assert_eq!(a, whole, "cut at {cut}");
+        }
+    }
 }

@@ -22,7 +22,8 @@ fn spread(lab: &Lab, n: usize) -> BTreeMap<String, usize> {
     in_ns(&lab.client(), || {
         let mut counts = BTreeMap::new();
         for i in 0..n {
-            let body = http_get(CLIENT, vip(80), "/", T).unwrap_or_else(|e| panic!("request {i} to the VIP failed: {e}"));
+            let body = http_get(CLIENT, vip(80), "/", T)
+                .unwrap_or_else(|e| panic!("request {i} to the VIP failed: {e}"));
             *counts.entry(server_name(&body)).or_insert(0) += 1;
         }
         counts
@@ -40,7 +41,10 @@ fn round_robin_spreads_30_connections_10_10_10() {
     }
     let lab = Lab::new(3).unwrap();
     let _slbd = lab.start_slbd(&lab.config(3));
-    assert_eq!(spread(&lab, 30), counts(&[("s1", 10), ("s2", 10), ("s3", 10)]));
+    assert_eq!(
+        spread(&lab, 30),
+        counts(&[("s1", 10), ("s2", 10), ("s3", 10)])
+    );
 }
 
 #[test]
@@ -57,7 +61,10 @@ fn ratio_3_1_1_spreads_30_connections_18_6_6() {
         {"address": "172.16.0.4:8000", "weight": 1},
     ]);
     let _slbd = lab.start_slbd(&config);
-    assert_eq!(spread(&lab, 30), counts(&[("s1", 18), ("s2", 6), ("s3", 6)]));
+    assert_eq!(
+        spread(&lab, 30),
+        counts(&[("s1", 18), ("s2", 6), ("s3", 6)])
+    );
 }
 
 #[test]
@@ -71,15 +78,23 @@ fn udp_is_balanced_and_replies_come_from_the_vip() {
         (0..9)
             .map(|i| {
                 let q = format!("question {i}");
-                let (answer, from) = udp_ask(CLIENT, vip(53), q.as_bytes(), T).unwrap_or_else(|e| panic!("UDP question {i} got no answer: {e}"));
+                let (answer, from) = udp_ask(CLIENT, vip(53), q.as_bytes(), T)
+                    .unwrap_or_else(|e| panic!("UDP question {i} got no answer: {e}"));
                 let answer = String::from_utf8(answer).unwrap();
-                assert!(answer.ends_with(&q), "the echo carries the question back: {answer:?}");
+                assert!(
+                    answer.ends_with(&q),
+                    "the echo carries the question back: {answer:?}"
+                );
                 (answer.split(' ').next().unwrap().to_string(), from)
             })
             .collect::<Vec<_>>()
     });
     for (_, from) in &answers {
-        assert_eq!(*from, SocketAddr::V4(vip(53)), "UDP replies must come from the VIP");
+        assert_eq!(
+            *from,
+            SocketAddr::V4(vip(53)),
+            "UDP replies must come from the VIP"
+        );
     }
     let mut by_server = BTreeMap::new();
     for (server, _) in answers {
@@ -96,7 +111,11 @@ fn bulk_100_mb_arrives_intact_both_ways_with_gso() {
     const SIZE: usize = 100 * 1000 * 1000;
     let lab = Lab::new(2).unwrap();
     let config = lab.config(2);
-    assert_eq!(config.get("queue"), None, "the default queue config has GSO on");
+    assert_eq!(
+        config.get("queue"),
+        None,
+        "the default queue config has GSO on"
+    );
     let slbd = lab.start_slbd(&config);
     let mut expected = Sha256::new();
     let mut chunk = vec![0u8; 1 << 16];
@@ -109,11 +128,24 @@ fn bulk_100_mb_arrives_intact_both_ways_with_gso() {
     in_ns(&lab.client(), || {
         // Download: 100 MB from a real server through the reply path (SNAT).
         let started = Instant::now();
-        let body = http_get(CLIENT, vip(80), &format!("/bytes/{SIZE}"), Duration::from_secs(60)).expect("download through the VIP");
+        let body = http_get(
+            CLIENT,
+            vip(80),
+            &format!("/bytes/{SIZE}"),
+            Duration::from_secs(60),
+        )
+        .expect("download through the VIP");
         let secs = started.elapsed().as_secs_f64();
         assert_eq!(body.len(), SIZE, "download length");
-        assert_eq!(format!("{:x}", Sha256::digest(&body)), expected, "downloaded bytes differ");
-        eprintln!("download: {SIZE} bytes in {secs:.2} s ({:.2} Gbit/s, debug or release as built)", SIZE as f64 * 8.0 / secs / 1e9);
+        assert_eq!(
+            format!("{:x}", Sha256::digest(&body)),
+            expected,
+            "downloaded bytes differ"
+        );
+        eprintln!(
+            "download: {SIZE} bytes in {secs:.2} s ({:.2} Gbit/s, debug or release as built)",
+            SIZE as f64 * 8.0 / secs / 1e9
+        );
 
         // Upload: 100 MB to a real server through the request path (DNAT).
         let mut s = connect(CLIENT, vip(80), Duration::from_secs(60)).expect("connect for upload");
@@ -125,10 +157,23 @@ fn bulk_100_mb_arrives_intact_both_ways_with_gso() {
         }
         let mut reply = String::new();
         s.read_to_string(&mut reply).unwrap();
-        let body = reply.split("\r\n\r\n").nth(1).unwrap_or("").trim().to_string();
+        let body = reply
+            .split("\r\n\r\n")
+            .nth(1)
+            .unwrap_or("")
+            .trim()
+            .to_string();
         let fields: Vec<&str> = body.split(' ').collect();
-        assert_eq!(fields.get(1).copied(), Some(SIZE.to_string().as_str()), "server received {body:?}");
-        assert_eq!(fields.get(2).copied(), Some(expected.as_str()), "uploaded bytes differ at the server");
+        assert_eq!(
+            fields.get(1).copied(),
+            Some(SIZE.to_string().as_str()),
+            "server received {body:?}"
+        );
+        assert_eq!(
+            fields.get(2).copied(),
+            Some(expected.as_str()),
+            "uploaded bytes differ at the server"
+        );
     });
     drop(slbd);
 }
@@ -142,11 +187,13 @@ fn small_packets_with_partial_checksums_are_fixed() {
     // servers, their replies arrive with full checksums instead. Both must come out right:
     // a wrong checksum shows up as a request that never gets its answer.
     let lab = Lab::new(2).unwrap();
-    lab.exec(&lab.server(1), &["ethtool", "-K", "eth0", "tx", "off"]).ok();
+    lab.exec(&lab.server(1), &["ethtool", "-K", "eth0", "tx", "off"])
+        .ok();
     let _slbd = lab.start_slbd(&lab.config(2));
     in_ns(&lab.client(), || {
         for i in 0..20 {
-            let body = http_get(CLIENT, vip(80), "/", T).unwrap_or_else(|e| panic!("request {i}: {e}"));
+            let body =
+                http_get(CLIENT, vip(80), "/", T).unwrap_or_else(|e| panic!("request {i}: {e}"));
             assert!(server_name(&body).starts_with('s'));
             let q = [i as u8; 1];
             udp_ask(CLIENT, vip(53), &q, T).unwrap_or_else(|e| panic!("UDP {i}: {e}"));
@@ -172,9 +219,18 @@ fn persistence_keeps_a_client_on_one_server_until_the_timeout() {
         std::thread::sleep(Duration::from_secs(5));
         (first, others, ask(CLIENT))
     });
-    assert!(first.iter().all(|s| *s == first[0]), "one client, one server: {first:?}");
-    assert!(others.iter().all(|s| *s != first[0]), "another client is balanced away: {others:?}");
-    assert_ne!(later, first[0], "after the timeout the client is scheduled afresh");
+    assert!(
+        first.iter().all(|s| *s == first[0]),
+        "one client, one server: {first:?}"
+    );
+    assert!(
+        others.iter().all(|s| *s != first[0]),
+        "another client is balanced away: {others:?}"
+    );
+    assert_ne!(
+        later, first[0],
+        "after the timeout the client is scheduled afresh"
+    );
 }
 
 /// A listener on the balancer's own sockets: it must never see VIP traffic.
@@ -192,10 +248,19 @@ fn own_sockets(lab: &Lab) -> (TcpListener, TcpListener, UdpSocket) {
 }
 
 fn assert_nothing_reached(socks: &(TcpListener, TcpListener, UdpSocket), when: &str) {
-    assert!(socks.0.accept().is_err(), "{when}: a VIP:80 connection reached the balancer's own socket");
-    assert!(socks.1.accept().is_err(), "{when}: a VIP:2222 connection reached the balancer's own socket");
+    assert!(
+        socks.0.accept().is_err(),
+        "{when}: a VIP:80 connection reached the balancer's own socket"
+    );
+    assert!(
+        socks.1.accept().is_err(),
+        "{when}: a VIP:2222 connection reached the balancer's own socket"
+    );
     let mut buf = [0u8; 16];
-    assert!(socks.2.recv_from(&mut buf).is_err(), "{when}: a VIP:53 datagram reached the balancer's own socket");
+    assert!(
+        socks.2.recv_from(&mut buf).is_err(),
+        "{when}: a VIP:53 datagram reached the balancer's own socket"
+    );
 }
 
 #[test]
@@ -209,12 +274,23 @@ fn sigterm_removes_table_and_addresses() {
     assert!(lab.balancer_addrs().contains("10.0.0.100/32"));
     assert!(lab.balancer_addrs().contains("172.16.0.1/24"));
     slbd.signal(Signal::SIGTERM);
-    assert_eq!(slbd.wait(T), Some(0), "slbd exits cleanly on SIGTERM; log:\n{}", slbd.log_text());
+    assert_eq!(
+        slbd.wait(T),
+        Some(0),
+        "slbd exits cleanly on SIGTERM; log:\n{}",
+        slbd.log_text()
+    );
     assert_eq!(lab.nft_tables(), "", "no table is left behind");
     let addrs = lab.balancer_addrs();
     assert!(!addrs.contains("10.0.0.100"), "the VIP is removed: {addrs}");
-    assert!(!addrs.contains("172.16.0.1/"), "the gateway address is removed: {addrs}");
-    assert!(addrs.contains("10.0.0.1/24"), "addresses slbd does not own stay: {addrs}");
+    assert!(
+        !addrs.contains("172.16.0.1/"),
+        "the gateway address is removed: {addrs}"
+    );
+    assert!(
+        addrs.contains("10.0.0.1/24"),
+        "addresses slbd does not own stay: {addrs}"
+    );
 }
 
 #[test]
@@ -241,12 +317,19 @@ fn sigkill_fails_closed_and_a_restarted_slbd_takes_over() {
 
     slbd.signal(Signal::SIGKILL);
     assert_eq!(slbd.wait(T), None);
-    assert!(lab.balancer_addrs().contains("10.0.0.100/32"), "after a crash the VIP stays up (so a restart needs no ARP change)");
+    assert!(
+        lab.balancer_addrs().contains("10.0.0.100/32"),
+        "after a crash the VIP stays up (so a restart needs no ARP change)"
+    );
     probe(false, "after SIGKILL");
     assert_nothing_reached(&socks, "after SIGKILL");
 
     let _again = lab.start_slbd(&lab.config(2));
-    assert_eq!(lab.nft_tables().matches("table ip slb").count(), 1, "the old table was taken over, not duplicated");
+    assert_eq!(
+        lab.nft_tables().matches("table ip slb").count(),
+        1,
+        "the old table was taken over, not duplicated"
+    );
     probe(true, "after restart");
     assert_nothing_reached(&socks, "after restart");
 }
@@ -260,8 +343,14 @@ fn a_broken_config_is_refused_and_changes_nothing() {
     let mut bad = lab.config(1);
     bad["services"][0]["servers"] = json!(["172.16.0.300:80"]);
     let cases = [
-        (serde_json::to_string(&bad).unwrap(), r#"services[0].servers[0]: "172.16.0.300:80" is not an IPv4 address"#),
-        ("{\"address\": \"10.0.0.100\",".to_string(), "not valid slb_conf.json"),
+        (
+            serde_json::to_string(&bad).unwrap(),
+            r#"services[0].servers[0]: "172.16.0.300:80" is not an IPv4 address"#,
+        ),
+        (
+            "{\"address\": \"10.0.0.100\",".to_string(),
+            "not valid slb_conf.json",
+        ),
         (String::new(), "not valid slb_conf.json"),
     ];
     for (text, message) in cases {
@@ -269,7 +358,10 @@ fn a_broken_config_is_refused_and_changes_nothing() {
         let mut slbd = lab.spawn_slbd(&path);
         assert_eq!(slbd.wait(T), Some(1), "slbd must refuse {text:?}");
         let log = slbd.log_text();
-        assert!(log.contains(message), "the error names the problem ({message}); got:\n{log}");
+        assert!(
+            log.contains(message),
+            "the error names the problem ({message}); got:\n{log}"
+        );
         assert!(!log.contains("panicked"), "{log}");
         assert_eq!(lab.nft_tables(), "");
         assert!(!lab.balancer_addrs().contains("10.0.0.100"));
@@ -283,12 +375,21 @@ fn send_raw(packets: &[Vec<u8>]) {
     let addr = libc::sockaddr_in {
         sin_family: libc::AF_INET as u16,
         sin_port: 0,
-        sin_addr: libc::in_addr { s_addr: u32::from(VIP).to_be() },
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(VIP).to_be(),
+        },
         sin_zero: [0; 8],
     };
     for p in packets {
         unsafe {
-            libc::sendto(fd, p.as_ptr().cast(), p.len(), 0, (&addr as *const libc::sockaddr_in).cast(), std::mem::size_of_val(&addr) as u32);
+            libc::sendto(
+                fd,
+                p.as_ptr().cast(),
+                p.len(),
+                0,
+                (&addr as *const libc::sockaddr_in).cast(),
+                std::mem::size_of_val(&addr) as u32,
+            );
         }
     }
     unsafe { libc::close(fd) };
@@ -296,10 +397,26 @@ fn send_raw(packets: &[Vec<u8>]) {
 
 fn ipv4(proto: u8, l4: &[u8], frag: u16) -> Vec<u8> {
     let total = 20 + l4.len();
-    let mut p = vec![0x45, 0, (total >> 8) as u8, total as u8, 0, 1, (frag >> 8) as u8, frag as u8, 64, proto, 0, 0];
+    let mut p = vec![
+        0x45,
+        0,
+        (total >> 8) as u8,
+        total as u8,
+        0,
+        1,
+        (frag >> 8) as u8,
+        frag as u8,
+        64,
+        proto,
+        0,
+        0,
+    ];
     p.extend_from_slice(&CLIENT.octets());
     p.extend_from_slice(&VIP.octets());
-    let sum = p.chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], w[1]]))).sum::<u32>();
+    let sum = p
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum::<u32>();
     let sum = !(((sum & 0xffff) + (sum >> 16)) as u16);
     p[10..12].copy_from_slice(&sum.to_be_bytes());
     p.extend_from_slice(l4);
@@ -316,7 +433,9 @@ fn garbage_packets_do_not_crash_slbd() {
     let mut packets = Vec::new();
     // TCP to VIP:80 with a header cut short, and with a data offset past the end.
     packets.push(ipv4(6, &[0x9c, 0x40, 0, 80, 0, 0, 0, 1], 0));
-    let mut bad_offset = vec![0x9c, 0x41, 0, 80, 0, 0, 0, 1, 0, 0, 0, 0, 0xf0, 0x02, 0xff, 0xff, 0, 0, 0, 0];
+    let mut bad_offset = vec![
+        0x9c, 0x41, 0, 80, 0, 0, 0, 1, 0, 0, 0, 0, 0xf0, 0x02, 0xff, 0xff, 0, 0, 0, 0,
+    ];
     packets.push(ipv4(6, &bad_offset, 0));
     bad_offset[12] = 0x10; // data offset 4 words: below the minimum
     packets.push(ipv4(6, &bad_offset, 0));
@@ -324,14 +443,18 @@ fn garbage_packets_do_not_crash_slbd() {
     packets.push(ipv4(17, &[0x9c, 0x42, 0, 53, 0x04, 0x00, 0, 0, b'x'], 0));
     packets.push(ipv4(17, &[0x9c, 0x43, 0, 53, 0, 4, 0, 0], 0));
     // A first fragment (more-fragments set) of a TCP SYN, and a mid-stream ACK with no flow.
-    let syn = [0x9c, 0x44, 0, 80, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0];
+    let syn = [
+        0x9c, 0x44, 0, 80, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0,
+    ];
     packets.push(ipv4(6, &syn, 0x2000));
     let mut ack = syn;
     ack[13] = 0x10;
     packets.push(ipv4(6, &ack, 0));
     // Random junk after a valid IPv4 header.
     for n in 0..50u8 {
-        let junk: Vec<u8> = (0..(n as usize % 40)).map(|i| (i as u8).wrapping_mul(n).wrapping_add(7)).collect();
+        let junk: Vec<u8> = (0..(n as usize % 40))
+            .map(|i| (i as u8).wrapping_mul(n).wrapping_add(7))
+            .collect();
         packets.push(ipv4(if n % 2 == 0 { 6 } else { 17 }, &junk, 0));
     }
     in_ns(&lab.client(), || {
@@ -344,7 +467,10 @@ fn garbage_packets_do_not_crash_slbd() {
     assert_eq!(slbd.wait(T), Some(0));
     let log = slbd.log_text();
     assert!(!log.contains("panicked"), "{log}");
-    let last = log.lines().find(|l| l.contains("final counters")).expect("final counters line");
+    let last = log
+        .lines()
+        .find(|l| l.contains("final counters"))
+        .expect("final counters line");
     for reason in ["l4_too_short", "mid_stream_without_flow"] {
         assert!(last.contains(reason), "{reason} counted: {last}");
     }

@@ -106,7 +106,10 @@ mod tests {
 
     #[test]
     fn parses_names_case_insensitively() {
-        assert_eq!("round_robin".parse::<Algorithm>(), Ok(Algorithm::RoundRobin));
+        assert_eq!(
+            "round_robin".parse::<Algorithm>(),
+            Ok(Algorithm::RoundRobin)
+        );
         assert_eq!("RATIO".parse::<Algorithm>(), Ok(Algorithm::Ratio));
         assert_eq!(
             "LOWEST".parse::<Algorithm>().unwrap_err().to_string(),
@@ -119,7 +122,10 @@ mod tests {
         for a in Algorithm::ALL {
             let mut s = a.scheduler();
             assert_eq!(s.pick(&[]), None, "{a}");
-            let down = [Candidate { weight: 1, up: false }; 3];
+            let down = [Candidate {
+                weight: 1,
+                up: false,
+            }; 3];
             assert_eq!(s.pick(&down), None, "{a}");
         }
     }

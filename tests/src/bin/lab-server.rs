@@ -58,7 +58,10 @@ fn serve(conn: TcpStream, name: &str) -> std::io::Result<()> {
     let path = request.split_whitespace().nth(1).unwrap_or("/").to_string();
     if let Some(n) = path.strip_prefix("/bytes/") {
         let n: usize = n.parse().unwrap_or(0);
-        write!(out, "HTTP/1.0 200 OK\r\nX-Server: {name}\r\nContent-Length: {n}\r\n\r\n")?;
+        write!(
+            out,
+            "HTTP/1.0 200 OK\r\nX-Server: {name}\r\nContent-Length: {n}\r\n\r\n"
+        )?;
         let mut sent = 0;
         let mut chunk = vec![0u8; 1 << 16];
         while sent < n {
@@ -80,10 +83,18 @@ fn serve(conn: TcpStream, name: &str) -> std::io::Result<()> {
             left -= n;
         }
         let body = format!("{name} {} {:x}\n", length - left, hasher.finalize());
-        write!(out, "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len())?;
+        write!(
+            out,
+            "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )?;
     } else {
         let body = format!("{name}\n");
-        write!(out, "HTTP/1.0 200 OK\r\nX-Server: {name}\r\nContent-Length: {}\r\n\r\n{body}", body.len())?;
+        write!(
+            out,
+            "HTTP/1.0 200 OK\r\nX-Server: {name}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )?;
     }
     out.flush()
 }
