@@ -13,7 +13,7 @@ use nix::sys::signal::{SigSet, Signal};
 
 use crate::addr::{self, ManagedAddr};
 use crate::config::Config;
-use crate::dataplane::{Dataplane, Drop};
+use crate::dataplane::{Dataplane, DropReason};
 use crate::nft;
 use crate::queue::{self, QueueStats};
 use crate::ruleset::{self, QueueRange};
@@ -147,7 +147,7 @@ fn shut_down(addrs: &[ManagedAddr], dp: &Dataplane, stats: &QueueStats) {
             tracing::error!(error = %format!("{:#}", anyhow::Error::from(e)), "removing the table failed")
         }
     }
-    let drops: Vec<String> = Drop::all()
+    let drops: Vec<String> = DropReason::all()
         .filter(|d| dp.counters.dropped(*d) > 0)
         .map(|d| format!("{}={}", d.name(), dp.counters.dropped(d)))
         .collect();

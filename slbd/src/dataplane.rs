@@ -33,12 +33,12 @@ pub enum Direction {
 pub enum Verdict {
     /// Reinject the (rewritten) packet.
     Accept,
-    Drop(Drop),
+    Drop(DropReason),
 }
 
 /// Why a packet was dropped; each has a counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Drop {
+pub enum DropReason {
     Malformed(Malformed),
     /// A request for a protocol/port with no service (the rules should not queue it).
     NoService,
@@ -55,42 +55,42 @@ pub enum Drop {
     Truncated,
 }
 
-impl Drop {
-    pub const COUNT: usize = 7 + 8;
+impl DropReason {
+    pub const COUNT: usize = 6 + 8;
 
     fn index(self) -> usize {
         match self {
-            Drop::NoService => 0,
-            Drop::MidStream => 1,
-            Drop::ReplyWithoutFlow => 2,
-            Drop::NoServer => 3,
-            Drop::TableFull => 4,
-            Drop::Truncated => 5,
-            Drop::Malformed(m) => 6 + m as usize,
+            DropReason::NoService => 0,
+            DropReason::MidStream => 1,
+            DropReason::ReplyWithoutFlow => 2,
+            DropReason::NoServer => 3,
+            DropReason::TableFull => 4,
+            DropReason::Truncated => 5,
+            DropReason::Malformed(m) => 6 + m as usize,
         }
     }
 
     pub fn name(self) -> &'static str {
         match self {
-            Drop::NoService => "no_service",
-            Drop::MidStream => "mid_stream_without_flow",
-            Drop::ReplyWithoutFlow => "reply_without_flow",
-            Drop::NoServer => "no_server",
-            Drop::TableFull => "flow_table_full",
-            Drop::Truncated => "truncated",
-            Drop::Malformed(m) => m.name(),
+            DropReason::NoService => "no_service",
+            DropReason::MidStream => "mid_stream_without_flow",
+            DropReason::ReplyWithoutFlow => "reply_without_flow",
+            DropReason::NoServer => "no_server",
+            DropReason::TableFull => "flow_table_full",
+            DropReason::Truncated => "truncated",
+            DropReason::Malformed(m) => m.name(),
         }
     }
 
-    pub fn all() -> impl Iterator<Item = Drop> {
+    pub fn all() -> impl Iterator<Item = DropReason> {
         use Malformed::*;
         [
-            Drop::NoService,
-            Drop::MidStream,
-            Drop::ReplyWithoutFlow,
-            Drop::NoServer,
-            Drop::TableFull,
-            Drop::Truncated,
+            DropReason::NoService,
+            DropReason::MidStream,
+            DropReason::ReplyWithoutFlow,
+            DropReason::NoServer,
+            DropReason::TableFull,
+            DropReason::Truncated,
         ]
         .into_iter()
         .chain(
@@ -105,7 +105,7 @@ impl Drop {
                 BadUdpLength,
             ]
             .into_iter()
-            .map(Drop::Malformed),
+            .map(DropReason::Malformed),
         )
     }
 }
@@ -133,11 +133,11 @@ struct ServiceState {
 pub struct Counters {
     pub requests: AtomicU64,
     pub replies: AtomicU64,
-    drops: [AtomicU64; Drop::COUNT],
+    drops: [AtomicU64; DropReason::COUNT],
 }
 
 impl Counters {
-    pub fn dropped(&self, why: Drop) -> u64 {
+    pub fn dropped(&self, why: DropReason) -> u64 {
         self.drops[why.index()].load(Relaxed)
     }
 }
@@ -213,7 +213,7 @@ impl Dataplane {
         now_ms: u64,
     ) -> Verdict {
         let verdict = if !whole {
-            Err(Drop::Truncated)
+            Err(DropReason::Truncated)
         } else {
             match dir {
                 Direction::Request => self.request(buf, csum, now_ms),
@@ -242,12 +242,12 @@ impl Dataplane {
             .position(|s| s.service.protocol == protocol && s.service.port == port)
     }
 
-    fn request(&self, buf: &mut [u8], csum: ChecksumState, now_ms: u64) -> Result<(), Drop> {
-        let h = packet::parse(buf).map_err(Drop::Malformed)?;
+    fn request(&self, buf: &mut [u8], csum: ChecksumState, now_ms: u64) -> Result<(), DropReason> {
+        let h = packet::parse(buf).map_err(DropReason::Malformed)?;
         let si = self
             .service_index(h.protocol, h.dst.port())
             .filter(|_| *h.dst.ip() == self.vip)
-            .ok_or(Drop::NoService)?;
+            .ok_or(DropReason::NoService)?;
         let svc = &self.services[si];
         let key = FlowKey {
             protocol: h.protocol,
@@ -260,13 +260,13 @@ impl Dataplane {
             Lookup::Missing | Lookup::Reused(_) => {
                 let syn = h.flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
                 if h.protocol == Protocol::Tcp && !syn {
-                    return Err(Drop::MidStream);
+                    return Err(DropReason::MidStream);
                 }
                 let i = self.choose(svc, h.src, now_ms)?;
                 let server = svc.service.servers[i].addr;
                 flows
                     .insert(&key, server, tag(si, i), now_ms)
-                    .map_err(|_| Drop::TableFull)?;
+                    .map_err(|_| DropReason::TableFull)?;
                 if let Some(stats) = svc.stats.get(i) {
                     stats.new_flows.fetch_add(1, Relaxed);
                     stats.live_flows.fetch_add(1, Relaxed);
@@ -284,7 +284,12 @@ impl Dataplane {
     }
 
     /// Persistence first, when on and its server is still in rotation; else the scheduler.
-    fn choose(&self, svc: &ServiceState, client: SocketAddrV4, now_ms: u64) -> Result<usize, Drop> {
+    fn choose(
+        &self,
+        svc: &ServiceState,
+        client: SocketAddrV4,
+        now_ms: u64,
+    ) -> Result<usize, DropReason> {
         let timeout = svc.service.persistence_timeout.as_millis() as u64;
         let pkey = PersistKey {
             client: *client.ip(),
@@ -309,7 +314,7 @@ impl Dataplane {
             .scheduler
             .lock()
             .pick(&svc.candidates)
-            .ok_or(Drop::NoServer)?;
+            .ok_or(DropReason::NoServer)?;
         if timeout > 0 {
             self.persistence
                 .lock()
@@ -318,8 +323,8 @@ impl Dataplane {
         Ok(i)
     }
 
-    fn reply(&self, buf: &mut [u8], csum: ChecksumState, now_ms: u64) -> Result<(), Drop> {
-        let h = packet::parse(buf).map_err(Drop::Malformed)?;
+    fn reply(&self, buf: &mut [u8], csum: ChecksumState, now_ms: u64) -> Result<(), DropReason> {
+        let h = packet::parse(buf).map_err(DropReason::Malformed)?;
         let key = FlowKey {
             protocol: h.protocol,
             src: h.src,
@@ -328,7 +333,7 @@ impl Dataplane {
         let vip = self.shards[shard_of(h.dst)]
             .lock()
             .lookup_reply(&key, h.flags, now_ms)
-            .ok_or(Drop::ReplyWithoutFlow)?;
+            .ok_or(DropReason::ReplyWithoutFlow)?;
         if let Some(si) = self.service_index(h.protocol, vip.port()) {
             let svc = &self.services[si];
             if let Some(i) = svc.service.servers.iter().position(|s| s.addr == h.src) {
@@ -562,36 +567,36 @@ mod tests {
     #[test]
     fn drops_what_it_cannot_balance_and_counts_why() {
         let dp = Dataplane::new(&config(""));
-        let cases: Vec<(Direction, Vec<u8>, Drop)> = vec![
+        let cases: Vec<(Direction, Vec<u8>, DropReason)> = vec![
             (
                 Direction::Request,
                 vec![0x45, 0, 0],
-                Drop::Malformed(Malformed::TooShort),
+                DropReason::Malformed(Malformed::TooShort),
             ),
             (
                 Direction::Request,
                 tcp(sa("10.0.0.5:1"), sa("10.0.0.100:81"), SYN, b"", &[]),
-                Drop::NoService,
+                DropReason::NoService,
             ),
             (
                 Direction::Request,
                 tcp(sa("10.0.0.5:1"), sa("10.0.0.101:80"), SYN, b"", &[]),
-                Drop::NoService,
+                DropReason::NoService,
             ),
             (
                 Direction::Request,
                 tcp(sa("10.0.0.5:1"), sa("10.0.0.100:80"), ACK, b"x", &[]),
-                Drop::MidStream,
+                DropReason::MidStream,
             ),
             (
                 Direction::Request,
                 tcp(sa("10.0.0.5:1"), sa("10.0.0.100:80"), FIN | ACK, b"", &[]),
-                Drop::MidStream,
+                DropReason::MidStream,
             ),
             (
                 Direction::Reply,
                 tcp(sa("172.16.0.2:80"), sa("10.0.0.5:1"), ACK, b"", &[]),
-                Drop::ReplyWithoutFlow,
+                DropReason::ReplyWithoutFlow,
             ),
         ];
         for (dir, mut p, why) in cases {
@@ -603,10 +608,10 @@ mod tests {
             assert_eq!(p, before, "a dropped packet is not touched");
         }
         for (why, n) in [
-            (Drop::Malformed(Malformed::TooShort), 1),
-            (Drop::NoService, 2),
-            (Drop::MidStream, 2),
-            (Drop::ReplyWithoutFlow, 1),
+            (DropReason::Malformed(Malformed::TooShort), 1),
+            (DropReason::NoService, 2),
+            (DropReason::MidStream, 2),
+            (DropReason::ReplyWithoutFlow, 1),
         ] {
             assert_eq!(dp.counters.dropped(why), n, "{}", why.name());
         }
@@ -619,7 +624,7 @@ mod tests {
                 ChecksumState::Complete,
                 0
             ),
-            Verdict::Drop(Drop::Truncated)
+            Verdict::Drop(DropReason::Truncated)
         );
         assert_eq!(dp.flow_count(), 0);
     }
@@ -642,7 +647,7 @@ mod tests {
         }
         // One slot per shard: as many flows as shards that clients hashed into, never more.
         assert!(accepted <= 64 && accepted > 0, "{accepted}");
-        assert_eq!(dp.counters.dropped(Drop::TableFull), 2000 - accepted);
+        assert_eq!(dp.counters.dropped(DropReason::TableFull), 2000 - accepted);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! a bucket with its control byte), hashing the key read back from the slot.
 
 use std::hash::BuildHasher;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::SocketAddrV4;
 use std::time::Duration;
 
 use hashbrown::{DefaultHashBuilder, HashTable};
@@ -356,19 +356,11 @@ impl FlowTable {
     }
 }
 
-/// A flow's key as its request would carry it, from its parts.
-pub fn request_key(protocol: Protocol, client: SocketAddrV4, vip: Ipv4Addr, port: u16) -> FlowKey {
-    FlowKey {
-        protocol,
-        src: client,
-        dst: SocketAddrV4::new(vip, port),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::packet::tcp_flags::{ACK, FIN, RST, SYN};
+    use std::net::Ipv4Addr;
 
     const T: Timeouts = Timeouts {
         tcp: Duration::from_secs(900),
