@@ -83,7 +83,6 @@ impl DropReason {
     }
 
     pub fn all() -> impl Iterator<Item = DropReason> {
-        use Malformed::*;
         [
             DropReason::NoService,
             DropReason::MidStream,
@@ -93,20 +92,7 @@ impl DropReason {
             DropReason::Truncated,
         ]
         .into_iter()
-        .chain(
-            [
-                TooShort,
-                NotIpv4,
-                BadHeaderLength,
-                BadTotalLength,
-                Fragment,
-                Protocol,
-                L4TooShort,
-                BadUdpLength,
-            ]
-            .into_iter()
-            .map(DropReason::Malformed),
-        )
+        .chain(Malformed::ALL.into_iter().map(DropReason::Malformed))
     }
 }
 

@@ -28,6 +28,17 @@ pub enum Malformed {
 }
 
 impl Malformed {
+    pub const ALL: [Malformed; 8] = [
+        Malformed::TooShort,
+        Malformed::NotIpv4,
+        Malformed::BadHeaderLength,
+        Malformed::BadTotalLength,
+        Malformed::Fragment,
+        Malformed::Protocol,
+        Malformed::L4TooShort,
+        Malformed::BadUdpLength,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Malformed::TooShort => "too_short",

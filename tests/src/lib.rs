@@ -378,18 +378,7 @@ impl Drop for Lab {
             let _ = c.wait();
         }
         for ns in self.namespaces.iter().rev() {
-            // Anything still running inside keeps the namespace alive; end it first.
-            if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
-                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                    if let Ok(pid) = pid.parse::<i32>() {
-                        let _ = nix::sys::signal::kill(
-                            nix::unistd::Pid::from_raw(pid),
-                            nix::sys::signal::Signal::SIGKILL,
-                        );
-                    }
-                }
-            }
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+            remove_namespace(ns);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -415,19 +404,25 @@ fn sweep_stale_labs() {
         if Path::new(&format!("/proc/{pid}")).exists() {
             continue;
         }
-        if let Ok(out) = Command::new("ip").args(["netns", "pids", name]).output() {
-            for p in String::from_utf8_lossy(&out.stdout)
-                .split_whitespace()
-                .filter_map(|p| p.parse::<i32>().ok())
-            {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(p),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
-        let _ = Command::new("ip").args(["netns", "del", name]).status();
+        remove_namespace(name);
     }
+}
+
+/// Kills what runs in a namespace (which would keep it alive) and deletes it.
+fn remove_namespace(ns: &str) {
+    if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
+        let pids = String::from_utf8_lossy(&out.stdout);
+        for pid in pids
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    let _ = Command::new("ip").args(["netns", "del", ns]).status();
 }
 
 /// Runs `f` on a thread that has entered network namespace `ns`; the caller's thread is not
