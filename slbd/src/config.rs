@@ -85,6 +85,8 @@ pub struct RawQueue {
     pub max_len: u32,
     /// Let the kernel hand over segmentation-offloaded (GSO) packets whole.
     pub gso: bool,
+    /// Receive buffer per queue socket in bytes; 0 sizes it from `max_len`.
+    pub rcvbuf: u64,
 }
 
 impl Default for RawQueue {
@@ -94,6 +96,7 @@ impl Default for RawQueue {
             count: 0,
             max_len: 8192,
             gso: true,
+            rcvbuf: 0,
         }
     }
 }
@@ -165,6 +168,8 @@ pub struct QueueConfig {
     pub count: u16,
     pub max_len: u32,
     pub gso: bool,
+    /// Receive buffer per queue socket, bytes.
+    pub rcvbuf: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -548,11 +553,28 @@ fn queue(c: &mut Checker, raw: &RawQueue) -> QueueConfig {
             format!("{} is out of range (16 to 1048576)", raw.max_len),
         );
     }
+    const MIB: u64 = 1 << 20;
+    if raw.rcvbuf != 0 && !(MIB..=1024 * MIB).contains(&raw.rcvbuf) {
+        c.fail(
+            "queue.rcvbuf",
+            format!(
+                "{} is out of range (0 for automatic, or 1 MiB to 1 GiB in bytes)",
+                raw.rcvbuf
+            ),
+        );
+    }
+    // Automatic: room for a full queue of small packets (8 KiB each with netlink overhead),
+    // between 8 MiB and 256 MiB. Memory is only used while packets wait.
+    let rcvbuf = match raw.rcvbuf {
+        0 => (u64::from(raw.max_len) * 8192).clamp(8 * MIB, 256 * MIB),
+        n => n.clamp(MIB, 1024 * MIB),
+    };
     QueueConfig {
         num: raw.num.min(65535) as u16,
         count: raw.count.min(64) as u16,
         max_len: raw.max_len,
         gso: raw.gso,
+        rcvbuf: rcvbuf as usize,
     }
 }
 

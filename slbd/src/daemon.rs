@@ -96,7 +96,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         let (dp, stats) = (dp.clone(), stats.clone());
         std::thread::Builder::new()
             .name(format!("queue-{num}"))
-            .spawn(move || queue::run(q, num, dp, stats, epoch))
+            .spawn(move || queue::run(q, dp, stats, epoch))
             .context("cannot start a queue worker")?;
     }
     {
@@ -157,7 +157,10 @@ fn shut_down(addrs: &[ManagedAddr], dp: &Dataplane, stats: &QueueStats) {
         flows = dp.flow_count(),
         drops = %drops.join(","),
         foreign = stats.foreign.load(Relaxed),
+        overruns = stats.overruns.load(Relaxed),
         verdict_errors = stats.verdict_errors.load(Relaxed),
+        packets = stats.packets.load(Relaxed),
+        batches = stats.batches.load(Relaxed),
         "final counters"
     );
 }

@@ -1,0 +1,343 @@
+//! nfnetlink_queue messages as bytes (include/uapi/linux/netfilter/nfnetlink_queue.h): parsing
+//! the packet messages the kernel sends and emitting the config requests and verdict headers
+//! slbd sends back. Pure: no sockets; every parse is bounds-checked and never panics.
+
+/// `NFNL_SUBSYS_QUEUE << 8 | msg`.
+const SUBSYS_QUEUE: u16 = 3 << 8;
+pub const MSG_PACKET: u16 = SUBSYS_QUEUE;
+const MSG_VERDICT: u16 = SUBSYS_QUEUE | 1;
+const MSG_CONFIG: u16 = SUBSYS_QUEUE | 2;
+
+pub const NLMSG_ERROR: u16 = 2;
+pub const NLMSG_HDRLEN: usize = 16;
+const NFGEN_HDRLEN: usize = 4;
+const NLM_F_REQUEST: u16 = 1;
+const NLM_F_ACK: u16 = 4;
+
+const NFQA_PACKET_HDR: u16 = 1;
+const NFQA_VERDICT_HDR: u16 = 2;
+const NFQA_PAYLOAD: u16 = 10;
+const NFQA_CAP_LEN: u16 = 13;
+const NFQA_SKB_INFO: u16 = 14;
+
+const NFQA_CFG_CMD: u16 = 1;
+const NFQA_CFG_PARAMS: u16 = 2;
+const NFQA_CFG_QUEUE_MAXLEN: u16 = 3;
+const NFQA_CFG_MASK: u16 = 4;
+const NFQA_CFG_FLAGS: u16 = 5;
+
+const CMD_BIND: u8 = 1;
+const COPY_PACKET: u8 = 2;
+pub const CFG_F_FAIL_OPEN: u32 = 1;
+pub const CFG_F_GSO: u32 = 4;
+
+const SKB_CSUMNOTREADY: u32 = 1;
+const SKB_GSO: u32 = 2;
+
+const NF_ACCEPT: u32 = 1;
+const NF_DROP: u32 = 0;
+
+fn align4(n: usize) -> usize {
+    (n + 3) & !3
+}
+
+fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+fn be32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// One netlink message inside a datagram: its type and where its bytes are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NlMsg {
+    pub kind: u16,
+    pub start: usize,
+    pub len: usize,
+}
+
+/// Splits a received datagram into its netlink messages; stops at the first malformed header.
+pub fn messages(buf: &[u8]) -> impl Iterator<Item = NlMsg> + '_ {
+    let mut at = 0usize;
+    std::iter::from_fn(move || {
+        let len = u32_at(buf, at)? as usize;
+        let kind = u16_at(buf, at + 4)?;
+        if len < NLMSG_HDRLEN || at + len > buf.len() {
+            return None;
+        }
+        let m = NlMsg {
+            kind,
+            start: at,
+            len,
+        };
+        at += align4(len);
+        Some(m)
+    })
+}
+
+/// The error code of an NLMSG_ERROR message (0 is an ACK), negated errno otherwise.
+pub fn error_code(buf: &[u8], m: &NlMsg) -> Option<i32> {
+    u32_at(buf, m.start + NLMSG_HDRLEN).map(|v| v as i32)
+}
+
+/// What the kernel says about one queued packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Packet {
+    pub id: u32,
+    pub hook: u8,
+    /// Byte range of the packet inside the datagram buffer.
+    pub payload: (usize, usize),
+    /// The packet's real length when the kernel copied less of it.
+    pub cap_len: Option<u32>,
+    pub checksum_ready: bool,
+    pub gso: bool,
+}
+
+/// Reads a packet message (`NFQNL_MSG_PACKET`). `None` if any part is missing or malformed.
+pub fn packet(buf: &[u8], m: &NlMsg) -> Option<Packet> {
+    if m.kind != MSG_PACKET {
+        return None;
+    }
+    let end = m.start + m.len;
+    let mut at = m.start + NLMSG_HDRLEN + NFGEN_HDRLEN;
+    let (mut id, mut hook, mut payload, mut cap_len, mut info) = (None, 0, None, None, 0);
+    while at + 4 <= end {
+        let len = usize::from(u16_at(buf, at)?);
+        let kind = u16_at(buf, at + 2)? & 0x3fff;
+        if len < 4 || at + len > end {
+            return None;
+        }
+        let (data, data_len) = (at + 4, len - 4);
+        match kind {
+            NFQA_PACKET_HDR if data_len >= 7 => {
+                id = Some(be32_at(buf, data)?);
+                hook = buf[data + 6];
+            }
+            NFQA_PAYLOAD => payload = Some((data, data + data_len)),
+            NFQA_CAP_LEN if data_len >= 4 => cap_len = Some(be32_at(buf, data)?),
+            NFQA_SKB_INFO if data_len >= 4 => info = be32_at(buf, data)?,
+            _ => {}
+        }
+        at += align4(len);
+    }
+    Some(Packet {
+        id: id?,
+        hook,
+        payload: payload?,
+        cap_len,
+        checksum_ready: info & SKB_CSUMNOTREADY == 0,
+        gso: info & SKB_GSO != 0,
+    })
+}
+
+fn put_nlmsg_header(out: &mut Vec<u8>, kind: u16, flags: u16, seq: u32, queue: u16) -> usize {
+    let start = out.len();
+    out.extend_from_slice(&0u32.to_ne_bytes()); // length, patched by finish()
+    out.extend_from_slice(&kind.to_ne_bytes());
+    out.extend_from_slice(&flags.to_ne_bytes());
+    out.extend_from_slice(&seq.to_ne_bytes());
+    out.extend_from_slice(&0u32.to_ne_bytes());
+    out.extend_from_slice(&[0 /* AF_UNSPEC */, 0 /* NFNETLINK_V0 */]);
+    out.extend_from_slice(&queue.to_be_bytes());
+    start
+}
+
+fn put_attr(out: &mut Vec<u8>, kind: u16, data: &[u8]) {
+    out.extend_from_slice(&((4 + data.len()) as u16).to_ne_bytes());
+    out.extend_from_slice(&kind.to_ne_bytes());
+    out.extend_from_slice(data);
+    out.resize(align4(out.len()), 0);
+}
+
+fn finish(out: &mut [u8], start: usize) {
+    let len = (out.len() - start) as u32;
+    out[start..start + 4].copy_from_slice(&len.to_ne_bytes());
+}
+
+/// The config requests that bind `queue` and set it up, each asking for an ACK.
+pub fn config_requests(queue: u16, max_len: u32, flags: u32, mask: u32, seq: u32) -> Vec<Vec<u8>> {
+    let mut reqs = Vec::new();
+    let mut one = |seq: u32, add: &dyn Fn(&mut Vec<u8>)| {
+        let mut out = Vec::new();
+        let start = put_nlmsg_header(&mut out, MSG_CONFIG, NLM_F_REQUEST | NLM_F_ACK, seq, queue);
+        add(&mut out);
+        finish(&mut out, start);
+        reqs.push(out);
+    };
+    one(seq, &|o| put_attr(o, NFQA_CFG_CMD, &[CMD_BIND, 0, 0, 0]));
+    one(seq + 1, &|o| {
+        let mut params = 0xffffu32.to_be_bytes().to_vec();
+        params.push(COPY_PACKET);
+        put_attr(o, NFQA_CFG_PARAMS, &params);
+    });
+    one(seq + 2, &|o| {
+        put_attr(o, NFQA_CFG_QUEUE_MAXLEN, &max_len.to_be_bytes())
+    });
+    one(seq + 3, &|o| {
+        put_attr(o, NFQA_CFG_FLAGS, &flags.to_be_bytes());
+        put_attr(o, NFQA_CFG_MASK, &mask.to_be_bytes());
+    });
+    reqs
+}
+
+/// Size of the bytes [`verdict_header`] writes, before the payload.
+pub const VERDICT_HEADER_LEN: usize = NLMSG_HDRLEN + NFGEN_HDRLEN + 12 + 4;
+
+/// Writes the header of a verdict message into `out` (exactly [`VERDICT_HEADER_LEN`] bytes when
+/// a payload follows, 12 fewer without one) and returns how many bytes it used. The payload,
+/// when there is one, is sent from where it lies, followed by padding to 4 bytes.
+pub fn verdict_header(
+    out: &mut [u8; VERDICT_HEADER_LEN],
+    queue: u16,
+    id: u32,
+    accept: bool,
+    payload_len: Option<usize>,
+) -> usize {
+    let payload_attr = payload_len.map_or(0, |n| 4 + n);
+    let total = NLMSG_HDRLEN + NFGEN_HDRLEN + 12 + payload_attr;
+    let used = if payload_len.is_some() {
+        VERDICT_HEADER_LEN
+    } else {
+        VERDICT_HEADER_LEN - 4
+    };
+    out[0..4].copy_from_slice(&(total as u32).to_ne_bytes());
+    out[4..6].copy_from_slice(&MSG_VERDICT.to_ne_bytes());
+    out[6..8].copy_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+    out[8..16].fill(0);
+    out[16] = 0;
+    out[17] = 0;
+    out[18..20].copy_from_slice(&queue.to_be_bytes());
+    out[20..22].copy_from_slice(&12u16.to_ne_bytes());
+    out[22..24].copy_from_slice(&NFQA_VERDICT_HDR.to_ne_bytes());
+    let v = if accept { NF_ACCEPT } else { NF_DROP };
+    out[24..28].copy_from_slice(&v.to_be_bytes());
+    out[28..32].copy_from_slice(&id.to_be_bytes());
+    if let Some(n) = payload_len {
+        out[32..34].copy_from_slice(&((4 + n) as u16).to_ne_bytes());
+        out[34..36].copy_from_slice(&NFQA_PAYLOAD.to_ne_bytes());
+    }
+    used
+}
+
+/// Bytes of padding after a payload of `n` bytes.
+pub fn padding(n: usize) -> usize {
+    align4(n) - n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A packet message as the kernel builds it (nfqnl_build_packet_message).
+    fn kernel_packet(
+        id: u32,
+        hook: u8,
+        payload: &[u8],
+        cap_len: Option<u32>,
+        info: u32,
+    ) -> Vec<u8> {
+        let mut out = Vec::new();
+        let start = put_nlmsg_header(&mut out, MSG_PACKET, 0, 0, 0);
+        let mut hdr = id.to_be_bytes().to_vec();
+        hdr.extend_from_slice(&0x0800u16.to_be_bytes());
+        hdr.push(hook);
+        put_attr(&mut out, NFQA_PACKET_HDR, &hdr);
+        put_attr(&mut out, NFQA_SKB_INFO, &info.to_be_bytes());
+        if let Some(c) = cap_len {
+            put_attr(&mut out, NFQA_CAP_LEN, &c.to_be_bytes());
+        }
+        put_attr(&mut out, NFQA_PAYLOAD, payload);
+        finish(&mut out, start);
+        out
+    }
+
+    #[test]
+    fn reads_a_packet_message() {
+        let payload = [0x45u8, 0, 0, 21, 1, 2, 3];
+        let mut dgram = kernel_packet(77, 4, &payload, None, SKB_CSUMNOTREADY);
+        dgram.extend(kernel_packet(78, 0, &payload[..5], Some(1500), SKB_GSO));
+        let msgs: Vec<_> = messages(&dgram).collect();
+        assert_eq!(msgs.len(), 2);
+        let p = packet(&dgram, &msgs[0]).unwrap();
+        assert_eq!(
+            (p.id, p.hook, p.cap_len, p.checksum_ready, p.gso),
+            (77, 4, None, false, false)
+        );
+        assert_eq!(&dgram[p.payload.0..p.payload.1], &payload);
+        let q = packet(&dgram, &msgs[1]).unwrap();
+        assert_eq!(
+            (q.id, q.hook, q.cap_len, q.checksum_ready, q.gso),
+            (78, 0, Some(1500), true, true)
+        );
+        assert_eq!(q.payload.1 - q.payload.0, 5);
+    }
+
+    #[test]
+    fn malformed_messages_are_skipped_not_trusted() {
+        let good = kernel_packet(1, 0, &[1, 2, 3, 4], None, 0);
+        // Every truncation of a good message parses to nothing or to something in bounds.
+        for cut in 0..good.len() {
+            let b = &good[..cut];
+            for m in messages(b) {
+                if let Some(p) = packet(b, &m) {
+                    assert!(p.payload.1 <= b.len());
+                }
+            }
+        }
+        // An attribute claiming to run past its message.
+        let mut bad = good.clone();
+        let at = NLMSG_HDRLEN + NFGEN_HDRLEN;
+        bad[at..at + 2].copy_from_slice(&500u16.to_ne_bytes());
+        assert_eq!(packet(&bad, &messages(&bad).next().unwrap()), None);
+        // A message length past the datagram, and one below the header size.
+        let mut bad = good.clone();
+        bad[0..4].copy_from_slice(&9999u32.to_ne_bytes());
+        assert_eq!(messages(&bad).count(), 0);
+        bad[0..4].copy_from_slice(&3u32.to_ne_bytes());
+        assert_eq!(messages(&bad).count(), 0);
+    }
+
+    #[test]
+    fn verdict_with_payload_is_one_well_formed_message() {
+        let payload = [9u8; 7];
+        let mut hdr = [0u8; VERDICT_HEADER_LEN];
+        let used = verdict_header(&mut hdr, 3, 42, true, Some(payload.len()));
+        let mut msg = hdr[..used].to_vec();
+        msg.extend_from_slice(&payload);
+        msg.extend(std::iter::repeat_n(0, padding(payload.len())));
+        let len = u32::from_ne_bytes(msg[0..4].try_into().unwrap()) as usize;
+        assert_eq!(len, used + payload.len());
+        assert_eq!(msg.len(), align4(len));
+        assert_eq!(
+            u16::from_be_bytes([msg[18], msg[19]]),
+            3,
+            "queue number, big endian"
+        );
+        assert_eq!(be32_at(&msg, 24), Some(NF_ACCEPT));
+        assert_eq!(be32_at(&msg, 28), Some(42));
+        assert_eq!(&msg[36..43], &payload);
+
+        let used = verdict_header(&mut hdr, 3, 43, false, None);
+        assert_eq!(used, 32);
+        assert_eq!(u32::from_ne_bytes(hdr[0..4].try_into().unwrap()), 32);
+        assert_eq!(be32_at(&hdr, 24), Some(NF_DROP));
+    }
+
+    #[test]
+    fn config_requests_ask_for_acks() {
+        let reqs = config_requests(5, 4096, CFG_F_GSO, CFG_F_GSO | CFG_F_FAIL_OPEN, 100);
+        assert_eq!(reqs.len(), 4);
+        for (i, r) in reqs.iter().enumerate() {
+            let m = messages(r).next().unwrap();
+            assert_eq!(m.kind, MSG_CONFIG);
+            assert_eq!(m.len, r.len());
+            assert_eq!(u16_at(r, 6).unwrap() & NLM_F_ACK, NLM_F_ACK);
+            assert_eq!(u32_at(r, 8), Some(100 + i as u32));
+        }
+    }
+}
