@@ -211,6 +211,26 @@ pub fn rewrite(
     buf[check_at..check_at + 2].copy_from_slice(&new_field.to_be_bytes());
 }
 
+/// Writes the full TCP/UDP checksum of a packet [`parse`] accepted as `h`, over its current
+/// addresses: what a CHECKSUM_PARTIAL packet needs before it is written back.
+pub fn complete_checksum(buf: &mut [u8], h: &Headers) {
+    let src = Ipv4Addr::new(buf[12], buf[13], buf[14], buf[15]);
+    let dst = Ipv4Addr::new(buf[16], buf[17], buf[18], buf[19]);
+    let check_at = h.l4_at + check_offset(h.protocol);
+    let segment = &buf[h.l4_at..h.l4_at + h.l4_len];
+    let mut c = checksum::l4(
+        src,
+        dst,
+        h.protocol as u8,
+        segment,
+        check_offset(h.protocol),
+    );
+    if h.protocol == Protocol::Udp && c == 0 {
+        c = 0xffff;
+    }
+    buf[check_at..check_at + 2].copy_from_slice(&c.to_be_bytes());
+}
+
 fn check_offset(p: Protocol) -> usize {
     match p {
         Protocol::Tcp => 16,

@@ -138,6 +138,71 @@ impl Drop for Slbd {
     }
 }
 
+/// A helper process that is killed when dropped.
+pub struct Proc(pub Child);
+
+impl Proc {
+    pub fn pid(&self) -> i32 {
+        self.0.id() as i32
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid()),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// CPU seconds (user + system, all threads) a process has used.
+pub fn process_cpu_secs(pid: i32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // utime and stime are fields 14 and 15 of /proc/PID/stat; `rest` starts at field 3 and
+    // the state letter (field 3) does not parse as a number.
+    let (utime, stime) = (
+        f.get(10).copied().unwrap_or(0),
+        f.get(11).copied().unwrap_or(0),
+    );
+    (utime + stime) as f64 / clock_ticks()
+}
+
+/// CPU seconds the whole machine has spent busy (all cores; idle and iowait excluded).
+pub fn machine_busy_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = f.iter().sum();
+    let idle = f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0);
+    (total - idle) as f64 / clock_ticks()
+}
+
+fn clock_ticks() -> f64 {
+    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).max(1) as f64
+}
+
 /// The namespaces of one lab, removed on drop.
 pub struct Lab {
     pub id: String,
@@ -167,6 +232,11 @@ impl Lab {
         };
         lab.build(n)?;
         Ok(lab)
+    }
+
+    /// A scratch directory of this lab's, removed with it.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     pub fn client(&self) -> String {
@@ -260,6 +330,19 @@ impl Lab {
             .args(cmd)
             .output()
             .with_context(|| format!("running {cmd:?} in {ns}"))
+    }
+
+    /// Starts a process in a namespace; it is stopped when the returned [`Proc`] is dropped.
+    pub fn start(&self, ns: &str, cmd: &[&str]) -> Result<Proc> {
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(cmd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {cmd:?} in {ns}"))?;
+        Ok(Proc(child))
     }
 
     /// Starts a helper process in a namespace; it is killed when the lab is dropped.

@@ -1,0 +1,89 @@
+//! The write-back ceiling for the benchmark: queues every VIP packet and every reply from the
+//! cluster network, and writes each one back unchanged, through the same queue socket slbd
+//! uses. Run beside kernel NAT (which does the balancing), it measures the best any design that
+//! rewrites every packet in user space can do on this machine.
+//!
+//! `nfq-passthrough VIP CLUSTER_CIDR QUEUES` — installs its rules in the table `ip slb` of the
+//! current network namespace, removes it on SIGTERM/SIGINT.
+
+use anyhow::{Context, Result};
+use nix::sys::signal::{SigSet, Signal};
+use slbd::net::Ipv4Net;
+use slbd::queue::socket::{Out, QueueSocket, RecvBatch, Setup, Verdicts};
+use slbd::ruleset::{Action, Match, QueueRange, Rule, Ruleset, REPLY_CHAIN, REQUEST_CHAIN};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let vip: std::net::Ipv4Addr = args.get(1).context("VIP")?.parse()?;
+    let net: Ipv4Net = args
+        .get(2)
+        .context("CLUSTER_CIDR")?
+        .parse()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let count: u16 = args.get(3).context("QUEUES")?.parse()?;
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGINT);
+    signals.thread_block()?;
+
+    let q = QueueRange { first: 0, count };
+    let setup = Setup {
+        max_len: 8192,
+        gso: true,
+        rcvbuf: 64 << 20,
+    };
+    let sockets = (0..count)
+        .map(|n| QueueSocket::open(n, setup))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let rules = Ruleset {
+        rules: vec![
+            Rule {
+                chain: REQUEST_CHAIN,
+                matches: vec![Match::DaddrIs(vip)],
+                actions: vec![Action::Queue(q)],
+                comment: "passthrough request".into(),
+            },
+            Rule {
+                chain: REPLY_CHAIN,
+                matches: vec![Match::SaddrIn(net), Match::DaddrNotIn(net)],
+                actions: vec![Action::Queue(q)],
+                comment: "passthrough reply".into(),
+            },
+        ],
+    };
+    let backend = slbd::nft::probe()?;
+    slbd::nft::apply(&rules, backend)?;
+    for sock in sockets {
+        std::thread::spawn(move || {
+            let mut batch = RecvBatch::new(64);
+            let mut verdicts = Verdicts::new(64);
+            let mut msgs = Vec::with_capacity(64);
+            loop {
+                if sock.recv(&mut batch).is_err() {
+                    continue;
+                }
+                msgs.clear();
+                msgs.extend(batch.messages());
+                for &(slot, m) in &msgs {
+                    if let Some(p) = batch.packet(slot, &m) {
+                        // A packet written back leaves exactly as written: one that arrived
+                        // with a partial checksum (and is not GSO) needs its full checksum,
+                        // the least any design that writes packets back must do.
+                        if !p.checksum_ready && !p.gso {
+                            let buf = batch.payload_mut(slot, &p);
+                            if let Ok(h) = slbd::packet::parse(buf) {
+                                slbd::packet::complete_checksum(buf, &h);
+                            }
+                        }
+                        verdicts.push(sock.num, &p, slot, Out::AcceptRewritten);
+                    }
+                }
+                let _ = sock.send_verdicts(&mut verdicts, &batch);
+            }
+        });
+    }
+    println!("ready");
+    signals.wait()?;
+    slbd::nft::remove()?;
+    Ok(())
+}
