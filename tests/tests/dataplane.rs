@@ -475,3 +475,31 @@ fn garbage_packets_do_not_crash_slbd() {
         assert!(last.contains(reason), "{reason} counted: {last}");
     }
 }
+
+#[test]
+fn a_second_slbd_refuses_to_start_and_the_first_keeps_balancing() {
+    if !can_run("a_second_slbd_refuses_to_start_and_the_first_keeps_balancing") {
+        return;
+    }
+    let lab = Lab::new(2).unwrap();
+    let _first = lab.start_slbd(&lab.config(2));
+    let path = lab.write_config("second.json", &lab.config(2).to_string());
+    let mut second = lab.spawn_slbd(&path);
+    assert_eq!(
+        second.wait(T),
+        Some(1),
+        "the second slbd must refuse to start"
+    );
+    let log = second.log_text();
+    assert!(log.contains("is another slbd"), "the error says why: {log}");
+    assert_eq!(lab.nft_tables().matches("table ip slb").count(), 1);
+    assert!(
+        lab.balancer_addrs().contains("10.0.0.100/32"),
+        "the first slbd's VIP stays"
+    );
+    in_ns(&lab.client(), || {
+        for _ in 0..4 {
+            http_get(CLIENT, vip(80), "/", T).expect("the first slbd still balances");
+        }
+    });
+}

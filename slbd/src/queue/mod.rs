@@ -61,7 +61,8 @@ pub fn open(num: u16, cfg: &QueueConfig) -> Result<QueueSocket, QueueError> {
         rcvbuf: cfg.rcvbuf,
     };
     QueueSocket::open(num, setup).map_err(|source| match source.raw_os_error() {
-        Some(libc::EBUSY) => QueueError::Bind { num, source },
+        // The kernel answers EPERM when another socket holds the queue.
+        Some(libc::EPERM | libc::EBUSY) => QueueError::Bind { num, source },
         _ => QueueError::Configure { num, source },
     })
 }

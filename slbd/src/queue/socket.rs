@@ -192,7 +192,12 @@ impl QueueSocket {
             }
             let last = i + 1 == out.pending.len();
             if bytes >= MAX_SEND_BYTES || last || iovs.len() + 3 > 1000 {
-                if let Err(e) = self.sendmsg(&iovs[start..]) {
+                // A verdict that never arrives leaves its packet queued for good (the kernel
+                // has no timeout), so a failed send is tried once more.
+                if let Err(e) = self
+                    .sendmsg(&iovs[start..])
+                    .or_else(|_| self.sendmsg(&iovs[start..]))
+                {
                     result = Err(e);
                 }
                 start = iovs.len();
