@@ -732,7 +732,7 @@ mod tests {
             (
                 "/algorithm",
                 "FASTEST".into(),
-                r#"algorithm: "FASTEST" is not a scheduling algorithm (ROUND_ROBIN, RATIO)"#,
+                r#"algorithm: "FASTEST" is not a scheduling algorithm (ROUND_ROBIN, RATIO, RANDOM, LEAST_CONNECTIONS, LOWER_LATENCY)"#,
             ),
             (
                 "/address_dev",

@@ -89,7 +89,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!(address = %a, "address up");
     }
 
-    let dp = Arc::new(Dataplane::new(&config));
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64);
+    let dp = Arc::new(Dataplane::new(&config, seed));
     let stats = Arc::new(QueueStats::default());
     let epoch = Instant::now();
     for (num, q) in bound {

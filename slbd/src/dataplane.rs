@@ -8,7 +8,7 @@
 //! a reply), so a flow's two directions always meet in one shard whichever queue they land on.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 
 use parking_lot::Mutex;
 
@@ -96,8 +96,8 @@ impl DropReason {
     }
 }
 
-/// Per real server counters.
-#[derive(Debug, Default)]
+/// Per real server counters and health, shared by the queue workers and the health checker.
+#[derive(Debug)]
 pub struct ServerStats {
     pub packets_in: AtomicU64,
     pub bytes_in: AtomicU64,
@@ -105,12 +105,37 @@ pub struct ServerStats {
     pub bytes_out: AtomicU64,
     pub new_flows: AtomicU64,
     pub live_flows: AtomicU64,
+    /// In rotation. Servers start up, so balancing starts before the first check completes.
+    pub up: AtomicBool,
+    /// Smoothed service latency in µs; 0 until measured.
+    pub latency_us: AtomicU32,
+}
+
+impl Default for ServerStats {
+    fn default() -> Self {
+        ServerStats {
+            packets_in: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            packets_out: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            new_flows: AtomicU64::new(0),
+            live_flows: AtomicU64::new(0),
+            up: AtomicBool::new(true),
+            latency_us: AtomicU32::new(0),
+        }
+    }
+}
+
+/// A service's scheduler with the candidate list it is handed, refreshed at each pick (kept
+/// here so that a pick allocates nothing).
+struct Picker {
+    scheduler: Box<dyn Scheduler>,
+    candidates: Vec<Candidate>,
 }
 
 struct ServiceState {
     service: Service,
-    candidates: Vec<Candidate>,
-    scheduler: Mutex<Box<dyn Scheduler>>,
+    picker: Mutex<Picker>,
     stats: Vec<ServerStats>,
 }
 
@@ -150,7 +175,8 @@ fn shard_of(client: SocketAddrV4) -> usize {
 }
 
 impl Dataplane {
-    pub fn new(config: &Config) -> Dataplane {
+    /// A data plane for `config`; `seed` feeds the randomised schedulers.
+    pub fn new(config: &Config, seed: u64) -> Dataplane {
         let timeouts = Timeouts {
             tcp: config.flows.tcp_timeout,
             tcp_closing: config.flows.tcp_closing_timeout,
@@ -162,16 +188,21 @@ impl Dataplane {
             services: config
                 .services
                 .iter()
-                .map(|s| ServiceState {
-                    candidates: s
-                        .servers
-                        .iter()
-                        .map(|r| Candidate {
-                            weight: r.weight,
-                            up: true,
-                        })
-                        .collect(),
-                    scheduler: Mutex::new(s.algorithm.scheduler()),
+                .enumerate()
+                .map(|(i, s)| ServiceState {
+                    picker: Mutex::new(Picker {
+                        scheduler: s.algorithm.scheduler(seed.wrapping_add(i as u64)),
+                        candidates: s
+                            .servers
+                            .iter()
+                            .map(|r| Candidate {
+                                weight: r.weight,
+                                up: true,
+                                live: 0,
+                                latency_us: None,
+                            })
+                            .collect(),
+                    }),
                     stats: s.servers.iter().map(|_| ServerStats::default()).collect(),
                     service: s.clone(),
                 })
@@ -289,18 +320,26 @@ impl Dataplane {
                     .servers
                     .iter()
                     .position(|s| s.addr == addr)
-                    .filter(|&i| svc.candidates[i].up)
+                    .filter(|&i| svc.stats[i].up.load(Relaxed))
             });
             if let Some(i) = remembered {
                 persisted.remember(pkey, svc.service.servers[i].addr, now_ms + timeout);
                 return Ok(i);
             }
         }
-        let i = svc
-            .scheduler
-            .lock()
-            .pick(&svc.candidates)
-            .ok_or(DropReason::NoServer)?;
+        let i = {
+            let mut p = svc.picker.lock();
+            let Picker {
+                scheduler,
+                candidates,
+            } = &mut *p;
+            for (c, st) in candidates.iter_mut().zip(&svc.stats) {
+                c.up = st.up.load(Relaxed);
+                c.live = st.live_flows.load(Relaxed).min(u64::from(u32::MAX)) as u32;
+                c.latency_us = Some(st.latency_us.load(Relaxed)).filter(|l| *l > 0);
+            }
+            scheduler.pick(candidates).ok_or(DropReason::NoServer)?
+        };
         if timeout > 0 {
             self.persistence
                 .lock()
@@ -367,6 +406,43 @@ impl Dataplane {
         n
     }
 
+    /// Records a server's health. When it leaves rotation its flows are forgotten at once
+    /// (the stated policy: their next packets are dropped, TCP as mid-stream and a UDP flow's
+    /// next datagram is scheduled afresh to a server that is up). Returns how many flows ended.
+    pub fn set_health(
+        &self,
+        service: usize,
+        server: usize,
+        up: bool,
+        latency_us: Option<u32>,
+    ) -> usize {
+        let Some(svc) = self.services.get(service) else {
+            return 0;
+        };
+        let Some(st) = svc.stats.get(server) else {
+            return 0;
+        };
+        if let Some(l) = latency_us {
+            st.latency_us.store(l.max(1), Relaxed);
+        }
+        let was_up = st.up.swap(up, Relaxed);
+        if up || !was_up {
+            return 0;
+        }
+        let addr = svc.service.servers[server].addr;
+        let t = tag(service, server);
+        let mut n = 0;
+        for shard in self.shards.iter() {
+            n += shard
+                .lock()
+                .remove_where(|e| e.tag == t && e.server == addr)
+                .len();
+        }
+        st.live_flows
+            .fetch_sub((n as u64).min(st.live_flows.load(Relaxed)), Relaxed);
+        n
+    }
+
     /// Flows tracked now.
     pub fn flow_count(&self) -> usize {
         self.shards.iter().map(|s| s.lock().len()).sum()
@@ -390,6 +466,12 @@ mod tests {
     use super::*;
     use crate::packet::fixtures::{checksums_ok, make_partial, tcp, udp};
     use crate::packet::tcp_flags::{ACK, FIN, SYN};
+
+    impl Dataplane {
+        fn for_test(config: &Config) -> Dataplane {
+            Dataplane::new(config, 42)
+        }
+    }
 
     fn config(extra: &str) -> Config {
         Config::from_json(&format!(
@@ -417,7 +499,7 @@ mod tests {
 
     #[test]
     fn new_tcp_flows_are_spread_round_robin_and_rewritten() {
-        let dp = Dataplane::new(&config(""));
+        let dp = Dataplane::for_test(&config(""));
         let mut seen = Vec::new();
         for port in 40000..40006 {
             let mut p = tcp(
@@ -446,7 +528,7 @@ mod tests {
 
     #[test]
     fn a_flow_keeps_its_server_and_replies_come_from_the_vip() {
-        let dp = Dataplane::new(&config(""));
+        let dp = Dataplane::for_test(&config(""));
         let client = sa("10.0.0.5:40000");
         let mut syn = tcp(client, sa("10.0.0.100:80"), SYN, b"", &[]);
         dp.handle(
@@ -496,7 +578,7 @@ mod tests {
 
     #[test]
     fn udp_ratio_spreads_by_weight() {
-        let dp = Dataplane::new(&config(""));
+        let dp = Dataplane::for_test(&config(""));
         let mut counts = std::collections::HashMap::new();
         for port in 1..=30 {
             let mut p = udp(sa(&format!("10.0.0.5:{port}")), sa("10.0.0.100:53"), b"q");
@@ -510,7 +592,7 @@ mod tests {
 
     #[test]
     fn persistence_keeps_a_client_on_its_server_until_the_timeout() {
-        let dp = Dataplane::new(&config(r#""persistence_timeout": 10,"#));
+        let dp = Dataplane::for_test(&config(r#""persistence_timeout": 10,"#));
         let first = |port: u16, now: u64| {
             let mut p = tcp(
                 SocketAddrV4::new("10.0.0.5".parse().unwrap(), port),
@@ -552,7 +634,7 @@ mod tests {
 
     #[test]
     fn drops_what_it_cannot_balance_and_counts_why() {
-        let dp = Dataplane::new(&config(""));
+        let dp = Dataplane::for_test(&config(""));
         let cases: Vec<(Direction, Vec<u8>, DropReason)> = vec![
             (
                 Direction::Request,
@@ -617,7 +699,7 @@ mod tests {
 
     #[test]
     fn a_full_table_refuses_new_flows_but_keeps_old_ones() {
-        let dp = Dataplane::new(&config(r#""flows": {"max": 64},"#));
+        let dp = Dataplane::for_test(&config(r#""flows": {"max": 64},"#));
         let mut accepted = 0;
         for port in 1..=2000u16 {
             let mut p = udp(
@@ -638,7 +720,7 @@ mod tests {
 
     #[test]
     fn live_flow_counts_fall_when_flows_expire() {
-        let dp = Dataplane::new(&config(""));
+        let dp = Dataplane::for_test(&config(""));
         for port in 1..=9u16 {
             let mut p = udp(
                 SocketAddrV4::new("10.0.0.5".parse().unwrap(), port),
@@ -655,5 +737,105 @@ mod tests {
         assert_eq!(live(&dp), 9);
         assert_eq!(dp.expire(61_000), 9);
         assert_eq!(live(&dp), 0);
+    }
+}
+
+#[cfg(test)]
+mod health_tests {
+    use super::*;
+    use crate::packet::fixtures::{tcp, udp};
+    use crate::packet::tcp_flags::{ACK, SYN};
+
+    fn sa(s: &str) -> SocketAddrV4 {
+        s.parse().unwrap()
+    }
+
+    fn dp() -> Dataplane {
+        let c = Config::from_json(
+            r#"{"address": "10.0.0.100", "address_dev": "eth0", "gateway": "172.16.0.1",
+                "gateway_dev": "eth1", "cluster_network": "172.16.0.0/24",
+                "services": [
+                  {"protocol": "tcp", "port": 80, "servers": ["172.16.0.2:80", "172.16.0.3:80"]},
+                  {"protocol": "udp", "port": 53, "servers": ["172.16.0.2:53", "172.16.0.3:53"]}]}"#,
+        )
+        .unwrap();
+        Dataplane::new(&c, 1)
+    }
+
+    fn send(dp: &Dataplane, mut p: Vec<u8>) -> (Verdict, SocketAddrV4) {
+        let v = dp.handle(Direction::Request, &mut p, true, ChecksumState::Complete, 0);
+        (v, packet::parse(&p).unwrap().dst)
+    }
+
+    #[test]
+    fn a_down_server_gets_no_new_flows_and_its_flows_end() {
+        let dp = dp();
+        let (_, first) = send(
+            &dp,
+            tcp(sa("10.0.0.5:1000"), sa("10.0.0.100:80"), SYN, b"", &[]),
+        );
+        assert_eq!(first, sa("172.16.0.2:80"));
+        assert_eq!(dp.set_health(0, 0, false, None), 1);
+        // The flow's next packet is mid-stream now: dropped, not moved.
+        let (v, _) = send(
+            &dp,
+            tcp(sa("10.0.0.5:1000"), sa("10.0.0.100:80"), ACK, b"x", &[]),
+        );
+        assert_eq!(v, Verdict::Drop(DropReason::MidStream));
+        for port in 2000..2010 {
+            let (v, to) = send(
+                &dp,
+                tcp(
+                    SocketAddrV4::new("10.0.0.5".parse().unwrap(), port),
+                    sa("10.0.0.100:80"),
+                    SYN,
+                    b"",
+                    &[],
+                ),
+            );
+            assert_eq!((v, to), (Verdict::Accept, sa("172.16.0.3:80")));
+        }
+        dp.set_health(0, 0, true, Some(300));
+        let picks: Vec<_> = (3000..3004)
+            .map(|port| {
+                send(
+                    &dp,
+                    tcp(
+                        SocketAddrV4::new("10.0.0.5".parse().unwrap(), port),
+                        sa("10.0.0.100:80"),
+                        SYN,
+                        b"",
+                        &[],
+                    ),
+                )
+                .1
+            })
+            .collect();
+        assert!(
+            picks.contains(&sa("172.16.0.2:80")),
+            "back in rotation: {picks:?}"
+        );
+    }
+
+    #[test]
+    fn a_udp_flow_moves_when_its_server_goes_down() {
+        let dp = dp();
+        let q = || udp(sa("10.0.0.5:5000"), sa("10.0.0.100:53"), b"q");
+        assert_eq!(send(&dp, q()).1, sa("172.16.0.2:53"));
+        dp.set_health(1, 0, false, None);
+        assert_eq!(send(&dp, q()), (Verdict::Accept, sa("172.16.0.3:53")));
+    }
+
+    #[test]
+    fn with_every_server_down_new_flows_are_refused_and_counted() {
+        let dp = dp();
+        dp.set_health(0, 0, false, None);
+        dp.set_health(0, 1, false, None);
+        let (v, _) = send(
+            &dp,
+            tcp(sa("10.0.0.5:1000"), sa("10.0.0.100:80"), SYN, b"", &[]),
+        );
+        assert_eq!(v, Verdict::Drop(DropReason::NoServer));
+        assert_eq!(dp.counters.dropped(DropReason::NoServer), 1);
     }
 }

@@ -347,6 +347,22 @@ impl FlowTable {
         ended
     }
 
+    /// Removes every flow `pred` selects and returns them.
+    pub fn remove_where(&mut self, pred: impl Fn(&Ended) -> bool) -> Vec<Ended> {
+        let doomed: Vec<(u32, Ended)> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.state != State::Free)
+            .map(|(i, s)| (i as u32, s.ended()))
+            .filter(|(_, e)| pred(e))
+            .collect();
+        for (i, _) in &doomed {
+            self.remove(*i);
+        }
+        doomed.into_iter().map(|(_, e)| e).collect()
+    }
+
     /// Every flow in the table, for status and tests.
     pub fn flows(&self) -> impl Iterator<Item = Ended> + '_ {
         self.slots

@@ -2,12 +2,19 @@
 //! [`Scheduler`] that sees the candidate servers and returns an index; it never sees packets,
 //! sockets or clocks.
 
+mod least_connections;
+mod lower_latency;
+mod random;
 mod ratio;
+mod rng;
 mod round_robin;
 
 use std::fmt;
 use std::str::FromStr;
 
+pub use least_connections::LeastConnections;
+pub use lower_latency::LowerLatency;
+pub use random::Random;
 pub use ratio::Ratio;
 pub use round_robin::RoundRobin;
 
@@ -16,23 +23,38 @@ pub use round_robin::RoundRobin;
 pub enum Algorithm {
     RoundRobin,
     Ratio,
+    Random,
+    LeastConnections,
+    LowerLatency,
 }
 
 impl Algorithm {
-    pub const ALL: [Algorithm; 2] = [Algorithm::RoundRobin, Algorithm::Ratio];
+    pub const ALL: [Algorithm; 5] = [
+        Algorithm::RoundRobin,
+        Algorithm::Ratio,
+        Algorithm::Random,
+        Algorithm::LeastConnections,
+        Algorithm::LowerLatency,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Algorithm::RoundRobin => "ROUND_ROBIN",
             Algorithm::Ratio => "RATIO",
+            Algorithm::Random => "RANDOM",
+            Algorithm::LeastConnections => "LEAST_CONNECTIONS",
+            Algorithm::LowerLatency => "LOWER_LATENCY",
         }
     }
 
-    /// A fresh scheduler for `servers` candidates.
-    pub fn scheduler(self) -> Box<dyn Scheduler> {
+    /// A fresh scheduler; `seed` feeds the randomised ones.
+    pub fn scheduler(self, seed: u64) -> Box<dyn Scheduler> {
         match self {
             Algorithm::RoundRobin => Box::new(RoundRobin::default()),
             Algorithm::Ratio => Box::new(Ratio::default()),
+            Algorithm::Random => Box::new(Random::new(seed)),
+            Algorithm::LeastConnections => Box::new(LeastConnections::default()),
+            Algorithm::LowerLatency => Box::new(LowerLatency::new(seed)),
         }
     }
 }
@@ -72,6 +94,10 @@ pub struct Candidate {
     pub weight: u32,
     /// False while the server is out of rotation; such a server is never chosen.
     pub up: bool,
+    /// Live flows to the server now.
+    pub live: u32,
+    /// Smoothed service latency (TCP connect time), once measured.
+    pub latency_us: Option<u32>,
 }
 
 /// Picks the index of the server a new flow goes to, or `None` when no server is up.
@@ -86,7 +112,12 @@ pub(crate) mod testing {
     pub fn up(weights: &[u32]) -> Vec<Candidate> {
         weights
             .iter()
-            .map(|&weight| Candidate { weight, up: true })
+            .map(|&weight| Candidate {
+                weight,
+                up: true,
+                live: 0,
+                latency_us: None,
+            })
             .collect()
     }
 
@@ -113,18 +144,20 @@ mod tests {
         assert_eq!("RATIO".parse::<Algorithm>(), Ok(Algorithm::Ratio));
         assert_eq!(
             "LOWEST".parse::<Algorithm>().unwrap_err().to_string(),
-            r#""LOWEST" is not a scheduling algorithm (ROUND_ROBIN, RATIO)"#
+            r#""LOWEST" is not a scheduling algorithm (ROUND_ROBIN, RATIO, RANDOM, LEAST_CONNECTIONS, LOWER_LATENCY)"#
         );
     }
 
     #[test]
     fn no_algorithm_picks_from_an_empty_or_all_down_set() {
         for a in Algorithm::ALL {
-            let mut s = a.scheduler();
+            let mut s = a.scheduler(1);
             assert_eq!(s.pick(&[]), None, "{a}");
             let down = [Candidate {
                 weight: 1,
                 up: false,
+                live: 0,
+                latency_us: None,
             }; 3];
             assert_eq!(s.pick(&down), None, "{a}");
         }

@@ -1,0 +1,114 @@
+//! LOWER_LATENCY: favour servers with a lower smoothed service latency (TCP connect time from
+//! the health checks). A strict "lowest wins" herds every new flow onto one server between two
+//! checks (the original's results spread 0 to 8 clients a server); instead each flow is drawn
+//! at random with odds inversely proportional to latency (times weight), so a server twice as
+//! slow gets half the share, near-ties split evenly, and no server that is up starves.
+
+use super::rng::Rng;
+use super::{Candidate, Scheduler};
+
+#[derive(Debug)]
+pub struct LowerLatency {
+    rng: Rng,
+}
+
+impl LowerLatency {
+    pub fn new(seed: u64) -> LowerLatency {
+        LowerLatency {
+            rng: Rng::new(seed),
+        }
+    }
+}
+
+/// Latency assumed for a server with no measurement yet: the best measured one, so a new
+/// server is tried at a fair share rather than flooded or ignored.
+fn latency_or(s: &Candidate, best: u32) -> u32 {
+    s.latency_us.unwrap_or(best).max(1)
+}
+
+impl Scheduler for LowerLatency {
+    fn pick(&mut self, servers: &[Candidate]) -> Option<usize> {
+        let best = servers
+            .iter()
+            .filter(|s| s.up)
+            .filter_map(|s| s.latency_us)
+            .min()
+            .unwrap_or(1);
+        // Odds as integers: weight * 2^20 / latency; 2^20 keeps 1 µs .. 1 s latencies distinct.
+        let odds = |s: &Candidate| -> u64 {
+            if !s.up {
+                return 0;
+            }
+            // An up server always keeps some chance, however slow.
+            ((u64::from(s.weight.max(1)) << 20) / u64::from(latency_or(s, best))).max(1)
+        };
+        let total: u64 = servers.iter().map(odds).sum();
+        if total == 0 {
+            return None;
+        }
+        let mut ticket = ((u128::from(self.rng.next_u64()) * u128::from(total)) >> 64) as u64;
+        for (i, s) in servers.iter().enumerate() {
+            let o = odds(s);
+            if ticket < o {
+                return Some(i);
+            }
+            ticket -= o;
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{spread, up};
+    use super::*;
+
+    fn with_latency(lat: &[Option<u32>]) -> Vec<Candidate> {
+        let mut s = up(&vec![1; lat.len()]);
+        for (c, l) in s.iter_mut().zip(lat) {
+            c.latency_us = *l;
+        }
+        s
+    }
+
+    #[test]
+    fn share_is_inverse_to_latency() {
+        // 1 ms, 1 ms, 4 ms: odds 4 : 4 : 1 of 9.
+        let servers = with_latency(&[Some(1000), Some(1000), Some(4000)]);
+        let counts = spread(&mut LowerLatency::new(1), &servers, 9000);
+        for (got, want) in counts.iter().zip([4000, 4000, 1000]) {
+            assert!((*got as i64 - want).abs() < 250, "{counts:?}");
+        }
+    }
+
+    #[test]
+    fn near_ties_split_evenly_instead_of_herding() {
+        let servers = with_latency(&[Some(1000), Some(1010), Some(990), Some(1000)]);
+        let counts = spread(&mut LowerLatency::new(2), &servers, 4000);
+        assert!(counts.iter().all(|c| (900..1100).contains(c)), "{counts:?}");
+    }
+
+    #[test]
+    fn a_slow_server_gets_fewer_but_is_not_starved() {
+        let servers = with_latency(&[Some(500), Some(500), Some(50_000)]);
+        let counts = spread(&mut LowerLatency::new(3), &servers, 20_000);
+        assert!(counts[2] > 0 && counts[2] < 400, "{counts:?}");
+    }
+
+    #[test]
+    fn unmeasured_servers_get_the_best_servers_share() {
+        let servers = with_latency(&[Some(1000), None]);
+        let counts = spread(&mut LowerLatency::new(4), &servers, 2000);
+        assert!((800..1200).contains(&counts[1]), "{counts:?}");
+    }
+
+    #[test]
+    fn down_servers_get_nothing() {
+        let mut servers = with_latency(&[Some(100), Some(100)]);
+        servers[0].up = false;
+        assert_eq!(
+            spread(&mut LowerLatency::new(5), &servers, 100),
+            vec![0, 100]
+        );
+    }
+}
