@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::health::CheckConfig;
 use crate::net::{Ipv4Net, Protocol};
 use crate::sched::Algorithm;
 
@@ -51,7 +52,38 @@ pub struct RawService {
     /// Overrides the top-level persistence timeout for this service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub persistence_timeout: Option<u64>,
+    /// How the service's servers are health-checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<RawHealth>,
     pub servers: Vec<RawServer>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHealth {
+    pub enabled: bool,
+    pub interval_ms: u64,
+    /// Defaults to 1000 ms, or the interval when that is shorter.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    pub rise: u32,
+    pub fall: u32,
+    /// What a UDP probe sends.
+    pub udp_payload: String,
+}
+
+impl Default for RawHealth {
+    fn default() -> Self {
+        let d = CheckConfig::default();
+        RawHealth {
+            enabled: d.enabled,
+            interval_ms: d.interval.as_millis() as u64,
+            timeout_ms: None,
+            rise: d.rise,
+            fall: d.fall,
+            udp_payload: String::from_utf8_lossy(&d.udp_payload).into_owned(),
+        }
+    }
 }
 
 /// A real server: `"172.16.0.2:80"`, or `{"address": "172.16.0.2:80", "weight": 3}`.
@@ -145,6 +177,7 @@ pub struct Service {
     pub port: u16,
     pub algorithm: Algorithm,
     pub persistence_timeout: Duration,
+    pub health: CheckConfig,
     pub servers: Vec<RealServer>,
 }
 
@@ -432,6 +465,7 @@ fn service(
         Some(t) => c.seconds(&format!("{path}.persistence_timeout"), t, 0),
         None => default_persistence,
     };
+    let health = health(c, &format!("{path}.health"), raw.health.as_ref());
     if raw.servers.is_empty() {
         c.fail(
             format!("{path}.servers"),
@@ -454,8 +488,46 @@ fn service(
         port: port?,
         algorithm,
         persistence_timeout,
+        health,
         servers,
     })
+}
+
+fn health(c: &mut Checker, path: &str, raw: Option<&RawHealth>) -> CheckConfig {
+    let default = RawHealth::default();
+    let raw = raw.unwrap_or(&default);
+    if !(50..=3_600_000).contains(&raw.interval_ms) {
+        c.fail(
+            format!("{path}.interval_ms"),
+            format!("{} is out of range (50 to 3600000)", raw.interval_ms),
+        );
+    }
+    let timeout_ms = raw.timeout_ms.unwrap_or(1000.min(raw.interval_ms));
+    if timeout_ms < 10 || timeout_ms > raw.interval_ms.max(10) {
+        c.fail(
+            format!("{path}.timeout_ms"),
+            format!("{timeout_ms} is out of range (10 to interval_ms)"),
+        );
+    }
+    for (name, v) in [("rise", raw.rise), ("fall", raw.fall)] {
+        if !(1..=100).contains(&v) {
+            c.fail(
+                format!("{path}.{name}"),
+                format!("{v} is out of range (1 to 100)"),
+            );
+        }
+    }
+    if raw.udp_payload.is_empty() || raw.udp_payload.len() > 1024 {
+        c.fail(format!("{path}.udp_payload"), "must be 1 to 1024 bytes");
+    }
+    CheckConfig {
+        enabled: raw.enabled,
+        interval: Duration::from_millis(raw.interval_ms),
+        timeout: Duration::from_millis(timeout_ms),
+        rise: raw.rise,
+        fall: raw.fall,
+        udp_payload: raw.udp_payload.as_bytes().to_vec(),
+    }
 }
 
 fn port(c: &mut Checker, path: &str, value: u32) -> Option<u16> {
@@ -757,6 +829,43 @@ mod tests {
                 "{pointer}"
             );
         }
+    }
+
+    #[test]
+    fn checks_health_settings() {
+        let cases = [
+            (
+                serde_json::json!({"interval_ms": 10, "timeout_ms": 10}),
+                "services[0].health.interval_ms: 10 is out of range (50 to 3600000)",
+            ),
+            (
+                serde_json::json!({"interval_ms": 500, "timeout_ms": 600}),
+                "services[0].health.timeout_ms: 600 is out of range (10 to interval_ms)",
+            ),
+            (
+                serde_json::json!({"fall": 0}),
+                "services[0].health.fall: 0 is out of range (1 to 100)",
+            ),
+            (
+                serde_json::json!({"udp_payload": ""}),
+                "services[0].health.udp_payload: must be 1 to 1024 bytes",
+            ),
+        ];
+        for (health, expected) in cases {
+            let mut v: serde_json::Value = serde_json::from_str(GOOD).unwrap();
+            v["services"][0]["health"] = health;
+            assert_eq!(errors_of(&v.to_string()), vec![expected]);
+        }
+        let mut v: serde_json::Value = serde_json::from_str(GOOD).unwrap();
+        v["services"][0]["health"] =
+            serde_json::json!({"interval_ms": 200, "rise": 1, "enabled": false});
+        let c = Config::from_json(&v.to_string()).unwrap();
+        let h = &c.services[0].health;
+        assert_eq!(
+            (h.enabled, h.interval, h.rise, h.fall),
+            (false, Duration::from_millis(200), 1, 3)
+        );
+        assert_eq!(c.services[1].health, CheckConfig::default());
     }
 
     #[test]

@@ -102,6 +102,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             .spawn(move || queue::run(q, dp, stats, epoch))
             .context("cannot start a queue worker")?;
     }
+    crate::prober::start(&config, dp.clone()).context("cannot start the health checker")?;
     {
         let dp = dp.clone();
         std::thread::Builder::new()

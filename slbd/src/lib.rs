@@ -1,8 +1,8 @@
 //! slbd: a layer-4 NAT load balancer that takes its packets from NFQUEUE.
 //!
-//! The pure core (config, packet, flow, persist, sched, ruleset, dataplane) does no I/O and is
-//! what the unit tests exercise. The shells (nft, addr, queue, daemon) wrap it with netlink,
-//! NFQUEUE sockets, signals and threads.
+//! The pure core (config, packet, checksum, flow, persist, sched, health, ruleset, dataplane)
+//! does no I/O and is what the unit tests exercise. The shells (nft, addr, queue, prober,
+//! daemon) wrap it with netlink, NFQUEUE sockets, probes, signals and threads.
 
 pub mod addr;
 pub mod checksum;
@@ -10,10 +10,12 @@ pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod flow;
+pub mod health;
 pub mod net;
 pub mod nft;
 pub mod packet;
 pub mod persist;
+pub mod prober;
 pub mod queue;
 pub mod ruleset;
 pub mod sched;

@@ -207,7 +207,8 @@ fn clock_ticks() -> f64 {
 pub struct Lab {
     pub id: String,
     namespaces: Vec<String>,
-    servers: Vec<Child>,
+    /// The lab-server of each real server; None while stopped.
+    servers: Vec<Option<Child>>,
     dir: PathBuf,
     helpers: Mutex<Vec<Child>>,
 }
@@ -273,7 +274,6 @@ impl Lab {
         }
         ip(&["-n", &c, "link", "set", "eth0", "up"])?;
         self.sysctl(&b, "net.ipv4.ip_forward", "1")?;
-        let server_bin = workspace_bin("lab-server");
         for i in 0..n {
             let s = self.server(i);
             self.add_ns(s.clone())?;
@@ -293,23 +293,40 @@ impl Lab {
             ])?;
             ip(&["-n", &s, "link", "set", "eth0", "up"])?;
             ip(&["-n", &s, "route", "add", "default", "via", "172.16.0.1"])?;
-            let mut child = Command::new("ip")
-                .args(["netns", "exec", &s])
-                .arg(&server_bin)
-                .args(["--name", &format!("s{}", i + 1)])
-                .args(["--tcp", &format!("0.0.0.0:{SERVER_HTTP_PORT}")])
-                .args(["--udp", &format!("0.0.0.0:{SERVER_UDP_PORT}")])
-                .stdout(Stdio::piped())
-                .spawn()
-                .with_context(|| format!("starting {}", server_bin.display()))?;
-            let mut line = String::new();
-            BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
-            self.servers.push(child);
-            if line.trim() != "ready" {
-                bail!("lab-server s{} did not start", i + 1);
-            }
+            self.servers.push(None);
+            self.start_server(i)?;
         }
         Ok(())
+    }
+
+    /// Starts real server `i`'s lab-server (HTTP and UDP echo) and waits until it listens.
+    pub fn start_server(&mut self, i: usize) -> Result<()> {
+        let s = self.server(i);
+        let server_bin = workspace_bin("lab-server");
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &s])
+            .arg(&server_bin)
+            .args(["--name", &format!("s{}", i + 1)])
+            .args(["--tcp", &format!("0.0.0.0:{SERVER_HTTP_PORT}")])
+            .args(["--udp", &format!("0.0.0.0:{SERVER_UDP_PORT}")])
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", server_bin.display()))?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
+        self.servers[i] = Some(child);
+        if line.trim() != "ready" {
+            bail!("lab-server s{} did not start", i + 1);
+        }
+        Ok(())
+    }
+
+    /// Kills real server `i`'s lab-server: its ports then refuse connections.
+    pub fn stop_server(&mut self, i: usize) {
+        if let Some(mut c) = self.servers[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     pub fn sysctl(&self, ns: &str, key: &str, value: &str) -> Result<()> {
@@ -455,7 +472,7 @@ impl Drop for Lab {
             .lock()
             .unwrap()
             .iter_mut()
-            .chain(self.servers.iter_mut())
+            .chain(self.servers.iter_mut().flatten())
         {
             let _ = c.kill();
             let _ = c.wait();

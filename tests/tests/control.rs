@@ -1,0 +1,221 @@
+//! slbd's control plane end to end: health checks taking servers out of rotation and back,
+//! and the schedulers that use live state, against the real slbd and real servers.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddrV4, TcpStream};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use slb_tests::*;
+
+const T: Duration = Duration::from_secs(5);
+
+fn vip(port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(VIP, port)
+}
+
+/// Waits until slbd's log has a line containing every one of `parts`; returns how long it took.
+fn wait_for_log(slbd: &Slbd, parts: &[&str], limit: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        if slbd
+            .log_text()
+            .lines()
+            .any(|l| parts.iter().all(|p| l.contains(p)))
+        {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "no log line with {parts:?} within {limit:?}; log:\n{}",
+            slbd.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn spread(lab: &Lab, n: usize) -> BTreeMap<String, usize> {
+    in_ns(&lab.client(), || {
+        let mut counts = BTreeMap::new();
+        for i in 0..n {
+            let body = http_get(CLIENT, vip(80), "/", T)
+                .unwrap_or_else(|e| panic!("request {i} to the VIP failed: {e}"));
+            *counts.entry(server_name(&body)).or_insert(0) += 1;
+        }
+        counts
+    })
+}
+
+#[test]
+fn a_dead_server_leaves_rotation_and_returns_when_it_recovers() {
+    if !can_run("a_dead_server_leaves_rotation_and_returns_when_it_recovers") {
+        return;
+    }
+    let mut lab = Lab::new(3).unwrap();
+    let mut config = lab.config(3);
+    let health = json!({"interval_ms": 200, "timeout_ms": 150, "fall": 2, "rise": 2});
+    config["services"][0]["health"] = health.clone();
+    config["services"][1]["health"] = health;
+    let slbd = lab.start_slbd(&config);
+    assert_eq!(spread(&lab, 6).len(), 3, "all three serve at first");
+
+    lab.stop_server(1);
+    // interval × fall = 400 ms, plus one interval of phase and scheduling slack.
+    let took = wait_for_log(
+        &slbd,
+        &[
+            "server left rotation",
+            "tcp/80",
+            "172.16.0.3:8000",
+            "state=\"down\"",
+        ],
+        Duration::from_secs(3),
+    );
+    eprintln!("s2 left tcp/80 rotation {took:?} after it died");
+    assert!(
+        took < Duration::from_millis(1400),
+        "took {took:?}, expected about interval × fall"
+    );
+    wait_for_log(
+        &slbd,
+        &["server left rotation", "udp/53", "172.16.0.3:5300"],
+        Duration::from_secs(3),
+    );
+    let counts = spread(&lab, 30);
+    assert_eq!(
+        counts.get("s2"),
+        None,
+        "no new flow goes to the dead server: {counts:?}"
+    );
+    assert_eq!(
+        counts.values().sum::<usize>(),
+        30,
+        "every request was answered"
+    );
+    in_ns(&lab.client(), || {
+        for i in 0..6 {
+            let (answer, _) =
+                udp_ask(CLIENT, vip(53), b"q", T).unwrap_or_else(|e| panic!("UDP {i}: {e}"));
+            assert!(!answer.starts_with(b"s2 "), "UDP went to the dead server");
+        }
+    });
+
+    lab.start_server(1).unwrap();
+    let took = wait_for_log(
+        &slbd,
+        &["server back in rotation", "tcp/80", "172.16.0.3:8000"],
+        Duration::from_secs(3),
+    );
+    eprintln!("s2 back in tcp/80 rotation {took:?} after it restarted");
+    assert!(
+        took < Duration::from_millis(1400),
+        "took {took:?}, expected about interval × rise"
+    );
+    let counts = spread(&lab, 30);
+    assert_eq!(
+        counts.get("s2"),
+        Some(&10),
+        "s2 takes its share again: {counts:?}"
+    );
+}
+
+#[test]
+fn with_every_server_down_new_flows_are_refused_cleanly() {
+    if !can_run("with_every_server_down_new_flows_are_refused_cleanly") {
+        return;
+    }
+    let mut lab = Lab::new(1).unwrap();
+    let mut config = lab.config(1);
+    config["services"][0]["health"] = json!({"interval_ms": 100, "fall": 1});
+    let mut slbd = lab.start_slbd(&config);
+    lab.stop_server(0);
+    wait_for_log(
+        &slbd,
+        &["server left rotation", "tcp/80"],
+        Duration::from_secs(3),
+    );
+    let err = in_ns(&lab.client(), || {
+        http_get(CLIENT, vip(80), "/", Duration::from_millis(500))
+    })
+    .unwrap_err();
+    assert_eq!(
+        err.kind(),
+        std::io::ErrorKind::TimedOut,
+        "the SYN is dropped: {err}"
+    );
+    slbd.signal(nix::sys::signal::Signal::SIGTERM);
+    slbd.wait(T);
+    let last = slbd
+        .log_text()
+        .lines()
+        .find(|l| l.contains("final counters"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        last.contains("no_server="),
+        "refused flows are counted: {last}"
+    );
+}
+
+/// Opens a long-lived connection through the VIP; returns it and the server that holds it.
+fn hold() -> (TcpStream, String) {
+    let mut s = connect(CLIENT, vip(80), T).expect("connect");
+    write!(s, "GET /hold HTTP/1.0\r\n\r\n").unwrap();
+    let mut reader = BufReader::new(s.try_clone().unwrap());
+    let mut name = String::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("hold response");
+        if line == "\r\n" {
+            reader.read_line(&mut name).unwrap();
+            break;
+        }
+    }
+    (s, name.trim().to_string())
+}
+
+#[test]
+fn least_connections_sends_new_flows_away_from_a_busy_server() {
+    if !can_run("least_connections_sends_new_flows_away_from_a_busy_server") {
+        return;
+    }
+    let lab = Lab::new(3).unwrap();
+    let mut config = lab.config(3);
+    config["algorithm"] = "LEAST_CONNECTIONS".into();
+    config["flows"] = json!({"tcp_closing_timeout": 1});
+    let _slbd = lab.start_slbd(&config);
+    let counts = in_ns(&lab.client(), || {
+        // 12 long-lived connections spread 4/4/4; keep s1's, close the others.
+        let held: Vec<(TcpStream, String)> = (0..12).map(|_| hold()).collect();
+        let mut per: BTreeMap<String, usize> = BTreeMap::new();
+        for (_, n) in &held {
+            *per.entry(n.clone()).or_insert(0) += 1;
+        }
+        assert_eq!(
+            per.values().copied().collect::<Vec<_>>(),
+            vec![4, 4, 4],
+            "{per:?}"
+        );
+        let kept: Vec<_> = held.into_iter().filter(|(_, n)| n == "s1").collect();
+        // Closed flows leave the table after the closing timeout (1 s) and the expiry sweep.
+        std::thread::sleep(Duration::from_millis(2500));
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        let extra: Vec<_> = (0..12).map(|_| hold()).collect();
+        for (_, n) in &extra {
+            *counts.entry(n.clone()).or_insert(0) += 1;
+        }
+        drop(kept);
+        counts
+    });
+    // s1 holds 4; the next 8 go to s2 and s3 until all hold 4, then they take turns.
+    let s1 = counts.get("s1").copied().unwrap_or(0);
+    assert!(
+        s1 <= 2,
+        "the busy server got {s1} of 12 new flows: {counts:?}"
+    );
+    assert!(
+        counts.get("s2").copied().unwrap_or(0) >= 5 && counts.get("s3").copied().unwrap_or(0) >= 5,
+        "{counts:?}"
+    );
+}
