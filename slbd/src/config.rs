@@ -267,6 +267,19 @@ impl Config {
         Config::from_json(&text)
     }
 
+    /// Reads and validates the file at `path`, keeping the raw form too (what `show_config`
+    /// reports and `save_config` will write back).
+    pub fn load_raw(path: &Path) -> Result<(RawConfig, Config), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let raw: RawConfig =
+            serde_json::from_str(&text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        let config = Config::try_from(&raw)?;
+        Ok((raw, config))
+    }
+
     /// Finds a service by protocol and port.
     pub fn service(&self, protocol: Protocol, port: u16) -> Option<&Service> {
         self.services

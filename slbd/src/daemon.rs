@@ -12,7 +12,10 @@ use anyhow::{bail, Context};
 use nix::sys::signal::{SigSet, Signal};
 
 use crate::addr::{self, ManagedAddr};
-use crate::config::Config;
+use std::path::Path;
+
+use crate::config::{Config, RawConfig};
+use crate::ctl::{self, proto::Command, server::Handler};
 use crate::dataplane::{Dataplane, DropReason};
 use crate::nft;
 use crate::queue::{self, QueueStats};
@@ -48,8 +51,45 @@ fn check_forwarding() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs slbd with a validated config until SIGTERM or SIGINT.
-pub fn run(config: Config) -> anyhow::Result<()> {
+/// Answers control-socket requests from the running data plane.
+struct Control {
+    dp: Arc<Dataplane>,
+    stats: Arc<QueueStats>,
+    raw: RawConfig,
+    config: Config,
+    backend: nft::QueueBackend,
+}
+
+impl Handler for Control {
+    fn handle(&self, cmd: &Command) -> Result<serde_json::Value, String> {
+        match cmd {
+            Command::Status => {
+                let mut v = self.dp.status();
+                let c = &self.config;
+                v["state"] = "balancing".into();
+                v["algorithm"] = c.algorithm.name().into();
+                v["address_dev"] = c.vip_dev.clone().into();
+                v["gateway"] = c.gateway.to_string().into();
+                v["gateway_dev"] = c.gateway_dev.clone().into();
+                v["cluster_network"] = c.cluster_network.to_string().into();
+                v["queue"] = serde_json::json!({
+                    "backend": self.backend.name(),
+                    "packets": self.stats.packets.load(Relaxed),
+                    "overruns": self.stats.overruns.load(Relaxed),
+                    "verdict_errors": self.stats.verdict_errors.load(Relaxed),
+                });
+                Ok(v)
+            }
+            // slb_conf.json holds no secrets yet; credentials arrive with --credentials and
+            // will live in their own 0600 file, never in what this returns.
+            Command::ShowConfig => serde_json::to_value(&self.raw).map_err(|e| e.to_string()),
+        }
+    }
+}
+
+/// Runs slbd with a validated config until SIGTERM or SIGINT, answering the control socket at
+/// `socket`.
+pub fn run(raw: RawConfig, config: Config, socket: &Path) -> anyhow::Result<()> {
     check_forwarding()?;
     // Block the stop signals before any thread exists, so every thread inherits the mask and
     // only the main thread's sigwait sees them.
@@ -113,6 +153,21 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             })
             .context("cannot start the expiry thread")?;
     }
+    let control = Control {
+        dp: dp.clone(),
+        stats: stats.clone(),
+        raw,
+        config: config.clone(),
+        backend,
+    };
+    let ctl = match ctl::server::start(socket, Arc::new(control)) {
+        Ok(c) => c,
+        Err(e) => {
+            shut_down(&addrs, &dp, &stats);
+            return Err(e).context("starting the control socket");
+        }
+    };
+    tracing::info!(socket = %socket.display(), "control socket listening");
     tracing::info!(
         vip = %config.vip,
         services = config.services.len(),
@@ -132,6 +187,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         }
     };
     tracing::info!(signal = %signal, "stopping");
+    drop(ctl);
     shut_down(&addrs, &dp, &stats);
     Ok(())
 }

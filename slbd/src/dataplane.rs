@@ -453,6 +453,56 @@ impl Dataplane {
         self.shards.iter().map(|s| s.lock().memory_bytes()).sum()
     }
 
+    /// The `status` the control socket reports: per service and server, health, smoothed
+    /// latency, live and new flows, packets and bytes; and the drop counters.
+    pub fn status(&self) -> serde_json::Value {
+        use serde_json::json;
+        let services: Vec<_> = self
+            .services
+            .iter()
+            .map(|s| {
+                let servers: Vec<_> = s
+                    .service
+                    .servers
+                    .iter()
+                    .zip(&s.stats)
+                    .map(|(r, st)| {
+                        let lat = st.latency_us.load(Relaxed);
+                        json!({
+                            "address": r.addr.to_string(),
+                            "weight": r.weight,
+                            "state": if st.up.load(Relaxed) { "up" } else { "down" },
+                            "latency_us": if lat == 0 { serde_json::Value::Null } else { lat.into() },
+                            "live_flows": st.live_flows.load(Relaxed),
+                            "new_flows": st.new_flows.load(Relaxed),
+                            "packets_in": st.packets_in.load(Relaxed),
+                            "bytes_in": st.bytes_in.load(Relaxed),
+                            "packets_out": st.packets_out.load(Relaxed),
+                            "bytes_out": st.bytes_out.load(Relaxed),
+                        })
+                    })
+                    .collect();
+                json!({
+                    "name": s.service.name(),
+                    "algorithm": s.service.algorithm.name(),
+                    "persistence_timeout": s.service.persistence_timeout.as_secs(),
+                    "servers": servers,
+                })
+            })
+            .collect();
+        let drops: serde_json::Map<String, serde_json::Value> = DropReason::all()
+            .map(|d| (d.name().to_string(), self.counters.dropped(d).into()))
+            .collect();
+        json!({
+            "vip": self.vip.to_string(),
+            "flows": self.flow_count(),
+            "requests": self.counters.requests.load(Relaxed),
+            "replies": self.counters.replies.load(Relaxed),
+            "drops": drops,
+            "services": services,
+        })
+    }
+
     /// Each service with its servers' counters, for status and logs.
     pub fn services(&self) -> impl Iterator<Item = (&Service, &[ServerStats])> {
         self.services

@@ -7,6 +7,7 @@
 pub mod addr;
 pub mod checksum;
 pub mod config;
+pub mod ctl;
 pub mod daemon;
 pub mod dataplane;
 pub mod flow;

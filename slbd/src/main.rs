@@ -15,6 +15,9 @@ struct Args {
     /// The configuration file.
     #[arg(long, short = 'c', value_name = "PATH", default_value = config::DEFAULT_PATH)]
     config: PathBuf,
+    /// The control socket slbctl talks to (root-only).
+    #[arg(long, value_name = "PATH", default_value = slbd::ctl::proto::DEFAULT_SOCKET)]
+    socket: PathBuf,
     /// Check the configuration, print what would be installed, and exit.
     #[arg(long)]
     check: bool,
@@ -40,7 +43,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    let config = Config::load(&args.config)
+    let (raw, config) = Config::load_raw(&args.config)
         .with_context(|| format!("refusing to start with {}", args.config.display()))?;
     if args.check {
         let queues = slbd::ruleset::QueueRange {
@@ -56,5 +59,5 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    slbd::daemon::run(config)
+    slbd::daemon::run(raw, config, &args.socket)
 }

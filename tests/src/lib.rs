@@ -99,6 +99,8 @@ fn ip(args: &[&str]) -> Result<()> {
 pub struct Slbd {
     child: Child,
     pub log: PathBuf,
+    /// Its control socket (one per slbd, so that parallel labs do not meet).
+    pub socket: PathBuf,
 }
 
 impl Slbd {
@@ -405,20 +407,37 @@ impl Lab {
 
     /// Starts slbd in the balancer namespace without waiting for it.
     pub fn spawn_slbd(&self, config: &Path) -> Slbd {
-        let log = self
-            .dir
-            .join(format!("slbd-{}.log", LABS.fetch_add(1, Ordering::SeqCst)));
+        let n = LABS.fetch_add(1, Ordering::SeqCst);
+        let log = self.dir.join(format!("slbd-{n}.log"));
+        let socket = self.dir.join(format!("slbd-{n}.sock"));
         let child = Command::new("ip")
             .args(["netns", "exec", &self.balancer()])
             .arg(workspace_bin("slbd"))
             .arg("--config")
             .arg(config)
+            .arg("--socket")
+            .arg(&socket)
             .env("SLB_LOG", "info")
             .stdout(Stdio::null())
             .stderr(File::create(&log).expect("log file"))
             .spawn()
             .expect("starting slbd (build it first: cargo build --bins)");
-        Slbd { child, log }
+        Slbd { child, log, socket }
+    }
+
+    /// Runs slbctl against `slbd` with `args`; returns (exit code, stdout, stderr).
+    pub fn slbctl(&self, slbd: &Slbd, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(workspace_bin("slbctl"))
+            .arg("--socket")
+            .arg(&slbd.socket)
+            .args(args)
+            .output()
+            .expect("running slbctl (build it first: cargo build --bins)");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     /// Starts slbd with `config` and waits until it says it is balancing.

@@ -60,6 +60,16 @@ fn a_dead_server_leaves_rotation_and_returns_when_it_recovers() {
     let slbd = lab.start_slbd(&config);
     assert_eq!(spread(&lab, 6).len(), 3, "all three serve at first");
 
+    let (code, out, _) = lab.slbctl(&slbd, &["--status"]);
+    assert_eq!(code, 0);
+    let row = |out: &str, server: &str| {
+        out.lines()
+            .find(|l| l.contains(server))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(row(&out, "172.16.0.3:8000").contains(" up "), "{out}");
+
     lab.stop_server(1);
     // interval × fall = 400 ms, plus one interval of phase and scheduling slack.
     let took = wait_for_log(
@@ -218,4 +228,116 @@ fn least_connections_sends_new_flows_away_from_a_busy_server() {
         counts.get("s2").copied().unwrap_or(0) >= 5 && counts.get("s3").copied().unwrap_or(0) >= 5,
         "{counts:?}"
     );
+}
+
+/// One raw line to the control socket and the reply line.
+fn raw_request(socket: &std::path::Path, line: &[u8]) -> String {
+    use std::os::unix::net::UnixStream;
+    let mut s = UnixStream::connect(socket).expect("connect to the control socket");
+    s.set_read_timeout(Some(T)).unwrap();
+    s.write_all(line).unwrap();
+    let mut reply = String::new();
+    BufReader::new(s)
+        .read_line(&mut reply)
+        .expect("a reply line");
+    reply
+}
+
+#[test]
+fn the_control_socket_is_root_only_and_refuses_garbage_without_harm() {
+    if !can_run("the_control_socket_is_root_only_and_refuses_garbage_without_harm") {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let lab = Lab::new(2).unwrap();
+    let slbd = lab.start_slbd(&lab.config(2));
+    let mode = std::fs::metadata(&slbd.socket)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600, "the control socket is root-only");
+
+    let garbage: Vec<(Vec<u8>, &str)> = vec![
+        (b"hello\n".to_vec(), "not JSON"),
+        (
+            b"{\"v\":1,\"cmd\":\"reboot\"}\n".to_vec(),
+            "unknown command",
+        ),
+        (
+            b"{\"v\":7,\"cmd\":\"status\"}\n".to_vec(),
+            "protocol version 7",
+        ),
+        (b"{\"cmd\":\"status\"}\n".to_vec(), "protocol version"),
+        (vec![b'x'; 70 * 1024], "longer than"),
+        (b"\xff\xfe\x00\n".to_vec(), "not JSON"),
+    ];
+    for (line, want) in garbage {
+        let reply = raw_request(&slbd.socket, &line);
+        let v: serde_json::Value = serde_json::from_str(&reply).expect("the reply is JSON");
+        assert_eq!(v["ok"], false, "{reply}");
+        assert!(
+            v["error"].as_str().unwrap().contains(want),
+            "{want}: {reply}"
+        );
+    }
+    let reply = raw_request(&slbd.socket, b"{\"v\":1,\"cmd\":\"status\"}\n");
+    let v: serde_json::Value = serde_json::from_str(&reply).unwrap();
+    assert_eq!(v["ok"], true, "{reply}");
+    assert_eq!(
+        v["result"]["services"][0]["servers"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    // Traffic is untouched.
+    in_ns(&lab.client(), || {
+        http_get(CLIENT, vip(80), "/", T).expect("still balancing")
+    });
+}
+
+#[test]
+fn slbctl_shows_config_and_status_and_says_when_slbd_is_not_running() {
+    if !can_run("slbctl_shows_config_and_status_and_says_when_slbd_is_not_running") {
+        return;
+    }
+    let lab = Lab::new(2).unwrap();
+    let config = lab.config(2);
+    let mut slbd = lab.start_slbd(&config);
+    in_ns(&lab.client(), || {
+        http_get(CLIENT, vip(80), "/", T).expect("a request")
+    });
+
+    let (code, out, err) = lab.slbctl(&slbd, &["--show-config"]);
+    assert_eq!(code, 0, "{err}");
+    let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(shown["address"], config["address"]);
+    assert_eq!(
+        shown["services"][0]["servers"],
+        config["services"][0]["servers"]
+    );
+
+    let (code, out, _) = lab.slbctl(&slbd, &["--status", "--json"]);
+    assert_eq!(code, 0);
+    let st: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(st["state"], "balancing");
+    let new_flows: u64 = st["services"][0]["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["new_flows"].as_u64().unwrap())
+        .sum();
+    assert_eq!(new_flows, 1, "the one request is counted: {out}");
+
+    let (code, _, err) = lab.slbctl(&slbd, &["--add-server", "172.16.0.9:8000"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--add-server not implemented yet"), "{err}");
+
+    slbd.signal(nix::sys::signal::Signal::SIGTERM);
+    slbd.wait(T);
+    assert!(!slbd.socket.exists(), "the socket file is removed on exit");
+    let (code, _, err) = lab.slbctl(&slbd, &["--status"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("slbd is not running"), "{err}");
 }

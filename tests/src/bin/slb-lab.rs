@@ -55,6 +55,8 @@ fn demo() -> Result<()> {
         }
         Ok(())
     })?;
+    let (_, status, _) = lab.slbctl(&slbd, &["--status"]);
+    println!("\n$ slbctl --status\n{status}");
     slbd.signal(nix::sys::signal::Signal::SIGTERM);
     let mut slbd = slbd;
     slbd.wait(Duration::from_secs(5));

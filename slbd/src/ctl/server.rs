@@ -1,0 +1,120 @@
+//! SHELL: slbd's control socket, a root-only Unix socket (mode 0600 in a 0700 directory)
+//! answering [`proto`](super::proto) requests, one thread per client.
+//! Side effects: creates the socket file (and its directory), removes it on shutdown.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::proto::{self, Command};
+
+/// What answers the requests; the daemon implements it over the running data plane.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, cmd: &Command) -> Result<Value, String>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    #[error("another slbd is already listening on {0}")]
+    InUse(PathBuf),
+    #[error("cannot create the control socket {path}")]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The listening socket; removes its file when dropped.
+pub struct ControlSocket {
+    path: PathBuf,
+}
+
+impl Drop for ControlSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Binds `path` and serves it on a background thread.
+pub fn start(path: &Path, handler: Arc<dyn Handler>) -> Result<ControlSocket, CtlError> {
+    let create = |source| CtlError::Create {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(create)?;
+        }
+    }
+    if path.exists() {
+        // A live socket means another slbd; a dead one is left over from a crash.
+        if UnixStream::connect(path).is_ok() {
+            return Err(CtlError::InUse(path.to_path_buf()));
+        }
+        std::fs::remove_file(path).map_err(create)?;
+    }
+    let listener = UnixListener::bind(path).map_err(create)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(create)?;
+    std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let handler = handler.clone();
+                let _ = std::thread::Builder::new()
+                    .name("control-client".into())
+                    .spawn(move || serve(conn, &*handler));
+            }
+        })
+        .map_err(create)?;
+    Ok(ControlSocket {
+        path: path.to_path_buf(),
+    })
+}
+
+fn serve(conn: UnixStream, handler: &dyn Handler) {
+    // An idle client does not hold a thread for ever.
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+    let Ok(mut out) = conn.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(conn);
+    loop {
+        let mut line = Vec::new();
+        let n = match (&mut reader)
+            .take(proto::MAX_LINE as u64)
+            .read_until(b'\n', &mut line)
+        {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if n >= proto::MAX_LINE && line.last() != Some(&b'\n') {
+            // Oversized: answer once and hang up rather than read the rest.
+            let _ = out.write_all(proto::error(&proto::ProtoError::TooLong.to_string()).as_bytes());
+            tracing::warn!(bytes = n, "control request too long; connection closed");
+            return;
+        }
+        let reply = match proto::parse_request(line.trim_ascii_end()) {
+            Ok(cmd) => match handler.handle(&cmd) {
+                Ok(v) => proto::ok(v),
+                Err(e) => proto::error(&e),
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "control request refused");
+                proto::error(&e.to_string())
+            }
+        };
+        if out.write_all(reply.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
