@@ -64,7 +64,7 @@ impl Handler for Control {
     fn handle(&self, cmd: &Command) -> Result<serde_json::Value, String> {
         match cmd {
             Command::Status => {
-                let mut v = self.dp.status();
+                let mut v = crate::report::status(&self.dp);
                 let c = &self.config;
                 v["state"] = "balancing".into();
                 v["algorithm"] = c.algorithm.name().into();
@@ -142,7 +142,10 @@ pub fn run(raw: RawConfig, config: Config, socket: &Path) -> anyhow::Result<()> 
             .spawn(move || queue::run(q, dp, stats, epoch))
             .context("cannot start a queue worker")?;
     }
-    crate::prober::start(&config, dp.clone()).context("cannot start the health checker")?;
+    let prober = crate::prober::Prober::default();
+    prober
+        .check(&config, dp.clone())
+        .context("cannot start the health checker")?;
     {
         let dp = dp.clone();
         std::thread::Builder::new()

@@ -6,10 +6,18 @@
 //! Sharing between queue workers: the flow table is split into shards by the client's address
 //! and port, which both directions of a flow carry (the source of a request, the destination of
 //! a reply), so a flow's two directions always meet in one shard whichever queue they land on.
+//!
+//! Live reconfiguration: the services are a [`View`] swapped whole ([`Dataplane::update`]);
+//! flows, persistence and the per-server counters outlive it. Each real server (protocol, VIP
+//! port, address) gets a stable id the first time it is configured; a flow's tag is that id,
+//! so a flow keeps its server and its counters whatever the view looks like now.
 
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
 use crate::config::{Config, Service};
@@ -18,7 +26,6 @@ use crate::net::Protocol;
 use crate::packet::{self, tcp_flags, ChecksumState, Endpoint, Malformed};
 use crate::persist::{PersistKey, Persistence};
 use crate::sched::{Candidate, Scheduler};
-
 /// Which rule queued the packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -126,6 +133,14 @@ impl Default for ServerStats {
     }
 }
 
+/// Every real server ever configured, by stable id (ids are never reused, so flows to a
+/// removed server still find their counters while they drain).
+#[derive(Default, Clone)]
+struct Registry {
+    stats: Vec<Arc<ServerStats>>,
+    ids: HashMap<(Protocol, u16, SocketAddrV4), u32>,
+}
+
 /// A service's scheduler with the candidate list it is handed, refreshed at each pick (kept
 /// here so that a pick allocates nothing).
 struct Picker {
@@ -133,10 +148,17 @@ struct Picker {
     candidates: Vec<Candidate>,
 }
 
-struct ServiceState {
-    service: Service,
+pub(crate) struct ServiceState {
+    pub(crate) service: Service,
+    /// The registry id of each of `service.servers`.
+    pub(crate) ids: Vec<u32>,
     picker: Mutex<Picker>,
-    stats: Vec<ServerStats>,
+}
+
+/// The services in force.
+pub(crate) struct View {
+    pub(crate) vip: Ipv4Addr,
+    pub(crate) services: Vec<ServiceState>,
 }
 
 /// Whole-dataplane counters.
@@ -156,16 +178,14 @@ impl Counters {
 const SHARDS: usize = 64;
 
 pub struct Dataplane {
-    vip: Ipv4Addr,
-    services: Vec<ServiceState>,
+    view: ArcSwap<View>,
+    registry: ArcSwap<Registry>,
+    /// Serialises updates (the view swap itself is lock-free for readers).
+    updating: Mutex<u64>,
+    seed: u64,
     shards: Box<[Mutex<FlowTable>]>,
     persistence: Mutex<Persistence>,
     pub counters: Counters,
-}
-
-/// A flow's tag: its service and server indices, for counting.
-fn tag(service: usize, server: usize) -> u32 {
-    ((service as u32) << 16) | server as u32
 }
 
 fn shard_of(client: SocketAddrV4) -> usize {
@@ -174,24 +194,70 @@ fn shard_of(client: SocketAddrV4) -> usize {
     (x.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58) as usize % SHARDS
 }
 
+fn timeouts(config: &Config) -> Timeouts {
+    Timeouts {
+        tcp: config.flows.tcp_timeout,
+        tcp_closing: config.flows.tcp_closing_timeout,
+        udp: config.flows.udp_timeout,
+    }
+}
+
 impl Dataplane {
     /// A data plane for `config`; `seed` feeds the randomised schedulers.
     pub fn new(config: &Config, seed: u64) -> Dataplane {
-        let timeouts = Timeouts {
-            tcp: config.flows.tcp_timeout,
-            tcp_closing: config.flows.tcp_closing_timeout,
-            udp: config.flows.udp_timeout,
-        };
         let per_shard = config.flows.max.div_ceil(SHARDS as u32);
-        Dataplane {
-            vip: config.vip,
-            services: config
-                .services
-                .iter()
-                .enumerate()
-                .map(|(i, s)| ServiceState {
+        let dp = Dataplane {
+            view: ArcSwap::from_pointee(View {
+                vip: config.vip,
+                services: Vec::new(),
+            }),
+            registry: ArcSwap::from_pointee(Registry::default()),
+            updating: Mutex::new(0),
+            seed,
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(FlowTable::new(timeouts(config), per_shard)))
+                .collect(),
+            persistence: Mutex::new(Persistence::new(config.flows.max as usize)),
+            counters: Counters {
+                requests: AtomicU64::new(0),
+                replies: AtomicU64::new(0),
+                drops: std::array::from_fn(|_| AtomicU64::new(0)),
+            },
+        };
+        dp.update(config);
+        dp
+    }
+
+    /// Puts `config`'s services in force for new flows. Established flows keep their server
+    /// (a removed server's flows drain: they run until they end); counters and health of
+    /// servers that stay are kept. Flow limits other than the timeouts apply from a restart.
+    pub fn update(&self, config: &Config) {
+        let mut generation = self.updating.lock();
+        *generation += 1;
+        let mut registry = Registry::clone(&self.registry.load());
+        let services = config
+            .services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let ids: Vec<u32> = s
+                    .servers
+                    .iter()
+                    .map(|r| {
+                        let key = (s.protocol, s.port, r.addr);
+                        *registry.ids.entry(key).or_insert_with(|| {
+                            registry.stats.push(Arc::new(ServerStats::default()));
+                            (registry.stats.len() - 1) as u32
+                        })
+                    })
+                    .collect();
+                let seed = self
+                    .seed
+                    .wrapping_add(*generation << 16)
+                    .wrapping_add(i as u64);
+                ServiceState {
                     picker: Mutex::new(Picker {
-                        scheduler: s.algorithm.scheduler(seed.wrapping_add(i as u64)),
+                        scheduler: s.algorithm.scheduler(seed),
                         candidates: s
                             .servers
                             .iter()
@@ -203,19 +269,18 @@ impl Dataplane {
                             })
                             .collect(),
                     }),
-                    stats: s.servers.iter().map(|_| ServerStats::default()).collect(),
+                    ids,
                     service: s.clone(),
-                })
-                .collect(),
-            shards: (0..SHARDS)
-                .map(|_| Mutex::new(FlowTable::new(timeouts, per_shard)))
-                .collect(),
-            persistence: Mutex::new(Persistence::new(config.flows.max as usize)),
-            counters: Counters {
-                requests: AtomicU64::new(0),
-                replies: AtomicU64::new(0),
-                drops: std::array::from_fn(|_| AtomicU64::new(0)),
-            },
+                }
+            })
+            .collect();
+        self.registry.store(Arc::new(registry));
+        self.view.store(Arc::new(View {
+            vip: config.vip,
+            services,
+        }));
+        for shard in self.shards.iter() {
+            shard.lock().set_timeouts(timeouts(config));
         }
     }
 
@@ -253,48 +318,48 @@ impl Dataplane {
         }
     }
 
-    fn service_index(&self, protocol: Protocol, port: u16) -> Option<usize> {
-        self.services
-            .iter()
-            .position(|s| s.service.protocol == protocol && s.service.port == port)
+    fn stats(&self, id: u32) -> Option<Arc<ServerStats>> {
+        self.registry.load().stats.get(id as usize).cloned()
     }
 
     fn request(&self, buf: &mut [u8], csum: ChecksumState, now_ms: u64) -> Result<(), DropReason> {
         let h = packet::parse(buf).map_err(DropReason::Malformed)?;
-        let si = self
-            .service_index(h.protocol, h.dst.port())
-            .filter(|_| *h.dst.ip() == self.vip)
+        let view = self.view.load();
+        let svc = view
+            .services
+            .iter()
+            .find(|s| s.service.protocol == h.protocol && s.service.port == h.dst.port())
+            .filter(|_| *h.dst.ip() == view.vip)
             .ok_or(DropReason::NoService)?;
-        let svc = &self.services[si];
         let key = FlowKey {
             protocol: h.protocol,
             src: h.src,
             dst: h.dst,
         };
         let mut flows = self.shards[shard_of(h.src)].lock();
-        let (server, server_i) = match flows.lookup_request(&key, h.flags, now_ms) {
-            Lookup::Found(placed) => (placed.server, (placed.tag & 0xffff) as usize),
+        let (server, id) = match flows.lookup_request(&key, h.flags, now_ms) {
+            Lookup::Found(placed) => (placed.server, placed.tag),
             Lookup::Missing | Lookup::Reused(_) => {
                 let syn = h.flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
                 if h.protocol == Protocol::Tcp && !syn {
                     return Err(DropReason::MidStream);
                 }
                 let i = self.choose(svc, h.src, now_ms)?;
-                let server = svc.service.servers[i].addr;
+                let (server, id) = (svc.service.servers[i].addr, svc.ids[i]);
                 flows
-                    .insert(&key, server, tag(si, i), now_ms)
+                    .insert(&key, server, id, now_ms)
                     .map_err(|_| DropReason::TableFull)?;
-                if let Some(stats) = svc.stats.get(i) {
-                    stats.new_flows.fetch_add(1, Relaxed);
-                    stats.live_flows.fetch_add(1, Relaxed);
+                if let Some(st) = self.stats(id) {
+                    st.new_flows.fetch_add(1, Relaxed);
+                    st.live_flows.fetch_add(1, Relaxed);
                 }
-                (server, i)
+                (server, id)
             }
         };
         drop(flows);
-        if let Some(stats) = svc.stats.get(server_i) {
-            stats.packets_in.fetch_add(1, Relaxed);
-            stats.bytes_in.fetch_add(buf.len() as u64, Relaxed);
+        if let Some(st) = self.stats(id) {
+            st.packets_in.fetch_add(1, Relaxed);
+            st.bytes_in.fetch_add(buf.len() as u64, Relaxed);
         }
         packet::rewrite(buf, &h, Endpoint::Destination, server, csum);
         Ok(())
@@ -307,6 +372,8 @@ impl Dataplane {
         client: SocketAddrV4,
         now_ms: u64,
     ) -> Result<usize, DropReason> {
+        let registry = self.registry.load();
+        let up = |i: usize| registry.stats[svc.ids[i] as usize].up.load(Relaxed);
         let timeout = svc.service.persistence_timeout.as_millis() as u64;
         let pkey = PersistKey {
             client: *client.ip(),
@@ -320,7 +387,7 @@ impl Dataplane {
                     .servers
                     .iter()
                     .position(|s| s.addr == addr)
-                    .filter(|&i| svc.stats[i].up.load(Relaxed))
+                    .filter(|&i| up(i))
             });
             if let Some(i) = remembered {
                 persisted.remember(pkey, svc.service.servers[i].addr, now_ms + timeout);
@@ -333,7 +400,8 @@ impl Dataplane {
                 scheduler,
                 candidates,
             } = &mut *p;
-            for (c, st) in candidates.iter_mut().zip(&svc.stats) {
+            for (c, id) in candidates.iter_mut().zip(&svc.ids) {
+                let st = &registry.stats[*id as usize];
                 c.up = st.up.load(Relaxed);
                 c.live = st.live_flows.load(Relaxed).min(u64::from(u32::MAX)) as u32;
                 c.latency_us = Some(st.latency_us.load(Relaxed)).filter(|l| *l > 0);
@@ -355,16 +423,13 @@ impl Dataplane {
             src: h.src,
             dst: h.dst,
         };
-        let vip = self.shards[shard_of(h.dst)]
+        let (vip, id) = self.shards[shard_of(h.dst)]
             .lock()
             .lookup_reply(&key, h.flags, now_ms)
             .ok_or(DropReason::ReplyWithoutFlow)?;
-        if let Some(si) = self.service_index(h.protocol, vip.port()) {
-            let svc = &self.services[si];
-            if let Some(i) = svc.service.servers.iter().position(|s| s.addr == h.src) {
-                svc.stats[i].packets_out.fetch_add(1, Relaxed);
-                svc.stats[i].bytes_out.fetch_add(buf.len() as u64, Relaxed);
-            }
+        if let Some(st) = self.stats(id) {
+            st.packets_out.fetch_add(1, Relaxed);
+            st.bytes_out.fetch_add(buf.len() as u64, Relaxed);
         }
         packet::rewrite(buf, &h, Endpoint::Source, vip, csum);
         Ok(())
@@ -374,6 +439,7 @@ impl Dataplane {
     /// clients whose flows just ended. Returns how many flows ended.
     pub fn expire(&self, now_ms: u64) -> usize {
         let mut n = 0;
+        let view = self.view.load();
         for shard in self.shards.iter() {
             let ended = {
                 let mut t = shard.lock();
@@ -382,14 +448,14 @@ impl Dataplane {
             };
             n += ended.len();
             for e in ended {
-                let (si, i) = ((e.tag >> 16) as usize, (e.tag & 0xffff) as usize);
-                let Some(svc) = self.services.get(si) else {
-                    continue;
-                };
-                if let Some(stats) = svc.stats.get(i) {
-                    stats.live_flows.fetch_sub(1, Relaxed);
+                if let Some(st) = self.stats(e.tag) {
+                    st.live_flows.fetch_sub(1, Relaxed);
                 }
-                let timeout = svc.service.persistence_timeout.as_millis() as u64;
+                let timeout = view
+                    .services
+                    .iter()
+                    .find(|s| s.service.protocol == e.protocol && s.service.port == e.vip.port())
+                    .map_or(0, |s| s.service.persistence_timeout.as_millis() as u64);
                 if timeout > 0 {
                     let key = PersistKey {
                         client: *e.client.ip(),
@@ -406,22 +472,27 @@ impl Dataplane {
         n
     }
 
+    /// The stable id of server `server` of service `service` in the view in force.
+    pub fn server_id(&self, service: usize, server: usize) -> Option<u32> {
+        self.view
+            .load()
+            .services
+            .get(service)?
+            .ids
+            .get(server)
+            .copied()
+    }
+
+    /// Whether server `id` is in rotation.
+    pub fn is_up(&self, id: u32) -> bool {
+        self.stats(id).is_some_and(|st| st.up.load(Relaxed))
+    }
+
     /// Records a server's health. When it leaves rotation its flows are forgotten at once
     /// (the stated policy: their next packets are dropped, TCP as mid-stream and a UDP flow's
     /// next datagram is scheduled afresh to a server that is up). Returns how many flows ended.
-    pub fn set_health(
-        &self,
-        service: usize,
-        server: usize,
-        up: bool,
-        latency_us: Option<u32>,
-    ) -> usize {
-        let Some(svc) = self.services.get(service) else {
-            return 0;
-        };
-        let Some(st) = svc.stats.get(server) else {
-            return 0;
-        };
+    pub fn set_health(&self, id: u32, up: bool, latency_us: Option<u32>) -> usize {
+        let Some(st) = self.stats(id) else { return 0 };
         if let Some(l) = latency_us {
             st.latency_us.store(l.max(1), Relaxed);
         }
@@ -429,18 +500,32 @@ impl Dataplane {
         if up || !was_up {
             return 0;
         }
-        let addr = svc.service.servers[server].addr;
-        let t = tag(service, server);
         let mut n = 0;
         for shard in self.shards.iter() {
-            n += shard
-                .lock()
-                .remove_where(|e| e.tag == t && e.server == addr)
-                .len();
+            n += shard.lock().remove_where(|e| e.tag == id).len();
         }
         st.live_flows
             .fetch_sub((n as u64).min(st.live_flows.load(Relaxed)), Relaxed);
         n
+    }
+
+    /// Server ports (protocol, port) of servers no longer configured that still have flows:
+    /// their replies must keep reaching slbd while they drain.
+    pub fn draining_ports(&self) -> Vec<(Protocol, u16)> {
+        let view = self.view.load();
+        let registry = self.registry.load();
+        let mut ports: Vec<(Protocol, u16)> = registry
+            .ids
+            .iter()
+            .filter(|(_, id)| {
+                registry.stats[**id as usize].live_flows.load(Relaxed) > 0
+                    && !view.services.iter().any(|s| s.ids.contains(id))
+            })
+            .map(|((p, _, addr), _)| (*p, addr.port()))
+            .collect();
+        ports.sort();
+        ports.dedup();
+        ports
     }
 
     /// Flows tracked now.
@@ -453,61 +538,27 @@ impl Dataplane {
         self.shards.iter().map(|s| s.lock().memory_bytes()).sum()
     }
 
-    /// The `status` the control socket reports: per service and server, health, smoothed
-    /// latency, live and new flows, packets and bytes; and the drop counters.
-    pub fn status(&self) -> serde_json::Value {
-        use serde_json::json;
-        let services: Vec<_> = self
-            .services
+    /// Each service in force with its servers' counters, for status and tests.
+    pub fn services(&self) -> Vec<(Service, Vec<Arc<ServerStats>>)> {
+        let view = self.view.load();
+        let registry = self.registry.load();
+        view.services
             .iter()
             .map(|s| {
-                let servers: Vec<_> = s
-                    .service
-                    .servers
-                    .iter()
-                    .zip(&s.stats)
-                    .map(|(r, st)| {
-                        let lat = st.latency_us.load(Relaxed);
-                        json!({
-                            "address": r.addr.to_string(),
-                            "weight": r.weight,
-                            "state": if st.up.load(Relaxed) { "up" } else { "down" },
-                            "latency_us": if lat == 0 { serde_json::Value::Null } else { lat.into() },
-                            "live_flows": st.live_flows.load(Relaxed),
-                            "new_flows": st.new_flows.load(Relaxed),
-                            "packets_in": st.packets_in.load(Relaxed),
-                            "bytes_in": st.bytes_in.load(Relaxed),
-                            "packets_out": st.packets_out.load(Relaxed),
-                            "bytes_out": st.bytes_out.load(Relaxed),
-                        })
-                    })
-                    .collect();
-                json!({
-                    "name": s.service.name(),
-                    "algorithm": s.service.algorithm.name(),
-                    "persistence_timeout": s.service.persistence_timeout.as_secs(),
-                    "servers": servers,
-                })
+                (
+                    s.service.clone(),
+                    s.ids
+                        .iter()
+                        .map(|id| registry.stats[*id as usize].clone())
+                        .collect(),
+                )
             })
-            .collect();
-        let drops: serde_json::Map<String, serde_json::Value> = DropReason::all()
-            .map(|d| (d.name().to_string(), self.counters.dropped(d).into()))
-            .collect();
-        json!({
-            "vip": self.vip.to_string(),
-            "flows": self.flow_count(),
-            "requests": self.counters.requests.load(Relaxed),
-            "replies": self.counters.replies.load(Relaxed),
-            "drops": drops,
-            "services": services,
-        })
+            .collect()
     }
 
-    /// Each service with its servers' counters, for status and logs.
-    pub fn services(&self) -> impl Iterator<Item = (&Service, &[ServerStats])> {
-        self.services
-            .iter()
-            .map(|s| (&s.service, s.stats.as_slice()))
+    /// The VIP in force.
+    pub fn vip(&self) -> Ipv4Addr {
+        self.view.load().vip
     }
 }
 
@@ -781,6 +832,7 @@ mod tests {
         }
         let live = |dp: &Dataplane| {
             dp.services()
+                .iter()
                 .map(|(_, s)| s.iter().map(|x| x.live_flows.load(Relaxed)).sum::<u64>())
                 .sum::<u64>()
         };
@@ -825,7 +877,7 @@ mod health_tests {
             tcp(sa("10.0.0.5:1000"), sa("10.0.0.100:80"), SYN, b"", &[]),
         );
         assert_eq!(first, sa("172.16.0.2:80"));
-        assert_eq!(dp.set_health(0, 0, false, None), 1);
+        assert_eq!(dp.set_health(dp.server_id(0, 0).unwrap(), false, None), 1);
         // The flow's next packet is mid-stream now: dropped, not moved.
         let (v, _) = send(
             &dp,
@@ -845,7 +897,7 @@ mod health_tests {
             );
             assert_eq!((v, to), (Verdict::Accept, sa("172.16.0.3:80")));
         }
-        dp.set_health(0, 0, true, Some(300));
+        dp.set_health(dp.server_id(0, 0).unwrap(), true, Some(300));
         let picks: Vec<_> = (3000..3004)
             .map(|port| {
                 send(
@@ -872,20 +924,122 @@ mod health_tests {
         let dp = dp();
         let q = || udp(sa("10.0.0.5:5000"), sa("10.0.0.100:53"), b"q");
         assert_eq!(send(&dp, q()).1, sa("172.16.0.2:53"));
-        dp.set_health(1, 0, false, None);
+        dp.set_health(dp.server_id(1, 0).unwrap(), false, None);
         assert_eq!(send(&dp, q()), (Verdict::Accept, sa("172.16.0.3:53")));
     }
 
     #[test]
     fn with_every_server_down_new_flows_are_refused_and_counted() {
         let dp = dp();
-        dp.set_health(0, 0, false, None);
-        dp.set_health(0, 1, false, None);
+        dp.set_health(dp.server_id(0, 0).unwrap(), false, None);
+        dp.set_health(dp.server_id(0, 1).unwrap(), false, None);
         let (v, _) = send(
             &dp,
             tcp(sa("10.0.0.5:1000"), sa("10.0.0.100:80"), SYN, b"", &[]),
         );
         assert_eq!(v, Verdict::Drop(DropReason::NoServer));
         assert_eq!(dp.counters.dropped(DropReason::NoServer), 1);
+    }
+}
+
+#[cfg(test)]
+mod update_tests {
+    use super::*;
+    use crate::packet::fixtures::tcp;
+    use crate::packet::tcp_flags::{ACK, SYN};
+
+    fn config(servers: &[&str], algorithm: &str) -> Config {
+        let servers: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
+        Config::from_json(&format!(
+            r#"{{"address": "10.0.0.100", "address_dev": "eth0", "gateway": "172.16.0.1",
+                "gateway_dev": "eth1", "cluster_network": "172.16.0.0/24", "algorithm": "{algorithm}",
+                "services": [{{"protocol": "tcp", "port": 80, "servers": [{}]}}]}}"#,
+            servers.join(",")
+        ))
+        .unwrap()
+    }
+
+    fn sa(s: &str) -> SocketAddrV4 {
+        s.parse().unwrap()
+    }
+
+    fn send(dp: &Dataplane, port: u16, flags: u8) -> (Verdict, SocketAddrV4) {
+        let mut p = tcp(
+            SocketAddrV4::new("10.0.0.5".parse().unwrap(), port),
+            sa("10.0.0.100:80"),
+            flags,
+            b"",
+            &[],
+        );
+        let v = dp.handle(Direction::Request, &mut p, true, ChecksumState::Complete, 0);
+        (v, packet::parse(&p).unwrap().dst)
+    }
+
+    #[test]
+    fn an_added_server_takes_new_flows_while_old_flows_stay_put() {
+        let dp = Dataplane::new(&config(&["172.16.0.2:80"], "ROUND_ROBIN"), 1);
+        assert_eq!(send(&dp, 1000, SYN).1, sa("172.16.0.2:80"));
+        dp.update(&config(&["172.16.0.2:80", "172.16.0.3:80"], "ROUND_ROBIN"));
+        let news: Vec<_> = (2000..2004).map(|p| send(&dp, p, SYN).1).collect();
+        assert_eq!(
+            news.iter().filter(|s| **s == sa("172.16.0.3:80")).count(),
+            2,
+            "{news:?}"
+        );
+        assert_eq!(
+            send(&dp, 1000, ACK),
+            (Verdict::Accept, sa("172.16.0.2:80")),
+            "the old flow keeps its server"
+        );
+        // Counters of a server that stays survive the update.
+        let (_, stats) = &dp.services()[0];
+        assert_eq!(stats[0].new_flows.load(Relaxed), 3);
+    }
+
+    #[test]
+    fn a_removed_server_drains() {
+        let dp = Dataplane::new(
+            &config(&["172.16.0.2:8080", "172.16.0.3:80"], "ROUND_ROBIN"),
+            1,
+        );
+        assert_eq!(send(&dp, 1000, SYN).1, sa("172.16.0.2:8080"));
+        dp.update(&config(&["172.16.0.3:80"], "ROUND_ROBIN"));
+        assert_eq!(
+            send(&dp, 1000, ACK),
+            (Verdict::Accept, sa("172.16.0.2:8080")),
+            "its flow continues"
+        );
+        assert!(
+            (2000..2010).all(|p| send(&dp, p, SYN).1 == sa("172.16.0.3:80")),
+            "no new flow goes to it"
+        );
+        assert_eq!(
+            dp.draining_ports(),
+            vec![(Protocol::Tcp, 8080)],
+            "its replies must still be queued"
+        );
+        dp.expire(10_000_000);
+        assert_eq!(dp.draining_ports(), vec![], "drained");
+    }
+
+    #[test]
+    fn a_new_algorithm_applies_to_new_flows() {
+        let dp = Dataplane::new(
+            &config(&["172.16.0.2:80", "172.16.0.3:80"], "ROUND_ROBIN"),
+            1,
+        );
+        // Two long flows on .2 and .3, then one more on .2.
+        for p in 1000..1003 {
+            send(&dp, p, SYN);
+        }
+        dp.update(&config(
+            &["172.16.0.2:80", "172.16.0.3:80"],
+            "LEAST_CONNECTIONS",
+        ));
+        assert_eq!(
+            send(&dp, 2000, SYN).1,
+            sa("172.16.0.3:80"),
+            "the less loaded server"
+        );
     }
 }

@@ -227,8 +227,14 @@ impl FlowTable {
         })
     }
 
-    /// Looks up a real server → client packet; returns the VIP endpoint it must come from.
-    pub fn lookup_reply(&mut self, key: &FlowKey, flags: u8, now_ms: u64) -> Option<SocketAddrV4> {
+    /// Looks up a real server → client packet; returns the VIP endpoint it must come from and
+    /// the flow's tag.
+    pub fn lookup_reply(
+        &mut self,
+        key: &FlowKey,
+        flags: u8,
+        now_ms: u64,
+    ) -> Option<(SocketAddrV4, u32)> {
         let i = self.find(&self.by_reply, key, true)?;
         let slot = &mut self.slots[i as usize];
         slot.last_seen = ticks(now_ms);
@@ -239,7 +245,10 @@ impl FlowTable {
                 slot.state = State::Established;
             }
         }
-        Some(SocketAddrV4::new(slot.vip_ip.into(), slot.vip_port))
+        Some((
+            SocketAddrV4::new(slot.vip_ip.into(), slot.vip_port),
+            slot.tag,
+        ))
     }
 
     /// Adds a flow for a request packet that found none. A reply key already held by another
@@ -418,7 +427,10 @@ mod tests {
             })
         );
         let r = reply(Protocol::Tcp, "172.16.0.2:8080", "10.0.0.5:4000");
-        assert_eq!(t.lookup_reply(&r, SYN | ACK, 2), Some(sa("10.0.0.100:80")));
+        assert_eq!(
+            t.lookup_reply(&r, SYN | ACK, 2),
+            Some((sa("10.0.0.100:80"), 7))
+        );
         // Replies are matched, never guessed: another client port or server misses.
         assert_eq!(
             t.lookup_reply(
@@ -579,7 +591,10 @@ mod tests {
         t.insert(&a, sa("172.16.0.2:80"), 0, 0).unwrap();
         t.insert(&b, sa("172.16.0.2:80"), 0, 0).unwrap();
         let r = reply(Protocol::Tcp, "172.16.0.2:80", "10.0.0.5:4000");
-        assert_eq!(t.lookup_reply(&r, ACK, 0), Some(sa("10.0.0.100:81")));
+        assert_eq!(
+            t.lookup_reply(&r, ACK, 0).map(|(vip, _)| vip),
+            Some(sa("10.0.0.100:81"))
+        );
         assert_eq!(t.len(), 1);
         assert_eq!(t.lookup_request(&a, ACK, 0), Lookup::Missing);
     }

@@ -85,6 +85,14 @@ impl Default for Health {
 }
 
 impl Health {
+    /// Health that starts in (or out of) rotation, as a server already known is.
+    pub fn starting(up: bool) -> Health {
+        Health {
+            up,
+            ..Health::default()
+        }
+    }
+
     /// Records one probe result; returns the change it caused, if any.
     pub fn record(
         &mut self,

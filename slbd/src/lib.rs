@@ -18,5 +18,6 @@ pub mod packet;
 pub mod persist;
 pub mod prober;
 pub mod queue;
+pub mod report;
 pub mod ruleset;
 pub mod sched;

@@ -5,6 +5,7 @@
 //! Side effects: TCP connections and UDP datagrams from the balancer to its real servers.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,75 +14,94 @@ use crate::dataplane::Dataplane;
 use crate::health::{Change, CheckConfig, Failure, Health};
 use crate::net::Protocol;
 
-/// Starts checking every server of every service whose checks are enabled.
-pub fn start(config: &Config, dp: Arc<Dataplane>) -> std::io::Result<()> {
-    let mut jobs = Vec::new();
-    for (si, s) in config.services.iter().enumerate() {
-        if !s.health.enabled {
-            continue;
-        }
-        for (i, r) in s.servers.iter().enumerate() {
-            jobs.push((
-                si,
-                i,
-                s.name(),
-                s.protocol,
-                SocketAddr::V4(r.addr),
-                s.health.clone(),
-            ));
-        }
-    }
-    if jobs.is_empty() {
-        return Ok(());
-    }
-    std::thread::Builder::new()
-        .name("health".into())
-        .spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a current-thread runtime builds without I/O");
-            rt.block_on(async move {
-                let mut tasks = Vec::new();
-                for (si, i, service, protocol, addr, check) in jobs {
-                    tasks.push(tokio::spawn(watch(
-                        dp.clone(),
-                        si,
-                        i,
-                        service,
-                        protocol,
-                        addr,
-                        check,
-                    )));
-                }
-                for t in tasks {
-                    let _ = t.await;
-                }
-            });
-        })?;
-    Ok(())
+/// Runs the health checks; [`Prober::check`] replaces the set of servers checked.
+#[derive(Default)]
+pub struct Prober {
+    generation: Arc<AtomicU64>,
 }
 
-async fn watch(
-    dp: Arc<Dataplane>,
-    si: usize,
-    i: usize,
+impl Prober {
+    /// Checks every server of every service of `config` whose checks are enabled, from now on,
+    /// instead of what was checked before (those tasks end at their next tick).
+    pub fn check(&self, config: &Config, dp: Arc<Dataplane>) -> std::io::Result<()> {
+        let generation = self.generation.fetch_add(1, Relaxed) + 1;
+        let mut jobs = Vec::new();
+        for (si, s) in config.services.iter().enumerate() {
+            if !s.health.enabled {
+                continue;
+            }
+            for (i, r) in s.servers.iter().enumerate() {
+                let Some(id) = dp.server_id(si, i) else {
+                    continue;
+                };
+                jobs.push(Job {
+                    id,
+                    service: s.name(),
+                    protocol: s.protocol,
+                    addr: SocketAddr::V4(r.addr),
+                    check: s.health.clone(),
+                });
+            }
+        }
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let current = self.generation.clone();
+        std::thread::Builder::new()
+            .name("health".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a current-thread runtime builds without I/O");
+                rt.block_on(async move {
+                    let mut tasks = Vec::new();
+                    for job in jobs {
+                        let (dp, current) = (dp.clone(), current.clone());
+                        tasks.push(tokio::spawn(async move {
+                            watch(dp, job, || current.load(Relaxed) == generation).await
+                        }));
+                    }
+                    for t in tasks {
+                        let _ = t.await;
+                    }
+                });
+            })?;
+        Ok(())
+    }
+}
+
+struct Job {
+    id: u32,
     service: String,
     protocol: Protocol,
     addr: SocketAddr,
     check: CheckConfig,
-) {
-    let mut health = Health::default();
+}
+
+async fn watch(dp: Arc<Dataplane>, job: Job, still_current: impl Fn() -> bool) {
+    let Job {
+        id,
+        service,
+        protocol,
+        addr,
+        check,
+    } = job;
+    // Carry on from the state the server is in (a reconfiguration restarts the checks).
+    let mut health = Health::starting(dp.is_up(id));
     let mut tick = tokio::time::interval(check.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        if !still_current() {
+            return;
+        }
         let result = match protocol {
             Protocol::Tcp => probe_tcp(addr, check.timeout).await,
             Protocol::Udp => probe_udp(addr, &check.udp_payload, check.timeout).await,
         };
         let change = health.record(result, check.rise, check.fall);
-        let ended = dp.set_health(si, i, health.up, health.latency_us());
+        let ended = dp.set_health(id, health.up, health.latency_us());
         match (change, result) {
             (Some(Change::WentDown), Err(why)) => tracing::warn!(
                 service = %service, server = %addr, state = "down", reason = why.name(),
