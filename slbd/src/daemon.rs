@@ -1,23 +1,28 @@
 //! SHELL: the slbd process. Brings balancing up in an order that never exposes the VIP
-//! (queues bound, then rules, then addresses), runs the queue workers and the flow expiry
-//! loop, and on SIGTERM/SIGINT takes it all down again (addresses, then rules).
+//! (queues bound, then rules, then addresses), runs the queue workers, the flow expiry loop,
+//! the health checks and the control socket, applies configuration changes live, and on
+//! SIGTERM/SIGINT takes it all down again (addresses, then rules). SIGHUP re-reads the file.
 //! Side effects: NFQUEUE binds, the `ip slb` nftables table, the VIP and gateway addresses,
-//! threads, signal mask.
+//! slb_conf.json (on save), threads, signal mask.
 
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use nix::sys::signal::{SigSet, Signal};
+use parking_lot::Mutex;
 
 use crate::addr::{self, ManagedAddr};
-use std::path::Path;
-
 use crate::config::{Config, RawConfig};
 use crate::ctl::{self, proto::Command, server::Handler};
 use crate::dataplane::{Dataplane, DropReason};
-use crate::nft;
+use crate::edit;
+use crate::nft::{self, QueueBackend};
+use crate::prober::Prober;
 use crate::queue::{self, QueueStats};
 use crate::ruleset::{self, QueueRange};
 
@@ -51,45 +56,232 @@ fn check_forwarding() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Answers control-socket requests from the running data plane.
-struct Control {
-    dp: Arc<Dataplane>,
-    stats: Arc<QueueStats>,
+/// What is in force, changed only under the daemon's lock.
+struct State {
     raw: RawConfig,
     config: Config,
-    backend: nft::QueueBackend,
+    loaded: bool,
 }
 
-impl Handler for Control {
-    fn handle(&self, cmd: &Command) -> Result<serde_json::Value, String> {
-        match cmd {
-            Command::Status => {
-                let mut v = crate::report::status(&self.dp);
-                let c = &self.config;
-                v["state"] = "balancing".into();
-                v["algorithm"] = c.algorithm.name().into();
-                v["address_dev"] = c.vip_dev.clone().into();
-                v["gateway"] = c.gateway.to_string().into();
-                v["gateway_dev"] = c.gateway_dev.clone().into();
-                v["cluster_network"] = c.cluster_network.to_string().into();
-                v["queue"] = serde_json::json!({
-                    "backend": self.backend.name(),
-                    "packets": self.stats.packets.load(Relaxed),
-                    "overruns": self.stats.overruns.load(Relaxed),
-                    "verdict_errors": self.stats.verdict_errors.load(Relaxed),
-                });
-                Ok(v)
+struct Daemon {
+    state: Mutex<State>,
+    dp: Arc<Dataplane>,
+    stats: Arc<QueueStats>,
+    backend: QueueBackend,
+    queues: QueueRange,
+    prober: Prober,
+    config_path: PathBuf,
+}
+
+impl Daemon {
+    /// Installs the rules for `config` (plus the reply rules that removed servers still
+    /// draining need).
+    fn install_rules(&self, config: &Config) -> anyhow::Result<()> {
+        let rules = ruleset::plan(config, self.queues, &self.dp.draining_ports());
+        nft::apply(&rules, self.backend).context("installing the nftables table")?;
+        for r in &rules.rules {
+            tracing::debug!(table = ruleset::TABLE, chain = r.chain.name, rule = %r, "rule installed");
+        }
+        Ok(())
+    }
+
+    /// Rules first, then addresses, so the VIP is never local without its rules.
+    fn bring_up(&self, config: &Config) -> anyhow::Result<()> {
+        self.install_rules(config)?;
+        let addrs = managed_addrs(config);
+        if let Err(e) = addr::add(&addrs) {
+            let _ = nft::remove();
+            return Err(e).context("bringing up the VIP and gateway addresses");
+        }
+        for a in &addrs {
+            tracing::info!(address = %a, "address up");
+        }
+        self.prober
+            .check(config, self.dp.clone())
+            .context("cannot start the health checker")?;
+        Ok(())
+    }
+
+    /// Addresses first, then the rules.
+    fn take_down(&self, config: &Config) {
+        self.prober.stop();
+        let addrs = managed_addrs(config);
+        if let Err(e) = addr::remove(&addrs) {
+            tracing::error!(error = %format!("{e:#}"), "removing addresses failed");
+        }
+        for a in &addrs {
+            tracing::info!(address = %a, "address down");
+        }
+        match nft::remove() {
+            Ok(()) => tracing::info!(table = ruleset::TABLE, "table removed"),
+            Err(e) => {
+                tracing::error!(error = %format!("{:#}", anyhow::Error::from(e)), "removing the table failed")
             }
-            // slb_conf.json holds no secrets yet; credentials arrive with --credentials and
+        }
+    }
+
+    /// Puts a validated configuration in force without dropping established flows.
+    fn switch(&self, st: &mut State, raw: RawConfig, config: Config) -> anyhow::Result<()> {
+        if st.loaded {
+            self.dp.update(&config);
+            if let Err(e) = self.install_rules(&config) {
+                self.dp.update(&st.config);
+                return Err(e);
+            }
+            let (old, new) = (managed_addrs(&st.config), managed_addrs(&config));
+            if old != new {
+                let gone: Vec<ManagedAddr> = old.into_iter().filter(|a| !new.contains(a)).collect();
+                addr::remove(&gone).context("removing the old addresses")?;
+                addr::add(&new).context("bringing up the new addresses")?;
+                for a in &new {
+                    tracing::info!(address = %a, "address up");
+                }
+            }
+            self.prober
+                .check(&config, self.dp.clone())
+                .context("restarting the health checks")?;
+        } else {
+            self.dp.update(&config);
+        }
+        tracing::info!(
+            services = config.services.len(),
+            servers = config
+                .services
+                .iter()
+                .map(|s| s.servers.len())
+                .sum::<usize>(),
+            algorithm = config.algorithm.name(),
+            "configuration in force"
+        );
+        st.raw = raw;
+        st.config = config;
+        Ok(())
+    }
+
+    fn load(&self) -> anyhow::Result<&'static str> {
+        let mut st = self.state.lock();
+        if st.loaded {
+            return Ok("already loaded");
+        }
+        self.bring_up(&st.config)?;
+        st.loaded = true;
+        tracing::info!(vip = %st.config.vip, "balancing");
+        Ok("loaded")
+    }
+
+    fn unload(&self) -> &'static str {
+        let mut st = self.state.lock();
+        if !st.loaded {
+            return "already unloaded";
+        }
+        self.take_down(&st.config);
+        st.loaded = false;
+        tracing::info!("unloaded: not balancing");
+        "unloaded"
+    }
+
+    fn save(&self) -> anyhow::Result<String> {
+        let st = self.state.lock();
+        let text = serde_json::to_string_pretty(&st.raw)? + "\n";
+        save_atomically(&self.config_path, text.as_bytes())?;
+        tracing::info!(path = %self.config_path.display(), "configuration saved");
+        Ok(format!("saved to {}", self.config_path.display()))
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let st = self.state.lock();
+        let c = &st.config;
+        let mut v = crate::report::status(&self.dp);
+        v["state"] = if st.loaded { "balancing" } else { "unloaded" }.into();
+        v["algorithm"] = c.algorithm.name().into();
+        v["address_dev"] = c.vip_dev.clone().into();
+        v["gateway"] = c.gateway.to_string().into();
+        v["gateway_dev"] = c.gateway_dev.clone().into();
+        v["cluster_network"] = c.cluster_network.to_string().into();
+        v["queue"] = serde_json::json!({
+            "backend": self.backend.name(),
+            "packets": self.stats.packets.load(Relaxed),
+            "overruns": self.stats.overruns.load(Relaxed),
+            "verdict_errors": self.stats.verdict_errors.load(Relaxed),
+        });
+        v
+    }
+
+    fn reload(&self) -> anyhow::Result<&'static str> {
+        let (raw, config) = Config::load_raw(&self.config_path).with_context(|| {
+            format!(
+                "keeping the running configuration: {} is refused",
+                self.config_path.display()
+            )
+        })?;
+        let mut st = self.state.lock();
+        self.switch(&mut st, raw, config)?;
+        Ok("reloaded")
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, mode 0600, so a reader
+/// (or a crash) never sees half a file.
+fn save_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("slb_conf.json"),
+        std::process::id()
+    ));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+impl Handler for Daemon {
+    fn handle(&self, cmd: &Command) -> Result<serde_json::Value, String> {
+        let err = |e: anyhow::Error| format!("{e:#}");
+        match cmd {
+            Command::Status => Ok(self.status()),
+            // slb_conf.json holds no secrets yet; credentials arrive with the failover work and
             // will live in their own 0600 file, never in what this returns.
-            Command::ShowConfig => serde_json::to_value(&self.raw).map_err(|e| e.to_string()),
+            Command::ShowConfig => {
+                serde_json::to_value(&self.state.lock().raw).map_err(|e| e.to_string())
+            }
+            Command::Apply(edits) => {
+                let mut st = self.state.lock();
+                let (raw, config) = edit::apply(&st.raw, edits).map_err(|e| e.to_string())?;
+                self.switch(&mut st, raw, config).map_err(err)?;
+                Ok("applied".into())
+            }
+            Command::Load => self.load().map(Into::into).map_err(err),
+            Command::Unload => Ok(self.unload().into()),
+            Command::Reload => self.reload().map(Into::into).map_err(err),
+            Command::SaveConfig => self.save().map(Into::into).map_err(err),
         }
     }
 }
 
-/// Runs slbd with a validated config until SIGTERM or SIGINT, answering the control socket at
-/// `socket`.
-pub fn run(raw: RawConfig, config: Config, socket: &Path) -> anyhow::Result<()> {
+/// Runs slbd with a validated config (read from `config_path`) until SIGTERM or SIGINT,
+/// answering the control socket at `socket`.
+pub fn run(
+    raw: RawConfig,
+    config: Config,
+    config_path: &Path,
+    socket: &Path,
+) -> anyhow::Result<()> {
     check_forwarding()?;
     // Block the stop signals before any thread exists, so every thread inherits the mask and
     // only the main thread's sigwait sees them.
@@ -109,24 +301,9 @@ pub fn run(raw: RawConfig, config: Config, socket: &Path) -> anyhow::Result<()> 
     };
     let backend = nft::probe().context("probing the kernel's NFQUEUE support")?;
     tracing::info!(backend = backend.name(), "queue expression chosen");
-
     let mut bound = Vec::new();
     for num in queues.first..queues.first + queues.count {
         bound.push((num, queue::open(num, &config.queue)?));
-    }
-
-    let rules = ruleset::plan(&config, queues);
-    let addrs = managed_addrs(&config);
-    nft::apply(&rules, backend).context("installing the nftables table")?;
-    for r in &rules.rules {
-        tracing::debug!(table = ruleset::TABLE, chain = r.chain.name, rule = %r, "rule installed");
-    }
-    if let Err(e) = addr::add(&addrs) {
-        let _ = nft::remove();
-        return Err(e).context("bringing up the VIP and gateway addresses");
-    }
-    for a in &addrs {
-        tracing::info!(address = %a, "address up");
     }
 
     let seed = std::time::SystemTime::now()
@@ -134,6 +311,21 @@ pub fn run(raw: RawConfig, config: Config, socket: &Path) -> anyhow::Result<()> 
         .map_or(1, |d| d.as_nanos() as u64);
     let dp = Arc::new(Dataplane::new(&config, seed));
     let stats = Arc::new(QueueStats::default());
+    let daemon = Arc::new(Daemon {
+        state: Mutex::new(State {
+            raw,
+            config: config.clone(),
+            loaded: false,
+        }),
+        dp: dp.clone(),
+        stats: stats.clone(),
+        backend,
+        queues,
+        prober: Prober::default(),
+        config_path: config_path.to_path_buf(),
+    });
+    daemon.load()?;
+
     let epoch = Instant::now();
     for (num, q) in bound {
         let (dp, stats) = (dp.clone(), stats.clone());
@@ -142,10 +334,6 @@ pub fn run(raw: RawConfig, config: Config, socket: &Path) -> anyhow::Result<()> 
             .spawn(move || queue::run(q, dp, stats, epoch))
             .context("cannot start a queue worker")?;
     }
-    let prober = crate::prober::Prober::default();
-    prober
-        .check(&config, dp.clone())
-        .context("cannot start the health checker")?;
     {
         let dp = dp.clone();
         std::thread::Builder::new()
@@ -156,17 +344,10 @@ pub fn run(raw: RawConfig, config: Config, socket: &Path) -> anyhow::Result<()> 
             })
             .context("cannot start the expiry thread")?;
     }
-    let control = Control {
-        dp: dp.clone(),
-        stats: stats.clone(),
-        raw,
-        config: config.clone(),
-        backend,
-    };
-    let ctl = match ctl::server::start(socket, Arc::new(control)) {
+    let ctl = match ctl::server::start(socket, daemon.clone()) {
         Ok(c) => c,
         Err(e) => {
-            shut_down(&addrs, &dp, &stats);
+            daemon.unload();
             return Err(e).context("starting the control socket");
         }
     };
@@ -180,36 +361,22 @@ pub fn run(raw: RawConfig, config: Config, socket: &Path) -> anyhow::Result<()> 
 
     let signal = loop {
         match signals.wait() {
-            Ok(Signal::SIGHUP) => {
-                tracing::info!(
-                    "SIGHUP: configuration reload arrives with the control socket; ignored"
-                );
-            }
+            Ok(Signal::SIGHUP) => match daemon.reload() {
+                Ok(_) => tracing::info!("SIGHUP: configuration reloaded"),
+                Err(e) => tracing::error!(error = %format!("{e:#}"), "SIGHUP: reload refused"),
+            },
             Ok(s) => break s,
             Err(e) => tracing::warn!(error = %e, "sigwait failed"),
         }
     };
     tracing::info!(signal = %signal, "stopping");
     drop(ctl);
-    shut_down(&addrs, &dp, &stats);
+    daemon.unload();
+    final_counters(&dp, &stats);
     Ok(())
 }
 
-/// Removes what slbd put in place: addresses first so that the VIP is never local without
-/// the rules that keep its traffic away from local sockets, then the table.
-fn shut_down(addrs: &[ManagedAddr], dp: &Dataplane, stats: &QueueStats) {
-    if let Err(e) = addr::remove(addrs) {
-        tracing::error!(error = %format!("{e:#}"), "removing addresses failed");
-    }
-    for a in addrs {
-        tracing::info!(address = %a, "address down");
-    }
-    match nft::remove() {
-        Ok(()) => tracing::info!(table = ruleset::TABLE, "table removed"),
-        Err(e) => {
-            tracing::error!(error = %format!("{:#}", anyhow::Error::from(e)), "removing the table failed")
-        }
-    }
+fn final_counters(dp: &Dataplane, stats: &QueueStats) {
     let drops: Vec<String> = DropReason::all()
         .filter(|d| dp.counters.dropped(*d) > 0)
         .map(|d| format!("{}={}", d.name(), dp.counters.dropped(d)))

@@ -10,6 +10,7 @@ pub mod config;
 pub mod ctl;
 pub mod daemon;
 pub mod dataplane;
+pub mod edit;
 pub mod flow;
 pub mod health;
 pub mod net;

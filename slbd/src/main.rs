@@ -51,7 +51,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             count: config.queue.count.max(1),
         };
         println!("{}: ok", args.config.display());
-        for r in slbd::ruleset::plan(&config, queues).rules {
+        for r in slbd::ruleset::plan(&config, queues, &[]).rules {
             println!("{}: {r}", r.chain.name);
         }
         for a in slbd::daemon::managed_addrs(&config) {
@@ -59,5 +59,5 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    slbd::daemon::run(raw, config, &args.socket)
+    slbd::daemon::run(raw, config, &args.config, &args.socket)
 }

@@ -21,6 +21,11 @@ pub struct Prober {
 }
 
 impl Prober {
+    /// Stops all checks (at their next tick).
+    pub fn stop(&self) {
+        self.generation.fetch_add(1, Relaxed);
+    }
+
     /// Checks every server of every service of `config` whose checks are enabled, from now on,
     /// instead of what was checked before (those tasks end at their next tick).
     pub fn check(&self, config: &Config, dp: Arc<Dataplane>) -> std::io::Result<()> {

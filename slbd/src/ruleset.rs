@@ -101,8 +101,9 @@ impl Ruleset {
     }
 }
 
-/// The ruleset for `config`, queueing to `queues`.
-pub fn plan(config: &Config, queues: QueueRange) -> Ruleset {
+/// The ruleset for `config`, queueing to `queues`; `draining` adds reply rules for server
+/// ports no longer configured whose flows still run.
+pub fn plan(config: &Config, queues: QueueRange, draining: &[(Protocol, u16)]) -> Ruleset {
     let net = config.cluster_network;
     let mut rules = Vec::new();
     for s in &config.services {
@@ -121,6 +122,7 @@ pub fn plan(config: &Config, queues: QueueRange) -> Ruleset {
         .services
         .iter()
         .flat_map(|s| s.servers.iter().map(|r| (s.protocol, r.addr.port())))
+        .chain(draining.iter().copied())
         .collect();
     reply_ports.sort();
     reply_ports.dedup();
@@ -213,7 +215,7 @@ mod tests {
                 ]}"#,
         )
         .unwrap();
-        let rs = plan(&config, QueueRange { first: 0, count: 2 });
+        let rs = plan(&config, QueueRange { first: 0, count: 2 }, &[]);
         let text: Vec<String> = rs
             .rules
             .iter()
@@ -237,7 +239,18 @@ mod tests {
         );
         assert_eq!(rs.count_in("prerouting"), 8);
         assert_eq!(rs.count_in("postrouting"), 3);
-        let single = plan(&config, QueueRange { first: 5, count: 1 });
+        let single = plan(
+            &config,
+            QueueRange { first: 5, count: 1 },
+            &[(Protocol::Udp, 99)],
+        );
         assert!(single.rules[0].to_string().contains("queue num 5 comment"));
+        assert!(
+            single
+                .rules
+                .iter()
+                .any(|r| r.chain == REPLY_CHAIN && r.to_string().contains("udp sport 99 queue")),
+            "draining ports keep their reply rule"
+        );
     }
 }

@@ -7,6 +7,8 @@
 
 use serde_json::{json, Value};
 
+use crate::edit::Edit;
+
 pub const VERSION: u64 = 1;
 /// Longest request line accepted, newline included.
 pub const MAX_LINE: usize = 64 * 1024;
@@ -20,6 +22,16 @@ pub enum Command {
     Status,
     /// The running configuration as `slb_conf.json` would hold it, secrets left out.
     ShowConfig,
+    /// Changes, applied together after the result is validated as a whole.
+    Apply(Vec<Edit>),
+    /// Start balancing: rules, then the VIP and gateway addresses.
+    Load,
+    /// Stop balancing: addresses, then rules; slbd keeps running.
+    Unload,
+    /// Re-read slb_conf.json and put it in force (validated first).
+    Reload,
+    /// Write the running configuration to slb_conf.json (atomically, mode 0600).
+    SaveConfig,
 }
 
 impl Command {
@@ -27,6 +39,11 @@ impl Command {
         match self {
             Command::Status => "status",
             Command::ShowConfig => "show_config",
+            Command::Apply(_) => "apply",
+            Command::Load => "load",
+            Command::Unload => "unload",
+            Command::Reload => "reload",
+            Command::SaveConfig => "save_config",
         }
     }
 }
@@ -45,6 +62,8 @@ pub enum ProtoError {
     UnknownCommand(String),
     #[error("unexpected field {0:?} for this command")]
     UnexpectedField(String),
+    #[error("bad edits: {0}")]
+    BadEdits(String),
 }
 
 /// Parses one request line (without its newline).
@@ -62,6 +81,16 @@ pub fn parse_request(line: &[u8]) -> Result<Command, ProtoError> {
     let cmd = match obj.get("cmd").and_then(Value::as_str) {
         Some("status") => Command::Status,
         Some("show_config") => Command::ShowConfig,
+        Some("load") => Command::Load,
+        Some("unload") => Command::Unload,
+        Some("reload") => Command::Reload,
+        Some("save_config") => Command::SaveConfig,
+        Some("apply") => {
+            let edits = obj.get("edits").cloned().unwrap_or(Value::Null);
+            let edits: Vec<Edit> =
+                serde_json::from_value(edits).map_err(|e| ProtoError::BadEdits(e.to_string()))?;
+            Command::Apply(edits)
+        }
         Some(other) => return Err(ProtoError::UnknownCommand(other.to_string())),
         None => {
             return Err(ProtoError::UnknownCommand(
@@ -69,7 +98,9 @@ pub fn parse_request(line: &[u8]) -> Result<Command, ProtoError> {
             ))
         }
     };
-    if let Some(extra) = obj.keys().find(|k| *k != "v" && *k != "cmd") {
+    let allowed =
+        |k: &str| k == "v" || k == "cmd" || (k == "edits" && matches!(cmd, Command::Apply(_)));
+    if let Some(extra) = obj.keys().find(|k| !allowed(k)) {
         return Err(ProtoError::UnexpectedField(extra.clone()));
     }
     Ok(cmd)
@@ -77,7 +108,11 @@ pub fn parse_request(line: &[u8]) -> Result<Command, ProtoError> {
 
 /// The request line for `cmd`, newline included.
 pub fn request(cmd: &Command) -> String {
-    format!("{}\n", json!({"v": VERSION, "cmd": cmd.name()}))
+    let mut v = json!({"v": VERSION, "cmd": cmd.name()});
+    if let Command::Apply(edits) = cmd {
+        v["edits"] = serde_json::to_value(edits).expect("edits serialise");
+    }
+    format!("{v}\n")
 }
 
 /// A success reply line.
@@ -117,7 +152,18 @@ mod tests {
 
     #[test]
     fn round_trips_each_command() {
-        for cmd in [Command::Status, Command::ShowConfig] {
+        let edits = vec![Edit::Algorithm {
+            name: "RATIO".into(),
+        }];
+        for cmd in [
+            Command::Status,
+            Command::ShowConfig,
+            Command::Apply(edits),
+            Command::Load,
+            Command::Unload,
+            Command::Reload,
+            Command::SaveConfig,
+        ] {
             let line = request(&cmd);
             assert!(line.ends_with('\n'));
             assert_eq!(parse_request(line.trim_end().as_bytes()), Ok(cmd));

@@ -1,0 +1,307 @@
+//! Changes to the running configuration, as slbctl sends them: each is applied to the raw
+//! configuration, and the result is validated as a whole ([`Config::try_from`]) before anything
+//! is put in force. Pure.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{
+    parse_server_address, Config, ConfigError, RawConfig, RawServer, RawService, RawWeightedServer,
+};
+use crate::net::Protocol;
+
+/// One change. Several given together are applied in order and validated together.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Edit {
+    /// Adds `address` (`IP:PORT`) to the service with the same protocol and port (created if
+    /// missing, with the configuration's default algorithm).
+    AddServer {
+        protocol: String,
+        address: String,
+        weight: u64,
+    },
+    /// Removes an address from every service.
+    RmServer {
+        address: String,
+    },
+    /// Removes `IP:PORT` from every service with that server.
+    RmServerPort {
+        address: String,
+    },
+    Algorithm {
+        name: String,
+    },
+    Address {
+        value: String,
+    },
+    AddressDev {
+        value: String,
+    },
+    Gateway {
+        value: String,
+    },
+    GatewayDev {
+        value: String,
+    },
+    ClusterNetwork {
+        value: String,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EditError {
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Invalid(#[from] ConfigError),
+}
+
+fn server_address(s: &RawServer) -> &str {
+    match s {
+        RawServer::Plain(a) => a,
+        RawServer::Weighted(w) => &w.address,
+    }
+}
+
+/// Applies `edits` to `raw`; returns the new raw and validated configuration, or why not.
+pub fn apply(raw: &RawConfig, edits: &[Edit]) -> Result<(RawConfig, Config), EditError> {
+    let mut new = raw.clone();
+    for e in edits {
+        apply_one(&mut new, e)?;
+    }
+    let config = Config::try_from(&new)?;
+    Ok((new, config))
+}
+
+fn apply_one(raw: &mut RawConfig, e: &Edit) -> Result<(), EditError> {
+    let refuse = |m: String| Err(EditError::Refused(m));
+    match e {
+        Edit::AddServer {
+            protocol,
+            address,
+            weight,
+        } => {
+            let proto: Protocol = match protocol.parse() {
+                Ok(p) => p,
+                Err(()) => return refuse(format!("--add-server: {protocol:?} is not tcp or udp")),
+            };
+            let addr = parse_server_address(address)
+                .map_err(|m| EditError::Refused(format!("--add-server: {m}")))?;
+            let server = if *weight == 1 {
+                RawServer::Plain(addr.to_string())
+            } else {
+                RawServer::Weighted(RawWeightedServer {
+                    address: addr.to_string(),
+                    weight: *weight,
+                })
+            };
+            let svc = raw.services.iter_mut().find(|s| {
+                s.protocol.parse::<Protocol>() == Ok(proto) && s.port == u32::from(addr.port())
+            });
+            match svc {
+                Some(s)
+                    if s.servers
+                        .iter()
+                        .any(|o| server_address(o) == addr.to_string()) =>
+                {
+                    return refuse(format!("--add-server: {proto}/{addr} is already a server"));
+                }
+                Some(s) => s.servers.push(server),
+                None => raw.services.push(RawService {
+                    protocol: proto.name().to_string(),
+                    port: u32::from(addr.port()),
+                    algorithm: None,
+                    persistence_timeout: None,
+                    health: None,
+                    servers: vec![server],
+                }),
+            }
+        }
+        Edit::RmServer { address } => {
+            let before: usize = raw.services.iter().map(|s| s.servers.len()).sum();
+            for s in &mut raw.services {
+                s.servers.retain(|o| {
+                    server_address(o).rsplit_once(':').map(|(ip, _)| ip) != Some(address.as_str())
+                });
+            }
+            raw.services.retain(|s| !s.servers.is_empty());
+            let after: usize = raw.services.iter().map(|s| s.servers.len()).sum();
+            if before == after {
+                return refuse(format!("--rm-server: {address} is not a server"));
+            }
+        }
+        Edit::RmServerPort { address } => {
+            let before: usize = raw.services.iter().map(|s| s.servers.len()).sum();
+            for s in &mut raw.services {
+                s.servers.retain(|o| server_address(o) != address);
+            }
+            raw.services.retain(|s| !s.servers.is_empty());
+            let after: usize = raw.services.iter().map(|s| s.servers.len()).sum();
+            if before == after {
+                return refuse(format!("--rm-server-port: {address} is not a server"));
+            }
+        }
+        Edit::Algorithm { name } => raw.algorithm = name.clone(),
+        Edit::Address { value } => raw.address = value.clone(),
+        Edit::AddressDev { value } => raw.address_dev = value.clone(),
+        Edit::Gateway { value } => raw.gateway = value.clone(),
+        Edit::GatewayDev { value } => raw.gateway_dev = value.clone(),
+        Edit::ClusterNetwork { value } => raw.cluster_network = value.clone(),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw() -> RawConfig {
+        serde_json::from_str(
+            r#"{"address": "10.0.0.100", "address_dev": "eth0", "gateway": "172.16.0.1",
+                "gateway_dev": "eth1", "cluster_network": "172.16.0.0/24",
+                "services": [{"protocol": "tcp", "port": 80, "servers": ["172.16.0.2:80", "172.16.0.3:80"]},
+                             {"protocol": "udp", "port": 53, "servers": ["172.16.0.2:53"]}]}"#,
+        )
+        .unwrap()
+    }
+
+    fn add(p: &str, a: &str, w: u64) -> Edit {
+        Edit::AddServer {
+            protocol: p.into(),
+            address: a.into(),
+            weight: w,
+        }
+    }
+
+    #[test]
+    fn adds_to_the_matching_service_or_creates_one() {
+        let (_, c) = apply(
+            &raw(),
+            &[
+                add("tcp", "172.16.0.4:80", 2),
+                add("tcp", "172.16.0.4:443", 1),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.services[0].servers.len(), 3);
+        assert_eq!(c.services[0].servers[2].weight, 2);
+        assert_eq!(c.services[2].name(), "tcp/443");
+        let (_, c) = apply(&raw(), &[add("udp", "172.16.0.9:53", 1)]).unwrap();
+        assert_eq!(c.services[1].servers.len(), 2);
+    }
+
+    #[test]
+    fn removes_by_address_or_address_and_port() {
+        let (_, c) = apply(
+            &raw(),
+            &[Edit::RmServer {
+                address: "172.16.0.2".into(),
+            }],
+        )
+        .unwrap();
+        assert_eq!(c.services.len(), 1, "udp/53 lost its only server and went");
+        assert_eq!(c.services[0].servers.len(), 1);
+        let (_, c) = apply(
+            &raw(),
+            &[Edit::RmServerPort {
+                address: "172.16.0.2:80".into(),
+            }],
+        )
+        .unwrap();
+        assert_eq!(c.services[1].servers.len(), 1, "udp/53 keeps 172.16.0.2:53");
+    }
+
+    #[test]
+    fn a_batch_is_validated_as_a_whole_and_refused_whole() {
+        let r = raw();
+        // The new server is only valid with the new cluster network; together they pass.
+        let ok = apply(
+            &r,
+            &[
+                Edit::ClusterNetwork {
+                    value: "172.16.0.0/16".into(),
+                },
+                add("tcp", "172.16.5.5:80", 1),
+            ],
+        );
+        assert!(ok.is_ok());
+        let err = apply(&r, &[add("tcp", "172.16.5.5:80", 1)])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "services[0].servers[2]: 172.16.5.5 is not inside cluster_network 172.16.0.0/24"
+        );
+        let err = apply(
+            &r,
+            &[Edit::Algorithm {
+                name: "FASTEST".into(),
+            }],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("algorithm: \"FASTEST\" is not a scheduling algorithm"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn refuses_what_does_not_exist_or_already_exists() {
+        let r = raw();
+        let cases = [
+            (
+                Edit::RmServer {
+                    address: "172.16.0.9".into(),
+                },
+                "--rm-server: 172.16.0.9 is not a server",
+            ),
+            (
+                Edit::RmServerPort {
+                    address: "172.16.0.2:81".into(),
+                },
+                "--rm-server-port: 172.16.0.2:81 is not a server",
+            ),
+            (
+                add("tcp", "172.16.0.2:80", 1),
+                "--add-server: tcp/172.16.0.2:80 is already a server",
+            ),
+            (
+                add("sctp", "172.16.0.2:80", 1),
+                "--add-server: \"sctp\" is not tcp or udp",
+            ),
+            (
+                add("tcp", "172.16.0.2", 1),
+                "--add-server: \"172.16.0.2\" is not ADDRESS:PORT",
+            ),
+        ];
+        for (e, want) in cases {
+            assert_eq!(apply(&r, &[e]).unwrap_err().to_string(), want);
+        }
+        let err = apply(
+            &r,
+            &[
+                Edit::RmServer {
+                    address: "172.16.0.2".into(),
+                },
+                Edit::RmServer {
+                    address: "172.16.0.3".into(),
+                },
+            ],
+        )
+        .unwrap_err();
+        assert_eq!(err.to_string(), "services: at least one service is needed");
+    }
+
+    #[test]
+    fn edits_travel_as_json() {
+        let e = add("udp", "172.16.0.9:53", 3);
+        let text = serde_json::to_string(&e).unwrap();
+        assert_eq!(
+            text,
+            r#"{"op":"add_server","protocol":"udp","address":"172.16.0.9:53","weight":3}"#
+        );
+        assert_eq!(serde_json::from_str::<Edit>(&text).unwrap(), e);
+        assert!(serde_json::from_str::<Edit>(r#"{"op":"format_disk"}"#).is_err());
+    }
+}
