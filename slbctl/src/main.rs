@@ -1,9 +1,11 @@
 //! slbctl: slb's admin CLI, flag-compatible with the original `slbcli.py`. It talks to slbd
-//! over its control socket. Today: `--status` (`--json`), `--show-config`, `--version`; the
-//! configuration flags are declared (so `--help` matches the original) and refuse to run until
-//! slbd can apply changes live.
+//! over its control socket. Every flag is checked before anything is sent; the configuration
+//! flags of one call go to slbd as one batch, validated as a whole and put in force together.
+//! The redundancy flags (`--credentials`, `--backup-slb`, `--ssh-port`, `--with-redundancy`…)
+//! belong to the failover work and say so.
 
 mod client;
+mod flags;
 mod status;
 
 use std::path::PathBuf;
@@ -12,21 +14,22 @@ use std::process::ExitCode;
 use anyhow::{bail, Result};
 use clap::{ArgGroup, Parser};
 use slbd::ctl::proto::{Command, DEFAULT_SOCKET};
+use slbd::edit::Edit;
 
 /// slbctl - a command-line interface for the slb system (Server Load Balancing)
 #[derive(Parser, Debug)]
 #[command(version, about, group(ArgGroup::new("lifecycle").args(["load", "unload", "reload"])))]
 struct Args {
-    /// Load the slb module and initializes the slb functions (not yet implemented)
+    /// Start balancing: install the rules, bring up the VIP and gateway addresses
     #[arg(long, help_heading = "management")]
     load: bool,
-    /// Unload the slb module and stop the slb functions (not yet implemented)
+    /// Stop balancing: remove the addresses and the rules (slbd keeps running)
     #[arg(long, help_heading = "management")]
     unload: bool,
-    /// Reload the slb module and restart the slb functions (not yet implemented)
+    /// Re-read slb_conf.json and put it in force (established flows continue)
     #[arg(long, help_heading = "management")]
     reload: bool,
-    /// Work in a redundant pair with primary and backup nodes (not yet implemented)
+    /// Work in a redundant pair with primary and backup nodes (not yet implemented: failover work)
     #[arg(long, help_heading = "management")]
     with_redundancy: bool,
 
@@ -40,52 +43,53 @@ struct Args {
     /// With --status or --show-config: print JSON
     #[arg(long, help_heading = "execute")]
     json: bool,
-    /// Clear the actual in-use configuration of slb (not yet implemented)
+    /// Clear the actual in-use configuration of slb (not yet implemented: failover work)
     #[arg(long, help_heading = "execute")]
     clear_config: bool,
-    /// Set the slb address for incoming clients requests (not yet implemented)
+    /// Set the slb address for incoming clients requests
     #[arg(long, value_name = "ADDRESS", help_heading = "execute")]
     address: Option<String>,
-    /// Set the slb device for incoming clients requests (not yet implemented)
+    /// Set the slb device for incoming clients requests
     #[arg(long, value_name = "ADDRESS_DEV", help_heading = "execute")]
     address_dev: Option<String>,
-    /// Set the gateway address for delivering client requests to real servers (not yet implemented)
+    /// Set the gateway address for delivering client requests to real servers
     #[arg(long, value_name = "GATEWAY", help_heading = "execute")]
     gateway: Option<String>,
-    /// Set the slb device for delivering client requests to real servers (not yet implemented)
+    /// Set the slb device for delivering client requests to real servers
     #[arg(long, value_name = "GATEWAY_DEV", help_heading = "execute")]
     gateway_dev: Option<String>,
-    /// Set the cluster network in CIDR notation (not yet implemented)
+    /// Set the cluster network in CIDR notation
     #[arg(long, value_name = "ADDRESS/CIDR_CLASS", help_heading = "execute")]
     cluster_network: Option<String>,
-    /// Set the slb SSH port (not yet implemented)
+    /// Set the slb SSH port (not yet implemented: failover work)
     #[arg(long, value_name = "SSH_PORT", help_heading = "execute")]
     ssh_port: Option<String>,
-    /// Set the OS host credentials for the redundant system (not yet implemented)
+    /// Set the OS host credentials for the redundant system (not yet implemented: failover work)
     #[arg(long, value_name = "USER,...", help_heading = "execute")]
     credentials: Option<String>,
-    /// Set the backup slb for the redundant system (not yet implemented)
+    /// Set the backup slb for the redundant system (not yet implemented: failover work)
     #[arg(long, value_name = "ADDRESS,USER,...,PORT", help_heading = "execute")]
     backup_slb: Option<String>,
-    /// Set a scheduling algorithm (not yet implemented)
-    #[arg(long, value_name = "ALGORITHM", help_heading = "execute")]
+    /// Set a scheduling algorithm
+    #[arg(long, value_name = "ALGORITHM", help_heading = "execute",
+          value_parser = ["ROUND_ROBIN", "LOWER_LATENCY", "LEAST_CONNECTIONS", "RATIO", "RANDOM"])]
     algorithm: Option<String>,
-    /// Add a real server, [tcp/|udp/]ADDRESS:PORT[,WEIGHT] (not yet implemented)
+    /// Add a real server, [tcp/|udp/][VIPPORT=]ADDRESS:PORT[,WEIGHT]; without VIPPORT it joins the service on VIP port PORT, else the one whose servers use PORT, else a new one
     #[arg(long, value_name = "ADDRESS:PORT", help_heading = "execute")]
     add_server: Vec<String>,
-    /// Save the running configuration to slb_conf.json (not yet implemented)
+    /// Save the running configuration to slb_conf.json (atomically, mode 0600)
     #[arg(long, help_heading = "execute")]
     save_config: bool,
-    /// Remove the OS host credentials (not yet implemented)
+    /// Remove the OS host credentials (not yet implemented: failover work)
     #[arg(long, help_heading = "execute")]
     rm_credentials: bool,
-    /// Remove the slb SSH port (not yet implemented)
+    /// Remove the slb SSH port (not yet implemented: failover work)
     #[arg(long, help_heading = "execute")]
     rm_ssh_port: bool,
-    /// Remove a real server (not yet implemented)
+    /// Remove a real server (every port of that address)
     #[arg(long, value_name = "RM_SERVER", help_heading = "execute")]
     rm_server: Vec<String>,
-    /// Remove a real server port (not yet implemented)
+    /// Remove a real server port
     #[arg(long, value_name = "ADDRESS:PORT", help_heading = "execute")]
     rm_server_port: Vec<String>,
 
@@ -95,39 +99,67 @@ struct Args {
 }
 
 impl Args {
-    /// The flags that would change the configuration, by their command-line names.
-    fn changes(&self) -> Vec<&'static str> {
-        let mut v = Vec::new();
-        let flags: [(&'static str, bool); 22] = [
-            ("--load", self.load),
-            ("--unload", self.unload),
-            ("--reload", self.reload),
+    /// Flags that belong to the failover work, which this slbctl refuses for now.
+    fn not_yet(&self) -> Vec<&'static str> {
+        let flags: [(&'static str, bool); 7] = [
             ("--with-redundancy", self.with_redundancy),
             ("--clear-config", self.clear_config),
-            ("--address", self.address.is_some()),
-            ("--address-dev", self.address_dev.is_some()),
-            ("--gateway", self.gateway.is_some()),
-            ("--gateway-dev", self.gateway_dev.is_some()),
-            ("--cluster-network", self.cluster_network.is_some()),
             ("--ssh-port", self.ssh_port.is_some()),
             ("--credentials", self.credentials.is_some()),
             ("--backup-slb", self.backup_slb.is_some()),
-            ("--algorithm", self.algorithm.is_some()),
-            ("--add-server", !self.add_server.is_empty()),
-            ("--save-config", self.save_config),
             ("--rm-credentials", self.rm_credentials),
             ("--rm-ssh-port", self.rm_ssh_port),
-            ("--rm-server", !self.rm_server.is_empty()),
-            ("--rm-server-port", !self.rm_server_port.is_empty()),
-            ("--status", false),
-            ("--show-config", false),
         ];
-        for (name, set) in flags {
-            if set {
-                v.push(name);
-            }
+        flags
+            .iter()
+            .filter(|(_, set)| *set)
+            .map(|(n, _)| *n)
+            .collect()
+    }
+
+    /// The configuration flags as edits, every value checked; the first bad one is the error.
+    fn edits(&self) -> Result<Vec<Edit>, String> {
+        let mut e = Vec::new();
+        if let Some(v) = &self.address {
+            e.push(Edit::Address {
+                value: flags::ipv4("--address", v)?,
+            });
         }
-        v
+        if let Some(v) = &self.address_dev {
+            e.push(Edit::AddressDev {
+                value: flags::device("--address-dev", v)?,
+            });
+        }
+        if let Some(v) = &self.gateway {
+            e.push(Edit::Gateway {
+                value: flags::ipv4("--gateway", v)?,
+            });
+        }
+        if let Some(v) = &self.gateway_dev {
+            e.push(Edit::GatewayDev {
+                value: flags::device("--gateway-dev", v)?,
+            });
+        }
+        if let Some(v) = &self.cluster_network {
+            e.push(Edit::ClusterNetwork {
+                value: flags::cidr("--cluster-network", v)?,
+            });
+        }
+        if let Some(v) = &self.algorithm {
+            e.push(Edit::Algorithm { name: v.clone() });
+        }
+        for v in &self.rm_server {
+            e.push(Edit::RmServer {
+                address: flags::ipv4("--rm-server", v)?,
+            });
+        }
+        for v in &self.rm_server_port {
+            e.push(flags::server_port(v)?);
+        }
+        for v in &self.add_server {
+            e.push(flags::add_server(v)?);
+        }
+        Ok(e)
     }
 }
 
@@ -143,15 +175,46 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> Result<()> {
-    let changes = args.changes();
-    if !changes.is_empty() {
+    let not_yet = args.not_yet();
+    if !not_yet.is_empty() {
         bail!(
-            "{} not implemented yet: slbd cannot apply configuration changes live yet; edit slb_conf.json and restart slbd",
-            changes.join(", ")
+            "{} not implemented yet: redundancy arrives with the failover work (amgr)",
+            not_yet.join(", ")
         );
     }
-    if !args.status && !args.show_config {
-        bail!("nothing to do: give --status or --show-config (see --help)");
+    // Everything the user typed is checked before anything reaches slbd.
+    let edits = args.edits().map_err(|e| anyhow::anyhow!(e))?;
+    let any = !edits.is_empty()
+        || args.load
+        || args.unload
+        || args.reload
+        || args.save_config
+        || args.status
+        || args.show_config;
+    if !any {
+        bail!("nothing to do (see --help)");
+    }
+    let say = |cmd: Command| -> Result<()> {
+        let v = client::call(&args.socket, &cmd)?;
+        if let Some(msg) = v.as_str() {
+            eprintln!("slbd: {msg}");
+        }
+        Ok(())
+    };
+    if !edits.is_empty() {
+        say(Command::Apply(edits))?;
+    }
+    if args.reload {
+        say(Command::Reload)?;
+    }
+    if args.unload {
+        say(Command::Unload)?;
+    }
+    if args.load {
+        say(Command::Load)?;
+    }
+    if args.save_config {
+        say(Command::SaveConfig)?;
     }
     if args.status {
         let st = client::call(&args.socket, &Command::Status)?;

@@ -13,10 +13,13 @@ use crate::net::Protocol;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Edit {
-    /// Adds `address` (`IP:PORT`) to the service with the same protocol and port (created if
-    /// missing, with the configuration's default algorithm).
+    /// Adds `address` (`IP:PORT`) to a service of that protocol: the one on VIP port
+    /// `service_port` when given; else the one whose VIP port is PORT; else the one whose
+    /// servers listen on PORT; else a new service on VIP port PORT (with the default algorithm).
     AddServer {
         protocol: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        service_port: Option<u16>,
         address: String,
         weight: u64,
     },
@@ -78,6 +81,7 @@ fn apply_one(raw: &mut RawConfig, e: &Edit) -> Result<(), EditError> {
     match e {
         Edit::AddServer {
             protocol,
+            service_port,
             address,
             weight,
         } => {
@@ -95,9 +99,28 @@ fn apply_one(raw: &mut RawConfig, e: &Edit) -> Result<(), EditError> {
                     weight: *weight,
                 })
             };
-            let svc = raw.services.iter_mut().find(|s| {
-                s.protocol.parse::<Protocol>() == Ok(proto) && s.port == u32::from(addr.port())
-            });
+            let same_proto = |s: &RawService| s.protocol.parse::<Protocol>() == Ok(proto);
+            let listens_on = |s: &RawService| {
+                s.servers.iter().any(|o| {
+                    parse_server_address(server_address(o)).is_ok_and(|a| a.port() == addr.port())
+                })
+            };
+            let vip_port = u32::from(service_port.unwrap_or(addr.port()));
+            let by_vip_port = raw
+                .services
+                .iter()
+                .position(|s| same_proto(s) && s.port == vip_port);
+            let by_server_port = || {
+                let found: Vec<usize> = (0..raw.services.len())
+                    .filter(|&i| same_proto(&raw.services[i]) && listens_on(&raw.services[i]))
+                    .collect();
+                (found.len() == 1).then(|| found[0])
+            };
+            let at = match service_port {
+                Some(_) => by_vip_port,
+                None => by_vip_port.or_else(by_server_port),
+            };
+            let svc = at.map(|i| &mut raw.services[i]);
             match svc {
                 Some(s)
                     if s.servers
@@ -109,7 +132,7 @@ fn apply_one(raw: &mut RawConfig, e: &Edit) -> Result<(), EditError> {
                 Some(s) => s.servers.push(server),
                 None => raw.services.push(RawService {
                     protocol: proto.name().to_string(),
-                    port: u32::from(addr.port()),
+                    port: vip_port,
                     algorithm: None,
                     persistence_timeout: None,
                     health: None,
@@ -168,6 +191,7 @@ mod tests {
     fn add(p: &str, a: &str, w: u64) -> Edit {
         Edit::AddServer {
             protocol: p.into(),
+            service_port: None,
             address: a.into(),
             weight: w,
         }
@@ -188,6 +212,30 @@ mod tests {
         assert_eq!(c.services[2].name(), "tcp/443");
         let (_, c) = apply(&raw(), &[add("udp", "172.16.0.9:53", 1)]).unwrap();
         assert_eq!(c.services[1].servers.len(), 2);
+    }
+
+    #[test]
+    fn finds_the_service_by_vip_port_then_by_server_port() {
+        let mut r = raw();
+        r.services[0].port = 8080; // VIP 8080 -> servers on :80
+        let (_, c) = apply(&r, &[add("tcp", "172.16.0.4:80", 1)]).unwrap();
+        assert_eq!(
+            (c.services.len(), c.services[0].servers.len()),
+            (2, 3),
+            "joined the service whose servers use :80"
+        );
+        let explicit = Edit::AddServer {
+            protocol: "tcp".into(),
+            service_port: Some(9000),
+            address: "172.16.0.4:80".into(),
+            weight: 1,
+        };
+        let (_, c) = apply(&r, &[explicit]).unwrap();
+        assert_eq!(
+            c.services[2].name(),
+            "tcp/9000",
+            "an explicit VIP port makes its own service"
+        );
     }
 
     #[test]

@@ -1,0 +1,153 @@
+//! Checks what the user typed and turns slbcli's configuration flags into the edits slbd
+//! applies, before anything is sent. Pure.
+
+use std::net::Ipv4Addr;
+
+use slbd::config::{parse_server_address, MAX_WEIGHT};
+use slbd::edit::Edit;
+use slbd::net::Ipv4Net;
+
+/// `[tcp/|udp/][VIPPORT=]ADDRESS:PORT[,WEIGHT]`.
+pub fn add_server(v: &str) -> Result<Edit, String> {
+    let bad = |why: String| {
+        format!("--add-server {v:?}: {why} (expected [tcp/|udp/][VIPPORT=]ADDRESS:PORT[,WEIGHT])")
+    };
+    let (protocol, rest) = match v.split_once('/') {
+        Some((p, r)) if p.eq_ignore_ascii_case("tcp") || p.eq_ignore_ascii_case("udp") => {
+            (p.to_ascii_lowercase(), r)
+        }
+        Some((p, _)) => return Err(bad(format!("{p:?} is not tcp or udp"))),
+        None => ("tcp".to_string(), v),
+    };
+    let (address, weight) = match rest.split_once(',') {
+        Some((a, w)) => {
+            let w: u64 = w
+                .parse()
+                .map_err(|_| bad(format!("weight {w:?} is not a number")))?;
+            if !(1..=MAX_WEIGHT).contains(&w) {
+                return Err(bad(format!(
+                    "weight {w} is out of range (1 to {MAX_WEIGHT})"
+                )));
+            }
+            (a, w)
+        }
+        None => (rest, 1),
+    };
+    let (service_port, address) = match address.split_once('=') {
+        Some((p, a)) => {
+            let port = p.parse::<u16>().ok().filter(|p| *p != 0);
+            (
+                Some(port.ok_or_else(|| bad(format!("VIP port {p:?} is not a port")))?),
+                a,
+            )
+        }
+        None => (None, address),
+    };
+    let addr = parse_server_address(address).map_err(bad)?;
+    Ok(Edit::AddServer {
+        protocol,
+        service_port,
+        address: addr.to_string(),
+        weight,
+    })
+}
+
+pub fn ipv4(flag: &str, v: &str) -> Result<String, String> {
+    v.parse::<Ipv4Addr>()
+        .map(|a| a.to_string())
+        .map_err(|_| format!("{flag} {v:?}: not an IPv4 address"))
+}
+
+pub fn cidr(flag: &str, v: &str) -> Result<String, String> {
+    v.parse::<Ipv4Net>()
+        .map(|n| n.to_string())
+        .map_err(|e| format!("{flag} {v:?}: {e}"))
+}
+
+pub fn device(flag: &str, v: &str) -> Result<String, String> {
+    let ok = !v.is_empty()
+        && v.len() < 16
+        && !v
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control());
+    if ok {
+        Ok(v.to_string())
+    } else {
+        Err(format!("{flag} {v:?}: not a network interface name"))
+    }
+}
+
+pub fn server_port(v: &str) -> Result<Edit, String> {
+    let a = parse_server_address(v).map_err(|e| format!("--rm-server-port: {e}"))?;
+    Ok(Edit::RmServerPort {
+        address: a.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_server_notation() {
+        let add = |p: &str, sp: Option<u16>, a: &str, w: u64| Edit::AddServer {
+            protocol: p.into(),
+            service_port: sp,
+            address: a.into(),
+            weight: w,
+        };
+        assert_eq!(
+            add_server("tcp/80=172.16.0.5:8080"),
+            Ok(add("tcp", Some(80), "172.16.0.5:8080", 1))
+        );
+        assert!(add_server("0=172.16.0.5:80")
+            .unwrap_err()
+            .contains("VIP port \"0\" is not a port"));
+        assert_eq!(
+            add_server("172.16.0.5:80"),
+            Ok(add("tcp", None, "172.16.0.5:80", 1))
+        );
+        assert_eq!(
+            add_server("UDP/172.16.0.5:53,3"),
+            Ok(add("udp", None, "172.16.0.5:53", 3))
+        );
+        for (bad, why) in [
+            ("172.16.0.5", "is not ADDRESS:PORT"),
+            ("172.16.0.300:80", "is not an IPv4 address"),
+            ("172.16.0.5:0", "has no valid port"),
+            ("172.16.0.5:99999", "has no valid port"),
+            ("sctp/172.16.0.5:80", "\"sctp\" is not tcp or udp"),
+            ("172.16.0.5:80,0", "weight 0 is out of range"),
+            ("172.16.0.5:80,x", "weight \"x\" is not a number"),
+            ("0=172.16.0.5:80", "VIP port \"0\" is not a port"),
+        ] {
+            let err = add_server(bad).unwrap_err();
+            assert!(err.contains(why), "{bad}: {err}");
+            assert!(err.starts_with("--add-server"), "{err}");
+        }
+    }
+
+    #[test]
+    fn addresses_networks_and_devices() {
+        assert_eq!(ipv4("--address", "10.0.0.1"), Ok("10.0.0.1".into()));
+        assert_eq!(
+            ipv4("--address", "10.0.0"),
+            Err("--address \"10.0.0\": not an IPv4 address".into())
+        );
+        assert_eq!(
+            cidr("--cluster-network", "172.16.0.0/24"),
+            Ok("172.16.0.0/24".into())
+        );
+        assert!(cidr("--cluster-network", "172.16.0.1/24")
+            .unwrap_err()
+            .contains("host bits are set"));
+        assert!(cidr("--cluster-network", "172.16.0.0")
+            .unwrap_err()
+            .contains("expected ADDRESS/PREFIX"));
+        assert_eq!(device("--address-dev", "eth0"), Ok("eth0".into()));
+        assert!(device("--address-dev", "eth 0").is_err());
+        assert!(server_port("172.16.0.2")
+            .unwrap_err()
+            .starts_with("--rm-server-port"));
+    }
+}

@@ -1,0 +1,275 @@
+//! slbctl against a running slbd in the lab: every flag, bad input refused without harm, live
+//! changes that keep established connections.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddrV4, TcpStream};
+use std::time::Duration;
+
+use serde_json::Value;
+use slb_tests::*;
+
+const T: Duration = Duration::from_secs(5);
+
+fn vip(port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(VIP, port)
+}
+
+fn ok(lab: &Lab, slbd: &Slbd, args: &[&str]) -> String {
+    let (code, out, err) = lab.slbctl(slbd, args);
+    assert_eq!(code, 0, "slbctl {args:?} failed: {err}");
+    out
+}
+
+fn show(lab: &Lab, slbd: &Slbd) -> Value {
+    serde_json::from_str(&ok(lab, slbd, &["--show-config"])).unwrap()
+}
+
+fn servers_answering(lab: &Lab, to: SocketAddrV4, n: usize) -> Vec<String> {
+    in_ns(&lab.client(), || {
+        let mut v: Vec<String> = (0..n)
+            .map(|_| server_name(&http_get(CLIENT, to, "/", T).expect("request")))
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    })
+}
+
+#[test]
+fn bad_input_is_refused_and_changes_nothing() {
+    if !can_run("bad_input_is_refused_and_changes_nothing") {
+        return;
+    }
+    let lab = Lab::new(2).unwrap();
+    let slbd = lab.start_slbd(&lab.config(2));
+    let before = show(&lab, &slbd);
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--address", "10.0.0.300"],
+            "--address \"10.0.0.300\": not an IPv4 address",
+        ),
+        (
+            &["--gateway", "gw"],
+            "--gateway \"gw\": not an IPv4 address",
+        ),
+        (&["--cluster-network", "172.16.0.1/24"], "host bits are set"),
+        (&["--cluster-network", "172.16.0.0/33"], "prefix length"),
+        (&["--algorithm", "FASTEST"], "invalid value 'FASTEST'"),
+        (&["--add-server", "172.16.0.9"], "is not ADDRESS:PORT"),
+        (&["--add-server", "172.16.0.9:70000"], "has no valid port"),
+        (&["--add-server", "icmp/172.16.0.9:80"], "is not tcp or udp"),
+        (&["--rm-server", "172.16.0"], "not an IPv4 address"),
+        (&["--rm-server-port", "172.16.0.2"], "is not ADDRESS:PORT"),
+        (&["--address-dev", "eth 0"], "not a network interface name"),
+        // Valid notation, refused by slbd's whole-config validation or its state:
+        (
+            &["--add-server", "10.9.9.9:8000"],
+            "is not inside cluster_network",
+        ),
+        (
+            &["--rm-server", "172.16.0.99"],
+            "172.16.0.99 is not a server",
+        ),
+        (&["--add-server", "172.16.0.2:8000"], "already a server"),
+        (&["--gateway", "10.0.0.77"], "is not inside cluster_network"),
+        // One bad flag refuses the whole batch, good flags with it included.
+        (
+            &["--algorithm", "RATIO", "--add-server", "172.16.0.9:bad"],
+            "has no valid port",
+        ),
+    ];
+    for (args, want) in cases {
+        let (code, _, err) = lab.slbctl(&slbd, args);
+        assert_ne!(code, 0, "{args:?} must fail");
+        assert!(err.contains(want), "{args:?}: wanted {want:?} in: {err}");
+        assert_eq!(
+            show(&lab, &slbd),
+            before,
+            "{args:?} changed the running config"
+        );
+    }
+    assert_eq!(
+        servers_answering(&lab, vip(80), 4),
+        vec!["s1", "s2"],
+        "traffic untouched"
+    );
+}
+
+#[test]
+fn every_change_flag_takes_effect_and_save_then_reload_round_trips() {
+    if !can_run("every_change_flag_takes_effect_and_save_then_reload_round_trips") {
+        return;
+    }
+    let lab = Lab::new(3).unwrap();
+    let slbd = lab.start_slbd(&lab.config(2));
+    assert_eq!(servers_answering(&lab, vip(80), 4), vec!["s1", "s2"]);
+
+    ok(
+        &lab,
+        &slbd,
+        &[
+            "--add-server",
+            "172.16.0.4:8000,2",
+            "--add-server",
+            "udp/172.16.0.4:5300",
+            "--algorithm",
+            "RATIO",
+        ],
+    );
+    assert_eq!(servers_answering(&lab, vip(80), 8), vec!["s1", "s2", "s3"]);
+    let cfg = show(&lab, &slbd);
+    assert_eq!(cfg["algorithm"], "RATIO");
+    assert_eq!(
+        cfg["services"][0]["servers"][2],
+        serde_json::json!({"address": "172.16.0.4:8000", "weight": 2})
+    );
+
+    ok(&lab, &slbd, &["--rm-server-port", "172.16.0.2:8000"]);
+    assert_eq!(servers_answering(&lab, vip(80), 6), vec!["s2", "s3"]);
+    ok(&lab, &slbd, &["--rm-server", "172.16.0.3"]);
+    assert_eq!(servers_answering(&lab, vip(80), 4), vec!["s3"]);
+    in_ns(&lab.client(), || {
+        let (answer, _) =
+            udp_ask(CLIENT, vip(53), b"q", T).expect("udp/53 still has 172.16.0.2 and .4");
+        assert!(!answer.starts_with(b"s2 "), "172.16.0.3 left udp/53 too");
+    });
+
+    // The network-side settings, to values that keep the lab working.
+    ok(
+        &lab,
+        &slbd,
+        &[
+            "--cluster-network",
+            "172.16.0.0/16",
+            "--gateway",
+            "172.16.0.1",
+            "--gateway-dev",
+            "br0",
+            "--address-dev",
+            "eth0",
+        ],
+    );
+    assert!(
+        lab.balancer_addrs().contains("172.16.0.1/16"),
+        "the gateway address follows the cluster prefix"
+    );
+    ok(&lab, &slbd, &["--address", "10.0.0.101"]);
+    let addrs = lab.balancer_addrs();
+    assert!(
+        addrs.contains("10.0.0.101/32") && !addrs.contains("10.0.0.100/32"),
+        "the VIP moved: {addrs}"
+    );
+    assert_eq!(
+        servers_answering(
+            &lab,
+            SocketAddrV4::new("10.0.0.101".parse().unwrap(), 80),
+            2
+        ),
+        vec!["s3"]
+    );
+    ok(
+        &lab,
+        &slbd,
+        &[
+            "--address",
+            "10.0.0.100",
+            "--cluster-network",
+            "172.16.0.0/24",
+        ],
+    );
+
+    // Save, then reload: what is in force is what was saved.
+    let path = slbd.log.parent().unwrap().join("slb_conf.json");
+    let running = show(&lab, &slbd);
+    ok(&lab, &slbd, &["--save-config"]);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let saved: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(saved, running);
+    ok(&lab, &slbd, &["--add-server", "172.16.0.2:8000"]);
+    ok(&lab, &slbd, &["--reload"]);
+    assert_eq!(
+        show(&lab, &slbd),
+        running,
+        "--reload puts the saved file back in force"
+    );
+
+    // Unload stops balancing and takes the VIP and rules away; load brings them back.
+    ok(&lab, &slbd, &["--unload"]);
+    assert_eq!(lab.nft_tables(), "");
+    assert!(!lab.balancer_addrs().contains("10.0.0.100"));
+    assert!(ok(&lab, &slbd, &["--status"]).starts_with("slbd: unloaded"));
+    ok(&lab, &slbd, &["--load"]);
+    assert!(lab.nft_tables().contains("table ip slb"));
+    assert_eq!(servers_answering(&lab, vip(80), 2), vec!["s3"]);
+
+    let (code, _, err) = lab.slbctl(&slbd, &["--backup-slb", "10.0.0.2,root,22"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("not implemented yet"), "{err}");
+}
+
+/// A connection that asks the server its name, then is used again later.
+struct Held {
+    s: TcpStream,
+    server: String,
+}
+
+fn open_held() -> Held {
+    let mut s = connect(CLIENT, vip(80), T).expect("connect");
+    write!(s, "GET /hold HTTP/1.0\r\n\r\n").unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut server = String::new();
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        if line == "\r\n" {
+            r.read_line(&mut server).unwrap();
+            break;
+        }
+    }
+    Held {
+        s,
+        server: server.trim().to_string(),
+    }
+}
+
+#[test]
+fn adding_and_removing_servers_loses_no_open_connection() {
+    if !can_run("adding_and_removing_servers_loses_no_open_connection") {
+        return;
+    }
+    let lab = Lab::new(3).unwrap();
+    let slbd = lab.start_slbd(&lab.config(2));
+    let held = in_ns(&lab.client(), || {
+        (0..20).map(|_| open_held()).collect::<Vec<_>>()
+    });
+    ok(&lab, &slbd, &["--add-server", "172.16.0.4:8000"]);
+    ok(&lab, &slbd, &["--rm-server-port", "172.16.0.2:8000"]);
+    ok(&lab, &slbd, &["--algorithm", "LEAST_CONNECTIONS"]);
+    let on_removed = held.iter().filter(|h| h.server == "s1").count();
+    assert!(
+        on_removed > 0,
+        "some held connections were on the removed server"
+    );
+    in_ns(&lab.client(), || {
+        for (i, mut h) in held.into_iter().enumerate() {
+            // The /hold server echoes nothing; closing our side must bring its FIN back,
+            // which only works if the connection still reaches its own server both ways.
+            h.s.shutdown(std::net::Shutdown::Write).unwrap();
+            let mut rest = Vec::new();
+            h.s.set_read_timeout(Some(T)).unwrap();
+            h.s.read_to_end(&mut rest)
+                .unwrap_or_else(|e| panic!("connection {i} on {} was lost: {e}", h.server));
+        }
+    });
+    // New flows: never the removed server (LEAST_CONNECTIONS now prefers s3, whose count is
+    // lowest while the closed connections' flows wait out their closing timeout).
+    let now = servers_answering(&lab, vip(80), 6);
+    assert!(
+        !now.is_empty() && now.iter().all(|s| s == "s2" || s == "s3"),
+        "{now:?}"
+    );
+}
