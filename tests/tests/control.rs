@@ -341,3 +341,59 @@ fn slbctl_shows_config_and_status_and_says_when_slbd_is_not_running() {
     assert_ne!(code, 0);
     assert!(err.contains("slbd is not running"), "{err}");
 }
+
+#[test]
+fn lower_latency_sends_a_slow_server_fewer_flows_without_starving_it() {
+    if !can_run("lower_latency_sends_a_slow_server_fewer_flows_without_starving_it") {
+        return;
+    }
+    let lab = Lab::new(3).unwrap();
+    // s3 answers SYNs 8 ms late (netem is not in this kernel; see nfq-delay).
+    let _slow = lab
+        .start(
+            &lab.server(2),
+            &[
+                &workspace_bin("nfq-delay").to_string_lossy(),
+                "8000",
+                "8",
+                "0",
+            ],
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut config = lab.config(3);
+    config["algorithm"] = "LOWER_LATENCY".into();
+    config["services"][0]["health"] = json!({"interval_ms": 100, "timeout_ms": 90});
+    let slbd = lab.start_slbd(&config);
+    // Let a few checks measure every server.
+    std::thread::sleep(Duration::from_millis(800));
+    let (_, out, _) = lab.slbctl(&slbd, &["--status"]);
+    let latency_ms = |server: &str| -> f64 {
+        let row = out.lines().find(|l| l.contains(server)).unwrap_or_default();
+        row.split_whitespace()
+            .zip(row.split_whitespace().skip(1))
+            .find(|(_, u)| *u == "ms")
+            .and_then(|(v, _)| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(
+        latency_ms("172.16.0.4:8000") > 5.0,
+        "the slow server's latency is measured:\n{out}"
+    );
+    let counts = spread(&lab, 120);
+    eprintln!("LOWER_LATENCY over 120 new connections, s3 slowed by 8 ms: {counts:?}");
+    let (s1, s2, s3) = (
+        counts.get("s1").copied().unwrap_or(0),
+        counts.get("s2").copied().unwrap_or(0),
+        counts.get("s3").copied().unwrap_or(0),
+    );
+    assert!(s3 >= 1, "the slow server is not starved: {counts:?}");
+    assert!(
+        s3 * 3 < s1 && s3 * 3 < s2,
+        "the slow server gets measurably fewer: {counts:?}"
+    );
+    assert!(
+        s1.abs_diff(s2) < 30,
+        "the two fast ones share evenly, no herding: {counts:?}"
+    );
+}

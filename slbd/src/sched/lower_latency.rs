@@ -1,8 +1,9 @@
 //! LOWER_LATENCY: favour servers with a lower smoothed service latency (TCP connect time from
 //! the health checks). A strict "lowest wins" herds every new flow onto one server between two
 //! checks (the original's results spread 0 to 8 clients a server); instead each flow is drawn
-//! at random with odds inversely proportional to latency (times weight), so a server twice as
-//! slow gets half the share, near-ties split evenly, and no server that is up starves.
+//! at random with odds inversely proportional to latency plus a 1 ms floor (times weight), so a
+//! server twice as slow gets about half the share, near-ties split evenly, and no server that
+//! is up starves.
 
 use super::rng::Rng;
 use super::{Candidate, Scheduler};
@@ -20,10 +21,14 @@ impl LowerLatency {
     }
 }
 
+/// Added to every latency before the odds are taken: differences well under a millisecond are
+/// connect-time jitter on a LAN, not a slower server, and count as near-ties.
+pub const FLOOR_US: u64 = 1000;
+
 /// Latency assumed for a server with no measurement yet: the best measured one, so a new
 /// server is tried at a fair share rather than flooded or ignored.
-fn latency_or(s: &Candidate, best: u32) -> u32 {
-    s.latency_us.unwrap_or(best).max(1)
+fn latency_or(s: &Candidate, best: u32) -> u64 {
+    u64::from(s.latency_us.unwrap_or(best)) + FLOOR_US
 }
 
 impl Scheduler for LowerLatency {
@@ -34,13 +39,13 @@ impl Scheduler for LowerLatency {
             .filter_map(|s| s.latency_us)
             .min()
             .unwrap_or(1);
-        // Odds as integers: weight * 2^20 / latency; 2^20 keeps 1 µs .. 1 s latencies distinct.
+        // Odds as integers: weight * 2^30 / (latency + floor).
         let odds = |s: &Candidate| -> u64 {
             if !s.up {
                 return 0;
             }
             // An up server always keeps some chance, however slow.
-            ((u64::from(s.weight.max(1)) << 20) / u64::from(latency_or(s, best))).max(1)
+            ((u64::from(s.weight.max(1)) << 30) / latency_or(s, best)).max(1)
         };
         let total: u64 = servers.iter().map(odds).sum();
         if total == 0 {
@@ -73,8 +78,8 @@ mod tests {
 
     #[test]
     fn share_is_inverse_to_latency() {
-        // 1 ms, 1 ms, 4 ms: odds 4 : 4 : 1 of 9.
-        let servers = with_latency(&[Some(1000), Some(1000), Some(4000)]);
+        // 1 ms, 1 ms, 7 ms, plus the 1 ms floor: odds 1/2 : 1/2 : 1/8, i.e. 4 : 4 : 1 of 9.
+        let servers = with_latency(&[Some(1000), Some(1000), Some(7000)]);
         let counts = spread(&mut LowerLatency::new(1), &servers, 9000);
         for (got, want) in counts.iter().zip([4000, 4000, 1000]) {
             assert!((*got as i64 - want).abs() < 250, "{counts:?}");
@@ -90,9 +95,18 @@ mod tests {
 
     #[test]
     fn a_slow_server_gets_fewer_but_is_not_starved() {
+        // 0.5 ms vs 50 ms: odds 1/1.5 vs 1/51, about 1.5 % for the slow one.
         let servers = with_latency(&[Some(500), Some(500), Some(50_000)]);
         let counts = spread(&mut LowerLatency::new(3), &servers, 20_000);
-        assert!(counts[2] > 0 && counts[2] < 400, "{counts:?}");
+        assert!(counts[2] > 150 && counts[2] < 450, "{counts:?}");
+    }
+
+    #[test]
+    fn sub_millisecond_differences_are_near_ties() {
+        // 0.1 ms vs 0.3 ms: with the floor, 1.1 vs 1.3, a 54 : 46 split rather than 75 : 25.
+        let servers = with_latency(&[Some(100), Some(300)]);
+        let counts = spread(&mut LowerLatency::new(6), &servers, 10_000);
+        assert!((5100..5700).contains(&counts[0]), "{counts:?}");
     }
 
     #[test]
