@@ -389,11 +389,11 @@ fn lower_latency_sends_a_slow_server_fewer_flows_without_starving_it() {
     );
     assert!(s3 >= 1, "the slow server is not starved: {counts:?}");
     assert!(
-        s3 * 3 < s1 && s3 * 3 < s2,
+        s3 * 2 < s1 && s3 * 2 < s2,
         "the slow server gets measurably fewer: {counts:?}"
     );
     assert!(
-        s1.abs_diff(s2) < 30,
+        s1.abs_diff(s2) < 40,
         "the two fast ones share evenly, no herding: {counts:?}"
     );
 }
