@@ -1,9 +1,11 @@
 //! The lab from the command line: `slb-lab demo` shows slbd balancing a 3-server lab;
 //! `slb-lab bench-bulk` measures one bulk TCP download through slbd against the same download
-//! routed through the balancer namespace without slbd. Both build their namespaces and always
+//! routed through the balancer namespace without slbd; `slb-lab spread` runs the original
+//! thesis's test shape (14 real servers, 50 client addresses × 4 requests, persistence on) for
+//! each scheduler and prints how many clients and flows each server got. Both build their namespaces and always
 //! remove them.
 
-use std::net::SocketAddrV4;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -17,7 +19,8 @@ fn main() -> Result<()> {
     match cmd.as_str() {
         "demo" => demo(),
         "bench-bulk" => bench_bulk(),
-        _ => bail!("usage: slb-lab demo | bench-bulk"),
+        "spread" => spread(),
+        _ => bail!("usage: slb-lab demo | bench-bulk | spread"),
     }
 }
 
@@ -130,5 +133,54 @@ fn bench_bulk() -> Result<()> {
         "  through slbd (NAT):   {s:.2} Gbit/s  ({:.2} x route)",
         s / r
     );
+    Ok(())
+}
+
+fn spread() -> Result<()> {
+    const SERVERS: usize = 14;
+    const CLIENTS: u8 = 50;
+    let lab = Lab::new(SERVERS)?;
+    let clients: Vec<Ipv4Addr> = (0..CLIENTS).map(|i| Ipv4Addr::new(10, 0, 0, 10 + i)).collect();
+    for c in &clients {
+        lab.exec(&lab.client(), &["ip", "addr", "add", &format!("{c}/24"), "dev", "eth0"])?;
+    }
+    println!("{SERVERS} real servers, {CLIENTS} client addresses x 4 new connections each, persistence 60 s\n");
+    println!("{:<18} {:>22} {:>22}", "algorithm", "clients/server min-max", "flows/server min-max");
+    for algorithm in ["ROUND_ROBIN", "RATIO", "RANDOM", "LEAST_CONNECTIONS", "LOWER_LATENCY"] {
+        let mut config = lab.config(SERVERS);
+        config["algorithm"] = algorithm.into();
+        config["persistence_timeout"] = 60.into();
+        config["services"][0]["health"] = serde_json::json!({"interval_ms": 200});
+        let mut slbd = lab.start_slbd(&config);
+        std::thread::sleep(Duration::from_millis(700));
+        let per_server = in_ns(&lab.client(), || -> Result<Vec<(String, Ipv4Addr)>> {
+            let mut got = Vec::new();
+            for c in &clients {
+                for _ in 0..4 {
+                    let body = http_get(*c, SocketAddrV4::new(VIP, 80), "/", Duration::from_secs(3))?;
+                    got.push((server_name(&body), *c));
+                }
+            }
+            Ok(got)
+        })?;
+        let mut flows = std::collections::BTreeMap::new();
+        let mut clients_of: std::collections::BTreeMap<String, std::collections::BTreeSet<Ipv4Addr>> = Default::default();
+        for i in 1..=SERVERS {
+            flows.insert(format!("s{i}"), 0usize);
+            clients_of.insert(format!("s{i}"), Default::default());
+        }
+        for (s, c) in per_server {
+            *flows.entry(s.clone()).or_default() += 1;
+            clients_of.entry(s).or_default().insert(c);
+        }
+        let range = |v: Vec<usize>| format!("{}-{}", v.iter().min().unwrap_or(&0), v.iter().max().unwrap_or(&0));
+        println!(
+            "{algorithm:<18} {:>22} {:>22}",
+            range(clients_of.values().map(|s| s.len()).collect()),
+            range(flows.values().copied().collect())
+        );
+        slbd.signal(nix::sys::signal::Signal::SIGTERM);
+        slbd.wait(Duration::from_secs(5));
+    }
     Ok(())
 }
