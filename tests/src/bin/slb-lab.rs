@@ -140,13 +140,27 @@ fn spread() -> Result<()> {
     const SERVERS: usize = 14;
     const CLIENTS: u8 = 50;
     let lab = Lab::new(SERVERS)?;
-    let clients: Vec<Ipv4Addr> = (0..CLIENTS).map(|i| Ipv4Addr::new(10, 0, 0, 10 + i)).collect();
+    let clients: Vec<Ipv4Addr> = (0..CLIENTS)
+        .map(|i| Ipv4Addr::new(10, 0, 0, 10 + i))
+        .collect();
     for c in &clients {
-        lab.exec(&lab.client(), &["ip", "addr", "add", &format!("{c}/24"), "dev", "eth0"])?;
+        lab.exec(
+            &lab.client(),
+            &["ip", "addr", "add", &format!("{c}/24"), "dev", "eth0"],
+        )?;
     }
     println!("{SERVERS} real servers, {CLIENTS} client addresses x 4 new connections each, persistence 60 s\n");
-    println!("{:<18} {:>22} {:>22}", "algorithm", "clients/server min-max", "flows/server min-max");
-    for algorithm in ["ROUND_ROBIN", "RATIO", "RANDOM", "LEAST_CONNECTIONS", "LOWER_LATENCY"] {
+    println!(
+        "{:<18} {:>22} {:>22}",
+        "algorithm", "clients/server min-max", "flows/server min-max"
+    );
+    for algorithm in [
+        "ROUND_ROBIN",
+        "RATIO",
+        "RANDOM",
+        "LEAST_CONNECTIONS",
+        "LOWER_LATENCY",
+    ] {
         let mut config = lab.config(SERVERS);
         config["algorithm"] = algorithm.into();
         config["persistence_timeout"] = 60.into();
@@ -157,14 +171,18 @@ fn spread() -> Result<()> {
             let mut got = Vec::new();
             for c in &clients {
                 for _ in 0..4 {
-                    let body = http_get(*c, SocketAddrV4::new(VIP, 80), "/", Duration::from_secs(3))?;
+                    let body =
+                        http_get(*c, SocketAddrV4::new(VIP, 80), "/", Duration::from_secs(3))?;
                     got.push((server_name(&body), *c));
                 }
             }
             Ok(got)
         })?;
         let mut flows = std::collections::BTreeMap::new();
-        let mut clients_of: std::collections::BTreeMap<String, std::collections::BTreeSet<Ipv4Addr>> = Default::default();
+        let mut clients_of: std::collections::BTreeMap<
+            String,
+            std::collections::BTreeSet<Ipv4Addr>,
+        > = Default::default();
         for i in 1..=SERVERS {
             flows.insert(format!("s{i}"), 0usize);
             clients_of.insert(format!("s{i}"), Default::default());
@@ -173,7 +191,13 @@ fn spread() -> Result<()> {
             *flows.entry(s.clone()).or_default() += 1;
             clients_of.entry(s).or_default().insert(c);
         }
-        let range = |v: Vec<usize>| format!("{}-{}", v.iter().min().unwrap_or(&0), v.iter().max().unwrap_or(&0));
+        let range = |v: Vec<usize>| {
+            format!(
+                "{}-{}",
+                v.iter().min().unwrap_or(&0),
+                v.iter().max().unwrap_or(&0)
+            )
+        };
         println!(
             "{algorithm:<18} {:>22} {:>22}",
             range(clients_of.values().map(|s| s.len()).collect()),
