@@ -149,6 +149,8 @@ fn build_rule<'a>(chain: &'a Chain<'a>, r: &ruleset::Rule, backend: QueueBackend
         match a {
             Action::Notrack => rule.add_expr(&Notrack),
             Action::Drop => rule.add_expr(&Verdict::Drop),
+            Action::RejectTcpReset => rule.add_expr(&Reject::TcpReset),
+            Action::RejectPortUnreachable => rule.add_expr(&Reject::PortUnreachable),
             Action::Queue(q) => add_queue(&mut rule, *q, backend),
         }
     }
@@ -196,6 +198,10 @@ fn add_match(rule: &mut Rule, m: &Match) {
             rule.add_expr(&Meta::L4Proto);
             rule.add_expr(&Cmp::new(CmpOp::Eq, p as u8));
         }
+        Match::Mark(mark) => {
+            rule.add_expr(&Meta::Mark { set: false });
+            rule.add_expr(&Cmp::new(CmpOp::Eq, mark));
+        }
         Match::Dport(p, n) | Match::Sport(p, n) => {
             rule.add_expr(&port(p, matches!(m, Match::Sport(..))));
             rule.add_expr(&Cmp::new(CmpOp::Eq, &n.to_be_bytes()[..]));
@@ -225,6 +231,29 @@ struct Notrack;
 impl Expression for Notrack {
     fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
         alloc_expr!(c"notrack")
+    }
+}
+
+/// The `reject` statement for the `ip` family, built by hand: nftnl's helper passes its
+/// ICMPX code numbers, which mean other ICMP codes in an `ip` table.
+enum Reject {
+    TcpReset,
+    PortUnreachable,
+}
+
+impl Expression for Reject {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        // NFT_REJECT_ICMP_UNREACH = 0, NFT_REJECT_TCP_RST = 1; ICMP_PORT_UNREACH = 3.
+        let (kind, code): (u32, u8) = match self {
+            Reject::TcpReset => (1, 0),
+            Reject::PortUnreachable => (0, 3),
+        };
+        let expr = alloc_expr!(c"reject");
+        unsafe {
+            sys::nftnl_expr_set_u32(expr.as_ptr(), sys::NFTNL_EXPR_REJECT_TYPE as u16, kind);
+            sys::nftnl_expr_set_u8(expr.as_ptr(), sys::NFTNL_EXPR_REJECT_CODE as u16, code);
+        }
+        expr
     }
 }
 

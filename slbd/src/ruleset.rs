@@ -49,6 +49,18 @@ pub const REPLY_CHAIN: Chain = Chain {
     priority: 100,
 };
 
+/// Right after the request chain: turns the requests slbd refused (no server of the service
+/// is up) into a TCP reset or an ICMP port unreachable from the VIP, so the client hears at
+/// once instead of retrying into silence.
+pub const REFUSE_CHAIN: Chain = Chain {
+    name: "refuse",
+    hook: Hook::Prerouting,
+    priority: -299,
+};
+
+/// The packet mark slbd's verdict sets on a request it refuses.
+pub const REFUSE_MARK: u32 = 0x5b1d_0001;
+
 /// The queues packets are spread over: `first .. first + count`, by CPU when more than one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueRange {
@@ -70,6 +82,7 @@ pub enum Match {
     L4Proto(Protocol),
     Dport(Protocol, u16),
     Sport(Protocol, u16),
+    Mark(u32),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +90,8 @@ pub enum Action {
     Notrack,
     Queue(QueueRange),
     Drop,
+    RejectTcpReset,
+    RejectPortUnreachable,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,7 +108,7 @@ pub struct Ruleset {
 }
 
 impl Ruleset {
-    pub const CHAINS: [Chain; 2] = [REQUEST_CHAIN, REPLY_CHAIN];
+    pub const CHAINS: [Chain; 3] = [REQUEST_CHAIN, REFUSE_CHAIN, REPLY_CHAIN];
 
     /// How many rules go in `chain`, for checking what the kernel reports back.
     pub fn count_in(&self, chain: &str) -> usize {
@@ -150,6 +165,18 @@ pub fn plan(config: &Config, queues: QueueRange, draining: &[(Protocol, u16)]) -
             comment: format!("VIP {p}: no other port reaches local sockets"),
         });
     }
+    rules.push(Rule {
+        chain: REFUSE_CHAIN,
+        matches: vec![Match::Mark(REFUSE_MARK), Match::L4Proto(Protocol::Tcp)],
+        actions: vec![Action::RejectTcpReset],
+        comment: "refused: no server up".into(),
+    });
+    rules.push(Rule {
+        chain: REFUSE_CHAIN,
+        matches: vec![Match::Mark(REFUSE_MARK)],
+        actions: vec![Action::RejectPortUnreachable],
+        comment: "refused: no server up".into(),
+    });
     for &(p, port) in &reply_ports {
         rules.push(Rule {
             chain: REPLY_CHAIN,
@@ -170,6 +197,7 @@ impl fmt::Display for Match {
             Match::L4Proto(p) => write!(f, "meta l4proto {p}"),
             Match::Dport(p, port) => write!(f, "{p} dport {port}"),
             Match::Sport(p, port) => write!(f, "{p} sport {port}"),
+            Match::Mark(m) => write!(f, "meta mark {m:#x}"),
         }
     }
 }
@@ -179,6 +207,8 @@ impl fmt::Display for Action {
         match self {
             Action::Notrack => f.write_str("notrack"),
             Action::Drop => f.write_str("drop"),
+            Action::RejectTcpReset => f.write_str("reject with tcp reset"),
+            Action::RejectPortUnreachable => f.write_str("reject with icmp port-unreachable"),
             Action::Queue(q) if q.count > 1 => {
                 write!(f, "queue num {}-{} fanout", q.first, q.first + q.count - 1)
             }
@@ -232,12 +262,15 @@ mod tests {
                 r#"prerouting: ip saddr 172.16.0.0/24 ip daddr != 172.16.0.0/24 meta l4proto udp udp sport 53 notrack comment "reply udp/53 untracked""#,
                 r#"prerouting: ip daddr 10.0.0.100 meta l4proto tcp drop comment "VIP tcp: no other port reaches local sockets""#,
                 r#"prerouting: ip daddr 10.0.0.100 meta l4proto udp drop comment "VIP udp: no other port reaches local sockets""#,
+                r#"refuse: meta mark 0x5b1d0001 meta l4proto tcp reject with tcp reset comment "refused: no server up""#,
+                r#"refuse: meta mark 0x5b1d0001 reject with icmp port-unreachable comment "refused: no server up""#,
                 r#"postrouting: ip saddr 172.16.0.0/24 ip daddr != 172.16.0.0/24 meta l4proto tcp tcp sport 80 queue num 0-1 fanout comment "reply tcp/80""#,
                 r#"postrouting: ip saddr 172.16.0.0/24 ip daddr != 172.16.0.0/24 meta l4proto tcp tcp sport 8080 queue num 0-1 fanout comment "reply tcp/8080""#,
                 r#"postrouting: ip saddr 172.16.0.0/24 ip daddr != 172.16.0.0/24 meta l4proto udp udp sport 53 queue num 0-1 fanout comment "reply udp/53""#,
             ]
         );
         assert_eq!(rs.count_in("prerouting"), 8);
+        assert_eq!(rs.count_in("refuse"), 2);
         assert_eq!(rs.count_in("postrouting"), 3);
         let single = plan(
             &config,

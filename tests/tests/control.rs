@@ -138,6 +138,7 @@ fn with_every_server_down_new_flows_are_refused_cleanly() {
     let mut lab = Lab::new(1).unwrap();
     let mut config = lab.config(1);
     config["services"][0]["health"] = json!({"interval_ms": 100, "fall": 1});
+    config["services"][1]["health"] = json!({"interval_ms": 100, "fall": 1});
     let mut slbd = lab.start_slbd(&config);
     lab.stop_server(0);
     wait_for_log(
@@ -145,14 +146,30 @@ fn with_every_server_down_new_flows_are_refused_cleanly() {
         &["server left rotation", "tcp/80"],
         Duration::from_secs(3),
     );
-    let err = in_ns(&lab.client(), || {
-        http_get(CLIENT, vip(80), "/", Duration::from_millis(500))
-    })
-    .unwrap_err();
+    wait_for_log(
+        &slbd,
+        &["server left rotation", "udp/53"],
+        Duration::from_secs(3),
+    );
+    let (tcp, udp) = in_ns(&lab.client(), || {
+        let tcp = http_get(CLIENT, vip(80), "/", Duration::from_secs(2)).unwrap_err();
+        // A connected UDP socket hears the ICMP port unreachable as ECONNREFUSED.
+        let s = std::net::UdpSocket::bind(SocketAddrV4::new(CLIENT, 0)).unwrap();
+        s.connect(vip(53)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s.send(b"q").unwrap();
+        let udp = s.recv(&mut [0u8; 64]).unwrap_err();
+        (tcp, udp)
+    });
     assert_eq!(
-        err.kind(),
-        std::io::ErrorKind::TimedOut,
-        "the SYN is dropped: {err}"
+        tcp.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "TCP is refused with a reset at once: {tcp}"
+    );
+    assert_eq!(
+        udp.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "UDP gets port unreachable: {udp}"
     );
     slbd.signal(nix::sys::signal::Signal::SIGTERM);
     slbd.wait(T);

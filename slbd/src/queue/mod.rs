@@ -11,8 +11,9 @@ pub mod socket;
 pub mod wire;
 
 use crate::config::QueueConfig;
-use crate::dataplane::{Dataplane, Direction, Verdict};
+use crate::dataplane::{Dataplane, Direction, DropReason, Verdict};
 use crate::packet::ChecksumState;
+use crate::ruleset::REFUSE_MARK;
 use socket::{Out, QueueSocket, RecvBatch, Setup, Verdicts};
 use wire::Packet;
 
@@ -150,6 +151,8 @@ fn decide(dp: &Dataplane, stats: &QueueStats, p: &Packet, payload: &mut [u8], no
     let whole = p.cap_len.is_none_or(|len| len as usize == payload.len());
     match dp.handle(dir, payload, whole, csum, now_ms) {
         Verdict::Accept => Out::AcceptRewritten,
+        // The refuse chain answers it with a reset or a port unreachable.
+        Verdict::Drop(DropReason::NoServer) => Out::AcceptMarked(REFUSE_MARK),
         Verdict::Drop(_) => Out::Drop,
     }
 }

@@ -300,18 +300,15 @@ impl Verdicts {
         if i == self.headers.len() {
             self.headers.push([0u8; VERDICT_HEADER_LEN]);
         }
-        let (accept, payload) = match verdict {
-            Out::AcceptRewritten => (true, Some((slot, p.payload.0, p.payload.1))),
-            Out::AcceptUnchanged => (true, None),
-            Out::Drop => (false, None),
+        let (accept, mark, payload) = match verdict {
+            Out::AcceptRewritten => (true, None, Some((slot, p.payload.0, p.payload.1))),
+            Out::AcceptUnchanged => (true, None, None),
+            Out::AcceptMarked(m) => (true, Some(m), None),
+            Out::Drop => (false, None, None),
         };
-        let header_len = wire::verdict_header(
-            &mut self.headers[i],
-            queue,
-            p.id,
-            accept,
-            payload.map(|(_, a, b)| b - a),
-        );
+        let payload_len = payload.map(|(_, a, b)| b - a);
+        let header_len =
+            wire::verdict_header(&mut self.headers[i], queue, p.id, accept, mark, payload_len);
         self.pending.push(Pending {
             header_len,
             payload,
@@ -332,5 +329,7 @@ impl Verdicts {
 pub enum Out {
     AcceptRewritten,
     AcceptUnchanged,
+    /// Accept unchanged with this packet mark, for a later rule to act on.
+    AcceptMarked(u32),
     Drop,
 }

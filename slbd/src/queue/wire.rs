@@ -16,6 +16,7 @@ const NLM_F_ACK: u16 = 4;
 
 const NFQA_PACKET_HDR: u16 = 1;
 const NFQA_VERDICT_HDR: u16 = 2;
+const NFQA_MARK: u16 = 3;
 const NFQA_PAYLOAD: u16 = 10;
 const NFQA_CAP_LEN: u16 = 13;
 const NFQA_SKB_INFO: u16 = 14;
@@ -185,26 +186,26 @@ pub fn config_requests(queue: u16, max_len: u32, flags: u32, mask: u32, seq: u32
     reqs
 }
 
-/// Size of the bytes [`verdict_header`] writes, before the payload.
-pub const VERDICT_HEADER_LEN: usize = NLMSG_HDRLEN + NFGEN_HDRLEN + 12 + 4;
+/// Room for the bytes [`verdict_header`] writes before the payload (verdict, mark, payload
+/// attribute header).
+pub const VERDICT_HEADER_LEN: usize = NLMSG_HDRLEN + NFGEN_HDRLEN + 12 + 8 + 4;
 
-/// Writes the header of a verdict message into `out` (exactly [`VERDICT_HEADER_LEN`] bytes when
-/// a payload follows, 12 fewer without one) and returns how many bytes it used. The payload,
-/// when there is one, is sent from where it lies, followed by padding to 4 bytes.
+/// Writes the header of a verdict message into `out` and returns how many bytes it used: the
+/// verdict, then a packet mark if `mark` is given, then the payload attribute's header if a
+/// payload follows. The payload is sent from where it lies, followed by padding to 4 bytes.
 pub fn verdict_header(
     out: &mut [u8; VERDICT_HEADER_LEN],
     queue: u16,
     id: u32,
     accept: bool,
+    mark: Option<u32>,
     payload_len: Option<usize>,
 ) -> usize {
+    let mark_len = if mark.is_some() { 8 } else { 0 };
     let payload_attr = payload_len.map_or(0, |n| 4 + n);
-    let total = NLMSG_HDRLEN + NFGEN_HDRLEN + 12 + payload_attr;
-    let used = if payload_len.is_some() {
-        VERDICT_HEADER_LEN
-    } else {
-        VERDICT_HEADER_LEN - 4
-    };
+    let total = NLMSG_HDRLEN + NFGEN_HDRLEN + 12 + mark_len + payload_attr;
+    let used =
+        NLMSG_HDRLEN + NFGEN_HDRLEN + 12 + mark_len + if payload_len.is_some() { 4 } else { 0 };
     out[0..4].copy_from_slice(&(total as u32).to_ne_bytes());
     out[4..6].copy_from_slice(&MSG_VERDICT.to_ne_bytes());
     out[6..8].copy_from_slice(&NLM_F_REQUEST.to_ne_bytes());
@@ -217,9 +218,16 @@ pub fn verdict_header(
     let v = if accept { NF_ACCEPT } else { NF_DROP };
     out[24..28].copy_from_slice(&v.to_be_bytes());
     out[28..32].copy_from_slice(&id.to_be_bytes());
+    let mut at = 32;
+    if let Some(m) = mark {
+        out[at..at + 2].copy_from_slice(&8u16.to_ne_bytes());
+        out[at + 2..at + 4].copy_from_slice(&NFQA_MARK.to_ne_bytes());
+        out[at + 4..at + 8].copy_from_slice(&m.to_be_bytes());
+        at += 8;
+    }
     if let Some(n) = payload_len {
-        out[32..34].copy_from_slice(&((4 + n) as u16).to_ne_bytes());
-        out[34..36].copy_from_slice(&NFQA_PAYLOAD.to_ne_bytes());
+        out[at..at + 2].copy_from_slice(&((4 + n) as u16).to_ne_bytes());
+        out[at + 2..at + 4].copy_from_slice(&NFQA_PAYLOAD.to_ne_bytes());
     }
     used
 }
@@ -306,7 +314,7 @@ mod tests {
     fn verdict_with_payload_is_one_well_formed_message() {
         let payload = [9u8; 7];
         let mut hdr = [0u8; VERDICT_HEADER_LEN];
-        let used = verdict_header(&mut hdr, 3, 42, true, Some(payload.len()));
+        let used = verdict_header(&mut hdr, 3, 42, true, None, Some(payload.len()));
         let mut msg = hdr[..used].to_vec();
         msg.extend_from_slice(&payload);
         msg.extend(std::iter::repeat_n(0, padding(payload.len())));
@@ -322,10 +330,16 @@ mod tests {
         assert_eq!(be32_at(&msg, 28), Some(42));
         assert_eq!(&msg[36..43], &payload);
 
-        let used = verdict_header(&mut hdr, 3, 43, false, None);
+        let used = verdict_header(&mut hdr, 3, 43, false, None, None);
         assert_eq!(used, 32);
         assert_eq!(u32::from_ne_bytes(hdr[0..4].try_into().unwrap()), 32);
         assert_eq!(be32_at(&hdr, 24), Some(NF_DROP));
+
+        let used = verdict_header(&mut hdr, 3, 44, true, Some(0x5b1d_0001), None);
+        assert_eq!(used, 40);
+        assert_eq!(u32::from_ne_bytes(hdr[0..4].try_into().unwrap()), 40);
+        assert_eq!(u16_at(&hdr, 34), Some(NFQA_MARK));
+        assert_eq!(be32_at(&hdr, 36), Some(0x5b1d_0001));
     }
 
     #[test]
