@@ -318,6 +318,14 @@ impl Dataplane {
         }
     }
 
+    /// Runs `f` on server `id`'s counters. The registry guard is arc-swap's cheap borrow, so
+    /// the per-packet path takes no reference count (a shared atomic every core would bounce).
+    fn with_stats(&self, id: u32, f: impl FnOnce(&ServerStats)) {
+        if let Some(st) = self.registry.load().stats.get(id as usize) {
+            f(st);
+        }
+    }
+
     fn stats(&self, id: u32) -> Option<Arc<ServerStats>> {
         self.registry.load().stats.get(id as usize).cloned()
     }
@@ -349,18 +357,18 @@ impl Dataplane {
                 flows
                     .insert(&key, server, id, now_ms)
                     .map_err(|_| DropReason::TableFull)?;
-                if let Some(st) = self.stats(id) {
+                self.with_stats(id, |st| {
                     st.new_flows.fetch_add(1, Relaxed);
                     st.live_flows.fetch_add(1, Relaxed);
-                }
+                });
                 (server, id)
             }
         };
         drop(flows);
-        if let Some(st) = self.stats(id) {
+        self.with_stats(id, |st| {
             st.packets_in.fetch_add(1, Relaxed);
             st.bytes_in.fetch_add(buf.len() as u64, Relaxed);
-        }
+        });
         packet::rewrite(buf, &h, Endpoint::Destination, server, csum);
         Ok(())
     }
@@ -427,10 +435,10 @@ impl Dataplane {
             .lock()
             .lookup_reply(&key, h.flags, now_ms)
             .ok_or(DropReason::ReplyWithoutFlow)?;
-        if let Some(st) = self.stats(id) {
+        self.with_stats(id, |st| {
             st.packets_out.fetch_add(1, Relaxed);
             st.bytes_out.fetch_add(buf.len() as u64, Relaxed);
-        }
+        });
         packet::rewrite(buf, &h, Endpoint::Source, vip, csum);
         Ok(())
     }
@@ -448,9 +456,9 @@ impl Dataplane {
             };
             n += ended.len();
             for e in ended {
-                if let Some(st) = self.stats(e.tag) {
+                self.with_stats(e.tag, |st| {
                     st.live_flows.fetch_sub(1, Relaxed);
-                }
+                });
                 let timeout = view
                     .services
                     .iter()
