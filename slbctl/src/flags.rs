@@ -4,7 +4,7 @@
 use std::net::Ipv4Addr;
 
 use slbd::config::{parse_server_address, MAX_WEIGHT};
-use slbd::edit::Edit;
+use slbd::edit::{Edit, Secret};
 use slbd::net::Ipv4Net;
 
 /// `[tcp/|udp/][VIPPORT=]ADDRESS:PORT[,WEIGHT]`.
@@ -77,6 +77,59 @@ pub fn device(flag: &str, v: &str) -> Result<String, String> {
     }
 }
 
+pub fn port(flag: &str, v: &str) -> Result<u16, String> {
+    v.parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("{flag} {v:?}: not a port (1 to 65535)"))
+}
+
+fn user(flag: &str, u: &str) -> Result<String, String> {
+    if slbd::config::valid_user(u) {
+        Ok(u.to_string())
+    } else {
+        Err(format!("{flag}: {u:?} is not a user name"))
+    }
+}
+
+/// `USER[,PASS]`: without a password the peer logs in with SSH keys.
+pub fn credentials(v: &str) -> Result<Edit, String> {
+    let (u, pass) =
+        match v.split_once(',') {
+            Some((u, p)) if !p.is_empty() => (u, Some(Secret(p.to_string()))),
+            Some(_) => return Err(
+                "--credentials: the password after ',' is empty (leave out ',' to use SSH keys)"
+                    .into(),
+            ),
+            None => (v, None),
+        };
+    Ok(Edit::Credentials {
+        user: user("--credentials", u)?,
+        password: pass,
+    })
+}
+
+/// `ADDRESS,USER,PORT` (SSH keys) or, as the original, `ADDRESS,USER,PASS,PORT`.
+pub fn backup_slb(v: &str) -> Result<Edit, String> {
+    let parts: Vec<&str> = v.split(',').collect();
+    let (a, u, pass, p) = match parts.as_slice() {
+        [a, u, p] => (*a, *u, None, *p),
+        [a, u, pass, p] if !pass.is_empty() => (*a, *u, Some(Secret(pass.to_string())), *p),
+        _ => {
+            return Err(
+                "--backup-slb: expected ADDRESS,USER,PORT (SSH keys) or ADDRESS,USER,PASS,PORT"
+                    .into(),
+            )
+        }
+    };
+    Ok(Edit::BackupSlb {
+        address: ipv4("--backup-slb", a)?,
+        user: user("--backup-slb", u)?,
+        port: port("--backup-slb", p)?,
+        password: pass,
+    })
+}
+
 pub fn server_port(v: &str) -> Result<Edit, String> {
     let a = parse_server_address(v).map_err(|e| format!("--rm-server-port: {e}"))?;
     Ok(Edit::RmServerPort {
@@ -125,6 +178,58 @@ mod tests {
             assert!(err.contains(why), "{bad}: {err}");
             assert!(err.starts_with("--add-server"), "{err}");
         }
+    }
+
+    #[test]
+    fn redundancy_flags() {
+        assert_eq!(
+            credentials("slb"),
+            Ok(Edit::Credentials {
+                user: "slb".into(),
+                password: None
+            })
+        );
+        assert_eq!(
+            credentials("slb,pw"),
+            Ok(Edit::Credentials {
+                user: "slb".into(),
+                password: Some(Secret("pw".into()))
+            })
+        );
+        assert!(credentials("slb,").is_err());
+        assert!(credentials("Root!")
+            .unwrap_err()
+            .contains("is not a user name"));
+        assert_eq!(
+            backup_slb("10.0.0.2,slb,22"),
+            Ok(Edit::BackupSlb {
+                address: "10.0.0.2".into(),
+                user: "slb".into(),
+                port: 22,
+                password: None
+            })
+        );
+        assert_eq!(
+            backup_slb("10.0.0.2,slb,pw,2222"),
+            Ok(Edit::BackupSlb {
+                address: "10.0.0.2".into(),
+                user: "slb".into(),
+                port: 2222,
+                password: Some(Secret("pw".into()))
+            })
+        );
+        assert!(backup_slb("10.0.0.2,slb")
+            .unwrap_err()
+            .contains("expected ADDRESS,USER,PORT"));
+        assert!(backup_slb("10.0.0,slb,22")
+            .unwrap_err()
+            .contains("not an IPv4 address"));
+        assert!(backup_slb("10.0.0.2,slb,0")
+            .unwrap_err()
+            .contains("not a port"));
+        assert!(port("--ssh-port", "70000")
+            .unwrap_err()
+            .contains("not a port"));
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! slbctl: slb's admin CLI, flag-compatible with the original `slbcli.py`. It talks to slbd
 //! over its control socket. Every flag is checked before anything is sent; the configuration
 //! flags of one call go to slbd as one batch, validated as a whole and put in force together.
-//! The redundancy flags (`--credentials`, `--backup-slb`, `--ssh-port`, `--with-redundancy`…)
-//! belong to the failover work and say so.
+//! The redundancy flags (`--credentials`, `--backup-slb`, `--ssh-port`, `--with-redundancy`)
+//! are stored for amgr, the failover agent; passwords never enter slb_conf.json.
 
 mod client;
 mod flags;
@@ -29,7 +29,7 @@ struct Args {
     /// Re-read slb_conf.json and put it in force (established flows continue)
     #[arg(long, help_heading = "management")]
     reload: bool,
-    /// Work in a redundant pair with primary and backup nodes (not yet implemented: failover work)
+    /// Work in a redundant pair with primary and backup nodes (stored for amgr, the failover agent)
     #[arg(long, help_heading = "management")]
     with_redundancy: bool,
 
@@ -43,7 +43,7 @@ struct Args {
     /// With --status or --show-config: print JSON
     #[arg(long, help_heading = "execute")]
     json: bool,
-    /// Clear the actual in-use configuration of slb (not yet implemented: failover work)
+    /// Clear the in-use configuration: stop balancing and forget every service
     #[arg(long, help_heading = "execute")]
     clear_config: bool,
     /// Set the slb address for incoming clients requests
@@ -61,14 +61,18 @@ struct Args {
     /// Set the cluster network in CIDR notation
     #[arg(long, value_name = "ADDRESS/CIDR_CLASS", help_heading = "execute")]
     cluster_network: Option<String>,
-    /// Set the slb SSH port (not yet implemented: failover work)
+    /// Set the slb SSH port (for the peer's configuration sync)
     #[arg(long, value_name = "SSH_PORT", help_heading = "execute")]
     ssh_port: Option<String>,
-    /// Set the OS host credentials for the redundant system (not yet implemented: failover work)
-    #[arg(long, value_name = "USER,...", help_heading = "execute")]
+    /// Set the OS account the peer uses, USER (SSH keys) or USER,PASS; a password goes to the 0600 credentials file, never slb_conf.json
+    #[arg(long, value_name = "USER[,PASS]", help_heading = "execute")]
     credentials: Option<String>,
-    /// Set the backup slb for the redundant system (not yet implemented: failover work)
-    #[arg(long, value_name = "ADDRESS,USER,...,PORT", help_heading = "execute")]
+    /// Set the backup slb, ADDRESS,USER,PORT (SSH keys) or ADDRESS,USER,PASS,PORT
+    #[arg(
+        long,
+        value_name = "ADDRESS,USER[,PASS],PORT",
+        help_heading = "execute"
+    )]
     backup_slb: Option<String>,
     /// Set a scheduling algorithm
     #[arg(long, value_name = "ALGORITHM", help_heading = "execute",
@@ -80,10 +84,10 @@ struct Args {
     /// Save the running configuration to slb_conf.json (atomically, mode 0600)
     #[arg(long, help_heading = "execute")]
     save_config: bool,
-    /// Remove the OS host credentials (not yet implemented: failover work)
+    /// Remove the OS host credentials
     #[arg(long, help_heading = "execute")]
     rm_credentials: bool,
-    /// Remove the slb SSH port (not yet implemented: failover work)
+    /// Remove the slb SSH port
     #[arg(long, help_heading = "execute")]
     rm_ssh_port: bool,
     /// Remove a real server (every port of that address)
@@ -99,24 +103,6 @@ struct Args {
 }
 
 impl Args {
-    /// Flags that belong to the failover work, which this slbctl refuses for now.
-    fn not_yet(&self) -> Vec<&'static str> {
-        let flags: [(&'static str, bool); 7] = [
-            ("--with-redundancy", self.with_redundancy),
-            ("--clear-config", self.clear_config),
-            ("--ssh-port", self.ssh_port.is_some()),
-            ("--credentials", self.credentials.is_some()),
-            ("--backup-slb", self.backup_slb.is_some()),
-            ("--rm-credentials", self.rm_credentials),
-            ("--rm-ssh-port", self.rm_ssh_port),
-        ];
-        flags
-            .iter()
-            .filter(|(_, set)| *set)
-            .map(|(n, _)| *n)
-            .collect()
-    }
-
     /// The configuration flags as edits, every value checked; the first bad one is the error.
     fn edits(&self) -> Result<Vec<Edit>, String> {
         let mut e = Vec::new();
@@ -159,6 +145,26 @@ impl Args {
         for v in &self.add_server {
             e.push(flags::add_server(v)?);
         }
+        if let Some(v) = &self.ssh_port {
+            e.push(Edit::SshPort {
+                port: Some(flags::port("--ssh-port", v)?),
+            });
+        }
+        if self.rm_ssh_port {
+            e.push(Edit::SshPort { port: None });
+        }
+        if self.rm_credentials {
+            e.push(Edit::RmCredentials);
+        }
+        if let Some(v) = &self.credentials {
+            e.push(flags::credentials(v)?);
+        }
+        if let Some(v) = &self.backup_slb {
+            e.push(flags::backup_slb(v)?);
+        }
+        if self.with_redundancy {
+            e.push(Edit::WithRedundancy);
+        }
         Ok(e)
     }
 }
@@ -175,16 +181,10 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> Result<()> {
-    let not_yet = args.not_yet();
-    if !not_yet.is_empty() {
-        bail!(
-            "{} not implemented yet: redundancy arrives with the failover work (amgr)",
-            not_yet.join(", ")
-        );
-    }
     // Everything the user typed is checked before anything reaches slbd.
     let edits = args.edits().map_err(|e| anyhow::anyhow!(e))?;
     let any = !edits.is_empty()
+        || args.clear_config
         || args.load
         || args.unload
         || args.reload
@@ -201,6 +201,9 @@ fn run(args: &Args) -> Result<()> {
         }
         Ok(())
     };
+    if args.clear_config {
+        say(Command::ClearConfig)?;
+    }
     if !edits.is_empty() {
         say(Command::Apply(edits))?;
     }

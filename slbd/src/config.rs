@@ -35,7 +35,45 @@ pub struct RawConfig {
     pub queue: RawQueue,
     #[serde(default)]
     pub flows: RawFlows,
+    /// The node's SSH port, for the peer's configuration sync (failover).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_port: Option<u32>,
+    /// Run as one of a redundant pair under amgr.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub with_redundancy: bool,
+    /// The local account the peer logs in as. No password here: SSH keys by default, a
+    /// password only in `credentials_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<RawCredentials>,
+    /// The backup balancer the configuration is synced to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_slb: Option<RawBackup>,
+    /// Where passwords live, mode 0600 (default /etc/slb/credentials.json).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_file: Option<String>,
 }
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCredentials {
+    pub user: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackup {
+    pub address: String,
+    pub user: String,
+    #[serde(default = "default_ssh_port")]
+    pub port: u32,
+}
+
+fn default_ssh_port() -> u32 {
+    22
+}
+
+/// Where passwords are kept unless `credentials_file` says otherwise.
+pub const DEFAULT_CREDENTIALS_FILE: &str = "/etc/slb/credentials.json";
 
 fn default_algorithm() -> String {
     "ROUND_ROBIN".to_string()
@@ -169,6 +207,34 @@ pub struct Config {
     pub services: Vec<Service>,
     pub queue: QueueConfig,
     pub flows: FlowLimits,
+    pub redundancy: Redundancy,
+}
+
+/// What the failover agent needs from this node's configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Redundancy {
+    pub enabled: bool,
+    pub ssh_port: u16,
+    pub local_user: Option<String>,
+    pub backup: Option<Backup>,
+    pub credentials_file: std::path::PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Backup {
+    pub address: Ipv4Addr,
+    pub user: String,
+    pub port: u16,
+}
+
+/// A Unix account name as useradd accepts it.
+pub fn valid_user(u: &str) -> bool {
+    let mut chars = u.chars();
+    u.len() <= 32
+        && chars
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -430,6 +496,7 @@ impl TryFrom<&RawConfig> for Config {
 
         let queue = queue(&mut c, &raw.queue);
         let flows = flows(&mut c, &raw.flows);
+        let redundancy = redundancy(&mut c, raw);
 
         if !c.errors.is_empty() {
             return Err(ConfigError::Invalid(c.errors));
@@ -445,7 +512,57 @@ impl TryFrom<&RawConfig> for Config {
             services,
             queue,
             flows,
+            redundancy,
         })
+    }
+}
+
+fn redundancy(c: &mut Checker, raw: &RawConfig) -> Redundancy {
+    let ssh_port = match raw.ssh_port {
+        Some(p) => port(c, "ssh_port", p).unwrap_or(22),
+        None => 22,
+    };
+    let local_user = raw.credentials.as_ref().map(|cr| {
+        if !valid_user(&cr.user) {
+            c.fail(
+                "credentials.user",
+                format!("{:?} is not a user name", cr.user),
+            );
+        }
+        cr.user.clone()
+    });
+    let backup = raw.backup_slb.as_ref().and_then(|b| {
+        let address = c.ipv4("backup_slb.address", &b.address);
+        if !valid_user(&b.user) {
+            c.fail(
+                "backup_slb.user",
+                format!("{:?} is not a user name", b.user),
+            );
+        }
+        let port = port(c, "backup_slb.port", b.port);
+        Some(Backup {
+            address: address?,
+            user: b.user.clone(),
+            port: port?,
+        })
+    });
+    let credentials_file = std::path::PathBuf::from(
+        raw.credentials_file
+            .as_deref()
+            .unwrap_or(DEFAULT_CREDENTIALS_FILE),
+    );
+    if !credentials_file.is_absolute() {
+        c.fail(
+            "credentials_file",
+            format!("{} is not an absolute path", credentials_file.display()),
+        );
+    }
+    Redundancy {
+        enabled: raw.with_redundancy,
+        ssh_port,
+        local_user,
+        backup,
+        credentials_file,
     }
 }
 
@@ -879,6 +996,53 @@ mod tests {
             (false, Duration::from_millis(200), 1, 3)
         );
         assert_eq!(c.services[1].health, CheckConfig::default());
+    }
+
+    #[test]
+    fn checks_redundancy_settings() {
+        let mut v: serde_json::Value = serde_json::from_str(GOOD).unwrap();
+        v["ssh_port"] = 2222.into();
+        v["with_redundancy"] = true.into();
+        v["credentials"] = serde_json::json!({"user": "slb"});
+        v["backup_slb"] = serde_json::json!({"address": "10.0.0.2", "user": "slb"});
+        let r = Config::from_json(&v.to_string()).unwrap().redundancy;
+        assert_eq!(
+            (r.enabled, r.ssh_port, r.local_user.as_deref()),
+            (true, 2222, Some("slb"))
+        );
+        assert_eq!(
+            r.backup,
+            Some(Backup {
+                address: Ipv4Addr::new(10, 0, 0, 2),
+                user: "slb".into(),
+                port: 22
+            })
+        );
+        assert_eq!(
+            r.credentials_file,
+            std::path::PathBuf::from(DEFAULT_CREDENTIALS_FILE)
+        );
+        v["ssh_port"] = 0.into();
+        v["credentials"] = serde_json::json!({"user": "Root!"});
+        v["backup_slb"] = serde_json::json!({"address": "10.0.0", "user": "slb", "port": 99999});
+        v["credentials_file"] = "creds.json".into();
+        assert_eq!(
+            errors_of(&v.to_string()),
+            vec![
+                "ssh_port: 0 is not a port (1 to 65535)",
+                "credentials.user: \"Root!\" is not a user name",
+                "backup_slb.address: \"10.0.0\" is not an IPv4 address",
+                "backup_slb.port: 99999 is not a port (1 to 65535)",
+                "credentials_file: creds.json is not an absolute path",
+            ]
+        );
+        // A password field in slb_conf.json is refused: passwords live in the credentials file.
+        let mut v: serde_json::Value = serde_json::from_str(GOOD).unwrap();
+        v["credentials"] = serde_json::json!({"user": "slb", "password": "x"});
+        assert!(Config::from_json(&v.to_string())
+            .unwrap_err()
+            .to_string()
+            .contains("unknown field `password`"));
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::addr::{self, ManagedAddr};
 use crate::config::{Config, RawConfig};
 use crate::ctl::{self, proto::Command, server::Handler};
 use crate::dataplane::{Dataplane, DropReason};
-use crate::edit;
+use crate::edit::{self, Secrets};
 use crate::nft::{self, QueueBackend};
 use crate::prober::Prober;
 use crate::queue::{self, QueueStats};
@@ -60,7 +60,11 @@ fn check_forwarding() -> anyhow::Result<()> {
 struct State {
     raw: RawConfig,
     config: Config,
+    secrets: Secrets,
     loaded: bool,
+    /// After `clear_config`: no services until some are added (`raw` then has none, `config`
+    /// is the last valid one and is not in force).
+    cleared: bool,
 }
 
 struct Daemon {
@@ -163,6 +167,9 @@ impl Daemon {
         if st.loaded {
             return Ok("already loaded");
         }
+        if st.cleared {
+            bail!("nothing to balance: the configuration was cleared; add servers first");
+        }
         self.bring_up(&st.config)?;
         st.loaded = true;
         tracing::info!(vip = %st.config.vip, "balancing");
@@ -180,19 +187,50 @@ impl Daemon {
         "unloaded"
     }
 
+    /// Writes slb_conf.json, and the passwords (if any) to the credentials file, both 0600.
     fn save(&self) -> anyhow::Result<String> {
         let st = self.state.lock();
         let text = serde_json::to_string_pretty(&st.raw)? + "\n";
         save_atomically(&self.config_path, text.as_bytes())?;
+        let creds = &st.config.redundancy.credentials_file;
+        if !st.secrets.is_empty() {
+            save_atomically(
+                creds,
+                (serde_json::to_string_pretty(&st.secrets)? + "\n").as_bytes(),
+            )?;
+        } else if creds.exists() {
+            std::fs::remove_file(creds)
+                .with_context(|| format!("cannot remove {}", creds.display()))?;
+        }
         tracing::info!(path = %self.config_path.display(), "configuration saved");
         Ok(format!("saved to {}", self.config_path.display()))
+    }
+
+    fn clear(&self) -> &'static str {
+        let mut st = self.state.lock();
+        if st.loaded {
+            self.take_down(&st.config);
+            st.loaded = false;
+        }
+        st.raw.services.clear();
+        st.cleared = true;
+        let mut empty = st.config.clone();
+        empty.services.clear();
+        self.dp.update(&empty);
+        tracing::info!("configuration cleared: no services, not balancing");
+        "cleared"
     }
 
     fn status(&self) -> serde_json::Value {
         let st = self.state.lock();
         let c = &st.config;
         let mut v = crate::report::status(&self.dp);
-        v["state"] = if st.loaded { "balancing" } else { "unloaded" }.into();
+        v["state"] = match (st.loaded, st.cleared) {
+            (true, _) => "balancing",
+            (false, true) => "cleared",
+            (false, false) => "unloaded",
+        }
+        .into();
         v["algorithm"] = c.algorithm.name().into();
         v["address_dev"] = c.vip_dev.clone().into();
         v["gateway"] = c.gateway.to_string().into();
@@ -218,6 +256,27 @@ impl Daemon {
         self.switch(&mut st, raw, config)?;
         Ok("reloaded")
     }
+}
+
+/// Reads the passwords file if there is one; refuses one that others can read.
+fn load_secrets(path: &Path) -> anyhow::Result<Secrets> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Secrets::default()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    if meta.permissions().mode() & 0o077 != 0 {
+        bail!(
+            "{} holds passwords and must be mode 0600 (chmod 600 it)",
+            path.display()
+        );
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    // The parse error is not shown: it could quote a password.
+    serde_json::from_str(&text)
+        .map_err(|_| anyhow::anyhow!("{} is not a valid credentials file", path.display()))
 }
 
 /// Writes `bytes` to `path` through a temporary file and a rename, mode 0600, so a reader
@@ -262,10 +321,14 @@ impl Handler for Daemon {
             }
             Command::Apply(edits) => {
                 let mut st = self.state.lock();
-                let (raw, config) = edit::apply(&st.raw, edits).map_err(|e| e.to_string())?;
+                let (raw, secrets, config) = edit::apply_with_secrets(&st.raw, &st.secrets, edits)
+                    .map_err(|e| e.to_string())?;
+                st.secrets = secrets;
+                st.cleared = false;
                 self.switch(&mut st, raw, config).map_err(err)?;
                 Ok("applied".into())
             }
+            Command::ClearConfig => Ok(self.clear().into()),
             Command::Load => self.load().map(Into::into).map_err(err),
             Command::Unload => Ok(self.unload().into()),
             Command::Reload => self.reload().map(Into::into).map_err(err),
@@ -314,8 +377,10 @@ pub fn run(
     let daemon = Arc::new(Daemon {
         state: Mutex::new(State {
             raw,
+            secrets: load_secrets(&config.redundancy.credentials_file)?,
             config: config.clone(),
             loaded: false,
+            cleared: false,
         }),
         dp: dp.clone(),
         stats: stats.clone(),

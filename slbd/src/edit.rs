@@ -4,10 +4,41 @@
 
 use serde::{Deserialize, Serialize};
 
+use std::fmt;
+
 use crate::config::{
-    parse_server_address, Config, ConfigError, RawConfig, RawServer, RawService, RawWeightedServer,
+    parse_server_address, Config, ConfigError, RawBackup, RawConfig, RawCredentials, RawServer,
+    RawService, RawWeightedServer,
 };
 use crate::net::Protocol;
+
+/// A password. Its `Debug` never shows it, so no log line can.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// The passwords slbd holds, kept out of slb_conf.json (they are saved to the 0600
+/// credentials file). SSH keys are the default and need none.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Secrets {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_password: Option<Secret>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_password: Option<Secret>,
+}
+
+impl Secrets {
+    pub fn is_empty(&self) -> bool {
+        self.local_password.is_none() && self.backup_password.is_none()
+    }
+}
 
 /// One change. Several given together are applied in order and validated together.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,6 +80,26 @@ pub enum Edit {
     ClusterNetwork {
         value: String,
     },
+    /// Sets (or with `None` removes) the node's SSH port.
+    SshPort {
+        port: Option<u16>,
+    },
+    /// The local account the peer uses; a password only if given (keys otherwise).
+    Credentials {
+        user: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        password: Option<Secret>,
+    },
+    RmCredentials,
+    /// The backup balancer to sync the configuration to.
+    BackupSlb {
+        address: String,
+        user: String,
+        port: u16,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        password: Option<Secret>,
+    },
+    WithRedundancy,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,15 +119,25 @@ fn server_address(s: &RawServer) -> &str {
 
 /// Applies `edits` to `raw`; returns the new raw and validated configuration, or why not.
 pub fn apply(raw: &RawConfig, edits: &[Edit]) -> Result<(RawConfig, Config), EditError> {
-    let mut new = raw.clone();
-    for e in edits {
-        apply_one(&mut new, e)?;
-    }
-    let config = Config::try_from(&new)?;
-    Ok((new, config))
+    apply_with_secrets(raw, &Secrets::default(), edits).map(|(r, _, c)| (r, c))
 }
 
-fn apply_one(raw: &mut RawConfig, e: &Edit) -> Result<(), EditError> {
+/// [`apply`], also updating the passwords the edits carry.
+pub fn apply_with_secrets(
+    raw: &RawConfig,
+    secrets: &Secrets,
+    edits: &[Edit],
+) -> Result<(RawConfig, Secrets, Config), EditError> {
+    let mut new = raw.clone();
+    let mut secrets = secrets.clone();
+    for e in edits {
+        apply_one(&mut new, &mut secrets, e)?;
+    }
+    let config = Config::try_from(&new)?;
+    Ok((new, secrets, config))
+}
+
+fn apply_one(raw: &mut RawConfig, secrets: &mut Secrets, e: &Edit) -> Result<(), EditError> {
     let refuse = |m: String| Err(EditError::Refused(m));
     match e {
         Edit::AddServer {
@@ -170,6 +231,32 @@ fn apply_one(raw: &mut RawConfig, e: &Edit) -> Result<(), EditError> {
         Edit::Gateway { value } => raw.gateway = value.clone(),
         Edit::GatewayDev { value } => raw.gateway_dev = value.clone(),
         Edit::ClusterNetwork { value } => raw.cluster_network = value.clone(),
+        Edit::SshPort { port } => raw.ssh_port = port.map(u32::from),
+        Edit::Credentials { user, password } => {
+            raw.credentials = Some(RawCredentials { user: user.clone() });
+            secrets.local_password = password.clone();
+        }
+        Edit::RmCredentials => {
+            if raw.credentials.is_none() && secrets.local_password.is_none() {
+                return refuse("--rm-credentials: no credentials are set".into());
+            }
+            raw.credentials = None;
+            secrets.local_password = None;
+        }
+        Edit::BackupSlb {
+            address,
+            user,
+            port,
+            password,
+        } => {
+            raw.backup_slb = Some(RawBackup {
+                address: address.clone(),
+                user: user.clone(),
+                port: u32::from(*port),
+            });
+            secrets.backup_password = password.clone();
+        }
+        Edit::WithRedundancy => raw.with_redundancy = true,
     }
     Ok(())
 }
@@ -339,6 +426,52 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.to_string(), "services: at least one service is needed");
+    }
+
+    #[test]
+    fn credentials_keep_passwords_out_of_the_config() {
+        let r = raw();
+        let edits = [
+            Edit::Credentials {
+                user: "slb".into(),
+                password: Some(Secret("hunter2".into())),
+            },
+            Edit::BackupSlb {
+                address: "10.0.0.2".into(),
+                user: "slb".into(),
+                port: 2222,
+                password: None,
+            },
+            Edit::SshPort { port: Some(2200) },
+            Edit::WithRedundancy,
+        ];
+        let (new, secrets, c) = apply_with_secrets(&r, &Secrets::default(), &edits).unwrap();
+        assert!(
+            !serde_json::to_string(&new).unwrap().contains("hunter2"),
+            "no password in slb_conf.json"
+        );
+        assert_eq!(secrets.local_password, Some(Secret("hunter2".into())));
+        assert_eq!(secrets.backup_password, None, "the backup uses keys");
+        assert!(
+            !format!("{secrets:?}").contains("hunter2"),
+            "Debug hides it"
+        );
+        assert_eq!(c.redundancy.ssh_port, 2200);
+        assert!(c.redundancy.enabled);
+        assert_eq!(c.redundancy.backup.as_ref().unwrap().port, 2222);
+        let (new, secrets, _) = apply_with_secrets(
+            &new,
+            &secrets,
+            &[Edit::RmCredentials, Edit::SshPort { port: None }],
+        )
+        .unwrap();
+        assert_eq!(
+            (new.credentials, new.ssh_port, secrets.local_password),
+            (None, None, None)
+        );
+        let err =
+            apply_with_secrets(&raw(), &Secrets::default(), &[Edit::RmCredentials]).unwrap_err();
+        assert_eq!(err.to_string(), "--rm-credentials: no credentials are set");
     }
 
     #[test]

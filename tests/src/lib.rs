@@ -525,6 +525,55 @@ fn sweep_stale_labs() {
         }
         remove_namespace(name);
     }
+    // Their scratch directories, likewise named after the dead pid.
+    if let Ok(dir) = std::fs::read_dir(std::env::temp_dir()) {
+        for d in dir.flatten() {
+            let name = d.file_name().to_string_lossy().into_owned();
+            let pid = name
+                .strip_prefix("slb")
+                .and_then(|r| r.split('x').next())
+                .and_then(|p| p.parse::<u32>().ok());
+            if pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+                let _ = std::fs::remove_dir_all(d.path());
+            }
+        }
+    }
+}
+
+/// For the command-line tools (demo, benchmarks): on SIGINT or SIGTERM, remove this
+/// process's lab namespaces and exit, since a signal skips the `Lab` guard's drop. Call it
+/// first thing in `main`, before any thread starts, so the signals reach only its thread.
+pub fn clean_up_on_signal() {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    if set.thread_block().is_err() {
+        return;
+    }
+    std::thread::spawn(move || {
+        let sig = set.wait();
+        let prefix = format!("slb{}x", std::process::id());
+        if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
+            for name in String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| l.split_whitespace().next())
+            {
+                if name.starts_with(&prefix) {
+                    remove_namespace(name);
+                }
+            }
+        }
+        if let Ok(dir) = std::fs::read_dir(std::env::temp_dir()) {
+            for d in dir.flatten() {
+                if d.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = std::fs::remove_dir_all(d.path());
+                }
+            }
+        }
+        eprintln!("stopped by {sig:?}; lab removed");
+        std::process::exit(130);
+    });
 }
 
 /// Kills what runs in a namespace (which would keep it alive) and deletes it.

@@ -205,10 +205,102 @@ fn every_change_flag_takes_effect_and_save_then_reload_round_trips() {
     ok(&lab, &slbd, &["--load"]);
     assert!(lab.nft_tables().contains("table ip slb"));
     assert_eq!(servers_answering(&lab, vip(80), 2), vec!["s3"]);
+}
 
-    let (code, _, err) = lab.slbctl(&slbd, &["--backup-slb", "10.0.0.2,root,22"]);
+#[test]
+fn redundancy_settings_are_kept_passwords_never_shown_and_clear_config_empties() {
+    if !can_run("redundancy_settings_are_kept_passwords_never_shown_and_clear_config_empties") {
+        return;
+    }
+    let lab = Lab::new(2).unwrap();
+    let mut config = lab.config(2);
+    let creds = lab.dir().join("credentials.json");
+    config["credentials_file"] = creds.to_string_lossy().into_owned().into();
+    let mut slbd = lab.start_slbd(&config);
+
+    ok(
+        &lab,
+        &slbd,
+        &[
+            "--ssh-port",
+            "2222",
+            "--credentials",
+            "slb,hunter2",
+            "--backup-slb",
+            "10.0.0.2,slb,s3cret,22",
+            "--with-redundancy",
+        ],
+    );
+    let shown = ok(&lab, &slbd, &["--show-config"]);
+    let cfg: Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(cfg["ssh_port"], 2222);
+    assert_eq!(cfg["credentials"], serde_json::json!({"user": "slb"}));
+    assert_eq!(
+        cfg["backup_slb"],
+        serde_json::json!({"address": "10.0.0.2", "user": "slb", "port": 22})
+    );
+    assert_eq!(cfg["with_redundancy"], true);
+    let status = ok(&lab, &slbd, &["--status", "--json"]);
+    for secret in ["hunter2", "s3cret"] {
+        assert!(!shown.contains(secret), "--show-config shows a password");
+        assert!(!status.contains(secret), "--status shows a password");
+    }
+
+    ok(&lab, &slbd, &["--save-config"]);
+    let saved = std::fs::read_to_string(slbd.log.parent().unwrap().join("slb_conf.json")).unwrap();
+    assert!(
+        !saved.contains("hunter2") && !saved.contains("s3cret"),
+        "slb_conf.json holds no password"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&creds).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let kept: Value = serde_json::from_str(&std::fs::read_to_string(&creds).unwrap()).unwrap();
+    assert_eq!(
+        kept,
+        serde_json::json!({"local_password": "hunter2", "backup_password": "s3cret"})
+    );
+
+    ok(
+        &lab,
+        &slbd,
+        &[
+            "--rm-credentials",
+            "--rm-ssh-port",
+            "--backup-slb",
+            "10.0.0.2,slb,22",
+            "--save-config",
+        ],
+    );
+    let cfg = show(&lab, &slbd);
+    assert_eq!((cfg.get("credentials"), cfg.get("ssh_port")), (None, None));
+    assert!(
+        !creds.exists(),
+        "with no password left the credentials file goes"
+    );
+
+    ok(&lab, &slbd, &["--clear-config"]);
+    assert!(ok(&lab, &slbd, &["--status"]).starts_with("slbd: cleared"));
+    assert_eq!(show(&lab, &slbd)["services"], serde_json::json!([]));
+    assert_eq!(lab.nft_tables(), "", "a cleared slbd balances nothing");
+    let (code, _, err) = lab.slbctl(&slbd, &["--load"]);
     assert_ne!(code, 0);
-    assert!(err.contains("not implemented yet"), "{err}");
+    assert!(err.contains("nothing to balance"), "{err}");
+    ok(&lab, &slbd, &["--add-server", "172.16.0.3:8000", "--load"]);
+    assert_eq!(
+        servers_answering(&lab, SocketAddrV4::new(VIP, 8000), 2),
+        vec!["s2"]
+    );
+
+    slbd.signal(nix::sys::signal::Signal::SIGTERM);
+    slbd.wait(T);
+    let log = slbd.log_text();
+    assert!(
+        !log.contains("hunter2") && !log.contains("s3cret"),
+        "no password in the log"
+    );
 }
 
 /// A connection that asks the server its name, then is used again later.

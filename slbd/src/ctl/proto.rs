@@ -32,6 +32,8 @@ pub enum Command {
     Reload,
     /// Write the running configuration to slb_conf.json (atomically, mode 0600).
     SaveConfig,
+    /// Stop balancing and forget every service (addresses and settings stay).
+    ClearConfig,
 }
 
 impl Command {
@@ -44,6 +46,7 @@ impl Command {
             Command::Unload => "unload",
             Command::Reload => "reload",
             Command::SaveConfig => "save_config",
+            Command::ClearConfig => "clear_config",
         }
     }
 }
@@ -85,6 +88,7 @@ pub fn parse_request(line: &[u8]) -> Result<Command, ProtoError> {
         Some("unload") => Command::Unload,
         Some("reload") => Command::Reload,
         Some("save_config") => Command::SaveConfig,
+        Some("clear_config") => Command::ClearConfig,
         Some("apply") => {
             let edits = obj.get("edits").cloned().unwrap_or(Value::Null);
             let edits: Vec<Edit> =
@@ -163,6 +167,7 @@ mod tests {
             Command::Unload,
             Command::Reload,
             Command::SaveConfig,
+            Command::ClearConfig,
         ] {
             let line = request(&cmd);
             assert!(line.ends_with('\n'));

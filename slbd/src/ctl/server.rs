@@ -109,7 +109,14 @@ fn serve(conn: UnixStream, handler: &dyn Handler) {
                 Err(e) => proto::error(&e),
             },
             Err(e) => {
-                tracing::warn!(error = %e, "control request refused");
+                // Edits can carry passwords, and a parse error may quote the input: the log
+                // gets only the kind of problem, the (root-only) client the full reason.
+                match &e {
+                    proto::ProtoError::BadEdits(_) => {
+                        tracing::warn!("control request refused: bad edits")
+                    }
+                    other => tracing::warn!(error = %other, "control request refused"),
+                }
                 proto::error(&e.to_string())
             }
         };

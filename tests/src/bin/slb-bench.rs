@@ -140,6 +140,7 @@ fn options() -> Result<Options> {
 }
 
 fn main() -> Result<()> {
+    clean_up_on_signal();
     if !nix::unistd::geteuid().is_root() {
         bail!("slb-bench builds network namespaces and needs root");
     }

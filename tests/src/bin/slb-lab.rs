@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 use slb_tests::*;
 
 fn main() -> Result<()> {
+    clean_up_on_signal();
     let cmd = std::env::args().nth(1).unwrap_or_default();
     if !nix::unistd::geteuid().is_root() {
         bail!("slb-lab builds network namespaces and needs root");
