@@ -36,6 +36,62 @@ fn servers_answering(lab: &Lab, to: SocketAddrV4, n: usize) -> Vec<String> {
 }
 
 #[test]
+fn version_and_help_need_no_slbd() {
+    let out = std::process::Command::new(workspace_bin("slbctl"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("slbctl {}", env!("CARGO_PKG_VERSION"))
+    );
+    let out = std::process::Command::new(workspace_bin("slbctl"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--load",
+        "--unload",
+        "--reload",
+        "--with-redundancy",
+        "--show-config",
+        "--status",
+        "--clear-config",
+        "--address",
+        "--address-dev",
+        "--gateway",
+        "--gateway-dev",
+        "--cluster-network",
+        "--ssh-port",
+        "--credentials",
+        "--backup-slb",
+        "--algorithm",
+        "--add-server",
+        "--save-config",
+        "--rm-credentials",
+        "--rm-ssh-port",
+        "--rm-server",
+        "--rm-server-port",
+        "--version",
+    ] {
+        assert!(
+            help.contains(&format!("{flag} ")) || help.contains(&format!("{flag}\n")),
+            "--help lists {flag}"
+        );
+    }
+    let out = std::process::Command::new(workspace_bin("slbctl"))
+        .args(["--load", "--unload"])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "--load, --unload and --reload exclude each other, as in slbcli"
+    );
+}
+
+#[test]
 fn bad_input_is_refused_and_changes_nothing() {
     if !can_run("bad_input_is_refused_and_changes_nothing") {
         return;
