@@ -694,6 +694,42 @@ pub fn udp_ask(
     Ok((buf, peer))
 }
 
+/// VIP:`port`.
+pub fn vip(port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(VIP, port)
+}
+
+/// `n` new TCP connections from the client to VIP:80, counted by the server that answered.
+pub fn spread(lab: &Lab, n: usize) -> std::collections::BTreeMap<String, usize> {
+    in_ns(&lab.client(), || {
+        let mut counts = std::collections::BTreeMap::new();
+        for i in 0..n {
+            let body = http_get(CLIENT, vip(80), "/", Duration::from_secs(5))
+                .unwrap_or_else(|e| panic!("request {i} to the VIP failed: {e}"));
+            *counts.entry(server_name(&body)).or_insert(0) += 1;
+        }
+        counts
+    })
+}
+
+/// Opens a long-lived connection through VIP:80 (lab-server's `/hold`); returns it and the
+/// server that holds it. Call it inside the client namespace.
+pub fn hold_connection() -> (TcpStream, String) {
+    let mut s = connect(CLIENT, vip(80), Duration::from_secs(5)).expect("connect");
+    write!(s, "GET /hold HTTP/1.0\r\n\r\n").expect("send /hold");
+    let mut reader = BufReader::new(s.try_clone().expect("clone"));
+    let mut name = String::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("hold response");
+        if line == "\r\n" {
+            reader.read_line(&mut name).expect("server name");
+            break;
+        }
+    }
+    (s, name.trim().to_string())
+}
+
 /// Which server answered an HTTP request, from the body `sN\n`.
 pub fn server_name(body: &[u8]) -> String {
     String::from_utf8_lossy(body).trim().to_string()

@@ -11,10 +11,6 @@ use slb_tests::*;
 
 const T: Duration = Duration::from_secs(5);
 
-fn vip(port: u16) -> SocketAddrV4 {
-    SocketAddrV4::new(VIP, port)
-}
-
 /// Waits until slbd's log has a line containing every one of `parts`; returns how long it took.
 fn wait_for_log(slbd: &Slbd, parts: &[&str], limit: Duration) -> Duration {
     let started = Instant::now();
@@ -33,18 +29,6 @@ fn wait_for_log(slbd: &Slbd, parts: &[&str], limit: Duration) -> Duration {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn spread(lab: &Lab, n: usize) -> BTreeMap<String, usize> {
-    in_ns(&lab.client(), || {
-        let mut counts = BTreeMap::new();
-        for i in 0..n {
-            let body = http_get(CLIENT, vip(80), "/", T)
-                .unwrap_or_else(|e| panic!("request {i} to the VIP failed: {e}"));
-            *counts.entry(server_name(&body)).or_insert(0) += 1;
-        }
-        counts
-    })
 }
 
 #[test]
@@ -185,23 +169,6 @@ fn with_every_server_down_new_flows_are_refused_cleanly() {
     );
 }
 
-/// Opens a long-lived connection through the VIP; returns it and the server that holds it.
-fn hold() -> (TcpStream, String) {
-    let mut s = connect(CLIENT, vip(80), T).expect("connect");
-    write!(s, "GET /hold HTTP/1.0\r\n\r\n").unwrap();
-    let mut reader = BufReader::new(s.try_clone().unwrap());
-    let mut name = String::new();
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).expect("hold response");
-        if line == "\r\n" {
-            reader.read_line(&mut name).unwrap();
-            break;
-        }
-    }
-    (s, name.trim().to_string())
-}
-
 #[test]
 fn least_connections_sends_new_flows_away_from_a_busy_server() {
     if !can_run("least_connections_sends_new_flows_away_from_a_busy_server") {
@@ -214,7 +181,7 @@ fn least_connections_sends_new_flows_away_from_a_busy_server() {
     let _slbd = lab.start_slbd(&config);
     let counts = in_ns(&lab.client(), || {
         // 12 long-lived connections spread 4/4/4; keep s1's, close the others.
-        let held: Vec<(TcpStream, String)> = (0..12).map(|_| hold()).collect();
+        let held: Vec<(TcpStream, String)> = (0..12).map(|_| hold_connection()).collect();
         let mut per: BTreeMap<String, usize> = BTreeMap::new();
         for (_, n) in &held {
             *per.entry(n.clone()).or_insert(0) += 1;
@@ -228,7 +195,7 @@ fn least_connections_sends_new_flows_away_from_a_busy_server() {
         // Closed flows leave the table after the closing timeout (1 s) and the expiry sweep.
         std::thread::sleep(Duration::from_millis(2500));
         let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-        let extra: Vec<_> = (0..12).map(|_| hold()).collect();
+        let extra: Vec<_> = (0..12).map(|_| hold_connection()).collect();
         for (_, n) in &extra {
             *counts.entry(n.clone()).or_insert(0) += 1;
         }

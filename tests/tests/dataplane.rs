@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, SocketAddrV4, TcpListener, UdpSocket};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -12,23 +12,6 @@ use sha2::{Digest, Sha256};
 use slb_tests::*;
 
 const T: Duration = Duration::from_secs(5);
-
-fn vip(port: u16) -> SocketAddrV4 {
-    SocketAddrV4::new(VIP, port)
-}
-
-/// Makes `n` new TCP connections to VIP:80 and counts which server answered each.
-fn spread(lab: &Lab, n: usize) -> BTreeMap<String, usize> {
-    in_ns(&lab.client(), || {
-        let mut counts = BTreeMap::new();
-        for i in 0..n {
-            let body = http_get(CLIENT, vip(80), "/", T)
-                .unwrap_or_else(|e| panic!("request {i} to the VIP failed: {e}"));
-            *counts.entry(server_name(&body)).or_insert(0) += 1;
-        }
-        counts
-    })
-}
 
 fn counts(pairs: &[(&str, usize)]) -> BTreeMap<String, usize> {
     pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()

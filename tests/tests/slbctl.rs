@@ -1,18 +1,14 @@
 //! slbctl against a running slbd in the lab: every flag, bad input refused without harm, live
 //! changes that keep established connections.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddrV4, TcpStream};
+use std::io::Read;
+use std::net::SocketAddrV4;
 use std::time::Duration;
 
 use serde_json::Value;
 use slb_tests::*;
 
 const T: Duration = Duration::from_secs(5);
-
-fn vip(port: u16) -> SocketAddrV4 {
-    SocketAddrV4::new(VIP, port)
-}
 
 fn ok(lab: &Lab, slbd: &Slbd, args: &[&str]) -> String {
     let (code, out, err) = lab.slbctl(slbd, args);
@@ -359,31 +355,6 @@ fn redundancy_settings_are_kept_passwords_never_shown_and_clear_config_empties()
     );
 }
 
-/// A connection that asks the server its name, then is used again later.
-struct Held {
-    s: TcpStream,
-    server: String,
-}
-
-fn open_held() -> Held {
-    let mut s = connect(CLIENT, vip(80), T).expect("connect");
-    write!(s, "GET /hold HTTP/1.0\r\n\r\n").unwrap();
-    let mut r = BufReader::new(s.try_clone().unwrap());
-    let mut server = String::new();
-    loop {
-        let mut line = String::new();
-        r.read_line(&mut line).unwrap();
-        if line == "\r\n" {
-            r.read_line(&mut server).unwrap();
-            break;
-        }
-    }
-    Held {
-        s,
-        server: server.trim().to_string(),
-    }
-}
-
 #[test]
 fn adding_and_removing_servers_loses_no_open_connection() {
     if !can_run("adding_and_removing_servers_loses_no_open_connection") {
@@ -392,25 +363,25 @@ fn adding_and_removing_servers_loses_no_open_connection() {
     let lab = Lab::new(3).unwrap();
     let slbd = lab.start_slbd(&lab.config(2));
     let held = in_ns(&lab.client(), || {
-        (0..20).map(|_| open_held()).collect::<Vec<_>>()
+        (0..20).map(|_| hold_connection()).collect::<Vec<_>>()
     });
     ok(&lab, &slbd, &["--add-server", "172.16.0.4:8000"]);
     ok(&lab, &slbd, &["--rm-server-port", "172.16.0.2:8000"]);
     ok(&lab, &slbd, &["--algorithm", "LEAST_CONNECTIONS"]);
-    let on_removed = held.iter().filter(|h| h.server == "s1").count();
+    let on_removed = held.iter().filter(|(_, server)| server == "s1").count();
     assert!(
         on_removed > 0,
         "some held connections were on the removed server"
     );
     in_ns(&lab.client(), || {
-        for (i, mut h) in held.into_iter().enumerate() {
+        for (i, (mut s, server)) in held.into_iter().enumerate() {
             // The /hold server echoes nothing; closing our side must bring its FIN back,
             // which only works if the connection still reaches its own server both ways.
-            h.s.shutdown(std::net::Shutdown::Write).unwrap();
+            s.shutdown(std::net::Shutdown::Write).unwrap();
             let mut rest = Vec::new();
-            h.s.set_read_timeout(Some(T)).unwrap();
-            h.s.read_to_end(&mut rest)
-                .unwrap_or_else(|e| panic!("connection {i} on {} was lost: {e}", h.server));
+            s.set_read_timeout(Some(T)).unwrap();
+            s.read_to_end(&mut rest)
+                .unwrap_or_else(|e| panic!("connection {i} on {} was lost: {e}", server));
         }
     });
     // New flows: never the removed server (LEAST_CONNECTIONS now prefers s3, whose count is
