@@ -1,10 +1,11 @@
-//! amgr: the active/standby failover agent. Not built yet (the failover issue); today it only
-//! prints its help.
+//! amgr: the active/standby failover agent. Its state machine exists (`amgr::fsm`); the daemon
+//! around it does not yet, so today the binary only prints its help.
 
 use clap::Parser;
 
-/// slb's failover agent (Application Manager). Not implemented yet: arrives with the failover
-/// work; today this binary only prints this help.
+/// slb's failover agent (Application Manager). Not implemented yet: the state machine is built
+/// (amgr::fsm), the daemon arrives with the rest of the failover work; today this binary only
+/// prints this help.
 #[derive(Parser)]
 #[command(version, about, long_about = None)]
 struct Args {}

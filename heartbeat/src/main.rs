@@ -1,5 +1,6 @@
-//! heartbeat: the UDP heartbeat between two balancers, for diagnosis. Not built yet (the
-//! failover issue); today it only prints its help.
+//! heartbeat: a diagnostic tool for the pair's UDP heartbeat. The message and liveness rules
+//! exist (the `heartbeat` library); the sending and listening tool does not yet, so today the
+//! binary only prints its help.
 
 use clap::Parser;
 
