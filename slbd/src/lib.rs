@@ -1,6 +1,7 @@
 //! slbd: a layer-4 NAT load balancer that takes its packets from NFQUEUE.
 //!
-//! The pure core (config, packet, checksum, flow, persist, sched, health, ruleset, dataplane)
+//! The pure core (config, packet, checksum, garp, flow, persist, sched, health, ruleset, dataplane,
+//! edit)
 //! does no I/O and is what the unit tests exercise. The shells (nft, addr, queue, prober,
 //! daemon) wrap it with netlink, NFQUEUE sockets, probes, signals and threads.
 
@@ -12,6 +13,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod edit;
 pub mod flow;
+pub mod garp;
 pub mod health;
 pub mod net;
 pub mod nft;

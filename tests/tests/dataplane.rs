@@ -486,3 +486,56 @@ fn a_second_slbd_refuses_to_start_and_the_first_keeps_balancing() {
         }
     });
 }
+
+#[test]
+fn the_vip_is_announced_with_gratuitous_arp() {
+    if !can_run("the_vip_is_announced_with_gratuitous_arp") {
+        return;
+    }
+    let lab = Lab::new(1).unwrap();
+    // The client believes the VIP is at another MAC, as it would after a failover.
+    let stale = "02:00:00:00:00:99";
+    let out = lab
+        .exec(
+            &lab.client(),
+            &[
+                "ip",
+                "neigh",
+                "replace",
+                "10.0.0.100",
+                "lladdr",
+                stale,
+                "dev",
+                "eth0",
+                "nud",
+                "stale",
+            ],
+        )
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mac_out = lab
+        .exec(&lab.balancer(), &["cat", "/sys/class/net/eth0/address"])
+        .unwrap();
+    let balancer_mac = String::from_utf8_lossy(&mac_out.stdout).trim().to_string();
+    let _slbd = lab.start_slbd(&lab.config(1));
+    let neigh = || {
+        let out = lab
+            .exec(&lab.client(), &["ip", "neigh", "show", "10.0.0.100"])
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while !neigh().contains(&balancer_mac) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Without sending a single packet to the VIP, the client learned the balancer's MAC.
+    let now = neigh();
+    assert!(
+        now.contains(&balancer_mac) && !now.contains(stale),
+        "client's entry: {now} (balancer {balancer_mac})"
+    );
+}
