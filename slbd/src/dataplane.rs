@@ -345,18 +345,25 @@ impl Dataplane {
             dst: h.dst,
         };
         let mut flows = self.shards[shard_of(h.src)].lock();
-        let (server, id) = match flows.lookup_request(&key, h.flags, now_ms) {
+        let found = flows.lookup_request(&key, h.flags, now_ms);
+        let (server, id) = match found {
             Lookup::Found(placed) => (placed.server, placed.tag),
             Lookup::Missing | Lookup::Reused(_) => {
+                if let Lookup::Reused(ended) = found {
+                    self.flow_ended(&view, &ended, now_ms);
+                }
                 let syn = h.flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
                 if h.protocol == Protocol::Tcp && !syn {
                     return Err(DropReason::MidStream);
                 }
                 let i = self.choose(svc, h.src, now_ms)?;
                 let (server, id) = (svc.service.servers[i].addr, svc.ids[i]);
-                flows
+                let displaced = flows
                     .insert(&key, server, id, now_ms)
                     .map_err(|_| DropReason::TableFull)?;
+                if let Some(ended) = displaced {
+                    self.flow_ended(&view, &ended, now_ms);
+                }
                 self.with_stats(id, |st| {
                     st.new_flows.fetch_add(1, Relaxed);
                     st.live_flows.fetch_add(1, Relaxed);
@@ -456,28 +463,37 @@ impl Dataplane {
             };
             n += ended.len();
             for e in ended {
-                self.with_stats(e.tag, |st| {
-                    st.live_flows.fetch_sub(1, Relaxed);
-                });
-                let timeout = view
-                    .services
-                    .iter()
-                    .find(|s| s.service.protocol == e.protocol && s.service.port == e.vip.port())
-                    .map_or(0, |s| s.service.persistence_timeout.as_millis() as u64);
-                if timeout > 0 {
-                    let key = PersistKey {
-                        client: *e.client.ip(),
-                        protocol: e.protocol,
-                        port: e.vip.port(),
-                    };
-                    self.persistence
-                        .lock()
-                        .touch(&key, e.server, now_ms + timeout);
-                }
+                self.flow_ended(&view, &e, now_ms);
             }
         }
         self.persistence.lock().expire(now_ms);
         n
+    }
+
+    /// Bookkeeping for a flow that left the table: its server's live count, and persistence
+    /// kept for the client from the flow's end.
+    fn flow_ended(&self, view: &View, e: &crate::flow::Ended, now_ms: u64) {
+        self.with_stats(e.tag, |st| {
+            // Saturating: a health-down purge may already have taken this flow off the count.
+            let _ = st
+                .live_flows
+                .fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_sub(1)));
+        });
+        let timeout = view
+            .services
+            .iter()
+            .find(|s| s.service.protocol == e.protocol && s.service.port == e.vip.port())
+            .map_or(0, |s| s.service.persistence_timeout.as_millis() as u64);
+        if timeout > 0 {
+            let key = PersistKey {
+                client: *e.client.ip(),
+                protocol: e.protocol,
+                port: e.vip.port(),
+            };
+            self.persistence
+                .lock()
+                .touch(&key, e.server, now_ms + timeout);
+        }
     }
 
     /// The stable id of server `server` of service `service` in the view in force.
@@ -1048,6 +1064,43 @@ mod update_tests {
             send(&dp, 2000, SYN).1,
             sa("172.16.0.3:80"),
             "the less loaded server"
+        );
+    }
+}
+
+#[cfg(test)]
+mod accounting_tests {
+    use super::*;
+    use crate::packet::fixtures::tcp;
+    use crate::packet::tcp_flags::{ACK, FIN, SYN};
+
+    #[test]
+    fn a_reused_port_does_not_leak_live_flows() {
+        let c = Config::from_json(
+            r#"{"address": "10.0.0.100", "address_dev": "eth0", "gateway": "172.16.0.1",
+                "gateway_dev": "eth1", "cluster_network": "172.16.0.0/24",
+                "services": [{"protocol": "tcp", "port": 80, "servers": ["172.16.0.2:80"]}]}"#,
+        )
+        .unwrap();
+        let dp = Dataplane::new(&c, 1);
+        let send = |flags| {
+            let mut p = tcp(
+                "10.0.0.5:4000".parse().unwrap(),
+                "10.0.0.100:80".parse().unwrap(),
+                flags,
+                b"",
+                &[],
+            );
+            dp.handle(Direction::Request, &mut p, true, ChecksumState::Complete, 0)
+        };
+        for _ in 0..5 {
+            assert_eq!(send(SYN), Verdict::Accept);
+            assert_eq!(send(FIN | ACK), Verdict::Accept);
+        }
+        let live = dp.services()[0].1[0].live_flows.load(Relaxed);
+        assert_eq!(
+            live, 1,
+            "five connections on one client port, one flow live at a time"
         );
     }
 }

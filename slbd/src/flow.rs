@@ -253,14 +253,14 @@ impl FlowTable {
 
     /// Adds a flow for a request packet that found none. A reply key already held by another
     /// flow (two VIP ports that share a real server, used from one client port) is replaced so
-    /// that replies follow the newest flow.
+    /// that replies follow the newest flow; the displaced flow is returned, as ended.
     pub fn insert(
         &mut self,
         key: &FlowKey,
         server: SocketAddrV4,
         tag: u32,
         now_ms: u64,
-    ) -> Result<(), Full> {
+    ) -> Result<Option<Ended>, Full> {
         if self.len >= self.max {
             return Err(Full);
         }
@@ -279,9 +279,13 @@ impl FlowTable {
             last_seen: ticks(now_ms),
             tag,
         };
-        if let Some(old) = self.find(&self.by_reply, &slot.reply_key(), true) {
-            self.remove(old);
-        }
+        let displaced = self
+            .find(&self.by_reply, &slot.reply_key(), true)
+            .map(|old| {
+                let ended = self.slots[old as usize].ended();
+                self.remove(old);
+                ended
+            });
         let i = if self.free_head != NO_SLOT {
             let i = self.free_head;
             self.free_head = self.slots[i as usize].tag;
@@ -299,7 +303,7 @@ impl FlowTable {
         self.by_reply
             .insert_unique(rp, i, |&j| hasher.hash_one(slots[j as usize].reply_key()));
         self.len += 1;
-        Ok(())
+        Ok(displaced)
     }
 
     fn remove(&mut self, i: u32) {
@@ -348,7 +352,10 @@ impl FlowTable {
                 continue;
             }
             let limit = (self.timeout(&s).as_millis() as u64 / TICK_MS) as u32;
-            if now.wrapping_sub(s.last_seen) >= limit {
+            // A worker that read the clock after the sweep did can have stamped the flow a
+            // tick in our future: that is a fresh flow, not one idle for 13 years.
+            let idle = now.wrapping_sub(s.last_seen);
+            if (idle as i32) >= 0 && idle >= limit {
                 ended.push(s.ended());
                 self.remove(i as u32);
             }
@@ -576,6 +583,16 @@ mod tests {
     }
 
     #[test]
+    fn a_flow_stamped_just_after_the_sweep_read_the_clock_is_not_expired() {
+        let mut t = FlowTable::new(T, 10);
+        let k = req(Protocol::Udp, "10.0.0.5:5353");
+        t.insert(&k, sa("172.16.0.2:53"), 0, 2_000).unwrap();
+        // The sweep read 1999 ms; a worker stamped the flow at 2000 ms (one tick later).
+        assert!(t.expire(1_999, 10).is_empty());
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
     fn a_reply_key_collision_follows_the_newest_flow() {
         let mut t = FlowTable::new(T, 10);
         let a = FlowKey {
@@ -588,8 +605,13 @@ mod tests {
             src: sa("10.0.0.5:4000"),
             dst: sa("10.0.0.100:81"),
         };
-        t.insert(&a, sa("172.16.0.2:80"), 0, 0).unwrap();
-        t.insert(&b, sa("172.16.0.2:80"), 0, 0).unwrap();
+        assert_eq!(t.insert(&a, sa("172.16.0.2:80"), 3, 0).unwrap(), None);
+        let displaced = t.insert(&b, sa("172.16.0.2:80"), 4, 0).unwrap();
+        assert_eq!(
+            displaced.map(|e| (e.tag, e.vip)),
+            Some((3, sa("10.0.0.100:80"))),
+            "the displaced flow is reported"
+        );
         let r = reply(Protocol::Tcp, "172.16.0.2:80", "10.0.0.5:4000");
         assert_eq!(
             t.lookup_reply(&r, ACK, 0).map(|(vip, _)| vip),
