@@ -69,6 +69,9 @@ struct State {
 
 struct Daemon {
     state: Mutex<State>,
+    /// Set once slbd is shutting down: control requests are refused from then on, so none can
+    /// bring the rules or the VIP back between the final unload and exit.
+    stopping: std::sync::atomic::AtomicBool,
     dp: Arc<Dataplane>,
     stats: Arc<QueueStats>,
     backend: QueueBackend,
@@ -91,19 +94,31 @@ impl Daemon {
 
     /// Rules first, then addresses, so the VIP is never local without its rules.
     fn bring_up(&self, config: &Config) -> anyhow::Result<()> {
-        self.install_rules(config)?;
+        if let Err(e) = self.install_rules(config) {
+            // A table that failed verification must not stay behind without slbd.
+            let _ = nft::remove();
+            return Err(e);
+        }
         let addrs = managed_addrs(config);
         if let Err(e) = addr::add(&addrs) {
+            // Some may have come up before the failure: none may stay without the rules.
+            let _ = addr::remove(&addrs);
             let _ = nft::remove();
             return Err(e).context("bringing up the VIP and gateway addresses");
         }
         for a in &addrs {
             tracing::info!(address = %a, "address up");
         }
-        self.prober
-            .check(config, self.dp.clone())
-            .context("cannot start the health checker")?;
+        self.start_checks(config);
         Ok(())
+    }
+
+    /// Health checks are best effort: failing to start them is logged, not fatal (servers then
+    /// simply stay in rotation).
+    fn start_checks(&self, config: &Config) {
+        if let Err(e) = self.prober.check(config, self.dp.clone()) {
+            tracing::error!(error = %e, "cannot start the health checks; servers stay in rotation");
+        }
     }
 
     /// Addresses first, then the rules.
@@ -134,19 +149,33 @@ impl Daemon {
             }
             let (old, new) = (managed_addrs(&st.config), managed_addrs(&config));
             if old != new {
+                // New addresses first, so a failure can be rolled back with the old ones and
+                // their rules still in place; the VIP is never up without its rules.
+                let added: Vec<ManagedAddr> =
+                    new.iter().filter(|a| !old.contains(a)).cloned().collect();
+                if let Err(e) = addr::add(&added) {
+                    let _ = addr::remove(&added);
+                    self.dp.update(&st.config);
+                    if let Err(back) = self.install_rules(&st.config) {
+                        tracing::error!(error = %format!("{back:#}"), "restoring the previous rules failed");
+                    }
+                    return Err(e).context(
+                        "bringing up the new addresses; the previous configuration stays",
+                    );
+                }
                 let gone: Vec<ManagedAddr> = old.into_iter().filter(|a| !new.contains(a)).collect();
-                addr::remove(&gone).context("removing the old addresses")?;
-                addr::add(&new).context("bringing up the new addresses")?;
-                for a in &new {
+                if let Err(e) = addr::remove(&gone) {
+                    tracing::error!(error = %format!("{e:#}"), "removing the previous addresses failed");
+                }
+                for a in &added {
                     tracing::info!(address = %a, "address up");
                 }
             }
-            self.prober
-                .check(&config, self.dp.clone())
-                .context("restarting the health checks")?;
+            self.start_checks(&config);
         } else {
             self.dp.update(&config);
         }
+        st.cleared = false;
         tracing::info!(
             services = config.services.len(),
             servers = config
@@ -312,6 +341,9 @@ fn save_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 impl Handler for Daemon {
     fn handle(&self, cmd: &Command) -> Result<serde_json::Value, String> {
         let err = |e: anyhow::Error| format!("{e:#}");
+        if self.stopping.load(Relaxed) {
+            return Err("slbd is stopping".into());
+        }
         match cmd {
             Command::Status => Ok(self.status()),
             // slb_conf.json holds no secrets yet; credentials arrive with the failover work and
@@ -323,9 +355,8 @@ impl Handler for Daemon {
                 let mut st = self.state.lock();
                 let (raw, secrets, config) = edit::apply_with_secrets(&st.raw, &st.secrets, edits)
                     .map_err(|e| e.to_string())?;
-                st.secrets = secrets;
-                st.cleared = false;
                 self.switch(&mut st, raw, config).map_err(err)?;
+                st.secrets = secrets;
                 Ok("applied".into())
             }
             Command::ClearConfig => Ok(self.clear().into()),
@@ -354,10 +385,15 @@ pub fn run(
     }
     signals.thread_block().context("cannot block signals")?;
 
-    let count = match config.queue.count {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()) as u16,
-        n => n,
+    // One queue per core by default, at most 64, and never past queue number 65535.
+    let room = 65536 - u32::from(config.queue.num);
+    let wanted = match config.queue.count {
+        0 => std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(64) as u32,
+        n => u32::from(n),
     };
+    let count = wanted.min(room) as u16;
     let queues = QueueRange {
         first: config.queue.num,
         count,
@@ -365,7 +401,7 @@ pub fn run(
     let backend = nft::probe().context("probing the kernel's NFQUEUE support")?;
     tracing::info!(backend = backend.name(), "queue expression chosen");
     let mut bound = Vec::new();
-    for num in queues.first..queues.first + queues.count {
+    for num in (0..queues.count).map(|k| queues.first + k) {
         bound.push((num, queue::open(num, &config.queue)?));
     }
 
@@ -375,6 +411,7 @@ pub fn run(
     let dp = Arc::new(Dataplane::new(&config, seed));
     let stats = Arc::new(QueueStats::default());
     let daemon = Arc::new(Daemon {
+        stopping: std::sync::atomic::AtomicBool::new(false),
         state: Mutex::new(State {
             raw,
             secrets: load_secrets(&config.redundancy.credentials_file)?,
@@ -420,7 +457,7 @@ pub fn run(
     tracing::info!(
         vip = %config.vip,
         services = config.services.len(),
-        queues = %format!("{}-{}", queues.first, queues.first + queues.count - 1),
+        queues = %format!("{}-{}", queues.first, queues.first + (queues.count - 1)),
         "balancing"
     );
 
@@ -435,6 +472,7 @@ pub fn run(
         }
     };
     tracing::info!(signal = %signal, "stopping");
+    daemon.stopping.store(true, Relaxed);
     drop(ctl);
     daemon.unload();
     final_counters(&dp, &stats);

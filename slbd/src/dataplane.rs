@@ -229,8 +229,9 @@ impl Dataplane {
     }
 
     /// Puts `config`'s services in force for new flows. Established flows keep their server
-    /// (a removed server's flows drain: they run until they end); counters and health of
-    /// servers that stay are kept. Flow limits other than the timeouts apply from a restart.
+    /// (a removed server's flows drain: they run until they end, as long as their service
+    /// remains; a removed service's flows end with it); counters and health of servers that
+    /// stay are kept. Flow limits other than the timeouts apply from a restart.
     pub fn update(&self, config: &Config) {
         let mut generation = self.updating.lock();
         *generation += 1;

@@ -210,7 +210,12 @@ impl fmt::Display for Action {
             Action::RejectTcpReset => f.write_str("reject with tcp reset"),
             Action::RejectPortUnreachable => f.write_str("reject with icmp port-unreachable"),
             Action::Queue(q) if q.count > 1 => {
-                write!(f, "queue num {}-{} fanout", q.first, q.first + q.count - 1)
+                write!(
+                    f,
+                    "queue num {}-{} fanout",
+                    q.first,
+                    q.first + (q.count - 1)
+                )
             }
             Action::Queue(q) => write!(f, "queue num {}", q.first),
         }

@@ -335,6 +335,15 @@ fn a_broken_config_is_refused_and_changes_nothing() {
             "not valid slb_conf.json",
         ),
         (String::new(), "not valid slb_conf.json"),
+        // Valid, but the gateway's interface does not exist here: nothing may stay up.
+        (
+            {
+                let mut c = lab.config(1);
+                c["gateway_dev"] = "eth9".into();
+                serde_json::to_string(&c).unwrap()
+            },
+            "no network interface named \"eth9\"",
+        ),
     ];
     for (text, message) in cases {
         let path = lab.write_config("bad.json", &text);

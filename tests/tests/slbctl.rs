@@ -124,6 +124,15 @@ fn bad_input_is_refused_and_changes_nothing() {
         ),
         (&["--add-server", "172.16.0.2:8000"], "already a server"),
         (&["--gateway", "10.0.0.77"], "is not inside cluster_network"),
+        // Valid everywhere but on this host: rolled back, the VIP stays where it was.
+        (
+            &["--address-dev", "eth9"],
+            "no network interface named \"eth9\"",
+        ),
+        (
+            &["--address", "10.0.0.101", "--gateway-dev", "eth9"],
+            "no network interface named \"eth9\"",
+        ),
         // One bad flag refuses the whole batch, good flags with it included.
         (
             &["--algorithm", "RATIO", "--add-server", "172.16.0.9:bad"],

@@ -114,18 +114,27 @@ impl QueueSocket {
     }
 
     fn wait_ack(&self) -> io::Result<()> {
-        let mut buf = vec![0u8; 8192];
+        let mut buf = vec![0u8; SLOT_BYTES];
         loop {
             let n =
                 unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
             let n = cvt(n as libc::c_int)? as usize;
-            for m in wire::messages(&buf[..n]) {
+            let got = &buf[..n];
+            for m in wire::messages(got) {
                 if m.kind == wire::NLMSG_ERROR {
-                    return match wire::error_code(&buf[..n], &m) {
+                    return match wire::error_code(got, &m) {
                         Some(0) => Ok(()),
                         Some(e) => Err(io::Error::from_raw_os_error(-e)),
                         None => Err(io::Error::other("short netlink error message")),
                     };
+                }
+                // Rules left by an earlier slbd queue packets as soon as the queue is bound.
+                // Each needs a verdict or it stays queued for good; before the workers run,
+                // the answer is the fail-closed one.
+                if let Some(p) = wire::packet(got, &m) {
+                    let mut hdr = [0u8; VERDICT_HEADER_LEN];
+                    let used = wire::verdict_header(&mut hdr, self.num, p.id, false, None, None);
+                    self.send(&hdr[..used])?;
                 }
             }
         }
