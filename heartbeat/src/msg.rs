@@ -3,18 +3,20 @@
 //! Pure: [`emit`] writes bytes, [`Receiver::accept`] checks them (length, magic, version,
 //! MAC, freshness, replay) before anything is believed.
 //!
-//! Layout (big endian), 42 bytes + 3 per application + the 32-byte MAC:
+//! Layout (big endian), 43 bytes + 3 per application + the 32-byte MAC:
 //! ```text
 //! "SLBH" | version u8 | node u32 | boot u64 | seq u64 | sent_ms u64 | generation u64 |
-//! apps u8 | apps × (id u8, state u8, flags u8) | HMAC-SHA256 of everything before
+//! link u8 | apps u8 | apps × (id u8, state u8, flags u8) | HMAC-SHA256 of everything before
 //! ```
+//! The same heartbeat goes out on every link, each copy naming its link under the MAC, so each
+//! link keeps its own replay state and a copy cannot be replayed onto another link.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 const MAGIC: &[u8; 4] = b"SLBH";
 const VERSION: u8 = 1;
-const HEAD: usize = 4 + 1 + 4 + 8 + 8 + 8 + 8 + 1;
+const HEAD: usize = 4 + 1 + 4 + 8 + 8 + 8 + 8 + 1 + 1;
 const MAC_LEN: usize = 32;
 /// Applications in one message at most.
 pub const MAX_APPS: usize = 16;
@@ -62,6 +64,8 @@ pub struct Heartbeat {
     /// The sender's wall clock, ms since the Unix epoch.
     pub sent_ms: u64,
     pub generation: u64,
+    /// Which link this copy was sent on.
+    pub link: u8,
     pub apps: Vec<App>,
 }
 
@@ -84,6 +88,8 @@ pub enum Rejected {
     Stale,
     #[error("sequence already seen (replayed)")]
     Replay,
+    #[error("sent for another link")]
+    WrongLink,
 }
 
 type HmacSha256 = Hmac<Sha256>;
@@ -104,6 +110,7 @@ pub fn emit(hb: &Heartbeat, key: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&hb.seq.to_be_bytes());
     out.extend_from_slice(&hb.sent_ms.to_be_bytes());
     out.extend_from_slice(&hb.generation.to_be_bytes());
+    out.push(hb.link);
     out.push(hb.apps.len() as u8);
     for a in &hb.apps {
         out.extend_from_slice(&[
@@ -165,14 +172,17 @@ pub fn parse(buf: &[u8], key: &[u8]) -> Result<Heartbeat, Rejected> {
         seq: be64(buf, 17),
         sent_ms: be64(buf, 25),
         generation: be64(buf, 33),
+        link: buf[41],
         apps,
     })
 }
 
-/// Accepts heartbeats for one node: authentic, from the peer, fresh, and newer than any seen.
+/// Accepts the heartbeats of one link: authentic, from the peer, sent for this link, fresh,
+/// and newer than any seen on it.
 #[derive(Debug, Clone)]
 pub struct Receiver {
     own_node: u32,
+    link: u8,
     /// How far a sender's clock may be from ours (NTP-synchronised pairs: a few seconds).
     max_skew_ms: u64,
     /// (boot, seq) of the newest heartbeat accepted, and when (our clock) it was sent.
@@ -180,9 +190,10 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    pub fn new(own_node: u32, max_skew_ms: u64) -> Receiver {
+    pub fn new(own_node: u32, link: u8, max_skew_ms: u64) -> Receiver {
         Receiver {
             own_node,
+            link,
             max_skew_ms,
             last: None,
         }
@@ -198,6 +209,9 @@ impl Receiver {
         let hb = parse(buf, key)?;
         if hb.node == self.own_node {
             return Err(Rejected::Own);
+        }
+        if hb.link != self.link {
+            return Err(Rejected::WrongLink);
         }
         if hb.sent_ms.abs_diff(now_ms) > self.max_skew_ms {
             return Err(Rejected::Stale);
@@ -231,6 +245,7 @@ mod tests {
             seq,
             sent_ms,
             generation: 5,
+            link: 0,
             apps: vec![App {
                 id: 1,
                 state: AppState::Active,
@@ -273,7 +288,7 @@ mod tests {
 
     #[test]
     fn replays_stale_and_own_messages_are_refused() {
-        let mut r = Receiver::new(1, 5_000);
+        let mut r = Receiver::new(1, 0, 5_000);
         let now = 10_000_000;
         assert!(r.accept(&emit(&hb(1, now), KEY), KEY, now).is_ok());
         assert_eq!(
@@ -303,8 +318,29 @@ mod tests {
     }
 
     #[test]
+    fn each_link_has_its_own_replay_state_and_copies_cannot_change_link() {
+        let now = 10_000_000;
+        let (mut r0, mut r1) = (Receiver::new(1, 0, 5_000), Receiver::new(1, 1, 5_000));
+        let on0 = emit(&hb(1, now), KEY);
+        let mut h = hb(1, now);
+        h.link = 1;
+        let on1 = emit(&h, KEY);
+        assert!(r0.accept(&on0, KEY, now).is_ok());
+        assert!(
+            r1.accept(&on1, KEY, now).is_ok(),
+            "the same heartbeat on the other link is no replay"
+        );
+        let mut r1b = Receiver::new(1, 1, 5_000);
+        assert_eq!(
+            r1b.accept(&on0, KEY, now),
+            Err(Rejected::WrongLink),
+            "link 0's copy replayed on link 1"
+        );
+    }
+
+    #[test]
     fn a_restarted_sender_is_accepted_but_its_old_boot_is_not() {
-        let mut r = Receiver::new(1, 5_000);
+        let mut r = Receiver::new(1, 0, 5_000);
         let now = 10_000_000;
         let old = emit(&hb(500, now), KEY);
         r.accept(&old, KEY, now).unwrap();

@@ -242,6 +242,45 @@ impl Lab {
         &self.dir
     }
 
+    /// A lab with no topology, for tests that build their own (`add_namespace`, `veth`).
+    pub fn empty() -> Result<Lab> {
+        sweep_stale_labs();
+        let id = format!(
+            "slb{}x{}",
+            std::process::id(),
+            LABS.fetch_add(1, Ordering::SeqCst)
+        );
+        let dir = std::env::temp_dir().join(&id);
+        std::fs::create_dir_all(&dir)?;
+        Ok(Lab {
+            id,
+            namespaces: Vec::new(),
+            servers: Vec::new(),
+            dir,
+            helpers: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Adds a namespace named after the lab and `suffix`; returns its name.
+    pub fn add_namespace(&mut self, suffix: &str) -> Result<String> {
+        let name = format!("{}{suffix}", self.id);
+        self.add_ns(name.clone())?;
+        Ok(name)
+    }
+
+    /// A veth pair between two of the lab's namespaces, both ends up and addressed.
+    pub fn veth(&self, a: (&str, &str, &str), b: (&str, &str, &str)) -> Result<()> {
+        let ((ns_a, if_a, addr_a), (ns_b, if_b, addr_b)) = (a, b);
+        ip(&[
+            "-n", ns_a, "link", "add", if_a, "type", "veth", "peer", "name", if_b, "netns", ns_b,
+        ])?;
+        for (ns, dev, addr) in [(ns_a, if_a, addr_a), (ns_b, if_b, addr_b)] {
+            ip(&["-n", ns, "addr", "add", addr, "dev", dev])?;
+            ip(&["-n", ns, "link", "set", dev, "up"])?;
+        }
+        Ok(())
+    }
+
     pub fn client(&self) -> String {
         format!("{}c", self.id)
     }
