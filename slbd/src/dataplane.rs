@@ -188,6 +188,13 @@ pub struct Dataplane {
     pub counters: Counters,
 }
 
+/// Takes `n` off a server's live count (saturating: counts are advisory, never negative).
+fn less_live(st: &ServerStats, n: u64) {
+    let _ = st
+        .live_flows
+        .fetch_update(Relaxed, Relaxed, |live| Some(live.saturating_sub(n)));
+}
+
 fn shard_of(client: SocketAddrV4) -> usize {
     // Fibonacci hashing of address and port: cheap, and spreads sequential clients.
     let x = (u64::from(u32::from(*client.ip())) << 16) | u64::from(client.port());
@@ -348,7 +355,12 @@ impl Dataplane {
         let mut flows = self.shards[shard_of(h.src)].lock();
         let found = flows.lookup_request(&key, h.flags, now_ms);
         let (server, id) = match found {
-            Lookup::Found(placed) => (placed.server, placed.tag),
+            Lookup::Found(placed) => {
+                if placed.closed_now {
+                    self.with_stats(placed.tag, |st| less_live(st, 1));
+                }
+                (placed.server, placed.tag)
+            }
             Lookup::Missing | Lookup::Reused(_) => {
                 if let Lookup::Reused(ended) = found {
                     self.flow_ended(&view, &ended, now_ms);
@@ -439,15 +451,18 @@ impl Dataplane {
             src: h.src,
             dst: h.dst,
         };
-        let (vip, id) = self.shards[shard_of(h.dst)]
+        let r = self.shards[shard_of(h.dst)]
             .lock()
             .lookup_reply(&key, h.flags, now_ms)
             .ok_or(DropReason::ReplyWithoutFlow)?;
-        self.with_stats(id, |st| {
+        self.with_stats(r.tag, |st| {
             st.packets_out.fetch_add(1, Relaxed);
             st.bytes_out.fetch_add(buf.len() as u64, Relaxed);
+            if r.closed_now {
+                less_live(st, 1);
+            }
         });
-        packet::rewrite(buf, &h, Endpoint::Source, vip, csum);
+        packet::rewrite(buf, &h, Endpoint::Source, r.vip, csum);
         Ok(())
     }
 
@@ -474,12 +489,10 @@ impl Dataplane {
     /// Bookkeeping for a flow that left the table: its server's live count, and persistence
     /// kept for the client from the flow's end.
     fn flow_ended(&self, view: &View, e: &crate::flow::Ended, now_ms: u64) {
-        self.with_stats(e.tag, |st| {
-            // Saturating: a health-down purge may already have taken this flow off the count.
-            let _ = st
-                .live_flows
-                .fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_sub(1)));
-        });
+        // A closed flow left the live count when it closed.
+        if !e.was_closing {
+            self.with_stats(e.tag, |st| less_live(st, 1));
+        }
         let timeout = view
             .services
             .iter()
@@ -526,11 +539,13 @@ impl Dataplane {
             return 0;
         }
         let mut n = 0;
+        let mut open = 0;
         for shard in self.shards.iter() {
-            n += shard.lock().remove_where(|e| e.tag == id).len();
+            let ended = shard.lock().remove_where(|e| e.tag == id);
+            n += ended.len();
+            open += ended.iter().filter(|e| !e.was_closing).count();
         }
-        st.live_flows
-            .fetch_sub((n as u64).min(st.live_flows.load(Relaxed)), Relaxed);
+        less_live(&st, open as u64);
         n
     }
 
@@ -1076,7 +1091,7 @@ mod accounting_tests {
     use crate::packet::tcp_flags::{ACK, FIN, SYN};
 
     #[test]
-    fn a_reused_port_does_not_leak_live_flows() {
+    fn live_flows_count_open_connections_only_and_a_reused_port_does_not_leak() {
         let c = Config::from_json(
             r#"{"address": "10.0.0.100", "address_dev": "eth0", "gateway": "172.16.0.1",
                 "gateway_dev": "eth1", "cluster_network": "172.16.0.0/24",
@@ -1098,10 +1113,9 @@ mod accounting_tests {
             assert_eq!(send(SYN), Verdict::Accept);
             assert_eq!(send(FIN | ACK), Verdict::Accept);
         }
-        let live = dp.services()[0].1[0].live_flows.load(Relaxed);
-        assert_eq!(
-            live, 1,
-            "five connections on one client port, one flow live at a time"
-        );
+        let live = || dp.services()[0].1[0].live_flows.load(Relaxed);
+        assert_eq!(live(), 0, "five connections on one client port, all closed");
+        assert_eq!(send(SYN), Verdict::Accept);
+        assert_eq!(live(), 1, "a sixth, open");
     }
 }

@@ -96,6 +96,7 @@ impl Slot {
             vip: r.dst,
             server: SocketAddrV4::new(self.server_ip.into(), self.server_port),
             tag: self.tag,
+            was_closing: self.state == State::Closing,
         }
     }
 }
@@ -108,6 +109,8 @@ pub struct Ended {
     pub vip: SocketAddrV4,
     pub server: SocketAddrV4,
     pub tag: u32,
+    /// It had already closed (FIN or RST seen) when it left.
+    pub was_closing: bool,
 }
 
 /// Where a request packet of a known flow goes.
@@ -115,6 +118,17 @@ pub struct Ended {
 pub struct Placed {
     pub server: SocketAddrV4,
     pub tag: u32,
+    /// This packet closed the flow (its first FIN or RST).
+    pub closed_now: bool,
+}
+
+/// Where a reply of a known flow comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replied {
+    pub vip: SocketAddrV4,
+    pub tag: u32,
+    /// This packet closed the flow (its first FIN or RST).
+    pub closed_now: bool,
 }
 
 /// The result of looking up a request packet.
@@ -218,37 +232,39 @@ impl FlowTable {
             return Lookup::Reused(ended);
         }
         slot.last_seen = ticks(now_ms);
-        if key.protocol == Protocol::Tcp && flags & (tcp_flags::FIN | tcp_flags::RST) != 0 {
+        let closing =
+            key.protocol == Protocol::Tcp && flags & (tcp_flags::FIN | tcp_flags::RST) != 0;
+        let closed_now = closing && slot.state != State::Closing;
+        if closing {
             slot.state = State::Closing;
         }
         Lookup::Found(Placed {
             server: SocketAddrV4::new(slot.server_ip.into(), slot.server_port),
             tag: slot.tag,
+            closed_now,
         })
     }
 
-    /// Looks up a real server → client packet; returns the VIP endpoint it must come from and
-    /// the flow's tag.
-    pub fn lookup_reply(
-        &mut self,
-        key: &FlowKey,
-        flags: u8,
-        now_ms: u64,
-    ) -> Option<(SocketAddrV4, u32)> {
+    /// Looks up a real server → client packet; returns the VIP endpoint it must come from, the
+    /// flow's tag, and whether this packet closed the flow.
+    pub fn lookup_reply(&mut self, key: &FlowKey, flags: u8, now_ms: u64) -> Option<Replied> {
         let i = self.find(&self.by_reply, key, true)?;
         let slot = &mut self.slots[i as usize];
         slot.last_seen = ticks(now_ms);
+        let mut closed_now = false;
         if key.protocol == Protocol::Tcp {
             if flags & (tcp_flags::FIN | tcp_flags::RST) != 0 {
+                closed_now = slot.state != State::Closing;
                 slot.state = State::Closing;
             } else if slot.state == State::Opening {
                 slot.state = State::Established;
             }
         }
-        Some((
-            SocketAddrV4::new(slot.vip_ip.into(), slot.vip_port),
-            slot.tag,
-        ))
+        Some(Replied {
+            vip: SocketAddrV4::new(slot.vip_ip.into(), slot.vip_port),
+            tag: slot.tag,
+            closed_now,
+        })
     }
 
     /// Adds a flow for a request packet that found none. A reply key already held by another
@@ -430,13 +446,18 @@ mod tests {
             t.lookup_request(&k, SYN, 1),
             Lookup::Found(Placed {
                 server: sa("172.16.0.2:8080"),
-                tag: 7
+                tag: 7,
+                closed_now: false
             })
         );
         let r = reply(Protocol::Tcp, "172.16.0.2:8080", "10.0.0.5:4000");
         assert_eq!(
             t.lookup_reply(&r, SYN | ACK, 2),
-            Some((sa("10.0.0.100:80"), 7))
+            Some(Replied {
+                vip: sa("10.0.0.100:80"),
+                tag: 7,
+                closed_now: false
+            })
         );
         // Replies are matched, never guessed: another client port or server misses.
         assert_eq!(
@@ -489,6 +510,28 @@ mod tests {
         assert_eq!(ended.len(), 1);
         assert_eq!(ended[0].server, sa("172.16.0.2:80"));
         assert_eq!(ended[0].client, sa("10.0.0.5:4000"));
+    }
+
+    #[test]
+    fn the_packet_that_closes_a_flow_says_so_once() {
+        let mut t = FlowTable::new(T, 10);
+        let k = req(Protocol::Tcp, "10.0.0.5:4000");
+        t.insert(&k, sa("172.16.0.2:80"), 1, 0).unwrap();
+        let r = reply(Protocol::Tcp, "172.16.0.2:80", "10.0.0.5:4000");
+        assert!(!t.lookup_reply(&r, SYN | ACK, 0).unwrap().closed_now);
+        assert!(
+            t.lookup_reply(&r, FIN | ACK, 0).unwrap().closed_now,
+            "the server's FIN closes it"
+        );
+        match t.lookup_request(&k, FIN | ACK, 0) {
+            Lookup::Found(p) => assert!(
+                !p.closed_now,
+                "the client's FIN comes after: already closed"
+            ),
+            other => panic!("{other:?}"),
+        }
+        let ended = t.expire(100_000, 10);
+        assert!(ended[0].was_closing);
     }
 
     #[test]
@@ -614,7 +657,7 @@ mod tests {
         );
         let r = reply(Protocol::Tcp, "172.16.0.2:80", "10.0.0.5:4000");
         assert_eq!(
-            t.lookup_reply(&r, ACK, 0).map(|(vip, _)| vip),
+            t.lookup_reply(&r, ACK, 0).map(|r| r.vip),
             Some(sa("10.0.0.100:81"))
         );
         assert_eq!(t.len(), 1);

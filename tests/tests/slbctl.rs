@@ -393,8 +393,7 @@ fn adding_and_removing_servers_loses_no_open_connection() {
                 .unwrap_or_else(|e| panic!("connection {i} on {} was lost: {e}", server));
         }
     });
-    // New flows: never the removed server (LEAST_CONNECTIONS now prefers s3, whose count is
-    // lowest while the closed connections' flows wait out their closing timeout).
+    // New flows: never the removed server.
     let now = servers_answering(&lab, vip(80), 6);
     assert!(
         !now.is_empty() && now.iter().all(|s| s == "s2" || s == "s3"),
