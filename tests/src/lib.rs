@@ -218,21 +218,7 @@ pub struct Lab {
 impl Lab {
     /// Builds the topology with `n` real servers, each running `lab-server`.
     pub fn new(n: usize) -> Result<Lab> {
-        sweep_stale_labs();
-        let id = format!(
-            "slb{}x{}",
-            std::process::id(),
-            LABS.fetch_add(1, Ordering::SeqCst)
-        );
-        let dir = std::env::temp_dir().join(&id);
-        std::fs::create_dir_all(&dir)?;
-        let mut lab = Lab {
-            id,
-            namespaces: Vec::new(),
-            servers: Vec::new(),
-            dir,
-            helpers: Mutex::new(Vec::new()),
-        };
+        let mut lab = Lab::empty()?;
         lab.build(n)?;
         Ok(lab)
     }
@@ -545,38 +531,33 @@ impl Drop for Lab {
 /// Removes namespaces left by a lab whose process died without dropping it (killed by a
 /// signal): their names carry the dead process's pid.
 fn sweep_stale_labs() {
-    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
-        return;
-    };
-    for name in String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-    {
-        let Some(pid) = name
-            .strip_prefix("slb")
-            .and_then(|r| r.split('x').next())
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if Path::new(&format!("/proc/{pid}")).exists() {
-            continue;
+    if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
+        for name in String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+        {
+            if of_dead_lab(name) {
+                remove_namespace(name);
+            }
         }
-        remove_namespace(name);
     }
     // Their scratch directories, likewise named after the dead pid.
     if let Ok(dir) = std::fs::read_dir(std::env::temp_dir()) {
         for d in dir.flatten() {
-            let name = d.file_name().to_string_lossy().into_owned();
-            let pid = name
-                .strip_prefix("slb")
-                .and_then(|r| r.split('x').next())
-                .and_then(|p| p.parse::<u32>().ok());
-            if pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+            if of_dead_lab(&d.file_name().to_string_lossy()) {
                 let _ = std::fs::remove_dir_all(d.path());
             }
         }
     }
+}
+
+/// Whether `name` (`slb<pid>x…`) belongs to a lab whose process no longer exists.
+fn of_dead_lab(name: &str) -> bool {
+    let pid = name
+        .strip_prefix("slb")
+        .and_then(|r| r.split('x').next())
+        .and_then(|p| p.parse::<u32>().ok());
+    pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
 }
 
 /// For the command-line tools (demo, benchmarks): on SIGINT or SIGTERM, remove this
