@@ -6,7 +6,11 @@
 //! - a BACKUP that initialises without an ACTIVE dual waits as STANDBY; losing the dual (all
 //!   links silent, or the dual reporting FAILED/OFFLINE) is what makes it ACTIVE;
 //! - ACTIVE → STANDBY on SWITCH, only when the dual is STANDBY to take over;
-//! - two ACTIVE nodes (a healed partition) converge: PRIMARY wins, else the lower node id;
+//! - two ACTIVE nodes (a healed partition) converge: PRIMARY wins, else the lower node id; the
+//!   winner announces the addresses again, since the loser may have announced last;
+//! - nobody ACTIVE for the dead time (both STANDBY, or the dual in MAINTENANCE or INIT): the
+//!   STANDBY that would win that rule takes over, or the only one not INHIBITED;
+//! - SWITCH is refused when the STANDBY dual is INHIBITED;
 //! - an INHIBITED node never becomes ACTIVE;
 //! - the non-forced SHUTDOWN and DISABLE refuse to stop an ACTIVE instance with no STANDBY dual.
 
@@ -35,6 +39,7 @@ pub struct Dual {
     pub id: u32,
     pub state: State,
     pub primary: bool,
+    pub inhibited: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +54,11 @@ pub enum Event {
     DualLost,
     /// A heartbeat from the dual.
     DualState(Dual),
+    /// Neither node has been ACTIVE for the dead time while the dual was heard (both STANDBY,
+    /// or the dual in MAINTENANCE or INIT).
+    NoActive {
+        dual: Option<Dual>,
+    },
     /// The application died or stopped answering.
     AppFailed,
     Test,
@@ -77,6 +87,9 @@ pub enum Action {
     Activate,
     /// Remove the addresses and the rules.
     Deactivate,
+    /// Announce the addresses again (gratuitous ARP): the dual held them too, and may have
+    /// announced last.
+    Announce,
     StopApp,
     /// Persist the node's inhibited flag.
     SetInhibited(bool),
@@ -139,6 +152,12 @@ pub fn step(state: State, node: &Node, event: Event) -> (State, Vec<Action>) {
             (Standby, vec![Refuse("this node is INHIBITED")])
         }
         (Standby, Event::Switch { .. }) => (Active, vec![Activate]),
+        // Implicit: with nobody ACTIVE, the STANDBY that would win a split takes over (or the
+        // only one that may).
+        (Standby, Event::NoActive { dual }) => match dual {
+            Some(d) if d.state == Standby && !d.inhibited && !wins(node, &d) => (Standby, vec![]),
+            _ => take_over(node),
+        },
         (Offline, Event::AppFailed) => (Offline, vec![]),
         (s, Event::AppFailed) => (Failed, deactivate(s)),
         (s, Event::Shutdown { forced, dual }) => {
@@ -158,12 +177,19 @@ pub fn step(state: State, node: &Node, event: Event) -> (State, Vec<Action>) {
             }
         }
         // Implicit: SWITCH on the ACTIVE side hands over to a STANDBY dual.
+        (Active, Event::Switch { dual }) if dual.is_some_and(|d| d.inhibited) => (
+            Active,
+            vec![Refuse(
+                "the STANDBY dual is INHIBITED and would not take over",
+            )],
+        ),
         (Active, Event::Switch { dual }) if standby_dual(dual) => (Standby, vec![Deactivate]),
         (Active, Event::Switch { .. }) => (Active, vec![Refuse("no STANDBY dual to take over")]),
         // Implicit: after a partition heals, exactly one stays ACTIVE.
         (Active, Event::DualState(d)) if d.state == Active && !wins(node, &d) => {
             (Standby, vec![Deactivate])
         }
+        (Active, Event::DualState(d)) if d.state == Active => (Active, vec![Announce]),
         // ENABLE / DISABLE move between STANDBY and MAINTENANCE and set the inhibited flag.
         (Maintenance, Event::Enable) => (Standby, vec![SetInhibited(false)]),
         (s, Event::Enable) => (s, vec![SetInhibited(false)]),
@@ -194,9 +220,14 @@ pub fn step(state: State, node: &Node, event: Event) -> (State, Vec<Action>) {
             vec![Refuse("SWITCH applies to an ACTIVE or STANDBY instance")],
         ),
         // Heartbeat news that changes nothing here.
-        (s, Event::DualLost | Event::DualState(_) | Event::Started | Event::Initialised { .. }) => {
-            (s, vec![])
-        }
+        (
+            s,
+            Event::DualLost
+            | Event::DualState(_)
+            | Event::NoActive { .. }
+            | Event::Started
+            | Event::Initialised { .. },
+        ) => (s, vec![]),
     }
 }
 
@@ -227,6 +258,7 @@ mod tests {
             id: 9,
             state,
             primary: false,
+            inhibited: false,
         })
     }
 
@@ -280,6 +312,7 @@ mod tests {
                     id: 9,
                     state: Failed,
                     primary: true,
+                    inhibited: false,
                 }),
                 Active,
                 vec![Activate],
@@ -408,6 +441,7 @@ mod tests {
                     id: 9,
                     state: Failed,
                     primary: true,
+                    inhibited: false,
                 }),
                 Standby,
                 vec![],
@@ -532,6 +566,7 @@ mod tests {
                     id: 9,
                     state: Standby,
                     primary: false,
+                    inhibited: false,
                 }),
                 Active,
                 vec![],
@@ -544,6 +579,103 @@ mod tests {
                 "row {i}: {from:?} + {event:?}"
             );
         }
+    }
+
+    #[test]
+    fn with_nobody_active_exactly_one_standby_takes_over() {
+        let a = Node {
+            id: 1,
+            primary: false,
+            inhibited: false,
+        };
+        let b = Node {
+            id: 2,
+            primary: false,
+            inhibited: false,
+        };
+        let seen = |n: &Node, state| Dual {
+            id: n.id,
+            state,
+            primary: n.primary,
+            inhibited: n.inhibited,
+        };
+        for (x, y) in [(a, b), (b, a)] {
+            let (sx, _) = step(
+                Standby,
+                &x,
+                Event::NoActive {
+                    dual: Some(seen(&y, Standby)),
+                },
+            );
+            let (sy, _) = step(
+                Standby,
+                &y,
+                Event::NoActive {
+                    dual: Some(seen(&x, Standby)),
+                },
+            );
+            assert_eq!([sx, sy].iter().filter(|s| **s == Active).count(), 1);
+        }
+        // The winner inhibited: the other takes over.
+        let inhibited_a = Node {
+            inhibited: true,
+            ..a
+        };
+        assert_eq!(
+            step(
+                Standby,
+                &b,
+                Event::NoActive {
+                    dual: Some(seen(&inhibited_a, Standby))
+                }
+            )
+            .0,
+            Active
+        );
+        assert_eq!(
+            step(
+                Standby,
+                &inhibited_a,
+                Event::NoActive {
+                    dual: Some(seen(&b, Standby))
+                }
+            )
+            .0,
+            Standby
+        );
+        // The dual in MAINTENANCE or INIT does not serve: take over.
+        for state in [Maintenance, Init] {
+            assert_eq!(
+                step(
+                    Standby,
+                    &b,
+                    Event::NoActive {
+                        dual: Some(seen(&a, state))
+                    }
+                ),
+                (Active, vec![Activate])
+            );
+        }
+        // Only a STANDBY reacts.
+        for state in [Init, Maintenance, Failed, Offline] {
+            assert_eq!(
+                step(state, &a, Event::NoActive { dual: None }),
+                (state, vec![])
+            );
+        }
+    }
+
+    #[test]
+    fn switch_to_an_inhibited_standby_is_refused() {
+        let d = Dual {
+            id: 2,
+            state: Standby,
+            primary: false,
+            inhibited: true,
+        };
+        let (s, actions) = step(Active, &PRIMARY, Event::Switch { dual: Some(d) });
+        assert_eq!(s, Active);
+        assert!(matches!(actions.as_slice(), [Refuse(_)]));
     }
 
     #[test]
@@ -591,16 +723,24 @@ mod tests {
                 id: b.id,
                 state: Active,
                 primary: b.primary,
+                inhibited: false,
             };
             let seen_by_b = Dual {
                 id: a.id,
                 state: Active,
                 primary: a.primary,
+                inhibited: false,
             };
             let (sa, _) = step(Active, &a, Event::DualState(seen_by_a));
             let (sb, _) = step(Active, &b, Event::DualState(seen_by_b));
             let actives = [sa, sb].iter().filter(|s| **s == Active).count();
             assert_eq!(actives, 1, "{a:?} vs {b:?} -> {sa:?}, {sb:?}");
+            let (_, winner_does) = if sa == Active {
+                step(Active, &a, Event::DualState(seen_by_a))
+            } else {
+                step(Active, &b, Event::DualState(seen_by_b))
+            };
+            assert_eq!(winner_does, vec![Announce]);
         }
     }
 
@@ -616,7 +756,10 @@ mod tests {
                 id: 0,
                 state: Active,
                 primary: true,
+                inhibited: false,
             }),
+            Event::NoActive { dual: d },
+            Event::NoActive { dual: None },
             Event::AppFailed,
             Event::Test,
             Event::Untest,

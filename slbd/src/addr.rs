@@ -110,6 +110,23 @@ pub fn add(addrs: &[ManagedAddr]) -> Result<(), AddrError> {
     })
 }
 
+/// Announces addresses that are already up again (a pair's winner after a healed partition:
+/// its dual may have announced last).
+pub fn reannounce(addrs: &[ManagedAddr]) -> Result<(), AddrError> {
+    runtime().block_on(async {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(AddrError::Socket)?;
+        tokio::spawn(conn);
+        for a in addrs {
+            if let (index, Some(mac)) = link(&handle, &a.dev).await? {
+                if let Err(e) = announce(index, mac, a.ip) {
+                    tracing::warn!(address = %a, error = %e, "gratuitous ARP failed");
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
 /// Sends a few ARP announcements for `ip` from `mac` out of interface `index`.
 fn announce(index: u32, mac: [u8; 6], ip: std::net::Ipv4Addr) -> std::io::Result<()> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

@@ -274,6 +274,16 @@ impl Daemon {
         v
     }
 
+    fn announce(&self) -> anyhow::Result<&'static str> {
+        let st = self.state.lock();
+        if !st.loaded {
+            bail!("not balancing: no addresses to announce");
+        }
+        addr::reannounce(&managed_addrs(&st.config)).context("announcing the addresses")?;
+        tracing::info!(vip = %st.config.vip, "addresses announced again");
+        Ok("announced")
+    }
+
     fn reload(&self) -> anyhow::Result<&'static str> {
         let (raw, config) = Config::load_raw(&self.config_path).with_context(|| {
             format!(
@@ -364,6 +374,7 @@ impl Handler for Daemon {
             Command::Unload => Ok(self.unload().into()),
             Command::Reload => self.reload().map(Into::into).map_err(err),
             Command::SaveConfig => self.save().map(Into::into).map_err(err),
+            Command::Announce => self.announce().map(Into::into).map_err(err),
         }
     }
 }
@@ -375,6 +386,7 @@ pub fn run(
     config: Config,
     config_path: &Path,
     socket: &Path,
+    standby: bool,
 ) -> anyhow::Result<()> {
     check_forwarding()?;
     // Block the stop signals before any thread exists, so every thread inherits the mask and
@@ -426,7 +438,14 @@ pub fn run(
         prober: Prober::default(),
         config_path: config_path.to_path_buf(),
     });
-    daemon.load()?;
+    if standby {
+        // A predecessor that crashed while balancing left its table and maybe the VIP: a
+        // standby owns neither, and a VIP left here would answer ARP against the ACTIVE node.
+        daemon.take_down(&config);
+        tracing::info!("standby: not balancing until told to load");
+    } else {
+        daemon.load()?;
+    }
 
     let epoch = Instant::now();
     for (num, q) in bound {
@@ -458,7 +477,8 @@ pub fn run(
         vip = %config.vip,
         services = config.services.len(),
         queues = %format!("{}-{}", queues.first, queues.first + (queues.count - 1)),
-        "balancing"
+        standby,
+        "ready"
     );
 
     let signal = loop {

@@ -21,6 +21,10 @@ struct Args {
     /// Check the configuration, print what would be installed, and exit.
     #[arg(long)]
     check: bool,
+    /// Start without balancing (as the STANDBY of a pair): remove any table and VIP or gateway
+    /// address a previous slbd left, and wait for `load` on the control socket.
+    #[arg(long)]
+    standby: bool,
 }
 
 fn main() -> ExitCode {
@@ -59,5 +63,5 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    slbd::daemon::run(raw, config, &args.config, &args.socket)
+    slbd::daemon::run(raw, config, &args.config, &args.socket, args.standby)
 }

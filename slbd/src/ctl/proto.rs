@@ -34,6 +34,8 @@ pub enum Command {
     SaveConfig,
     /// Stop balancing and forget every service (addresses and settings stay).
     ClearConfig,
+    /// Send gratuitous ARP for the VIP and gateway addresses again (when balancing).
+    Announce,
 }
 
 impl Command {
@@ -47,6 +49,7 @@ impl Command {
             Command::Reload => "reload",
             Command::SaveConfig => "save_config",
             Command::ClearConfig => "clear_config",
+            Command::Announce => "announce",
         }
     }
 }
@@ -89,6 +92,7 @@ pub fn parse_request(line: &[u8]) -> Result<Command, ProtoError> {
         Some("reload") => Command::Reload,
         Some("save_config") => Command::SaveConfig,
         Some("clear_config") => Command::ClearConfig,
+        Some("announce") => Command::Announce,
         Some("apply") => {
             let edits = obj.get("edits").cloned().unwrap_or(Value::Null);
             let edits: Vec<Edit> =
