@@ -1,5 +1,17 @@
-//! amgr, the failover agent. Today: the per-application state machine (`fsm`, pure). The
-//! daemon around it (heartbeat links, the peer connection, slbd's control socket, SSH config
-//! sync) is still to come.
+//! amgr, the failover agent: the Application Manager pair around slbd.
+//!
+//! Pure: the per-application state machine (`fsm`), amgr.json (`config`), the amcli-style
+//! commands and their socket protocol (`command`), the peer connection's framing (`peer`),
+//! the config-sync rules (`sync`), and the text `query` prints (`render`). Shells: slbd as a
+//! child (`app`), the agent loop that owns the state (`agent`), and the daemon that wires the
+//! sockets, threads and signals together (`daemon`).
 
+pub mod agent;
+pub mod app;
+pub mod command;
+pub mod config;
+pub mod daemon;
 pub mod fsm;
+pub mod peer;
+pub mod render;
+pub mod sync;

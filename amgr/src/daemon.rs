@@ -1,0 +1,245 @@
+//! SHELL: the amgr daemon's wiring. Binds the heartbeat links and one receiving thread per
+//! link, the peer command port, the root-only command socket, slbd's watchdog, the sync
+//! thread and the signal thread, then runs the agent until SIGTERM or SIGINT.
+
+use std::io::{BufRead, BufReader, Read, Write};
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{bail, Context, Result};
+use heartbeat::msg::Receiver;
+use heartbeat::socket::{read_key, Link};
+use nix::sys::signal::{SigSet, Signal};
+use parking_lot::Mutex;
+
+use crate::agent::{self, Agent, Input};
+use crate::command::{self, MAX_LINE};
+use crate::config::Config;
+use crate::{peer, sync};
+
+pub fn run(cfg: Config) -> Result<()> {
+    let mut signals = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT] {
+        signals.add(s);
+    }
+    signals.thread_block().context("cannot block signals")?;
+
+    let key = read_key(&cfg.key_file)
+        .with_context(|| format!("the pair's key {}", cfg.key_file.display()))?;
+    let dynamic = agent::load_dynamic(&cfg.state_file, cfg.primary)?;
+    let mut links = Vec::new();
+    for (local, peer) in cfg.heartbeat_addrs() {
+        links.push(
+            Link::bind(local, peer)
+                .with_context(|| format!("binding the heartbeat link {local}"))?,
+        );
+    }
+    let (tx, rx) = mpsc::channel::<Input>();
+
+    for (i, link) in links.iter().enumerate() {
+        let link = link.try_clone()?;
+        let (tx, key) = (tx.clone(), key.clone());
+        let mut receiver = Receiver::new(cfg.node_id, i as u8, cfg.max_skew_ms);
+        std::thread::Builder::new()
+            .name(format!("heartbeat-{i}"))
+            .spawn(move || loop {
+                let got = match link.recv(Duration::from_secs(1)) {
+                    Ok(Some(g)) => g,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        tracing::warn!(link = i, error = %e, "heartbeat receive failed");
+                        std::thread::sleep(Duration::from_millis(100));
+                        continue;
+                    }
+                };
+                let (buf, from) = got;
+                let input = if from.ip() != link.peer.ip() {
+                    Input::Foreign { link: i }
+                } else {
+                    let now = SystemTime::now()
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64);
+                    match receiver.accept(&buf, &key, now) {
+                        Ok(hb) => Input::Heard { link: i, hb },
+                        Err(why) => Input::Rejected { link: i, why },
+                    }
+                };
+                if tx.send(input).is_err() {
+                    return;
+                }
+            })?;
+    }
+
+    {
+        let (ptx, prx) = mpsc::channel::<peer::Incoming>();
+        peer::serve(cfg.command_listen_addrs(), key.clone(), ptx);
+        let tx = tx.clone();
+        std::thread::Builder::new()
+            .name("peer-forward".into())
+            .spawn(move || {
+                for incoming in prx {
+                    if tx.send(Input::Peer(incoming)).is_err() {
+                        return;
+                    }
+                }
+            })?;
+    }
+
+    let listener = bind_socket(&cfg.socket)?;
+    {
+        let tx = tx.clone();
+        std::thread::Builder::new()
+            .name("command-socket".into())
+            .spawn(move || {
+                for conn in listener.incoming().flatten() {
+                    let tx = tx.clone();
+                    let _ = std::thread::Builder::new()
+                        .name("command".into())
+                        .spawn(move || serve_command(conn, &tx));
+                }
+            })?;
+    }
+
+    let app_pid = Arc::new(AtomicU32::new(0));
+    {
+        let (tx, pid, socket) = (tx.clone(), app_pid.clone(), cfg.slbd_socket.clone());
+        std::thread::Builder::new()
+            .name("watchdog".into())
+            .spawn(move || watchdog(&socket, &pid, &tx))?;
+    }
+
+    let sync_status = Arc::new(Mutex::new(sync::Status::default()));
+    let active = Arc::new(AtomicBool::new(false));
+    {
+        let settings = sync::Settings {
+            config_path: cfg.slbd_config.clone(),
+            remote_path: cfg.remote_config.clone(),
+            identity: cfg.identity.clone(),
+            known_hosts: cfg.known_hosts.clone(),
+            period: cfg.sync_period,
+        };
+        let (status, active) = (sync_status.clone(), active.clone());
+        std::thread::Builder::new()
+            .name("sync".into())
+            .spawn(move || sync::run(settings, move || active.load(Relaxed), status))?;
+    }
+
+    {
+        let tx = tx.clone();
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || {
+                if let Ok(s) = signals.wait() {
+                    tracing::info!(signal = %s, "stopping");
+                    let _ = tx.send(Input::Stop);
+                }
+            })?;
+    }
+
+    tracing::info!(
+        node = cfg.node_id,
+        primary = dynamic.primary,
+        inhibited = dynamic.inhibited,
+        links = cfg.links.len(),
+        interval_ms = cfg.interval.as_millis() as u64,
+        dead_ms = cfg.dead.as_millis() as u64,
+        socket = %cfg.socket.display(),
+        "amgr started"
+    );
+    let socket_path = cfg.socket.clone();
+    let agent = Agent::new(cfg, key, links, dynamic, sync_status, active, app_pid);
+    agent::run(agent, rx);
+    let _ = std::fs::remove_file(&socket_path);
+    tracing::info!("amgr stopped");
+    Ok(())
+}
+
+/// The command socket, root-only; refuses to take over one another amgr is answering on.
+fn bind_socket(path: &std::path::Path) -> Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if UnixStream::connect(path).is_ok() {
+        bail!("{} is in use: is another amgr running?", path.display());
+    }
+    let _ = std::fs::remove_file(path);
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+fn serve_command(mut conn: UnixStream, tx: &mpsc::Sender<Input>) {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut line = Vec::new();
+    let read = BufReader::new((&conn).take(MAX_LINE as u64)).read_until(b'\n', &mut line);
+    let reply = match read {
+        Ok(_) if line.last() == Some(&b'\n') => {
+            match command::parse_request(&line[..line.len() - 1]) {
+                Ok(req) => {
+                    let (rtx, rrx) = mpsc::channel();
+                    if tx.send(Input::Local { req, reply: rtx }).is_err() {
+                        command::error("amgr is stopping")
+                    } else {
+                        match rrx.recv_timeout(Duration::from_secs(30)) {
+                            Ok(Ok(v)) => command::ok(v),
+                            Ok(Err(e)) => command::error(&e),
+                            Err(_) => command::error("amgr did not answer in time"),
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "command refused");
+                    command::error(&e)
+                }
+            }
+        }
+        Ok(_) => command::error(&format!(
+            "request longer than {MAX_LINE} bytes or without a newline"
+        )),
+        Err(e) => command::error(&format!("cannot read the request: {e}")),
+    };
+    let _ = conn.write_all(reply.as_bytes());
+}
+
+/// Asks slbd for its status every second; three failures in a row report it hung.
+fn watchdog(socket: &std::path::Path, pid: &AtomicU32, tx: &mpsc::Sender<Input>) {
+    let mut failures = 0;
+    let mut watched = 0;
+    // A starting slbd is INIT's business: only one that has answered once can hang.
+    let mut answered = false;
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+        let p = pid.load(Relaxed);
+        if p != watched {
+            watched = p;
+            failures = 0;
+            answered = false;
+        }
+        if p == 0 {
+            continue;
+        }
+        let app =
+            crate::app::App::new(Default::default(), Default::default(), socket.to_path_buf());
+        match app.call(&slbd::ctl::proto::Command::Status, Duration::from_secs(2)) {
+            Ok(_) => {
+                failures = 0;
+                answered = true;
+            }
+            Err(_) if !answered => {}
+            Err(_) => {
+                failures += 1;
+                if failures >= 3 {
+                    failures = 0;
+                    if tx.send(Input::AppHung(p)).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,374 @@
+//! The authenticated TCP connection between the two amgr instances (the original ran its
+//! commands between Application Managers over TCP too). One request per connection:
+//!
+//! ```text
+//! server → {"nonce": "<32 hex>"}
+//! client → {"body": "<request JSON>", "mac": HMAC(key, "req" | nonce | body)}
+//! server → {"body": "<reply JSON>",   "mac": HMAC(key, "rep" | nonce | body)}
+//! ```
+//! The server's fresh nonce makes a recorded request worthless, and the reply's MAC under the
+//! same nonce ties it to this request. The framing and the requests are pure; [`serve`] and
+//! [`call`] are the shell (sockets, threads, timeouts).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sha2::Sha256;
+
+use crate::command::Command;
+
+pub const NONCE_LEN: usize = 16;
+const MAX_LINE: usize = 64 * 1024;
+
+/// What one amgr asks the other.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum PeerRequest {
+    /// SWITCH from the ACTIVE side: it has released the VIP; become ACTIVE.
+    TakeOver { from: u32 },
+    /// SWITCH from the STANDBY side: release the VIP so the asker can take it.
+    Release { from: u32 },
+    /// KILLRM: are you there?
+    Ping { from: u32 },
+    /// PRIMARY on the dual: stop being PRIMARY.
+    DemotePrimary { from: u32 },
+    /// Any command run on this node on the dual's behalf (`amgr --peer ...`).
+    Run { from: u32, cmd: String },
+}
+
+impl PeerRequest {
+    pub fn from(&self) -> u32 {
+        match self {
+            PeerRequest::TakeOver { from }
+            | PeerRequest::Release { from }
+            | PeerRequest::Ping { from }
+            | PeerRequest::DemotePrimary { from }
+            | PeerRequest::Run { from, .. } => *from,
+        }
+    }
+
+    pub fn run(from: u32, cmd: Command) -> PeerRequest {
+        PeerRequest::Run {
+            from,
+            cmd: cmd.name().into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeerError {
+    #[error("malformed peer message: {0}")]
+    Malformed(String),
+    #[error("peer message failed authentication")]
+    Mac,
+    #[error("peer unreachable: {0}")]
+    Io(String),
+    #[error("peer refused: {0}")]
+    Refused(String),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Dir {
+    Request,
+    Reply,
+}
+
+fn tag(dir: Dir) -> &'static [u8] {
+    match dir {
+        Dir::Request => b"req",
+        Dir::Reply => b"rep",
+    }
+}
+
+fn mac(key: &[u8], nonce: &[u8; NONCE_LEN], dir: Dir, body: &str) -> Hmac<Sha256> {
+    let mut m = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
+    m.update(tag(dir));
+    m.update(nonce);
+    m.update(body.as_bytes());
+    m
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 || !s.is_ascii() {
+        return None;
+    }
+    (0..s.len() / 2)
+        .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok())
+        .collect()
+}
+
+pub fn challenge_line(nonce: &[u8; NONCE_LEN]) -> String {
+    format!("{}\n", json!({ "nonce": hex(nonce) }))
+}
+
+pub fn parse_challenge(line: &str) -> Result<[u8; NONCE_LEN], PeerError> {
+    let v: Value = serde_json::from_str(line).map_err(|e| PeerError::Malformed(e.to_string()))?;
+    v.get("nonce")
+        .and_then(Value::as_str)
+        .and_then(unhex)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| PeerError::Malformed("no nonce".into()))
+}
+
+fn seal(key: &[u8], nonce: &[u8; NONCE_LEN], dir: Dir, body: &Value) -> String {
+    let text = body.to_string();
+    let m = mac(key, nonce, dir, &text).finalize().into_bytes();
+    format!("{}\n", json!({"body": text, "mac": hex(&m)}))
+}
+
+fn open(key: &[u8], nonce: &[u8; NONCE_LEN], dir: Dir, line: &str) -> Result<Value, PeerError> {
+    let v: Value = serde_json::from_str(line).map_err(|e| PeerError::Malformed(e.to_string()))?;
+    let body = v
+        .get("body")
+        .and_then(Value::as_str)
+        .ok_or_else(|| PeerError::Malformed("no body".into()))?;
+    let tag = v
+        .get("mac")
+        .and_then(Value::as_str)
+        .and_then(unhex)
+        .ok_or_else(|| PeerError::Malformed("no mac".into()))?;
+    mac(key, nonce, dir, body)
+        .verify_slice(&tag)
+        .map_err(|_| PeerError::Mac)?;
+    serde_json::from_str(body).map_err(|e| PeerError::Malformed(e.to_string()))
+}
+
+pub fn seal_request(key: &[u8], nonce: &[u8; NONCE_LEN], req: &PeerRequest) -> String {
+    seal(
+        key,
+        nonce,
+        Dir::Request,
+        &serde_json::to_value(req).expect("requests serialise"),
+    )
+}
+
+pub fn open_request(
+    key: &[u8],
+    nonce: &[u8; NONCE_LEN],
+    line: &str,
+) -> Result<PeerRequest, PeerError> {
+    let v = open(key, nonce, Dir::Request, line)?;
+    serde_json::from_value(v).map_err(|e| PeerError::Malformed(e.to_string()))
+}
+
+pub fn seal_reply(key: &[u8], nonce: &[u8; NONCE_LEN], reply: &Result<Value, String>) -> String {
+    let v = match reply {
+        Ok(r) => json!({"ok": true, "result": r}),
+        Err(e) => json!({"ok": false, "error": e}),
+    };
+    seal(key, nonce, Dir::Reply, &v)
+}
+
+pub fn open_reply(key: &[u8], nonce: &[u8; NONCE_LEN], line: &str) -> Result<Value, PeerError> {
+    let v = open(key, nonce, Dir::Reply, line)?;
+    match v.get("ok") {
+        Some(Value::Bool(true)) => Ok(v.get("result").cloned().unwrap_or(Value::Null)),
+        Some(Value::Bool(false)) => Err(PeerError::Refused(
+            v.get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("(no reason)")
+                .into(),
+        )),
+        _ => Err(PeerError::Malformed("reply without ok".into())),
+    }
+}
+
+/// A peer request for the agent, with where its answer goes.
+pub struct Incoming {
+    pub req: PeerRequest,
+    pub reply: mpsc::Sender<Result<Value, String>>,
+}
+
+fn read_line(s: &mut TcpStream) -> std::io::Result<String> {
+    let mut line = String::new();
+    BufReader::new(s.take(MAX_LINE as u64)).read_line(&mut line)?;
+    if !line.ends_with('\n') {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "line too long or cut short",
+        ));
+    }
+    Ok(line)
+}
+
+fn nonce() -> [u8; NONCE_LEN] {
+    let mut n = [0u8; NONCE_LEN];
+    getrandom::getrandom(&mut n).expect("the kernel's random source");
+    n
+}
+
+/// Listens on each address (retrying the bind until it exists) and hands authenticated
+/// requests to `tx`. Unauthenticated or malformed ones are logged and answered with nothing.
+pub fn serve(addrs: Vec<SocketAddr>, key: Vec<u8>, tx: mpsc::Sender<Incoming>) {
+    for addr in addrs {
+        let (key, tx) = (key.clone(), tx.clone());
+        std::thread::Builder::new()
+            .name("peer-listen".into())
+            .spawn(move || {
+                let listener = loop {
+                    match TcpListener::bind(addr) {
+                        Ok(l) => break l,
+                        Err(e) => {
+                            tracing::debug!(listen = %addr, error = %e, "peer command port not bound yet");
+                            std::thread::sleep(Duration::from_secs(1));
+                        }
+                    }
+                };
+                tracing::info!(listen = %addr, "peer command port listening");
+                for conn in listener.incoming().flatten() {
+                    let (key, tx) = (key.clone(), tx.clone());
+                    let _ = std::thread::Builder::new()
+                        .name("peer-conn".into())
+                        .spawn(move || handle(conn, &key, &tx));
+                }
+            })
+            .expect("a thread");
+    }
+}
+
+fn handle(mut conn: TcpStream, key: &[u8], tx: &mpsc::Sender<Incoming>) {
+    let from = conn.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = conn.set_nodelay(true);
+    let n = nonce();
+    if conn.write_all(challenge_line(&n).as_bytes()).is_err() {
+        return;
+    }
+    let req = match read_line(&mut conn).map_err(|e| PeerError::Io(e.to_string())) {
+        Ok(line) => open_request(key, &n, &line),
+        Err(e) => Err(e),
+    };
+    let req = match req {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(peer = %from, error = %e, "peer command refused");
+            return;
+        }
+    };
+    let (reply_tx, reply_rx) = mpsc::channel();
+    if tx
+        .send(Incoming {
+            req,
+            reply: reply_tx,
+        })
+        .is_err()
+    {
+        return;
+    }
+    let reply = reply_rx
+        .recv_timeout(Duration::from_secs(10))
+        .unwrap_or_else(|_| Err("the agent did not answer in time".into()));
+    let _ = conn.write_all(seal_reply(key, &n, &reply).as_bytes());
+}
+
+/// Sends `req` to the first of `addrs` that answers and returns the dual's reply.
+pub fn call(
+    addrs: &[SocketAddr],
+    key: &[u8],
+    req: &PeerRequest,
+    timeout: Duration,
+) -> Result<Value, PeerError> {
+    let mut last = PeerError::Io("no peer address".into());
+    for addr in addrs {
+        let mut s = match TcpStream::connect_timeout(addr, timeout.min(Duration::from_secs(1))) {
+            Ok(s) => s,
+            Err(e) => {
+                last = PeerError::Io(format!("{addr}: {e}"));
+                continue;
+            }
+        };
+        let _ = s.set_nodelay(true);
+        let _ = s.set_read_timeout(Some(timeout));
+        let exchange = (|| {
+            let n = parse_challenge(&read_line(&mut s).map_err(|e| PeerError::Io(e.to_string()))?)?;
+            s.write_all(seal_request(key, &n, req).as_bytes())
+                .map_err(|e| PeerError::Io(e.to_string()))?;
+            let line = read_line(&mut s).map_err(|e| PeerError::Io(e.to_string()))?;
+            open_reply(key, &n, &line)
+        })();
+        match exchange {
+            Err(PeerError::Io(e)) => last = PeerError::Io(format!("{addr}: {e}")),
+            other => return other,
+        }
+    }
+    Err(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn a_sealed_request_opens_under_the_same_key_and_nonce_only() {
+        let n = [7u8; NONCE_LEN];
+        let req = PeerRequest::TakeOver { from: 2 };
+        let line = seal_request(KEY, &n, &req);
+        assert_eq!(open_request(KEY, &n, &line), Ok(req.clone()));
+        assert_eq!(
+            open_request(b"another key, same length.......", &n, &line),
+            Err(PeerError::Mac)
+        );
+        // A recorded request replayed against a fresh nonce.
+        assert_eq!(
+            open_request(KEY, &[8u8; NONCE_LEN], &line),
+            Err(PeerError::Mac)
+        );
+        // A reply cannot be passed off as a request.
+        let reply = seal_reply(KEY, &n, &Ok(json!({"op": "take_over", "from": 2})));
+        assert_eq!(open_request(KEY, &n, &reply), Err(PeerError::Mac));
+    }
+
+    #[test]
+    fn any_tampering_is_caught() {
+        let n = [1u8; NONCE_LEN];
+        let line = seal_request(KEY, &n, &PeerRequest::Release { from: 1 });
+        let tampered = line.replace("\\\"from\\\":1", "\\\"from\\\":2");
+        assert_ne!(tampered, line);
+        assert_eq!(open_request(KEY, &n, &tampered), Err(PeerError::Mac));
+        for junk in ["", "{}", "[]", "{\"body\": 1, \"mac\": \"00\"}", "nope"] {
+            assert!(matches!(
+                open_request(KEY, &n, junk),
+                Err(PeerError::Malformed(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn replies_carry_refusals() {
+        let n = [3u8; NONCE_LEN];
+        let line = seal_reply(KEY, &n, &Err("INHIBITED".into()));
+        assert_eq!(
+            open_reply(KEY, &n, &line),
+            Err(PeerError::Refused("INHIBITED".into()))
+        );
+        let line = seal_reply(KEY, &n, &Ok(json!(1)));
+        assert_eq!(open_reply(KEY, &n, &line), Ok(json!(1)));
+        assert_eq!(parse_challenge(&challenge_line(&n)), Ok(n));
+    }
+
+    #[test]
+    fn unknown_requests_are_malformed() {
+        let n = [0u8; NONCE_LEN];
+        let line = seal(
+            KEY,
+            &n,
+            Dir::Request,
+            &json!({"op": "format_disk", "from": 1}),
+        );
+        assert!(matches!(
+            open_request(KEY, &n, &line),
+            Err(PeerError::Malformed(_))
+        ));
+    }
+}

@@ -1,0 +1,156 @@
+//! The text `amgr query` prints: both instances, the heartbeat links, the last failover and
+//! the config sync, from the agent's JSON answer. Pure.
+
+use serde_json::Value;
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn ago(now_ms: u64, at: &Value) -> String {
+    at.as_u64().map_or("never".into(), |t| {
+        format!("{:.1} s ago", now_ms.saturating_sub(t) as f64 / 1000.0)
+    })
+}
+
+fn flags(v: &Value) -> String {
+    let mut f = vec![];
+    if v["primary"] == true {
+        f.push("PRIMARY");
+    }
+    if v["inhibited"] == true {
+        f.push("INHIBITED");
+    }
+    f.join(",")
+}
+
+/// `q` is the QUERY result; `now_ms` the Unix time in ms, for the ages.
+pub fn query(q: &Value, now_ms: u64) -> String {
+    let mut out = String::new();
+    let n = &q["node"];
+    out += &format!(
+        "this node  {:<4} {:<12} {:<18} slbd pid {}\n",
+        s(&n["id"]),
+        s(&n["state"]),
+        flags(n),
+        s(&n["slbd_pid"])
+    );
+    match &q["dual"] {
+        Value::Null => out += "dual       never heard\n",
+        d => {
+            out += &format!(
+                "dual       {:<4} {:<12} {:<18} heard {} ms ago, peer {}\n",
+                s(&d["id"]),
+                s(&d["state"]),
+                flags(d),
+                s(&d["heard_ms_ago"]),
+                s(&q["peer"])
+            );
+            out += &format!(
+                "config     {} (this node {}, dual {})\n",
+                if d["config_in_sync"] == true {
+                    "in sync"
+                } else {
+                    "DIFFERS"
+                },
+                s(&n["config_generation"]),
+                s(&d["config_generation"])
+            );
+        }
+    }
+    for (i, l) in q["links"].as_array().into_iter().flatten().enumerate() {
+        let rejected = l["rejected"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default();
+        out += &format!(
+            "link {i}     {} -> {}  {}  sent {} received {} rejected {}\n",
+            s(&l["local"]),
+            s(&l["peer"]),
+            if l["up"] == true { "up  " } else { "DOWN" },
+            s(&l["sent"]),
+            s(&l["received"]),
+            if rejected.is_empty() {
+                "0".into()
+            } else {
+                rejected
+            }
+        );
+    }
+    match &q["last_failover"] {
+        Value::Null => out += "failover   none since amgr started\n",
+        f => {
+            out += &format!(
+                "failover   node {} became ACTIVE {} ({})\n",
+                s(&f["active"]),
+                ago(now_ms, &f["at_ms"]),
+                s(&f["reason"])
+            )
+        }
+    }
+    let sy = &q["sync"];
+    out += &format!(
+        "sync       to {}: last ok {}, {} pushes, {} failures{}\n",
+        s(&sy["peer"]),
+        ago(now_ms, &sy["last_ok_ms"]),
+        s(&sy["pushes"]),
+        s(&sy["failures"]),
+        match &sy["last_error"] {
+            Value::Null => String::new(),
+            e => format!(", last error: {}", s(e)),
+        }
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn query_shows_both_nodes_links_failover_and_sync() {
+        let q = json!({
+            "node": {"id": 1, "state": "ACTIVE", "primary": true, "inhibited": false,
+                     "slbd_pid": 42, "config_generation": "00000000000000aa"},
+            "dual": {"id": 2, "state": "STANDBY", "primary": false, "inhibited": true,
+                     "heard_ms_ago": 30, "config_generation": "00000000000000aa",
+                     "config_in_sync": true},
+            "peer": "alive",
+            "links": [{"local": "192.168.1.1", "peer": "192.168.1.2", "up": true, "sent": 10,
+                       "received": 9, "rejected": {"mac": 2}},
+                      {"local": "10.1.1.1", "peer": "10.1.1.2", "up": false, "sent": 10,
+                       "received": 0, "rejected": {}}],
+            "last_failover": {"at_ms": 10_000, "active": 1, "reason": "dual lost"},
+            "sync": {"peer": "root@192.168.1.2:22", "last_ok_ms": 11_000, "last_error": null,
+                     "pushes": 3, "failures": 0},
+        });
+        let text = query(&q, 12_500);
+        for want in [
+            "this node  1    ACTIVE       PRIMARY",
+            "dual       2    STANDBY      INHIBITED",
+            "config     in sync",
+            "link 0     192.168.1.1 -> 192.168.1.2  up    sent 10 received 9 rejected mac=2",
+            "link 1     10.1.1.1 -> 10.1.1.2  DOWN",
+            "failover   node 1 became ACTIVE 2.5 s ago (dual lost)",
+            "sync       to root@192.168.1.2:22: last ok 1.5 s ago, 3 pushes, 0 failures",
+        ] {
+            assert!(text.contains(want), "{want:?} missing from:\n{text}");
+        }
+        let alone = query(
+            &json!({"node": {"id": 1, "state": "INIT"}, "dual": null}),
+            0,
+        );
+        assert!(alone.contains("dual       never heard"), "{alone}");
+        assert!(alone.contains("failover   none"), "{alone}");
+    }
+}
