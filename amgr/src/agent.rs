@@ -259,6 +259,11 @@ impl Agent {
             if to == State::Init {
                 self.init_since = Instant::now();
             }
+            if to == State::Standby {
+                // NoActive counts the dead time from here: a node that has just become
+                // STANDBY (or the dual that just let go in a SWITCH) is not "nobody ACTIVE".
+                self.last_active_seen = Instant::now();
+            }
         }
         let mut refused = None;
         for a in actions {

@@ -51,6 +51,8 @@ pub fn server_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(172, 16, 0, 2 + i as u8)
 }
 
+pub mod pair;
+
 static LABS: AtomicUsize = AtomicUsize::new(0);
 
 /// True when this process may build namespaces. Outside CI a test without root skips; in CI

@@ -1,0 +1,400 @@
+//! The active/standby pair against the real binaries: two balancer namespaces, each running
+//! amgr (which runs slbd) and a real sshd; a client making a new TCP request every 50 ms.
+//! Failover by crash, by links going down, by slbd alone dying, and by SWITCH; TEST/UNTEST and
+//! INHIBIT; heartbeat cuts on one and on all links; forged and replayed heartbeats; config sync
+//! over SSH reaching the STANDBY and used after a failover.
+
+use std::time::Duration;
+
+use slb_tests::pair::{service_gap, Pair, PairOptions, Requests, HB_PORT};
+use slb_tests::*;
+
+const UP: Duration = Duration::from_secs(15);
+const GOAL: Duration = Duration::from_secs(1);
+
+fn pair() -> Pair {
+    let mut p = Pair::new(PairOptions::default()).expect("the pair's lab");
+    p.start_both().expect("amgr");
+    p.wait_states(["ACTIVE", "STANDBY"], UP).unwrap();
+    p
+}
+
+fn assert_one_vip(p: &Pair, active: usize) {
+    assert!(p.has_vip(active), "node {} lacks the VIP", active + 1);
+    assert!(
+        !p.has_vip(1 - active),
+        "node {} holds the VIP too",
+        2 - active
+    );
+}
+
+#[test]
+fn both_started_exactly_one_is_active_and_query_agrees() {
+    if !can_run("both_started_exactly_one_is_active_and_query_agrees") {
+        return;
+    }
+    let p = pair();
+    assert_one_vip(&p, 0);
+    let (q1, q2) = (p.query(0).unwrap(), p.query(1).unwrap());
+    assert_eq!(q1["dual"]["state"], "STANDBY", "{q1}");
+    assert_eq!(q2["dual"]["state"], "ACTIVE", "{q2}");
+    assert_eq!(q1["peer"], "alive");
+    for q in [&q1, &q2] {
+        let links = q["links"].as_array().unwrap();
+        assert_eq!(links.len(), 2);
+        assert!(links.iter().all(|l| l["up"] == true), "{q}");
+    }
+    // The human form names both.
+    let (code, text, _) = p.amgr(1, &["query"]);
+    assert_eq!(code, 0);
+    assert!(
+        text.contains("STANDBY") && text.contains("ACTIVE"),
+        "{text}"
+    );
+    let spread = in_ns(&p.lab.client(), || {
+        (0..6)
+            .map(|_| server_name(&http_get(CLIENT, vip(80), "/", Duration::from_secs(2)).unwrap()))
+            .collect::<std::collections::BTreeSet<_>>()
+    });
+    assert_eq!(spread.len(), 3, "{spread:?}");
+}
+
+/// Kills node 0's whole stack while requests flow; returns the gap.
+fn crash_gap(p: &mut Pair, how: &str) -> Duration {
+    let reqs = Requests::start(&p.lab.client(), Duration::from_millis(50));
+    std::thread::sleep(Duration::from_millis(500));
+    match how {
+        "kill" => p.kill(0),
+        "links" => p.set_links(0, false).unwrap(),
+        "slbd" => {
+            let pid = p.slbd_pid(0).expect("slbd pid");
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .unwrap();
+        }
+        _ => unreachable!(),
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while p.state(1) != "ACTIVE" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node 2 did not take over:\n{}",
+            p.log(1)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(1000));
+    let attempts = reqs.finish();
+    let (gap, failed_outside) = service_gap(&attempts);
+    let ok = attempts.iter().filter(|a| a.server.is_some()).count();
+    eprintln!(
+        "{how}: gap {} ms, {ok}/{} requests ok, {failed_outside} failed outside the gap",
+        gap.as_millis(),
+        attempts.len()
+    );
+    assert!(
+        attempts.last().unwrap().server.is_some(),
+        "requests did not recover"
+    );
+    assert_eq!(failed_outside, 0);
+    assert!(p.has_vip(1));
+    gap
+}
+
+#[test]
+fn kill_9_of_the_active_amgr_and_slbd_fails_over_under_a_second() {
+    if !can_run("kill_9_of_the_active_amgr_and_slbd_fails_over_under_a_second") {
+        return;
+    }
+    let mut p = pair();
+    let gap = crash_gap(&mut p, "kill");
+    assert!(gap < GOAL, "gap {gap:?}");
+    let q = p.query(1).unwrap();
+    assert_eq!(q["peer"], "lost");
+    assert_eq!(q["last_failover"]["active"], 2);
+    // The crashed node comes back as STANDBY: no preemption, one VIP.
+    p.start(0).unwrap();
+    p.wait_states(["STANDBY", "ACTIVE"], UP).unwrap();
+    assert_one_vip(&p, 1);
+}
+
+#[test]
+fn the_active_links_going_down_fails_over_and_healing_leaves_one_active() {
+    if !can_run("the_active_links_going_down_fails_over_and_healing_leaves_one_active") {
+        return;
+    }
+    let mut p = pair();
+    let gap = crash_gap(&mut p, "links");
+    assert!(gap < GOAL, "gap {gap:?}");
+    p.set_links(0, true).unwrap();
+    // PRIMARY node 1 wins the split; exactly one ACTIVE, one VIP, and the client is served.
+    p.wait_states(["ACTIVE", "STANDBY"], UP).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_one_vip(&p, 0);
+    in_ns(&p.lab.client(), || {
+        http_get(CLIENT, vip(80), "/", Duration::from_secs(2)).expect("served after healing")
+    });
+}
+
+#[test]
+fn slbd_dying_alone_makes_the_node_failed_and_the_dual_active() {
+    if !can_run("slbd_dying_alone_makes_the_node_failed_and_the_dual_active") {
+        return;
+    }
+    let mut p = pair();
+    let gap = crash_gap(&mut p, "slbd");
+    assert!(gap < GOAL, "gap {gap:?}");
+    assert!(!p.has_vip(0), "the failed node kept the VIP");
+    // amgr restarts slbd, and the node settles as STANDBY.
+    p.wait_states(["STANDBY", "ACTIVE"], UP).unwrap();
+    assert!(
+        p.log(0).contains("to=\"FAILED\"") || p.log(0).contains("to=FAILED"),
+        "{}",
+        p.log(0)
+    );
+}
+
+#[test]
+fn switch_moves_the_vip_both_ways_with_no_failure_outside_the_gap() {
+    if !can_run("switch_moves_the_vip_both_ways_with_no_failure_outside_the_gap") {
+        return;
+    }
+    let p = pair();
+    for (from, to) in [(0, 1), (1, 0)] {
+        let reqs = Requests::start(&p.lab.client(), Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(400));
+        let (code, out, err) = p.amgr(from, &["switch"]);
+        assert_eq!(code, 0, "{out}{err}");
+        std::thread::sleep(Duration::from_millis(800));
+        let attempts = reqs.finish();
+        let (gap, failed_outside) = service_gap(&attempts);
+        eprintln!(
+            "switch {} -> {}: gap {} ms",
+            from + 1,
+            to + 1,
+            gap.as_millis()
+        );
+        assert!(gap < GOAL, "gap {gap:?}");
+        assert_eq!(failed_outside, 0);
+        let mut want = ["STANDBY"; 2];
+        want[to] = "ACTIVE";
+        p.wait_states(want, UP).unwrap();
+        assert_one_vip(&p, to);
+    }
+    // SWITCH run on the STANDBY works too.
+    let (code, out, err) = p.amgr(1, &["SWITCH"]);
+    assert_eq!(code, 0, "{out}{err}");
+    p.wait_states(["STANDBY", "ACTIVE"], UP).unwrap();
+    assert_one_vip(&p, 1);
+}
+
+#[test]
+fn test_untest_inhibit_and_the_guards_are_obeyed() {
+    if !can_run("test_untest_inhibit_and_the_guards_are_obeyed") {
+        return;
+    }
+    let mut p = pair();
+    // TEST applies to the STANDBY only; the ACTIVE refuses it and says why.
+    let (code, _, err) = p.amgr(0, &["test"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("TEST applies to a STANDBY"), "{err}");
+    assert_eq!(p.amgr(1, &["test"]).0, 0);
+    p.wait_states(["ACTIVE", "MAINTENANCE"], UP).unwrap();
+    // No STANDBY now: SHUTDOWN and DISABLE of the ACTIVE are refused, SWITCH too.
+    for cmd in ["shutdown", "disable", "switch"] {
+        let (code, _, err) = p.amgr(0, &[cmd]);
+        assert_ne!(code, 0, "{cmd} was not refused");
+        assert!(err.contains("STANDBY"), "{cmd}: {err}");
+    }
+    assert_eq!(p.state(0), "ACTIVE");
+    assert_eq!(p.amgr(1, &["untest"]).0, 0);
+    p.wait_states(["ACTIVE", "STANDBY"], UP).unwrap();
+    // An inhibited STANDBY never takes over: SWITCH is refused, and a crash leaves no ACTIVE.
+    assert_eq!(p.amgr(1, &["inhibit"]).0, 0);
+    let (code, _, err) = p.amgr(0, &["switch"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("INHIBITED"), "{err}");
+    p.kill(0);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(p.state(1), "STANDBY");
+    assert!(!p.has_vip(1));
+    // UNINHIBIT: it takes over at once, the dual being lost.
+    assert_eq!(p.amgr(1, &["uninhibit"]).0, 0);
+    p.wait_states(["DOWN", "ACTIVE"], UP).unwrap();
+    assert!(p.has_vip(1));
+}
+
+#[test]
+fn heartbeat_cut_on_one_link_changes_nothing_on_all_links_heals_to_one_active() {
+    if !can_run("heartbeat_cut_on_one_link_changes_nothing_on_all_links_heals_to_one_active") {
+        return;
+    }
+    let p = pair();
+    for link in [0, 1] {
+        p.cut_heartbeat(0, &[link]).unwrap();
+        std::thread::sleep(Duration::from_secs(1));
+        assert_eq!(
+            [p.state(0), p.state(1)],
+            ["ACTIVE", "STANDBY"],
+            "cut link {link}"
+        );
+        let q = p.query(1).unwrap();
+        assert_eq!(q["peer"], "alive");
+        assert_eq!(q["links"][link]["up"], false, "{q}");
+        assert_eq!(q["links"][1 - link]["up"], true, "{q}");
+    }
+    p.cut_heartbeat(0, &[0, 1]).unwrap();
+    p.wait_states(["ACTIVE", "ACTIVE"], UP).unwrap();
+    p.cut_heartbeat(0, &[]).unwrap();
+    p.wait_states(["ACTIVE", "STANDBY"], UP).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_one_vip(&p, 0);
+    in_ns(&p.lab.client(), || {
+        http_get(CLIENT, vip(80), "/", Duration::from_secs(2)).expect("served after healing")
+    });
+}
+
+#[test]
+fn forged_and_replayed_heartbeats_change_nothing() {
+    if !can_run("forged_and_replayed_heartbeats_change_nothing") {
+        return;
+    }
+    let p = pair();
+    // Capture node 2's real heartbeats from the cable as node 1 sees them, and replay them
+    // later; forge others with the wrong key claiming node 2 FAILED.
+    let b1 = p.nodes[0].ns.clone();
+    let b2 = p.nodes[1].ns.clone();
+    // Forged: from node 2's own address, node 2's id, claiming FAILED, under the wrong key.
+    let forged = in_ns(&b2, || {
+        let s = std::net::UdpSocket::bind("192.168.100.2:0").unwrap();
+        let hb = heartbeat_bytes(b"not the pair's key, but long enough", 2, 5);
+        for _ in 0..20 {
+            s.send_to(&hb, ("192.168.100.1", HB_PORT)).unwrap();
+        }
+        20
+    });
+    // Replayed: a real heartbeat of node 2, captured on node 1's cable, sent again.
+    let captured = capture_one(&b1);
+    in_ns(&b2, || {
+        let s = std::net::UdpSocket::bind("192.168.100.2:0").unwrap();
+        for _ in 0..10 {
+            s.send_to(&captured, ("192.168.100.1", HB_PORT)).unwrap();
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let q = p.query(0).unwrap();
+    let rejected = &q["links"][1]["rejected"];
+    assert!(rejected["mac"].as_u64().unwrap_or(0) >= forged, "{q}");
+    assert!(
+        rejected["replay"].as_u64().unwrap_or(0) + rejected["stale"].as_u64().unwrap_or(0) >= 10,
+        "{q}"
+    );
+    assert_eq!([p.state(0), p.state(1)], ["ACTIVE", "STANDBY"]);
+    assert_one_vip(&p, 0);
+}
+
+/// A heartbeat from `node` claiming slbd FAILED, authenticated with `key`.
+fn heartbeat_bytes(key: &[u8], node: u32, seq: u64) -> Vec<u8> {
+    use heartbeat::msg::{emit, App, AppState, Heartbeat};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    emit(
+        &Heartbeat {
+            node,
+            boot: 1,
+            seq,
+            sent_ms: now,
+            generation: 0,
+            link: 1,
+            apps: vec![App {
+                id: 0,
+                state: AppState::Failed,
+                primary: false,
+                inhibited: false,
+            }],
+        },
+        key,
+    )
+}
+
+/// One heartbeat datagram arriving in namespace `ns` on the cable, read from a raw socket.
+fn capture_one(ns: &str) -> Vec<u8> {
+    in_ns(ns, || {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_UDP) };
+        assert!(fd >= 0);
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut buf = [0u8; 2048];
+        loop {
+            let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            assert!(n > 28);
+            let n = n as usize;
+            let ihl = usize::from(buf[0] & 0xf) * 4;
+            let src = &buf[12..16];
+            let dport = u16::from_be_bytes([buf[ihl + 2], buf[ihl + 3]]);
+            if src == [192, 168, 100, 2] && dport == HB_PORT {
+                return buf[ihl + 8..n].to_vec();
+            }
+        }
+    })
+}
+
+#[test]
+fn save_config_on_the_active_reaches_the_standby_and_is_used_after_failover() {
+    if !can_run("save_config_on_the_active_reaches_the_standby_and_is_used_after_failover") {
+        return;
+    }
+    let mut p = Pair::new(PairOptions {
+        servers: 3,
+        configured: 2,
+        sync_period_s: 10,
+    })
+    .unwrap();
+    p.start_both().unwrap();
+    p.wait_states(["ACTIVE", "STANDBY"], UP).unwrap();
+    let added = format!("{}:{}", server_ip(2), SERVER_HTTP_PORT);
+    let (code, out, err) = p.slbctl(
+        0,
+        &["--add-server", &format!("80={added}"), "--save-config"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let t0 = std::time::Instant::now();
+    let standby_conf = p.nodes[1].config_path();
+    loop {
+        let text = std::fs::read_to_string(&standby_conf).unwrap_or_default();
+        if text.contains(&added) {
+            // The peer's copy names node 1 as its backup, and is 0600.
+            assert!(text.contains("192.168.100.1"), "{text}");
+            let mode = std::fs::metadata(&standby_conf).unwrap().permissions();
+            assert_eq!(
+                std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+                0o600
+            );
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "not synced in one period:\n{}",
+            p.log(0)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("synced in {} ms", t0.elapsed().as_millis());
+    let q = p.query(0).unwrap();
+    assert!(q["sync"]["pushes"].as_u64().unwrap() >= 1, "{q}");
+    p.kill(0);
+    p.wait_states(["DOWN", "ACTIVE"], UP).unwrap();
+    let seen = in_ns(&p.lab.client(), || {
+        (0..6)
+            .map(|_| server_name(&http_get(CLIENT, vip(80), "/", Duration::from_secs(2)).unwrap()))
+            .collect::<std::collections::BTreeSet<_>>()
+    });
+    assert!(
+        seen.contains("s3"),
+        "the added server is not used after failover: {seen:?}"
+    );
+}
