@@ -1,15 +1,26 @@
 #!/usr/bin/env bash
 # Installs what building and running slb needs on Debian 12, as root: the C libraries the
-# nftables crates link (libnftnl, libmnl), the tools the lab drives (iproute2, nftables,
-# ethtool), a Rust toolchain if there is none, and cargo-nextest for the test suite.
+# nftables crates link (libnftnl, libmnl) and OpenSSL for ssh2, the tools the lab drives (iproute2, nftables,
+# ethtool, sshd), a Rust toolchain if there is none, and cargo-nextest for the test suite.
 set -euo pipefail
 need_apt=()
-for pkg in build-essential pkg-config libnftnl-dev libmnl-dev nftables iproute2 ethtool ca-certificates curl; do
+# libssl-dev: ssh2 (amgr's config sync) builds libssh2 against OpenSSL. openssh-server: the
+# pair's lab runs a real sshd in each balancer namespace (the host's ssh service is not started).
+for pkg in build-essential pkg-config libnftnl-dev libmnl-dev libssl-dev nftables iproute2 ethtool \
+  ca-certificates curl openssh-client openssh-server; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq
+  # Keep package installs from starting services (sshd on the host): only the lab's run.
+  own_policy=
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    own_policy=1
+  fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  if [ -n "$own_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
 fi
 if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
   export PATH="$HOME/.cargo/bin:$PATH"

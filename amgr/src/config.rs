@@ -389,6 +389,13 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_is_valid() {
+        let c = parse(include_str!("../../etc/slb/amgr.json")).unwrap();
+        assert_eq!(c.links.len(), 2);
+        assert!(c.primary);
+    }
+
+    #[test]
     fn unknown_fields_and_broken_json_are_refused() {
         let e = parse(&MINIMAL.replace("\"primary\"", "\"primery\"")).unwrap_err();
         assert!(e.to_string().contains("unknown field `primery`"), "{e}");

@@ -43,12 +43,17 @@ pub fn query(q: &Value, now_ms: u64) -> String {
         Value::Null => out += "dual       never heard\n",
         d => {
             out += &format!(
-                "dual       {:<4} {:<12} {:<18} heard {} ms ago, peer {}\n",
+                "dual       {:<4} {:<12} {:<18} heard {} ms ago, peer {}{}\n",
                 s(&d["id"]),
                 s(&d["state"]),
                 flags(d),
                 s(&d["heard_ms_ago"]),
-                s(&q["peer"])
+                s(&q["peer"]),
+                if q["peer"] == "lost" {
+                    " (its state as last heard)"
+                } else {
+                    ""
+                }
             );
             out += &format!(
                 "config     {} (this node {}, dual {})\n",

@@ -151,12 +151,12 @@ impl Pair {
         std::fs::create_dir_all("/run/sshd")?;
 
         let mut nodes = Vec::new();
-        for i in 0..2 {
+        for (i, ns) in b.iter().enumerate() {
             let ndir = dir.join(format!("b{}", i + 1));
             std::fs::create_dir_all(&ndir)?;
             keygen(&ndir.join("host_ed25519"))?;
             nodes.push(Node {
-                ns: b[i].clone(),
+                ns: ns.clone(),
                 dir: ndir,
                 amgr: None,
                 sshd: None,

@@ -398,3 +398,95 @@ fn save_config_on_the_active_reaches_the_standby_and_is_used_after_failover() {
         "the added server is not used after failover: {seen:?}"
     );
 }
+
+#[test]
+fn amgr_refuses_bad_input_and_keeps_running() {
+    if !can_run("amgr_refuses_bad_input_and_keeps_running") {
+        return;
+    }
+    let p = pair();
+    // Garbage on the command socket: an error naming the problem, nothing changes.
+    let socket = p.nodes[0].socket();
+    for (line, why) in [
+        ("hello\n", "not JSON"),
+        ("{\"v\": 1, \"cmd\": \"EXPLODE\"}\n", "unknown command"),
+        (
+            "{\"v\": 1, \"cmd\": \"QUERY\", \"x\": 1}\n",
+            "unexpected field",
+        ),
+        ("{\"v\": 1, \"cmd\": \"SWITCH\"", "without a newline"),
+    ] {
+        use std::io::{Read, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        s.write_all(line.as_bytes()).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).unwrap();
+        assert!(
+            reply.contains("\"ok\":false") && reply.contains(why),
+            "{line:?} -> {reply}"
+        );
+    }
+    let mode = std::fs::metadata(&socket).unwrap().permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+    // Unauthenticated junk on the peer command port is dropped.
+    in_ns(&p.nodes[1].ns, || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect("192.168.100.1:7406").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut nonce = [0u8; 64];
+        let _ = s.read(&mut nonce).unwrap();
+        s.write_all(
+            b"{\"body\": \"{\\\"op\\\":\\\"release\\\",\\\"from\\\":2}\", \"mac\": \"00\"}\n",
+        )
+        .unwrap();
+        let mut rest = String::new();
+        let _ = s.read_to_string(&mut rest);
+        assert_eq!(rest, "", "an unauthenticated request got an answer");
+    });
+    assert_eq!([p.state(0), p.state(1)], ["ACTIVE", "STANDBY"]);
+    assert_one_vip(&p, 0);
+    // A bad amgr.json, and a key file others can read: refused with the reason, exit 1.
+    let bad = p.lab.dir().join("bad-amgr.json");
+    std::fs::write(
+        &bad,
+        r#"{"node_id": 0, "key_file": "/k", "heartbeat": {"links": []}}"#,
+    )
+    .unwrap();
+    let out = std::process::Command::new(workspace_bin("amgr"))
+        .args(["run", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("node_id: must be 1 or more") && err.contains("0 links given"),
+        "{err}"
+    );
+    let key = p.lab.dir().join("pair.key");
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let out = p
+        .lab
+        .exec(
+            &p.nodes[0].ns,
+            &[
+                workspace_bin("amgr").to_str().unwrap(),
+                "run",
+                "--config",
+                p.nodes[0].dir.join("amgr.json").to_str().unwrap(),
+            ],
+        )
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("must be mode 0600"), "{err}");
+    assert_eq!(
+        p.state(0),
+        "ACTIVE",
+        "a refused second amgr disturbed the first"
+    );
+}

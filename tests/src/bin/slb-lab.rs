@@ -1,4 +1,6 @@
-//! The lab from the command line: `slb-lab demo` shows slbd balancing a 3-server lab;
+//! The lab from the command line: `slb-lab demo` shows the active/standby pair balancing a
+//! 3-server lab and failing over (with the service gap measured); `slb-lab demo-single` one
+//! slbd alone; `slb-lab failover N` measures the failover gaps over N runs of each kind;
 //! `slb-lab bench-bulk` measures one bulk TCP download through slbd against the same download
 //! routed through the balancer namespace without slbd; `slb-lab spread` runs the original
 //! thesis's test shape (14 real servers, 50 client addresses × 4 requests, persistence on) for
@@ -9,7 +11,156 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use slb_tests::pair::{service_gap, Pair, PairOptions, Requests};
 use slb_tests::*;
+
+fn show(title: &str, text: &str) {
+    println!("$ {title}");
+    for line in text.lines() {
+        println!("    {line}");
+    }
+}
+
+/// Requests every 50 ms while `act` runs; waits until node `to` is ACTIVE and serving; returns
+/// the service gap in ms and the requests that failed outside it.
+fn measured(
+    pair: &mut Pair,
+    to: usize,
+    act: impl FnOnce(&mut Pair) -> Result<()>,
+) -> Result<(u128, usize)> {
+    let reqs = Requests::start(&pair.lab.client(), Duration::from_millis(50));
+    std::thread::sleep(Duration::from_millis(500));
+    act(pair)?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while pair.state(to) != "ACTIVE" {
+        if Instant::now() > deadline {
+            bail!("node {} did not become ACTIVE:\n{}", to + 1, pair.log(to));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(1000));
+    let attempts = reqs.finish();
+    if attempts.last().is_none_or(|a| a.server.is_none()) {
+        bail!("requests did not recover");
+    }
+    let (gap, outside) = service_gap(&attempts);
+    Ok((gap.as_millis(), outside))
+}
+
+fn pair_demo() -> Result<()> {
+    let mut pair = Pair::new(PairOptions::default()).context("building the pair's lab")?;
+    println!(
+        "lab {}: client {CLIENT}, VIP {VIP}, balancers b1 (PRIMARY) and b2 (BACKUP), real servers 172.16.0.2-4",
+        pair.lab.id
+    );
+    println!("each balancer runs amgr (which runs slbd) and sshd; heartbeats over two links\n");
+    pair.start_both()?;
+    pair.wait_states(["ACTIVE", "STANDBY"], Duration::from_secs(15))?;
+    show("amgr query   (on b1)", &pair.amgr(0, &["query"]).1);
+    let seen: Vec<String> = in_ns(&pair.lab.client(), || {
+        (0..6)
+            .map(|_| {
+                http_get(CLIENT, vip(80), "/", Duration::from_secs(2))
+                    .map(|b| server_name(&b))
+                    .unwrap_or_else(|e| format!("error: {e}"))
+            })
+            .collect()
+    });
+    println!("\n6 requests to {VIP}:80 answered by {}\n", seen.join(" "));
+
+    println!("a client sends a new TCP request every 50 ms; kill -9 b1's amgr and slbd ...");
+    let (gap, outside) = measured(&mut pair, 1, |pair| {
+        pair.kill(0);
+        Ok(())
+    })?;
+    println!("b2 took over: service gap {gap} ms (last success before -> first after), {outside} failures outside it\n");
+    show("amgr query   (on b2)", &pair.amgr(1, &["query"]).1);
+
+    println!("\nrestarting b1's amgr: it comes back as STANDBY (no preemption) ...");
+    pair.start(0)?;
+    pair.wait_states(["STANDBY", "ACTIVE"], Duration::from_secs(15))?;
+    println!("amgr switch  (on b2), requests still flowing ...");
+    let (gap, outside) = measured(&mut pair, 0, |pair| {
+        let (code, out, err) = pair.amgr(1, &["switch"]);
+        if code != 0 {
+            bail!("switch: {out}{err}");
+        }
+        Ok(())
+    })?;
+    println!("b1 is ACTIVE again: service gap {gap} ms, {outside} failures outside it\n");
+    show("amgr query   (on b1)", &pair.amgr(0, &["query"]).1);
+    drop(pair);
+    println!("\nlab removed");
+    Ok(())
+}
+
+/// `runs` failovers of each kind on one pair, node 1 made ACTIVE again between runs.
+fn failover_runs(runs: usize) -> Result<()> {
+    let mut pair = Pair::new(PairOptions::default()).context("building the pair's lab")?;
+    pair.start_both()?;
+    pair.wait_states(["ACTIVE", "STANDBY"], Duration::from_secs(15))?;
+    let mut table: Vec<(&str, Vec<u128>, usize)> = Vec::new();
+    for kind in ["kill -9 amgr+slbd", "links down", "slbd killed", "switch"] {
+        let mut gaps = Vec::new();
+        let mut outside_total = 0;
+        for _ in 0..runs {
+            let (gap, outside) = measured(&mut pair, 1, |pair| {
+                match kind {
+                    "kill -9 amgr+slbd" => pair.kill(0),
+                    "links down" => pair.set_links(0, false)?,
+                    "slbd killed" => {
+                        let pid = pair.slbd_pid(0).context("slbd's pid")?;
+                        nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        )?;
+                    }
+                    _ => {
+                        let (code, out, err) = pair.amgr(0, &["switch"]);
+                        if code != 0 {
+                            bail!("switch: {out}{err}");
+                        }
+                    }
+                }
+                Ok(())
+            })?;
+            gaps.push(gap);
+            outside_total += outside;
+            // Back to b1 ACTIVE, b2 STANDBY.
+            match kind {
+                "kill -9 amgr+slbd" => pair.start(0)?,
+                "links down" => pair.set_links(0, true)?,
+                _ => {}
+            }
+            pair.wait_states(["STANDBY", "ACTIVE"], Duration::from_secs(20))
+                .or_else(|_| pair.wait_states(["ACTIVE", "STANDBY"], Duration::from_secs(1)))?;
+            if pair.state(0) != "ACTIVE" {
+                let (code, out, err) = pair.amgr(1, &["switch"]);
+                if code != 0 {
+                    bail!("switching back: {out}{err}");
+                }
+                pair.wait_states(["ACTIVE", "STANDBY"], Duration::from_secs(10))?;
+            }
+            eprintln!("{kind}: {gap} ms");
+        }
+        table.push((kind, gaps, outside_total));
+    }
+    println!("service gap (ms) over {runs} runs, a new request every 50 ms:");
+    println!(
+        "{:<20} {:>6} {:>6} {:>6}  failures outside the gap",
+        "failover", "min", "median", "max"
+    );
+    for (kind, mut gaps, outside) in table {
+        gaps.sort_unstable();
+        println!(
+            "{kind:<20} {:>6} {:>6} {:>6}  {outside}",
+            gaps[0],
+            gaps[gaps.len() / 2],
+            gaps[gaps.len() - 1]
+        );
+    }
+    Ok(())
+}
 
 fn main() -> Result<()> {
     clean_up_on_signal();
@@ -18,10 +169,17 @@ fn main() -> Result<()> {
         bail!("slb-lab builds network namespaces and needs root");
     }
     match cmd.as_str() {
-        "demo" => demo(),
+        "demo" => pair_demo(),
+        "demo-single" => demo(),
+        "failover" => failover_runs(
+            std::env::args()
+                .nth(2)
+                .map_or(Ok(5), |n| n.parse())
+                .context("slb-lab failover N: N is a number of runs")?,
+        ),
         "bench-bulk" => bench_bulk(),
         "spread" => spread(),
-        _ => bail!("usage: slb-lab demo | bench-bulk | spread"),
+        _ => bail!("usage: slb-lab demo | demo-single | failover [RUNS] | bench-bulk | spread"),
     }
 }
 
