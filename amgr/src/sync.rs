@@ -78,11 +78,12 @@ fn shell_quote(s: &str) -> String {
 
 /// The command the peer runs with the file on its standard input: written under a temporary
 /// name with mode 0600, then renamed over the old file, so slbd never reads half a file.
-pub fn remote_command(path: &Path) -> String {
+/// `len` bytes are read (`head -c`), so the remote side never depends on seeing EOF.
+pub fn remote_command(path: &Path, len: usize) -> String {
     let dst = path.display().to_string();
     let tmp = format!("{dst}.amgr-sync");
     format!(
-        "umask 077 && cat > {t} && chmod 600 {t} && mv -f {t} {d}",
+        "umask 077 && head -c {len} > {t} && test $(wc -c < {t}) -eq {len} && chmod 600 {t} && mv -f {t} {d}",
         t = shell_quote(&tmp),
         d = shell_quote(&dst)
     )
@@ -133,14 +134,17 @@ pub fn push(raw: &RawConfig, target: &Target, timeout: Duration) -> Result<usize
             ))
         })?;
     let mut ch = sess.channel_session().map_err(|e| fail(e.to_string()))?;
-    ch.exec(&remote_command(&target.remote_path))
+    ch.exec(&remote_command(&target.remote_path, text.len()))
         .map_err(|e| fail(format!("exec: {e}")))?;
     ch.write_all(text.as_bytes())
         .map_err(|e| fail(format!("sending the file: {e}")))?;
     ch.send_eof().map_err(|e| fail(e.to_string()))?;
+    // The remote's EOF first: reading stderr before it arrives blocks until the timeout.
+    ch.wait_eof().map_err(|e| fail(e.to_string()))?;
     let mut stderr = String::new();
     let _ = ch.stderr().read_to_string(&mut stderr);
     ch.wait_close().map_err(|e| fail(e.to_string()))?;
+    tracing::debug!(peer = %peer, "sync: file written on the peer");
     match ch.exit_status() {
         Ok(0) => Ok(text.len()),
         Ok(code) => Err(fail(format!(
@@ -323,11 +327,12 @@ mod tests {
     #[test]
     fn the_remote_command_quotes_the_path() {
         assert_eq!(
-            remote_command(Path::new("/etc/slb/slb_conf.json")),
-            "umask 077 && cat > '/etc/slb/slb_conf.json.amgr-sync' && chmod 600 \
+            remote_command(Path::new("/etc/slb/slb_conf.json"), 12),
+            "umask 077 && head -c 12 > '/etc/slb/slb_conf.json.amgr-sync' && \
+             test $(wc -c < '/etc/slb/slb_conf.json.amgr-sync') -eq 12 && chmod 600 \
              '/etc/slb/slb_conf.json.amgr-sync' && mv -f '/etc/slb/slb_conf.json.amgr-sync' \
              '/etc/slb/slb_conf.json'"
         );
-        assert!(remote_command(Path::new("/tmp/it's")).contains(r"'/tmp/it'\''s'"));
+        assert!(remote_command(Path::new("/tmp/it's"), 1).contains(r"'/tmp/it'\''s'"));
     }
 }

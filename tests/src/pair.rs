@@ -203,12 +203,15 @@ impl Pair {
                 me.dir.join("amgr.json"),
                 serde_json::to_string_pretty(&amgr)?,
             )?;
+            // SHLVL=1 keeps bash from sourcing root's ~/.bashrc for the sync's command (bash
+            // does for commands run by sshd at shell level 1): the lab logs in as root, and a
+            // machine's root rc file (this one's hangs outside the host namespace) is not ours.
             std::fs::write(
                 me.dir.join("sshd_config"),
                 format!(
                     "Port 22\nListenAddress {}\nHostKey {}\nPidFile {}\nAuthorizedKeysFile {}\n\
                      StrictModes no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-                     PermitRootLogin prohibit-password\nUsePAM no\n",
+                     PermitRootLogin prohibit-password\nUsePAM no\nSetEnv SHLVL=1\n",
                     BALANCER_CABLE[i],
                     me.dir.join("host_ed25519").display(),
                     me.dir.join("sshd.pid").display(),
@@ -275,7 +278,10 @@ impl Pair {
             .arg(workspace_bin("amgr"))
             .args(["run", "--config"])
             .arg(n.dir.join("amgr.json"))
-            .env("SLB_LOG", "info")
+            .env(
+                "SLB_LOG",
+                std::env::var("SLB_LAB_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

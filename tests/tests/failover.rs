@@ -384,8 +384,18 @@ fn save_config_on_the_active_reaches_the_standby_and_is_used_after_failover() {
         std::thread::sleep(Duration::from_millis(100));
     }
     eprintln!("synced in {} ms", t0.elapsed().as_millis());
+    let t1 = std::time::Instant::now();
+    while p.query(0).unwrap()["sync"]["last_ok_ms"].is_null() {
+        assert!(
+            t1.elapsed() < Duration::from_secs(10),
+            "the push never completed: {}",
+            p.query(0).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let q = p.query(0).unwrap();
     assert!(q["sync"]["pushes"].as_u64().unwrap() >= 1, "{q}");
+    assert!(q["sync"]["last_error"].is_null(), "{q}");
     p.kill(0);
     p.wait_states(["DOWN", "ACTIVE"], UP).unwrap();
     let seen = in_ns(&p.lab.client(), || {
