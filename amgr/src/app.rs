@@ -2,16 +2,14 @@
 //! when told to `load`), driven through its control socket, watched for exit.
 //! Side effects: a child process, Unix socket requests, signals.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command as Process, ExitStatus};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use serde_json::Value;
-use slbd::ctl::proto::{self, Command};
+use slbd::ctl::proto::Command;
 
 pub struct App {
     pub binary: PathBuf,
@@ -107,13 +105,6 @@ impl App {
 
     /// One request to slbd's control socket.
     pub fn call(&self, cmd: &Command, timeout: Duration) -> Result<Value> {
-        let mut s = UnixStream::connect(&self.socket)
-            .with_context(|| format!("slbd's socket {}", self.socket.display()))?;
-        s.set_read_timeout(Some(timeout))?;
-        s.set_write_timeout(Some(timeout))?;
-        s.write_all(proto::request(cmd).as_bytes())?;
-        let mut line = String::new();
-        BufReader::new(s).read_line(&mut line)?;
-        proto::parse_reply(&line).map_err(|e| anyhow!("slbd {}: {e}", cmd.name()))
+        slbd::ctl::client::call(&self.socket, cmd, timeout)
     }
 }

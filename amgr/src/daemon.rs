@@ -223,9 +223,11 @@ fn watchdog(socket: &std::path::Path, pid: &AtomicU32, tx: &mpsc::Sender<Input>)
         if p == 0 {
             continue;
         }
-        let app =
-            crate::app::App::new(Default::default(), Default::default(), socket.to_path_buf());
-        match app.call(&slbd::ctl::proto::Command::Status, Duration::from_secs(2)) {
+        match slbd::ctl::client::call(
+            socket,
+            &slbd::ctl::proto::Command::Status,
+            Duration::from_secs(2),
+        ) {
             Ok(_) => {
                 failures = 0;
                 answered = true;

@@ -1,37 +1,14 @@
-//! SHELL: one request to slbd's control socket and its reply.
+//! SHELL: one request to slbd's control socket (the client lives in slbd's library, shared
+//! with amgr).
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::Result;
 use serde_json::Value;
-use slbd::ctl::proto::{self, Command};
+use slbd::ctl::proto::Command;
 
 /// Sends `cmd` and returns slbd's result; says plainly when slbd is not running.
 pub fn call(socket: &Path, cmd: &Command) -> Result<Value> {
-    let mut s = UnixStream::connect(socket).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
-            anyhow!(
-                "slbd is not running (no control socket at {})",
-                socket.display()
-            )
-        }
-        std::io::ErrorKind::PermissionDenied => {
-            anyhow!(
-                "permission denied on {}: the control socket is root-only",
-                socket.display()
-            )
-        }
-        _ => anyhow!(e).context(format!("cannot connect to {}", socket.display())),
-    })?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.write_all(proto::request(cmd).as_bytes())
-        .context("sending the request")?;
-    let mut line = String::new();
-    BufReader::new(s)
-        .read_line(&mut line)
-        .context("reading slbd's reply")?;
-    proto::parse_reply(&line).map_err(|e| anyhow!("slbd: {e}"))
+    slbd::ctl::client::call(socket, cmd, Duration::from_secs(10))
 }

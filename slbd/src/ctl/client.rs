@@ -1,0 +1,39 @@
+//! SHELL: one request to slbd's control socket and its reply (slbctl's and amgr's client).
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::ctl::proto::{self, Command};
+use anyhow::{anyhow, Context, Result};
+use serde_json::Value;
+
+/// Sends `cmd` and returns slbd's result, waiting at most `timeout` for it; says plainly
+/// when slbd is not running.
+pub fn call(socket: &Path, cmd: &Command, timeout: Duration) -> Result<Value> {
+    let mut s = UnixStream::connect(socket).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+            anyhow!(
+                "slbd is not running (no control socket at {})",
+                socket.display()
+            )
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            anyhow!(
+                "permission denied on {}: the control socket is root-only",
+                socket.display()
+            )
+        }
+        _ => anyhow!(e).context(format!("cannot connect to {}", socket.display())),
+    })?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    s.write_all(proto::request(cmd).as_bytes())
+        .context("sending the request")?;
+    let mut line = String::new();
+    BufReader::new(s)
+        .read_line(&mut line)
+        .context("reading slbd's reply")?;
+    proto::parse_reply(&line).map_err(|e| anyhow!("slbd: {e}"))
+}
