@@ -51,6 +51,10 @@ pub struct RawConfig {
     /// Where passwords live, mode 0600 (default /etc/slb/credentials.json).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_file: Option<String>,
+    /// Where Prometheus scrapes slbd's metrics (`"0.0.0.0:9405"`); absent: no metrics port.
+    /// The file is shared by a pair, so a wildcard or loopback address suits both nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -208,6 +212,7 @@ pub struct Config {
     pub queue: QueueConfig,
     pub flows: FlowLimits,
     pub redundancy: Redundancy,
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// What the failover agent needs from this node's configuration.
@@ -497,6 +502,10 @@ impl TryFrom<&RawConfig> for Config {
         let queue = queue(&mut c, &raw.queue);
         let flows = flows(&mut c, &raw.flows);
         let redundancy = redundancy(&mut c, raw);
+        let metrics_listen = raw
+            .metrics_listen
+            .as_deref()
+            .and_then(|m| listen_addr(&mut c, "metrics_listen", m));
 
         if !c.errors.is_empty() {
             return Err(ConfigError::Invalid(c.errors));
@@ -513,7 +522,26 @@ impl TryFrom<&RawConfig> for Config {
             queue,
             flows,
             redundancy,
+            metrics_listen,
         })
+    }
+}
+
+/// A TCP listen address with an explicit port: `"0.0.0.0:9405"`, `"[::1]:9405"`.
+fn listen_addr(c: &mut Checker, path: &str, value: &str) -> Option<std::net::SocketAddr> {
+    match value.parse::<std::net::SocketAddr>() {
+        Ok(a) if a.port() != 0 => Some(a),
+        Ok(_) => {
+            c.fail(path, "the port must not be 0");
+            None
+        }
+        Err(_) => {
+            c.fail(
+                path,
+                format!("{value:?} is not an address:port (e.g. \"0.0.0.0:9405\")"),
+            );
+            None
+        }
     }
 }
 
@@ -996,6 +1024,36 @@ mod tests {
             (false, Duration::from_millis(200), 1, 3)
         );
         assert_eq!(c.services[1].health, CheckConfig::default());
+    }
+
+    #[test]
+    fn checks_the_metrics_listen_address() {
+        let mut v: serde_json::Value = serde_json::from_str(GOOD).unwrap();
+        assert_eq!(Config::from_json(GOOD).unwrap().metrics_listen, None);
+        v["metrics_listen"] = "0.0.0.0:9405".into();
+        assert_eq!(
+            Config::from_json(&v.to_string()).unwrap().metrics_listen,
+            Some("0.0.0.0:9405".parse().unwrap())
+        );
+        let raw: RawConfig = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!(
+            serde_json::to_value(&raw).unwrap()["metrics_listen"],
+            "0.0.0.0:9405",
+            "kept by --save-config"
+        );
+        for (bad, why) in [
+            ("9405", "is not an address:port"),
+            ("0.0.0.0:0", "must not be 0"),
+            ("localhost:9405", "is not an address:port"),
+        ] {
+            v["metrics_listen"] = bad.into();
+            let errors = errors_of(&v.to_string());
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            assert!(
+                errors[0].starts_with("metrics_listen: ") && errors[0].contains(why),
+                "{errors:?}"
+            );
+        }
     }
 
     #[test]

@@ -176,6 +176,12 @@ impl Daemon {
             self.dp.update(&config);
         }
         st.cleared = false;
+        if config.metrics_listen != st.config.metrics_listen {
+            tracing::warn!(
+                metrics_listen = ?config.metrics_listen,
+                "metrics_listen changed: it takes effect when slbd restarts"
+            );
+        }
         tracing::info!(
             services = config.services.len(),
             servers = config
@@ -272,6 +278,31 @@ impl Daemon {
             "verdict_errors": self.stats.verdict_errors.load(Relaxed),
         });
         v
+    }
+
+    /// The metrics exposition: read at scrape time from the same counters as `status`.
+    fn metrics(&self) -> String {
+        use crate::metrics::slbd::{families, parse_kernel_queues, Inputs};
+        let balancing = self.state.lock().loaded;
+        let range = u32::from(self.queues.first)
+            ..u32::from(self.queues.first) + u32::from(self.queues.count);
+        let kernel_queues =
+            std::fs::read_to_string("/proc/net/netfilter/nfnetlink_queue").map_or_else(
+                |_| Vec::new(),
+                |t| {
+                    parse_kernel_queues(&t)
+                        .into_iter()
+                        .filter(|k| range.contains(&u32::from(k.queue)))
+                        .collect()
+                },
+            );
+        crate::metrics::encode(families(&Inputs {
+            dp: &self.dp,
+            queue: &self.stats,
+            balancing,
+            backend: self.backend.name(),
+            kernel_queues,
+        }))
     }
 
     fn announce(&self) -> anyhow::Result<&'static str> {
@@ -473,6 +504,17 @@ pub fn run(
         }
     };
     tracing::info!(socket = %socket.display(), "control socket listening");
+    if let Some(listen) = config.metrics_listen {
+        // Metrics are for watching, not for balancing: a port that cannot be bound is logged
+        // loudly but does not stop the balancer (or a failover onto this node).
+        let d = daemon.clone();
+        match crate::metrics::http::serve(listen, move || d.metrics()) {
+            Ok(bound) => tracing::info!(listen = %bound, "metrics listening"),
+            Err(e) => {
+                tracing::error!(listen = %listen, error = %e, "cannot listen for metrics")
+            }
+        }
+    }
     tracing::info!(
         vip = %config.vip,
         services = config.services.len(),

@@ -112,6 +112,10 @@ pub struct ServerStats {
     pub bytes_out: AtomicU64,
     pub new_flows: AtomicU64,
     pub live_flows: AtomicU64,
+    /// Times the service's scheduler chose this server.
+    pub scheduled: AtomicU64,
+    /// Times persistence sent a client back to this server (the scheduler was not asked).
+    pub persisted: AtomicU64,
     /// In rotation. Servers start up, so balancing starts before the first check completes.
     pub up: AtomicBool,
     /// Smoothed service latency in µs; 0 until measured.
@@ -127,6 +131,8 @@ impl Default for ServerStats {
             bytes_out: AtomicU64::new(0),
             new_flows: AtomicU64::new(0),
             live_flows: AtomicU64::new(0),
+            scheduled: AtomicU64::new(0),
+            persisted: AtomicU64::new(0),
             up: AtomicBool::new(true),
             latency_us: AtomicU32::new(0),
         }
@@ -419,6 +425,9 @@ impl Dataplane {
             });
             if let Some(i) = remembered {
                 persisted.remember(pkey, svc.service.servers[i].addr, now_ms + timeout);
+                registry.stats[svc.ids[i] as usize]
+                    .persisted
+                    .fetch_add(1, Relaxed);
                 return Ok(i);
             }
         }
@@ -436,6 +445,9 @@ impl Dataplane {
             }
             scheduler.pick(candidates).ok_or(DropReason::NoServer)?
         };
+        registry.stats[svc.ids[i] as usize]
+            .scheduled
+            .fetch_add(1, Relaxed);
         if timeout > 0 {
             self.persistence
                 .lock()

@@ -1,12 +1,13 @@
 //! slbd: a layer-4 NAT load balancer that takes its packets from NFQUEUE.
 //!
 //! The pure core (config, packet, checksum, garp, flow, persist, sched, health, ruleset, dataplane,
-//! edit)
-//! does no I/O and is what the unit tests exercise. The shells (nft, addr, queue, prober,
-//! daemon) wrap it with netlink, NFQUEUE sockets, probes, signals and threads.
+//! edit, report, metrics::families) does no I/O and is what the unit tests exercise. The shells
+//! (nft, addr, queue, prober, ctl, daemon, metrics::http, logging, cli_docs) wrap it with netlink,
+//! NFQUEUE sockets, probes, signals and threads.
 
 pub mod addr;
 pub mod checksum;
+pub mod cli_docs;
 pub mod config;
 pub mod ctl;
 pub mod daemon;
@@ -15,6 +16,8 @@ pub mod edit;
 pub mod flow;
 pub mod garp;
 pub mod health;
+pub mod logging;
+pub mod metrics;
 pub mod net;
 pub mod nft;
 pub mod packet;

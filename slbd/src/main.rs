@@ -1,12 +1,12 @@
 //! The slbd binary: parses its flags, loads and validates `slb_conf.json`, and runs the daemon.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
 use slbd::config::{self, Config};
+use slbd::logging::LogFormat;
 
 /// slb's balancing daemon: NAT-mode layer-4 load balancing of TCP and UDP through NFQUEUE.
 #[derive(Parser, Debug)]
@@ -25,18 +25,15 @@ struct Args {
     /// address a previous slbd left, and wait for `load` on the control socket.
     #[arg(long)]
     standby: bool,
+    /// How log lines are written to stderr: text (journald) or json (one object per line).
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 }
 
 fn main() -> ExitCode {
+    slbd::cli_docs::emit_if_asked::<Args>();
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SLB_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+    slbd::logging::init(args.log_format);
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -60,6 +57,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
         for a in slbd::daemon::managed_addrs(&config) {
             println!("address {a}");
+        }
+        if let Some(m) = config.metrics_listen {
+            println!("metrics http://{m}/metrics");
         }
         return Ok(());
     }

@@ -1,0 +1,318 @@
+//! slbd's metric families, read from the data plane's and the queue workers' counters at
+//! scrape time (nothing is counted twice: `--status` and the metrics read the same atomics),
+//! plus the kernel's own per-queue drop counters from `/proc/net/netfilter/nfnetlink_queue`.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use super::Family;
+use crate::dataplane::{Dataplane, DropReason};
+use crate::queue::QueueStats;
+
+/// One line of `/proc/net/netfilter/nfnetlink_queue`: what the kernel says about a queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelQueue {
+    pub queue: u16,
+    /// Packets waiting for a verdict now.
+    pub waiting: u64,
+    /// Dropped because the queue was full (`queue_maxlen`).
+    pub queue_dropped: u64,
+    /// Dropped because slbd's socket buffer was full (netlink could not deliver).
+    pub user_dropped: u64,
+}
+
+/// Parses the kernel's queue table: `num portid waiting copy_mode copy_range queue_dropped
+/// user_dropped id_sequence 1` per line. Lines that do not parse are skipped.
+pub fn parse_kernel_queues(text: &str) -> Vec<KernelQueue> {
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<u64> = l
+                .split_whitespace()
+                .map(str::parse)
+                .collect::<Result<_, _>>()
+                .ok()?;
+            if f.len() < 7 {
+                return None;
+            }
+            Some(KernelQueue {
+                queue: u16::try_from(f[0]).ok()?,
+                waiting: f[2],
+                queue_dropped: f[5],
+                user_dropped: f[6],
+            })
+        })
+        .collect()
+}
+
+/// What the families are built from.
+pub struct Inputs<'a> {
+    pub dp: &'a Dataplane,
+    pub queue: &'a QueueStats,
+    pub balancing: bool,
+    pub backend: &'static str,
+    /// The kernel's view of slbd's queues only.
+    pub kernel_queues: Vec<KernelQueue>,
+}
+
+pub fn families(i: &Inputs) -> Vec<Family> {
+    let mut balancing = Family::gauge(
+        "slb_balancing",
+        "1 when slbd is balancing (rules and VIP up), 0 when unloaded or standby.",
+    );
+    balancing.set(
+        vec![
+            ("vip", i.dp.vip().to_string()),
+            ("queue_backend", i.backend.to_string()),
+        ],
+        if i.balancing { 1.0 } else { 0.0 },
+    );
+    let mut flows = Family::gauge("slb_flows", "Flows in the flow table.");
+    flows.set(vec![], i.dp.flow_count() as f64);
+
+    let mut packets = Family::counter(
+        "slb_server_packets",
+        "Packets forwarded per real server: in = client to server, out = server to client.",
+    );
+    let mut bytes = Family::counter(
+        "slb_server_bytes",
+        "IP bytes forwarded per real server: in = client to server, out = server to client.",
+    );
+    let mut live = Family::gauge("slb_server_live_flows", "Open flows per real server.");
+    let mut new = Family::counter("slb_server_new_flows", "Flows placed on each real server.");
+    let mut up = Family::gauge(
+        "slb_server_up",
+        "1 when the real server is in rotation, 0 when its health check took it out.",
+    );
+    let mut latency = Family::gauge(
+        "slb_server_latency_seconds",
+        "Smoothed service latency (TCP connect time) per real server; absent until measured.",
+    );
+    let mut weight = Family::gauge("slb_server_weight", "Configured weight per real server.");
+    let mut decisions = Family::counter(
+        "slb_scheduler_decisions",
+        "Real-server choices for new flows: by the service's scheduler (labelled with its \
+         algorithm) or by client persistence.",
+    );
+    for (svc, stats) in i.dp.services() {
+        for (server, st) in svc.servers.iter().zip(&stats) {
+            let l = || {
+                vec![
+                    ("service", svc.name()),
+                    ("server", server.addr.to_string()),
+                ]
+            };
+            let with = |k: &'static str, v: &str| {
+                let mut x = l();
+                x.push((k, v.to_string()));
+                x
+            };
+            packets.count(with("direction", "in"), st.packets_in.load(Relaxed));
+            packets.count(with("direction", "out"), st.packets_out.load(Relaxed));
+            bytes.count(with("direction", "in"), st.bytes_in.load(Relaxed));
+            bytes.count(with("direction", "out"), st.bytes_out.load(Relaxed));
+            live.set(l(), st.live_flows.load(Relaxed) as f64);
+            new.count(l(), st.new_flows.load(Relaxed));
+            up.set(l(), if st.up.load(Relaxed) { 1.0 } else { 0.0 });
+            let us = st.latency_us.load(Relaxed);
+            if us > 0 {
+                latency.set(l(), f64::from(us) / 1e6);
+            }
+            weight.set(l(), f64::from(server.weight));
+            let mut by = |how: &str, n: u64| {
+                let mut x = with("by", how);
+                x.push(("algorithm", svc.algorithm.name().to_string()));
+                decisions.count(x, n);
+            };
+            by("scheduler", st.scheduled.load(Relaxed));
+            by("persistence", st.persisted.load(Relaxed));
+        }
+    }
+
+    let mut dropped = Family::counter(
+        "slb_dropped_packets",
+        "Packets slbd dropped, by reason (malformed, no flow, no server up, table full, ...).",
+    );
+    for d in DropReason::all() {
+        dropped.count(
+            vec![("reason", d.name().to_string())],
+            i.dp.counters.dropped(d),
+        );
+    }
+
+    let q = i.queue;
+    let mut queue_packets = Family::counter("slb_queue_packets", "Packets read from NFQUEUE.");
+    queue_packets.count(vec![], q.packets.load(Relaxed));
+    let mut batches = Family::counter(
+        "slb_queue_batches",
+        "Receive batches (packets per batch = packets / batches).",
+    );
+    batches.count(vec![], q.batches.load(Relaxed));
+    let mut overruns = Family::counter(
+        "slb_queue_overruns",
+        "Times the queue socket overflowed (ENOBUFS) and the kernel dropped packets.",
+    );
+    overruns.count(vec![], q.overruns.load(Relaxed));
+    let mut verdict_errors = Family::counter(
+        "slb_queue_verdict_errors",
+        "Verdict batches the kernel refused to take.",
+    );
+    verdict_errors.count(vec![], q.verdict_errors.load(Relaxed));
+    let mut recv_errors = Family::counter("slb_queue_receive_errors", "Failed queue reads.");
+    recv_errors.count(vec![], q.recv_errors.load(Relaxed));
+    let mut bad = Family::counter(
+        "slb_queue_bad_messages",
+        "Queue messages too malformed to answer.",
+    );
+    bad.count(vec![], q.bad_messages.load(Relaxed));
+
+    let mut kernel_dropped = Family::counter(
+        "slb_queue_kernel_dropped_packets",
+        "Packets the kernel dropped before slbd saw them, per queue: full = queue_maxlen \
+         reached, socket = slbd's receive buffer full.",
+    );
+    let mut waiting = Family::gauge(
+        "slb_queue_waiting_packets",
+        "Packets waiting for slbd's verdict, per queue.",
+    );
+    for k in &i.kernel_queues {
+        let n = || vec![("queue", k.queue.to_string())];
+        let mut why = |w: &str, v: u64| {
+            let mut x = n();
+            x.push(("why", w.to_string()));
+            kernel_dropped.count(x, v);
+        };
+        why("full", k.queue_dropped);
+        why("socket", k.user_dropped);
+        waiting.set(n(), k.waiting as f64);
+    }
+
+    vec![
+        balancing,
+        flows,
+        packets,
+        bytes,
+        live,
+        new,
+        up,
+        latency,
+        weight,
+        decisions,
+        dropped,
+        queue_packets,
+        batches,
+        overruns,
+        verdict_errors,
+        recv_errors,
+        bad,
+        kernel_dropped,
+        waiting,
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::metrics::{encode, sample};
+
+    #[test]
+    fn parses_the_kernel_queue_table() {
+        let text = "    0  12345     3 2 65531    17     5  100 1\n    1 -4000 garbage\n\
+                    65535  99  0 2 65531 0 0 1 1\n";
+        assert_eq!(
+            parse_kernel_queues(text),
+            vec![
+                KernelQueue {
+                    queue: 0,
+                    waiting: 3,
+                    queue_dropped: 17,
+                    user_dropped: 5
+                },
+                KernelQueue {
+                    queue: 65535,
+                    waiting: 0,
+                    queue_dropped: 0,
+                    user_dropped: 0
+                },
+            ]
+        );
+        assert!(parse_kernel_queues("").is_empty());
+    }
+
+    #[test]
+    fn every_server_of_every_service_is_exposed() {
+        let config = Config::from_json(
+            r#"{"address": "10.0.0.100", "address_dev": "eth0", "gateway": "172.16.0.1",
+                "gateway_dev": "eth1", "cluster_network": "172.16.0.0/24",
+                "services": [
+                  {"protocol": "tcp", "port": 80, "servers": ["172.16.0.2:8080", {"address": "172.16.0.3:8080", "weight": 3}]},
+                  {"protocol": "udp", "port": 53, "algorithm": "LEAST_CONNECTIONS", "servers": ["172.16.0.2:53"]}]}"#,
+        )
+        .unwrap();
+        let dp = Dataplane::new(&config, 1);
+        let stats = dp.services();
+        stats[0].1[1].packets_in.fetch_add(5, Relaxed);
+        stats[0].1[1].scheduled.fetch_add(2, Relaxed);
+        stats[1].1[0].up.store(false, Relaxed);
+        stats[1].1[0].latency_us.store(1500, Relaxed);
+        let queue = QueueStats::default();
+        queue.overruns.fetch_add(4, Relaxed);
+        let text = encode(families(&Inputs {
+            dp: &dp,
+            queue: &queue,
+            balancing: true,
+            backend: "native nft queue",
+            kernel_queues: vec![KernelQueue {
+                queue: 7,
+                waiting: 1,
+                queue_dropped: 9,
+                user_dropped: 0,
+            }],
+        }));
+        let get = |name: &str, labels: &[(&str, &str)]| sample(&text, name, labels);
+        let s3 = [("service", "tcp/80"), ("server", "172.16.0.3:8080")];
+        assert_eq!(
+            get("slb_server_packets_total", &[s3[0], s3[1], ("direction", "in")]),
+            Some(5.0)
+        );
+        assert_eq!(
+            get("slb_server_packets_total", &[s3[0], s3[1], ("direction", "out")]),
+            Some(0.0)
+        );
+        assert_eq!(get("slb_server_weight", &s3), Some(3.0));
+        assert_eq!(
+            get(
+                "slb_scheduler_decisions_total",
+                &[s3[0], s3[1], ("by", "scheduler"), ("algorithm", "ROUND_ROBIN")]
+            ),
+            Some(2.0)
+        );
+        let u = [("service", "udp/53"), ("server", "172.16.0.2:53")];
+        assert_eq!(get("slb_server_up", &u), Some(0.0));
+        assert_eq!(get("slb_server_latency_seconds", &u), Some(0.0015));
+        assert_eq!(
+            get("slb_server_latency_seconds", &[("server", "172.16.0.2:8080")]),
+            None,
+            "no latency before one is measured"
+        );
+        assert_eq!(
+            get(
+                "slb_scheduler_decisions_total",
+                &[u[0], ("algorithm", "LEAST_CONNECTIONS")]
+            ),
+            Some(0.0)
+        );
+        assert_eq!(get("slb_balancing", &[("vip", "10.0.0.100")]), Some(1.0));
+        assert_eq!(get("slb_queue_overruns_total", &[]), Some(4.0));
+        assert_eq!(
+            get(
+                "slb_queue_kernel_dropped_packets_total",
+                &[("queue", "7"), ("why", "full")]
+            ),
+            Some(9.0)
+        );
+        assert_eq!(
+            get("slb_dropped_packets_total", &[("reason", "no_server")]),
+            Some(0.0)
+        );
+    }
+}
