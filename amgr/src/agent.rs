@@ -49,6 +49,8 @@ pub enum Input {
     Peer(peer::Incoming),
     /// The watchdog found slbd (this pid) not answering its control socket.
     AppHung(u32),
+    /// A scrape: the counters, sampled.
+    Metrics(mpsc::Sender<crate::metrics::Sample>),
     Stop,
 }
 
@@ -132,6 +134,9 @@ pub struct Agent {
     last_announce: Option<Instant>,
     last_failover: Option<Value>,
     transitions: VecDeque<Value>,
+    transition_counts: BTreeMap<(State, State), u64>,
+    failover_counts: BTreeMap<u32, u64>,
+    app_failures: u64,
     generation: u64,
     generation_mtime: Option<SystemTime>,
     sync_status: Arc<Mutex<sync::Status>>,
@@ -148,6 +153,7 @@ impl Agent {
         sync_status: Arc<Mutex<sync::Status>>,
         active_flag: Arc<AtomicBool>,
         app_pid: Arc<AtomicU32>,
+        log_format: slbd::logging::LogFormat,
     ) -> Agent {
         let now = Instant::now();
         let n = links.len();
@@ -167,6 +173,7 @@ impl Agent {
                 cfg.slbd_binary.clone(),
                 cfg.slbd_config.clone(),
                 cfg.slbd_socket.clone(),
+                log_format,
             ),
             cfg,
             key,
@@ -187,6 +194,9 @@ impl Agent {
             last_announce: None,
             last_failover: None,
             transitions: VecDeque::new(),
+            transition_counts: BTreeMap::new(),
+            failover_counts: BTreeMap::new(),
+            app_failures: 0,
             generation: 0,
             generation_mtime: None,
             sync_status,
@@ -249,7 +259,9 @@ impl Agent {
             while self.transitions.len() > 20 {
                 self.transitions.pop_front();
             }
+            *self.transition_counts.entry((from, to)).or_default() += 1;
             if to == State::Active {
+                *self.failover_counts.entry(self.node.id).or_default() += 1;
                 self.last_failover = Some(json!({
                     "at_ms": unix_ms(SystemTime::now()),
                     "active": self.node.id,
@@ -320,6 +332,7 @@ impl Agent {
     }
 
     fn app_failed(&mut self, why: &str) -> Result<(), String> {
+        self.app_failures += 1;
         let r = self.apply(Event::AppFailed, why);
         self.schedule_restart();
         r
@@ -534,6 +547,9 @@ impl Agent {
                     self.app.kill();
                 }
             }
+            Input::Metrics(reply) => {
+                let _ = reply.send(self.metrics());
+            }
             Input::Stop => {}
         }
     }
@@ -550,6 +566,7 @@ impl Agent {
         if before != Some((hb.node, state)) {
             tracing::info!(dual = hb.node, state = state_name(state), "dual state");
             if state == State::Active && before.is_some_and(|b| b.1 != State::Active) {
+                *self.failover_counts.entry(hb.node).or_default() += 1;
                 self.last_failover = Some(json!({
                     "at_ms": unix_ms(SystemTime::now()),
                     "active": hb.node,
@@ -766,6 +783,40 @@ impl Agent {
                 let cmd = Command::parse(cmd).ok_or_else(|| format!("unknown command {cmd:?}"))?;
                 self.local(Request { cmd, peer: false })
             }
+        }
+    }
+
+    pub fn metrics(&self) -> crate::metrics::Sample {
+        let now_ms = self.now_ms();
+        let sync = self.sync_status.lock().clone();
+        crate::metrics::Sample {
+            node: self.node.id,
+            state: self.state,
+            primary: self.node.primary,
+            inhibited: self.node.inhibited,
+            dual_state: self.dual.as_ref().map(|d| d.state),
+            links: self
+                .cfg
+                .links
+                .iter()
+                .zip(&self.stats)
+                .enumerate()
+                .map(|(i, (l, st))| crate::metrics::LinkSample {
+                    local: l.local.to_string(),
+                    peer: l.peer.to_string(),
+                    up: self.liveness.link_up(i, now_ms),
+                    sent: st.sent,
+                    send_errors: st.send_errors,
+                    received: st.received,
+                    rejected: st.rejected.clone(),
+                })
+                .collect(),
+            transitions: self.transition_counts.clone(),
+            failovers: self.failover_counts.clone(),
+            app_failures: self.app_failures,
+            config_in_sync: self.dual.as_ref().map(|d| d.generation == self.generation),
+            sync_pushes: sync.pushes,
+            sync_failures: sync.failures,
         }
     }
 

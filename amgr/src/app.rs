@@ -15,15 +15,22 @@ pub struct App {
     pub binary: PathBuf,
     pub config: PathBuf,
     pub socket: PathBuf,
+    log_format: slbd::logging::LogFormat,
     child: Option<Child>,
 }
 
 impl App {
-    pub fn new(binary: PathBuf, config: PathBuf, socket: PathBuf) -> App {
+    pub fn new(
+        binary: PathBuf,
+        config: PathBuf,
+        socket: PathBuf,
+        log_format: slbd::logging::LogFormat,
+    ) -> App {
         App {
             binary,
             config,
             socket,
+            log_format,
             child: None,
         }
     }
@@ -43,7 +50,8 @@ impl App {
             .arg("--config")
             .arg(&self.config)
             .arg("--socket")
-            .arg(&self.socket);
+            .arg(&self.socket)
+            .args(["--log-format", self.log_format.name()]);
         // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
         unsafe {
             cmd.pre_exec(|| {

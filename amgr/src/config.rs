@@ -34,6 +34,9 @@ pub struct RawConfig {
     pub slbd: RawSlbd,
     #[serde(default)]
     pub sync: RawSync,
+    /// Where Prometheus scrapes amgr's metrics (`"0.0.0.0:9406"`); absent: no metrics port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -176,6 +179,7 @@ pub struct Config {
     pub identity: PathBuf,
     pub known_hosts: PathBuf,
     pub remote_config: PathBuf,
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Config {
@@ -303,6 +307,24 @@ pub fn validate(raw: &RawConfig) -> Result<Config, ConfigError> {
         ));
     }
     let slbd_config = absolute(&mut e, "slbd.config", &raw.slbd.config);
+    let metrics_listen = raw.metrics_listen.as_deref().and_then(|m| {
+        match m.parse::<SocketAddr>() {
+            Ok(a) if a.port() != 0 => Some(a),
+            Ok(_) => {
+                e.push("metrics_listen: the port must not be 0".into());
+                None
+            }
+            Err(_) => {
+                e.push(format!(
+                    "metrics_listen: {m:?} is not an address:port (e.g. \"0.0.0.0:9406\")"
+                ));
+                None
+            }
+        }
+    });
+    if metrics_listen.is_some_and(|m| m.port() == command_port || m.port() == heartbeat_port) {
+        e.push("metrics_listen: its port is the command or heartbeat port".into());
+    }
     let config = Config {
         node_id: raw.node_id,
         primary: raw.primary,
@@ -325,6 +347,7 @@ pub fn validate(raw: &RawConfig) -> Result<Config, ConfigError> {
             None => slbd_config.clone(),
         },
         slbd_config,
+        metrics_listen,
     };
     if e.is_empty() {
         Ok(config)
@@ -359,6 +382,7 @@ mod tests {
         assert_eq!(c.slbd_config, PathBuf::from("/etc/slb/slb_conf.json"));
         assert_eq!(c.remote_config, c.slbd_config);
         assert_eq!(c.socket, PathBuf::from(DEFAULT_SOCKET));
+        assert_eq!(c.metrics_listen, None);
         assert_eq!(
             c.peer_command_addrs(),
             vec!["192.168.1.2:7406".parse::<SocketAddr>().unwrap()]
@@ -371,7 +395,7 @@ mod tests {
             "heartbeat": {"interval_ms": 5, "dead_intervals": 1, "links": [
                 {"local": "10.0.0.1", "peer": "10.0.0.1"},
                 {"local": "10.0.0.300", "peer": "10.0.0.2"}]},
-            "sync": {"period_s": 0}}"#;
+            "sync": {"period_s": 0}, "metrics_listen": "0.0.0.0"}"#;
         let err = parse(text).unwrap_err().0;
         for want in [
             "node_id: must be 1 or more",
@@ -382,10 +406,11 @@ mod tests {
             "command_port: 7405 is the heartbeat port too",
             "sync.period_s: 0 is outside 1-3600",
             "key_file: \"pair.key\" must be an absolute path",
+            "metrics_listen: \"0.0.0.0\" is not an address:port (e.g. \"0.0.0.0:9406\")",
         ] {
             assert!(err.iter().any(|e| e == want), "missing {want:?} in {err:?}");
         }
-        assert_eq!(err.len(), 8, "{err:?}");
+        assert_eq!(err.len(), 9, "{err:?}");
     }
 
     #[test]

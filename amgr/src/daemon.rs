@@ -21,7 +21,8 @@ use crate::command::{self, MAX_LINE};
 use crate::config::Config;
 use crate::{peer, sync};
 
-pub fn run(cfg: Config) -> Result<()> {
+/// Runs amgr until SIGTERM or SIGINT; slbd is started with `--log-format log_format`.
+pub fn run(cfg: Config, log_format: slbd::logging::LogFormat) -> Result<()> {
     let mut signals = SigSet::empty();
     for s in [Signal::SIGTERM, Signal::SIGINT] {
         signals.add(s);
@@ -150,8 +151,34 @@ pub fn run(cfg: Config) -> Result<()> {
         socket = %cfg.socket.display(),
         "amgr started"
     );
+    if let Some(listen) = cfg.metrics_listen {
+        let tx = Mutex::new(tx.clone());
+        let render = move || {
+            let (rtx, rrx) = mpsc::channel();
+            if tx.lock().send(Input::Metrics(rtx)).is_err() {
+                return String::new();
+            }
+            match rrx.recv_timeout(Duration::from_secs(2)) {
+                Ok(sample) => slbd::metrics::encode(crate::metrics::families(&sample)),
+                Err(_) => String::new(),
+            }
+        };
+        match slbd::metrics::http::serve(listen, render) {
+            Ok(bound) => tracing::info!(listen = %bound, "metrics listening"),
+            Err(e) => tracing::error!(listen = %listen, error = %e, "cannot listen for metrics"),
+        }
+    }
     let socket_path = cfg.socket.clone();
-    let agent = Agent::new(cfg, key, links, dynamic, sync_status, active, app_pid);
+    let agent = Agent::new(
+        cfg,
+        key,
+        links,
+        dynamic,
+        sync_status,
+        active,
+        app_pid,
+        log_format,
+    );
     agent::run(agent, rx);
     let _ = std::fs::remove_file(&socket_path);
     tracing::info!("amgr stopped");

@@ -15,7 +15,7 @@
 //! - the non-forced SHUTDOWN and DISABLE refuse to stop an ACTIVE instance with no STANDBY dual.
 
 /// The Application Manager's states.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum State {
     Offline,
     Init,

@@ -2,7 +2,8 @@
 //!
 //! Pure: the per-application state machine (`fsm`), amgr.json (`config`), the amcli-style
 //! commands and their socket protocol (`command`), the peer connection's framing (`peer`),
-//! the config-sync rules (`sync`), and the text `query` prints (`render`). Shells: slbd as a
+//! the config-sync rules (`sync`), the text `query` prints (`render`), and the metric families
+//! (`metrics`). Shells: slbd as a
 //! child (`app`), the agent loop that owns the state (`agent`), and the daemon that wires the
 //! sockets, threads and signals together (`daemon`).
 
@@ -12,6 +13,7 @@ pub mod command;
 pub mod config;
 pub mod daemon;
 pub mod fsm;
+pub mod metrics;
 pub mod peer;
 pub mod render;
 pub mod sync;

@@ -1,7 +1,7 @@
 //! The amgr binary: `amgr run` is the daemon; every other subcommand is an amcli-style command
 //! sent to the running daemon's socket (`--peer` runs it on the dual instead).
 
-use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -11,6 +11,7 @@ use amgr::command::{self, Command, Request};
 use amgr::config;
 use anyhow::{anyhow, Context, Result};
 use clap::{Parser, Subcommand};
+use slbd::logging::LogFormat;
 
 /// slb's failover agent (the Application Manager): runs slbd on one node of an active/standby
 /// pair, exchanges heartbeats with the other node, moves the VIP on failure or on command, and
@@ -42,6 +43,10 @@ enum Cmd {
         /// Check the configuration and exit.
         #[arg(long)]
         check: bool,
+        /// How log lines are written to stderr (slbd, amgr's child, gets the same): text
+        /// (journald) or json (one object per line).
+        #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
     },
     /// Start slbd (after SHUTDOWN, or a FAILED one at once).
     #[command(alias = "START")]
@@ -135,9 +140,14 @@ impl Cmd {
 }
 
 fn main() -> ExitCode {
+    slbd::cli_docs::emit_if_asked::<Args>();
     let args = Args::parse();
     let result = match &args.cmd {
-        Cmd::Run { config, check } => daemon(config, *check),
+        Cmd::Run {
+            config,
+            check,
+            log_format,
+        } => daemon(config, *check, *log_format),
         other => {
             let cmd = other
                 .command()
@@ -154,7 +164,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn daemon(path: &Path, check: bool) -> Result<()> {
+fn daemon(path: &Path, check: bool, log_format: LogFormat) -> Result<()> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let cfg = config::parse(&text)
@@ -163,15 +173,8 @@ fn daemon(path: &Path, check: bool) -> Result<()> {
         println!("{}: ok", path.display());
         return Ok(());
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SLB_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
-    amgr::daemon::run(cfg)
+    slbd::logging::init(log_format);
+    amgr::daemon::run(cfg, log_format)
 }
 
 fn client(args: &Args, cmd: Command) -> Result<()> {

@@ -1,4 +1,4 @@
-//! heartbeat: a diagnostic tool for the pair's heartbeat. It sends authenticated heartbeats
+//! slb-heartbeat: a diagnostic tool for the pair's heartbeat. It sends authenticated heartbeats
 //! to the peer on every link and listens for the peer's, for a while, then prints what it saw
 //! as one JSON object: heartbeats accepted per link, datagrams rejected by reason, and whether
 //! the peer was alive at the end (lost means every link silent for the dead time).
@@ -17,7 +17,7 @@ use heartbeat::socket::{read_key, Link};
 
 /// Exchange heartbeats with the peer balancer and report what arrived.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(name = "slb-heartbeat", version, about)]
 struct Args {
     /// The pair's shared key (mode 0600, at least 16 bytes).
     #[arg(long, value_name = "FILE")]
@@ -61,6 +61,7 @@ fn parse_link(s: &str) -> Result<(SocketAddr, SocketAddr), String> {
 }
 
 fn main() -> ExitCode {
+    slbd::cli_docs::emit_if_asked::<Args>();
     match run(Args::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

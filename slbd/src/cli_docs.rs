@@ -23,7 +23,8 @@ pub fn emit_if_asked<C: clap::CommandFactory>() {
         }
         Some("--generate-man") => {
             let mut out = Vec::new();
-            if let Err(e) = clap_mangen::Man::new(cmd).render(&mut out) {
+            // Section 8: every slb binary is a system administration command in /usr/sbin.
+            if let Err(e) = clap_mangen::Man::new(cmd).section("8").render(&mut out) {
                 eprintln!("{name}: cannot render the man page: {e}");
                 std::process::exit(1);
             }

@@ -37,7 +37,7 @@ fn key_file(lab: &Lab, name: &str, bytes: &[u8], mode: u32) -> String {
 fn start(ns: &str, node: u32, key: &str, mine: &str, theirs: &str, seconds: f64) -> Child {
     Command::new("ip")
         .args(["netns", "exec", ns])
-        .arg(workspace_bin("heartbeat"))
+        .arg(workspace_bin("slb-heartbeat"))
         .args([
             "--key",
             key,
@@ -151,7 +151,7 @@ fn a_key_file_others_can_read_is_refused() {
     let path = dir.join("key");
     std::fs::write(&path, [7u8; 32]).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let out = Command::new(workspace_bin("heartbeat"))
+    let out = Command::new(workspace_bin("slb-heartbeat"))
         .args([
             "--key",
             &path.to_string_lossy(),
