@@ -144,17 +144,30 @@ pub struct Agent {
     active_flag: Arc<AtomicBool>,
 }
 
+/// What the agent shares with the daemon's other threads.
+pub struct Shared {
+    /// Written by the sync thread, shown by `query`.
+    pub sync_status: Arc<Mutex<sync::Status>>,
+    /// Read by the sync thread: only the ACTIVE node pushes its configuration.
+    pub active_flag: Arc<AtomicBool>,
+    /// slbd's pid for the watchdog (0: none).
+    pub app_pid: Arc<AtomicU32>,
+}
+
 impl Agent {
     pub fn new(
         cfg: Config,
         key: Vec<u8>,
         links: Vec<Link>,
         dynamic: Dynamic,
-        sync_status: Arc<Mutex<sync::Status>>,
-        active_flag: Arc<AtomicBool>,
-        app_pid: Arc<AtomicU32>,
+        shared: Shared,
         log_format: slbd::logging::LogFormat,
     ) -> Agent {
+        let Shared {
+            sync_status,
+            active_flag,
+            app_pid,
+        } = shared;
         let now = Instant::now();
         let n = links.len();
         let boot = {

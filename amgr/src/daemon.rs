@@ -169,16 +169,12 @@ pub fn run(cfg: Config, log_format: slbd::logging::LogFormat) -> Result<()> {
         }
     }
     let socket_path = cfg.socket.clone();
-    let agent = Agent::new(
-        cfg,
-        key,
-        links,
-        dynamic,
+    let shared = agent::Shared {
         sync_status,
-        active,
+        active_flag: active,
         app_pid,
-        log_format,
-    );
+    };
+    let agent = Agent::new(cfg, key, links, dynamic, shared, log_format);
     agent::run(agent, rx);
     let _ = std::fs::remove_file(&socket_path);
     tracing::info!("amgr stopped");

@@ -103,12 +103,7 @@ pub fn families(s: &Sample) -> Vec<Family> {
          replay, stale, foreign = not from the peer's address, ...).",
     );
     for l in &s.links {
-        let link = || {
-            vec![
-                ("local", l.local.clone()),
-                ("peer", l.peer.clone()),
-            ]
-        };
+        let link = || vec![("local", l.local.clone()), ("peer", l.peer.clone())];
         up.set(link(), flag(l.up));
         sent.count(link(), l.sent);
         send_errors.count(link(), l.send_errors);
@@ -224,7 +219,10 @@ mod tests {
     fn states_are_one_hot_and_counters_carry_their_labels() {
         let text = encode(families(&example()));
         let get = |n: &str, l: &[(&str, &str)]| sample(&text, n, l);
-        assert_eq!(get("amgr_state", &[("node", "2"), ("state", "ACTIVE")]), Some(1.0));
+        assert_eq!(
+            get("amgr_state", &[("node", "2"), ("state", "ACTIVE")]),
+            Some(1.0)
+        );
         assert_eq!(get("amgr_state", &[("state", "STANDBY")]), Some(0.0));
         assert_eq!(get("amgr_dual_state", &[("state", "FAILED")]), Some(1.0));
         let link = [("local", "192.168.100.2"), ("peer", "192.168.100.1")];

@@ -14,7 +14,9 @@ pub fn emit_if_asked<C: clap::CommandFactory>() {
     let name = cmd.get_name().to_string();
     match args.first().map(String::as_str) {
         Some("--generate-completions") => {
-            let Some(shell) = args.get(1).and_then(|s| s.parse::<clap_complete::Shell>().ok())
+            let Some(shell) = args
+                .get(1)
+                .and_then(|s| s.parse::<clap_complete::Shell>().ok())
             else {
                 eprintln!("{name}: --generate-completions needs one of bash, zsh, fish, elvish, powershell");
                 std::process::exit(2);

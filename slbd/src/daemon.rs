@@ -286,8 +286,8 @@ impl Daemon {
         let balancing = self.state.lock().loaded;
         let range = u32::from(self.queues.first)
             ..u32::from(self.queues.first) + u32::from(self.queues.count);
-        let kernel_queues =
-            std::fs::read_to_string("/proc/net/netfilter/nfnetlink_queue").map_or_else(
+        let kernel_queues = std::fs::read_to_string("/proc/net/netfilter/nfnetlink_queue")
+            .map_or_else(
                 |_| Vec::new(),
                 |t| {
                     parse_kernel_queues(&t)

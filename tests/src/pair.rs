@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::{http_get, in_ns, ip, server_ip, server_name, vip, workspace_bin, Lab, CLIENT};
 
@@ -37,6 +37,8 @@ pub struct PairOptions {
     /// Real servers in the initial configuration (the rest can be added later).
     pub configured: usize,
     pub sync_period_s: u64,
+    /// amgr and slbd log JSON lines (`--log-format json`) instead of text.
+    pub json_logs: bool,
 }
 
 impl Default for PairOptions {
@@ -45,6 +47,7 @@ impl Default for PairOptions {
             servers: 3,
             configured: 3,
             sync_period_s: 10,
+            json_logs: false,
         }
     }
 }
@@ -74,6 +77,85 @@ impl Node {
 pub struct Pair {
     pub lab: Lab,
     pub nodes: [Node; 2],
+    json_logs: bool,
+}
+
+/// The script that writes a pair node's configuration: the same one the Debian package
+/// installs and the Vagrant provisioning runs.
+pub fn node_config_script() -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../scripts/slb-node-config"
+    ))
+}
+
+/// Where each balancer's slbd and amgr serve metrics, inside the balancer's own namespace.
+pub const SLBD_METRICS: &str = "127.0.0.1:9405";
+pub const AMGR_METRICS: &str = "127.0.0.1:9406";
+
+/// Writes node `i`'s slb_conf.json and amgr.json with `slb-node-config`: the lab's services
+/// over the first `opts.configured` servers, heartbeat link 0 over the server-side network and
+/// link 1 over the cable, the sync to the other node over the cable.
+fn node_config(
+    i: usize,
+    me: &Node,
+    peer: &Node,
+    dir: &std::path::Path,
+    opts: &PairOptions,
+) -> Result<()> {
+    let servers = |port: u16| {
+        (0..opts.configured)
+            .map(|k| format!("{}:{port}", server_ip(k)))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let mut cmd = Command::new(node_config_script());
+    cmd.env("SLBD", workspace_bin("slbd"))
+        .env("AMGR", workspace_bin("amgr"))
+        .args(["--node", &(i + 1).to_string()])
+        .arg("--out")
+        .arg(&me.dir)
+        .args(["--vip", &crate::VIP.to_string(), "--vip-dev", "eth0"])
+        .args(["--gateway", "172.16.0.1", "--gateway-dev", "eth1"])
+        .args(["--cluster-network", "172.16.0.0/24"])
+        .args([
+            "--service",
+            &format!("tcp:80={}", servers(crate::SERVER_HTTP_PORT)),
+        ])
+        .args([
+            "--service",
+            &format!("udp:53={}", servers(crate::SERVER_UDP_PORT)),
+        ])
+        .args([
+            "--link",
+            &format!(
+                "{}={}",
+                BALANCER_SERVER_SIDE[i],
+                BALANCER_SERVER_SIDE[1 - i]
+            ),
+        ])
+        .args([
+            "--link",
+            &format!("{}={}", BALANCER_CABLE[i], BALANCER_CABLE[1 - i]),
+        ])
+        .args(["--peer-ssh", BALANCER_CABLE[1 - i]])
+        .arg("--key-file")
+        .arg(dir.join("pair.key"))
+        .arg("--identity")
+        .arg(dir.join("id_ed25519"))
+        .arg("--remote-config")
+        .arg(peer.config_path())
+        .arg("--state-file")
+        .arg(me.dir.join("state.json"))
+        .arg("--amgr-socket")
+        .arg(me.socket())
+        .arg("--slbd-socket")
+        .arg(me.slbd_socket())
+        .arg("--slbd-binary")
+        .arg(workspace_bin("slbd"))
+        .args(["--sync-period", &opts.sync_period_s.to_string()])
+        .args(["--metrics", SLBD_METRICS, "--amgr-metrics", AMGR_METRICS]);
+    run(&mut cmd).context("slb-node-config")
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
@@ -171,38 +253,7 @@ impl Pair {
                 me.dir.join("known_hosts"),
                 format!("{} {kind} {blob}\n", BALANCER_CABLE[1 - i]),
             )?;
-            let conf = Pair::slb_conf(i, opts.configured);
-            std::fs::write(
-                me.config_path(),
-                serde_json::to_string_pretty(&conf)? + "\n",
-            )?;
-            chmod600(&me.config_path())?;
-            let amgr = json!({
-                "node_id": i + 1,
-                "primary": i == 0,
-                "key_file": key,
-                "state_file": me.dir.join("state.json"),
-                "socket": me.socket(),
-                "heartbeat": {"links": [
-                    {"local": BALANCER_SERVER_SIDE[i], "peer": BALANCER_SERVER_SIDE[1 - i]},
-                    {"local": BALANCER_CABLE[i], "peer": BALANCER_CABLE[1 - i]},
-                ]},
-                "slbd": {
-                    "binary": workspace_bin("slbd"),
-                    "config": me.config_path(),
-                    "socket": me.slbd_socket(),
-                },
-                "sync": {
-                    "period_s": opts.sync_period_s,
-                    "identity": identity,
-                    "known_hosts": me.dir.join("known_hosts"),
-                    "remote_config": peer.config_path(),
-                },
-            });
-            std::fs::write(
-                me.dir.join("amgr.json"),
-                serde_json::to_string_pretty(&amgr)?,
-            )?;
+            node_config(i, me, peer, &dir, &opts)?;
             // SHLVL=1 keeps bash from sourcing root's ~/.bashrc for the sync's command (bash
             // does for commands run by sshd at shell level 1): the lab logs in as root, and a
             // machine's root rc file (this one's hangs outside the host namespace) is not ours.
@@ -222,37 +273,12 @@ impl Pair {
         let mut pair = Pair {
             lab,
             nodes: nodes.try_into().map_err(|_| anyhow::anyhow!("two nodes"))?,
+            json_logs: opts.json_logs,
         };
         for i in 0..2 {
             pair.start_sshd(i)?;
         }
         Ok(pair)
-    }
-
-    /// Node `i`'s slb_conf.json: the lab's services over the first `n` servers, with
-    /// redundancy on and the other node (over the cable) as its backup.
-    pub fn slb_conf(i: usize, n: usize) -> Value {
-        let servers = |port: u16| {
-            (0..n)
-                .map(|k| Value::from(format!("{}:{port}", server_ip(k))))
-                .collect::<Vec<_>>()
-        };
-        json!({
-            "address": crate::VIP.to_string(),
-            "address_dev": "eth0",
-            "gateway": "172.16.0.1",
-            "gateway_dev": "eth1",
-            "cluster_network": "172.16.0.0/24",
-            "algorithm": "ROUND_ROBIN",
-            "services": [
-                {"protocol": "tcp", "port": 80, "servers": servers(crate::SERVER_HTTP_PORT)},
-                {"protocol": "udp", "port": 53, "servers": servers(crate::SERVER_UDP_PORT)}
-            ],
-            "with_redundancy": true,
-            "ssh_port": 22,
-            "credentials": {"user": "root"},
-            "backup_slb": {"address": BALANCER_CABLE[1 - i], "user": "root", "port": 22}
-        })
     }
 
     fn start_sshd(&mut self, i: usize) -> Result<()> {
@@ -278,6 +304,7 @@ impl Pair {
             .arg(workspace_bin("amgr"))
             .args(["run", "--config"])
             .arg(n.dir.join("amgr.json"))
+            .args(["--log-format", if self.json_logs { "json" } else { "text" }])
             .env(
                 "SLB_LOG",
                 std::env::var("SLB_LAB_LOG").unwrap_or_else(|_| "info".into()),
@@ -396,6 +423,16 @@ impl Pair {
             )
             .expect("ip addr");
         String::from_utf8_lossy(&out.stdout).contains(&format!("{}/", crate::VIP))
+    }
+
+    /// One scrape of node `i`'s slbd (`amgr` false) or amgr metrics, from inside its namespace.
+    pub fn scrape(&self, i: usize, amgr: bool) -> Result<String> {
+        let addr = if amgr { AMGR_METRICS } else { SLBD_METRICS };
+        let addr: std::net::SocketAddr = addr.parse()?;
+        in_ns(&self.nodes[i].ns, || {
+            slbd::metrics::http::scrape(addr, Duration::from_secs(3))
+        })
+        .with_context(|| format!("scraping node {}'s {addr}", i + 1))
     }
 
     pub fn log(&self, i: usize) -> String {

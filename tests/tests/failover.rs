@@ -349,9 +349,8 @@ fn save_config_on_the_active_reaches_the_standby_and_is_used_after_failover() {
         return;
     }
     let mut p = Pair::new(PairOptions {
-        servers: 3,
         configured: 2,
-        sync_period_s: 10,
+        ..PairOptions::default()
     })
     .unwrap();
     p.start_both().unwrap();

@@ -97,7 +97,12 @@ fn answer(mut c: TcpStream, render: &dyn Fn() -> String) -> std::io::Result<()> 
             "GET /metrics\n".into(),
             false,
         ),
-        Route::BadRequest => ("400 Bad Request", "text/plain", "bad request\n".into(), false),
+        Route::BadRequest => (
+            "400 Bad Request",
+            "text/plain",
+            "bad request\n".into(),
+            false,
+        ),
     };
     let mut out = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",

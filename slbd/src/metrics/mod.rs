@@ -145,11 +145,17 @@ mod tests {
     fn example() -> Vec<Family> {
         let mut packets = Family::counter("slb_server_packets", "Packets forwarded.");
         packets.count(
-            vec![("server", "172.16.0.2:80".into()), ("direction", "in".into())],
+            vec![
+                ("server", "172.16.0.2:80".into()),
+                ("direction", "in".into()),
+            ],
             42,
         );
         packets.count(
-            vec![("server", "172.16.0.3:80".into()), ("direction", "in".into())],
+            vec![
+                ("server", "172.16.0.3:80".into()),
+                ("direction", "in".into()),
+            ],
             7,
         );
         let mut up = Family::gauge("slb_server_up", "1 when in rotation.");
@@ -160,7 +166,10 @@ mod tests {
     #[test]
     fn counters_get_total_and_types_and_help_are_declared() {
         let text = encode(example());
-        assert!(text.contains("# HELP slb_server_packets Packets forwarded."), "{text}");
+        assert!(
+            text.contains("# HELP slb_server_packets Packets forwarded."),
+            "{text}"
+        );
         assert!(text.contains("# TYPE slb_server_packets counter"), "{text}");
         assert!(text.contains("# TYPE slb_server_up gauge"), "{text}");
         assert!(
@@ -174,11 +183,22 @@ mod tests {
     fn a_scrape_reads_back_what_was_encoded() {
         let text = encode(example());
         assert_eq!(
-            sample(&text, "slb_server_packets_total", &[("server", "172.16.0.3:80")]),
+            sample(
+                &text,
+                "slb_server_packets_total",
+                &[("server", "172.16.0.3:80")]
+            ),
             Some(7.0)
         );
         assert_eq!(sample(&text, "slb_server_up", &[]), Some(1.0));
-        assert_eq!(sample(&text, "slb_server_packets_total", &[("server", "10.9.9.9:1")]), None);
+        assert_eq!(
+            sample(
+                &text,
+                "slb_server_packets_total",
+                &[("server", "10.9.9.9:1")]
+            ),
+            None
+        );
         assert_eq!(sample(&text, "slb_server_packets", &[]), None);
     }
 

@@ -94,12 +94,7 @@ pub fn families(i: &Inputs) -> Vec<Family> {
     );
     for (svc, stats) in i.dp.services() {
         for (server, st) in svc.servers.iter().zip(&stats) {
-            let l = || {
-                vec![
-                    ("service", svc.name()),
-                    ("server", server.addr.to_string()),
-                ]
-            };
+            let l = || vec![("service", svc.name()), ("server", server.addr.to_string())];
             let with = |k: &'static str, v: &str| {
                 let mut x = l();
                 x.push((k, v.to_string()));
@@ -271,18 +266,29 @@ mod tests {
         let get = |name: &str, labels: &[(&str, &str)]| sample(&text, name, labels);
         let s3 = [("service", "tcp/80"), ("server", "172.16.0.3:8080")];
         assert_eq!(
-            get("slb_server_packets_total", &[s3[0], s3[1], ("direction", "in")]),
+            get(
+                "slb_server_packets_total",
+                &[s3[0], s3[1], ("direction", "in")]
+            ),
             Some(5.0)
         );
         assert_eq!(
-            get("slb_server_packets_total", &[s3[0], s3[1], ("direction", "out")]),
+            get(
+                "slb_server_packets_total",
+                &[s3[0], s3[1], ("direction", "out")]
+            ),
             Some(0.0)
         );
         assert_eq!(get("slb_server_weight", &s3), Some(3.0));
         assert_eq!(
             get(
                 "slb_scheduler_decisions_total",
-                &[s3[0], s3[1], ("by", "scheduler"), ("algorithm", "ROUND_ROBIN")]
+                &[
+                    s3[0],
+                    s3[1],
+                    ("by", "scheduler"),
+                    ("algorithm", "ROUND_ROBIN")
+                ]
             ),
             Some(2.0)
         );
@@ -290,7 +296,10 @@ mod tests {
         assert_eq!(get("slb_server_up", &u), Some(0.0));
         assert_eq!(get("slb_server_latency_seconds", &u), Some(0.0015));
         assert_eq!(
-            get("slb_server_latency_seconds", &[("server", "172.16.0.2:8080")]),
+            get(
+                "slb_server_latency_seconds",
+                &[("server", "172.16.0.2:8080")]
+            ),
             None,
             "no latency before one is measured"
         );
