@@ -1,16 +1,27 @@
 #!/usr/bin/env bash
 # Installs what building and running slb needs on Debian 12, as root: the C libraries the
 # nftables crates link (libnftnl, libmnl) and OpenSSL for ssh2, the tools the lab drives (iproute2, nftables,
-# ethtool, sshd), a Rust toolchain if there is none, and cargo-nextest for the test suite.
+# ethtool, sshd), a Rust toolchain if there is none; with --tests also cargo-nextest, cargo-deb
+# and the tools that check the package and the Vagrant files.
 set -euo pipefail
 need_apt=()
 # libssl-dev: ssh2 (amgr's config sync) builds libssh2 against OpenSSL. openssh-server: the
 # pair's lab runs a real sshd in each balancer namespace (the host's ssh service is not started).
-for pkg in build-essential pkg-config libnftnl-dev libmnl-dev libssl-dev nftables iproute2 ethtool \
-  ca-certificates curl openssh-client openssh-server; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
-done
-if [ ${#need_apt[@]} -gt 0 ]; then
+missing() {
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || echo "$pkg"
+  done
+}
+mapfile -t need_apt < <(missing build-essential pkg-config libnftnl-dev libmnl-dev libssl-dev nftables \
+  iproute2 ethtool ca-certificates curl openssh-client openssh-server)
+# The tests also check what ships: the Vagrantfile (vagrant validate), the shell scripts
+# (shellcheck) and the Debian package, installed into a throw-away root (mmdebstrap).
+# Without recommends: vagrant's would pull in libvirt, an NFS server and a kernel.
+need_ship=()
+if [ "${1:-}" = "--tests" ]; then
+  mapfile -t need_ship < <(missing vagrant shellcheck mmdebstrap)
+fi
+if [ $((${#need_apt[@]} + ${#need_ship[@]})) -gt 0 ]; then
   apt-get update -qq
   # Keep package installs from starting services (sshd on the host): only the lab's run.
   own_policy=
@@ -19,7 +30,13 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     chmod 755 /usr/sbin/policy-rc.d
     own_policy=1
   fi
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  if [ ${#need_apt[@]} -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  fi
+  if [ ${#need_ship[@]} -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      "${need_ship[@]}" >/dev/null
+  fi
   if [ -n "$own_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
 fi
 if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
@@ -32,4 +49,7 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 if [ "${1:-}" = "--tests" ] && ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
+fi
+if [ "${1:-}" = "--tests" ] && ! cargo deb --version >/dev/null 2>&1; then
+  cargo install --locked cargo-deb
 fi
