@@ -152,15 +152,15 @@ pub fn run(cfg: Config, log_format: slbd::logging::LogFormat) -> Result<()> {
         "amgr started"
     );
     if let Some(listen) = cfg.metrics_listen {
-        let tx = Mutex::new(tx.clone());
+        let tx = tx.clone();
         let render = move || {
             let (rtx, rrx) = mpsc::channel();
-            if tx.lock().send(Input::Metrics(rtx)).is_err() {
-                return String::new();
+            if tx.send(Input::Metrics(rtx)).is_err() {
+                return Err("amgr is stopping".to_string());
             }
             match rrx.recv_timeout(Duration::from_secs(2)) {
-                Ok(sample) => slbd::metrics::encode(crate::metrics::families(&sample)),
-                Err(_) => String::new(),
+                Ok(sample) => Ok(slbd::metrics::encode(crate::metrics::families(&sample))),
+                Err(_) => Err("amgr's agent did not answer within 2 s".to_string()),
             }
         };
         match slbd::metrics::http::serve(listen, render) {

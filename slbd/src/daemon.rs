@@ -508,7 +508,7 @@ pub fn run(
         // Metrics are for watching, not for balancing: a port that cannot be bound is logged
         // loudly but does not stop the balancer (or a failover onto this node).
         let d = daemon.clone();
-        match crate::metrics::http::serve(listen, move || d.metrics()) {
+        match crate::metrics::http::serve(listen, move || Ok(d.metrics())) {
             Ok(bound) => tracing::info!(listen = %bound, "metrics listening"),
             Err(e) => {
                 tracing::error!(listen = %listen, error = %e, "cannot listen for metrics")

@@ -13,10 +13,11 @@ use super::CONTENT_TYPE;
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_REQUEST: usize = 8192;
 
-/// Binds `listen` and serves `render()` on `/metrics` from a thread named `metrics`.
+/// Binds `listen` and serves `render()` on `/metrics` from a thread named `metrics`; a render
+/// that fails (the daemon did not answer in time) is a 503 naming why, never an empty 200.
 pub fn serve<F>(listen: SocketAddr, render: F) -> std::io::Result<SocketAddr>
 where
-    F: Fn() -> String + Send + 'static,
+    F: Fn() -> Result<String, String> + Send + 'static,
 {
     let listener = TcpListener::bind(listen)?;
     let bound = listener.local_addr()?;
@@ -71,7 +72,7 @@ pub fn route(head: &[u8]) -> Route {
     }
 }
 
-fn answer(mut c: TcpStream, render: &dyn Fn() -> String) -> std::io::Result<()> {
+fn answer(mut c: TcpStream, render: &dyn Fn() -> Result<String, String>) -> std::io::Result<()> {
     c.set_read_timeout(Some(IO_TIMEOUT))?;
     c.set_write_timeout(Some(IO_TIMEOUT))?;
     let mut head = Vec::with_capacity(512);
@@ -84,7 +85,10 @@ fn answer(mut c: TcpStream, render: &dyn Fn() -> String) -> std::io::Result<()> 
         head.extend_from_slice(&buf[..n]);
     }
     let (status, ctype, body, head_only) = match route(&head) {
-        Route::Metrics { head } => ("200 OK", CONTENT_TYPE, render(), head),
+        Route::Metrics { head } => match render() {
+            Ok(body) => ("200 OK", CONTENT_TYPE, body, head),
+            Err(why) => ("503 Service Unavailable", "text/plain", why + "\n", head),
+        },
         Route::NotFound => (
             "404 Not Found",
             "text/plain",
@@ -158,7 +162,7 @@ mod tests {
 
     #[test]
     fn serves_the_rendering_and_refuses_the_rest() {
-        let addr = serve("127.0.0.1:0".parse().unwrap(), || "x 1\n# EOF\n".into()).unwrap();
+        let addr = serve("127.0.0.1:0".parse().unwrap(), || Ok("x 1\n# EOF\n".into())).unwrap();
         assert_eq!(
             scrape(addr, Duration::from_secs(2)).unwrap(),
             "x 1\n# EOF\n"
@@ -171,5 +175,12 @@ mod tests {
         // A client that sends nothing and closes does not stop the server.
         drop(TcpStream::connect(addr).unwrap());
         assert!(scrape(addr, Duration::from_secs(2)).is_ok());
+    }
+
+    #[test]
+    fn a_failed_rendering_is_a_503_not_an_empty_scrape() {
+        let addr = serve("127.0.0.1:0".parse().unwrap(), || Err("busy".into())).unwrap();
+        let e = scrape(addr, Duration::from_secs(2)).unwrap_err();
+        assert!(e.to_string().contains("503"), "{e}");
     }
 }
