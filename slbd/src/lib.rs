@@ -24,6 +24,7 @@ pub mod packet;
 pub mod persist;
 pub mod prober;
 pub mod queue;
+pub mod replication;
 pub mod report;
 pub mod ruleset;
 pub mod sched;

@@ -1,0 +1,655 @@
+//! The flow-replication wire format between the pair's two slbd: frames carrying batches of
+//! flow-table changes (a flow placed on a server, a flow ended) and persistence entries, each
+//! frame authenticated with the pair's key and numbered, so the receiver refuses forged and
+//! replayed frames and knows when it missed one. Pure: encoding and checking only.
+//!
+//! A session runs over one TCP connection from the STANDBY (the receiver) to the ACTIVE:
+//!
+//! ```text
+//! STANDBY → Hello   { node, nonce_r }                         MAC context: none
+//! ACTIVE  → Welcome { nonce_s }                               MAC context: nonce_r
+//! STANDBY → Start   {}                                        MAC context: nonce_r ‖ nonce_s
+//! ACTIVE  → Snapshot batches…, SnapshotEnd { records }, then Batch…   context: nonce_r ‖ nonce_s
+//! ```
+//!
+//! Both nonces are fresh per connection, so a frame recorded from one session fails the MAC in
+//! any other; inside a session every frame carries the next sequence number (from 1), so a
+//! replayed, dropped or reordered frame is detected. `Start` proves the receiver holds the key
+//! before any flow is sent to it.
+//!
+//! Frame: `"SLBR" | version u8 | kind u8 | seq u64 | sent_ms u64 | body_len u32 | body | mac[16]`
+//! (big endian). The MAC is HMAC-SHA256 over context ‖ header ‖ body, truncated to 16 bytes.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::net::Protocol;
+
+const MAGIC: &[u8; 4] = b"SLBR";
+pub const VERSION: u8 = 1;
+pub const HEADER_LEN: usize = 4 + 1 + 1 + 8 + 8 + 4;
+pub const MAC_LEN: usize = 16;
+/// The largest body a frame may carry; a batch is flushed before it grows past this.
+pub const MAX_BODY: usize = 64 * 1024;
+pub const NONCE_LEN: usize = 16;
+
+/// One replicated change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Record {
+    /// A flow from `client` to the VIP's `vip_port` is on `server` (sent when placed and when it
+    /// becomes established).
+    Flow {
+        protocol: Protocol,
+        client: SocketAddrV4,
+        vip_port: u16,
+        server: SocketAddrV4,
+        established: bool,
+    },
+    /// That flow ended (closed, reset or idle).
+    End {
+        protocol: Protocol,
+        client: SocketAddrV4,
+        vip_port: u16,
+    },
+    /// `client` is persisted to `server` on the service for `ttl_ms` more.
+    Persist {
+        protocol: Protocol,
+        client: Ipv4Addr,
+        vip_port: u16,
+        server: SocketAddrV4,
+        ttl_ms: u32,
+    },
+}
+
+const TAG_FLOW: u8 = 1;
+const TAG_END: u8 = 2;
+const TAG_PERSIST: u8 = 3;
+
+impl Record {
+    /// Bytes this record takes in a body.
+    pub fn wire_len(&self) -> usize {
+        match self {
+            Record::Flow { .. } => 17,
+            Record::End { .. } => 10,
+            Record::Persist { .. } => 18,
+        }
+    }
+
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let addr = |out: &mut Vec<u8>, a: &SocketAddrV4| {
+            out.extend_from_slice(&a.ip().octets());
+            out.extend_from_slice(&a.port().to_be_bytes());
+        };
+        match self {
+            Record::Flow {
+                protocol,
+                client,
+                vip_port,
+                server,
+                established,
+            } => {
+                out.extend_from_slice(&[TAG_FLOW, *protocol as u8]);
+                addr(out, client);
+                out.extend_from_slice(&vip_port.to_be_bytes());
+                addr(out, server);
+                out.push(u8::from(*established));
+            }
+            Record::End {
+                protocol,
+                client,
+                vip_port,
+            } => {
+                out.extend_from_slice(&[TAG_END, *protocol as u8]);
+                addr(out, client);
+                out.extend_from_slice(&vip_port.to_be_bytes());
+            }
+            Record::Persist {
+                protocol,
+                client,
+                vip_port,
+                server,
+                ttl_ms,
+            } => {
+                out.extend_from_slice(&[TAG_PERSIST, *protocol as u8]);
+                out.extend_from_slice(&client.octets());
+                out.extend_from_slice(&vip_port.to_be_bytes());
+                addr(out, server);
+                out.extend_from_slice(&ttl_ms.to_be_bytes());
+            }
+        }
+    }
+}
+
+/// What a frame is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    Hello = 1,
+    Welcome = 2,
+    Start = 3,
+    /// Records of the snapshot a new session starts with.
+    Snapshot = 4,
+    /// The snapshot is complete; the body is its record count (u64).
+    SnapshotEnd = 5,
+    /// Records of changes since.
+    Batch = 6,
+    /// Nothing changed for a while; the session is alive (empty body).
+    Keepalive = 7,
+}
+
+impl Kind {
+    fn from_u8(b: u8) -> Option<Kind> {
+        Some(match b {
+            1 => Kind::Hello,
+            2 => Kind::Welcome,
+            3 => Kind::Start,
+            4 => Kind::Snapshot,
+            5 => Kind::SnapshotEnd,
+            6 => Kind::Batch,
+            7 => Kind::Keepalive,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("frame shorter than its header")]
+    Truncated,
+    #[error("not a replication frame (bad magic)")]
+    Magic,
+    #[error("replication version {0} not supported")]
+    Version(u8),
+    #[error("unknown frame kind {0}")]
+    Kind(u8),
+    #[error("frame body of {0} bytes is over the limit")]
+    TooLong(usize),
+    #[error("authentication failed (forged, or another key)")]
+    Mac,
+    #[error("sequence {got} where {want} was due (replayed, reordered or missed)")]
+    Sequence { got: u64, want: u64 },
+    #[error("malformed record at byte {0}")]
+    Record(usize),
+    #[error("malformed {0:?} body")]
+    Body(Kind),
+    #[error("{0:?} was not expected now")]
+    Unexpected(Kind),
+}
+
+/// A checked frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub kind: Kind,
+    pub seq: u64,
+    pub sent_ms: u64,
+    pub body: Vec<u8>,
+}
+
+type HmacSha256 = Hmac<Sha256>;
+
+fn mac(key: &[u8], context: &[u8], header: &[u8], body: &[u8]) -> [u8; MAC_LEN] {
+    let mut m = HmacSha256::new_from_slice(key).expect("HMAC takes keys of any length");
+    m.update(context);
+    m.update(header);
+    m.update(body);
+    let full = m.finalize().into_bytes();
+    let mut out = [0u8; MAC_LEN];
+    out.copy_from_slice(&full[..MAC_LEN]);
+    out
+}
+
+/// A whole frame, ready to write.
+pub fn encode(
+    key: &[u8],
+    context: &[u8],
+    kind: Kind,
+    seq: u64,
+    sent_ms: u64,
+    body: &[u8],
+) -> Vec<u8> {
+    debug_assert!(body.len() <= MAX_BODY);
+    let mut out = Vec::with_capacity(HEADER_LEN + body.len() + MAC_LEN);
+    out.extend_from_slice(MAGIC);
+    out.push(VERSION);
+    out.push(kind as u8);
+    out.extend_from_slice(&seq.to_be_bytes());
+    out.extend_from_slice(&sent_ms.to_be_bytes());
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    let tag = mac(key, context, &out, body);
+    out.extend_from_slice(body);
+    out.extend_from_slice(&tag);
+    out
+}
+
+/// How many more bytes the frame starting `buf` needs after its header (body and MAC), once
+/// the header has arrived; checks magic, version and size first so a stream of garbage is
+/// refused before anything is buffered.
+pub fn remaining_after_header(header: &[u8; HEADER_LEN]) -> Result<usize, WireError> {
+    if &header[..4] != MAGIC {
+        return Err(WireError::Magic);
+    }
+    if header[4] != VERSION {
+        return Err(WireError::Version(header[4]));
+    }
+    Kind::from_u8(header[5]).ok_or(WireError::Kind(header[5]))?;
+    let len = u32::from_be_bytes(header[22..26].try_into().expect("4 bytes")) as usize;
+    if len > MAX_BODY {
+        return Err(WireError::TooLong(len));
+    }
+    Ok(len + MAC_LEN)
+}
+
+/// Checks a whole frame (header, body, MAC) under `context`.
+pub fn decode(key: &[u8], context: &[u8], frame: &[u8]) -> Result<Frame, WireError> {
+    let header: &[u8; HEADER_LEN] = frame
+        .get(..HEADER_LEN)
+        .and_then(|h| h.try_into().ok())
+        .ok_or(WireError::Truncated)?;
+    let rest = remaining_after_header(header)?;
+    if frame.len() != HEADER_LEN + rest {
+        return Err(WireError::TooLong(frame.len()));
+    }
+    let body = &frame[HEADER_LEN..frame.len() - MAC_LEN];
+    let want = mac(key, context, header, body);
+    // Constant time: the comparison must not tell a forger how many bytes were right.
+    let got = &frame[frame.len() - MAC_LEN..];
+    if want.iter().zip(got).fold(0u8, |acc, (a, b)| acc | (a ^ b)) != 0 {
+        return Err(WireError::Mac);
+    }
+    Ok(Frame {
+        kind: Kind::from_u8(header[5]).expect("checked"),
+        seq: u64::from_be_bytes(header[6..14].try_into().expect("8 bytes")),
+        sent_ms: u64::from_be_bytes(header[14..22].try_into().expect("8 bytes")),
+        body: body.to_vec(),
+    })
+}
+
+/// The records of a Snapshot or Batch body.
+pub fn records(body: &[u8]) -> Result<Vec<Record>, WireError> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    let addr = |b: &[u8]| {
+        SocketAddrV4::new(
+            Ipv4Addr::new(b[0], b[1], b[2], b[3]),
+            u16::from_be_bytes([b[4], b[5]]),
+        )
+    };
+    while at < body.len() {
+        let bad = WireError::Record(at);
+        let r = &body[at..];
+        let protocol = r
+            .get(1)
+            .and_then(|p| Protocol::from_ip_proto(*p))
+            .ok_or(bad.clone())?;
+        let record = match r[0] {
+            TAG_FLOW if r.len() >= 17 && r[16] <= 1 => Record::Flow {
+                protocol,
+                client: addr(&r[2..8]),
+                vip_port: u16::from_be_bytes([r[8], r[9]]),
+                server: addr(&r[10..16]),
+                established: r[16] == 1,
+            },
+            TAG_END if r.len() >= 10 => Record::End {
+                protocol,
+                client: addr(&r[2..8]),
+                vip_port: u16::from_be_bytes([r[8], r[9]]),
+            },
+            TAG_PERSIST if r.len() >= 18 => Record::Persist {
+                protocol,
+                client: Ipv4Addr::new(r[2], r[3], r[4], r[5]),
+                vip_port: u16::from_be_bytes([r[6], r[7]]),
+                server: addr(&r[8..14]),
+                ttl_ms: u32::from_be_bytes([r[14], r[15], r[16], r[17]]),
+            },
+            _ => return Err(bad),
+        };
+        at += record.wire_len();
+        out.push(record);
+    }
+    Ok(out)
+}
+
+/// The receiving side of one session, after the handshake: every frame must carry the next
+/// sequence number and a valid MAC under the session's nonces.
+#[derive(Debug)]
+pub struct Receiver {
+    key: Vec<u8>,
+    context: Vec<u8>,
+    next_seq: u64,
+    snapshot_done: bool,
+    snapshot_records: u64,
+}
+
+/// What a checked frame means to the receiver.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Received {
+    /// Apply these (snapshot records before the snapshot ends, changes after).
+    Records {
+        snapshot: bool,
+        records: Vec<Record>,
+    },
+    /// The snapshot is complete: the receiver now holds the sender's whole state.
+    SnapshotComplete {
+        records: u64,
+    },
+    Keepalive,
+}
+
+impl Receiver {
+    /// `nonce_r` is the receiver's (sent in Hello), `nonce_s` the sender's (in Welcome); the
+    /// first frame after Start is sequence 1.
+    pub fn new(key: &[u8], nonce_r: &[u8; NONCE_LEN], nonce_s: &[u8; NONCE_LEN]) -> Receiver {
+        Receiver {
+            key: key.to_vec(),
+            context: session_context(nonce_r, nonce_s),
+            next_seq: 1,
+            snapshot_done: false,
+            snapshot_records: 0,
+        }
+    }
+
+    pub fn snapshot_done(&self) -> bool {
+        self.snapshot_done
+    }
+
+    /// Checks and interprets one whole frame. Any error ends the session (the caller drops
+    /// the connection and starts again with a new snapshot).
+    pub fn accept(&mut self, frame: &[u8]) -> Result<Received, WireError> {
+        let f = decode(&self.key, &self.context, frame)?;
+        if f.seq != self.next_seq {
+            return Err(WireError::Sequence {
+                got: f.seq,
+                want: self.next_seq,
+            });
+        }
+        self.next_seq += 1;
+        match f.kind {
+            Kind::Snapshot if !self.snapshot_done => {
+                let records = records(&f.body)?;
+                self.snapshot_records += records.len() as u64;
+                Ok(Received::Records {
+                    snapshot: true,
+                    records,
+                })
+            }
+            Kind::SnapshotEnd if !self.snapshot_done => {
+                let n = f
+                    .body
+                    .as_slice()
+                    .try_into()
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| WireError::Body(Kind::SnapshotEnd))?;
+                if n != self.snapshot_records {
+                    return Err(WireError::Body(Kind::SnapshotEnd));
+                }
+                self.snapshot_done = true;
+                Ok(Received::SnapshotComplete { records: n })
+            }
+            Kind::Batch if self.snapshot_done => Ok(Received::Records {
+                snapshot: false,
+                records: records(&f.body)?,
+            }),
+            Kind::Keepalive if f.body.is_empty() => Ok(Received::Keepalive),
+            k => Err(WireError::Unexpected(k)),
+        }
+    }
+}
+
+/// The MAC context of a session's frames after the handshake.
+pub fn session_context(nonce_r: &[u8; NONCE_LEN], nonce_s: &[u8; NONCE_LEN]) -> Vec<u8> {
+    let mut c = Vec::with_capacity(2 * NONCE_LEN);
+    c.extend_from_slice(nonce_r);
+    c.extend_from_slice(nonce_s);
+    c
+}
+
+/// The sending side of one session: numbers frames and cuts records into bodies of at most
+/// [`MAX_BODY`] bytes.
+#[derive(Debug)]
+pub struct Sender {
+    key: Vec<u8>,
+    context: Vec<u8>,
+    seq: u64,
+}
+
+impl Sender {
+    pub fn new(key: &[u8], nonce_r: &[u8; NONCE_LEN], nonce_s: &[u8; NONCE_LEN]) -> Sender {
+        Sender {
+            key: key.to_vec(),
+            context: session_context(nonce_r, nonce_s),
+            seq: 0,
+        }
+    }
+
+    pub fn frame(&mut self, kind: Kind, sent_ms: u64, body: &[u8]) -> Vec<u8> {
+        self.seq += 1;
+        encode(&self.key, &self.context, kind, self.seq, sent_ms, body)
+    }
+
+    /// `records` as frames of `kind` (Snapshot or Batch), each body at most `MAX_BODY` bytes.
+    pub fn frames(&mut self, kind: Kind, sent_ms: u64, records: &[Record]) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut body = Vec::with_capacity(MAX_BODY.min(records.len() * 18));
+        for r in records {
+            if body.len() + r.wire_len() > MAX_BODY {
+                out.push(self.frame(kind, sent_ms, &body));
+                body.clear();
+            }
+            r.encode(&mut body);
+        }
+        if !body.is_empty() {
+            out.push(self.frame(kind, sent_ms, &body));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &[u8] = b"the pair's shared key, 0600";
+
+    fn sample() -> Vec<Record> {
+        vec![
+            Record::Flow {
+                protocol: Protocol::Tcp,
+                client: "10.0.0.5:40000".parse().unwrap(),
+                vip_port: 80,
+                server: "172.16.0.2:8000".parse().unwrap(),
+                established: true,
+            },
+            Record::End {
+                protocol: Protocol::Udp,
+                client: "10.0.0.6:5353".parse().unwrap(),
+                vip_port: 53,
+            },
+            Record::Persist {
+                protocol: Protocol::Tcp,
+                client: "10.0.0.5".parse().unwrap(),
+                vip_port: 80,
+                server: "172.16.0.3:8000".parse().unwrap(),
+                ttl_ms: 30_000,
+            },
+        ]
+    }
+
+    fn session() -> (Sender, Receiver) {
+        let (r, s) = ([1u8; NONCE_LEN], [2u8; NONCE_LEN]);
+        (Sender::new(KEY, &r, &s), Receiver::new(KEY, &r, &s))
+    }
+
+    #[test]
+    fn records_round_trip_with_their_declared_sizes() {
+        for r in sample() {
+            let mut b = Vec::new();
+            r.encode(&mut b);
+            assert_eq!(b.len(), r.wire_len());
+            assert_eq!(records(&b).unwrap(), vec![r]);
+        }
+        let mut all = Vec::new();
+        sample().iter().for_each(|r| r.encode(&mut all));
+        assert_eq!(records(&all).unwrap(), sample());
+    }
+
+    #[test]
+    fn every_truncation_and_bad_tag_is_refused() {
+        let mut all = Vec::new();
+        sample().iter().for_each(|r| r.encode(&mut all));
+        let boundaries = [17, 27, 45];
+        for cut in 1..all.len() {
+            let r = records(&all[..cut]);
+            if boundaries.contains(&cut) {
+                assert!(r.is_ok(), "cut {cut}");
+            } else {
+                assert!(matches!(r, Err(WireError::Record(_))), "cut {cut}: {r:?}");
+            }
+        }
+        let mut bad = all.clone();
+        bad[0] = 9;
+        assert_eq!(records(&bad), Err(WireError::Record(0)));
+        let mut bad = all.clone();
+        bad[1] = 1; // ICMP
+        assert_eq!(records(&bad), Err(WireError::Record(0)));
+        let mut bad = all;
+        bad[16] = 2; // established is a bool
+        assert_eq!(records(&bad), Err(WireError::Record(0)));
+    }
+
+    #[test]
+    fn a_session_delivers_snapshot_then_changes_in_order() {
+        let (mut tx, mut rx) = session();
+        let snap = tx.frames(Kind::Snapshot, 1, &sample());
+        assert_eq!(snap.len(), 1);
+        assert_eq!(
+            rx.accept(&snap[0]).unwrap(),
+            Received::Records {
+                snapshot: true,
+                records: sample()
+            }
+        );
+        assert!(!rx.snapshot_done());
+        let end = tx.frame(Kind::SnapshotEnd, 1, &3u64.to_be_bytes());
+        assert_eq!(
+            rx.accept(&end).unwrap(),
+            Received::SnapshotComplete { records: 3 }
+        );
+        assert!(rx.snapshot_done());
+        let batch = tx.frames(Kind::Batch, 2, &sample()[1..2]);
+        assert_eq!(
+            rx.accept(&batch[0]).unwrap(),
+            Received::Records {
+                snapshot: false,
+                records: sample()[1..2].to_vec()
+            }
+        );
+        assert_eq!(
+            rx.accept(&tx.frame(Kind::Keepalive, 3, &[])).unwrap(),
+            Received::Keepalive
+        );
+    }
+
+    #[test]
+    fn replayed_missed_and_reordered_frames_are_refused() {
+        let (mut tx, mut rx) = session();
+        let a = tx.frame(Kind::Keepalive, 1, &[]);
+        let b = tx.frame(Kind::Keepalive, 2, &[]);
+        let c = tx.frame(Kind::Keepalive, 3, &[]);
+        rx.accept(&a).unwrap();
+        assert_eq!(rx.accept(&a), Err(WireError::Sequence { got: 1, want: 2 }));
+        assert_eq!(rx.accept(&c), Err(WireError::Sequence { got: 3, want: 2 }));
+        rx.accept(&b).unwrap();
+    }
+
+    #[test]
+    fn a_frame_from_another_session_or_key_or_altered_fails_the_mac() {
+        let (mut tx, _) = session();
+        let f = tx.frame(Kind::Keepalive, 1, &[]);
+        let mut other = Receiver::new(KEY, &[1u8; NONCE_LEN], &[3u8; NONCE_LEN]);
+        assert_eq!(other.accept(&f), Err(WireError::Mac));
+        let mut wrong_key = Receiver::new(b"another key", &[1u8; NONCE_LEN], &[2u8; NONCE_LEN]);
+        assert_eq!(wrong_key.accept(&f), Err(WireError::Mac));
+        let (mut tx, mut rx) = session();
+        let mut body = Vec::new();
+        sample()[0].encode(&mut body);
+        rx.accept(&tx.frame(Kind::SnapshotEnd, 1, &0u64.to_be_bytes()))
+            .unwrap();
+        let mut f = tx.frame(Kind::Batch, 1, &body);
+        f[HEADER_LEN + 12] ^= 1; // the server's address
+        assert_eq!(rx.accept(&f), Err(WireError::Mac));
+    }
+
+    #[test]
+    fn frames_out_of_place_are_refused() {
+        let (mut tx, mut rx) = session();
+        let mut body = Vec::new();
+        sample()[0].encode(&mut body);
+        // Changes before the snapshot is complete would be applied to a partial table.
+        assert_eq!(
+            rx.accept(&tx.frame(Kind::Batch, 1, &body)),
+            Err(WireError::Unexpected(Kind::Batch))
+        );
+        let (mut tx, mut rx) = session();
+        assert_eq!(
+            rx.accept(&tx.frame(Kind::SnapshotEnd, 1, &5u64.to_be_bytes())),
+            Err(WireError::Body(Kind::SnapshotEnd)),
+            "a snapshot that claims records it did not send"
+        );
+        let (mut tx, mut rx) = session();
+        assert_eq!(
+            rx.accept(&tx.frame(Kind::Hello, 1, &[])),
+            Err(WireError::Unexpected(Kind::Hello))
+        );
+    }
+
+    #[test]
+    fn garbage_headers_are_refused_before_buffering() {
+        assert_eq!(decode(KEY, &[], b"SLBR"), Err(WireError::Truncated));
+        let mut h = [0u8; HEADER_LEN];
+        assert_eq!(remaining_after_header(&h), Err(WireError::Magic));
+        h[..4].copy_from_slice(MAGIC);
+        h[4] = 9;
+        assert_eq!(remaining_after_header(&h), Err(WireError::Version(9)));
+        h[4] = VERSION;
+        h[5] = 77;
+        assert_eq!(remaining_after_header(&h), Err(WireError::Kind(77)));
+        h[5] = Kind::Batch as u8;
+        h[22..26].copy_from_slice(&(MAX_BODY as u32 + 1).to_be_bytes());
+        assert_eq!(
+            remaining_after_header(&h),
+            Err(WireError::TooLong(MAX_BODY + 1))
+        );
+        h[22..26].copy_from_slice(&10u32.to_be_bytes());
+        assert_eq!(remaining_after_header(&h), Ok(10 + MAC_LEN));
+    }
+
+    #[test]
+    fn large_record_sets_are_cut_into_bounded_frames() {
+        let (mut tx, mut rx) = session();
+        let many: Vec<Record> = (0..10_000u32)
+            .map(|i| Record::Flow {
+                protocol: Protocol::Tcp,
+                client: SocketAddrV4::new(Ipv4Addr::from(0x0a00_0000 + i), 1024),
+                vip_port: 80,
+                server: "172.16.0.2:8000".parse().unwrap(),
+                established: false,
+            })
+            .collect();
+        let frames = tx.frames(Kind::Snapshot, 1, &many);
+        assert_eq!(frames.len(), 10_000usize.div_ceil(MAX_BODY / 17));
+        let mut got = Vec::new();
+        for f in &frames {
+            assert!(f.len() <= HEADER_LEN + MAX_BODY + MAC_LEN);
+            match rx.accept(f).unwrap() {
+                Received::Records { records, .. } => got.extend(records),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(got, many);
+        // 17 bytes a flow plus 42 bytes of framing per frame: about 17.1 bytes a flow on the wire.
+        let wire: usize = frames.iter().map(Vec::len).sum();
+        assert!(wire < 10_000 * 18, "{wire}");
+    }
+}
