@@ -25,6 +25,7 @@ use crate::flow::{FlowKey, FlowTable, Lookup, Timeouts};
 use crate::net::Protocol;
 use crate::packet::{self, tcp_flags, ChecksumState, Endpoint, Malformed};
 use crate::persist::{PersistKey, Persistence};
+use crate::replication::wire::Record;
 use crate::sched::{Candidate, Scheduler};
 /// Which rule queued the packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,6 +183,16 @@ impl Counters {
 }
 
 const SHARDS: usize = 64;
+
+/// What [`Dataplane::apply_replica`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaApplied {
+    pub flows: u64,
+    pub ended: u64,
+    pub persisted: u64,
+    /// Records for a service or server this node does not have, or past the table's maximum.
+    pub unknown: u64,
+}
 
 pub struct Dataplane {
     view: ArcSwap<View>,
@@ -522,6 +533,119 @@ impl Dataplane {
         }
     }
 
+    /// Every flow and persistence entry, as replication records: what a STANDBY that joins
+    /// receives before it may take over.
+    pub fn replica_snapshot(&self, now_ms: u64) -> Vec<Record> {
+        let mut out = Vec::with_capacity(self.flow_count());
+        for shard in self.shards.iter() {
+            let t = shard.lock();
+            out.extend(t.flows().map(|f| Record::Flow {
+                protocol: f.protocol,
+                client: f.client,
+                vip_port: f.vip.port(),
+                server: f.server,
+                established: t.is_established(&FlowKey {
+                    protocol: f.protocol,
+                    src: f.client,
+                    dst: f.vip,
+                }) == Some(true),
+            }));
+        }
+        let p = self.persistence.lock();
+        out.extend(p.entries(now_ms).map(|(k, server, until)| Record::Persist {
+            protocol: k.protocol,
+            client: k.client,
+            vip_port: k.port,
+            server,
+            ttl_ms: (until - now_ms).min(u64::from(u32::MAX)) as u32,
+        }));
+        out
+    }
+
+    /// Applies replicated records (on the STANDBY, so that a takeover finds every flow on the
+    /// server the ACTIVE gave it). Records naming a service or server this node does not have
+    /// are skipped and counted: the configurations differ (the sync has not caught up).
+    pub fn apply_replica(&self, records: &[Record], now_ms: u64) -> ReplicaApplied {
+        let view = self.view.load();
+        let registry = self.registry.load();
+        let mut done = ReplicaApplied::default();
+        for r in records {
+            match *r {
+                Record::Flow {
+                    protocol,
+                    client,
+                    vip_port,
+                    server,
+                    established,
+                } => {
+                    let Some(&id) = registry.ids.get(&(protocol, vip_port, server)) else {
+                        done.unknown += 1;
+                        continue;
+                    };
+                    let key = FlowKey {
+                        protocol,
+                        src: client,
+                        dst: SocketAddrV4::new(view.vip, vip_port),
+                    };
+                    let mut flows = self.shards[shard_of(client)].lock();
+                    if let Some(old) = flows.remove_request(&key) {
+                        self.flow_ended(&view, &old, now_ms);
+                    }
+                    match flows.insert(&key, server, id, now_ms) {
+                        Ok(displaced) => {
+                            if let Some(d) = displaced {
+                                self.flow_ended(&view, &d, now_ms);
+                            }
+                            if established {
+                                flows.set_established(&key);
+                            }
+                            self.with_stats(id, |st| {
+                                st.live_flows.fetch_add(1, Relaxed);
+                            });
+                            done.flows += 1;
+                        }
+                        Err(_) => done.unknown += 1,
+                    }
+                }
+                Record::End {
+                    protocol,
+                    client,
+                    vip_port,
+                } => {
+                    let key = FlowKey {
+                        protocol,
+                        src: client,
+                        dst: SocketAddrV4::new(view.vip, vip_port),
+                    };
+                    let ended = self.shards[shard_of(client)].lock().remove_request(&key);
+                    if let Some(e) = ended {
+                        self.flow_ended(&view, &e, now_ms);
+                        done.ended += 1;
+                    }
+                }
+                Record::Persist {
+                    protocol,
+                    client,
+                    vip_port,
+                    server,
+                    ttl_ms,
+                } => {
+                    self.persistence.lock().remember(
+                        PersistKey {
+                            client,
+                            protocol,
+                            port: vip_port,
+                        },
+                        server,
+                        now_ms + u64::from(ttl_ms),
+                    );
+                    done.persisted += 1;
+                }
+            }
+        }
+        done
+    }
+
     /// The stable id of server `server` of service `service` in the view in force.
     pub fn server_id(&self, service: usize, server: usize) -> Option<u32> {
         self.view
@@ -741,6 +865,105 @@ mod tests {
         assert_eq!(counts[&"172.16.0.2".parse::<Ipv4Addr>().unwrap()], 18);
         assert_eq!(counts[&"172.16.0.3".parse::<Ipv4Addr>().unwrap()], 6);
         assert_eq!(counts[&"172.16.0.4".parse::<Ipv4Addr>().unwrap()], 6);
+    }
+
+    #[test]
+    fn a_standby_given_the_snapshot_forwards_established_flows_to_their_servers() {
+        let c = config(r#""persistence_timeout": 30,"#);
+        let (active, standby) = (Dataplane::for_test(&c), Dataplane::for_test(&c));
+        let req = |dp: &Dataplane, client: &str, flags: u8| {
+            let mut p = tcp(sa(client), sa("10.0.0.100:80"), flags, b"x", &[]);
+            let v = dp.handle(Direction::Request, &mut p, true, ChecksumState::Complete, 5);
+            (v, dst_of(&p))
+        };
+        let clients: Vec<String> = (0..6).map(|i| format!("10.0.0.{}:4000", 5 + i)).collect();
+        let placed: Vec<SocketAddrV4> = clients.iter().map(|c| req(&active, c, SYN).1).collect();
+        // The server answered the first client's SYN: that flow is established.
+        let mut synack = tcp(placed[0], sa("10.0.0.5:4000"), SYN | ACK, b"", &[]);
+        active.handle(
+            Direction::Reply,
+            &mut synack,
+            true,
+            ChecksumState::Complete,
+            6,
+        );
+        let records = active.replica_snapshot(10);
+        assert_eq!(records.len(), 6 + 6, "six flows, six persisted clients");
+        assert!(records.contains(&Record::Flow {
+            protocol: Protocol::Tcp,
+            client: sa("10.0.0.5:4000"),
+            vip_port: 80,
+            server: placed[0],
+            established: true,
+        }));
+
+        // Before the snapshot a mid-stream packet has no flow on the standby.
+        assert_eq!(
+            req(&standby, &clients[1], ACK).0,
+            Verdict::Drop(DropReason::MidStream)
+        );
+        let done = standby.apply_replica(&records, 20);
+        assert_eq!((done.flows, done.persisted, done.unknown), (6, 6, 0));
+        assert_eq!(standby.flow_count(), 6);
+        for (client, server) in clients.iter().zip(&placed) {
+            assert_eq!(
+                req(&standby, client, ACK),
+                (Verdict::Accept, *server),
+                "{client}"
+            );
+        }
+        // Replies come back from the VIP, and live counts follow the flows.
+        let mut reply = tcp(placed[1], sa(&clients[1]), ACK, b"y", &[]);
+        assert_eq!(
+            standby.handle(
+                Direction::Reply,
+                &mut reply,
+                true,
+                ChecksumState::Complete,
+                21
+            ),
+            Verdict::Accept
+        );
+        let live: u64 = standby.services()[0]
+            .1
+            .iter()
+            .map(|s| s.live_flows.load(Relaxed))
+            .sum();
+        assert_eq!(live, 6);
+        // A persisted client's new connection goes where the ACTIVE sent it.
+        assert_eq!(req(&standby, "10.0.0.5:4001", SYN).1, placed[0]);
+
+        // An end removes the flow; a record for a server this node lacks is counted, not applied.
+        let done = standby.apply_replica(
+            &[
+                Record::End {
+                    protocol: Protocol::Tcp,
+                    client: sa(&clients[2]),
+                    vip_port: 80,
+                },
+                Record::Flow {
+                    protocol: Protocol::Tcp,
+                    client: sa("10.0.0.99:1"),
+                    vip_port: 80,
+                    server: sa("172.16.0.9:80"),
+                    established: true,
+                },
+            ],
+            30,
+        );
+        assert_eq!((done.ended, done.unknown), (1, 1));
+        assert_eq!(
+            req(&standby, &clients[2], ACK).0,
+            Verdict::Drop(DropReason::MidStream)
+        );
+        // Applying the same flow twice does not count it twice.
+        standby.apply_replica(&records[..1], 40);
+        let live: u64 = standby.services()[0]
+            .1
+            .iter()
+            .map(|s| s.live_flows.load(Relaxed))
+            .sum();
+        assert_eq!(live, 6, "5 left + 1 new from the persisted client");
     }
 
     #[test]

@@ -395,6 +395,30 @@ impl FlowTable {
         doomed.into_iter().map(|(_, e)| e).collect()
     }
 
+    /// Marks a flow established (a replicated flow whose handshake the ACTIVE saw complete).
+    pub fn set_established(&mut self, key: &FlowKey) {
+        if let Some(i) = self.find(&self.by_request, key, false) {
+            let s = &mut self.slots[i as usize];
+            if s.state == State::Opening {
+                s.state = State::Established;
+            }
+        }
+    }
+
+    /// Removes the flow of request key `key`, if there is one, and returns it.
+    pub fn remove_request(&mut self, key: &FlowKey) -> Option<Ended> {
+        let i = self.find(&self.by_request, key, false)?;
+        let ended = self.slots[i as usize].ended();
+        self.remove(i);
+        Some(ended)
+    }
+
+    /// Whether the flow is past its handshake (TCP) or is UDP.
+    pub fn is_established(&self, key: &FlowKey) -> Option<bool> {
+        self.find(&self.by_request, key, false)
+            .map(|i| self.slots[i as usize].state != State::Opening)
+    }
+
     /// Every flow in the table, for status and tests.
     pub fn flows(&self) -> impl Iterator<Item = Ended> + '_ {
         self.slots
@@ -434,6 +458,25 @@ mod tests {
             src: sa(server),
             dst: sa(client),
         }
+    }
+
+    #[test]
+    fn replicated_flows_can_be_marked_established_and_removed_by_key() {
+        let mut t = FlowTable::new(T, 10);
+        let k = req(Protocol::Tcp, "10.0.0.5:4000");
+        t.insert(&k, sa("172.16.0.2:8080"), 7, 0).unwrap();
+        assert_eq!(t.is_established(&k), Some(false));
+        t.set_established(&k);
+        assert_eq!(t.is_established(&k), Some(true));
+        // Established flows get the long timeout.
+        assert!(t
+            .expire(T.tcp_closing.as_millis() as u64 + 100, 10)
+            .is_empty());
+        let gone = t.remove_request(&k).unwrap();
+        assert_eq!((gone.server, gone.tag), (sa("172.16.0.2:8080"), 7));
+        assert_eq!(t.remove_request(&k), None);
+        assert_eq!(t.lookup_request(&k, ACK, 1), Lookup::Missing);
+        assert_eq!(t.len(), 0);
     }
 
     #[test]

@@ -79,6 +79,17 @@ impl Persistence {
         self.entries.len()
     }
 
+    /// Every live entry with its server and expiry, for replication.
+    pub fn entries(
+        &self,
+        now_ms: u64,
+    ) -> impl Iterator<Item = (PersistKey, SocketAddrV4, u64)> + '_ {
+        self.entries
+            .iter()
+            .filter(move |(_, e)| e.until_ms > now_ms)
+            .map(|(k, e)| (*k, e.server, e.until_ms))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
