@@ -307,22 +307,11 @@ pub fn validate(raw: &RawConfig) -> Result<Config, ConfigError> {
         ));
     }
     let slbd_config = absolute(&mut e, "slbd.config", &raw.slbd.config);
-    let metrics_listen =
-        raw.metrics_listen
-            .as_deref()
-            .and_then(|m| match m.parse::<SocketAddr>() {
-                Ok(a) if a.port() != 0 => Some(a),
-                Ok(_) => {
-                    e.push("metrics_listen: the port must not be 0".into());
-                    None
-                }
-                Err(_) => {
-                    e.push(format!(
-                        "metrics_listen: {m:?} is not an address:port (e.g. \"0.0.0.0:9406\")"
-                    ));
-                    None
-                }
-            });
+    let metrics_listen = raw.metrics_listen.as_deref().and_then(|m| {
+        slbd::config::parse_listen(m, 9406)
+            .map_err(|why| e.push(format!("metrics_listen: {why}")))
+            .ok()
+    });
     if metrics_listen.is_some_and(|m| m.port() == command_port || m.port() == heartbeat_port) {
         e.push("metrics_listen: its port is the command or heartbeat port".into());
     }

@@ -12,18 +12,7 @@ const UP: Duration = Duration::from_secs(15);
 
 /// The sum of every sample of `name` whose labels include all of `labels`.
 fn total(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (metric, rest) = series.split_once('{').unwrap_or((series, "}"));
-            let ok = metric == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
-            ok.then(|| value.parse::<f64>().ok()).flatten()
-        })
-        .sum()
+    slbd::metrics::samples(text, name, labels).sum()
 }
 
 fn one(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {

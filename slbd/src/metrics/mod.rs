@@ -65,10 +65,6 @@ impl Family {
         debug_assert!(!self.counter, "{} is a counter", self.name);
         self.samples.push((clean(labels), Value::Gauge(v)));
     }
-
-    pub fn is_counter(&self) -> bool {
-        self.counter
-    }
 }
 
 /// prometheus-client writes label values as given, and a `"`, `\` or newline would break the
@@ -117,12 +113,21 @@ pub fn encode(families: Vec<Family>) -> String {
     out
 }
 
-/// The value of the sample of `name` (as exposed, `_total` included) whose labels include all
-/// of `labels`, from exposition text. For tests and tools reading a scrape.
+/// The value of the first sample of `name` (as exposed, `_total` included) whose labels include
+/// all of `labels`, from exposition text. For tests and tools reading a scrape.
 pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    samples(text, name, labels).next()
+}
+
+/// Every such sample's value, in order.
+pub fn samples<'a>(
+    text: &'a str,
+    name: &'a str,
+    labels: &'a [(&'a str, &'a str)],
+) -> impl Iterator<Item = f64> + 'a {
     text.lines()
         .filter(|l| !l.starts_with('#'))
-        .find_map(|line| {
+        .filter_map(move |line| {
             let (series, value) = line.rsplit_once(' ')?;
             let (metric, label_text) = match series.split_once('{') {
                 Some((m, rest)) => (m, rest.strip_suffix('}')?),

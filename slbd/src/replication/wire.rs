@@ -189,15 +189,12 @@ pub struct Frame {
 
 type HmacSha256 = Hmac<Sha256>;
 
-fn mac(key: &[u8], context: &[u8], header: &[u8], body: &[u8]) -> [u8; MAC_LEN] {
+fn mac(key: &[u8], context: &[u8], header: &[u8], body: &[u8]) -> HmacSha256 {
     let mut m = HmacSha256::new_from_slice(key).expect("HMAC takes keys of any length");
     m.update(context);
     m.update(header);
     m.update(body);
-    let full = m.finalize().into_bytes();
-    let mut out = [0u8; MAC_LEN];
-    out.copy_from_slice(&full[..MAC_LEN]);
-    out
+    m
 }
 
 /// A whole frame, ready to write.
@@ -217,9 +214,9 @@ pub fn encode(
     out.extend_from_slice(&seq.to_be_bytes());
     out.extend_from_slice(&sent_ms.to_be_bytes());
     out.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    let tag = mac(key, context, &out, body);
+    let tag = mac(key, context, &out, body).finalize().into_bytes();
     out.extend_from_slice(body);
-    out.extend_from_slice(&tag);
+    out.extend_from_slice(&tag[..MAC_LEN]);
     out
 }
 
@@ -252,12 +249,10 @@ pub fn decode(key: &[u8], context: &[u8], frame: &[u8]) -> Result<Frame, WireErr
         return Err(WireError::TooLong(frame.len()));
     }
     let body = &frame[HEADER_LEN..frame.len() - MAC_LEN];
-    let want = mac(key, context, header, body);
-    // Constant time: the comparison must not tell a forger how many bytes were right.
-    let got = &frame[frame.len() - MAC_LEN..];
-    if want.iter().zip(got).fold(0u8, |acc, (a, b)| acc | (a ^ b)) != 0 {
-        return Err(WireError::Mac);
-    }
+    // verify_truncated_left compares in constant time.
+    mac(key, context, header, body)
+        .verify_truncated_left(&frame[frame.len() - MAC_LEN..])
+        .map_err(|_| WireError::Mac)?;
     Ok(Frame {
         kind: Kind::from_u8(header[5]).expect("checked"),
         seq: u64::from_be_bytes(header[6..14].try_into().expect("8 bytes")),
