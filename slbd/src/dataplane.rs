@@ -867,6 +867,14 @@ mod tests {
         assert_eq!(counts[&"172.16.0.4".parse::<Ipv4Addr>().unwrap()], 6);
     }
 
+    fn live_total(dp: &Dataplane) -> u64 {
+        dp.services()[0]
+            .1
+            .iter()
+            .map(|s| s.live_flows.load(Relaxed))
+            .sum()
+    }
+
     #[test]
     fn a_standby_given_the_snapshot_forwards_established_flows_to_their_servers() {
         let c = config(r#""persistence_timeout": 30,"#);
@@ -924,11 +932,7 @@ mod tests {
             ),
             Verdict::Accept
         );
-        let live: u64 = standby.services()[0]
-            .1
-            .iter()
-            .map(|s| s.live_flows.load(Relaxed))
-            .sum();
+        let live = live_total(&standby);
         assert_eq!(live, 6);
         // A persisted client's new connection goes where the ACTIVE sent it.
         assert_eq!(req(&standby, "10.0.0.5:4001", SYN).1, placed[0]);
@@ -958,11 +962,7 @@ mod tests {
         );
         // Applying the same flow twice does not count it twice.
         standby.apply_replica(&records[..1], 40);
-        let live: u64 = standby.services()[0]
-            .1
-            .iter()
-            .map(|s| s.live_flows.load(Relaxed))
-            .sum();
+        let live = live_total(&standby);
         assert_eq!(live, 6, "5 left + 1 new from the persisted client");
     }
 
