@@ -53,6 +53,9 @@ pub enum DropReason {
     /// A TCP packet other than a SYN for a flow slbd does not know, e.g. after a restart.
     /// A freshly chosen server would only answer it with a reset.
     MidStream,
+    /// The same, within the grace period after this node took over from its dual: a flow the
+    /// replication did not deliver. Counted apart so a takeover's losses are visible.
+    AfterTakeover,
     /// A reply that matches no flow: sending it on would leak the real server's address.
     ReplyWithoutFlow,
     /// No real server of the service is in rotation.
@@ -64,7 +67,7 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const COUNT: usize = 6 + 8;
+    pub const COUNT: usize = 7 + 8;
 
     fn index(self) -> usize {
         match self {
@@ -74,7 +77,8 @@ impl DropReason {
             DropReason::NoServer => 3,
             DropReason::TableFull => 4,
             DropReason::Truncated => 5,
-            DropReason::Malformed(m) => 6 + m as usize,
+            DropReason::AfterTakeover => 6,
+            DropReason::Malformed(m) => 7 + m as usize,
         }
     }
 
@@ -86,6 +90,7 @@ impl DropReason {
             DropReason::NoServer => "no_server",
             DropReason::TableFull => "flow_table_full",
             DropReason::Truncated => "truncated",
+            DropReason::AfterTakeover => "mid_stream_after_takeover",
             DropReason::Malformed(m) => m.name(),
         }
     }
@@ -94,6 +99,7 @@ impl DropReason {
         [
             DropReason::NoService,
             DropReason::MidStream,
+            DropReason::AfterTakeover,
             DropReason::ReplyWithoutFlow,
             DropReason::NoServer,
             DropReason::TableFull,
@@ -184,6 +190,37 @@ impl Counters {
 
 const SHARDS: usize = 64;
 
+/// Changes a shard holds for replication before the replication thread takes them (every
+/// ~10 ms). Past this the log stops growing and is marked overflowed: replication falls
+/// behind and resynchronises with a snapshot, the data path never waits.
+const LOG_CAP_PER_SHARD: usize = 4096;
+
+/// After a takeover, mid-stream TCP packets of unknown flows are counted apart for this long.
+pub const TAKEOVER_GRACE_MS: u64 = 5_000;
+
+/// A slice of the flow table with its changes not yet replicated, under one lock.
+struct Shard {
+    flows: FlowTable,
+    log: Vec<Record>,
+}
+
+impl std::ops::Deref for Shard {
+    type Target = FlowTable;
+    fn deref(&self) -> &FlowTable {
+        &self.flows
+    }
+}
+
+impl std::ops::DerefMut for Shard {
+    fn deref_mut(&mut self) -> &mut FlowTable {
+        &mut self.flows
+    }
+}
+
+/// The change log was full at some point since it was last taken: changes were lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogOverflowed;
+
 /// What [`Dataplane::apply_replica`] did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ReplicaApplied {
@@ -200,9 +237,17 @@ pub struct Dataplane {
     /// Serialises updates (the view swap itself is lock-free for readers).
     updating: Mutex<u64>,
     seed: u64,
-    shards: Box<[Mutex<FlowTable>]>,
+    shards: Box<[Mutex<Shard>]>,
     persistence: Mutex<Persistence>,
     pub counters: Counters,
+    /// A STANDBY is receiving changes: log them.
+    logging: AtomicBool,
+    log_overflowed: AtomicBool,
+    /// This node carries the VIP's traffic (loaded). A STANDBY's replicated flows see no
+    /// packets, so they are not expired while this is off.
+    balancing: AtomicBool,
+    /// Until when mid-stream packets of unknown flows count as [`DropReason::AfterTakeover`].
+    grace_until_ms: AtomicU64,
 }
 
 /// Takes `n` off a server's live count (saturating: counts are advisory, never negative).
@@ -216,6 +261,24 @@ fn shard_of(client: SocketAddrV4) -> usize {
     // Fibonacci hashing of address and port: cheap, and spreads sequential clients.
     let x = (u64::from(u32::from(*client.ip())) << 16) | u64::from(client.port());
     (x.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58) as usize % SHARDS
+}
+
+fn end_record(e: &crate::flow::Ended) -> Record {
+    Record::End {
+        protocol: e.protocol,
+        client: e.client,
+        vip_port: e.vip.port(),
+    }
+}
+
+fn persist_record(key: &PersistKey, server: SocketAddrV4, ttl_ms: u64) -> Record {
+    Record::Persist {
+        protocol: key.protocol,
+        client: key.client,
+        vip_port: key.port,
+        server,
+        ttl_ms: ttl_ms.min(u64::from(u32::MAX)) as u32,
+    }
 }
 
 fn timeouts(config: &Config) -> Timeouts {
@@ -239,7 +302,12 @@ impl Dataplane {
             updating: Mutex::new(0),
             seed,
             shards: (0..SHARDS)
-                .map(|_| Mutex::new(FlowTable::new(timeouts(config), per_shard)))
+                .map(|_| {
+                    Mutex::new(Shard {
+                        flows: FlowTable::new(timeouts(config), per_shard),
+                        log: Vec::new(),
+                    })
+                })
                 .collect(),
             persistence: Mutex::new(Persistence::new(config.flows.max as usize)),
             counters: Counters {
@@ -247,6 +315,10 @@ impl Dataplane {
                 replies: AtomicU64::new(0),
                 drops: std::array::from_fn(|_| AtomicU64::new(0)),
             },
+            logging: AtomicBool::new(false),
+            log_overflowed: AtomicBool::new(false),
+            balancing: AtomicBool::new(true),
+            grace_until_ms: AtomicU64::new(0),
         };
         dp.update(config);
         dp
@@ -380,19 +452,39 @@ impl Dataplane {
             }
             Lookup::Missing | Lookup::Reused(_) => {
                 if let Lookup::Reused(ended) = found {
+                    self.log(&mut flows, end_record(&ended));
                     self.flow_ended(&view, &ended, now_ms);
                 }
                 let syn = h.flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
                 if h.protocol == Protocol::Tcp && !syn {
-                    return Err(DropReason::MidStream);
+                    return Err(if now_ms < self.grace_until_ms.load(Relaxed) {
+                        DropReason::AfterTakeover
+                    } else {
+                        DropReason::MidStream
+                    });
                 }
-                let i = self.choose(svc, h.src, now_ms)?;
+                let i = self.choose(svc, h.src, now_ms, &mut flows)?;
                 let (server, id) = (svc.service.servers[i].addr, svc.ids[i]);
                 let displaced = flows
                     .insert(&key, server, id, now_ms)
                     .map_err(|_| DropReason::TableFull)?;
                 if let Some(ended) = displaced {
+                    self.log(&mut flows, end_record(&ended));
                     self.flow_ended(&view, &ended, now_ms);
+                }
+                // A TCP flow is replicated once its server answers (a SYN the server never saw
+                // answered is retransmitted and scheduled afresh anyway); UDP at once.
+                if h.protocol == Protocol::Udp {
+                    self.log(
+                        &mut flows,
+                        Record::Flow {
+                            protocol: h.protocol,
+                            client: h.src,
+                            vip_port: h.dst.port(),
+                            server,
+                            established: true,
+                        },
+                    );
                 }
                 self.with_stats(id, |st| {
                     st.new_flows.fetch_add(1, Relaxed);
@@ -411,11 +503,13 @@ impl Dataplane {
     }
 
     /// Persistence first, when on and its server is still in rotation; else the scheduler.
+    /// `shard` is the client's, held by the caller: persistence changes are logged there.
     fn choose(
         &self,
         svc: &ServiceState,
         client: SocketAddrV4,
         now_ms: u64,
+        shard: &mut Shard,
     ) -> Result<usize, DropReason> {
         let registry = self.registry.load();
         let up = |i: usize| registry.stats[svc.ids[i] as usize].up.load(Relaxed);
@@ -436,6 +530,11 @@ impl Dataplane {
             });
             if let Some(i) = remembered {
                 persisted.remember(pkey, svc.service.servers[i].addr, now_ms + timeout);
+                drop(persisted);
+                self.log(
+                    shard,
+                    persist_record(&pkey, svc.service.servers[i].addr, timeout),
+                );
                 registry.stats[svc.ids[i] as usize]
                     .persisted
                     .fetch_add(1, Relaxed);
@@ -460,9 +559,11 @@ impl Dataplane {
             .scheduled
             .fetch_add(1, Relaxed);
         if timeout > 0 {
+            let server = svc.service.servers[i].addr;
             self.persistence
                 .lock()
-                .remember(pkey, svc.service.servers[i].addr, now_ms + timeout);
+                .remember(pkey, server, now_ms + timeout);
+            self.log(shard, persist_record(&pkey, server, timeout));
         }
         Ok(i)
     }
@@ -474,10 +575,23 @@ impl Dataplane {
             src: h.src,
             dst: h.dst,
         };
-        let r = self.shards[shard_of(h.dst)]
-            .lock()
+        let mut shard = self.shards[shard_of(h.dst)].lock();
+        let r = shard
             .lookup_reply(&key, h.flags, now_ms)
             .ok_or(DropReason::ReplyWithoutFlow)?;
+        if r.established_now {
+            self.log(
+                &mut shard,
+                Record::Flow {
+                    protocol: h.protocol,
+                    client: h.dst,
+                    vip_port: r.vip.port(),
+                    server: h.src,
+                    established: true,
+                },
+            );
+        }
+        drop(shard);
         self.with_stats(r.tag, |st| {
             st.packets_out.fetch_add(1, Relaxed);
             st.bytes_out.fetch_add(buf.len() as u64, Relaxed);
@@ -491,14 +605,24 @@ impl Dataplane {
 
     /// Expires idle flows, a bounded slice of each shard per call, and keeps persistence for
     /// clients whose flows just ended. Returns how many flows ended.
+    /// A STANDBY (not balancing) expires only persistence: its flows end when the ACTIVE
+    /// says so.
     pub fn expire(&self, now_ms: u64) -> usize {
+        if !self.balancing.load(Relaxed) {
+            self.persistence.lock().expire(now_ms);
+            return 0;
+        }
         let mut n = 0;
         let view = self.view.load();
         for shard in self.shards.iter() {
             let ended = {
                 let mut t = shard.lock();
                 let budget = 4096.max(t.len() / 8);
-                t.expire(now_ms, budget)
+                let ended = t.expire(now_ms, budget);
+                for e in &ended {
+                    self.log(&mut t, end_record(e));
+                }
+                ended
             };
             n += ended.len();
             for e in ended {
@@ -531,6 +655,78 @@ impl Dataplane {
                 .lock()
                 .touch(&key, e.server, now_ms + timeout);
         }
+    }
+
+    /// Appends a change to `shard`'s replication log, while a STANDBY is listening.
+    fn log(&self, shard: &mut Shard, r: Record) {
+        if !self.logging.load(Relaxed) {
+            return;
+        }
+        if shard.log.len() < LOG_CAP_PER_SHARD {
+            shard.log.push(r);
+        } else {
+            self.log_overflowed.store(true, Relaxed);
+        }
+    }
+
+    /// Starts logging changes for a STANDBY, from empty logs. Call before taking the
+    /// snapshot: a change that lands in both is applied twice, which is harmless (records
+    /// are idempotent); one in neither cannot happen.
+    pub fn start_change_log(&self) {
+        self.logging.store(true, Relaxed);
+        for shard in self.shards.iter() {
+            shard.lock().log.clear();
+        }
+        self.log_overflowed.store(false, Relaxed);
+    }
+
+    /// Stops logging and drops what was not taken.
+    pub fn stop_change_log(&self) {
+        self.logging.store(false, Relaxed);
+        for shard in self.shards.iter() {
+            let mut s = shard.lock();
+            s.log.clear();
+            s.log.shrink_to(LOG_CAP_PER_SHARD / 16);
+        }
+    }
+
+    /// Moves the logged changes into `out` (each shard's in the order they happened). An
+    /// error means some were lost since the last call: the STANDBY needs a new snapshot.
+    pub fn take_changes(&self, out: &mut Vec<Record>) -> Result<(), LogOverflowed> {
+        for shard in self.shards.iter() {
+            out.append(&mut shard.lock().log);
+        }
+        if self.log_overflowed.swap(false, Relaxed) {
+            return Err(LogOverflowed);
+        }
+        Ok(())
+    }
+
+    /// Whether this node carries traffic. Turning it on (a takeover) restarts every flow's
+    /// idle clock and opens the grace period for mid-stream packets of unknown flows.
+    pub fn set_balancing(&self, on: bool, now_ms: u64) {
+        let was = self.balancing.swap(on, Relaxed);
+        if on && !was {
+            for shard in self.shards.iter() {
+                shard.lock().touch_all(now_ms);
+            }
+            self.grace_until_ms
+                .store(now_ms + TAKEOVER_GRACE_MS, Relaxed);
+        }
+    }
+
+    /// Forgets every flow and persistence entry: a STANDBY about to apply a new snapshot.
+    pub fn clear_replica(&self) {
+        let registry = self.registry.load();
+        for shard in self.shards.iter() {
+            let ended = shard.lock().remove_where(|_| true);
+            for e in ended.iter().filter(|e| !e.was_closing) {
+                if let Some(st) = registry.stats.get(e.tag as usize) {
+                    less_live(st, 1);
+                }
+            }
+        }
+        self.persistence.lock().clear();
     }
 
     /// Every flow and persistence entry, as replication records: what a STANDBY that joins
@@ -677,7 +873,12 @@ impl Dataplane {
         let mut n = 0;
         let mut open = 0;
         for shard in self.shards.iter() {
-            let ended = shard.lock().remove_where(|e| e.tag == id);
+            let mut t = shard.lock();
+            let ended = t.remove_where(|e| e.tag == id);
+            for e in &ended {
+                self.log(&mut t, end_record(e));
+            }
+            drop(t);
             n += ended.len();
             open += ended.iter().filter(|e| !e.was_closing).count();
         }
@@ -964,6 +1165,193 @@ mod tests {
         standby.apply_replica(&records[..1], 40);
         let live = live_total(&standby);
         assert_eq!(live, 6, "5 left + 1 new from the persisted client");
+    }
+
+    #[test]
+    fn the_change_log_carries_what_a_standby_needs_and_nothing_while_off() {
+        let c = config(r#""persistence_timeout": 30,"#);
+        let (active, standby) = (Dataplane::for_test(&c), Dataplane::for_test(&c));
+        standby.set_balancing(false, 0);
+        let send = |dp: &Dataplane, dir: Direction, mut p: Vec<u8>, now: u64| {
+            let v = dp.handle(dir, &mut p, true, ChecksumState::Complete, now);
+            (v, p)
+        };
+        let vip = sa("10.0.0.100:80");
+        // Nothing is logged before a STANDBY listens.
+        send(
+            &active,
+            Direction::Request,
+            tcp(sa("10.0.0.9:1"), vip, SYN, b"", &[]),
+            1,
+        );
+        let mut out = Vec::new();
+        active.take_changes(&mut out).unwrap();
+        assert!(out.is_empty());
+
+        active.start_change_log();
+        let (_, p) = send(
+            &active,
+            Direction::Request,
+            tcp(sa("10.0.0.5:4000"), vip, SYN, b"", &[]),
+            2,
+        );
+        let server = dst_of(&p);
+        // A SYN alone: only the persistence entry; the flow once the server answers.
+        active.take_changes(&mut out).unwrap();
+        assert!(
+            matches!(out[..], [Record::Persist { ttl_ms: 30_000, .. }]),
+            "{out:?}"
+        );
+        out.clear();
+        send(
+            &active,
+            Direction::Reply,
+            tcp(server, sa("10.0.0.5:4000"), SYN | ACK, b"", &[]),
+            3,
+        );
+        send(
+            &active,
+            Direction::Request,
+            tcp(sa("10.0.0.5:4000"), vip, ACK, b"", &[]),
+            4,
+        );
+        let (_, q) = send(
+            &active,
+            Direction::Request,
+            udp(sa("10.0.0.6:5353"), sa("10.0.0.100:53"), b"q"),
+            4,
+        );
+        let udp_server = dst_of(&q);
+        active.take_changes(&mut out).unwrap();
+        // (Each shard keeps its own order; across shards there is none to keep.)
+        assert_eq!(out.len(), 3, "{out:?}");
+        for want in [
+            Record::Flow {
+                protocol: Protocol::Tcp,
+                client: sa("10.0.0.5:4000"),
+                vip_port: 80,
+                server,
+                established: true,
+            },
+            Record::Flow {
+                protocol: Protocol::Udp,
+                client: sa("10.0.0.6:5353"),
+                vip_port: 53,
+                server: udp_server,
+                established: true,
+            },
+        ] {
+            assert!(out.contains(&want), "{want:?} in {out:?}");
+        }
+        standby.apply_replica(&out, 5);
+        out.clear();
+        // The standby forwards both to the same servers.
+        let (v, p) = send(
+            &standby,
+            Direction::Request,
+            tcp(sa("10.0.0.5:4000"), vip, ACK, b"x", &[]),
+            6,
+        );
+        assert_eq!((v, dst_of(&p)), (Verdict::Accept, server));
+        let (v, p) = send(
+            &standby,
+            Direction::Request,
+            udp(sa("10.0.0.6:5353"), sa("10.0.0.100:53"), b"q"),
+            6,
+        );
+        assert_eq!((v, dst_of(&p)), (Verdict::Accept, udp_server));
+
+        // The standby does not expire what it holds, however long it waits; the active's
+        // expiry is what ends flows there.
+        standby.expire(10_000_000);
+        assert_eq!(standby.flow_count(), 2);
+        active.expire(61_000);
+        active.take_changes(&mut out).unwrap();
+        // (The SYN-only flow from before the log started ends too: an end the standby, which
+        // never had it, ignores.)
+        assert!(out.contains(&Record::End {
+            protocol: Protocol::Udp,
+            client: sa("10.0.0.6:5353"),
+            vip_port: 53,
+        }));
+        standby.apply_replica(&out, 61_000);
+        assert_eq!(standby.flow_count(), 1);
+
+        // Off again: nothing logged, nothing kept.
+        active.stop_change_log();
+        send(
+            &active,
+            Direction::Request,
+            tcp(sa("10.0.0.7:1"), vip, SYN, b"", &[]),
+            62_000,
+        );
+        out.clear();
+        active.take_changes(&mut out).unwrap();
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_flood_overflows_the_log_without_blocking_and_says_so() {
+        let active = Dataplane::for_test(&config(""));
+        active.start_change_log();
+        let vip = sa("10.0.0.100:53");
+        let n = (LOG_CAP_PER_SHARD * SHARDS) as u32 + 5000;
+        for i in 0..n {
+            let client = SocketAddrV4::new(Ipv4Addr::from(0x0a00_0000 + i), 1000);
+            let mut p = udp(client, vip, b"q");
+            assert_eq!(
+                active.handle(Direction::Request, &mut p, true, ChecksumState::Complete, 1),
+                Verdict::Accept
+            );
+        }
+        let mut out = Vec::new();
+        assert_eq!(active.take_changes(&mut out), Err(LogOverflowed));
+        assert!(out.len() <= LOG_CAP_PER_SHARD * SHARDS);
+        // Taken: the log is usable again.
+        out.clear();
+        assert_eq!(active.take_changes(&mut out), Ok(()));
+    }
+
+    #[test]
+    fn a_takeover_keeps_quiet_flows_and_counts_unknown_mid_stream_packets_apart() {
+        let c = config("");
+        let standby = Dataplane::for_test(&c);
+        standby.set_balancing(false, 0);
+        let flow = Record::Flow {
+            protocol: Protocol::Tcp,
+            client: sa("10.0.0.5:4000"),
+            vip_port: 80,
+            server: sa("172.16.0.3:80"),
+            established: true,
+        };
+        standby.apply_replica(&[flow], 0);
+        let ack = |client: &str, now: u64| {
+            let mut p = tcp(sa(client), sa("10.0.0.100:80"), ACK, b"x", &[]);
+            standby.handle(
+                Direction::Request,
+                &mut p,
+                true,
+                ChecksumState::Complete,
+                now,
+            )
+        };
+        // The takeover comes an hour later: the flow's idle clock starts then.
+        let t = 3_600_000;
+        standby.set_balancing(true, t);
+        standby.expire(t + 1000);
+        assert_eq!(ack("10.0.0.5:4000", t + 1000), Verdict::Accept);
+        assert_eq!(
+            ack("10.0.0.8:4000", t + 1000),
+            Verdict::Drop(DropReason::AfterTakeover)
+        );
+        assert_eq!(
+            ack("10.0.0.8:4000", t + TAKEOVER_GRACE_MS),
+            Verdict::Drop(DropReason::MidStream)
+        );
+        assert_eq!(standby.counters.dropped(DropReason::AfterTakeover), 1);
+        // A new snapshot replaces everything held, live counts included.
+        standby.clear_replica();
+        assert_eq!((standby.flow_count(), live_total(&standby)), (0, 0));
     }
 
     #[test]

@@ -129,6 +129,8 @@ pub struct Replied {
     pub tag: u32,
     /// This packet closed the flow (its first FIN or RST).
     pub closed_now: bool,
+    /// This packet completed the TCP handshake (the server's first answer).
+    pub established_now: bool,
 }
 
 /// The result of looking up a request packet.
@@ -251,19 +253,21 @@ impl FlowTable {
         let i = self.find(&self.by_reply, key, true)?;
         let slot = &mut self.slots[i as usize];
         slot.last_seen = ticks(now_ms);
-        let mut closed_now = false;
+        let (mut closed_now, mut established_now) = (false, false);
         if key.protocol == Protocol::Tcp {
             if flags & (tcp_flags::FIN | tcp_flags::RST) != 0 {
                 closed_now = slot.state != State::Closing;
                 slot.state = State::Closing;
             } else if slot.state == State::Opening {
                 slot.state = State::Established;
+                established_now = true;
             }
         }
         Some(Replied {
             vip: SocketAddrV4::new(slot.vip_ip.into(), slot.vip_port),
             tag: slot.tag,
             closed_now,
+            established_now,
         })
     }
 
@@ -395,6 +399,15 @@ impl FlowTable {
         doomed.into_iter().map(|(_, e)| e).collect()
     }
 
+    /// Restarts every flow's idle clock at `now_ms`: a STANDBY's replicated flows saw no
+    /// packet here, and a takeover must not expire a quiet connection the moment it begins.
+    pub fn touch_all(&mut self, now_ms: u64) {
+        let now = ticks(now_ms);
+        for s in self.slots.iter_mut().filter(|s| s.state != State::Free) {
+            s.last_seen = now;
+        }
+    }
+
     /// Marks a flow established (a replicated flow whose handshake the ACTIVE saw complete).
     pub fn set_established(&mut self, key: &FlowKey) {
         if let Some(i) = self.find(&self.by_request, key, false) {
@@ -499,9 +512,12 @@ mod tests {
             Some(Replied {
                 vip: sa("10.0.0.100:80"),
                 tag: 7,
-                closed_now: false
+                closed_now: false,
+                established_now: true,
             })
         );
+        // Only the first answer completes the handshake.
+        assert!(!t.lookup_reply(&r, ACK, 3).unwrap().established_now);
         // Replies are matched, never guessed: another client port or server misses.
         assert_eq!(
             t.lookup_reply(

@@ -2,7 +2,8 @@
 //!
 //! The pure core (config, packet, checksum, garp, flow, persist, sched, health, ruleset, dataplane,
 //! edit, report, metrics::families) does no I/O and is what the unit tests exercise. The shells
-//! (nft, addr, queue, prober, ctl, daemon, metrics::http, logging, cli_docs) wrap it with netlink,
+//! (nft, addr, queue, prober, ctl, daemon, metrics::http, logging, cli_docs, pair_key,
+//! replication::session) wrap it with netlink,
 //! NFQUEUE sockets, probes, signals and threads.
 
 pub mod addr;
@@ -21,6 +22,7 @@ pub mod metrics;
 pub mod net;
 pub mod nft;
 pub mod packet;
+pub mod pair_key;
 pub mod persist;
 pub mod prober;
 pub mod queue;

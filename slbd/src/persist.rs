@@ -93,6 +93,11 @@ impl Persistence {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
+
+    /// Forgets every entry (a STANDBY about to receive the ACTIVE's snapshot).
+    pub fn clear(&mut self) {
+        self.entries.clear();
+    }
 }
 
 #[cfg(test)]

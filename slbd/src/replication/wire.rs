@@ -6,7 +6,7 @@
 //! A session runs over one TCP connection from the STANDBY (the receiver) to the ACTIVE:
 //!
 //! ```text
-//! STANDBY → Hello   { node, nonce_r }                         MAC context: none
+//! STANDBY → Hello   { nonce_r }                               MAC context: none
 //! ACTIVE  → Welcome { nonce_s }                               MAC context: nonce_r
 //! STANDBY → Start   {}                                        MAC context: nonce_r ‖ nonce_s
 //! ACTIVE  → Snapshot batches…, SnapshotEnd { records }, then Batch…   context: nonce_r ‖ nonce_s
@@ -400,6 +400,80 @@ pub fn session_context(nonce_r: &[u8; NONCE_LEN], nonce_s: &[u8; NONCE_LEN]) -> 
     c
 }
 
+/// The STANDBY's opening frame: its fresh nonce, under the key alone (seq 0).
+pub fn hello(key: &[u8], nonce_r: &[u8; NONCE_LEN]) -> Vec<u8> {
+    encode(key, &[], Kind::Hello, 0, 0, nonce_r)
+}
+
+/// The ACTIVE's answer: its own fresh nonce, bound to the STANDBY's (seq 0).
+pub fn welcome(key: &[u8], nonce_r: &[u8; NONCE_LEN], nonce_s: &[u8; NONCE_LEN]) -> Vec<u8> {
+    encode(key, nonce_r, Kind::Welcome, 0, 0, nonce_s)
+}
+
+/// The STANDBY's proof that it holds the key, under both nonces (seq 0).
+pub fn start(key: &[u8], nonce_r: &[u8; NONCE_LEN], nonce_s: &[u8; NONCE_LEN]) -> Vec<u8> {
+    encode(
+        key,
+        &session_context(nonce_r, nonce_s),
+        Kind::Start,
+        0,
+        0,
+        &[],
+    )
+}
+
+/// Checks one handshake frame: kind, MAC under `context`, sequence 0; returns the body.
+fn handshake(key: &[u8], context: &[u8], want: Kind, frame: &[u8]) -> Result<Vec<u8>, WireError> {
+    let f = decode(key, context, frame)?;
+    if f.kind != want {
+        return Err(WireError::Unexpected(f.kind));
+    }
+    if f.seq != 0 {
+        return Err(WireError::Sequence {
+            got: f.seq,
+            want: 0,
+        });
+    }
+    Ok(f.body)
+}
+
+fn nonce(kind: Kind, body: Vec<u8>) -> Result<[u8; NONCE_LEN], WireError> {
+    body.try_into().map_err(|_| WireError::Body(kind))
+}
+
+/// The ACTIVE's check of a Hello; returns the STANDBY's nonce. A Hello proves nothing (it
+/// may be replayed): the session's key check is the Start that follows.
+pub fn check_hello(key: &[u8], frame: &[u8]) -> Result<[u8; NONCE_LEN], WireError> {
+    nonce(Kind::Hello, handshake(key, &[], Kind::Hello, frame)?)
+}
+
+/// The STANDBY's check of a Welcome to its Hello; returns the ACTIVE's nonce.
+pub fn check_welcome(
+    key: &[u8],
+    nonce_r: &[u8; NONCE_LEN],
+    frame: &[u8],
+) -> Result<[u8; NONCE_LEN], WireError> {
+    nonce(
+        Kind::Welcome,
+        handshake(key, nonce_r, Kind::Welcome, frame)?,
+    )
+}
+
+/// The ACTIVE's check of a Start: only a holder of the key can make one for these nonces.
+pub fn check_start(
+    key: &[u8],
+    nonce_r: &[u8; NONCE_LEN],
+    nonce_s: &[u8; NONCE_LEN],
+    frame: &[u8],
+) -> Result<(), WireError> {
+    let body = handshake(key, &session_context(nonce_r, nonce_s), Kind::Start, frame)?;
+    if body.is_empty() {
+        Ok(())
+    } else {
+        Err(WireError::Body(Kind::Start))
+    }
+}
+
 /// The sending side of one session: numbers frames and cuts records into bodies of at most
 /// [`MAX_BODY`] bytes.
 #[derive(Debug)]
@@ -618,6 +692,49 @@ mod tests {
         );
         h[22..26].copy_from_slice(&10u32.to_be_bytes());
         assert_eq!(remaining_after_header(&h), Ok(10 + MAC_LEN));
+    }
+
+    #[test]
+    fn the_handshake_binds_both_nonces_and_needs_the_key() {
+        let (r, s) = ([7u8; NONCE_LEN], [9u8; NONCE_LEN]);
+        let h = hello(KEY, &r);
+        assert_eq!(check_hello(KEY, &h), Ok(r));
+        assert_eq!(
+            check_hello(b"another key, 16+ bytes", &h),
+            Err(WireError::Mac)
+        );
+        let w = welcome(KEY, &r, &s);
+        assert_eq!(check_welcome(KEY, &r, &w), Ok(s));
+        // A Welcome made for another Hello's nonce is refused.
+        assert_eq!(
+            check_welcome(KEY, &[8u8; NONCE_LEN], &w),
+            Err(WireError::Mac)
+        );
+        let st = start(KEY, &r, &s);
+        assert_eq!(check_start(KEY, &r, &s, &st), Ok(()));
+        // A Start replayed from an earlier session (other ACTIVE nonce) fails.
+        assert_eq!(
+            check_start(KEY, &r, &[1u8; NONCE_LEN], &st),
+            Err(WireError::Mac)
+        );
+        // Without the key, no Start: one made under another key fails.
+        let forged = start(b"an attacker's guess at the key", &r, &s);
+        assert_eq!(check_start(KEY, &r, &s, &forged), Err(WireError::Mac));
+        // Frames of one step are not accepted as another.
+        assert_eq!(check_hello(KEY, &w), Err(WireError::Mac));
+        let ctx = session_context(&r, &s);
+        let wrong_kind = encode(KEY, &ctx, Kind::Batch, 0, 0, &[]);
+        assert_eq!(
+            check_start(KEY, &r, &s, &wrong_kind),
+            Err(WireError::Unexpected(Kind::Batch))
+        );
+        let wrong_seq = encode(KEY, &ctx, Kind::Start, 3, 0, &[]);
+        assert_eq!(
+            check_start(KEY, &r, &s, &wrong_seq),
+            Err(WireError::Sequence { got: 3, want: 0 })
+        );
+        let short = encode(KEY, &[], Kind::Hello, 0, 0, &[1, 2, 3]);
+        assert_eq!(check_hello(KEY, &short), Err(WireError::Body(Kind::Hello)));
     }
 
     #[test]
