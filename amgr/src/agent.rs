@@ -142,6 +142,7 @@ pub struct Agent {
     sync_status: Arc<Mutex<sync::Status>>,
     /// Read by the sync thread: only the ACTIVE node pushes its configuration.
     active_flag: Arc<AtomicBool>,
+    replication: Arc<Mutex<Option<Value>>>,
 }
 
 /// What the agent shares with the daemon's other threads.
@@ -152,6 +153,8 @@ pub struct Shared {
     pub active_flag: Arc<AtomicBool>,
     /// slbd's pid for the watchdog (0: none).
     pub app_pid: Arc<AtomicU32>,
+    /// The `replication` part of slbd's last status answer (the watchdog's), for `query`.
+    pub replication: Arc<Mutex<Option<Value>>>,
 }
 
 impl Agent {
@@ -167,6 +170,7 @@ impl Agent {
             sync_status,
             active_flag,
             app_pid,
+            replication,
         } = shared;
         let now = Instant::now();
         let n = links.len();
@@ -187,6 +191,7 @@ impl Agent {
                 cfg.slbd_config.clone(),
                 cfg.slbd_socket.clone(),
                 log_format,
+                crate::app::replication_args(&cfg),
             ),
             cfg,
             key,
@@ -214,6 +219,7 @@ impl Agent {
             generation_mtime: None,
             sync_status,
             active_flag,
+            replication,
         }
     }
 
@@ -802,6 +808,7 @@ impl Agent {
     pub fn metrics(&self) -> crate::metrics::Sample {
         let now_ms = self.now_ms();
         let sync = self.sync_status.lock().clone();
+        let replication = self.replication.lock().clone();
         crate::metrics::Sample {
             node: self.node.id,
             state: self.state,
@@ -830,6 +837,14 @@ impl Agent {
             config_in_sync: self.dual.as_ref().map(|d| d.generation == self.generation),
             sync_pushes: sync.pushes,
             sync_failures: sync.failures,
+            takeover_ready: replication
+                .as_ref()
+                .filter(|_| self.state == State::Standby)
+                .and_then(|r| r["takeover_ready"].as_bool()),
+            replication_lag_ms: replication
+                .as_ref()
+                .filter(|_| self.state == State::Standby)
+                .and_then(|r| r["lag_ms"].as_u64()),
         }
     }
 
@@ -880,6 +895,7 @@ impl Agent {
             "links": links,
             "last_failover": self.last_failover,
             "transitions": self.transitions,
+            "replication": self.replication.lock().clone(),
             "sync": {
                 "peer": sync.peer,
                 "last_ok_ms": sync.last_ok.map(unix_ms),

@@ -16,7 +16,28 @@ pub struct App {
     pub config: PathBuf,
     pub socket: PathBuf,
     log_format: slbd::logging::LogFormat,
+    /// slbd's flow replication arguments (empty: off).
+    replication: Vec<String>,
     child: Option<Child>,
+}
+
+/// The slbd arguments that turn flow replication on: the pair's key, the port, and the
+/// links (this node's address and the dual's) in the order slbd should try them.
+pub fn replication_args(cfg: &crate::config::Config) -> Vec<String> {
+    let Some(port) = cfg.replication_port else {
+        return Vec::new();
+    };
+    let mut args = vec![
+        "--pair-key".to_string(),
+        cfg.key_file.display().to_string(),
+        "--replication-port".to_string(),
+        port.to_string(),
+    ];
+    for l in &cfg.links {
+        args.push("--replication-link".into());
+        args.push(format!("{}={}", l.local, l.peer));
+    }
+    args
 }
 
 impl App {
@@ -25,12 +46,14 @@ impl App {
         config: PathBuf,
         socket: PathBuf,
         log_format: slbd::logging::LogFormat,
+        replication: Vec<String>,
     ) -> App {
         App {
             binary,
             config,
             socket,
             log_format,
+            replication,
             child: None,
         }
     }
@@ -51,7 +74,8 @@ impl App {
             .arg(&self.config)
             .arg("--socket")
             .arg(&self.socket)
-            .args(["--log-format", self.log_format.name()]);
+            .args(["--log-format", self.log_format.name()])
+            .args(&self.replication);
         // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
         unsafe {
             cmd.pre_exec(|| {

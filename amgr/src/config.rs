@@ -34,6 +34,9 @@ pub struct RawConfig {
     pub slbd: RawSlbd,
     #[serde(default)]
     pub sync: RawSync,
+    /// Flow replication between the two slbd (stateful failover), over the heartbeat links.
+    #[serde(default)]
+    pub replication: RawReplication,
     /// Where Prometheus scrapes amgr's metrics (`"0.0.0.0:9406"`); absent: no metrics port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<String>,
@@ -81,6 +84,33 @@ impl Default for RawSlbd {
             socket: default_slbd_socket(),
         }
     }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReplication {
+    /// On by default: established connections survive a failover.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// The TCP port each slbd listens on, on its heartbeat link addresses.
+    #[serde(default = "default_replication_port")]
+    pub port: u32,
+}
+
+impl Default for RawReplication {
+    fn default() -> RawReplication {
+        RawReplication {
+            enabled: true,
+            port: default_replication_port(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_replication_port() -> u32 {
+    u32::from(slbd::replication::DEFAULT_PORT)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -180,6 +210,8 @@ pub struct Config {
     pub known_hosts: PathBuf,
     pub remote_config: PathBuf,
     pub metrics_listen: Option<SocketAddr>,
+    /// The slbd flow replication port; None: replication is off.
+    pub replication_port: Option<u16>,
 }
 
 impl Config {
@@ -315,6 +347,15 @@ pub fn validate(raw: &RawConfig) -> Result<Config, ConfigError> {
     if metrics_listen.is_some_and(|m| m.port() == command_port || m.port() == heartbeat_port) {
         e.push("metrics_listen: its port is the command or heartbeat port".into());
     }
+    let replication_port = raw.replication.enabled.then(|| {
+        let p = port(&mut e, "replication.port", raw.replication.port);
+        if p != 0 && (p == command_port || p == heartbeat_port) {
+            e.push(format!(
+                "replication.port: {p} is the command or heartbeat port"
+            ));
+        }
+        p
+    });
     let config = Config {
         node_id: raw.node_id,
         primary: raw.primary,
@@ -338,6 +379,7 @@ pub fn validate(raw: &RawConfig) -> Result<Config, ConfigError> {
         },
         slbd_config,
         metrics_listen,
+        replication_port,
     };
     if e.is_empty() {
         Ok(config)

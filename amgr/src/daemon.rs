@@ -106,11 +106,13 @@ pub fn run(cfg: Config, log_format: slbd::logging::LogFormat) -> Result<()> {
     }
 
     let app_pid = Arc::new(AtomicU32::new(0));
+    let replication = Arc::new(Mutex::new(None));
     {
         let (tx, pid, socket) = (tx.clone(), app_pid.clone(), cfg.slbd_socket.clone());
+        let replication = replication.clone();
         std::thread::Builder::new()
             .name("watchdog".into())
-            .spawn(move || watchdog(&socket, &pid, &tx))?;
+            .spawn(move || watchdog(&socket, &pid, &tx, &replication))?;
     }
 
     let sync_status = Arc::new(Mutex::new(sync::Status::default()));
@@ -173,6 +175,7 @@ pub fn run(cfg: Config, log_format: slbd::logging::LogFormat) -> Result<()> {
         sync_status,
         active_flag: active,
         app_pid,
+        replication,
     };
     let agent = Agent::new(cfg, key, links, dynamic, shared, log_format);
     agent::run(agent, rx);
@@ -229,8 +232,14 @@ fn serve_command(mut conn: UnixStream, tx: &mpsc::Sender<Input>) {
     let _ = conn.write_all(reply.as_bytes());
 }
 
-/// Asks slbd for its status every second; three failures in a row report it hung.
-fn watchdog(socket: &std::path::Path, pid: &AtomicU32, tx: &mpsc::Sender<Input>) {
+/// Asks slbd for its status every second; three failures in a row report it hung. The
+/// answer's replication figures are kept for `query` and the metrics.
+fn watchdog(
+    socket: &std::path::Path,
+    pid: &AtomicU32,
+    tx: &mpsc::Sender<Input>,
+    replication: &Mutex<Option<serde_json::Value>>,
+) {
     let mut failures = 0;
     let mut watched = 0;
     // A starting slbd is INIT's business: only one that has answered once can hang.
@@ -244,6 +253,7 @@ fn watchdog(socket: &std::path::Path, pid: &AtomicU32, tx: &mpsc::Sender<Input>)
             answered = false;
         }
         if p == 0 {
+            *replication.lock() = None;
             continue;
         }
         match slbd::ctl::client::call(
@@ -251,9 +261,10 @@ fn watchdog(socket: &std::path::Path, pid: &AtomicU32, tx: &mpsc::Sender<Input>)
             &slbd::ctl::proto::Command::Status,
             Duration::from_secs(2),
         ) {
-            Ok(_) => {
+            Ok(status) => {
                 failures = 0;
                 answered = true;
+                *replication.lock() = status.get("replication").cloned().filter(|r| !r.is_null());
             }
             Err(_) if !answered => {}
             Err(_) => {

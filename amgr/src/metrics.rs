@@ -46,6 +46,11 @@ pub struct Sample {
     pub config_in_sync: Option<bool>,
     pub sync_pushes: u64,
     pub sync_failures: u64,
+    /// From slbd's last status answer: a STANDBY holding its dual's whole flow table; None
+    /// when replication is off or slbd has not answered.
+    pub takeover_ready: Option<bool>,
+    /// The STANDBY's replication lag (ms).
+    pub replication_lag_ms: Option<u64>,
 }
 
 fn one_hot(f: &mut Family, extra: &[(&'static str, String)], state: Option<State>) {
@@ -165,6 +170,21 @@ pub fn families(s: &Sample) -> Vec<Family> {
         "Failed attempts to push slb_conf.json to the dual.",
     );
     sync_failures.count(vec![], s.sync_failures);
+    let mut ready = Family::gauge(
+        "amgr_takeover_ready",
+        "1 when this STANDBY's slbd holds the ACTIVE's replicated flows (snapshot complete, \
+         stream alive); absent when replication is off.",
+    );
+    if let Some(b) = s.takeover_ready {
+        ready.set(node.clone(), flag(b));
+    }
+    let mut lag = Family::gauge(
+        "amgr_replication_lag_milliseconds",
+        "The STANDBY's flow replication lag: receive time minus send time of the last batch.",
+    );
+    if let Some(l) = s.replication_lag_ms {
+        lag.set(node.clone(), l as f64);
+    }
 
     vec![
         state,
@@ -182,6 +202,8 @@ pub fn families(s: &Sample) -> Vec<Family> {
         in_sync,
         pushes,
         sync_failures,
+        ready,
+        lag,
     ]
 }
 
@@ -212,6 +234,8 @@ mod tests {
             config_in_sync: None,
             sync_pushes: 4,
             sync_failures: 1,
+            takeover_ready: Some(false),
+            replication_lag_ms: None,
         }
     }
 
@@ -248,5 +272,7 @@ mod tests {
         assert_eq!(get("amgr_failovers_total", &[("active", "2")]), Some(1.0));
         assert_eq!(get("amgr_config_in_sync", &[]), None);
         assert_eq!(get("amgr_config_sync_pushes_total", &[]), Some(4.0));
+        assert_eq!(get("amgr_takeover_ready", &[("node", "2")]), Some(0.0));
+        assert_eq!(get("amgr_replication_lag_milliseconds", &[]), None);
     }
 }

@@ -102,6 +102,12 @@ pub fn query(q: &Value, now_ms: u64) -> String {
             )
         }
     }
+    if !q["replication"].is_null() {
+        out += &format!(
+            "replication {}\n",
+            slbd::replication::describe(&q["replication"])
+        );
+    }
     let sy = &q["sync"];
     out += &format!(
         "sync       to {}: last ok {}, {} pushes, {} failures{}\n",

@@ -93,6 +93,12 @@ pub fn render(st: &Value) -> String {
     if !drops.is_empty() {
         out.push_str(&format!("\ndropped: {}\n", drops.join(" ")));
     }
+    if !st["replication"].is_null() {
+        out.push_str(&format!(
+            "\nreplication: {}\n",
+            slbd::replication::describe(&st["replication"])
+        ));
+    }
     out
 }
 

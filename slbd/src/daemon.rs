@@ -24,6 +24,7 @@ use crate::edit::{self, Secrets};
 use crate::nft::{self, QueueBackend};
 use crate::prober::Prober;
 use crate::queue::{self, QueueStats};
+use crate::replication::session::{self as replication, Replication};
 use crate::ruleset::{self, QueueRange};
 
 /// The addresses slbd owns for `config`: the VIP as a /32 and the gateway with the cluster
@@ -78,6 +79,9 @@ struct Daemon {
     queues: QueueRange,
     prober: Prober,
     config_path: PathBuf,
+    /// The data plane's clock origin.
+    epoch: Instant,
+    replication: Option<Arc<Replication>>,
 }
 
 impl Daemon {
@@ -118,6 +122,19 @@ impl Daemon {
     fn start_checks(&self, config: &Config) {
         if let Err(e) = self.prober.check(config, self.dp.clone()) {
             tracing::error!(error = %e, "cannot start the health checks; servers stay in rotation");
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// After the addresses and rules are gone: this node's flows are now its dual's to carry;
+    /// the last changes go to it before this returns.
+    fn stop_balancing(&self) {
+        self.dp.set_balancing(false, false, self.now_ms());
+        if let Some(r) = &self.replication {
+            r.deactivate();
         }
     }
 
@@ -205,7 +222,17 @@ impl Daemon {
         if st.cleared {
             bail!("nothing to balance: the configuration was cleared; add servers first");
         }
-        self.bring_up(&st.config)?;
+        // State first, then the VIP: what replication delivered is in the flow table before
+        // the rules and addresses make this node the one clients reach.
+        if let Some(r) = &self.replication {
+            r.activate();
+        }
+        self.dp
+            .set_balancing(true, self.replication.is_some(), self.now_ms());
+        if let Err(e) = self.bring_up(&st.config) {
+            self.stop_balancing();
+            return Err(e);
+        }
         st.loaded = true;
         tracing::info!(vip = %st.config.vip, "balancing");
         Ok("loaded")
@@ -217,6 +244,7 @@ impl Daemon {
             return "already unloaded";
         }
         self.take_down(&st.config);
+        self.stop_balancing();
         st.loaded = false;
         tracing::info!("unloaded: not balancing");
         "unloaded"
@@ -245,6 +273,7 @@ impl Daemon {
         let mut st = self.state.lock();
         if st.loaded {
             self.take_down(&st.config);
+            self.stop_balancing();
             st.loaded = false;
         }
         st.raw.services.clear();
@@ -277,6 +306,10 @@ impl Daemon {
             "overruns": self.stats.overruns.load(Relaxed),
             "verdict_errors": self.stats.verdict_errors.load(Relaxed),
         });
+        v["replication"] = self
+            .replication
+            .as_ref()
+            .map_or(serde_json::Value::Null, |r| r.status.to_json(r.is_active()));
         v
     }
 
@@ -302,6 +335,7 @@ impl Daemon {
             balancing,
             backend: self.backend.name(),
             kernel_queues,
+            replication: self.replication.as_ref().map(|r| &r.status),
         }))
     }
 
@@ -418,6 +452,7 @@ pub fn run(
     config_path: &Path,
     socket: &Path,
     standby: bool,
+    replication: Option<replication::Settings>,
 ) -> anyhow::Result<()> {
     check_forwarding()?;
     // Block the stop signals before any thread exists, so every thread inherits the mask and
@@ -452,6 +487,15 @@ pub fn run(
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(1, |d| d.as_nanos() as u64);
     let dp = Arc::new(Dataplane::new(&config, seed));
+    let epoch = Instant::now();
+    // Not balancing until loaded: a standby's flows are its dual's, kept, not expired.
+    dp.set_balancing(false, false, 0);
+    let replication = match replication {
+        Some(settings) => Some(
+            Replication::start(settings, dp.clone(), epoch).context("starting flow replication")?,
+        ),
+        None => None,
+    };
     let stats = Arc::new(QueueStats::default());
     let daemon = Arc::new(Daemon {
         stopping: std::sync::atomic::AtomicBool::new(false),
@@ -468,6 +512,8 @@ pub fn run(
         queues,
         prober: Prober::default(),
         config_path: config_path.to_path_buf(),
+        epoch,
+        replication,
     });
     if standby {
         // A predecessor that crashed while balancing left its table and maybe the VIP: a
@@ -478,7 +524,6 @@ pub fn run(
         daemon.load()?;
     }
 
-    let epoch = Instant::now();
     for (num, q) in bound {
         let (dp, stats) = (dp.clone(), stats.clone());
         std::thread::Builder::new()

@@ -702,16 +702,19 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Whether this node carries traffic. Turning it on (a takeover) restarts every flow's
-    /// idle clock and opens the grace period for mid-stream packets of unknown flows.
-    pub fn set_balancing(&self, on: bool, now_ms: u64) {
+    /// Whether this node carries traffic. Turning it on restarts every flow's idle clock
+    /// (a STANDBY's replicated flows saw no packets here) and, for a `takeover` from a dual,
+    /// opens the grace period for mid-stream packets of unknown flows.
+    pub fn set_balancing(&self, on: bool, takeover: bool, now_ms: u64) {
         let was = self.balancing.swap(on, Relaxed);
         if on && !was {
             for shard in self.shards.iter() {
                 shard.lock().touch_all(now_ms);
             }
-            self.grace_until_ms
-                .store(now_ms + TAKEOVER_GRACE_MS, Relaxed);
+            if takeover {
+                self.grace_until_ms
+                    .store(now_ms + TAKEOVER_GRACE_MS, Relaxed);
+            }
         }
     }
 
@@ -1171,7 +1174,7 @@ mod tests {
     fn the_change_log_carries_what_a_standby_needs_and_nothing_while_off() {
         let c = config(r#""persistence_timeout": 30,"#);
         let (active, standby) = (Dataplane::for_test(&c), Dataplane::for_test(&c));
-        standby.set_balancing(false, 0);
+        standby.set_balancing(false, false, 0);
         let send = |dp: &Dataplane, dir: Direction, mut p: Vec<u8>, now: u64| {
             let v = dp.handle(dir, &mut p, true, ChecksumState::Complete, now);
             (v, p)
@@ -1316,7 +1319,7 @@ mod tests {
     fn a_takeover_keeps_quiet_flows_and_counts_unknown_mid_stream_packets_apart() {
         let c = config("");
         let standby = Dataplane::for_test(&c);
-        standby.set_balancing(false, 0);
+        standby.set_balancing(false, false, 0);
         let flow = Record::Flow {
             protocol: Protocol::Tcp,
             client: sa("10.0.0.5:4000"),
@@ -1337,7 +1340,7 @@ mod tests {
         };
         // The takeover comes an hour later: the flow's idle clock starts then.
         let t = 3_600_000;
-        standby.set_balancing(true, t);
+        standby.set_balancing(true, true, t);
         standby.expire(t + 1000);
         assert_eq!(ack("10.0.0.5:4000", t + 1000), Verdict::Accept);
         assert_eq!(

@@ -28,6 +28,28 @@ struct Args {
     /// How log lines are written to stderr: text (journald) or json (one object per line).
     #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Flow replication with the pair's other slbd (stateful failover): the pair's key file
+    /// (0600). amgr passes this and the links; needs at least one --replication-link.
+    #[arg(long, value_name = "PATH", requires = "replication_link")]
+    pair_key: Option<PathBuf>,
+    /// A pair link for flow replication, this node's address and the dual's (repeatable, in
+    /// order of preference).
+    #[arg(long, value_name = "LOCAL=PEER", value_parser = parse_link, requires = "pair_key")]
+    replication_link: Vec<(std::net::Ipv4Addr, std::net::Ipv4Addr)>,
+    /// The TCP port flow replication listens on (on each link's local address).
+    #[arg(long, value_name = "PORT", default_value_t = slbd::replication::DEFAULT_PORT)]
+    replication_port: u16,
+}
+
+fn parse_link(v: &str) -> Result<(std::net::Ipv4Addr, std::net::Ipv4Addr), String> {
+    let (l, p) = v
+        .split_once('=')
+        .ok_or_else(|| format!("{v:?}: expected LOCAL=PEER, two IPv4 addresses"))?;
+    let ip = |s: &str| {
+        s.parse::<std::net::Ipv4Addr>()
+            .map_err(|_| format!("{s:?} is not an IPv4 address (in {v:?})"))
+    };
+    Ok((ip(l)?, ip(p)?))
 }
 
 fn main() -> ExitCode {
@@ -63,5 +85,21 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    slbd::daemon::run(raw, config, &args.config, &args.socket, args.standby)
+    let replication = match &args.pair_key {
+        Some(path) => Some(slbd::replication::session::Settings {
+            key: slbd::pair_key::read_key(path)
+                .with_context(|| format!("the pair's key {}", path.display()))?,
+            port: args.replication_port,
+            links: args.replication_link.clone(),
+        }),
+        None => None,
+    };
+    slbd::daemon::run(
+        raw,
+        config,
+        &args.config,
+        &args.socket,
+        args.standby,
+        replication,
+    )
 }

@@ -752,6 +752,29 @@ pub fn hold_connection() -> (TcpStream, String) {
     (s, name.trim().to_string())
 }
 
+/// Sends `line` on a held connection and reads the echo (`<server> <line>`); returns the
+/// server's name. Call it inside the client namespace.
+pub fn echo(s: &TcpStream, line: &str, timeout: Duration) -> std::io::Result<String> {
+    let mut s = s;
+    s.set_read_timeout(Some(timeout))?;
+    s.write_all(format!("{line}\n").as_bytes())?;
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while got.last() != Some(&b'\n') {
+        if s.read(&mut byte)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        got.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&got);
+    match text.trim_end().split_once(' ') {
+        Some((server, echoed)) if echoed == line => Ok(server.to_string()),
+        _ => Err(std::io::Error::other(format!(
+            "echo {text:?} does not answer {line:?}"
+        ))),
+    }
+}
+
 /// Which server answered an HTTP request, from the body `sN\n`.
 pub fn server_name(body: &[u8]) -> String {
     String::from_utf8_lossy(body).trim().to_string()

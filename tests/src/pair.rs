@@ -379,6 +379,37 @@ impl Pair {
         )
     }
 
+    /// Node `i`'s slbd status (`slbctl --status --json`).
+    pub fn slbd_status(&self, i: usize) -> Option<Value> {
+        let (code, out, _) = self.slbctl(i, &["--status", "--json"]);
+        (code == 0)
+            .then(|| serde_json::from_str(&out).ok())
+            .flatten()
+    }
+
+    /// Waits until node `i`'s slbd is takeover-ready holding at least `flows` flows.
+    pub fn wait_takeover_ready(&self, i: usize, flows: u64, timeout: Duration) -> Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let st = self.slbd_status(i);
+            if let Some(st) = &st {
+                if st["replication"]["takeover_ready"] == true
+                    && st["flows"].as_u64().unwrap_or(0) >= flows
+                {
+                    return Ok(st.clone());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "node {} not takeover-ready with {flows} flows: {st:?}\n{}",
+                    i + 1,
+                    self.log(i)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn query(&self, i: usize) -> Option<Value> {
         let (code, out, _) = self.amgr(i, &["--json", "query"]);
         (code == 0)

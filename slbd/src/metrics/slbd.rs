@@ -51,6 +51,94 @@ pub struct Inputs<'a> {
     pub backend: &'static str,
     /// The kernel's view of slbd's queues only.
     pub kernel_queues: Vec<KernelQueue>,
+    /// Flow replication's figures, when it is on.
+    pub replication: Option<&'a crate::replication::session::Status>,
+}
+
+/// Flow replication: both roles' counters (a node is sender and receiver in turn).
+fn replication_families(r: &crate::replication::session::Status, balancing: bool) -> Vec<Family> {
+    let mut ready = Family::gauge(
+        "slb_replication_takeover_ready",
+        "1 when this STANDBY holds the ACTIVE's whole flow table (snapshot complete, stream \
+         alive); 0 otherwise, and always 0 on the ACTIVE.",
+    );
+    ready.set(
+        vec![],
+        if !balancing && r.takeover_ready() {
+            1.0
+        } else {
+            0.0
+        },
+    );
+    let mut connected = Family::gauge(
+        "slb_replication_standby_connected",
+        "1 when this ACTIVE streams its flows to a STANDBY that has its snapshot.",
+    );
+    connected.set(
+        vec![],
+        if balancing && r.serving_ready.load(Relaxed) {
+            1.0
+        } else {
+            0.0
+        },
+    );
+    let mut lag = Family::gauge(
+        "slb_replication_lag_seconds",
+        "Receive time minus send time of the last batch this STANDBY applied.",
+    );
+    lag.set(vec![], r.lag_ms.load(Relaxed) as f64 / 1000.0);
+    let mut records = Family::counter(
+        "slb_replication_records",
+        "Replication records: sent (snapshot and changes) or applied.",
+    );
+    records.count(
+        vec![("direction", "sent".into())],
+        r.records_sent.load(Relaxed),
+    );
+    records.count(
+        vec![("direction", "applied".into())],
+        r.records_applied.load(Relaxed),
+    );
+    let mut bytes = Family::counter(
+        "slb_replication_bytes",
+        "Replication bytes on the wire (frames with headers and MACs), sent or received.",
+    );
+    bytes.count(
+        vec![("direction", "sent".into())],
+        r.bytes_sent.load(Relaxed),
+    );
+    bytes.count(
+        vec![("direction", "received".into())],
+        r.bytes_received.load(Relaxed),
+    );
+    let mut snapshots = Family::counter(
+        "slb_replication_snapshots",
+        "Whole snapshots sent or received.",
+    );
+    snapshots.count(
+        vec![("direction", "sent".into())],
+        r.snapshots_sent.load(Relaxed),
+    );
+    snapshots.count(
+        vec![("direction", "received".into())],
+        r.snapshots_received.load(Relaxed),
+    );
+    let mut overflows = Family::counter(
+        "slb_replication_overflows",
+        "Times new flows outran replication (the change log filled): the STANDBY resynchronised.",
+    );
+    overflows.count(vec![], r.overflows.load(Relaxed));
+    let mut refused = Family::counter(
+        "slb_replication_refused",
+        "Replication connections and frames refused, by reason (mac, sequence, garbage, \
+         unknown_peer, ...).",
+    );
+    for (why, n) in r.refused.lock().iter() {
+        refused.count(vec![("reason", why.to_string())], *n);
+    }
+    vec![
+        ready, connected, lag, records, bytes, snapshots, overflows, refused,
+    ]
 }
 
 pub fn families(i: &Inputs) -> Vec<Family> {
@@ -180,7 +268,7 @@ pub fn families(i: &Inputs) -> Vec<Family> {
         waiting.set(n(), k.waiting as f64);
     }
 
-    vec![
+    let mut out = vec![
         balancing,
         flows,
         packets,
@@ -200,7 +288,11 @@ pub fn families(i: &Inputs) -> Vec<Family> {
         bad,
         kernel_dropped,
         waiting,
-    ]
+    ];
+    if let Some(r) = i.replication {
+        out.extend(replication_families(r, i.balancing));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -262,6 +354,7 @@ mod tests {
                 queue_dropped: 9,
                 user_dropped: 0,
             }],
+            replication: None,
         }));
         let get = |name: &str, labels: &[(&str, &str)]| sample(&text, name, labels);
         let s3 = [("service", "tcp/80"), ("server", "172.16.0.3:8080")];

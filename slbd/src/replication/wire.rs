@@ -238,6 +238,14 @@ pub fn remaining_after_header(header: &[u8; HEADER_LEN]) -> Result<usize, WireEr
     Ok(len + MAC_LEN)
 }
 
+/// The send time a frame's header carries (0 if there is no header).
+pub fn sent_ms(frame: &[u8]) -> u64 {
+    frame
+        .get(14..22)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_be_bytes)
+}
+
 /// Checks a whole frame (header, body, MAC) under `context`.
 pub fn decode(key: &[u8], context: &[u8], frame: &[u8]) -> Result<Frame, WireError> {
     let header: &[u8; HEADER_LEN] = frame

@@ -1,7 +1,7 @@
 //! A real server for the lab: an HTTP/1.0 responder on TCP that names itself, with a bulk
 //! download (`GET /bytes/N`), a bulk upload that answers the SHA-256 of what it received
-//! (`POST /sink`), a long-lived connection (`GET /hold`: names itself, then stays open until
-//! the client closes), and a UDP echo that prefixes its name. Threads and std only.
+//! (`POST /sink`), a long-lived connection (`GET /hold`: names itself, then echoes each line
+//! after its name until the client closes), and a UDP echo that prefixes its name. Threads and std only.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
@@ -72,11 +72,16 @@ fn serve(conn: TcpStream, name: &str) -> std::io::Result<()> {
             sent += len;
         }
     } else if path == "/hold" {
-        // A long-lived connection: say who we are, then keep it open until the client closes.
+        // A long-lived connection: say who we are, then answer each line with our name and
+        // the line, until the client closes.
         write!(out, "HTTP/1.0 200 OK\r\nX-Server: {name}\r\n\r\n{name}\n")?;
         out.flush()?;
-        let mut rest = Vec::new();
-        let _ = reader.read_to_end(&mut rest);
+        let mut line = String::new();
+        while reader.read_line(&mut line)? > 0 {
+            write!(out, "{name} {line}")?;
+            out.flush()?;
+            line.clear();
+        }
     } else if path == "/sink" {
         let mut hasher = Sha256::new();
         let mut left = length;
