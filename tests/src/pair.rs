@@ -39,6 +39,8 @@ pub struct PairOptions {
     pub sync_period_s: u64,
     /// amgr and slbd log JSON lines (`--log-format json`) instead of text.
     pub json_logs: bool,
+    /// Client persistence on every service (seconds; 0: off).
+    pub persistence_s: u64,
 }
 
 impl Default for PairOptions {
@@ -48,6 +50,7 @@ impl Default for PairOptions {
             configured: 3,
             sync_period_s: 10,
             json_logs: false,
+            persistence_s: 0,
         }
     }
 }
@@ -154,6 +157,7 @@ fn node_config(
         .arg("--slbd-binary")
         .arg(workspace_bin("slbd"))
         .args(["--sync-period", &opts.sync_period_s.to_string()])
+        .args(["--persistence", &opts.persistence_s.to_string()])
         .args(["--metrics", SLBD_METRICS, "--amgr-metrics", AMGR_METRICS]);
     run(&mut cmd).context("slb-node-config")
 }

@@ -505,7 +505,7 @@ impl Replication {
                 let result = self.receive_session(&mut stream, peer);
                 self.receiver_busy.store(false, Relaxed);
                 *self.status.receiving.lock() = None;
-                self.status.snapshot_complete.store(false, Relaxed);
+                let worked = self.status.snapshot_complete.swap(false, Relaxed);
                 match result {
                     Ok(()) | Err(SessionEnd::Superseded | SessionEnd::NotServing) => {}
                     Err(SessionEnd::Wire(e)) => {
@@ -519,8 +519,10 @@ impl Replication {
                         tracing::warn!(active = %peer, reason = ?e, "replication session ended")
                     }
                 }
-                // Try the same link first next time.
-                next -= 1;
+                if worked {
+                    // A link that carried a whole snapshot is tried first again.
+                    next -= 1;
+                }
             }
             std::thread::sleep(RETRY_EVERY);
         }
