@@ -14,7 +14,6 @@ use slbd::replication::wire;
 const UP: Duration = Duration::from_secs(15);
 const GOAL: Duration = Duration::from_secs(1);
 const HELD: usize = 20;
-const RUNS: usize = 5;
 
 fn pair() -> Pair {
     let mut p = Pair::new(PairOptions::default()).expect("the pair's lab");
@@ -108,10 +107,11 @@ fn failover(p: &mut Pair, how: &str) -> Duration {
     gap
 }
 
-/// The common run: hold 20 connections, then `RUNS` failovers of `how`; after a crash the
-/// crashed node is restarted and rejoins as STANDBY, and it must be takeover-ready (holding
-/// the 20 flows) before the next run. Every run must keep 20/20.
-fn survive(how: &str) {
+/// The common run: hold 20 connections, then `runs` failovers of `how`, alternating between
+/// the nodes (every second run is a failback to node 1, with replication running the other
+/// way); after a crash the crashed node is restarted and rejoins as STANDBY, and it must be
+/// takeover-ready (holding the 20 flows) before the next run. Every run must keep 20/20.
+fn survive(how: &str, runs: usize) {
     let mut p = pair();
     let held = hold(&p, HELD);
     let mut servers: Vec<&str> = held.iter().map(|(_, s)| s.as_str()).collect();
@@ -119,7 +119,7 @@ fn survive(how: &str) {
     servers.dedup();
     assert!(servers.len() >= 2, "held connections on {servers:?}");
     let mut gaps = Vec::new();
-    for run in 0..RUNS {
+    for run in 0..runs {
         let standby = 1 - active_of(&p);
         p.wait_takeover_ready(standby, HELD as u64, UP).unwrap();
         let gap = failover(&mut p, how);
@@ -158,7 +158,8 @@ fn held_connections_survive_kill_9_of_the_active_and_failback() {
     if !can_run("held_connections_survive_kill_9_of_the_active_and_failback") {
         return;
     }
-    survive("kill");
+    // 3 crashes of node 1, 3 of node 2 (failbacks).
+    survive("kill", 6);
 }
 
 #[test]
@@ -166,7 +167,8 @@ fn held_connections_survive_planned_switches_both_ways() {
     if !can_run("held_connections_survive_planned_switches_both_ways") {
         return;
     }
-    survive("switch");
+    // 5 switches to node 2, 5 failbacks to node 1.
+    survive("switch", 10);
 }
 
 /// A UDP question on `sock` (kept bound, so one flow); returns the answering server.

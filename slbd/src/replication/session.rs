@@ -60,6 +60,8 @@ pub struct Status {
     pub records_sent: AtomicU64,
     pub bytes_sent: AtomicU64,
     pub snapshots_sent: AtomicU64,
+    /// Keepalive frames among the bytes sent (each a bare header and MAC).
+    pub keepalives_sent: AtomicU64,
     /// The change log overflowed (a flood outran the link): the session restarted.
     pub overflows: AtomicU64,
     /// STANDBY side: the ACTIVE it receives from.
@@ -106,6 +108,7 @@ impl Status {
             "records_sent": self.records_sent.load(Relaxed),
             "bytes_sent": self.bytes_sent.load(Relaxed),
             "snapshots_sent": self.snapshots_sent.load(Relaxed),
+            "keepalives_sent": self.keepalives_sent.load(Relaxed),
             "overflows": self.overflows.load(Relaxed),
             "records_applied": self.records_applied.load(Relaxed),
             "records_unknown": self.records_unknown.load(Relaxed),
@@ -481,6 +484,7 @@ impl Replication {
                 last_sent = Instant::now();
             } else if last_sent.elapsed() >= KEEPALIVE_EVERY {
                 send(&mut tx, Kind::Keepalive, &[])?;
+                self.status.keepalives_sent.fetch_add(1, Relaxed);
                 last_sent = Instant::now();
             }
             if releasing {

@@ -162,6 +162,191 @@ fn failover_runs(runs: usize) -> Result<()> {
     Ok(())
 }
 
+/// What one wrk run of new connections cost.
+struct LoadRun {
+    flows: f64,
+    rate: f64,
+    active_cpu_s: f64,
+    standby_cpu_s: Option<f64>,
+    change_bytes: Option<f64>,
+    change_records: Option<f64>,
+    lags_ms: Vec<u64>,
+}
+
+fn repl_figure(p: &Pair, i: usize, key: &str) -> f64 {
+    p.slbd_status(i)
+        .and_then(|s| s["replication"][key].as_f64())
+        .unwrap_or(0.0)
+}
+
+/// The benchmark's new-connection load (wrk, 2 threads, 50 connections, `Connection: close`)
+/// for `secs` against the pair's VIP, with or without a STANDBY receiving the flows.
+fn new_connection_load(p: &Pair, secs: u64, with_standby: bool) -> Result<LoadRun> {
+    let active = p.slbd_pid(0).context("node 1's slbd")?;
+    let standby = if with_standby {
+        Some(p.slbd_pid(1).context("node 2's slbd")?)
+    } else {
+        None
+    };
+    let bytes0 = repl_figure(p, 0, "bytes_sent") - 42.0 * repl_figure(p, 0, "keepalives_sent");
+    let records0 = repl_figure(p, 0, "records_sent");
+    let cpu0 = (process_cpu_secs(active), standby.map(process_cpu_secs));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = with_standby.then(|| {
+        let stop = stop.clone();
+        let sock = p.nodes[1].slbd_socket();
+        std::thread::spawn(move || {
+            let mut lags = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(100));
+                if let Ok(st) = slbd::ctl::client::call(
+                    &sock,
+                    &slbd::ctl::proto::Command::Status,
+                    Duration::from_secs(1),
+                ) {
+                    if let Some(l) = st["replication"]["lag_ms"].as_u64() {
+                        lags.push(l);
+                    }
+                }
+            }
+            lags
+        })
+    });
+    let out = p.lab.exec(
+        &p.lab.client(),
+        &[
+            "wrk",
+            "-t2",
+            "-c50",
+            &format!("-d{secs}s"),
+            "-H",
+            "Connection: close",
+            &format!("http://{VIP}/"),
+        ],
+    )?;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let requests: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.split_once(" requests in ")
+                .map(|(n, _)| n.trim().to_string())
+        })
+        .with_context(|| format!("wrk printed no count:\n{text}"))?
+        .parse()?;
+    let rate: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("Requests/sec:")
+                .map(|r| r.trim().to_string())
+        })
+        .with_context(|| format!("wrk printed no rate:\n{text}"))?
+        .parse()?;
+    // Let the last batch go out before counting.
+    std::thread::sleep(Duration::from_millis(200));
+    let lags_ms = sampler
+        .map(|t| t.join().unwrap_or_default())
+        .unwrap_or_default();
+    Ok(LoadRun {
+        flows: requests,
+        rate,
+        active_cpu_s: process_cpu_secs(active) - cpu0.0,
+        standby_cpu_s: standby
+            .zip(cpu0.1)
+            .map(|(pid, c)| process_cpu_secs(pid) - c),
+        change_bytes: with_standby.then(|| {
+            repl_figure(p, 0, "bytes_sent") - 42.0 * repl_figure(p, 0, "keepalives_sent") - bytes0
+        }),
+        change_records: with_standby.then(|| repl_figure(p, 0, "records_sent") - records0),
+        lags_ms,
+    })
+}
+
+/// Flow replication's cost under the benchmark's new-connection load, interleaved rounds
+/// with and without a STANDBY attached: bytes on the wire per new flow, the ACTIVE's slbd CPU
+/// per 10 k new flows/s against the same load without replication (the anchor), the
+/// STANDBY's, and the STANDBY's lag sampled every 100 ms.
+fn replication_cost(rounds: usize) -> Result<()> {
+    let mut p = Pair::new(PairOptions::default()).context("building the pair's lab")?;
+    p.start_both()?;
+    p.wait_states(["ACTIVE", "STANDBY"], Duration::from_secs(15))?;
+    let secs = 5;
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        p.wait_takeover_ready(1, 0, Duration::from_secs(15))?;
+        let r = new_connection_load(&p, secs, true)?;
+        eprintln!("round {}: with a standby {:.0} flows/s", round + 1, r.rate);
+        with.push(r);
+        // No STANDBY: node 2 stopped; node 1 stays ACTIVE with nobody to replicate to.
+        p.kill(1);
+        std::thread::sleep(Duration::from_millis(800));
+        let r = new_connection_load(&p, secs, false)?;
+        eprintln!("round {}: alone {:.0} flows/s", round + 1, r.rate);
+        without.push(r);
+        p.start(1)?;
+        p.wait_states(["ACTIVE", "STANDBY"], Duration::from_secs(15))?;
+    }
+    let per10k = |cpu: f64, flows: f64| cpu / flows * 10_000.0;
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let a_with = median(
+        with.iter()
+            .map(|r| per10k(r.active_cpu_s, r.flows))
+            .collect(),
+    );
+    let a_without = median(
+        without
+            .iter()
+            .map(|r| per10k(r.active_cpu_s, r.flows))
+            .collect(),
+    );
+    let s_with = median(
+        with.iter()
+            .map(|r| per10k(r.standby_cpu_s.unwrap_or(0.0), r.flows))
+            .collect(),
+    );
+    let bytes = median(
+        with.iter()
+            .map(|r| r.change_bytes.unwrap_or(0.0) / r.flows)
+            .collect(),
+    );
+    let records = median(
+        with.iter()
+            .map(|r| r.change_records.unwrap_or(0.0) / r.flows)
+            .collect(),
+    );
+    let mut lags: Vec<u64> = with.iter().flat_map(|r| r.lags_ms.clone()).collect();
+    lags.sort_unstable();
+    println!("flow replication under the benchmark's new-connection load (wrk -t2 -c50, Connection: close, {secs} s), {rounds} rounds, medians:");
+    println!(
+        "  new flows/s                 with a standby {:>8.0}   alone {:>8.0}   ratio {:.2}",
+        median(with.iter().map(|r| r.rate).collect()),
+        median(without.iter().map(|r| r.rate).collect()),
+        median(with.iter().map(|r| r.rate).collect())
+            / median(without.iter().map(|r| r.rate).collect())
+    );
+    println!(
+        "  ACTIVE slbd CPU per 10k new flows/s (cores)   with {a_with:.3}   alone {a_without:.3}   ratio {:.2}   replication {:+.3}",
+        a_with / a_without,
+        a_with - a_without
+    );
+    println!("  STANDBY slbd CPU per 10k new flows/s (cores)  {s_with:.3}");
+    println!("  on the wire per new flow    {bytes:.1} bytes, {records:.2} records (ends follow when flows expire: 10 bytes each)");
+    if !lags.is_empty() {
+        println!(
+            "  STANDBY lag (send to apply, {} samples)  median {} ms, p99 {} ms, max {} ms",
+            lags.len(),
+            lags[lags.len() / 2],
+            lags[(lags.len() * 99 / 100).min(lags.len() - 1)],
+            lags[lags.len() - 1]
+        );
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     clean_up_on_signal();
     let cmd = std::env::args().nth(1).unwrap_or_default();
@@ -178,8 +363,16 @@ fn main() -> Result<()> {
                 .context("slb-lab failover N: N is a number of runs")?,
         ),
         "bench-bulk" => bench_bulk(),
+        "replication" => replication_cost(
+            std::env::args()
+                .nth(2)
+                .map_or(Ok(3), |n| n.parse())
+                .context("slb-lab replication N: N is a number of rounds")?,
+        ),
         "spread" => spread(),
-        _ => bail!("usage: slb-lab demo | demo-single | failover [RUNS] | bench-bulk | spread"),
+        _ => bail!(
+            "usage: slb-lab demo | demo-single | failover [RUNS] | bench-bulk | spread | replication [ROUNDS]"
+        ),
     }
 }
 
