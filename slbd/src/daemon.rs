@@ -2,8 +2,10 @@
 //! (queues bound, then rules, then addresses), runs the queue workers, the flow expiry loop,
 //! the health checks and the control socket, applies configuration changes live, and on
 //! SIGTERM/SIGINT takes it all down again (addresses, then rules). SIGHUP re-reads the file.
+//! In a pair (`--pair-key`), loading first takes over the flows replication delivered and
+//! unloading hands the last changes to the dual (`replication::session`).
 //! Side effects: NFQUEUE binds, the `ip slb` nftables table, the VIP and gateway addresses,
-//! slb_conf.json (on save), threads, signal mask.
+//! slb_conf.json (on save), the replication connections, threads, signal mask.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
