@@ -808,7 +808,12 @@ impl Agent {
     pub fn metrics(&self) -> crate::metrics::Sample {
         let now_ms = self.now_ms();
         let sync = self.sync_status.lock().clone();
-        let replication = self.replication.lock().clone();
+        // Readiness means something on the STANDBY only.
+        let replication = self
+            .replication
+            .lock()
+            .clone()
+            .filter(|_| self.state == State::Standby);
         crate::metrics::Sample {
             node: self.node.id,
             state: self.state,
@@ -839,12 +844,8 @@ impl Agent {
             sync_failures: sync.failures,
             takeover_ready: replication
                 .as_ref()
-                .filter(|_| self.state == State::Standby)
                 .and_then(|r| r["takeover_ready"].as_bool()),
-            replication_lag_ms: replication
-                .as_ref()
-                .filter(|_| self.state == State::Standby)
-                .and_then(|r| r["lag_ms"].as_u64()),
+            replication_lag_ms: replication.as_ref().and_then(|r| r["lag_ms"].as_u64()),
         }
     }
 

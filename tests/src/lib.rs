@@ -82,7 +82,8 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     dir.join(name)
 }
 
-fn ip(args: &[&str]) -> Result<()> {
+/// Runs `ip` with `args`; its stderr is the error.
+pub fn ip(args: &[&str]) -> Result<()> {
     let out = Command::new("ip")
         .args(args)
         .output()
@@ -772,6 +773,60 @@ pub fn echo(s: &TcpStream, line: &str, timeout: Duration) -> std::io::Result<Str
         _ => Err(std::io::Error::other(format!(
             "echo {text:?} does not answer {line:?}"
         ))),
+    }
+}
+
+/// What one wrk run reported.
+pub struct Wrk {
+    /// Requests completed.
+    pub requests: f64,
+    pub rps: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+}
+
+/// Runs wrk with `args` in the lab's client namespace and reads its report.
+pub fn wrk(lab: &Lab, args: &[&str]) -> Result<Wrk> {
+    let mut cmd = vec!["wrk"];
+    cmd.extend_from_slice(args);
+    let out = lab.exec(&lab.client(), &cmd)?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let field = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix).map(|r| r.trim().to_string()))
+    };
+    let rps: f64 = field("Requests/sec:")
+        .with_context(|| format!("wrk printed no rate:\n{text}"))?
+        .parse()?;
+    let latency = |p: &str| field(p).map(|v| duration_us(&v)).unwrap_or(f64::NAN);
+    if text.contains("Socket errors") {
+        eprintln!("  wrk: {}", field("Socket errors:").unwrap_or_default());
+    }
+    let requests: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.split_once(" requests in ")
+                .map(|(n, _)| n.trim().to_string())
+        })
+        .with_context(|| format!("wrk printed no request count:\n{text}"))?
+        .parse()?;
+    Ok(Wrk {
+        requests,
+        rps,
+        p50_us: latency("50%"),
+        p99_us: latency("99%"),
+    })
+}
+
+/// wrk's durations: `812.00us`, `1.23ms`, `2.00s`.
+fn duration_us(v: &str) -> f64 {
+    let (num, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len()));
+    let n: f64 = num.parse().unwrap_or(f64::NAN);
+    match unit {
+        "us" => n,
+        "ms" => n * 1e3,
+        "s" => n * 1e6,
+        _ => f64::NAN,
     }
 }
 

@@ -80,6 +80,14 @@ fn wait_active(p: &Pair, i: usize) {
     }
 }
 
+/// Restarts crashed node `i` and waits until it is STANDBY to the other's ACTIVE.
+fn rejoin(p: &mut Pair, i: usize) {
+    p.start(i).unwrap();
+    let mut want = ["ACTIVE", "ACTIVE"];
+    want[i] = "STANDBY";
+    p.wait_states(want, UP).unwrap();
+}
+
 /// One failover of `how` with requests flowing; returns the new-request gap.
 fn failover(p: &mut Pair, how: &str) -> Duration {
     let from = active_of(p);
@@ -133,16 +141,7 @@ fn survive(how: &str, runs: usize) {
         assert!(gap < GOAL, "{how} run {}: gap {gap:?}", run + 1);
         gaps.push(gap.as_millis());
         if how == "kill" {
-            p.start(1 - standby).unwrap();
-            p.wait_states(
-                if standby == 0 {
-                    ["ACTIVE", "STANDBY"]
-                } else {
-                    ["STANDBY", "ACTIVE"]
-                },
-                UP,
-            )
-            .unwrap();
+            rejoin(&mut p, 1 - standby);
         }
         // Packets of flows the new ACTIVE did not know (the request client's connection in
         // flight at a crash, placed in the last batch that never left) are counted apart.
@@ -199,7 +198,7 @@ fn udp_flows_and_persisted_clients_stay_on_their_servers_across_failovers() {
     p.wait_states(["ACTIVE", "STANDBY"], UP).unwrap();
     let c = p.lab.client();
     // A second client address, so two clients are persisted (likely to different servers).
-    run_ip(&[
+    ip(&[
         "-n",
         &c,
         "addr",
@@ -207,7 +206,8 @@ fn udp_flows_and_persisted_clients_stay_on_their_servers_across_failovers() {
         &format!("{CLIENT2}/24"),
         "dev",
         "eth0",
-    ]);
+    ])
+    .unwrap();
     let (udp, tcp_servers, udp_server) = in_ns(&c, || {
         let udp = std::net::UdpSocket::bind((CLIENT, 0)).unwrap();
         udp.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
@@ -248,29 +248,12 @@ fn udp_flows_and_persisted_clients_stay_on_their_servers_across_failovers() {
         });
         if *how == "kill" {
             // The crashed node rejoins and receives the state before the switch back.
-            p.start(standby ^ 1).unwrap();
-            p.wait_states(
-                if standby == 0 {
-                    ["ACTIVE", "STANDBY"]
-                } else {
-                    ["STANDBY", "ACTIVE"]
-                },
-                UP,
-            )
-            .unwrap();
+            rejoin(&mut p, standby ^ 1);
         }
     }
 }
 
 const T: Duration = Duration::from_secs(2);
-
-fn run_ip(args: &[&str]) {
-    let ok = std::process::Command::new("ip")
-        .args(args)
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "ip {args:?}");
-}
 
 /// Raises this process's open-file limit to its hard limit (1 000 held connections).
 fn more_files() {

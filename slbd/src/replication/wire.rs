@@ -264,7 +264,7 @@ pub fn decode(key: &[u8], context: &[u8], frame: &[u8]) -> Result<Frame, WireErr
     Ok(Frame {
         kind: Kind::from_u8(header[5]).expect("checked"),
         seq: u64::from_be_bytes(header[6..14].try_into().expect("8 bytes")),
-        sent_ms: u64::from_be_bytes(header[14..22].try_into().expect("8 bytes")),
+        sent_ms: sent_ms(frame),
         body: body.to_vec(),
     })
 }

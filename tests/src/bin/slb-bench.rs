@@ -497,47 +497,6 @@ fn measure(
     Ok(out)
 }
 
-struct Wrk {
-    rps: f64,
-    p50_us: f64,
-    p99_us: f64,
-}
-
-fn wrk(lab: &Lab, args: &[&str]) -> Result<Wrk> {
-    let mut cmd = vec!["wrk"];
-    cmd.extend_from_slice(args);
-    let out = lab.exec(&lab.client(), &cmd)?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let field = |prefix: &str| {
-        text.lines()
-            .find_map(|l| l.trim().strip_prefix(prefix).map(|r| r.trim().to_string()))
-    };
-    let rps: f64 = field("Requests/sec:")
-        .with_context(|| format!("wrk printed no rate:\n{text}"))?
-        .parse()?;
-    let latency = |p: &str| field(p).map(|v| duration_us(&v)).unwrap_or(f64::NAN);
-    if text.contains("Socket errors") {
-        eprintln!("  wrk: {}", field("Socket errors:").unwrap_or_default());
-    }
-    Ok(Wrk {
-        rps,
-        p50_us: latency("50%"),
-        p99_us: latency("99%"),
-    })
-}
-
-/// wrk's durations: `812.00us`, `1.23ms`, `2.00s`.
-fn duration_us(v: &str) -> f64 {
-    let (num, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len()));
-    let n: f64 = num.parse().unwrap_or(f64::NAN);
-    match unit {
-        "us" => n,
-        "ms" => n * 1e3,
-        "s" => n * 1e6,
-        _ => f64::NAN,
-    }
-}
-
 /// `clients` clients, each its own flow, asking the UDP echo back to back; returns the rate
 /// and the RTT p50/p99 in µs. The rate is taken with several clients, the RTT with one, so
 /// that it measures the path rather than queueing behind the other clients.

@@ -179,6 +179,13 @@ fn repl_figure(p: &Pair, i: usize, key: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Bytes node `i` sent for changes and snapshots: its replication bytes less its keepalives
+/// (each a bare header and MAC).
+fn change_bytes_sent(p: &Pair, i: usize) -> f64 {
+    let keepalive = (slbd::replication::wire::HEADER_LEN + slbd::replication::wire::MAC_LEN) as f64;
+    repl_figure(p, i, "bytes_sent") - keepalive * repl_figure(p, i, "keepalives_sent")
+}
+
 /// The benchmark's new-connection load (wrk, 2 threads, 50 connections, `Connection: close`)
 /// for `secs` against the pair's VIP, with or without a STANDBY receiving the flows.
 fn new_connection_load(p: &Pair, secs: u64, with_standby: bool) -> Result<LoadRun> {
@@ -188,7 +195,7 @@ fn new_connection_load(p: &Pair, secs: u64, with_standby: bool) -> Result<LoadRu
     } else {
         None
     };
-    let bytes0 = repl_figure(p, 0, "bytes_sent") - 42.0 * repl_figure(p, 0, "keepalives_sent");
+    let bytes0 = change_bytes_sent(p, 0);
     let records0 = repl_figure(p, 0, "records_sent");
     let cpu0 = (process_cpu_secs(active), standby.map(process_cpu_secs));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -212,10 +219,9 @@ fn new_connection_load(p: &Pair, secs: u64, with_standby: bool) -> Result<LoadRu
             lags
         })
     });
-    let out = p.lab.exec(
-        &p.lab.client(),
+    let w = wrk(
+        &p.lab,
         &[
-            "wrk",
             "-t2",
             "-c50",
             &format!("-d{secs}s"),
@@ -223,41 +229,22 @@ fn new_connection_load(p: &Pair, secs: u64, with_standby: bool) -> Result<LoadRu
             "Connection: close",
             &format!("http://{VIP}/"),
         ],
-    )?;
+    );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let requests: f64 = text
-        .lines()
-        .find_map(|l| {
-            l.split_once(" requests in ")
-                .map(|(n, _)| n.trim().to_string())
-        })
-        .with_context(|| format!("wrk printed no count:\n{text}"))?
-        .parse()?;
-    let rate: f64 = text
-        .lines()
-        .find_map(|l| {
-            l.trim()
-                .strip_prefix("Requests/sec:")
-                .map(|r| r.trim().to_string())
-        })
-        .with_context(|| format!("wrk printed no rate:\n{text}"))?
-        .parse()?;
+    let w = w?;
     // Let the last batch go out before counting.
     std::thread::sleep(Duration::from_millis(200));
     let lags_ms = sampler
         .map(|t| t.join().unwrap_or_default())
         .unwrap_or_default();
     Ok(LoadRun {
-        flows: requests,
-        rate,
+        flows: w.requests,
+        rate: w.rps,
         active_cpu_s: process_cpu_secs(active) - cpu0.0,
         standby_cpu_s: standby
             .zip(cpu0.1)
             .map(|(pid, c)| process_cpu_secs(pid) - c),
-        change_bytes: with_standby.then(|| {
-            repl_figure(p, 0, "bytes_sent") - 42.0 * repl_figure(p, 0, "keepalives_sent") - bytes0
-        }),
+        change_bytes: with_standby.then(|| change_bytes_sent(p, 0) - bytes0),
         change_records: with_standby.then(|| repl_figure(p, 0, "records_sent") - records0),
         lags_ms,
     })
