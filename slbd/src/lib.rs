@@ -1,8 +1,8 @@
 //! slbd: a layer-4 NAT load balancer that takes its packets from NFQUEUE.
 //!
 //! The pure core (config, packet, checksum, garp, flow, persist, sched, health, ruleset, dataplane,
-//! edit, report, metrics::families) does no I/O and is what the unit tests exercise. The shells
-//! (nft, addr, queue, prober, ctl, daemon, metrics::http, logging, cli_docs, pair_key,
+//! edit, report, metrics::families, conntrack::wire) does no I/O and is what the unit tests exercise. The shells
+//! (nft, addr, queue, conntrack::socket, prober, ctl, daemon, metrics::http, logging, cli_docs, pair_key,
 //! replication::session) wrap it with netlink,
 //! NFQUEUE sockets, probes, signals and threads.
 
@@ -10,6 +10,7 @@ pub mod addr;
 pub mod checksum;
 pub mod cli_docs;
 pub mod config;
+pub mod conntrack;
 pub mod ctl;
 pub mod daemon;
 pub mod dataplane;
