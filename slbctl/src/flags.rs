@@ -8,6 +8,33 @@ use slbd::edit::{Edit, Secret};
 use slbd::net::Ipv4Net;
 
 /// `[tcp/|udp/][VIPPORT=]ADDRESS:PORT[,WEIGHT]`.
+/// `--mode [tcp/|udp/]VIPPORT=packet|offload`.
+pub fn mode(v: &str) -> Result<Edit, String> {
+    let bad =
+        |why: String| format!("--mode {v:?}: {why} (expected [tcp/|udp/]VIPPORT=packet|offload)");
+    let (protocol, rest) = match v.split_once('/') {
+        Some((p, r)) if p.eq_ignore_ascii_case("tcp") || p.eq_ignore_ascii_case("udp") => {
+            (p.to_ascii_lowercase(), r)
+        }
+        Some((p, _)) => return Err(bad(format!("{p:?} is not tcp or udp"))),
+        None => ("tcp".to_string(), v),
+    };
+    let Some((port, mode)) = rest.split_once('=') else {
+        return Err(bad("no mode given".into()));
+    };
+    let port = port
+        .parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| bad(format!("VIP port {port:?} is not a port")))?;
+    let mode = mode.parse::<slbd::config::Mode>().map_err(bad)?;
+    Ok(Edit::Mode {
+        protocol,
+        port,
+        mode: mode.name().to_string(),
+    })
+}
+
 pub fn add_server(v: &str) -> Result<Edit, String> {
     let bad = |why: String| {
         format!("--add-server {v:?}: {why} (expected [tcp/|udp/][VIPPORT=]ADDRESS:PORT[,WEIGHT])")

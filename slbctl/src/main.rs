@@ -78,6 +78,9 @@ struct Args {
     #[arg(long, value_name = "ALGORITHM", help_heading = "execute",
           value_parser = ["ROUND_ROBIN", "LOWER_LATENCY", "LEAST_CONNECTIONS", "RATIO", "RANDOM"])]
     algorithm: Option<String>,
+    /// Set a service's data path, [tcp/|udp/]VIPPORT=packet|offload: packet (every packet through slbd) or offload (slbd places each new flow, the kernel's conntrack carries the rest)
+    #[arg(long, value_name = "[tcp/|udp/]VIPPORT=MODE", help_heading = "execute")]
+    mode: Vec<String>,
     /// Add a real server, [tcp/|udp/][VIPPORT=]ADDRESS:PORT[,WEIGHT]; without VIPPORT it joins the service on VIP port PORT, else the one whose servers use PORT, else a new one
     #[arg(long, value_name = "ADDRESS:PORT", help_heading = "execute")]
     add_server: Vec<String>,
@@ -144,6 +147,9 @@ impl Args {
         }
         for v in &self.add_server {
             e.push(flags::add_server(v)?);
+        }
+        for v in &self.mode {
+            e.push(flags::mode(v)?);
         }
         if let Some(v) = &self.ssh_port {
             e.push(Edit::SshPort {

@@ -42,9 +42,13 @@ pub fn render(st: &Value) -> String {
     for svc in st["services"].as_array().into_iter().flatten() {
         let persist = n(&svc["persistence_timeout"]);
         out.push_str(&format!(
-            "\nservice {}  {}{}\n",
+            "\nservice {}  {}  {}{}\n",
             s(&svc["name"]),
             s(&svc["algorithm"]),
+            match svc["mode"].as_str() {
+                Some("offload") => "offload (conntrack carries established flows)",
+                _ => "packet",
+            },
             if persist > 0 {
                 format!("  persistence {persist}s")
             } else {
@@ -125,7 +129,10 @@ mod tests {
             text.starts_with("slbd: balancing  VIP 10.0.0.100 (eth0)"),
             "{text}"
         );
-        assert!(text.contains("service tcp/80  ROUND_ROBIN\n"), "{text}");
+        assert!(
+            text.contains("service tcp/80  ROUND_ROBIN  packet\n"),
+            "{text}"
+        );
         let up = text
             .lines()
             .find(|l| l.contains("172.16.0.2:8000"))

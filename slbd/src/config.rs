@@ -97,6 +97,10 @@ pub struct RawService {
     /// How the service's servers are health-checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<RawHealth>,
+    /// `"packet"` (the default: every packet through slbd) or `"offload"` (slbd places each
+    /// new flow, the kernel's conntrack carries the rest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
     pub servers: Vec<RawServer>,
 }
 
@@ -249,7 +253,39 @@ pub struct Service {
     pub algorithm: Algorithm,
     pub persistence_timeout: Duration,
     pub health: CheckConfig,
+    pub mode: Mode,
     pub servers: Vec<RealServer>,
+}
+
+/// How a service's packets travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Every packet of every flow goes through slbd, which rewrites it.
+    #[default]
+    Packet,
+    /// Only a flow's first packet goes through slbd, which chooses its server; a kernel NAT
+    /// rule binds the flow to it and conntrack translates the rest.
+    Offload,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Packet => "packet",
+            Mode::Offload => "offload",
+        }
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Mode, String> {
+        match s {
+            "packet" => Ok(Mode::Packet),
+            "offload" => Ok(Mode::Offload),
+            _ => Err(format!("{s:?} is not \"packet\" or \"offload\"")),
+        }
+    }
 }
 
 impl Service {
@@ -499,6 +535,7 @@ impl TryFrom<&RawConfig> for Config {
             }
         }
 
+        reply_ports_apart(&mut c, &services);
         let queue = queue(&mut c, &raw.queue);
         let flows = flows(&mut c, &raw.flows);
         let redundancy = redundancy(&mut c, raw);
@@ -622,6 +659,14 @@ fn service(
         None => default_persistence,
     };
     let health = health(c, &format!("{path}.health"), raw.health.as_ref());
+    let mode = match raw.mode.as_deref().map(str::parse::<Mode>) {
+        None => Mode::Packet,
+        Some(Ok(m)) => m,
+        Some(Err(e)) => {
+            c.fail(format!("{path}.mode"), e);
+            Mode::Packet
+        }
+    };
     if raw.servers.is_empty() {
         c.fail(
             format!("{path}.servers"),
@@ -645,8 +690,41 @@ fn service(
         algorithm,
         persistence_timeout,
         health,
+        mode,
         servers,
     })
+}
+
+/// The two modes treat replies differently (packet mode keeps them out of conntrack by
+/// protocol and server port, for the whole cluster network; offload mode needs conntrack to
+/// see them), so one server port cannot serve both.
+fn reply_ports_apart(c: &mut Checker, services: &[Service]) {
+    for (i, s) in services.iter().enumerate() {
+        if s.mode != Mode::Offload {
+            continue;
+        }
+        for r in &s.servers {
+            let clash = services.iter().find(|o| {
+                o.mode == Mode::Packet
+                    && o.protocol == s.protocol
+                    && o.servers.iter().any(|x| x.addr.port() == r.addr.port())
+            });
+            if let Some(o) = clash {
+                c.fail(
+                    format!("services[{i}].mode"),
+                    format!(
+                        "offload service {} uses server port {}/{}, which packet-mode service {} \
+                         uses too: the two modes' replies cannot be told apart",
+                        s.name(),
+                        s.protocol,
+                        r.addr.port(),
+                        o.name()
+                    ),
+                );
+                return;
+            }
+        }
+    }
 }
 
 fn health(c: &mut Checker, path: &str, raw: Option<&RawHealth>) -> CheckConfig {

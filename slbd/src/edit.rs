@@ -65,6 +65,12 @@ pub enum Edit {
     Algorithm {
         name: String,
     },
+    /// Sets the data-path mode (`packet` or `offload`) of the service on `protocol`/`port`.
+    Mode {
+        protocol: String,
+        port: u16,
+        mode: String,
+    },
     Address {
         value: String,
     },
@@ -197,6 +203,7 @@ fn apply_one(raw: &mut RawConfig, secrets: &mut Secrets, e: &Edit) -> Result<(),
                     algorithm: None,
                     persistence_timeout: None,
                     health: None,
+                    mode: None,
                     servers: vec![server],
                 }),
             }
@@ -226,6 +233,20 @@ fn apply_one(raw: &mut RawConfig, secrets: &mut Secrets, e: &Edit) -> Result<(),
             }
         }
         Edit::Algorithm { name } => raw.algorithm = name.clone(),
+        Edit::Mode {
+            protocol,
+            port,
+            mode,
+        } => {
+            let svc = raw
+                .services
+                .iter_mut()
+                .find(|s| s.protocol.eq_ignore_ascii_case(protocol) && s.port == u32::from(*port));
+            match svc {
+                Some(s) => s.mode = Some(mode.clone()),
+                None => return refuse(format!("--mode: there is no service {protocol}/{port}")),
+            }
+        }
         Edit::Address { value } => raw.address = value.clone(),
         Edit::AddressDev { value } => raw.address_dev = value.clone(),
         Edit::Gateway { value } => raw.gateway = value.clone(),

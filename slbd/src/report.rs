@@ -35,6 +35,7 @@ pub fn status(dp: &Dataplane) -> Value {
             json!({
                 "name": svc.name(),
                 "algorithm": svc.algorithm.name(),
+                "mode": svc.mode.name(),
                 "persistence_timeout": svc.persistence_timeout.as_secs(),
                 "servers": servers,
             })
