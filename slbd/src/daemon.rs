@@ -24,6 +24,7 @@ use crate::ctl::{self, proto::Command, server::Handler};
 use crate::dataplane::{Dataplane, DropReason};
 use crate::edit::{self, Secrets};
 use crate::nft::{self, QueueBackend};
+use crate::offload::Offload;
 use crate::prober::Prober;
 use crate::queue::{self, QueueStats};
 use crate::replication::session::{self as replication, Replication};
@@ -84,13 +85,19 @@ struct Daemon {
     /// The data plane's clock origin.
     epoch: Instant,
     replication: Option<Arc<Replication>>,
+    offload: Arc<Offload>,
 }
 
 impl Daemon {
     /// Installs the rules for `config` (plus the reply rules that removed servers still
     /// draining need).
     fn install_rules(&self, config: &Config) -> anyhow::Result<()> {
-        let rules = ruleset::plan(config, self.queues, &self.dp.draining_ports());
+        let rules = ruleset::plan(
+            config,
+            self.queues,
+            &self.dp.draining_ports(),
+            &self.dp.offload_targets(),
+        );
         nft::apply(&rules, self.backend).context("installing the nftables table")?;
         for r in &rules.rules {
             tracing::debug!(table = ruleset::TABLE, chain = r.chain.name, rule = %r, "rule installed");
@@ -98,13 +105,19 @@ impl Daemon {
         Ok(())
     }
 
-    /// Rules first, then addresses, so the VIP is never local without its rules.
+    /// Rules first, then addresses, so the VIP is never local without its rules. Between the
+    /// two, offload flows go into conntrack: the replicated ones (a takeover), then the table
+    /// is put in line with what conntrack holds (entries a crashed predecessor left are
+    /// adopted). Only then, because the rules' NAT chain is what turns on conntrack and NAT in
+    /// this network namespace: without it the kernel refuses NAT'd entries.
     fn bring_up(&self, config: &Config) -> anyhow::Result<()> {
         if let Err(e) = self.install_rules(config) {
             // A table that failed verification must not stay behind without slbd.
             let _ = nft::remove();
             return Err(e);
         }
+        self.offload.commit(&self.dp);
+        self.offload.resync(&self.dp);
         let addrs = managed_addrs(config);
         if let Err(e) = addr::add(&addrs) {
             // Some may have come up before the failure: none may stay without the rules.
@@ -122,7 +135,9 @@ impl Daemon {
     /// Health checks are best effort: failing to start them is logged, not fatal (servers then
     /// simply stay in rotation).
     fn start_checks(&self, config: &Config) {
-        if let Err(e) = self.prober.check(config, self.dp.clone()) {
+        let offload = self.offload.clone();
+        let cut = Arc::new(move |mark: u32| offload.cut(Some(mark)));
+        if let Err(e) = self.prober.check(config, self.dp.clone(), cut) {
             tracing::error!(error = %e, "cannot start the health checks; servers stay in rotation");
         }
     }
@@ -138,6 +153,9 @@ impl Daemon {
         if let Some(r) = &self.replication {
             r.deactivate();
         }
+        // Offload flows would go on being translated by conntrack without the rules (even
+        // without the VIP, prerouting NAT comes before routing): end them with the rest.
+        self.offload.cut(None);
     }
 
     /// Addresses first, then the rules.
@@ -499,6 +517,10 @@ pub fn run(
         None => None,
     };
     let stats = Arc::new(QueueStats::default());
+    let offload = Offload::new(epoch);
+    if let Err(e) = offload.start_events(dp.clone()) {
+        tracing::error!(error = %e, "cannot follow conntrack events: offload services' live counts will drift");
+    }
     let daemon = Arc::new(Daemon {
         stopping: std::sync::atomic::AtomicBool::new(false),
         state: Mutex::new(State {
@@ -516,11 +538,13 @@ pub fn run(
         config_path: config_path.to_path_buf(),
         epoch,
         replication,
+        offload,
     });
     if standby {
         // A predecessor that crashed while balancing left its table and maybe the VIP: a
         // standby owns neither, and a VIP left here would answer ARP against the ACTIVE node.
         daemon.take_down(&config);
+        daemon.offload.cut(None);
         tracing::info!("standby: not balancing until told to load");
     } else {
         daemon.load()?;

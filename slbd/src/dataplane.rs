@@ -20,12 +20,14 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
-use crate::config::{Config, Service};
-use crate::flow::{FlowKey, FlowTable, Lookup, Timeouts};
+use crate::config::{Config, Mode, Service};
+use crate::conntrack::wire::{tcp_state, CtEntry, EventKind, IPS_ASSURED};
+use crate::flow::{FlowKey, FlowTable, Lookup, Phase, Reported, Timeouts};
 use crate::net::Protocol;
 use crate::packet::{self, tcp_flags, ChecksumState, Endpoint, Malformed};
 use crate::persist::{PersistKey, Persistence};
 use crate::replication::wire::Record;
+use crate::ruleset::{offload_id, offload_mark, OffloadTarget};
 use crate::sched::{Candidate, Scheduler};
 /// Which rule queued the packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +43,9 @@ pub enum Direction {
 pub enum Verdict {
     /// Reinject the (rewritten) packet.
     Accept,
+    /// Reinject the offload flow's first packet unchanged with this mark: the kernel's NAT
+    /// rule for the mark binds the flow to its server.
+    Offload(u32),
     Drop(DropReason),
 }
 
@@ -152,6 +157,8 @@ impl Default for ServerStats {
 struct Registry {
     stats: Vec<Arc<ServerStats>>,
     ids: HashMap<(Protocol, u16, SocketAddrV4), u32>,
+    /// The mode of each id's service when it was last configured.
+    modes: Vec<Mode>,
 }
 
 /// A service's scheduler with the candidate list it is handed, refreshed at each pick (kept
@@ -271,6 +278,16 @@ fn end_record(e: &crate::flow::Ended) -> Record {
     }
 }
 
+fn flow_record(key: &FlowKey, server: SocketAddrV4) -> Record {
+    Record::Flow {
+        protocol: key.protocol,
+        client: key.src,
+        vip_port: key.dst.port(),
+        server,
+        established: true,
+    }
+}
+
 fn persist_record(key: &PersistKey, server: SocketAddrV4, ttl_ms: u64) -> Record {
     Record::Persist {
         protocol: key.protocol,
@@ -342,10 +359,13 @@ impl Dataplane {
                     .iter()
                     .map(|r| {
                         let key = (s.protocol, s.port, r.addr);
-                        *registry.ids.entry(key).or_insert_with(|| {
+                        let id = *registry.ids.entry(key).or_insert_with(|| {
                             registry.stats.push(Arc::new(ServerStats::default()));
+                            registry.modes.push(s.mode);
                             (registry.stats.len() - 1) as u32
-                        })
+                        });
+                        registry.modes[id as usize] = s.mode;
+                        id
                     })
                     .collect();
                 let seed = self
@@ -396,17 +416,17 @@ impl Dataplane {
         } else {
             match dir {
                 Direction::Request => self.request(buf, csum, now_ms),
-                Direction::Reply => self.reply(buf, csum, now_ms),
+                Direction::Reply => self.reply(buf, csum, now_ms).map(|()| None),
             }
         };
         match verdict {
-            Ok(()) => {
+            Ok(offload) => {
                 let c = match dir {
                     Direction::Request => &self.counters.requests,
                     Direction::Reply => &self.counters.replies,
                 };
                 c.fetch_add(1, Relaxed);
-                Verdict::Accept
+                offload.map_or(Verdict::Accept, Verdict::Offload)
             }
             Err(why) => {
                 self.counters.drops[why.index()].fetch_add(1, Relaxed);
@@ -427,7 +447,14 @@ impl Dataplane {
         self.registry.load().stats.get(id as usize).cloned()
     }
 
-    fn request(&self, buf: &mut [u8], csum: ChecksumState, now_ms: u64) -> Result<(), DropReason> {
+    /// A request: rewritten in place (packet mode, `None`) or, for an offload service's first
+    /// packet, left as it is with the mark that binds its flow (`Some(mark)`).
+    fn request(
+        &self,
+        buf: &mut [u8],
+        csum: ChecksumState,
+        now_ms: u64,
+    ) -> Result<Option<u32>, DropReason> {
         let h = packet::parse(buf).map_err(DropReason::Malformed)?;
         let view = self.view.load();
         let svc = view
@@ -441,6 +468,11 @@ impl Dataplane {
             src: h.src,
             dst: h.dst,
         };
+        if svc.service.mode == Mode::Offload {
+            return self
+                .offload_first(&view, svc, &key, h.flags, now_ms)
+                .map(Some);
+        }
         let mut flows = self.shards[shard_of(h.src)].lock();
         let found = flows.lookup_request(&key, h.flags, now_ms);
         let (server, id) = match found {
@@ -499,7 +531,217 @@ impl Dataplane {
             st.bytes_in.fetch_add(buf.len() as u64, Relaxed);
         });
         packet::rewrite(buf, &h, Endpoint::Destination, server, csum);
-        Ok(())
+        Ok(None)
+    }
+
+    /// An offload flow's first packet (conntrack has no entry for it): the same choice as in
+    /// packet mode, answered with the chosen server's mark instead of a rewrite. A flow the
+    /// table still holds keeps its server, unless a SYN restarts it.
+    fn offload_first(
+        &self,
+        view: &View,
+        svc: &ServiceState,
+        key: &FlowKey,
+        flags: u8,
+        now_ms: u64,
+    ) -> Result<u32, DropReason> {
+        let syn = flags & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN;
+        let mut flows = self.shards[shard_of(key.src)].lock();
+        let stale = match flows.lookup_request(key, flags, now_ms) {
+            Lookup::Found(placed) if key.protocol == Protocol::Udp || !syn => {
+                if placed.closed_now {
+                    self.with_stats(placed.tag, |st| less_live(st, 1));
+                }
+                return offload_mark(placed.tag).ok_or(DropReason::NoServer);
+            }
+            // Conntrack forgot a flow the table kept (its end was not reported yet).
+            Lookup::Found(_) => flows.remove_request(key),
+            Lookup::Reused(ended) => Some(ended),
+            Lookup::Missing => None,
+        };
+        if let Some(ended) = stale {
+            self.log(&mut flows, end_record(&ended));
+            self.flow_ended(view, &ended, now_ms);
+        }
+        if key.protocol == Protocol::Tcp && !syn {
+            return Err(if now_ms < self.grace_until_ms.load(Relaxed) {
+                DropReason::AfterTakeover
+            } else {
+                DropReason::MidStream
+            });
+        }
+        let i = self.choose(svc, key.src, now_ms, &mut flows)?;
+        let (server, id) = (svc.service.servers[i].addr, svc.ids[i]);
+        let mark = offload_mark(id).ok_or(DropReason::NoServer)?;
+        let displaced = flows
+            .insert_kernel(key, server, id, now_ms, false)
+            .map_err(|_| DropReason::TableFull)?;
+        if let Some(ended) = displaced {
+            self.log(&mut flows, end_record(&ended));
+            self.flow_ended(view, &ended, now_ms);
+        }
+        if key.protocol == Protocol::Udp {
+            self.log(&mut flows, flow_record(key, server));
+        }
+        self.with_stats(id, |st| {
+            st.new_flows.fetch_add(1, Relaxed);
+            st.live_flows.fetch_add(1, Relaxed);
+        });
+        Ok(mark)
+    }
+
+    /// Follows conntrack's report on an entry (an event, or a dump line with `kind` New):
+    /// confirms offload flows, tracks their TCP state for the live counts and replication,
+    /// removes the ones that ended, and adopts ones the table lost. Reports on entries slbd
+    /// did not place are ignored, and so is everything while this node is not balancing (a
+    /// STANDBY's flows are the ACTIVE's, not its own kernel's).
+    pub fn conntrack_report(&self, e: &CtEntry, now_ms: u64) {
+        if !self.balancing.load(Relaxed) {
+            return;
+        }
+        let Some(id) = offload_id(e.mark) else { return };
+        let registry = self.registry.load();
+        let known = registry
+            .ids
+            .get(&(e.protocol, e.orig_dst.port(), e.reply_src));
+        if known != Some(&id) {
+            return;
+        }
+        let view = self.view.load();
+        let key = FlowKey {
+            protocol: e.protocol,
+            src: e.orig_src,
+            dst: e.orig_dst,
+        };
+        let phase = match (e.protocol, e.tcp_state) {
+            (Protocol::Udp, _) => Some(Phase::Established),
+            // Flows that report only assurance and end: assured means established.
+            (Protocol::Tcp, None) if e.status & IPS_ASSURED != 0 => Some(Phase::Established),
+            (Protocol::Tcp, None) => None,
+            (Protocol::Tcp, Some(tcp_state::ESTABLISHED)) => Some(Phase::Established),
+            (Protocol::Tcp, Some(s)) if (tcp_state::FIN_WAIT..=tcp_state::CLOSE).contains(&s) => {
+                Some(Phase::Closing)
+            }
+            (Protocol::Tcp, Some(_)) => Some(Phase::Opening),
+        };
+        let stats = &registry.stats[id as usize];
+        let mut flows = self.shards[shard_of(key.src)].lock();
+        if e.kind == EventKind::Destroy {
+            if let Some(ended) = flows.remove_reported(&key, e.reply_src) {
+                self.log(&mut flows, end_record(&ended));
+                drop(flows);
+                self.flow_ended(&view, &ended, now_ms);
+                if let Some(c) = e.counters {
+                    stats.packets_in.fetch_add(c.orig_packets, Relaxed);
+                    stats.bytes_in.fetch_add(c.orig_bytes, Relaxed);
+                    stats.packets_out.fetch_add(c.reply_packets, Relaxed);
+                    stats.bytes_out.fetch_add(c.reply_bytes, Relaxed);
+                }
+            }
+            return;
+        }
+        match flows.report_kernel(&key, e.reply_src, phase) {
+            Reported::Known {
+                established_now,
+                closed_now,
+            } => {
+                if established_now && key.protocol == Protocol::Tcp {
+                    self.log(&mut flows, flow_record(&key, e.reply_src));
+                }
+                if closed_now {
+                    less_live(stats, 1);
+                }
+            }
+            // The table lost it (an unconfirmed flow expired, or events were lost): adopt it.
+            Reported::Unknown if phase != Some(Phase::Closing) => {
+                if let Ok(displaced) = flows.insert_kernel(&key, e.reply_src, id, now_ms, true) {
+                    if let Some(d) = displaced {
+                        self.log(&mut flows, end_record(&d));
+                        self.flow_ended(&view, &d, now_ms);
+                    }
+                    if phase == Some(Phase::Established) {
+                        flows.report_kernel(&key, e.reply_src, phase);
+                        self.log(&mut flows, flow_record(&key, e.reply_src));
+                    }
+                    stats.live_flows.fetch_add(1, Relaxed);
+                }
+            }
+            Reported::Unknown => {}
+        }
+    }
+
+    /// Conntrack's whole list of slbd's entries (after lost events, or a restart): offload
+    /// flows it no longer holds end, and the ones it holds are adopted or updated.
+    pub fn conntrack_resync(&self, entries: &[CtEntry], now_ms: u64) {
+        if !self.balancing.load(Relaxed) {
+            return;
+        }
+        let held: std::collections::HashSet<(Protocol, SocketAddrV4, SocketAddrV4)> = entries
+            .iter()
+            .map(|e| (e.protocol, e.orig_src, e.orig_dst))
+            .collect();
+        let view = self.view.load();
+        for shard in self.shards.iter() {
+            let mut t = shard.lock();
+            let gone =
+                t.remove_where(|f| f.kernel && !held.contains(&(f.protocol, f.client, f.vip)));
+            for e in &gone {
+                self.log(&mut t, end_record(e));
+            }
+            drop(t);
+            for e in &gone {
+                self.flow_ended(&view, e, now_ms);
+            }
+        }
+        for e in entries {
+            self.conntrack_report(e, now_ms);
+        }
+    }
+
+    /// On taking over: the offload flows the table holds (replicated from the dual), each
+    /// handed to the kernel as a flow conntrack carries. The caller commits them to conntrack
+    /// before the VIP comes up. Returns (flow, its mark, established).
+    pub fn offload_takeover(&self) -> Vec<(crate::flow::Ended, u32, bool)> {
+        let view = self.view.load();
+        let offload = |e: &crate::flow::Ended| {
+            view.services.iter().any(|s| {
+                s.service.mode == Mode::Offload
+                    && s.service.protocol == e.protocol
+                    && s.service.port == e.vip.port()
+            }) && offload_mark(e.tag).is_some()
+        };
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            for (e, established) in shard.lock().hand_to_kernel(offload) {
+                if let Some(mark) = offload_mark(e.tag) {
+                    out.push((e, mark, established));
+                }
+            }
+        }
+        out
+    }
+
+    /// The servers of offload services in force, each with the mark that binds a flow to it.
+    pub fn offload_targets(&self) -> Vec<OffloadTarget> {
+        let view = self.view.load();
+        let mut out: Vec<OffloadTarget> = view
+            .services
+            .iter()
+            .filter(|s| s.service.mode == Mode::Offload)
+            .flat_map(|s| {
+                s.service.servers.iter().zip(&s.ids).filter_map(|(r, id)| {
+                    Some(OffloadTarget {
+                        mark: offload_mark(*id)?,
+                        protocol: s.service.protocol,
+                        server: r.addr,
+                        every_state: s.service.algorithm
+                            == crate::sched::Algorithm::LeastConnections,
+                    })
+                })
+            })
+            .collect();
+        out.sort_by_key(|t| t.mark);
+        out
     }
 
     /// Persistence first, when on and its server is still in rotation; else the scheduler.
@@ -856,6 +1098,11 @@ impl Dataplane {
             .copied()
     }
 
+    /// Whether server `id` belongs to an offload service.
+    pub fn is_offload(&self, id: u32) -> bool {
+        self.registry.load().modes.get(id as usize) == Some(&Mode::Offload)
+    }
+
     /// Whether server `id` is in rotation.
     pub fn is_up(&self, id: u32) -> bool {
         self.stats(id).is_some_and(|st| st.up.load(Relaxed))
@@ -899,6 +1146,7 @@ impl Dataplane {
             .iter()
             .filter(|(_, id)| {
                 registry.stats[**id as usize].live_flows.load(Relaxed) > 0
+                    && registry.modes[**id as usize] == Mode::Packet
                     && !view.services.iter().any(|s| s.ids.contains(id))
             })
             .map(|((p, _, addr), _)| (*p, addr.port()))

@@ -46,6 +46,16 @@ enum State {
 /// Timestamps are stored in units of 100 ms to fit a `u32` for 13 years of uptime.
 const TICK_MS: u64 = 100;
 
+/// Flags kept in the high bits of a slot's protocol byte (IP protocol numbers 6 and 17 leave
+/// them free), so an offload flow costs no more memory than a packet-mode one.
+/// KERNEL: an offload flow: conntrack carries its packets and decides when it ends.
+const KERNEL: u8 = 0x80;
+/// CONFIRMED: conntrack reported the flow's entry (an event or a dump), so its end will be
+/// reported too. Until then the flow expires like an unanswered handshake: its first packet
+/// may have died between slbd's verdict and conntrack's confirmation.
+const CONFIRMED: u8 = 0x40;
+const PROTOCOL_BITS: u8 = 0x3f;
+
 #[derive(Debug, Clone, Copy)]
 struct Slot {
     client_ip: u32,
@@ -81,7 +91,7 @@ impl Slot {
     }
 
     fn proto(&self) -> Protocol {
-        if self.protocol == Protocol::Udp as u8 {
+        if self.protocol & PROTOCOL_BITS == Protocol::Udp as u8 {
             Protocol::Udp
         } else {
             Protocol::Tcp
@@ -97,6 +107,7 @@ impl Slot {
             server: SocketAddrV4::new(self.server_ip.into(), self.server_port),
             tag: self.tag,
             was_closing: self.state == State::Closing,
+            kernel: self.protocol & KERNEL != 0,
         }
     }
 }
@@ -111,6 +122,29 @@ pub struct Ended {
     pub tag: u32,
     /// It had already closed (FIN or RST seen) when it left.
     pub was_closing: bool,
+    /// An offload flow (conntrack carries it).
+    pub kernel: bool,
+}
+
+/// Where conntrack says an offload flow's TCP connection is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Opening,
+    Established,
+    Closing,
+}
+
+/// What a conntrack report changed in a flow the table holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reported {
+    /// No flow of that key and server.
+    Unknown,
+    Known {
+        /// The handshake completed with this report.
+        established_now: bool,
+        /// The connection began closing with this report.
+        closed_now: bool,
+    },
 }
 
 /// Where a request packet of a known flow goes.
@@ -281,6 +315,35 @@ impl FlowTable {
         tag: u32,
         now_ms: u64,
     ) -> Result<Option<Ended>, Full> {
+        self.insert_flow(key, server, tag, now_ms, 0)
+    }
+
+    /// [`FlowTable::insert`] for an offload flow, which conntrack carries; `confirmed` when
+    /// conntrack itself reported it.
+    pub fn insert_kernel(
+        &mut self,
+        key: &FlowKey,
+        server: SocketAddrV4,
+        tag: u32,
+        now_ms: u64,
+        confirmed: bool,
+    ) -> Result<Option<Ended>, Full> {
+        let flags = if confirmed {
+            KERNEL | CONFIRMED
+        } else {
+            KERNEL
+        };
+        self.insert_flow(key, server, tag, now_ms, flags)
+    }
+
+    fn insert_flow(
+        &mut self,
+        key: &FlowKey,
+        server: SocketAddrV4,
+        tag: u32,
+        now_ms: u64,
+        flags: u8,
+    ) -> Result<Option<Ended>, Full> {
         if self.len >= self.max {
             return Err(Full);
         }
@@ -291,7 +354,7 @@ impl FlowTable {
             client_port: key.src.port(),
             vip_port: key.dst.port(),
             server_port: server.port(),
-            protocol: key.protocol as u8,
+            protocol: key.protocol as u8 | flags,
             state: match key.protocol {
                 Protocol::Tcp => State::Opening,
                 Protocol::Udp => State::Established,
@@ -368,10 +431,15 @@ impl FlowTable {
             let i = self.sweep_at;
             self.sweep_at += 1;
             let s = self.slots[i];
-            if s.state == State::Free {
+            if s.state == State::Free || s.protocol & (KERNEL | CONFIRMED) == KERNEL | CONFIRMED {
                 continue;
             }
-            let limit = (self.timeout(&s).as_millis() as u64 / TICK_MS) as u32;
+            let timeout = if s.protocol & KERNEL != 0 {
+                self.timeouts.tcp_closing
+            } else {
+                self.timeout(&s)
+            };
+            let limit = (timeout.as_millis() as u64 / TICK_MS) as u32;
             // A worker that read the clock after the sweep did can have stamped the flow a
             // tick in our future: that is a fresh flow, not one idle for 13 years.
             let idle = now.wrapping_sub(s.last_seen);
@@ -416,6 +484,70 @@ impl FlowTable {
                 s.state = State::Established;
             }
         }
+    }
+
+    /// Applies conntrack's report on the offload flow `key` placed on `server`: confirms it
+    /// and moves its TCP state to `phase` (None: the report carries no TCP state).
+    pub fn report_kernel(
+        &mut self,
+        key: &FlowKey,
+        server: SocketAddrV4,
+        phase: Option<Phase>,
+    ) -> Reported {
+        let Some(i) = self.find(&self.by_request, key, false) else {
+            return Reported::Unknown;
+        };
+        let s = &mut self.slots[i as usize];
+        if SocketAddrV4::new(s.server_ip.into(), s.server_port) != server {
+            return Reported::Unknown;
+        }
+        s.protocol |= KERNEL | CONFIRMED;
+        let (mut established_now, mut closed_now) = (false, false);
+        match phase {
+            Some(Phase::Established) if s.state == State::Opening => {
+                s.state = State::Established;
+                established_now = true;
+            }
+            Some(Phase::Closing) if s.state != State::Closing => {
+                s.state = State::Closing;
+                closed_now = true;
+            }
+            _ => {}
+        }
+        Reported::Known {
+            established_now,
+            closed_now,
+        }
+    }
+
+    /// Removes the offload flow `key` on `server` that conntrack reported gone. A flow not yet
+    /// confirmed is a newer one on the same 5-tuple (conntrack ended the old entry before it
+    /// queued the new flow's first packet), so it stays.
+    pub fn remove_reported(&mut self, key: &FlowKey, server: SocketAddrV4) -> Option<Ended> {
+        let i = self.find(&self.by_request, key, false)?;
+        let s = &self.slots[i as usize];
+        if s.protocol & CONFIRMED == 0
+            || SocketAddrV4::new(s.server_ip.into(), s.server_port) != server
+        {
+            return None;
+        }
+        let ended = s.ended();
+        self.remove(i);
+        Some(ended)
+    }
+
+    /// Makes every flow `pred` selects an offload flow conntrack holds (this node just
+    /// committed them to conntrack), and returns them.
+    pub fn hand_to_kernel(&mut self, pred: impl Fn(&Ended) -> bool) -> Vec<(Ended, bool)> {
+        let mut out = Vec::new();
+        for s in self.slots.iter_mut().filter(|s| s.state != State::Free) {
+            let e = s.ended();
+            if pred(&e) {
+                s.protocol |= KERNEL | CONFIRMED;
+                out.push((e, s.state != State::Opening));
+            }
+        }
+        out
     }
 
     /// Removes the flow of request key `key`, if there is one, and returns it.

@@ -2,7 +2,7 @@
 //!
 //! The pure core (config, packet, checksum, garp, flow, persist, sched, health, ruleset, dataplane,
 //! edit, report, metrics::families, conntrack::wire) does no I/O and is what the unit tests exercise. The shells
-//! (nft, addr, queue, conntrack::socket, prober, ctl, daemon, metrics::http, logging, cli_docs, pair_key,
+//! (nft, addr, queue, conntrack::socket, offload, prober, ctl, daemon, metrics::http, logging, cli_docs, pair_key,
 //! replication::session) wrap it with netlink,
 //! NFQUEUE sockets, probes, signals and threads.
 
@@ -22,6 +22,7 @@ pub mod logging;
 pub mod metrics;
 pub mod net;
 pub mod nft;
+pub mod offload;
 pub mod packet;
 pub mod pair_key;
 pub mod persist;

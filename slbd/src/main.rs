@@ -74,7 +74,8 @@ fn run(args: Args) -> anyhow::Result<()> {
             count: config.queue.count.max(1),
         };
         println!("{}: ok", args.config.display());
-        for r in slbd::ruleset::plan(&config, queues, &[]).rules {
+        let targets = slbd::dataplane::Dataplane::new(&config, 0).offload_targets();
+        for r in slbd::ruleset::plan(&config, queues, &[], &targets).rules {
             println!("{}: {r}", r.chain.name);
         }
         for a in slbd::daemon::managed_addrs(&config) {

@@ -11,12 +11,15 @@ use std::ffi::{CStr, CString};
 use std::io;
 use std::ptr::NonNull;
 
-use nftnl::expr::{Bitwise, Cmp, CmpOp, Expression, Meta, Payload, Verdict};
+use nftnl::expr::{
+    Bitwise, Cmp, CmpOp, Conntrack, Expression, Immediate, Meta, Nat, NatType, Payload, Register,
+    Verdict,
+};
 use nftnl::nftnl_sys as sys;
 use nftnl::{Batch, Chain, FinalizedBatch, MsgType, ProtoFamily, Rule, Table};
 
 use crate::net::Protocol;
-use crate::ruleset::{self, Action, Hook, Match, QueueRange, Ruleset};
+use crate::ruleset::{self, Action, ChainKind, Hook, Match, QueueRange, Ruleset};
 
 /// How a queue verdict is expressed to this kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,10 +106,14 @@ pub fn apply(rules: &Ruleset, backend: QueueBackend) -> Result<(), NftError> {
             let mut chain = Chain::new(&cname, &table);
             let hook = match c.hook {
                 Hook::Prerouting => nftnl::Hook::PreRouting,
+                Hook::Input => nftnl::Hook::In,
                 Hook::Postrouting => nftnl::Hook::PostRouting,
             };
             chain.set_hook(hook, c.priority);
-            chain.set_type(nftnl::ChainType::Filter);
+            chain.set_type(match c.kind {
+                ChainKind::Filter => nftnl::ChainType::Filter,
+                ChainKind::Nat => nftnl::ChainType::Nat,
+            });
             chain.set_policy(nftnl::Policy::Accept);
             chain
         })
@@ -149,6 +156,25 @@ fn build_rule<'a>(chain: &'a Chain<'a>, r: &ruleset::Rule, backend: QueueBackend
         match a {
             Action::Notrack => rule.add_expr(&Notrack),
             Action::Drop => rule.add_expr(&Verdict::Drop),
+            Action::Accept => rule.add_expr(&Verdict::Accept),
+            Action::CtMarkFromMark => {
+                rule.add_expr(&Meta::Mark { set: false });
+                rule.add_expr(&Conntrack::Mark { set: true });
+            }
+            Action::CtEvents(bits) => {
+                rule.add_expr(&Immediate::new(*bits, Register::Reg1));
+                rule.add_expr(&CtEventMask);
+            }
+            Action::Dnat(to) => {
+                rule.add_expr(&Immediate::new(to.ip().octets(), Register::Reg1));
+                rule.add_expr(&Immediate::new(to.port().to_be_bytes(), Register::Reg2));
+                rule.add_expr(&Nat {
+                    nat_type: NatType::DNat,
+                    family: ProtoFamily::Ipv4,
+                    ip_register: Register::Reg1,
+                    port_register: Some(Register::Reg2),
+                });
+            }
             Action::RejectTcpReset => rule.add_expr(&Reject::TcpReset),
             Action::RejectPortUnreachable => rule.add_expr(&Reject::PortUnreachable),
             Action::Queue(q) => add_queue(&mut rule, *q, backend),
@@ -202,6 +228,12 @@ fn add_match(rule: &mut Rule, m: &Match) {
             rule.add_expr(&Meta::Mark { set: false });
             rule.add_expr(&Cmp::new(CmpOp::Eq, mark));
         }
+        Match::CtStateNew => {
+            const NEW: u32 = 8; // NF_CT_STATE_BIT(IP_CT_NEW)
+            rule.add_expr(&Conntrack::State);
+            rule.add_expr(&Bitwise::new(NEW, 0u32));
+            rule.add_expr(&Cmp::new(CmpOp::Neq, 0u32));
+        }
         Match::Dport(p, n) | Match::Sport(p, n) => {
             rule.add_expr(&port(p, matches!(m, Match::Sport(..))));
             rule.add_expr(&Cmp::new(CmpOp::Eq, &n.to_be_bytes()[..]));
@@ -231,6 +263,27 @@ struct Notrack;
 impl Expression for Notrack {
     fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
         alloc_expr!(c"notrack")
+    }
+}
+
+/// `ct event set` from register 1: which events conntrack reports for the flow (nftnl's
+/// `Conntrack` expression has no event-mask key).
+struct CtEventMask;
+
+impl Expression for CtEventMask {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        const NFT_CT_EVENTMASK: u32 = 18;
+        const NFT_REG_1: u32 = 1;
+        let expr = alloc_expr!(c"ct");
+        unsafe {
+            sys::nftnl_expr_set_u32(
+                expr.as_ptr(),
+                sys::NFTNL_EXPR_CT_KEY as u16,
+                NFT_CT_EVENTMASK,
+            );
+            sys::nftnl_expr_set_u32(expr.as_ptr(), sys::NFTNL_EXPR_CT_SREG as u16, NFT_REG_1);
+        }
+        expr
     }
 }
 

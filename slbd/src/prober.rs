@@ -15,6 +15,9 @@ use crate::health::{Change, CheckConfig, Failure, Health};
 use crate::net::Protocol;
 
 /// Runs the health checks; [`Prober::check`] replaces the set of servers checked.
+/// What the prober calls with an offload mark when that server's flows are cut.
+pub type Cut = dyn Fn(u32) + Send + Sync;
+
 #[derive(Default)]
 pub struct Prober {
     generation: Arc<AtomicU64>,
@@ -28,7 +31,8 @@ impl Prober {
 
     /// Checks every server of every service of `config` whose checks are enabled, from now on,
     /// instead of what was checked before (those tasks end at their next tick).
-    pub fn check(&self, config: &Config, dp: Arc<Dataplane>) -> std::io::Result<()> {
+    /// `cut` deletes the kernel's offload flows of a server that left rotation (by its mark).
+    pub fn check(&self, config: &Config, dp: Arc<Dataplane>, cut: Arc<Cut>) -> std::io::Result<()> {
         let generation = self.generation.fetch_add(1, Relaxed) + 1;
         let mut jobs = Vec::new();
         for (si, s) in config.services.iter().enumerate() {
@@ -62,9 +66,9 @@ impl Prober {
                 rt.block_on(async move {
                     let mut tasks = Vec::new();
                     for job in jobs {
-                        let (dp, current) = (dp.clone(), current.clone());
+                        let (dp, current, cut) = (dp.clone(), current.clone(), cut.clone());
                         tasks.push(tokio::spawn(async move {
-                            watch(dp, job, || current.load(Relaxed) == generation).await
+                            watch(dp, job, cut, || current.load(Relaxed) == generation).await
                         }));
                     }
                     for t in tasks {
@@ -84,7 +88,7 @@ struct Job {
     check: CheckConfig,
 }
 
-async fn watch(dp: Arc<Dataplane>, job: Job, still_current: impl Fn() -> bool) {
+async fn watch(dp: Arc<Dataplane>, job: Job, cut: Arc<Cut>, still_current: impl Fn() -> bool) {
     let Job {
         id,
         service,
@@ -107,6 +111,13 @@ async fn watch(dp: Arc<Dataplane>, job: Job, still_current: impl Fn() -> bool) {
         };
         let change = health.record(result, check.rise, check.fall);
         let ended = dp.set_health(id, health.up, health.latency_us());
+        if change == Some(Change::WentDown) && dp.is_offload(id) {
+            // The drain policy cuts a failed server's flows; in offload mode conntrack holds
+            // them, and only deleting its entries stops their translation.
+            if let Some(mark) = crate::ruleset::offload_mark(id) {
+                cut(mark);
+            }
+        }
         match (change, result) {
             (Some(Change::WentDown), Err(why)) => tracing::warn!(
                 service = %service, server = %addr, state = "down", reason = why.name(),

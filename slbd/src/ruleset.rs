@@ -14,11 +14,21 @@
 //! - Queue rules never use `bypass`: with no slbd reading the queue the kernel drops the packets,
 //!   so a crashed slbd fails closed. The VIP's other TCP/UDP ports are dropped for the same
 //!   reason: nothing sent to the VIP reaches the balancer's own sockets.
+//!
+//! Offload services (`"mode": "offload"`) are the other way round: conntrack must see them.
+//! - Their requests pass raw prerouting untouched; in `offload` (mangle priority, after
+//!   conntrack) only a flow's first packet (`ct state new`) is queued. slbd answers with the
+//!   chosen server's mark ([`offload_mark`]), and `offload_nat` (the dstnat hook) turns the mark
+//!   into the flow's DNAT binding and copies it to the conntrack mark, by which slbd knows its
+//!   flows in conntrack events. Every later packet, both ways, is conntrack's.
+//! - `refuse` runs after `offload`, so it answers refusals of both modes.
+//! - `guard` (input hook) drops any TCP/UDP still addressed to the VIP: an offload packet that
+//!   got no binding (slbd gone, a conntrack INVALID packet) must not reach local sockets.
 
 use std::fmt;
 use std::net::Ipv4Addr;
 
-use crate::config::Config;
+use crate::config::{Config, Mode};
 use crate::net::{Ipv4Net, Protocol};
 
 /// The one table slbd owns (family `ip`). It never touches any other.
@@ -27,7 +37,14 @@ pub const TABLE: &str = "slb";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hook {
     Prerouting,
+    Input,
     Postrouting,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChainKind {
+    Filter,
+    Nat,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,31 +52,91 @@ pub struct Chain {
     pub name: &'static str,
     pub hook: Hook,
     pub priority: i32,
+    pub kind: ChainKind,
 }
 
 pub const REQUEST_CHAIN: Chain = Chain {
     name: "prerouting",
     hook: Hook::Prerouting,
     priority: -300,
+    kind: ChainKind::Filter,
 };
 
 pub const REPLY_CHAIN: Chain = Chain {
     name: "postrouting",
     hook: Hook::Postrouting,
     priority: 100,
+    kind: ChainKind::Filter,
 };
 
-/// Right after the request chain: turns the requests slbd refused (no server of the service
-/// is up) into a TCP reset or an ICMP port unreachable from the VIP, so the client hears at
-/// once instead of retrying into silence.
+/// Offload services' first packets, after conntrack (-200) and before NAT (-100).
+pub const OFFLOAD_CHAIN: Chain = Chain {
+    name: "offload",
+    hook: Hook::Prerouting,
+    priority: -150,
+    kind: ChainKind::Filter,
+};
+
+/// After both queueing chains: turns the requests slbd refused (no server of the service is
+/// up) into a TCP reset or an ICMP port unreachable from the VIP, so the client hears at once
+/// instead of retrying into silence.
 pub const REFUSE_CHAIN: Chain = Chain {
     name: "refuse",
     hook: Hook::Prerouting,
-    priority: -299,
+    priority: -140,
+    kind: ChainKind::Filter,
+};
+
+/// Offload: the mark slbd's verdict set becomes the flow's DNAT binding.
+pub const NAT_CHAIN: Chain = Chain {
+    name: "offload_nat",
+    hook: Hook::Prerouting,
+    priority: -100,
+    kind: ChainKind::Nat,
+};
+
+/// Nothing addressed to the VIP reaches the balancer's own sockets.
+pub const GUARD_CHAIN: Chain = Chain {
+    name: "guard",
+    hook: Hook::Input,
+    priority: 0,
+    kind: ChainKind::Filter,
 };
 
 /// The packet mark slbd's verdict sets on a request it refuses.
 pub const REFUSE_MARK: u32 = 0x5b1d_0001;
+
+/// Offload marks: this prefix, and a real server's dataplane id in the low 16 bits. The
+/// conntrack mark of every flow slbd placed in offload mode carries it.
+pub const OFFLOAD_MARK_BASE: u32 = 0x5b1f_0000;
+pub const OFFLOAD_MARK_MASK: u32 = 0xffff_0000;
+
+/// The mark that sends a first packet to server `id`; none for ids past 16 bits.
+pub fn offload_mark(id: u32) -> Option<u32> {
+    (id <= 0xffff).then_some(OFFLOAD_MARK_BASE | id)
+}
+
+/// The server id an offload mark names, if it is one of slbd's.
+pub fn offload_id(mark: u32) -> Option<u32> {
+    (mark & OFFLOAD_MARK_MASK == OFFLOAD_MARK_BASE).then_some(mark & !OFFLOAD_MARK_MASK)
+}
+
+/// A server offload flows can be bound to: its mark and address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OffloadTarget {
+    pub mark: u32,
+    pub protocol: Protocol,
+    pub server: std::net::SocketAddrV4,
+    /// Its flows report every TCP state change (LEAST_CONNECTIONS counts open connections,
+    /// so it must see each close). Otherwise conntrack reports only a flow's assurance
+    /// (established) and its end: each event costs the kernel and slbd work on the
+    /// new-connection path.
+    pub every_state: bool,
+}
+
+/// Conntrack event bits (`enum ip_conntrack_events`) that flows reporting only their
+/// assurance and end keep.
+pub const EVENTS_ASSURED_AND_DESTROY: u32 = 1 << 2 | 1 << 4;
 
 /// The queues packets are spread over: `first .. first + count`, by CPU when more than one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,15 +160,23 @@ pub enum Match {
     Dport(Protocol, u16),
     Sport(Protocol, u16),
     Mark(u32),
+    /// The packet's conntrack entry is new: the flow's first packet.
+    CtStateNew,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     Notrack,
     Queue(QueueRange),
+    Accept,
     Drop,
     RejectTcpReset,
     RejectPortUnreachable,
+    /// `ct mark set meta mark`.
+    CtMarkFromMark,
+    /// `ct event set` these event bits: which conntrack reports for the flow.
+    CtEvents(u32),
+    Dnat(std::net::SocketAddrV4),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,7 +193,14 @@ pub struct Ruleset {
 }
 
 impl Ruleset {
-    pub const CHAINS: [Chain; 3] = [REQUEST_CHAIN, REFUSE_CHAIN, REPLY_CHAIN];
+    pub const CHAINS: [Chain; 6] = [
+        REQUEST_CHAIN,
+        OFFLOAD_CHAIN,
+        REFUSE_CHAIN,
+        NAT_CHAIN,
+        GUARD_CHAIN,
+        REPLY_CHAIN,
+    ];
 
     /// How many rules go in `chain`, for checking what the kernel reports back.
     pub fn count_in(&self, chain: &str) -> usize {
@@ -116,26 +208,77 @@ impl Ruleset {
     }
 }
 
-/// The ruleset for `config`, queueing to `queues`; `draining` adds reply rules for server
-/// ports no longer configured whose flows still run.
-pub fn plan(config: &Config, queues: QueueRange, draining: &[(Protocol, u16)]) -> Ruleset {
+/// The ruleset for `config`, queueing to `queues`; `draining` adds reply rules for packet-mode
+/// server ports no longer configured whose flows still run; `targets` are the servers offload
+/// flows can be bound to.
+pub fn plan(
+    config: &Config,
+    queues: QueueRange,
+    draining: &[(Protocol, u16)],
+    targets: &[OffloadTarget],
+) -> Ruleset {
     let net = config.cluster_network;
     let mut rules = Vec::new();
+    let service_matches = |s: &crate::config::Service| {
+        vec![
+            Match::DaddrIs(config.vip),
+            Match::L4Proto(s.protocol),
+            Match::Dport(s.protocol, s.port),
+        ]
+    };
     for s in &config.services {
+        let (actions, comment) = match s.mode {
+            Mode::Packet => (
+                vec![Action::Notrack, Action::Queue(queues)],
+                format!("request {}", s.name()),
+            ),
+            Mode::Offload => (
+                vec![Action::Accept],
+                format!("offload {}: conntrack sees it", s.name()),
+            ),
+        };
         rules.push(Rule {
             chain: REQUEST_CHAIN,
-            matches: vec![
-                Match::DaddrIs(config.vip),
-                Match::L4Proto(s.protocol),
-                Match::Dport(s.protocol, s.port),
-            ],
-            actions: vec![Action::Notrack, Action::Queue(queues)],
-            comment: format!("request {}", s.name()),
+            matches: service_matches(s),
+            actions,
+            comment,
+        });
+    }
+    for s in config.services.iter().filter(|s| s.mode == Mode::Offload) {
+        let mut matches = service_matches(s);
+        matches.push(Match::CtStateNew);
+        rules.push(Rule {
+            chain: OFFLOAD_CHAIN,
+            matches,
+            actions: vec![Action::Queue(queues)],
+            comment: format!("offload {}: first packet", s.name()),
+        });
+    }
+    for t in targets {
+        let mut actions = vec![Action::CtMarkFromMark];
+        if !t.every_state {
+            actions.push(Action::CtEvents(EVENTS_ASSURED_AND_DESTROY));
+        }
+        actions.push(Action::Dnat(t.server));
+        rules.push(Rule {
+            chain: NAT_CHAIN,
+            matches: vec![Match::Mark(t.mark), Match::L4Proto(t.protocol)],
+            actions,
+            comment: format!("offload to {}/{}", t.protocol, t.server),
+        });
+    }
+    for p in [Protocol::Tcp, Protocol::Udp] {
+        rules.push(Rule {
+            chain: GUARD_CHAIN,
+            matches: vec![Match::DaddrIs(config.vip), Match::L4Proto(p)],
+            actions: vec![Action::Drop],
+            comment: format!("VIP {p}: never to local sockets"),
         });
     }
     let mut reply_ports: Vec<(Protocol, u16)> = config
         .services
         .iter()
+        .filter(|s| s.mode == Mode::Packet)
         .flat_map(|s| s.servers.iter().map(|r| (s.protocol, r.addr.port())))
         .chain(draining.iter().copied())
         .collect();
@@ -198,6 +341,7 @@ impl fmt::Display for Match {
             Match::Dport(p, port) => write!(f, "{p} dport {port}"),
             Match::Sport(p, port) => write!(f, "{p} sport {port}"),
             Match::Mark(m) => write!(f, "meta mark {m:#x}"),
+            Match::CtStateNew => f.write_str("ct state new"),
         }
     }
 }
@@ -207,6 +351,17 @@ impl fmt::Display for Action {
         match self {
             Action::Notrack => f.write_str("notrack"),
             Action::Drop => f.write_str("drop"),
+            Action::Accept => f.write_str("accept"),
+            Action::CtMarkFromMark => f.write_str("ct mark set meta mark"),
+            Action::CtEvents(bits) => {
+                let names = ["new", "related", "destroy", "reply", "assured", "protoinfo"];
+                let set: Vec<&str> = (0..names.len())
+                    .filter(|b| bits & (1 << b) != 0)
+                    .map(|b| names[b])
+                    .collect();
+                write!(f, "ct event set {}", set.join(","))
+            }
+            Action::Dnat(to) => write!(f, "dnat to {to}"),
             Action::RejectTcpReset => f.write_str("reject with tcp reset"),
             Action::RejectPortUnreachable => f.write_str("reject with icmp port-unreachable"),
             Action::Queue(q) if q.count > 1 => {
@@ -250,7 +405,7 @@ mod tests {
                 ]}"#,
         )
         .unwrap();
-        let rs = plan(&config, QueueRange { first: 0, count: 2 }, &[]);
+        let rs = plan(&config, QueueRange { first: 0, count: 2 }, &[], &[]);
         let text: Vec<String> = rs
             .rules
             .iter()
@@ -262,6 +417,8 @@ mod tests {
                 r#"prerouting: ip daddr 10.0.0.100 meta l4proto tcp tcp dport 80 notrack queue num 0-1 fanout comment "request tcp/80""#,
                 r#"prerouting: ip daddr 10.0.0.100 meta l4proto udp udp dport 53 notrack queue num 0-1 fanout comment "request udp/53""#,
                 r#"prerouting: ip daddr 10.0.0.100 meta l4proto tcp tcp dport 8080 notrack queue num 0-1 fanout comment "request tcp/8080""#,
+                r#"guard: ip daddr 10.0.0.100 meta l4proto tcp drop comment "VIP tcp: never to local sockets""#,
+                r#"guard: ip daddr 10.0.0.100 meta l4proto udp drop comment "VIP udp: never to local sockets""#,
                 r#"prerouting: ip saddr 172.16.0.0/24 ip daddr != 172.16.0.0/24 meta l4proto tcp tcp sport 80 notrack comment "reply tcp/80 untracked""#,
                 r#"prerouting: ip saddr 172.16.0.0/24 ip daddr != 172.16.0.0/24 meta l4proto tcp tcp sport 8080 notrack comment "reply tcp/8080 untracked""#,
                 r#"prerouting: ip saddr 172.16.0.0/24 ip daddr != 172.16.0.0/24 meta l4proto udp udp sport 53 notrack comment "reply udp/53 untracked""#,
@@ -277,10 +434,12 @@ mod tests {
         assert_eq!(rs.count_in("prerouting"), 8);
         assert_eq!(rs.count_in("refuse"), 2);
         assert_eq!(rs.count_in("postrouting"), 3);
+        assert_eq!(rs.count_in("guard"), 2);
         let single = plan(
             &config,
             QueueRange { first: 5, count: 1 },
             &[(Protocol::Udp, 99)],
+            &[],
         );
         assert!(single.rules[0].to_string().contains("queue num 5 comment"));
         assert!(
@@ -290,5 +449,50 @@ mod tests {
                 .any(|r| r.chain == REPLY_CHAIN && r.to_string().contains("udp sport 99 queue")),
             "draining ports keep their reply rule"
         );
+    }
+
+    #[test]
+    fn offload_services_are_tracked_queued_on_their_first_packet_and_natted_by_mark() {
+        let config = Config::from_json(
+            r#"{"address": "10.0.0.100", "address_dev": "eth0", "gateway": "172.16.0.1",
+                "gateway_dev": "eth1", "cluster_network": "172.16.0.0/24",
+                "services": [
+                  {"protocol": "tcp", "port": 80, "mode": "offload", "servers": ["172.16.0.2:80"]},
+                  {"protocol": "udp", "port": 53, "servers": ["172.16.0.2:53"]}
+                ]}"#,
+        )
+        .unwrap();
+        let targets = [OffloadTarget {
+            mark: offload_mark(7).unwrap(),
+            protocol: Protocol::Tcp,
+            server: "172.16.0.2:80".parse().unwrap(),
+            every_state: false,
+        }];
+        let rs = plan(&config, QueueRange { first: 0, count: 1 }, &[], &targets);
+        let text: Vec<String> = rs
+            .rules
+            .iter()
+            .map(|r| format!("{}: {r}", r.chain.name))
+            .collect();
+        assert_eq!(
+            text,
+            vec![
+                r#"prerouting: ip daddr 10.0.0.100 meta l4proto tcp tcp dport 80 accept comment "offload tcp/80: conntrack sees it""#,
+                r#"prerouting: ip daddr 10.0.0.100 meta l4proto udp udp dport 53 notrack queue num 0 comment "request udp/53""#,
+                r#"offload: ip daddr 10.0.0.100 meta l4proto tcp tcp dport 80 ct state new queue num 0 comment "offload tcp/80: first packet""#,
+                r#"offload_nat: meta mark 0x5b1f0007 meta l4proto tcp ct mark set meta mark ct event set destroy,assured dnat to 172.16.0.2:80 comment "offload to tcp/172.16.0.2:80""#,
+                r#"guard: ip daddr 10.0.0.100 meta l4proto tcp drop comment "VIP tcp: never to local sockets""#,
+                r#"guard: ip daddr 10.0.0.100 meta l4proto udp drop comment "VIP udp: never to local sockets""#,
+                r#"prerouting: ip saddr 172.16.0.0/24 ip daddr != 172.16.0.0/24 meta l4proto udp udp sport 53 notrack comment "reply udp/53 untracked""#,
+                r#"prerouting: ip daddr 10.0.0.100 meta l4proto tcp drop comment "VIP tcp: no other port reaches local sockets""#,
+                r#"prerouting: ip daddr 10.0.0.100 meta l4proto udp drop comment "VIP udp: no other port reaches local sockets""#,
+                r#"refuse: meta mark 0x5b1d0001 meta l4proto tcp reject with tcp reset comment "refused: no server up""#,
+                r#"refuse: meta mark 0x5b1d0001 reject with icmp port-unreachable comment "refused: no server up""#,
+                r#"postrouting: ip saddr 172.16.0.0/24 ip daddr != 172.16.0.0/24 meta l4proto udp udp sport 53 queue num 0 comment "reply udp/53""#,
+            ]
+        );
+        assert_eq!(offload_id(0x5b1f_0007), Some(7));
+        assert_eq!(offload_id(REFUSE_MARK), None);
+        assert_eq!(offload_mark(0x1_0000), None);
     }
 }

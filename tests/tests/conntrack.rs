@@ -114,7 +114,7 @@ fn injected_nat_entries_are_dumped_replaced_and_deleted() {
     let (mut ctl, mut ev) = in_ns(&ns.0, || {
         (
             Control::open().expect("control socket"),
-            EventSocket::open(1 << 20).expect("event socket"),
+            EventSocket::open(1 << 20, true).expect("event socket"),
         )
     });
     let tcp = Inject {
@@ -260,7 +260,7 @@ fn a_real_connection_is_followed_from_syn_to_destroy() {
     ns.exec(&["sysctl", "-qw", "net.netfilter.nf_conntrack_acct=1"]);
     let (mut ctl, mut ev, client, server) = in_ns(&ns.0, || {
         let ctl = Control::open().expect("control socket");
-        let ev = EventSocket::open(1 << 20).expect("event socket");
+        let ev = EventSocket::open(1 << 20, true).expect("event socket");
         let listener = TcpListener::bind(sa(SERVER, 0)).expect("listen");
         let server = match listener.local_addr().unwrap() {
             std::net::SocketAddr::V4(a) => a,
@@ -383,7 +383,7 @@ fn an_event_overrun_surfaces_as_enobufs() {
         (
             Control::open().expect("control socket"),
             // The smallest buffer the kernel allows: a few events fill it.
-            EventSocket::open(0).expect("event socket"),
+            EventSocket::open(0, true).expect("event socket"),
         )
     });
     let flows: Vec<Inject> = (0..200)

@@ -107,16 +107,18 @@ pub struct EventSocket {
 }
 
 impl EventSocket {
-    /// Opens a socket joined to NFNLGRP_CONNTRACK_NEW, _UPDATE and _DESTROY with a receive
-    /// buffer of `rcvbuf` bytes.
-    pub fn open(rcvbuf: usize) -> io::Result<EventSocket> {
+    /// Opens a socket joined to NFNLGRP_CONNTRACK_UPDATE and _DESTROY, and _NEW when `new`,
+    /// with a receive buffer of `rcvbuf` bytes. (The kernel builds no event for a group
+    /// nobody joined, so leaving out one that is not needed saves work on the packet path.)
+    pub fn open(rcvbuf: usize, new: bool) -> io::Result<EventSocket> {
         let fd = open_netlink(rcvbuf)?;
         let raw = fd.as_raw_fd();
-        for group in [
+        let groups = [
             NFNLGRP_CONNTRACK_NEW,
             NFNLGRP_CONNTRACK_UPDATE,
             NFNLGRP_CONNTRACK_DESTROY,
-        ] {
+        ];
+        for group in groups.into_iter().skip(usize::from(!new)) {
             setsockopt(raw, libc::SOL_NETLINK, libc::NETLINK_ADD_MEMBERSHIP, group)?;
         }
         setsockopt(

@@ -151,6 +151,7 @@ fn decide(dp: &Dataplane, stats: &QueueStats, p: &Packet, payload: &mut [u8], no
     let whole = p.cap_len.is_none_or(|len| len as usize == payload.len());
     match dp.handle(dir, payload, whole, csum, now_ms) {
         Verdict::Accept => Out::AcceptRewritten,
+        Verdict::Offload(mark) => Out::AcceptMarked(mark),
         // The refuse chain answers it with a reset or a port unreachable.
         Verdict::Drop(DropReason::NoServer) => Out::AcceptMarked(REFUSE_MARK),
         Verdict::Drop(_) => Out::Drop,
