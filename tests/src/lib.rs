@@ -55,6 +55,26 @@ pub mod pair;
 
 static LABS: AtomicUsize = AtomicUsize::new(0);
 
+/// Runs each named lab test, a `fn name(mode: &'static str)`, in both data-path modes: as the
+/// tests `name::packet` and `name::offload`.
+#[macro_export]
+macro_rules! in_both_modes {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn packet() {
+                    super::$name("packet")
+                }
+                #[test]
+                fn offload() {
+                    super::$name("offload")
+                }
+            }
+        )*
+    };
+}
+
 /// True when this process may build namespaces. Outside CI a test without root skips; in CI
 /// (which runs as root) a missing privilege is a failure, not a skip.
 pub fn can_run(test: &str) -> bool {
@@ -216,12 +236,20 @@ pub struct Lab {
     servers: Vec<Option<Child>>,
     dir: PathBuf,
     helpers: Mutex<Vec<Child>>,
+    /// The data-path mode [`Lab::config`] gives its services: "packet" or "offload".
+    pub mode: &'static str,
 }
 
 impl Lab {
     /// Builds the topology with `n` real servers, each running `lab-server`.
     pub fn new(n: usize) -> Result<Lab> {
+        Lab::new_in(n, "packet")
+    }
+
+    /// [`Lab::new`] whose default configuration runs its services in `mode`.
+    pub fn new_in(n: usize, mode: &'static str) -> Result<Lab> {
         let mut lab = Lab::empty()?;
+        lab.mode = mode;
         lab.build(n)?;
         Ok(lab)
     }
@@ -247,6 +275,7 @@ impl Lab {
             servers: Vec::new(),
             dir,
             helpers: Mutex::new(Vec::new()),
+            mode: "packet",
         })
     }
 
@@ -420,8 +449,8 @@ impl Lab {
             "cluster_network": "172.16.0.0/24",
             "algorithm": "ROUND_ROBIN",
             "services": [
-                {"protocol": "tcp", "port": 80, "servers": servers(SERVER_HTTP_PORT)},
-                {"protocol": "udp", "port": 53, "servers": servers(SERVER_UDP_PORT)}
+                {"protocol": "tcp", "port": 80, "mode": self.mode, "servers": servers(SERVER_HTTP_PORT)},
+                {"protocol": "udp", "port": 53, "mode": self.mode, "servers": servers(SERVER_UDP_PORT)}
             ]
         })
     }
@@ -493,6 +522,20 @@ impl Lab {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The balancer's conntrack entries that carry slbd's offload mark, one line each.
+    pub fn slb_conntrack(&self) -> Vec<String> {
+        let out = self
+            .exec(
+                &self.balancer(),
+                &["conntrack", "-L", "-m", "0x5b1f0000/0xffff0000"],
+            )
+            .expect("conntrack -L");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
     }
 
     /// `nft list tables` in the balancer namespace.

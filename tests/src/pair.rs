@@ -41,6 +41,8 @@ pub struct PairOptions {
     pub json_logs: bool,
     /// Client persistence on every service (seconds; 0: off).
     pub persistence_s: u64,
+    /// Every service's data path: "packet" or "offload".
+    pub mode: &'static str,
 }
 
 impl Default for PairOptions {
@@ -51,6 +53,7 @@ impl Default for PairOptions {
             sync_period_s: 10,
             json_logs: false,
             persistence_s: 0,
+            mode: "packet",
         }
     }
 }
@@ -158,6 +161,7 @@ fn node_config(
         .arg(workspace_bin("slbd"))
         .args(["--sync-period", &opts.sync_period_s.to_string()])
         .args(["--persistence", &opts.persistence_s.to_string()])
+        .args(["--mode", opts.mode])
         .args(["--metrics", SLBD_METRICS, "--amgr-metrics", AMGR_METRICS]);
     run(&mut cmd).context("slb-node-config")
 }

@@ -31,12 +31,11 @@ fn wait_for_log(slbd: &Slbd, parts: &[&str], limit: Duration) -> Duration {
     }
 }
 
-#[test]
-fn a_dead_server_leaves_rotation_and_returns_when_it_recovers() {
+fn a_dead_server_leaves_rotation_and_returns_when_it_recovers(mode: &'static str) {
     if !can_run("a_dead_server_leaves_rotation_and_returns_when_it_recovers") {
         return;
     }
-    let mut lab = Lab::new(3).unwrap();
+    let mut lab = Lab::new_in(3, mode).unwrap();
     let mut config = lab.config(3);
     let health = json!({"interval_ms": 200, "timeout_ms": 150, "fall": 2, "rise": 2});
     config["services"][0]["health"] = health.clone();
@@ -114,12 +113,11 @@ fn a_dead_server_leaves_rotation_and_returns_when_it_recovers() {
     );
 }
 
-#[test]
-fn with_every_server_down_new_flows_are_refused_cleanly() {
+fn with_every_server_down_new_flows_are_refused_cleanly(mode: &'static str) {
     if !can_run("with_every_server_down_new_flows_are_refused_cleanly") {
         return;
     }
-    let mut lab = Lab::new(1).unwrap();
+    let mut lab = Lab::new_in(1, mode).unwrap();
     let mut config = lab.config(1);
     config["services"][0]["health"] = json!({"interval_ms": 100, "fall": 1});
     config["services"][1]["health"] = json!({"interval_ms": 100, "fall": 1});
@@ -169,12 +167,11 @@ fn with_every_server_down_new_flows_are_refused_cleanly() {
     );
 }
 
-#[test]
-fn least_connections_sends_new_flows_away_from_a_busy_server() {
+fn least_connections_sends_new_flows_away_from_a_busy_server(mode: &'static str) {
     if !can_run("least_connections_sends_new_flows_away_from_a_busy_server") {
         return;
     }
-    let lab = Lab::new(3).unwrap();
+    let lab = Lab::new_in(3, mode).unwrap();
     let mut config = lab.config(3);
     config["algorithm"] = "LEAST_CONNECTIONS".into();
     let _slbd = lab.start_slbd(&config);
@@ -321,12 +318,11 @@ fn slbctl_shows_config_and_status_and_says_when_slbd_is_not_running() {
     assert!(err.contains("slbd is not running"), "{err}");
 }
 
-#[test]
-fn lower_latency_sends_a_slow_server_fewer_flows_without_starving_it() {
+fn lower_latency_sends_a_slow_server_fewer_flows_without_starving_it(mode: &'static str) {
     if !can_run("lower_latency_sends_a_slow_server_fewer_flows_without_starving_it") {
         return;
     }
-    let lab = Lab::new(3).unwrap();
+    let lab = Lab::new_in(3, mode).unwrap();
     // s3 answers SYNs 8 ms late (netem is not in this kernel; see nfq-delay).
     let _slow = lab
         .start(
@@ -376,3 +372,10 @@ fn lower_latency_sends_a_slow_server_fewer_flows_without_starving_it() {
         "the two fast ones share evenly, no herding: {counts:?}"
     );
 }
+
+in_both_modes!(
+    a_dead_server_leaves_rotation_and_returns_when_it_recovers,
+    with_every_server_down_new_flows_are_refused_cleanly,
+    least_connections_sends_new_flows_away_from_a_busy_server,
+    lower_latency_sends_a_slow_server_fewer_flows_without_starving_it,
+);

@@ -15,8 +15,12 @@ const UP: Duration = Duration::from_secs(15);
 const GOAL: Duration = Duration::from_secs(1);
 const HELD: usize = 20;
 
-fn pair() -> Pair {
-    let mut p = Pair::new(PairOptions::default()).expect("the pair's lab");
+fn pair(mode: &'static str) -> Pair {
+    let mut p = Pair::new(PairOptions {
+        mode,
+        ..PairOptions::default()
+    })
+    .expect("the pair's lab");
     p.start_both().expect("amgr");
     p.wait_states(["ACTIVE", "STANDBY"], UP).unwrap();
     p
@@ -119,8 +123,8 @@ fn failover(p: &mut Pair, how: &str) -> Duration {
 /// the nodes (every second run is a failback to node 1, with replication running the other
 /// way); after a crash the crashed node is restarted and rejoins as STANDBY, and it must be
 /// takeover-ready (holding the 20 flows) before the next run. Every run must keep 20/20.
-fn survive(how: &str, runs: usize) {
-    let mut p = pair();
+fn survive(how: &str, runs: usize, mode: &'static str) {
+    let mut p = pair(mode);
     let held = hold(&p, HELD);
     let mut servers: Vec<&str> = held.iter().map(|(_, s)| s.as_str()).collect();
     servers.sort();
@@ -133,10 +137,23 @@ fn survive(how: &str, runs: usize) {
         let gap = failover(&mut p, how);
         let n = kept(&p, &held, run);
         eprintln!(
-            "{how} run {}: {n}/{HELD} kept, gap {} ms",
+            "{mode} {how} run {}: {n}/{HELD} kept, gap {} ms",
             run + 1,
             gap.as_millis()
         );
+        if n != HELD {
+            // What each balancer's kernel and logs hold, for whoever reads the failure.
+            for i in 0..2 {
+                let ct = p.lab.exec(&p.nodes[i].ns, &["conntrack", "-L"]).unwrap();
+                eprintln!(
+                    "node {} conntrack:\n{}\nnode {} log:\n{}",
+                    i + 1,
+                    String::from_utf8_lossy(&ct.stdout),
+                    i + 1,
+                    p.log(i)
+                );
+            }
+        }
         assert_eq!(n, HELD, "{how} run {}: connections lost", run + 1);
         assert!(gap < GOAL, "{how} run {}: gap {gap:?}", run + 1);
         gaps.push(gap.as_millis());
@@ -152,25 +169,23 @@ fn survive(how: &str, runs: usize) {
             st["drops"]["mid_stream_after_takeover"]
         );
     }
-    eprintln!("{how}: gaps (ms) {gaps:?}");
+    eprintln!("{mode} {how}: gaps (ms) {gaps:?}");
 }
 
-#[test]
-fn held_connections_survive_kill_9_of_the_active_and_failback() {
+fn held_connections_survive_kill_9_of_the_active_and_failback(mode: &'static str) {
     if !can_run("held_connections_survive_kill_9_of_the_active_and_failback") {
         return;
     }
     // 3 crashes of node 1, 3 of node 2 (failbacks).
-    survive("kill", 6);
+    survive("kill", 6, mode);
 }
 
-#[test]
-fn held_connections_survive_planned_switches_both_ways() {
+fn held_connections_survive_planned_switches_both_ways(mode: &'static str) {
     if !can_run("held_connections_survive_planned_switches_both_ways") {
         return;
     }
     // 5 switches to node 2, 5 failbacks to node 1.
-    survive("switch", 10);
+    survive("switch", 10, mode);
 }
 
 /// A UDP question on `sock` (kept bound, so one flow); returns the answering server.
@@ -184,13 +199,13 @@ fn ask(sock: &std::net::UdpSocket, what: &str) -> String {
     server.to_string()
 }
 
-#[test]
-fn udp_flows_and_persisted_clients_stay_on_their_servers_across_failovers() {
+fn udp_flows_and_persisted_clients_stay_on_their_servers_across_failovers(mode: &'static str) {
     if !can_run("udp_flows_and_persisted_clients_stay_on_their_servers_across_failovers") {
         return;
     }
     let mut p = Pair::new(PairOptions {
         persistence_s: 300,
+        mode,
         ..PairOptions::default()
     })
     .expect("the pair's lab");
@@ -262,13 +277,16 @@ fn more_files() {
     setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
 }
 
-#[test]
-fn a_standby_started_late_is_ready_only_with_the_snapshot_and_keeps_1000_flows() {
+fn a_standby_started_late_is_ready_only_with_the_snapshot_and_keeps_1000_flows(mode: &'static str) {
     if !can_run("a_standby_started_late_is_ready_only_with_the_snapshot_and_keeps_1000_flows") {
         return;
     }
     more_files();
-    let mut p = Pair::new(PairOptions::default()).expect("the pair's lab");
+    let mut p = Pair::new(PairOptions {
+        mode,
+        ..PairOptions::default()
+    })
+    .expect("the pair's lab");
     p.start(0).unwrap();
     wait_active(&p, 0);
     let t0 = Instant::now();
@@ -404,7 +422,7 @@ fn forged_and_replayed_replication_frames_change_nothing() {
     if !can_run("forged_and_replayed_replication_frames_change_nothing") {
         return;
     }
-    let mut p = pair();
+    let mut p = pair("packet");
     let held = hold(&p, HELD);
     p.wait_takeover_ready(1, HELD as u64, UP).unwrap();
     let key = std::fs::read(p.lab.dir().join("pair.key")).unwrap();
@@ -501,3 +519,10 @@ fn forged_and_replayed_replication_frames_change_nothing() {
     wait_active(&p, 1);
     assert_eq!(kept(&p, &held, 0), HELD);
 }
+
+in_both_modes!(
+    held_connections_survive_kill_9_of_the_active_and_failback,
+    held_connections_survive_planned_switches_both_ways,
+    udp_flows_and_persisted_clients_stay_on_their_servers_across_failovers,
+    a_standby_started_late_is_ready_only_with_the_snapshot_and_keeps_1000_flows,
+);

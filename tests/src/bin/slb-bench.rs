@@ -5,7 +5,8 @@
 //! `route` (no balancing: the client talks to one server through the balancer namespace),
 //! `nft-dnat` (the kernel balancing: `dnat to numgen inc mod 4 map`), `writeback` (kernel NAT
 //! plus every packet queued and written back unchanged: the ceiling of any per-packet design),
-//! `slbd` (ROUND_ROBIN), and `haproxy` (`mode tcp`, `balance roundrobin`).
+//! `slbd` (ROUND_ROBIN), `slbd-offload` (the same with `"mode": "offload"`: slbd places each
+//! new flow, conntrack carries the rest), and `haproxy` (`mode tcp`, `balance roundrobin`).
 //! iperf3 is balanced by source (jhash, `balance source`, persistence) in every variant, since
 //! its control and data connections must reach one server.
 //!
@@ -28,7 +29,14 @@ const SERVERS: usize = 4;
 /// `writeback` variant measured a third of its new-connection rate (state HAProxy leaves in
 /// the balancer namespace for a while; a conntrack flush does not clear it), and by the next
 /// round's turn it has decayed.
-const VARIANTS: [&str; 5] = ["route", "nft-dnat", "writeback", "slbd", "haproxy"];
+const VARIANTS: [&str; 6] = [
+    "route",
+    "nft-dnat",
+    "writeback",
+    "slbd",
+    "slbd-offload",
+    "haproxy",
+];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 enum Metric {
@@ -357,7 +365,12 @@ fn run_variant(lab: &Lab, variant: &str, secs: u64) -> Result<Vec<(Metric, f64)>
             _proc = Some(p);
             std::thread::sleep(Duration::from_millis(500));
         }
-        "slbd" => {
+        "slbd" | "slbd-offload" => {
+            let mode = if variant == "slbd" {
+                "packet"
+            } else {
+                "offload"
+            };
             let servers = |port: u16| {
                 (0..SERVERS)
                     .map(|i| format!("{}:{port}", server_ip(i)))
@@ -368,10 +381,10 @@ fn run_variant(lab: &Lab, variant: &str, secs: u64) -> Result<Vec<(Metric, f64)>
                 "gateway": "172.16.0.1", "gateway_dev": "br0",
                 "cluster_network": "172.16.0.0/24", "algorithm": "ROUND_ROBIN",
                 "services": [
-                    {"protocol": "tcp", "port": 80, "servers": servers(80)},
+                    {"protocol": "tcp", "port": 80, "mode": mode, "servers": servers(80)},
                     // iperf3's server takes a probe's bare connect for a broken test.
-                    {"protocol": "tcp", "port": 5201, "persistence_timeout": 600, "health": {"enabled": false}, "servers": servers(5201)},
-                    {"protocol": "udp", "port": 53, "servers": servers(53)}
+                    {"protocol": "tcp", "port": 5201, "mode": mode, "persistence_timeout": 600, "health": {"enabled": false}, "servers": servers(5201)},
+                    {"protocol": "udp", "port": 53, "mode": mode, "servers": servers(53)}
                 ]
             });
             let s = lab.start_slbd(&config);
