@@ -169,6 +169,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn mode_notation() {
+        let m = |p: &str, port: u16, mode: &str| Edit::Mode {
+            protocol: p.into(),
+            port,
+            mode: mode.into(),
+        };
+        assert_eq!(mode("80=offload"), Ok(m("tcp", 80, "offload")));
+        assert_eq!(mode("UDP/53=packet"), Ok(m("udp", 53, "packet")));
+        assert_eq!(
+            mode("80=fast"),
+            Err(r#"--mode "80=fast": "fast" is not "packet" or "offload" (expected [tcp/|udp/]VIPPORT=packet|offload)"#.into())
+        );
+        assert!(mode("sctp/80=packet")
+            .unwrap_err()
+            .contains(r#""sctp" is not tcp or udp"#));
+        assert!(mode("0=packet").unwrap_err().contains("is not a port"));
+        assert!(mode("80").unwrap_err().contains("no mode given"));
+    }
+
+    #[test]
     fn add_server_notation() {
         let add = |p: &str, sp: Option<u16>, a: &str, w: u64| Edit::AddServer {
             protocol: p.into(),

@@ -947,6 +947,38 @@ mod tests {
     }
 
     #[test]
+    fn a_service_runs_in_packet_mode_unless_told_offload() {
+        let mut v: serde_json::Value = serde_json::from_str(GOOD).unwrap();
+        v["services"][0]["mode"] = "offload".into();
+        let c = Config::from_json(&v.to_string()).unwrap();
+        assert_eq!(c.services[0].mode, Mode::Offload);
+        assert_eq!(c.services[1].mode, Mode::Packet);
+        v["services"][1]["mode"] = "kernel".into();
+        assert_eq!(
+            errors_of(&v.to_string()),
+            vec![r#"services[1].mode: "kernel" is not "packet" or "offload""#]
+        );
+        // udp/53's servers listen on 53 in packet mode; an offload udp service on them clashes.
+        let mut v: serde_json::Value = serde_json::from_str(GOOD).unwrap();
+        v["services"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!(
+                {"protocol": "udp", "port": 54, "mode": "offload", "servers": ["172.16.0.4:53"]}
+            ));
+        assert_eq!(
+            errors_of(&v.to_string()),
+            vec![
+                "services[2].mode: offload service udp/54 uses server port udp/53, which \
+                  packet-mode service udp/53 uses too: the two modes' replies cannot be told apart"
+            ]
+        );
+        // The same port under the other protocol is no clash.
+        v["services"][2]["protocol"] = "tcp".into();
+        assert!(Config::from_json(&v.to_string()).is_ok());
+    }
+
+    #[test]
     fn names_the_field_of_a_bad_server_address() {
         let text = with(
             "/services/1/servers/0",

@@ -1993,3 +1993,294 @@ mod accounting_tests {
         assert_eq!(live(), 1, "a sixth, open");
     }
 }
+
+#[cfg(test)]
+mod offload_tests {
+    use super::*;
+    use crate::conntrack::wire::{Counters, IPS_ASSURED};
+    use crate::packet::fixtures::{tcp, udp};
+    use crate::packet::tcp_flags::{ACK, SYN};
+
+    fn config(algorithm: &str) -> Config {
+        Config::from_json(&format!(
+            r#"{{"address": "10.0.0.100", "address_dev": "eth0", "gateway": "172.16.0.1",
+                "gateway_dev": "eth1", "cluster_network": "172.16.0.0/24", "algorithm": "{algorithm}",
+                "services": [
+                  {{"protocol": "tcp", "port": 80, "mode": "offload", "servers": ["172.16.0.2:80", "172.16.0.3:80"]}},
+                  {{"protocol": "udp", "port": 53, "mode": "offload", "servers": ["172.16.0.2:53"]}},
+                  {{"protocol": "tcp", "port": 8080, "servers": ["172.16.0.2:8081"]}}
+                ]}}"#
+        ))
+        .unwrap()
+    }
+
+    fn sa(s: &str) -> SocketAddrV4 {
+        s.parse().unwrap()
+    }
+
+    fn syn(dp: &Dataplane, client: &str) -> Verdict {
+        let mut p = tcp(sa(client), sa("10.0.0.100:80"), SYN, b"", &[]);
+        let before = p.clone();
+        let v = dp.handle(Direction::Request, &mut p, true, ChecksumState::Complete, 0);
+        assert_eq!(p, before, "an offload packet is passed on unchanged");
+        v
+    }
+
+    /// Conntrack's report on the TCP flow of `client`, placed on `server` with `mark`.
+    fn report(
+        kind: EventKind,
+        client: &str,
+        server: &str,
+        mark: u32,
+        state: Option<u8>,
+    ) -> CtEntry {
+        CtEntry {
+            kind,
+            protocol: Protocol::Tcp,
+            orig_src: sa(client),
+            orig_dst: sa("10.0.0.100:80"),
+            reply_src: sa(server),
+            reply_dst: sa(client),
+            mark,
+            tcp_state: state,
+            status: if state == Some(tcp_state::ESTABLISHED) {
+                IPS_ASSURED
+            } else {
+                0
+            },
+            counters: None,
+        }
+    }
+
+    fn live(dp: &Dataplane, service: usize, server: usize) -> u64 {
+        dp.services()[service].1[server].live_flows.load(Relaxed)
+    }
+
+    #[test]
+    fn a_first_packet_gets_its_servers_mark_and_the_next_flows_are_spread() {
+        let dp = Dataplane::new(&config("ROUND_ROBIN"), 1);
+        let ids = [dp.server_id(0, 0).unwrap(), dp.server_id(0, 1).unwrap()];
+        let marks: Vec<Verdict> = (0..4)
+            .map(|i| syn(&dp, &format!("10.0.0.5:{}", 1000 + i)))
+            .collect();
+        let m = |i: usize| Verdict::Offload(offload_mark(ids[i]).unwrap());
+        assert_eq!(marks, vec![m(0), m(1), m(0), m(1)]);
+        assert_eq!((live(&dp, 0, 0), live(&dp, 0, 1)), (2, 2));
+        // A queued SYN of a flow the table holds means conntrack has no entry for it: the
+        // flow restarts on a server chosen anew (round robin's next), not on its old one.
+        assert_eq!(syn(&dp, "10.0.0.5:1001"), m(0));
+        assert_eq!(dp.flow_count(), 4);
+        assert_eq!((live(&dp, 0, 0), live(&dp, 0, 1)), (3, 1));
+        // A mid-stream packet of a flow slbd never placed is dropped, as in packet mode.
+        let mut ack = tcp(sa("10.0.0.6:1"), sa("10.0.0.100:80"), ACK, b"x", &[]);
+        assert_eq!(
+            dp.handle(
+                Direction::Request,
+                &mut ack,
+                true,
+                ChecksumState::Complete,
+                0
+            ),
+            Verdict::Drop(DropReason::MidStream)
+        );
+        // UDP too; the packet-mode service on the same VIP is still rewritten.
+        let mut q = udp(sa("10.0.0.5:9"), sa("10.0.0.100:53"), b"q");
+        let udp_mark = offload_mark(dp.server_id(1, 0).unwrap()).unwrap();
+        assert_eq!(
+            dp.handle(Direction::Request, &mut q, true, ChecksumState::Complete, 0),
+            Verdict::Offload(udp_mark)
+        );
+        let mut p = tcp(sa("10.0.0.5:9"), sa("10.0.0.100:8080"), SYN, b"", &[]);
+        assert_eq!(
+            dp.handle(Direction::Request, &mut p, true, ChecksumState::Complete, 0),
+            Verdict::Accept
+        );
+    }
+
+    #[test]
+    fn conntrack_reports_confirm_establish_close_and_end_flows() {
+        let dp = Dataplane::new(&config("ROUND_ROBIN"), 1);
+        let Verdict::Offload(mark) = syn(&dp, "10.0.0.5:1000") else {
+            panic!("no mark")
+        };
+        dp.start_change_log();
+        let server = "172.16.0.2:80";
+        // Reports about flows slbd did not place, or naming another server, change nothing.
+        dp.conntrack_report(
+            &report(EventKind::Update, "10.0.0.5:1000", server, 0, Some(3)),
+            0,
+        );
+        dp.conntrack_report(
+            &report(
+                EventKind::Destroy,
+                "10.0.0.5:1000",
+                "172.16.0.3:80",
+                mark,
+                None,
+            ),
+            0,
+        );
+        assert_eq!(dp.flow_count(), 1);
+        // Assured: the flow is established and replicated once.
+        let assured = CtEntry {
+            status: IPS_ASSURED,
+            ..report(EventKind::Update, "10.0.0.5:1000", server, mark, None)
+        };
+        dp.conntrack_report(&assured, 0);
+        dp.conntrack_report(&assured, 0);
+        let mut log = Vec::new();
+        dp.take_changes(&mut log).unwrap();
+        assert_eq!(
+            log,
+            vec![Record::Flow {
+                protocol: Protocol::Tcp,
+                client: sa("10.0.0.5:1000"),
+                vip_port: 80,
+                server: sa(server),
+                established: true
+            }]
+        );
+        // Confirmed flows never idle out: conntrack decides when they end.
+        assert_eq!(dp.expire(10_000_000), 0);
+        assert_eq!(live(&dp, 0, 0), 1);
+        // A close stops counting at once; the end removes it, with conntrack's counters.
+        dp.conntrack_report(
+            &report(
+                EventKind::Update,
+                "10.0.0.5:1000",
+                server,
+                mark,
+                Some(tcp_state::FIN_WAIT),
+            ),
+            0,
+        );
+        assert_eq!(live(&dp, 0, 0), 0);
+        let end = CtEntry {
+            counters: Some(Counters {
+                orig_packets: 5,
+                orig_bytes: 300,
+                reply_packets: 4,
+                reply_bytes: 900,
+            }),
+            ..report(EventKind::Destroy, "10.0.0.5:1000", server, mark, None)
+        };
+        dp.conntrack_report(&end, 0);
+        assert_eq!(dp.flow_count(), 0);
+        assert_eq!(live(&dp, 0, 0), 0, "not taken off twice");
+        let st = &dp.services()[0].1[0];
+        assert_eq!(st.bytes_in.load(Relaxed), 300);
+        assert_eq!(st.packets_out.load(Relaxed), 4);
+        log.clear();
+        dp.take_changes(&mut log).unwrap();
+        assert!(matches!(log[..], [Record::End { .. }]), "{log:?}");
+    }
+
+    #[test]
+    fn unconfirmed_flows_expire_and_an_end_does_not_remove_a_newer_flow() {
+        let dp = Dataplane::new(&config("ROUND_ROBIN"), 1);
+        let Verdict::Offload(mark) = syn(&dp, "10.0.0.5:1000") else {
+            panic!("no mark")
+        };
+        // Conntrack ended an older flow on the same 5-tuple after slbd placed the new one.
+        dp.conntrack_report(
+            &report(
+                EventKind::Destroy,
+                "10.0.0.5:1000",
+                "172.16.0.2:80",
+                mark,
+                None,
+            ),
+            0,
+        );
+        assert_eq!(dp.flow_count(), 1, "the unconfirmed new flow stays");
+        // Never confirmed (its SYN died after the verdict): gone after the closing timeout.
+        assert_eq!(dp.expire(31_000), 1);
+        assert_eq!(live(&dp, 0, 0), 0);
+    }
+
+    #[test]
+    fn lost_flows_are_adopted_and_a_resync_keeps_exactly_what_conntrack_holds() {
+        let dp = Dataplane::new(&config("ROUND_ROBIN"), 1);
+        let id = dp.server_id(0, 1).unwrap();
+        let mark = offload_mark(id).unwrap();
+        let a = report(EventKind::New, "10.0.0.7:1", "172.16.0.3:80", mark, Some(3));
+        let b = report(EventKind::New, "10.0.0.7:2", "172.16.0.3:80", mark, Some(3));
+        dp.conntrack_report(&a, 0);
+        dp.conntrack_report(&b, 0);
+        assert_eq!((dp.flow_count(), live(&dp, 0, 1)), (2, 2));
+        // A mark naming a server id that is not this server's is not slbd's flow.
+        let forged = report(EventKind::New, "10.0.0.7:3", "172.16.0.9:80", mark, Some(3));
+        dp.conntrack_report(&forged, 0);
+        assert_eq!(dp.flow_count(), 2);
+        dp.conntrack_resync(&[b], 0);
+        assert_eq!((dp.flow_count(), live(&dp, 0, 1)), (1, 1));
+        // A STANDBY follows its ACTIVE, not its own kernel.
+        dp.set_balancing(false, false, 0);
+        dp.conntrack_report(&a, 0);
+        assert_eq!(dp.flow_count(), 1);
+    }
+
+    #[test]
+    fn a_takeover_hands_replicated_offload_flows_to_the_kernel_with_their_marks() {
+        let dp = Dataplane::new(&config("ROUND_ROBIN"), 1);
+        dp.set_balancing(false, false, 0);
+        let flow = |client: &str, port: u16, server: &str, established| Record::Flow {
+            protocol: Protocol::Tcp,
+            client: sa(client),
+            vip_port: port,
+            server: sa(server),
+            established,
+        };
+        dp.apply_replica(
+            &[
+                flow("10.0.0.8:1", 80, "172.16.0.3:80", true),
+                flow("10.0.0.8:2", 80, "172.16.0.2:80", false),
+                flow("10.0.0.8:3", 8080, "172.16.0.2:8081", true),
+            ],
+            0,
+        );
+        dp.set_balancing(true, true, 0);
+        let mut handed = dp.offload_takeover();
+        handed.sort_by_key(|(f, _, _)| f.client);
+        let got: Vec<(SocketAddrV4, SocketAddrV4, u32, bool)> = handed
+            .iter()
+            .map(|(f, mark, est)| (f.client, f.server, *mark, *est))
+            .collect();
+        let mark = |i| offload_mark(dp.server_id(0, i).unwrap()).unwrap();
+        assert_eq!(
+            got,
+            vec![
+                (sa("10.0.0.8:1"), sa("172.16.0.3:80"), mark(1), true),
+                (sa("10.0.0.8:2"), sa("172.16.0.2:80"), mark(0), false),
+            ],
+            "the packet-mode flow stays slbd's"
+        );
+        // Now conntrack's: no idle expiry, and its end is honoured.
+        assert_eq!(
+            dp.expire(10_000_000),
+            1,
+            "only the packet-mode flow idles out"
+        );
+        dp.conntrack_report(
+            &report(
+                EventKind::Destroy,
+                "10.0.0.8:1",
+                "172.16.0.3:80",
+                mark(1),
+                None,
+            ),
+            0,
+        );
+        assert_eq!(dp.flow_count(), 1);
+    }
+
+    #[test]
+    fn only_least_connections_follows_every_tcp_state() {
+        let rr = Dataplane::new(&config("ROUND_ROBIN"), 1).offload_targets();
+        assert_eq!(rr.len(), 3, "the offload services' servers only");
+        assert!(rr.iter().all(|t| !t.every_state));
+        let lc = Dataplane::new(&config("LEAST_CONNECTIONS"), 1).offload_targets();
+        assert!(lc.iter().all(|t| t.every_state));
+        assert_eq!(lc[0].server, sa("172.16.0.2:80"));
+    }
+}

@@ -306,6 +306,22 @@ mod tests {
     }
 
     #[test]
+    fn sets_a_services_mode_or_says_there_is_no_such_service() {
+        let mode = |p: &str, port: u16, m: &str| Edit::Mode {
+            protocol: p.into(),
+            port,
+            mode: m.into(),
+        };
+        let (raw2, c) = apply(&raw(), &[mode("udp", 53, "offload")]).unwrap();
+        assert_eq!(c.services[1].mode, crate::config::Mode::Offload);
+        assert_eq!(c.services[0].mode, crate::config::Mode::Packet);
+        let (_, c) = apply(&raw2, &[mode("udp", 53, "packet")]).unwrap();
+        assert_eq!(c.services[1].mode, crate::config::Mode::Packet);
+        let err = apply(&raw(), &[mode("tcp", 53, "offload")]).unwrap_err();
+        assert_eq!(err.to_string(), "--mode: there is no service tcp/53");
+    }
+
+    #[test]
     fn adds_to_the_matching_service_or_creates_one() {
         let (_, c) = apply(
             &raw(),

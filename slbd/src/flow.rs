@@ -880,4 +880,88 @@ mod tests {
             assert!(per_flow <= 128, "{n} flows take {per_flow} bytes each");
         }
     }
+
+    #[test]
+    fn kernel_flows_follow_conntrack_not_the_idle_clock() {
+        let mut t = FlowTable::new(T, 10);
+        let k = req(Protocol::Tcp, "10.0.0.5:1000");
+        let server = sa("172.16.0.2:80");
+        t.insert_kernel(&k, server, 3, 0, false).unwrap();
+        // Unconfirmed: an end report is about an older flow, and it idles out like a
+        // handshake (tcp_closing).
+        assert_eq!(t.remove_reported(&k, server), None);
+        assert_eq!(t.expire(9_000, 100).len(), 0);
+        assert_eq!(t.expire(10_000, 100).len(), 1);
+        t.insert_kernel(&k, server, 3, 0, false).unwrap();
+        let other = sa("172.16.0.3:80");
+        assert_eq!(
+            t.report_kernel(&k, other, Some(Phase::Established)),
+            Reported::Unknown
+        );
+        let r = |t: &mut FlowTable, phase| t.report_kernel(&k, server, phase);
+        assert_eq!(
+            r(&mut t, Some(Phase::Opening)),
+            Reported::Known {
+                established_now: false,
+                closed_now: false
+            }
+        );
+        assert_eq!(
+            r(&mut t, Some(Phase::Established)),
+            Reported::Known {
+                established_now: true,
+                closed_now: false
+            }
+        );
+        assert_eq!(
+            r(&mut t, Some(Phase::Established)),
+            Reported::Known {
+                established_now: false,
+                closed_now: false
+            }
+        );
+        // Confirmed: no idle expiry however long it is quiet.
+        assert_eq!(t.expire(1_000_000_000, 100).len(), 0);
+        assert_eq!(
+            r(&mut t, Some(Phase::Closing)),
+            Reported::Known {
+                established_now: false,
+                closed_now: true
+            }
+        );
+        assert_eq!(
+            r(&mut t, Some(Phase::Closing)),
+            Reported::Known {
+                established_now: false,
+                closed_now: false
+            }
+        );
+        let ended = t
+            .remove_reported(&k, server)
+            .expect("confirmed flows end on report");
+        assert!(ended.kernel && ended.was_closing);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn hand_to_kernel_takes_only_what_is_asked_and_says_if_established() {
+        let mut t = FlowTable::new(T, 10);
+        let a = req(Protocol::Tcp, "10.0.0.5:1");
+        let b = req(Protocol::Udp, "10.0.0.5:2");
+        t.insert(&a, sa("172.16.0.2:80"), 1, 0).unwrap();
+        t.insert(&b, sa("172.16.0.2:53"), 2, 0).unwrap();
+        let handed = t.hand_to_kernel(|e| e.tag == 1);
+        assert_eq!(handed.len(), 1);
+        assert_eq!(
+            (handed[0].0.tag, handed[0].1),
+            (1, false),
+            "a TCP flow still opening"
+        );
+        assert_eq!(
+            t.expire(1_000_000_000, 100).len(),
+            1,
+            "only the UDP flow idles out"
+        );
+        assert!(t.flows().all(|e| e.kernel));
+    }
 }
