@@ -97,6 +97,21 @@ pub fn render(st: &Value) -> String {
     if !drops.is_empty() {
         out.push_str(&format!("\ndropped: {}\n", drops.join(" ")));
     }
+    let offload = st["services"]
+        .as_array()
+        .is_some_and(|a| a.iter().any(|s| s["mode"] == "offload"));
+    if offload {
+        let c = &st["conntrack"];
+        out.push_str(&format!(
+            "\nconntrack: {} events, {} overruns, {} resyncs, {} flows committed at takeovers ({} failed), {} cuts\n",
+            n(&c["events"]),
+            n(&c["overruns"]),
+            n(&c["resyncs"]),
+            n(&c["committed"]),
+            n(&c["commit_failed"]),
+            n(&c["cuts"]),
+        ));
+    }
     if !st["replication"].is_null() {
         out.push_str(&format!(
             "\nreplication: {}\n",

@@ -326,6 +326,15 @@ impl Daemon {
             "overruns": self.stats.overruns.load(Relaxed),
             "verdict_errors": self.stats.verdict_errors.load(Relaxed),
         });
+        let o = &self.offload.stats;
+        v["conntrack"] = serde_json::json!({
+            "events": o.events.load(Relaxed),
+            "overruns": o.overruns.load(Relaxed),
+            "resyncs": o.resyncs.load(Relaxed),
+            "committed": o.committed.load(Relaxed),
+            "commit_failed": o.commit_failed.load(Relaxed),
+            "cuts": o.cuts.load(Relaxed),
+        });
         v["replication"] = self
             .replication
             .as_ref()
@@ -356,6 +365,7 @@ impl Daemon {
             backend: self.backend.name(),
             kernel_queues,
             replication: self.replication.as_ref().map(|r| &r.status),
+            offload: Some(&self.offload.stats),
         }))
     }
 

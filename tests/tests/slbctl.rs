@@ -400,3 +400,50 @@ fn adding_and_removing_servers_loses_no_open_connection() {
         "{now:?}"
     );
 }
+
+#[test]
+fn mode_switches_a_service_between_packet_and_offload_live() {
+    if !can_run("mode_switches_a_service_between_packet_and_offload_live") {
+        return;
+    }
+    let lab = Lab::new(2).unwrap();
+    let slbd = lab.start_slbd(&lab.config(2));
+    let (code, _, err) = lab.slbctl(&slbd, &["--mode", "tcp/81=offload"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("there is no service tcp/81"), "{err}");
+    let (code, _, err) = lab.slbctl(&slbd, &["--mode", "80=kernel"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(r#""kernel" is not "packet" or "offload""#),
+        "{err}"
+    );
+
+    // A connection opened in packet mode, held across both switches.
+    let (held, server) = in_ns(&lab.client(), hold_connection);
+    ok(&lab, &slbd, &["--mode", "tcp/80=offload"]);
+    assert_eq!(show(&lab, &slbd)["services"][0]["mode"], "offload");
+    let status = ok(&lab, &slbd, &["--status"]);
+    assert!(
+        status.contains("service tcp/80  ROUND_ROBIN  offload"),
+        "{status}"
+    );
+    assert!(status.contains("conntrack: "), "{status}");
+    let answered = servers_answering(&lab, vip(80), 4);
+    assert_eq!(
+        answered.len(),
+        2,
+        "new connections are balanced in offload mode"
+    );
+    let entries = lab.slb_conntrack();
+    assert!(
+        entries.len() >= 4,
+        "the offload flows are in conntrack with slbd's mark: {entries:?}"
+    );
+    ok(&lab, &slbd, &["--mode", "tcp/80=packet"]);
+    assert_eq!(servers_answering(&lab, vip(80), 4).len(), 2);
+    assert_eq!(
+        in_ns(&lab.client(), || echo(&held, "still there", T)).expect("the held connection"),
+        server,
+        "a connection from before both switches still reaches its server"
+    );
+}

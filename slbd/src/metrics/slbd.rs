@@ -53,6 +53,49 @@ pub struct Inputs<'a> {
     pub kernel_queues: Vec<KernelQueue>,
     /// Flow replication's figures, when it is on.
     pub replication: Option<&'a crate::replication::session::Status>,
+    /// Offload mode's conntrack figures.
+    pub offload: Option<&'a crate::offload::OffloadStats>,
+}
+
+/// Offload mode: what slbd learnt from and did to conntrack.
+fn offload_families(o: &crate::offload::OffloadStats) -> Vec<Family> {
+    let counter = |name, help, n: &std::sync::atomic::AtomicU64| {
+        let mut f = Family::counter(name, help);
+        f.count(vec![], n.load(Relaxed));
+        f
+    };
+    let mut committed = Family::counter(
+        "slb_conntrack_committed_flows",
+        "Replicated offload flows this node put into conntrack when it took over, by result.",
+    );
+    committed.count(vec![("result", "ok".into())], o.committed.load(Relaxed));
+    committed.count(
+        vec![("result", "failed".into())],
+        o.commit_failed.load(Relaxed),
+    );
+    vec![
+        counter(
+            "slb_conntrack_events",
+            "Conntrack events slbd read (its offload flows' state changes and ends).",
+            &o.events,
+        ),
+        counter(
+            "slb_conntrack_overruns",
+            "Times conntrack events were lost (socket overrun) and slbd resynchronised from a dump.",
+            &o.overruns,
+        ),
+        counter(
+            "slb_conntrack_resyncs",
+            "Dumps of slbd's conntrack entries read to resynchronise the flow table.",
+            &o.resyncs,
+        ),
+        committed,
+        counter(
+            "slb_conntrack_cuts",
+            "Deletions of conntrack entries: a server left rotation, or balancing stopped.",
+            &o.cuts,
+        ),
+    ]
 }
 
 /// Flow replication: both roles' counters (a node is sender and receiver in turn).
@@ -292,6 +335,9 @@ pub fn families(i: &Inputs) -> Vec<Family> {
     if let Some(r) = i.replication {
         out.extend(replication_families(r, i.balancing));
     }
+    if let Some(o) = i.offload {
+        out.extend(offload_families(o));
+    }
     out
 }
 
@@ -343,6 +389,9 @@ mod tests {
         stats[1].1[0].latency_us.store(1500, Relaxed);
         let queue = QueueStats::default();
         queue.overruns.fetch_add(4, Relaxed);
+        let offload = crate::offload::OffloadStats::default();
+        offload.events.fetch_add(12, Relaxed);
+        offload.commit_failed.fetch_add(1, Relaxed);
         let text = encode(families(&Inputs {
             dp: &dp,
             queue: &queue,
@@ -355,7 +404,17 @@ mod tests {
                 user_dropped: 0,
             }],
             replication: None,
+            offload: Some(&offload),
         }));
+        assert_eq!(sample(&text, "slb_conntrack_events_total", &[]), Some(12.0));
+        assert_eq!(
+            sample(
+                &text,
+                "slb_conntrack_committed_flows_total",
+                &[("result", "failed")]
+            ),
+            Some(1.0)
+        );
         let get = |name: &str, labels: &[(&str, &str)]| sample(&text, name, labels);
         let s3 = [("service", "tcp/80"), ("server", "172.16.0.3:8080")];
         assert_eq!(
