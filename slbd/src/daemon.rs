@@ -4,8 +4,11 @@
 //! SIGTERM/SIGINT takes it all down again (addresses, then rules). SIGHUP re-reads the file.
 //! In a pair (`--pair-key`), loading first takes over the flows replication delivered and
 //! unloading hands the last changes to the dual (`replication::session`).
+//! Offload services' flows are committed to conntrack between the rules and the addresses, and
+//! deleted from it when balancing stops (`offload`).
 //! Side effects: NFQUEUE binds, the `ip slb` nftables table, the VIP and gateway addresses,
-//! slb_conf.json (on save), the replication connections, threads, signal mask.
+//! conntrack entries carrying slbd's offload mark, slb_conf.json (on save), the replication
+//! connections, threads, signal mask.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
