@@ -6,11 +6,12 @@
 
 use std::io;
 use std::net::SocketAddrV4;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use super::wire::{self, CtEntry, Inject};
 use crate::net::Protocol;
+use crate::nfnetlink::socket::{cvt, open as open_netlink, setsockopt};
 use crate::queue::wire::messages;
 
 /// enum nfnetlink_groups (include/uapi/linux/netfilter/nfnetlink.h).
@@ -30,46 +31,6 @@ const CONTROL_RCVBUF: usize = 1 << 20;
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 /// How many failed creates an [`InjectReport`] keeps the error of.
 pub const MAX_REPORTED_ERRORS: usize = 8;
-
-fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
-}
-
-fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: T) -> io::Result<()> {
-    let len = std::mem::size_of::<T>() as libc::socklen_t;
-    cvt(unsafe { libc::setsockopt(fd, level, name, (&value as *const T).cast(), len) }).map(|_| ())
-}
-
-/// A NETLINK_NETFILTER socket bound to a kernel-chosen port id.
-fn open_netlink(rcvbuf: usize) -> io::Result<OwnedFd> {
-    let raw = cvt(unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_NETFILTER,
-        )
-    })?;
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-    cvt(unsafe {
-        libc::bind(
-            raw,
-            (&addr as *const libc::sockaddr_nl).cast(),
-            std::mem::size_of_val(&addr) as libc::socklen_t,
-        )
-    })?;
-    let size = rcvbuf.min(i32::MAX as usize) as libc::c_int;
-    // FORCE ignores net.core.rmem_max (needs CAP_NET_ADMIN, which offload mode needs anyway).
-    if setsockopt(raw, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, size).is_err() {
-        setsockopt(raw, libc::SOL_SOCKET, libc::SO_RCVBUF, size)?;
-    }
-    Ok(fd)
-}
 
 /// Receives one datagram into `buf`. A datagram larger than `buf` is an error rather than a
 /// silently cut list of entries.

@@ -7,6 +7,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use crate::net::Protocol;
+use crate::nfnetlink::{align4, put_attr as put, put_header};
 
 /// `NFNL_SUBSYS_CTNETLINK << 8 | msg` (enum cntl_msg_types).
 const SUBSYS_CTNETLINK: u16 = 1 << 8;
@@ -259,10 +260,6 @@ pub fn parse(msg: &[u8]) -> Result<Option<CtEntry>, Malformed> {
     }))
 }
 
-fn align4(n: usize) -> usize {
-    (n + 3) & !3
-}
-
 /// The attributes in `buf` as (type without flags, payload). Stops after the first malformed
 /// one; fewer than 4 trailing bytes end the list, as nla_for_each_attr does.
 fn attrs(buf: &[u8]) -> impl Iterator<Item = Result<(u16, &[u8]), Malformed>> + '_ {
@@ -478,30 +475,17 @@ pub fn emit_dump_marked(seq: u32, mark: u32, mask: u32) -> Vec<u8> {
     finish(out)
 }
 
-/// The netlink header (length patched by [`finish`]; the kernel fills in the sender's port id)
-/// and the nfgenmsg {AF_INET, version, res_id 0}.
+/// The netlink header (length patched by [`finish`]) and the nfgenmsg {AF_INET, version,
+/// res_id 0}.
 fn begin(kind: u16, flags: u16, seq: u32, version: u8) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
-    out.extend_from_slice(&0u32.to_ne_bytes());
-    out.extend_from_slice(&kind.to_ne_bytes());
-    out.extend_from_slice(&flags.to_ne_bytes());
-    out.extend_from_slice(&seq.to_ne_bytes());
-    out.extend_from_slice(&0u32.to_ne_bytes());
-    out.extend_from_slice(&[AF_INET, version, 0, 0]);
+    put_header(&mut out, kind, flags, seq, (AF_INET, version, 0));
     out
 }
 
 fn finish(mut out: Vec<u8>) -> Vec<u8> {
-    let len = out.len() as u32;
-    out[0..4].copy_from_slice(&len.to_ne_bytes());
+    crate::nfnetlink::finish(&mut out, 0);
     out
-}
-
-fn put(out: &mut Vec<u8>, kind: u16, data: &[u8]) {
-    out.extend_from_slice(&((4 + data.len()) as u16).to_ne_bytes());
-    out.extend_from_slice(&kind.to_ne_bytes());
-    out.extend_from_slice(data);
-    out.resize(align4(out.len()), 0);
 }
 
 /// A nested attribute holding what `fill` writes. ctnetlink parses nests leniently, but the

@@ -4,9 +4,10 @@
 //! packet is copied in user space. Side effects: binds an NFQUEUE number.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use super::wire::{self, NlMsg, Packet, VERDICT_HEADER_LEN};
+use crate::nfnetlink::{self, socket::cvt, socket::setsockopt};
 
 /// Room for one queued packet message: a 64 KiB GSO packet plus its attributes.
 const SLOT_BYTES: usize = 65536 + 4096;
@@ -27,59 +28,12 @@ pub struct Setup {
     pub rcvbuf: usize,
 }
 
-fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
-}
-
-fn setsockopt(
-    fd: libc::c_int,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: libc::c_int,
-) -> io::Result<()> {
-    let v = value;
-    cvt(unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            (&v as *const libc::c_int).cast(),
-            std::mem::size_of_val(&v) as u32,
-        )
-    })
-    .map(|_| ())
-}
-
 impl QueueSocket {
     /// Opens a netlink socket, binds queue `num` and configures it. Fails with EBUSY when
     /// another process holds the queue.
     pub fn open(num: u16, setup: Setup) -> io::Result<QueueSocket> {
-        let raw = cvt(unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_NETFILTER,
-            )
-        })?;
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        addr.nl_family = libc::AF_NETLINK as u16;
-        cvt(unsafe {
-            libc::bind(
-                raw,
-                (&addr as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of_val(&addr) as u32,
-            )
-        })?;
-        let size = setup.rcvbuf.min(i32::MAX as usize) as libc::c_int;
-        // FORCE ignores net.core.rmem_max (needs CAP_NET_ADMIN, which slbd has anyway).
-        if setsockopt(raw, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, size).is_err() {
-            setsockopt(raw, libc::SOL_SOCKET, libc::SO_RCVBUF, size)?;
-        }
+        let fd = nfnetlink::socket::open(setup.rcvbuf)?;
+        let raw = fd.as_raw_fd();
         setsockopt(
             raw,
             libc::SOL_SOCKET,
@@ -95,7 +49,12 @@ impl QueueSocket {
             )
         })?;
         // Report overruns as ENOBUFS, so they are counted rather than silent.
-        setsockopt(raw, libc::SOL_NETLINK, libc::NETLINK_NO_ENOBUFS, 0)?;
+        setsockopt(
+            raw,
+            libc::SOL_NETLINK,
+            libc::NETLINK_NO_ENOBUFS,
+            0 as libc::c_int,
+        )?;
         let sock = QueueSocket { fd, num };
         let flags = if setup.gso { wire::CFG_F_GSO } else { 0 };
         // Fail-open stays off: when the queue is full the kernel drops, it does not pass

@@ -38,9 +38,7 @@ const SKB_GSO: u32 = 2;
 const NF_ACCEPT: u32 = 1;
 const NF_DROP: u32 = 0;
 
-fn align4(n: usize) -> usize {
-    (n + 3) & !3
-}
+use crate::nfnetlink::{align4, finish, put_attr, put_header};
 
 fn u16_at(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
@@ -136,28 +134,9 @@ pub fn packet(buf: &[u8], m: &NlMsg) -> Option<Packet> {
     })
 }
 
+/// An nfnetlink_queue message header: AF_UNSPEC, NFNETLINK_V0, the queue as res_id.
 fn put_nlmsg_header(out: &mut Vec<u8>, kind: u16, flags: u16, seq: u32, queue: u16) -> usize {
-    let start = out.len();
-    out.extend_from_slice(&0u32.to_ne_bytes()); // length, patched by finish()
-    out.extend_from_slice(&kind.to_ne_bytes());
-    out.extend_from_slice(&flags.to_ne_bytes());
-    out.extend_from_slice(&seq.to_ne_bytes());
-    out.extend_from_slice(&0u32.to_ne_bytes());
-    out.extend_from_slice(&[0 /* AF_UNSPEC */, 0 /* NFNETLINK_V0 */]);
-    out.extend_from_slice(&queue.to_be_bytes());
-    start
-}
-
-fn put_attr(out: &mut Vec<u8>, kind: u16, data: &[u8]) {
-    out.extend_from_slice(&((4 + data.len()) as u16).to_ne_bytes());
-    out.extend_from_slice(&kind.to_ne_bytes());
-    out.extend_from_slice(data);
-    out.resize(align4(out.len()), 0);
-}
-
-fn finish(out: &mut [u8], start: usize) {
-    let len = (out.len() - start) as u32;
-    out[start..start + 4].copy_from_slice(&len.to_ne_bytes());
+    put_header(out, kind, flags, seq, (0, 0, queue))
 }
 
 /// The config requests that bind `queue` and set it up, each asking for an ACK.
