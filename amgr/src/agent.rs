@@ -164,7 +164,7 @@ impl Agent {
         links: Vec<Link>,
         dynamic: Dynamic,
         shared: Shared,
-        log_format: slbd::logging::LogFormat,
+        log_format: slb_common::logging::LogFormat,
     ) -> Agent {
         let Shared {
             sync_status,
@@ -174,11 +174,8 @@ impl Agent {
         } = shared;
         let now = Instant::now();
         let n = links.len();
-        let boot = {
-            let mut b = [0u8; 8];
-            getrandom::getrandom(&mut b).expect("the kernel's random source");
-            u64::from_ne_bytes(b)
-        };
+        let boot =
+            u64::from_ne_bytes(slb_common::auth::nonce::<8>().expect("the kernel's random source"));
         Agent {
             node: Node {
                 id: cfg.node_id,
@@ -936,21 +933,10 @@ pub fn load_dynamic(path: &Path, cfg_primary: bool) -> anyhow::Result<Dynamic> {
 }
 
 fn save_dynamic(path: &Path, d: Dynamic) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Some(dir) = path.parent() {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all((serde_json::to_string(&d)? + "\n").as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
+    slb_common::fs::write_private(path, (serde_json::to_string(&d)? + "\n").as_bytes())?;
     Ok(())
 }
 

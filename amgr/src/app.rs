@@ -15,7 +15,7 @@ pub struct App {
     pub binary: PathBuf,
     pub config: PathBuf,
     pub socket: PathBuf,
-    log_format: slbd::logging::LogFormat,
+    log_format: slb_common::logging::LogFormat,
     /// slbd's flow replication arguments (empty: off).
     replication: Vec<String>,
     child: Option<Child>,
@@ -45,7 +45,7 @@ impl App {
         binary: PathBuf,
         config: PathBuf,
         socket: PathBuf,
-        log_format: slbd::logging::LogFormat,
+        log_format: slb_common::logging::LogFormat,
         replication: Vec<String>,
     ) -> App {
         App {

@@ -1,13 +1,15 @@
-//! The amcli-style commands and the line protocol of amgr's command socket. Pure: names parse
-//! to commands, request lines parse to requests, and anything else is refused with a reason.
+//! The amcli-style commands and the line protocol of amgr's command socket, inside the
+//! JSON-lines envelope slb's control sockets share (`slb_common::envelope`). Pure: names
+//! parse to commands, request lines parse to requests, and anything else is refused with a
+//! reason.
 //!
 //! Request: `{"v": 1, "cmd": "SWITCH", "peer": false}`
 //! Reply:   `{"v": 1, "ok": true, "result": ...}` or `{"v": 1, "ok": false, "error": "..."}`
 
 use serde_json::{json, Value};
+use slb_common::envelope;
 
-pub const VERSION: u64 = 1;
-pub const MAX_LINE: usize = 64 * 1024;
+pub use slb_common::envelope::{MAX_LINE, VERSION};
 
 /// The original amcli's commands (appendix B of the thesis).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,28 +112,13 @@ pub struct Request {
 }
 
 pub fn request_line(r: Request) -> String {
-    format!(
-        "{}\n",
-        json!({"v": VERSION, "cmd": r.cmd.name(), "peer": r.peer})
-    )
+    envelope::request(r.cmd.name(), json!({"peer": r.peer}))
 }
 
 /// Parses one request line (without its newline).
 pub fn parse_request(line: &[u8]) -> Result<Request, String> {
-    if line.len() >= MAX_LINE {
-        return Err(format!("request longer than {MAX_LINE} bytes"));
-    }
-    let v: Value = serde_json::from_slice(line).map_err(|e| format!("request is not JSON: {e}"))?;
-    let obj = v.as_object().ok_or("request is not a JSON object")?;
-    if obj.get("v").and_then(Value::as_u64) != Some(VERSION) {
-        return Err(format!("protocol version must be {VERSION}"));
-    }
-    if let Some(k) = obj
-        .keys()
-        .find(|k| !["v", "cmd", "peer"].contains(&k.as_str()))
-    {
-        return Err(format!("unexpected field {k:?}"));
-    }
+    let obj = envelope::parse_request(line).map_err(|e| e.to_string())?;
+    envelope::only_fields(&obj, &["peer"]).map_err(|e| e.to_string())?;
     let name = obj
         .get("cmd")
         .and_then(Value::as_str)
@@ -145,25 +132,10 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
     Ok(Request { cmd, peer })
 }
 
-pub fn ok(result: Value) -> String {
-    format!("{}\n", json!({"v": VERSION, "ok": true, "result": result}))
-}
-
-pub fn error(message: &str) -> String {
-    format!("{}\n", json!({"v": VERSION, "ok": false, "error": message}))
-}
+pub use slb_common::envelope::{error, ok};
 
 pub fn parse_reply(line: &str) -> Result<Value, String> {
-    let v: Value = serde_json::from_str(line).map_err(|e| format!("bad reply from amgr: {e}"))?;
-    match v.get("ok") {
-        Some(Value::Bool(true)) => Ok(v.get("result").cloned().unwrap_or(Value::Null)),
-        Some(Value::Bool(false)) => Err(v
-            .get("error")
-            .and_then(Value::as_str)
-            .unwrap_or("(no reason given)")
-            .to_string()),
-        _ => Err("bad reply from amgr: no \"ok\"".into()),
-    }
+    envelope::parse_reply(line, "amgr")
 }
 
 #[cfg(test)]

@@ -340,7 +340,7 @@ pub fn validate(raw: &RawConfig) -> Result<Config, ConfigError> {
     }
     let slbd_config = absolute(&mut e, "slbd.config", &raw.slbd.config);
     let metrics_listen = raw.metrics_listen.as_deref().and_then(|m| {
-        slbd::config::parse_listen(m, 9406)
+        slb_common::listen::parse_listen(m, 9406)
             .map_err(|why| e.push(format!("metrics_listen: {why}")))
             .ok()
     });

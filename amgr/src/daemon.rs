@@ -2,7 +2,7 @@
 //! link, the peer command port, the root-only command socket, slbd's watchdog, the sync
 //! thread and the signal thread, then runs the agent until SIGTERM or SIGINT.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Write};
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -12,9 +12,11 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context, Result};
 use heartbeat::msg::Receiver;
-use heartbeat::socket::{read_key, Link};
+use heartbeat::socket::Link;
 use nix::sys::signal::{SigSet, Signal};
 use parking_lot::Mutex;
+use slb_common::envelope::{self, Line};
+use slb_common::pair_key::read_key;
 
 use crate::agent::{self, Agent, Input};
 use crate::command::{self, MAX_LINE};
@@ -22,7 +24,7 @@ use crate::config::Config;
 use crate::{peer, sync};
 
 /// Runs amgr until SIGTERM or SIGINT; slbd is started with `--log-format log_format`.
-pub fn run(cfg: Config, log_format: slbd::logging::LogFormat) -> Result<()> {
+pub fn run(cfg: Config, log_format: slb_common::logging::LogFormat) -> Result<()> {
     let mut signals = SigSet::empty();
     for s in [Signal::SIGTERM, Signal::SIGINT] {
         signals.add(s);
@@ -161,11 +163,13 @@ pub fn run(cfg: Config, log_format: slbd::logging::LogFormat) -> Result<()> {
                 return Err("amgr is stopping".to_string());
             }
             match rrx.recv_timeout(Duration::from_secs(2)) {
-                Ok(sample) => Ok(slbd::metrics::encode(crate::metrics::families(&sample))),
+                Ok(sample) => Ok(slb_common::metrics::encode(crate::metrics::families(
+                    &sample,
+                ))),
                 Err(_) => Err("amgr's agent did not answer within 2 s".to_string()),
             }
         };
-        match slbd::metrics::http::serve(listen, render) {
+        match slb_common::metrics::http::serve(listen, render) {
             Ok(bound) => tracing::info!(listen = %bound, "metrics listening"),
             Err(e) => tracing::error!(listen = %listen, error = %e, "cannot listen for metrics"),
         }
@@ -201,29 +205,26 @@ fn bind_socket(path: &std::path::Path) -> Result<UnixListener> {
 
 fn serve_command(mut conn: UnixStream, tx: &mpsc::Sender<Input>) {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-    let mut line = Vec::new();
-    let read = BufReader::new((&conn).take(MAX_LINE as u64)).read_until(b'\n', &mut line);
+    let read = envelope::read_line(&mut BufReader::new(&conn));
     let reply = match read {
-        Ok(_) if line.last() == Some(&b'\n') => {
-            match command::parse_request(&line[..line.len() - 1]) {
-                Ok(req) => {
-                    let (rtx, rrx) = mpsc::channel();
-                    if tx.send(Input::Local { req, reply: rtx }).is_err() {
-                        command::error("amgr is stopping")
-                    } else {
-                        match rrx.recv_timeout(Duration::from_secs(30)) {
-                            Ok(Ok(v)) => command::ok(v),
-                            Ok(Err(e)) => command::error(&e),
-                            Err(_) => command::error("amgr did not answer in time"),
-                        }
+        Ok(Line::Whole(line)) => match command::parse_request(&line) {
+            Ok(req) => {
+                let (rtx, rrx) = mpsc::channel();
+                if tx.send(Input::Local { req, reply: rtx }).is_err() {
+                    command::error("amgr is stopping")
+                } else {
+                    match rrx.recv_timeout(Duration::from_secs(30)) {
+                        Ok(Ok(v)) => command::ok(v),
+                        Ok(Err(e)) => command::error(&e),
+                        Err(_) => command::error("amgr did not answer in time"),
                     }
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "command refused");
-                    command::error(&e)
-                }
             }
-        }
+            Err(e) => {
+                tracing::warn!(error = %e, "command refused");
+                command::error(&e)
+            }
+        },
         Ok(_) => command::error(&format!(
             "request longer than {MAX_LINE} bytes or without a newline"
         )),

@@ -11,7 +11,7 @@ use amgr::command::{self, Command, Request};
 use amgr::config;
 use anyhow::{anyhow, Context, Result};
 use clap::{Parser, Subcommand};
-use slbd::logging::LogFormat;
+use slb_common::logging::LogFormat;
 
 /// slb's failover agent (the Application Manager): runs slbd on one node of an active/standby
 /// pair, exchanges heartbeats with the other node, moves the VIP on failure or on command, and
@@ -140,7 +140,7 @@ impl Cmd {
 }
 
 fn main() -> ExitCode {
-    slbd::cli_docs::emit_if_asked::<Args>();
+    slb_common::cli_docs::emit_if_asked::<Args>();
     let args = Args::parse();
     let result = match &args.cmd {
         Cmd::Run {
@@ -173,7 +173,7 @@ fn daemon(path: &Path, check: bool, log_format: LogFormat) -> Result<()> {
         println!("{}: ok", path.display());
         return Ok(());
     }
-    slbd::logging::init(log_format);
+    slb_common::logging::init(log_format);
     amgr::daemon::run(cfg, log_format)
 }
 

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use slbd::metrics::Family;
+use slb_common::metrics::Family;
 
 use crate::agent::state_name;
 use crate::fsm::State;
@@ -210,7 +210,7 @@ pub fn families(s: &Sample) -> Vec<Family> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use slbd::metrics::{encode, sample};
+    use slb_common::metrics::{encode, sample};
 
     fn example() -> Sample {
         Sample {

@@ -15,10 +15,9 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use sha2::Sha256;
+use slb_common::auth;
 
 use crate::command::Command;
 
@@ -85,12 +84,9 @@ fn tag(dir: Dir) -> &'static [u8] {
     }
 }
 
-fn mac(key: &[u8], nonce: &[u8; NONCE_LEN], dir: Dir, body: &str) -> Hmac<Sha256> {
-    let mut m = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
-    m.update(tag(dir));
-    m.update(nonce);
-    m.update(body.as_bytes());
-    m
+/// The MAC binds the direction and this exchange's nonce to the body.
+fn parts<'a>(nonce: &'a [u8; NONCE_LEN], dir: Dir, body: &'a str) -> [&'a [u8]; 3] {
+    [tag(dir), nonce, body.as_bytes()]
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -121,7 +117,7 @@ pub fn parse_challenge(line: &str) -> Result<[u8; NONCE_LEN], PeerError> {
 
 fn seal(key: &[u8], nonce: &[u8; NONCE_LEN], dir: Dir, body: &Value) -> String {
     let text = body.to_string();
-    let m = mac(key, nonce, dir, &text).finalize().into_bytes();
+    let m = auth::tag(key, &parts(nonce, dir, &text));
     format!("{}\n", json!({"body": text, "mac": hex(&m)}))
 }
 
@@ -136,9 +132,11 @@ fn open(key: &[u8], nonce: &[u8; NONCE_LEN], dir: Dir, line: &str) -> Result<Val
         .and_then(Value::as_str)
         .and_then(unhex)
         .ok_or_else(|| PeerError::Malformed("no mac".into()))?;
-    mac(key, nonce, dir, body)
-        .verify_slice(&tag)
-        .map_err(|_| PeerError::Mac)?;
+    // The whole tag, not a truncation: this framing always sends all of it.
+    if tag.len() != auth::TAG_LEN {
+        return Err(PeerError::Mac);
+    }
+    auth::verify(key, &parts(nonce, dir, body), &tag).map_err(|_| PeerError::Mac)?;
     serde_json::from_str(body).map_err(|e| PeerError::Malformed(e.to_string()))
 }
 
@@ -200,12 +198,6 @@ fn read_line(s: &mut TcpStream) -> std::io::Result<String> {
     Ok(line)
 }
 
-fn nonce() -> [u8; NONCE_LEN] {
-    let mut n = [0u8; NONCE_LEN];
-    getrandom::getrandom(&mut n).expect("the kernel's random source");
-    n
-}
-
 /// Listens on each address (retrying the bind until it exists) and hands authenticated
 /// requests to `tx`. Unauthenticated or malformed ones are logged and answered with nothing.
 pub fn serve(addrs: Vec<SocketAddr>, key: Vec<u8>, tx: mpsc::Sender<Incoming>) {
@@ -239,7 +231,10 @@ fn handle(mut conn: TcpStream, key: &[u8], tx: &mpsc::Sender<Incoming>) {
     let from = conn.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
     let _ = conn.set_nodelay(true);
-    let n = nonce();
+    let Ok(n) = auth::nonce::<NONCE_LEN>() else {
+        tracing::error!("no random source for a peer challenge");
+        return;
+    };
     if conn.write_all(challenge_line(&n).as_bytes()).is_err() {
         return;
     }

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use clap::Parser;
 use heartbeat::liveness::{Liveness, Peer};
 use heartbeat::msg::{App, AppState, Heartbeat, Receiver};
-use heartbeat::socket::{read_key, Link};
+use heartbeat::socket::Link;
+use slb_common::pair_key::read_key;
 
 /// Exchange heartbeats with the peer balancer and report what arrived.
 #[derive(Parser, Debug)]
@@ -61,7 +62,7 @@ fn parse_link(s: &str) -> Result<(SocketAddr, SocketAddr), String> {
 }
 
 fn main() -> ExitCode {
-    slbd::cli_docs::emit_if_asked::<Args>();
+    slb_common::cli_docs::emit_if_asked::<Args>();
     match run(Args::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -11,13 +11,12 @@
 //! The same heartbeat goes out on every link, each copy naming its link under the MAC, so each
 //! link keeps its own replay state and a copy cannot be replayed onto another link.
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use slb_common::auth;
 
 const MAGIC: &[u8; 4] = b"SLBH";
 const VERSION: u8 = 1;
 const HEAD: usize = 4 + 1 + 4 + 8 + 8 + 8 + 8 + 1 + 1;
-const MAC_LEN: usize = 32;
+const MAC_LEN: usize = auth::TAG_LEN;
 /// Applications in one message at most.
 pub const MAX_APPS: usize = 16;
 /// Largest datagram a valid heartbeat can be.
@@ -92,12 +91,6 @@ pub enum Rejected {
     WrongLink,
 }
 
-type HmacSha256 = Hmac<Sha256>;
-
-fn mac(key: &[u8]) -> HmacSha256 {
-    HmacSha256::new_from_slice(key).expect("HMAC takes keys of any length")
-}
-
 /// Writes `hb` authenticated with `key`. Panics only if more than [`MAX_APPS`] applications
 /// are given, which is a programming error.
 pub fn emit(hb: &Heartbeat, key: &[u8]) -> Vec<u8> {
@@ -119,9 +112,8 @@ pub fn emit(hb: &Heartbeat, key: &[u8]) -> Vec<u8> {
             u8::from(a.primary) | (u8::from(a.inhibited) << 1),
         ]);
     }
-    let mut m = mac(key);
-    m.update(&out);
-    out.extend_from_slice(&m.finalize().into_bytes());
+    let tag = auth::tag(key, &[&out]);
+    out.extend_from_slice(&tag);
     out
 }
 
@@ -145,11 +137,7 @@ pub fn parse(buf: &[u8], key: &[u8]) -> Result<Heartbeat, Rejected> {
         return Err(Rejected::Length);
     }
     let body = &buf[..buf.len() - MAC_LEN];
-    let mut m = mac(key);
-    m.update(body);
-    // verify_slice compares in constant time.
-    m.verify_slice(&buf[buf.len() - MAC_LEN..])
-        .map_err(|_| Rejected::Mac)?;
+    auth::verify(key, &[body], &buf[buf.len() - MAC_LEN..]).map_err(|_| Rejected::Mac)?;
     let apps = (0..n)
         .map(|i| {
             let at = HEAD + i * 3;

@@ -54,6 +54,3 @@ impl Link {
         }
     }
 }
-
-/// The pair's key file reader lives with slbd, which needs it for flow replication.
-pub use slbd::pair_key::read_key;

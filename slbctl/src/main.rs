@@ -176,7 +176,7 @@ impl Args {
 }
 
 fn main() -> ExitCode {
-    slbd::cli_docs::emit_if_asked::<Args>();
+    slb_common::cli_docs::emit_if_asked::<Args>();
     let args = Args::parse();
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,

@@ -565,19 +565,9 @@ impl TryFrom<&RawConfig> for Config {
 }
 
 fn listen_addr(c: &mut Checker, path: &str, value: &str) -> Option<std::net::SocketAddr> {
-    parse_listen(value, 9405).map_err(|e| c.fail(path, e)).ok()
-}
-
-/// A TCP listen address with an explicit, non-zero port (`"0.0.0.0:9405"`, `"[::1]:9405"`);
-/// the error names what is wrong, with `example_port` in the example. Shared with amgr.json.
-pub fn parse_listen(value: &str, example_port: u16) -> Result<std::net::SocketAddr, String> {
-    match value.parse::<std::net::SocketAddr>() {
-        Ok(a) if a.port() != 0 => Ok(a),
-        Ok(_) => Err("the port must not be 0".into()),
-        Err(_) => Err(format!(
-            "{value:?} is not an address:port (e.g. \"0.0.0.0:{example_port}\")"
-        )),
-    }
+    slb_common::listen::parse_listen(value, 9405)
+        .map_err(|e| c.fail(path, e))
+        .ok()
 }
 
 fn redundancy(c: &mut Checker, raw: &RawConfig) -> Redundancy {

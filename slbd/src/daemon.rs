@@ -10,8 +10,6 @@
 //! conntrack entries carrying slbd's offload mark, slb_conf.json (on save), the replication
 //! connections, threads, signal mask.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -277,10 +275,10 @@ impl Daemon {
     fn save(&self) -> anyhow::Result<String> {
         let st = self.state.lock();
         let text = serde_json::to_string_pretty(&st.raw)? + "\n";
-        save_atomically(&self.config_path, text.as_bytes())?;
+        write_private(&self.config_path, text.as_bytes())?;
         let creds = &st.config.redundancy.credentials_file;
         if !st.secrets.is_empty() {
-            save_atomically(
+            write_private(
                 creds,
                 (serde_json::to_string_pretty(&st.secrets)? + "\n").as_bytes(),
             )?;
@@ -347,7 +345,7 @@ impl Daemon {
 
     /// The metrics exposition: read at scrape time from the same counters as `status`.
     fn metrics(&self) -> String {
-        use crate::metrics::slbd::{families, parse_kernel_queues, Inputs};
+        use crate::metrics::{families, parse_kernel_queues, Inputs};
         let balancing = self.state.lock().loaded;
         let range = u32::from(self.queues.first)
             ..u32::from(self.queues.first) + u32::from(self.queues.count);
@@ -361,7 +359,7 @@ impl Daemon {
                         .collect()
                 },
             );
-        crate::metrics::encode(families(&Inputs {
+        slb_common::metrics::encode(families(&Inputs {
             dp: &self.dp,
             queue: &self.stats,
             balancing,
@@ -416,34 +414,10 @@ fn load_secrets(path: &Path) -> anyhow::Result<Secrets> {
         .map_err(|_| anyhow::anyhow!("{} is not a valid credentials file", path.display()))
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename, mode 0600, so a reader
-/// (or a crash) never sees half a file.
-fn save_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("slb_conf.json"),
-        std::process::id()
-    ));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+/// Writes `bytes` to `path` whole and 0600 (slb_conf.json and the credentials file).
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    slb_common::fs::write_private(path, bytes)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 impl Handler for Daemon {
@@ -592,7 +566,7 @@ pub fn run(
         // Metrics are for watching, not for balancing: a port that cannot be bound is logged
         // loudly but does not stop the balancer (or a failover onto this node).
         let d = daemon.clone();
-        match crate::metrics::http::serve(listen, move || Ok(d.metrics())) {
+        match slb_common::metrics::http::serve(listen, move || Ok(d.metrics())) {
             Ok(bound) => tracing::info!(listen = %bound, "metrics listening"),
             Err(e) => {
                 tracing::error!(listen = %listen, error = %e, "cannot listen for metrics")

@@ -8,7 +8,6 @@
 
 pub mod addr;
 pub mod checksum;
-pub mod cli_docs;
 pub mod config;
 pub mod conntrack;
 pub mod ctl;
@@ -18,14 +17,12 @@ pub mod edit;
 pub mod flow;
 pub mod garp;
 pub mod health;
-pub mod logging;
 pub mod metrics;
 pub mod net;
 pub mod nfnetlink;
 pub mod nft;
 pub mod offload;
 pub mod packet;
-pub mod pair_key;
 pub mod persist;
 pub mod prober;
 pub mod queue;

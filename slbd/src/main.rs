@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
+use slb_common::logging::LogFormat;
 use slbd::config::{self, Config};
-use slbd::logging::LogFormat;
 
 /// slb's balancing daemon: NAT-mode layer-4 load balancing of TCP and UDP through NFQUEUE.
 #[derive(Parser, Debug)]
@@ -53,9 +53,9 @@ fn parse_link(v: &str) -> Result<(std::net::Ipv4Addr, std::net::Ipv4Addr), Strin
 }
 
 fn main() -> ExitCode {
-    slbd::cli_docs::emit_if_asked::<Args>();
+    slb_common::cli_docs::emit_if_asked::<Args>();
     let args = Args::parse();
-    slbd::logging::init(args.log_format);
+    slb_common::logging::init(args.log_format);
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -88,7 +88,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     let replication = match &args.pair_key {
         Some(path) => Some(slbd::replication::session::Settings {
-            key: slbd::pair_key::read_key(path)
+            key: slb_common::pair_key::read_key(path)
                 .with_context(|| format!("the pair's key {}", path.display()))?,
             port: args.replication_port,
             links: args.replication_link.clone(),

@@ -469,7 +469,7 @@ impl Pair {
         let addr = if amgr { AMGR_METRICS } else { SLBD_METRICS };
         let addr: std::net::SocketAddr = addr.parse()?;
         in_ns(&self.nodes[i].ns, || {
-            slbd::metrics::http::scrape(addr, Duration::from_secs(3))
+            slb_common::metrics::http::scrape(addr, Duration::from_secs(3))
         })
         .with_context(|| format!("scraping node {}'s {addr}", i + 1))
     }

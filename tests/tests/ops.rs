@@ -12,11 +12,11 @@ const UP: Duration = Duration::from_secs(15);
 
 /// The sum of every sample of `name` whose labels include all of `labels`.
 fn total(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    slbd::metrics::samples(text, name, labels).sum()
+    slb_common::metrics::samples(text, name, labels).sum()
 }
 
 fn one(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    slbd::metrics::sample(text, name, labels)
+    slb_common::metrics::sample(text, name, labels)
         .unwrap_or_else(|| panic!("no {name}{labels:?} in the scrape:\n{text}"))
 }
 

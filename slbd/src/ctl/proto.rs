@@ -1,17 +1,17 @@
-//! The control protocol between slbctl and slbd: one JSON object per line each way, versioned.
-//! Pure: parsing works on bytes and never sees a socket, so garbage, oversized or unknown
-//! requests are refused here, with a reply that says why.
+//! The control protocol between slbctl (and amgr) and slbd: its commands, inside the
+//! JSON-lines envelope every slb control socket shares (`slb_common::envelope`). Pure: parsing
+//! works on bytes and never sees a socket, so garbage, oversized or unknown requests are
+//! refused here, with a reply that says why.
 //!
 //! Request:  `{"v": 1, "cmd": "status"}`
 //! Reply:    `{"v": 1, "ok": true, "result": {...}}` or `{"v": 1, "ok": false, "error": "..."}`
 
 use serde_json::{json, Value};
+use slb_common::envelope::{self, EnvelopeError};
 
 use crate::edit::Edit;
 
-pub const VERSION: u64 = 1;
-/// Longest request line accepted, newline included.
-pub const MAX_LINE: usize = 64 * 1024;
+pub use slb_common::envelope::{MAX_LINE, VERSION};
 /// Where slbd listens unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/slb/slbd.sock";
 
@@ -56,34 +56,17 @@ impl Command {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProtoError {
-    #[error("request longer than {MAX_LINE} bytes")]
-    TooLong,
-    #[error("request is not JSON: {0}")]
-    NotJson(String),
-    #[error("request is not a JSON object")]
-    NotObject,
-    #[error("protocol version {0} is not supported (slbd speaks {VERSION})")]
-    Version(String),
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
     #[error("unknown command {0:?}")]
     UnknownCommand(String),
-    #[error("unexpected field {0:?} for this command")]
-    UnexpectedField(String),
     #[error("bad edits: {0}")]
     BadEdits(String),
 }
 
 /// Parses one request line (without its newline).
 pub fn parse_request(line: &[u8]) -> Result<Command, ProtoError> {
-    if line.len() >= MAX_LINE {
-        return Err(ProtoError::TooLong);
-    }
-    let v: Value = serde_json::from_slice(line).map_err(|e| ProtoError::NotJson(e.to_string()))?;
-    let obj = v.as_object().ok_or(ProtoError::NotObject)?;
-    match obj.get("v") {
-        Some(Value::Number(n)) if n.as_u64() == Some(VERSION) => {}
-        Some(other) => return Err(ProtoError::Version(other.to_string())),
-        None => return Err(ProtoError::Version("(missing)".into())),
-    }
+    let obj = envelope::parse_request(line)?;
     let cmd = match obj.get("cmd").and_then(Value::as_str) {
         Some("status") => Command::Status,
         Some("show_config") => Command::ShowConfig,
@@ -106,51 +89,28 @@ pub fn parse_request(line: &[u8]) -> Result<Command, ProtoError> {
             ))
         }
     };
-    let allowed =
-        |k: &str| k == "v" || k == "cmd" || (k == "edits" && matches!(cmd, Command::Apply(_)));
-    if let Some(extra) = obj.keys().find(|k| !allowed(k)) {
-        return Err(ProtoError::UnexpectedField(extra.clone()));
-    }
+    let takes: &[&str] = match cmd {
+        Command::Apply(_) => &["edits"],
+        _ => &[],
+    };
+    envelope::only_fields(&obj, takes)?;
     Ok(cmd)
 }
 
 /// The request line for `cmd`, newline included.
 pub fn request(cmd: &Command) -> String {
-    let mut v = json!({"v": VERSION, "cmd": cmd.name()});
-    if let Command::Apply(edits) = cmd {
-        v["edits"] = serde_json::to_value(edits).expect("edits serialise");
-    }
-    format!("{v}\n")
+    let fields = match cmd {
+        Command::Apply(edits) => json!({"edits": edits}),
+        _ => Value::Null,
+    };
+    envelope::request(cmd.name(), fields)
 }
 
-/// A success reply line.
-pub fn ok(result: Value) -> String {
-    format!("{}\n", json!({"v": VERSION, "ok": true, "result": result}))
-}
-
-/// An error reply line.
-pub fn error(message: &str) -> String {
-    format!("{}\n", json!({"v": VERSION, "ok": false, "error": message}))
-}
+pub use slb_common::envelope::{error, ok};
 
 /// Reads a reply line: the result, or the error slbd sent.
 pub fn parse_reply(line: &str) -> Result<Value, String> {
-    let v: Value = serde_json::from_str(line)
-        .map_err(|e| format!("slbd sent a reply that is not JSON: {e}"))?;
-    if v.get("v").and_then(Value::as_u64) != Some(VERSION) {
-        return Err(format!(
-            "slbd speaks another protocol version: {}",
-            v.get("v").unwrap_or(&Value::Null)
-        ));
-    }
-    match v.get("ok").and_then(Value::as_bool) {
-        Some(true) => Ok(v.get("result").cloned().unwrap_or(Value::Null)),
-        _ => Err(v
-            .get("error")
-            .and_then(Value::as_str)
-            .unwrap_or("unknown error")
-            .to_string()),
-    }
+    envelope::parse_reply(line, "slbd")
 }
 
 #[cfg(test)]
@@ -182,22 +142,10 @@ mod tests {
     #[test]
     fn refuses_what_it_does_not_understand() {
         let cases: &[(&[u8], ProtoError)] = &[
-            (
-                b"hello",
-                ProtoError::NotJson("expected value at line 1 column 1".into()),
-            ),
-            (b"[1,2]", ProtoError::NotObject),
+            (b"[1,2]", EnvelopeError::NotObject.into()),
             (
                 br#"{"cmd":"status"}"#,
-                ProtoError::Version("(missing)".into()),
-            ),
-            (
-                br#"{"v":2,"cmd":"status"}"#,
-                ProtoError::Version("2".into()),
-            ),
-            (
-                br#"{"v":"1","cmd":"status"}"#,
-                ProtoError::Version("\"1\"".into()),
+                EnvelopeError::Version("(missing)".into()).into(),
             ),
             (
                 br#"{"v":1,"cmd":"reboot"}"#,
@@ -209,7 +157,11 @@ mod tests {
             ),
             (
                 br#"{"v":1,"cmd":"status","x":1}"#,
-                ProtoError::UnexpectedField("x".into()),
+                EnvelopeError::UnexpectedField("x".into()).into(),
+            ),
+            (
+                br#"{"v":1,"cmd":"status","edits":[]}"#,
+                EnvelopeError::UnexpectedField("edits".into()).into(),
             ),
         ];
         for (line, want) in cases {
@@ -220,9 +172,13 @@ mod tests {
                 String::from_utf8_lossy(line)
             );
         }
+        assert!(matches!(
+            parse_request(br#"{"v":1,"cmd":"apply","edits":"x"}"#),
+            Err(ProtoError::BadEdits(_))
+        ));
         assert_eq!(
             parse_request(&vec![b' '; MAX_LINE]),
-            Err(ProtoError::TooLong)
+            Err(EnvelopeError::TooLong.into())
         );
     }
 

@@ -2,7 +2,7 @@
 //! answering [`proto`](super::proto) requests, one thread per client.
 //! Side effects: creates the socket file (and its directory), removes it on shutdown.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
+use slb_common::envelope::{self, EnvelopeError, Line};
 
 use super::proto::{self, Command};
 
@@ -89,20 +90,20 @@ fn serve(conn: UnixStream, handler: &dyn Handler) {
     };
     let mut reader = BufReader::new(conn);
     loop {
-        let mut line = Vec::new();
-        let n = match (&mut reader)
-            .take(proto::MAX_LINE as u64)
-            .read_until(b'\n', &mut line)
-        {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
+        let line = match envelope::read_line(&mut reader) {
+            // A last request without its newline is answered too.
+            Ok(Line::Whole(line) | Line::Cut(line)) => line,
+            Ok(Line::TooLong) => {
+                // Answer once and hang up rather than read the rest.
+                let _ = out.write_all(proto::error(&EnvelopeError::TooLong.to_string()).as_bytes());
+                tracing::warn!(
+                    bytes = envelope::MAX_LINE,
+                    "control request too long; connection closed"
+                );
+                return;
+            }
+            Ok(Line::Closed) | Err(_) => return,
         };
-        if n >= proto::MAX_LINE && line.last() != Some(&b'\n') {
-            // Oversized: answer once and hang up rather than read the rest.
-            let _ = out.write_all(proto::error(&proto::ProtoError::TooLong.to_string()).as_bytes());
-            tracing::warn!(bytes = n, "control request too long; connection closed");
-            return;
-        }
         let reply = match proto::parse_request(line.trim_ascii_end()) {
             Ok(cmd) => match handler.handle(&cmd) {
                 Ok(v) => proto::ok(v),

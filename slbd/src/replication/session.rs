@@ -126,9 +126,7 @@ fn unix_ms() -> u64 {
 }
 
 fn nonce() -> io::Result<[u8; NONCE_LEN]> {
-    let mut n = [0u8; NONCE_LEN];
-    getrandom::getrandom(&mut n).map_err(|e| io::Error::other(e.to_string()))?;
-    Ok(n)
+    slb_common::auth::nonce()
 }
 
 /// Why a wire error ended a session, as a metric label.

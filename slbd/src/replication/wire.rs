@@ -22,15 +22,15 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use slb_common::auth;
 
 use crate::net::Protocol;
 
 const MAGIC: &[u8; 4] = b"SLBR";
 pub const VERSION: u8 = 1;
 pub const HEADER_LEN: usize = 4 + 1 + 1 + 8 + 8 + 4;
-pub const MAC_LEN: usize = 16;
+/// The tag is HMAC-SHA256 truncated to its first half (the shortest the framing allows).
+pub const MAC_LEN: usize = auth::MIN_TAG_LEN;
 /// The largest body a frame may carry; a batch is flushed before it grows past this.
 pub const MAX_BODY: usize = 64 * 1024;
 pub const NONCE_LEN: usize = 16;
@@ -187,16 +187,6 @@ pub struct Frame {
     pub body: Vec<u8>,
 }
 
-type HmacSha256 = Hmac<Sha256>;
-
-fn mac(key: &[u8], context: &[u8], header: &[u8], body: &[u8]) -> HmacSha256 {
-    let mut m = HmacSha256::new_from_slice(key).expect("HMAC takes keys of any length");
-    m.update(context);
-    m.update(header);
-    m.update(body);
-    m
-}
-
 /// A whole frame, ready to write.
 pub fn encode(
     key: &[u8],
@@ -214,7 +204,7 @@ pub fn encode(
     out.extend_from_slice(&seq.to_be_bytes());
     out.extend_from_slice(&sent_ms.to_be_bytes());
     out.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    let tag = mac(key, context, &out, body).finalize().into_bytes();
+    let tag = auth::tag(key, &[context, &out, body]);
     out.extend_from_slice(body);
     out.extend_from_slice(&tag[..MAC_LEN]);
     out
@@ -257,10 +247,12 @@ pub fn decode(key: &[u8], context: &[u8], frame: &[u8]) -> Result<Frame, WireErr
         return Err(WireError::TooLong(frame.len()));
     }
     let body = &frame[HEADER_LEN..frame.len() - MAC_LEN];
-    // verify_truncated_left compares in constant time.
-    mac(key, context, header, body)
-        .verify_truncated_left(&frame[frame.len() - MAC_LEN..])
-        .map_err(|_| WireError::Mac)?;
+    auth::verify(
+        key,
+        &[context, header, body],
+        &frame[frame.len() - MAC_LEN..],
+    )
+    .map_err(|_| WireError::Mac)?;
     Ok(Frame {
         kind: Kind::from_u8(header[5]).expect("checked"),
         seq: u64::from_be_bytes(header[6..14].try_into().expect("8 bytes")),

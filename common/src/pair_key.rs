@@ -1,5 +1,5 @@
 //! SHELL: the pair's shared key file (heartbeats, peer commands and flow replication are all
-//! authenticated with it). Side effects: reads one file.
+//! authenticated with it, through [`crate::auth`]). Side effects: reads one file.
 
 use std::io;
 

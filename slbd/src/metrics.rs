@@ -4,9 +4,9 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
-use super::Family;
 use crate::dataplane::{Dataplane, DropReason};
 use crate::queue::QueueStats;
+use slb_common::metrics::Family;
 
 /// One line of `/proc/net/netfilter/nfnetlink_queue`: what the kernel says about a queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -345,7 +345,7 @@ pub fn families(i: &Inputs) -> Vec<Family> {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::metrics::{encode, sample};
+    use slb_common::metrics::{encode, sample};
 
     #[test]
     fn parses_the_kernel_queue_table() {
