@@ -110,7 +110,7 @@ fn default_true() -> bool {
     true
 }
 fn default_replication_port() -> u32 {
-    u32::from(slbd::replication::DEFAULT_PORT)
+    u32::from(slbd::wire::replication::DEFAULT_PORT)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -105,7 +105,7 @@ pub fn query(q: &Value, now_ms: u64) -> String {
     if !q["replication"].is_null() {
         out += &format!(
             "replication {}\n",
-            slbd::replication::describe(&q["replication"])
+            slbd::ctl::status::describe_replication(&q["replication"])
         );
     }
     let sy = &q["sync"];

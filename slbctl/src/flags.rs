@@ -3,9 +3,9 @@
 
 use std::net::Ipv4Addr;
 
+use slbd::config::edit::{Edit, Secret};
 use slbd::config::{parse_server_address, MAX_WEIGHT};
-use slbd::edit::{Edit, Secret};
-use slbd::net::Ipv4Net;
+use slbd::core::net::Ipv4Net;
 
 /// `[tcp/|udp/][VIPPORT=]ADDRESS:PORT[,WEIGHT]`.
 /// `--mode [tcp/|udp/]VIPPORT=packet|offload`.

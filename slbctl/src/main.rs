@@ -13,8 +13,8 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 use clap::{ArgGroup, Parser};
+use slbd::config::edit::Edit;
 use slbd::ctl::proto::{Command, DEFAULT_SOCKET};
-use slbd::edit::Edit;
 
 /// slbctl - a command-line interface for the slb system (Server Load Balancing)
 #[derive(Parser, Debug)]

@@ -115,7 +115,7 @@ pub fn render(st: &Value) -> String {
     if !st["replication"].is_null() {
         out.push_str(&format!(
             "\nreplication: {}\n",
-            slbd::replication::describe(&st["replication"])
+            slbd::ctl::status::describe_replication(&st["replication"])
         ));
     }
     out

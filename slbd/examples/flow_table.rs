@@ -5,8 +5,8 @@ use std::hint::black_box;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
-use slbd::flow::{FlowKey, FlowTable, Timeouts};
-use slbd::net::Protocol;
+use slbd::core::flow::{FlowKey, FlowTable, Timeouts};
+use slbd::core::net::Protocol;
 
 fn key(i: u32) -> FlowKey {
     FlowKey {

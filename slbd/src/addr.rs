@@ -130,7 +130,7 @@ pub fn reannounce(addrs: &[ManagedAddr]) -> Result<(), AddrError> {
 /// Sends a few ARP announcements for `ip` from `mac` out of interface `index`.
 fn announce(index: u32, mac: [u8; 6], ip: std::net::Ipv4Addr) -> std::io::Result<()> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    let proto = crate::garp::ETH_P_ARP.to_be();
+    let proto = crate::core::garp::ETH_P_ARP.to_be();
     let raw = unsafe {
         libc::socket(
             libc::AF_PACKET,
@@ -148,7 +148,7 @@ fn announce(index: u32, mac: [u8; 6], ip: std::net::Ipv4Addr) -> std::io::Result
     to.sll_ifindex = index as i32;
     to.sll_halen = 6;
     to.sll_addr[..6].copy_from_slice(&[0xff; 6]);
-    let frame = crate::garp::announcement(mac, ip);
+    let frame = crate::core::garp::announcement(mac, ip);
     // Three, as arping -U and keepalived do, in case one is lost.
     for _ in 0..3 {
         let n = unsafe {

@@ -1,32 +1,24 @@
-//! slbd: a layer-4 NAT load balancer that takes its packets from NFQUEUE.
+//! slbd: a layer-4 load balancer that takes its packets from NFQUEUE.
 //!
-//! The pure core (config, packet, checksum, garp, flow, persist, sched, health, ruleset, dataplane,
-//! edit, report, metrics::families, conntrack::wire, nfnetlink) does no I/O and is what the unit tests exercise. The shells
-//! (nft, addr, queue, nfnetlink::socket, conntrack::socket, offload, prober, ctl, daemon, metrics::http, logging, cli_docs, pair_key,
-//! replication::session) wrap it with netlink,
-//! NFQUEUE sockets, probes, signals and threads.
+//! The folders are the layers, and imports point down only:
+//! - [`core`] (pure): packets, flows, schedulers, persistence, health, the ruleset, and the
+//!   balancer that decides each queued packet;
+//! - [`wire`] (pure): codecs for what crosses a process boundary;
+//! - [`config`] (pure): `slb_conf.json` from raw text to a checked model, and its edits;
+//! - [`ctl`]: the control protocol (pure) with its client and server (shells);
+//! - [`shell`]: netlink, sockets, probes and threads around the pure parts;
+//! - [`daemon`]: the slbd process that wires the shells together.
+//!
+//! Still to fold into `wire`/`shell`: the netlink codecs and sockets in [`nfnetlink`],
+//! [`queue`], [`conntrack`] and [`addr`].
 
 pub mod addr;
-pub mod checksum;
 pub mod config;
 pub mod conntrack;
+pub mod core;
 pub mod ctl;
 pub mod daemon;
-pub mod dataplane;
-pub mod edit;
-pub mod flow;
-pub mod garp;
-pub mod health;
-pub mod metrics;
-pub mod net;
 pub mod nfnetlink;
-pub mod nft;
-pub mod offload;
-pub mod packet;
-pub mod persist;
-pub mod prober;
 pub mod queue;
-pub mod replication;
-pub mod report;
-pub mod ruleset;
-pub mod sched;
+pub mod shell;
+pub mod wire;

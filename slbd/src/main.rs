@@ -37,7 +37,7 @@ struct Args {
     #[arg(long, value_name = "LOCAL=PEER", value_parser = parse_link, requires = "pair_key")]
     replication_link: Vec<(std::net::Ipv4Addr, std::net::Ipv4Addr)>,
     /// The TCP port flow replication listens on (on each link's local address).
-    #[arg(long, value_name = "PORT", default_value_t = slbd::replication::DEFAULT_PORT)]
+    #[arg(long, value_name = "PORT", default_value_t = slbd::wire::replication::DEFAULT_PORT)]
     replication_port: u16,
 }
 
@@ -69,13 +69,13 @@ fn run(args: Args) -> anyhow::Result<()> {
     let (raw, config) = Config::load_raw(&args.config)
         .with_context(|| format!("refusing to start with {}", args.config.display()))?;
     if args.check {
-        let queues = slbd::ruleset::QueueRange {
+        let queues = slbd::core::ruleset::QueueRange {
             first: config.queue.num,
             count: config.queue.count.max(1),
         };
         println!("{}: ok", args.config.display());
-        let targets = slbd::dataplane::Dataplane::new(&config, 0).offload_targets();
-        for r in slbd::ruleset::plan(&config, queues, &[], &targets).rules {
+        let targets = slbd::core::balancer::Dataplane::new(&config, 0).offload_targets();
+        for r in slbd::core::ruleset::plan(&config, queues, &[], &targets).rules {
             println!("{}: {r}", r.chain.name);
         }
         for a in slbd::daemon::managed_addrs(&config) {
@@ -87,7 +87,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     let replication = match &args.pair_key {
-        Some(path) => Some(slbd::replication::session::Settings {
+        Some(path) => Some(slbd::shell::replication::Settings {
             key: slb_common::pair_key::read_key(path)
                 .with_context(|| format!("the pair's key {}", path.display()))?,
             port: args.replication_port,

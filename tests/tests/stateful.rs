@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use slb_tests::pair::{service_gap, Pair, PairOptions, Requests};
 use slb_tests::*;
-use slbd::replication::wire;
+use slbd::wire::replication as wire;
 
 const UP: Duration = Duration::from_secs(15);
 const GOAL: Duration = Duration::from_secs(1);
@@ -355,7 +355,7 @@ mod forged {
     use std::net::{SocketAddrV4, TcpStream};
     use std::time::Duration;
 
-    use slbd::replication::wire::{self, NONCE_LEN};
+    use slbd::wire::replication::{self as wire, NONCE_LEN};
 
     pub fn read_frame(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
         let mut header = [0u8; wire::HEADER_LEN];

@@ -2,7 +2,7 @@
 //! that slbd and amgr build from their own counters at scrape time, and its encoding in the
 //! OpenMetrics text format by `prometheus-client` (so the exposition format is the maintained
 //! crate's, not ours). Building families is pure; [`http`] is the shell that serves them.
-//! slbd's families are in `slbd::metrics`, amgr's in `amgr::metrics`.
+//! slbd's families are in `slbd::daemon::metrics`, amgr's in `amgr::metrics`.
 
 pub mod http;
 

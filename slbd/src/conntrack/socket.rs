@@ -10,7 +10,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use super::wire::{self, CtEntry, Inject};
-use crate::net::Protocol;
+use crate::core::net::Protocol;
 use crate::nfnetlink::socket::{cvt, open as open_netlink, setsockopt};
 use crate::queue::wire::messages;
 

@@ -6,7 +6,7 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use crate::net::Protocol;
+use crate::core::net::Protocol;
 use crate::nfnetlink::{align4, put_attr as put, put_header};
 
 /// `NFNL_SUBSYS_CTNETLINK << 8 | msg` (enum cntl_msg_types).

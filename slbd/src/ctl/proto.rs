@@ -9,7 +9,7 @@
 use serde_json::{json, Value};
 use slb_common::envelope::{self, EnvelopeError};
 
-use crate::edit::Edit;
+use crate::config::edit::Edit;
 
 pub use slb_common::envelope::{MAX_LINE, VERSION};
 /// Where slbd listens unless told otherwise.

@@ -11,9 +11,9 @@ pub mod socket;
 pub mod wire;
 
 use crate::config::QueueConfig;
-use crate::dataplane::{Dataplane, Direction, DropReason, Verdict};
-use crate::packet::ChecksumState;
-use crate::ruleset::REFUSE_MARK;
+use crate::core::balancer::{Dataplane, Direction, DropReason, Verdict};
+use crate::core::packet::ChecksumState;
+use crate::core::ruleset::REFUSE_MARK;
 use socket::{Out, QueueSocket, RecvBatch, Setup, Verdicts};
 use wire::Packet;
 

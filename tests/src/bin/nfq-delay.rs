@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use nix::sys::signal::{SigSet, Signal};
-use slbd::net::Protocol;
+use slbd::core::net::Protocol;
+use slbd::core::ruleset::{Action, Match, QueueRange, Rule, Ruleset, REPLY_CHAIN};
 use slbd::queue::socket::{Out, QueueSocket, RecvBatch, Setup, Verdicts};
-use slbd::ruleset::{Action, Match, QueueRange, Rule, Ruleset, REPLY_CHAIN};
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -47,7 +47,7 @@ fn main() -> Result<()> {
             comment: "nfq-delay".into(),
         }],
     };
-    slbd::nft::apply(&rules, slbd::nft::probe()?)?;
+    slbd::shell::nft::apply(&rules, slbd::shell::nft::probe()?)?;
 
     let (tx, rx) = mpsc::channel::<(Instant, slbd::queue::wire::Packet)>();
     let releaser = sock.clone();
@@ -79,7 +79,8 @@ fn main() -> Result<()> {
                     continue;
                 };
                 let payload = &batch.payload_mut(slot, &p)[..];
-                let syn_ack = slbd::packet::parse(payload).is_ok_and(|h| h.flags & 0x12 == 0x12);
+                let syn_ack =
+                    slbd::core::packet::parse(payload).is_ok_and(|h| h.flags & 0x12 == 0x12);
                 if syn_ack {
                     let _ = tx.send((Instant::now() + delay, p));
                 } else {
@@ -91,6 +92,6 @@ fn main() -> Result<()> {
     });
     println!("ready");
     signals.wait()?;
-    slbd::nft::remove()?;
+    slbd::shell::nft::remove()?;
     Ok(())
 }

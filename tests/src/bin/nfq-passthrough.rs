@@ -8,9 +8,9 @@
 
 use anyhow::{Context, Result};
 use nix::sys::signal::{SigSet, Signal};
-use slbd::net::Ipv4Net;
+use slbd::core::net::Ipv4Net;
+use slbd::core::ruleset::{Action, Match, QueueRange, Rule, Ruleset, REPLY_CHAIN, REQUEST_CHAIN};
 use slbd::queue::socket::{Out, QueueSocket, RecvBatch, Setup, Verdicts};
-use slbd::ruleset::{Action, Match, QueueRange, Rule, Ruleset, REPLY_CHAIN, REQUEST_CHAIN};
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -51,8 +51,8 @@ fn main() -> Result<()> {
             },
         ],
     };
-    let backend = slbd::nft::probe()?;
-    slbd::nft::apply(&rules, backend)?;
+    let backend = slbd::shell::nft::probe()?;
+    slbd::shell::nft::apply(&rules, backend)?;
     for sock in sockets {
         std::thread::spawn(move || {
             let mut batch = RecvBatch::new(64);
@@ -71,8 +71,8 @@ fn main() -> Result<()> {
                         // the least any design that writes packets back must do.
                         if !p.checksum_ready && !p.gso {
                             let buf = batch.payload_mut(slot, &p);
-                            if let Ok(h) = slbd::packet::parse(buf) {
-                                slbd::packet::complete_checksum(buf, &h);
+                            if let Ok(h) = slbd::core::packet::parse(buf) {
+                                slbd::core::packet::complete_checksum(buf, &h);
                             }
                         }
                         verdicts.push(sock.num, &p, slot, Out::AcceptRewritten);
@@ -84,6 +84,6 @@ fn main() -> Result<()> {
     }
     println!("ready");
     signals.wait()?;
-    slbd::nft::remove()?;
+    slbd::shell::nft::remove()?;
     Ok(())
 }

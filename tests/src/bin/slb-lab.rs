@@ -182,7 +182,7 @@ fn repl_figure(p: &Pair, i: usize, key: &str) -> f64 {
 /// Bytes node `i` sent for changes and snapshots: its replication bytes less its keepalives
 /// (each a bare header and MAC).
 fn change_bytes_sent(p: &Pair, i: usize) -> f64 {
-    let keepalive = (slbd::replication::wire::HEADER_LEN + slbd::replication::wire::MAC_LEN) as f64;
+    let keepalive = (slbd::wire::replication::HEADER_LEN + slbd::wire::replication::MAC_LEN) as f64;
     repl_figure(p, i, "bytes_sent") - keepalive * repl_figure(p, i, "keepalives_sent")
 }
 

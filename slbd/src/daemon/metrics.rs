@@ -4,7 +4,7 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
-use crate::dataplane::{Dataplane, DropReason};
+use crate::core::balancer::{Dataplane, DropReason};
 use crate::queue::QueueStats;
 use slb_common::metrics::Family;
 
@@ -52,13 +52,13 @@ pub struct Inputs<'a> {
     /// The kernel's view of slbd's queues only.
     pub kernel_queues: Vec<KernelQueue>,
     /// Flow replication's figures, when it is on.
-    pub replication: Option<&'a crate::replication::session::Status>,
+    pub replication: Option<&'a crate::shell::replication::Status>,
     /// Offload mode's conntrack figures.
-    pub offload: Option<&'a crate::offload::OffloadStats>,
+    pub offload: Option<&'a crate::shell::offload::OffloadStats>,
 }
 
 /// Offload mode: what slbd learnt from and did to conntrack.
-fn offload_families(o: &crate::offload::OffloadStats) -> Vec<Family> {
+fn offload_families(o: &crate::shell::offload::OffloadStats) -> Vec<Family> {
     let counter = |name, help, n: &std::sync::atomic::AtomicU64| {
         let mut f = Family::counter(name, help);
         f.count(vec![], n.load(Relaxed));
@@ -99,7 +99,7 @@ fn offload_families(o: &crate::offload::OffloadStats) -> Vec<Family> {
 }
 
 /// Flow replication: both roles' counters (a node is sender and receiver in turn).
-fn replication_families(r: &crate::replication::session::Status, balancing: bool) -> Vec<Family> {
+fn replication_families(r: &crate::shell::replication::Status, balancing: bool) -> Vec<Family> {
     let mut ready = Family::gauge(
         "slb_replication_takeover_ready",
         "1 when this STANDBY holds the ACTIVE's whole flow table (snapshot complete, stream \
@@ -389,7 +389,7 @@ mod tests {
         stats[1].1[0].latency_us.store(1500, Relaxed);
         let queue = QueueStats::default();
         queue.overruns.fetch_add(4, Relaxed);
-        let offload = crate::offload::OffloadStats::default();
+        let offload = crate::shell::offload::OffloadStats::default();
         offload.events.fetch_add(12, Relaxed);
         offload.commit_failed.fetch_add(1, Relaxed);
         let text = encode(families(&Inputs {

@@ -14,8 +14,8 @@ use parking_lot::Mutex;
 
 use crate::conntrack::socket::{Control, EventSocket};
 use crate::conntrack::wire::Inject;
-use crate::dataplane::Dataplane;
-use crate::ruleset::{OFFLOAD_MARK_BASE, OFFLOAD_MARK_MASK};
+use crate::core::balancer::Dataplane;
+use crate::core::ruleset::{OFFLOAD_MARK_BASE, OFFLOAD_MARK_MASK};
 
 /// Receive buffer of the event socket: a burst of new connections produces several events
 /// each (new, state changes, destroy), and an overrun costs a full dump.

@@ -4,8 +4,8 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use crate::checksum;
-use crate::net::Protocol;
+use crate::core::checksum;
+use crate::core::net::Protocol;
 
 /// Why a packet could not be balanced. Small and `Copy` so the hot path never allocates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -346,7 +346,8 @@ pub(crate) mod fixtures {
         let src = std::net::Ipv4Addr::new(buf[12], buf[13], buf[14], buf[15]);
         let dst = std::net::Ipv4Addr::new(buf[16], buf[17], buf[18], buf[19]);
         let len = (buf.len() - ihl) as u16;
-        let seed = crate::checksum::fold(crate::checksum::pseudo_header(src, dst, proto, len));
+        let seed =
+            crate::core::checksum::fold(crate::core::checksum::pseudo_header(src, dst, proto, len));
         buf[at..at + 2].copy_from_slice(&seed.to_be_bytes());
     }
 }

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use hashbrown::{DefaultHashBuilder, HashTable};
 
-use crate::net::Protocol;
-use crate::packet::tcp_flags;
+use crate::core::net::Protocol;
+use crate::core::packet::tcp_flags;
 
 /// A flow's 5-tuple as seen in one direction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -576,7 +576,7 @@ impl FlowTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::packet::tcp_flags::{ACK, FIN, RST, SYN};
+    use crate::core::packet::tcp_flags::{ACK, FIN, RST, SYN};
     use std::net::Ipv4Addr;
 
     const T: Timeouts = Timeouts {

@@ -2,6 +2,8 @@
 //! [`Config`]. Pure: parsing takes a string, validation makes no system calls, and every error
 //! names the field path it is about.
 
+pub mod edit;
+
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::Path;
@@ -9,9 +11,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::health::CheckConfig;
-use crate::net::{Ipv4Net, Protocol};
-use crate::sched::Algorithm;
+use crate::core::health::CheckConfig;
+use crate::core::net::{Ipv4Net, Protocol};
+use crate::core::sched::Algorithm;
 
 /// Where slbd looks for its configuration unless told otherwise.
 pub const DEFAULT_PATH: &str = "/etc/slb/slb_conf.json";

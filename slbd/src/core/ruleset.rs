@@ -29,7 +29,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 
 use crate::config::{Config, Mode};
-use crate::net::{Ipv4Net, Protocol};
+use crate::core::net::{Ipv4Net, Protocol};
 
 /// The one table slbd owns (family `ip`). It never touches any other.
 pub const TABLE: &str = "slb";

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use serde_json::{json, Map, Value};
 
-use crate::dataplane::{Dataplane, DropReason};
+use crate::core::balancer::{Dataplane, DropReason};
 
 pub fn status(dp: &Dataplane) -> Value {
     let services: Vec<Value> = dp

@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use hashbrown::HashMap;
 
-use crate::net::Protocol;
+use crate::core::net::Protocol;
 
 /// Persistence is per client address and service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

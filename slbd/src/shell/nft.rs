@@ -18,8 +18,8 @@ use nftnl::expr::{
 use nftnl::nftnl_sys as sys;
 use nftnl::{Batch, Chain, FinalizedBatch, MsgType, ProtoFamily, Rule, Table};
 
-use crate::net::Protocol;
-use crate::ruleset::{self, Action, ChainKind, Hook, Match, QueueRange, Ruleset};
+use crate::core::net::Protocol;
+use crate::core::ruleset::{self, Action, ChainKind, Hook, Match, QueueRange, Ruleset};
 
 /// How a queue verdict is expressed to this kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -24,7 +24,10 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use slb_common::auth;
 
-use crate::net::Protocol;
+use crate::core::net::Protocol;
+
+/// The TCP port replication listens on unless told otherwise.
+pub const DEFAULT_PORT: u16 = 7407;
 
 const MAGIC: &[u8; 4] = b"SLBR";
 pub const VERSION: u8 = 1;

@@ -1,17 +1,9 @@
-//! Flow replication between the pair's two slbd (stateful failover): the ACTIVE streams its
-//! flow-table changes and persistence entries to the STANDBY, which holds them so a takeover
-//! keeps established connections on their real servers. `wire` is the pure frame format,
-//! `session` the shell that runs it over TCP.
-
-pub mod session;
-pub mod wire;
-
-/// The TCP port replication listens on unless told otherwise.
-pub const DEFAULT_PORT: u16 = 7407;
+//! What slbd's `status` answer means to an operator, in words: shared by `slbctl --status`
+//! and `amgr query`, so both say the same thing. Pure.
 
 /// One line saying what `status`'s `replication` object means to an operator (for
 /// `slbctl --status` and `amgr query`). Pure.
-pub fn describe(r: &serde_json::Value) -> String {
+pub fn describe_replication(r: &serde_json::Value) -> String {
     use serde_json::Value;
     let n = |k: &str| r[k].as_u64().unwrap_or(0);
     let text = |k: &str| r[k].as_str().unwrap_or("-").to_string();
@@ -63,7 +55,7 @@ pub fn describe(r: &serde_json::Value) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::describe;
+    use super::describe_replication as describe;
     use serde_json::json;
 
     #[test]

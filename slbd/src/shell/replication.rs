@@ -22,8 +22,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
 
-use super::wire::{self, Kind, Received, Receiver, Record, Sender, WireError, NONCE_LEN};
-use crate::dataplane::Dataplane;
+use crate::core::balancer::Dataplane;
+use crate::wire::replication::{
+    self as wire, Kind, Received, Receiver, Record, Sender, WireError, NONCE_LEN,
+};
 
 /// How often the ACTIVE sends what changed.
 const BATCH_EVERY: Duration = Duration::from_millis(10);

@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
-use crate::dataplane::Dataplane;
-use crate::health::{Change, CheckConfig, Failure, Health};
-use crate::net::Protocol;
+use crate::core::balancer::Dataplane;
+use crate::core::health::{Change, CheckConfig, Failure, Health};
+use crate::core::net::Protocol;
 
 /// Runs the health checks; [`Prober::check`] replaces the set of servers checked.
 /// What the prober calls with an offload mark when that server's flows are cut.
@@ -114,7 +114,7 @@ async fn watch(dp: Arc<Dataplane>, job: Job, cut: Arc<Cut>, still_current: impl 
         if change == Some(Change::WentDown) && dp.is_offload(id) {
             // The drain policy cuts a failed server's flows; in offload mode conntrack holds
             // them, and only deleting its entries stops their translation.
-            if let Some(mark) = crate::ruleset::offload_mark(id) {
+            if let Some(mark) = crate::core::ruleset::offload_mark(id) {
                 cut(mark);
             }
         }

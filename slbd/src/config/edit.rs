@@ -10,7 +10,7 @@ use crate::config::{
     parse_server_address, Config, ConfigError, RawBackup, RawConfig, RawCredentials, RawServer,
     RawService, RawWeightedServer,
 };
-use crate::net::Protocol;
+use crate::core::net::Protocol;
 
 /// A password. Its `Debug` never shows it, so no log line can.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]

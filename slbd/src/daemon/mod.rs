@@ -10,6 +10,9 @@
 //! conntrack entries carrying slbd's offload mark, slb_conf.json (on save), the replication
 //! connections, threads, signal mask.
 
+pub mod metrics;
+pub mod status;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -20,16 +23,16 @@ use nix::sys::signal::{SigSet, Signal};
 use parking_lot::Mutex;
 
 use crate::addr::{self, ManagedAddr};
+use crate::config::edit::{self, Secrets};
 use crate::config::{Config, RawConfig};
+use crate::core::balancer::{Dataplane, DropReason};
+use crate::core::ruleset::{self, QueueRange};
 use crate::ctl::{self, proto::Command, server::Handler};
-use crate::dataplane::{Dataplane, DropReason};
-use crate::edit::{self, Secrets};
-use crate::nft::{self, QueueBackend};
-use crate::offload::Offload;
-use crate::prober::Prober;
 use crate::queue::{self, QueueStats};
-use crate::replication::session::{self as replication, Replication};
-use crate::ruleset::{self, QueueRange};
+use crate::shell::nft::{self, QueueBackend};
+use crate::shell::offload::Offload;
+use crate::shell::prober::Prober;
+use crate::shell::replication::{self as replication, Replication};
 
 /// The addresses slbd owns for `config`: the VIP as a /32 and the gateway with the cluster
 /// network's prefix.
@@ -309,7 +312,7 @@ impl Daemon {
     fn status(&self) -> serde_json::Value {
         let st = self.state.lock();
         let c = &st.config;
-        let mut v = crate::report::status(&self.dp);
+        let mut v = crate::daemon::status::status(&self.dp);
         v["state"] = match (st.loaded, st.cleared) {
             (true, _) => "balancing",
             (false, true) => "cleared",
@@ -345,7 +348,7 @@ impl Daemon {
 
     /// The metrics exposition: read at scrape time from the same counters as `status`.
     fn metrics(&self) -> String {
-        use crate::metrics::{families, parse_kernel_queues, Inputs};
+        use crate::daemon::metrics::{families, parse_kernel_queues, Inputs};
         let balancing = self.state.lock().loaded;
         let range = u32::from(self.queues.first)
             ..u32::from(self.queues.first) + u32::from(self.queues.count);

@@ -22,13 +22,13 @@ use parking_lot::Mutex;
 
 use crate::config::{Config, Mode, Service};
 use crate::conntrack::wire::{tcp_state, CtEntry, EventKind, IPS_ASSURED};
-use crate::flow::{FlowKey, FlowTable, Lookup, Phase, Reported, Timeouts};
-use crate::net::Protocol;
-use crate::packet::{self, tcp_flags, ChecksumState, Endpoint, Malformed};
-use crate::persist::{PersistKey, Persistence};
-use crate::replication::wire::Record;
-use crate::ruleset::{offload_id, offload_mark, OffloadTarget};
-use crate::sched::{Candidate, Scheduler};
+use crate::core::flow::{FlowKey, FlowTable, Lookup, Phase, Reported, Timeouts};
+use crate::core::net::Protocol;
+use crate::core::packet::{self, tcp_flags, ChecksumState, Endpoint, Malformed};
+use crate::core::persist::{PersistKey, Persistence};
+use crate::core::ruleset::{offload_id, offload_mark, OffloadTarget};
+use crate::core::sched::{Candidate, Scheduler};
+use crate::wire::replication::Record;
 /// Which rule queued the packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -270,7 +270,7 @@ fn shard_of(client: SocketAddrV4) -> usize {
     (x.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58) as usize % SHARDS
 }
 
-fn end_record(e: &crate::flow::Ended) -> Record {
+fn end_record(e: &crate::core::flow::Ended) -> Record {
     Record::End {
         protocol: e.protocol,
         client: e.client,
@@ -701,9 +701,9 @@ impl Dataplane {
     /// On taking over: the offload flows the table holds (replicated from the dual), each
     /// handed to the kernel as a flow conntrack carries. The caller commits them to conntrack
     /// before the VIP comes up. Returns (flow, its mark, established).
-    pub fn offload_takeover(&self) -> Vec<(crate::flow::Ended, u32, bool)> {
+    pub fn offload_takeover(&self) -> Vec<(crate::core::flow::Ended, u32, bool)> {
         let view = self.view.load();
-        let offload = |e: &crate::flow::Ended| {
+        let offload = |e: &crate::core::flow::Ended| {
             view.services.iter().any(|s| {
                 s.service.mode == Mode::Offload
                     && s.service.protocol == e.protocol
@@ -735,7 +735,7 @@ impl Dataplane {
                         protocol: s.service.protocol,
                         server: r.addr,
                         every_state: s.service.algorithm
-                            == crate::sched::Algorithm::LeastConnections,
+                            == crate::core::sched::Algorithm::LeastConnections,
                     })
                 })
             })
@@ -877,7 +877,7 @@ impl Dataplane {
 
     /// Bookkeeping for a flow that left the table: its server's live count, and persistence
     /// kept for the client from the flow's end.
-    fn flow_ended(&self, view: &View, e: &crate::flow::Ended, now_ms: u64) {
+    fn flow_ended(&self, view: &View, e: &crate::core::flow::Ended, now_ms: u64) {
         // A closed flow left the live count when it closed.
         if !e.was_closing {
             self.with_stats(e.tag, |st| less_live(st, 1));
@@ -1193,8 +1193,8 @@ impl Dataplane {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::packet::fixtures::{checksums_ok, make_partial, tcp, udp};
-    use crate::packet::tcp_flags::{ACK, FIN, SYN};
+    use crate::core::packet::fixtures::{checksums_ok, make_partial, tcp, udp};
+    use crate::core::packet::tcp_flags::{ACK, FIN, SYN};
 
     impl Dataplane {
         fn for_test(config: &Config) -> Dataplane {
@@ -1759,8 +1759,8 @@ mod tests {
 #[cfg(test)]
 mod health_tests {
     use super::*;
-    use crate::packet::fixtures::{tcp, udp};
-    use crate::packet::tcp_flags::{ACK, SYN};
+    use crate::core::packet::fixtures::{tcp, udp};
+    use crate::core::packet::tcp_flags::{ACK, SYN};
 
     fn sa(s: &str) -> SocketAddrV4 {
         s.parse().unwrap()
@@ -1859,8 +1859,8 @@ mod health_tests {
 #[cfg(test)]
 mod update_tests {
     use super::*;
-    use crate::packet::fixtures::tcp;
-    use crate::packet::tcp_flags::{ACK, SYN};
+    use crate::core::packet::fixtures::tcp;
+    use crate::core::packet::tcp_flags::{ACK, SYN};
 
     fn config(servers: &[&str], algorithm: &str) -> Config {
         let servers: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
@@ -1961,8 +1961,8 @@ mod update_tests {
 #[cfg(test)]
 mod accounting_tests {
     use super::*;
-    use crate::packet::fixtures::tcp;
-    use crate::packet::tcp_flags::{ACK, FIN, SYN};
+    use crate::core::packet::fixtures::tcp;
+    use crate::core::packet::tcp_flags::{ACK, FIN, SYN};
 
     #[test]
     fn live_flows_count_open_connections_only_and_a_reused_port_does_not_leak() {
@@ -1998,8 +1998,8 @@ mod accounting_tests {
 mod offload_tests {
     use super::*;
     use crate::conntrack::wire::{Counters, IPS_ASSURED};
-    use crate::packet::fixtures::{tcp, udp};
-    use crate::packet::tcp_flags::{ACK, SYN};
+    use crate::core::packet::fixtures::{tcp, udp};
+    use crate::core::packet::tcp_flags::{ACK, SYN};
 
     fn config(algorithm: &str) -> Config {
         Config::from_json(&format!(

@@ -1,0 +1,18 @@
+//! PURE: everything slbd decides, with no I/O, no clock of its own (callers pass `now` in
+//! milliseconds), and no wire format of another layer: the packet parser and rewrite
+//! ([`packet`], [`checksum`]), the flow table and its TCP transitions ([`flow`]), the
+//! schedulers ([`sched`]), persistence ([`persist`]), the health rule ([`health`]), the rules
+//! slbd wants ([`ruleset`]), the gratuitous ARP frame ([`garp`]), and the balancer that puts
+//! them together for each queued packet ([`balancer`]). The shells (`crate::shell`) and the
+//! daemon (`crate::daemon`) wrap them; nothing here imports from either.
+
+pub mod balancer;
+pub mod checksum;
+pub mod flow;
+pub mod garp;
+pub mod health;
+pub mod net;
+pub mod packet;
+pub mod persist;
+pub mod ruleset;
+pub mod sched;
