@@ -390,7 +390,7 @@ impl Agent {
         }
         match slbd::config::Config::load(&self.cfg.slbd_config) {
             Ok(c) => {
-                let addrs = slbd::daemon::managed_addrs(&c);
+                let addrs = c.managed_addrs();
                 match slbd::addr::remove(&addrs) {
                     Ok(()) => {
                         for a in &addrs {

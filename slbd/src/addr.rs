@@ -4,24 +4,12 @@
 //! Side effects: RTM_NEWADDR / RTM_DELADDR on the named interfaces; ARP announcements sent on
 //! them through an AF_PACKET socket.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use futures::TryStreamExt;
 use netlink_packet_route::address::AddressAttribute;
 
-/// One address slbd was told to own.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ManagedAddr {
-    pub dev: String,
-    pub ip: Ipv4Addr,
-    pub prefix: u8,
-}
-
-impl std::fmt::Display for ManagedAddr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{} dev {}", self.ip, self.prefix, self.dev)
-    }
-}
+pub use crate::core::net::ManagedAddr;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AddrError {

@@ -78,7 +78,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         for r in slbd::core::ruleset::plan(&config, queues, &[], &targets).rules {
             println!("{}: {r}", r.chain.name);
         }
-        for a in slbd::daemon::managed_addrs(&config) {
+        for a in config.managed_addrs() {
             println!("address {a}");
         }
         if let Some(m) = config.metrics_listen {

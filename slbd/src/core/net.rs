@@ -132,6 +132,20 @@ impl FromStr for Protocol {
     }
 }
 
+/// One address slbd was told to own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagedAddr {
+    pub dev: String,
+    pub ip: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl std::fmt::Display for ManagedAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{} dev {}", self.ip, self.prefix, self.dev)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

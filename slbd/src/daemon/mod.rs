@@ -34,23 +34,6 @@ use crate::shell::offload::Offload;
 use crate::shell::prober::Prober;
 use crate::shell::replication::{self as replication, Replication};
 
-/// The addresses slbd owns for `config`: the VIP as a /32 and the gateway with the cluster
-/// network's prefix.
-pub fn managed_addrs(config: &Config) -> Vec<ManagedAddr> {
-    vec![
-        ManagedAddr {
-            dev: config.vip_dev.clone(),
-            ip: config.vip,
-            prefix: 32,
-        },
-        ManagedAddr {
-            dev: config.gateway_dev.clone(),
-            ip: config.gateway,
-            prefix: config.cluster_network.prefix(),
-        },
-    ]
-}
-
 fn check_forwarding() -> anyhow::Result<()> {
     let path = "/proc/sys/net/ipv4/ip_forward";
     let v = std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?;
@@ -122,7 +105,7 @@ impl Daemon {
         }
         self.offload.commit(&self.dp);
         self.offload.resync(&self.dp);
-        let addrs = managed_addrs(config);
+        let addrs = config.managed_addrs();
         if let Err(e) = addr::add(&addrs) {
             // Some may have come up before the failure: none may stay without the rules.
             let _ = addr::remove(&addrs);
@@ -165,7 +148,7 @@ impl Daemon {
     /// Addresses first, then the rules.
     fn take_down(&self, config: &Config) {
         self.prober.stop();
-        let addrs = managed_addrs(config);
+        let addrs = config.managed_addrs();
         if let Err(e) = addr::remove(&addrs) {
             tracing::error!(error = %format!("{e:#}"), "removing addresses failed");
         }
@@ -188,7 +171,7 @@ impl Daemon {
                 self.dp.update(&st.config);
                 return Err(e);
             }
-            let (old, new) = (managed_addrs(&st.config), managed_addrs(&config));
+            let (old, new) = (st.config.managed_addrs(), config.managed_addrs());
             if old != new {
                 // New addresses first, so a failure can be rolled back with the old ones and
                 // their rules still in place; the VIP is never up without its rules.
@@ -378,7 +361,7 @@ impl Daemon {
         if !st.loaded {
             bail!("not balancing: no addresses to announce");
         }
-        addr::reannounce(&managed_addrs(&st.config)).context("announcing the addresses")?;
+        addr::reannounce(&st.config.managed_addrs()).context("announcing the addresses")?;
         tracing::info!(vip = %st.config.vip, "addresses announced again");
         Ok("announced")
     }

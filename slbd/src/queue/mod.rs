@@ -11,7 +11,7 @@ pub mod socket;
 pub mod wire;
 
 use crate::config::QueueConfig;
-use crate::core::balancer::{Dataplane, Direction, DropReason, Verdict};
+use crate::core::balancer::{Dataplane, Direction, Verdict};
 use crate::core::packet::ChecksumState;
 use crate::core::ruleset::REFUSE_MARK;
 use socket::{Out, QueueSocket, RecvBatch, Setup, Verdicts};
@@ -153,7 +153,7 @@ fn decide(dp: &Dataplane, stats: &QueueStats, p: &Packet, payload: &mut [u8], no
         Verdict::Accept => Out::AcceptRewritten,
         Verdict::Offload(mark) => Out::AcceptMarked(mark),
         // The refuse chain answers it with a reset or a port unreachable.
-        Verdict::Drop(DropReason::NoServer) => Out::AcceptMarked(REFUSE_MARK),
+        Verdict::Refuse => Out::AcceptMarked(REFUSE_MARK),
         Verdict::Drop(_) => Out::Drop,
     }
 }

@@ -110,14 +110,11 @@ async fn watch(dp: Arc<Dataplane>, job: Job, cut: Arc<Cut>, still_current: impl 
             Protocol::Udp => probe_udp(addr, &check.udp_payload, check.timeout).await,
         };
         let change = health.record(result, check.rise, check.fall);
-        let ended = dp.set_health(id, health.up, health.latency_us());
-        if change == Some(Change::WentDown) && dp.is_offload(id) {
-            // The drain policy cuts a failed server's flows; in offload mode conntrack holds
-            // them, and only deleting its entries stops their translation.
-            if let Some(mark) = crate::core::ruleset::offload_mark(id) {
-                cut(mark);
-            }
+        let outcome = dp.set_health(id, health.up, health.latency_us());
+        if let Some(mark) = outcome.cut {
+            cut(mark);
         }
+        let ended = outcome.flows_ended;
         match (change, result) {
             (Some(Change::WentDown), Err(why)) => tracing::warn!(
                 service = %service, server = %addr, state = "down", reason = why.name(),

@@ -26,6 +26,9 @@ use slb_common::auth;
 
 use crate::core::net::Protocol;
 
+/// The records are the balancer's (what changed in its flow table); this module encodes them.
+pub use crate::core::balancer::Record;
+
 /// The TCP port replication listens on unless told otherwise.
 pub const DEFAULT_PORT: u16 = 7407;
 
@@ -38,38 +41,12 @@ pub const MAC_LEN: usize = auth::MIN_TAG_LEN;
 pub const MAX_BODY: usize = 64 * 1024;
 pub const NONCE_LEN: usize = 16;
 
-/// One replicated change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Record {
-    /// A flow from `client` to the VIP's `vip_port` is on `server` (sent when placed and when it
-    /// becomes established).
-    Flow {
-        protocol: Protocol,
-        client: SocketAddrV4,
-        vip_port: u16,
-        server: SocketAddrV4,
-        established: bool,
-    },
-    /// That flow ended (closed, reset or idle).
-    End {
-        protocol: Protocol,
-        client: SocketAddrV4,
-        vip_port: u16,
-    },
-    /// `client` is persisted to `server` on the service for `ttl_ms` more.
-    Persist {
-        protocol: Protocol,
-        client: Ipv4Addr,
-        vip_port: u16,
-        server: SocketAddrV4,
-        ttl_ms: u32,
-    },
-}
-
 const TAG_FLOW: u8 = 1;
 const TAG_END: u8 = 2;
 const TAG_PERSIST: u8 = 3;
 
+// The codec of the balancer's records: an inherent impl may live in any module of the crate,
+// and the encoding belongs with the frames.
 impl Record {
     /// Bytes this record takes in a body.
     pub fn wire_len(&self) -> usize {

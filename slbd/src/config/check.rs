@@ -1,0 +1,877 @@
+//! The checker: a [`RawConfig`] becomes a [`Config`] only if every field and every rule between
+//! fields holds; otherwise every problem is reported at once, each with its field path
+//! (`services[1].servers[0].weight`). Pure: no system calls.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use super::parse::{parse_server_address, valid_user};
+use super::raw::*;
+use super::{
+    Backup, Config, FlowLimits, Mode, QueueConfig, RealServer, Redundancy, Service, MAX_WEIGHT,
+};
+use crate::core::health::CheckConfig;
+use crate::core::net::{Ipv4Net, Protocol};
+use crate::core::sched::Algorithm;
+
+const MAX_FLOWS: u64 = 1 << 24;
+
+/// One thing wrong with a configuration, at a field path such as `services[1].servers[0]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Why a configuration was refused. A file is checked as a whole, so all problems are listed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("not valid slb_conf.json: {0}")]
+    Syntax(String),
+    #[error("{}", list(.0))]
+    Invalid(Vec<FieldError>),
+}
+
+fn list(errors: &[FieldError]) -> String {
+    let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    lines.join("; ")
+}
+
+/// Collects field errors while a configuration is checked.
+#[derive(Default)]
+struct Checker {
+    errors: Vec<FieldError>,
+}
+
+impl Checker {
+    fn fail(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(FieldError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    fn ipv4(&mut self, path: &str, value: &str) -> Option<Ipv4Addr> {
+        match value.parse::<Ipv4Addr>() {
+            Ok(ip) => Some(ip),
+            Err(_) => {
+                self.fail(path, format!("{value:?} is not an IPv4 address"));
+                None
+            }
+        }
+    }
+
+    fn device(&mut self, path: &str, value: &str) -> String {
+        // IFNAMSIZ is 16 including the NUL; the kernel also refuses '/', ':' and whitespace.
+        let ok = !value.is_empty()
+            && value.len() < 16
+            && value != "."
+            && value != ".."
+            && !value
+                .chars()
+                .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control());
+        if !ok {
+            self.fail(path, format!("{value:?} is not a network interface name"));
+        }
+        value.to_string()
+    }
+
+    fn seconds(&mut self, path: &str, value: u64, min: u64) -> Duration {
+        if value < min || value > 7 * 24 * 3600 {
+            self.fail(
+                path,
+                format!("{value} is out of range ({min} to 604800 seconds)"),
+            );
+        }
+        Duration::from_secs(value)
+    }
+
+    fn algorithm(&mut self, path: &str, value: &str) -> Algorithm {
+        match value.parse::<Algorithm>() {
+            Ok(a) => a,
+            Err(e) => {
+                self.fail(path, e.to_string());
+                Algorithm::RoundRobin
+            }
+        }
+    }
+}
+
+impl TryFrom<&RawConfig> for Config {
+    type Error = ConfigError;
+
+    fn try_from(raw: &RawConfig) -> Result<Config, ConfigError> {
+        let mut c = Checker::default();
+        let vip = c.ipv4("address", &raw.address);
+        let vip_dev = c.device("address_dev", &raw.address_dev);
+        let gateway = c.ipv4("gateway", &raw.gateway);
+        let gateway_dev = c.device("gateway_dev", &raw.gateway_dev);
+        let cluster_network = match raw.cluster_network.parse::<Ipv4Net>() {
+            Ok(n) if n.prefix() > 30 => {
+                c.fail(
+                    "cluster_network",
+                    format!("{n} leaves no room for a gateway and real servers"),
+                );
+                None
+            }
+            Ok(n) => Some(n),
+            Err(e) => {
+                c.fail("cluster_network", format!("{:?}: {e}", raw.cluster_network));
+                None
+            }
+        };
+        let algorithm = c.algorithm("algorithm", &raw.algorithm);
+        let persistence_timeout = c.seconds("persistence_timeout", raw.persistence_timeout, 0);
+
+        if let (Some(vip), Some(net)) = (vip, cluster_network) {
+            if net.contains(vip) {
+                c.fail(
+                    "address",
+                    format!("the VIP {vip} must not be inside cluster_network {net}"),
+                );
+            }
+        }
+        if let (Some(gw), Some(net)) = (gateway, cluster_network) {
+            if !net.contains(gw) {
+                c.fail(
+                    "gateway",
+                    format!("{gw} is not inside cluster_network {net}"),
+                );
+            } else if gw == net.addr() || gw == net.broadcast() {
+                c.fail(
+                    "gateway",
+                    format!("{gw} is the network or broadcast address of {net}"),
+                );
+            }
+        }
+        if vip.is_some() && vip == gateway {
+            c.fail("gateway", "must differ from address (the VIP)");
+        }
+
+        if raw.services.is_empty() {
+            c.fail("services", "at least one service is needed");
+        }
+        let mut services: Vec<Service> = Vec::new();
+        for (i, s) in raw.services.iter().enumerate() {
+            let Some(svc) = service(
+                &mut c,
+                i,
+                s,
+                algorithm,
+                persistence_timeout,
+                cluster_network,
+                gateway,
+            ) else {
+                continue;
+            };
+            if services
+                .iter()
+                .any(|o| (o.protocol, o.port) == (svc.protocol, svc.port))
+            {
+                c.fail(
+                    format!("services[{i}]"),
+                    format!("{} is defined twice", svc.name()),
+                );
+            } else {
+                services.push(svc);
+            }
+        }
+
+        reply_ports_apart(&mut c, &services);
+        let queue = queue(&mut c, &raw.queue);
+        let flows = flows(&mut c, &raw.flows);
+        let redundancy = redundancy(&mut c, raw);
+        let metrics_listen = raw
+            .metrics_listen
+            .as_deref()
+            .and_then(|m| listen_addr(&mut c, "metrics_listen", m));
+
+        if !c.errors.is_empty() {
+            return Err(ConfigError::Invalid(c.errors));
+        }
+        Ok(Config {
+            vip: vip.expect("checked"),
+            vip_dev,
+            gateway: gateway.expect("checked"),
+            gateway_dev,
+            cluster_network: cluster_network.expect("checked"),
+            algorithm,
+            persistence_timeout,
+            services,
+            queue,
+            flows,
+            redundancy,
+            metrics_listen,
+        })
+    }
+}
+
+fn listen_addr(c: &mut Checker, path: &str, value: &str) -> Option<std::net::SocketAddr> {
+    slb_common::listen::parse_listen(value, 9405)
+        .map_err(|e| c.fail(path, e))
+        .ok()
+}
+
+fn redundancy(c: &mut Checker, raw: &RawConfig) -> Redundancy {
+    let ssh_port = match raw.ssh_port {
+        Some(p) => port(c, "ssh_port", p).unwrap_or(22),
+        None => 22,
+    };
+    let local_user = raw.credentials.as_ref().map(|cr| {
+        if !valid_user(&cr.user) {
+            c.fail(
+                "credentials.user",
+                format!("{:?} is not a user name", cr.user),
+            );
+        }
+        cr.user.clone()
+    });
+    let backup = raw.backup_slb.as_ref().and_then(|b| {
+        let address = c.ipv4("backup_slb.address", &b.address);
+        if !valid_user(&b.user) {
+            c.fail(
+                "backup_slb.user",
+                format!("{:?} is not a user name", b.user),
+            );
+        }
+        let port = port(c, "backup_slb.port", b.port);
+        Some(Backup {
+            address: address?,
+            user: b.user.clone(),
+            port: port?,
+        })
+    });
+    let credentials_file = std::path::PathBuf::from(
+        raw.credentials_file
+            .as_deref()
+            .unwrap_or(DEFAULT_CREDENTIALS_FILE),
+    );
+    if !credentials_file.is_absolute() {
+        c.fail(
+            "credentials_file",
+            format!("{} is not an absolute path", credentials_file.display()),
+        );
+    }
+    Redundancy {
+        enabled: raw.with_redundancy,
+        ssh_port,
+        local_user,
+        backup,
+        credentials_file,
+    }
+}
+
+fn service(
+    c: &mut Checker,
+    i: usize,
+    raw: &RawService,
+    default_algorithm: Algorithm,
+    default_persistence: Duration,
+    net: Option<Ipv4Net>,
+    gateway: Option<Ipv4Addr>,
+) -> Option<Service> {
+    let path = format!("services[{i}]");
+    let protocol = match raw.protocol.parse::<Protocol>() {
+        Ok(p) => Some(p),
+        Err(()) => {
+            c.fail(
+                format!("{path}.protocol"),
+                format!("{:?} is not \"tcp\" or \"udp\"", raw.protocol),
+            );
+            None
+        }
+    };
+    let port = port(c, &format!("{path}.port"), raw.port);
+    let algorithm = match &raw.algorithm {
+        Some(a) => c.algorithm(&format!("{path}.algorithm"), a),
+        None => default_algorithm,
+    };
+    let persistence_timeout = match raw.persistence_timeout {
+        Some(t) => c.seconds(&format!("{path}.persistence_timeout"), t, 0),
+        None => default_persistence,
+    };
+    let health = health(c, &format!("{path}.health"), raw.health.as_ref());
+    let mode = match raw.mode.as_deref().map(str::parse::<Mode>) {
+        None => Mode::Packet,
+        Some(Ok(m)) => m,
+        Some(Err(e)) => {
+            c.fail(format!("{path}.mode"), e);
+            Mode::Packet
+        }
+    };
+    if raw.servers.is_empty() {
+        c.fail(
+            format!("{path}.servers"),
+            "at least one real server is needed",
+        );
+    }
+    let mut servers = Vec::new();
+    for (j, s) in raw.servers.iter().enumerate() {
+        let spath = format!("{path}.servers[{j}]");
+        if let Some(server) = real_server(c, &spath, s, net, gateway) {
+            if servers.iter().any(|o: &RealServer| o.addr == server.addr) {
+                c.fail(spath, format!("{} is listed twice", server.addr));
+            } else {
+                servers.push(server);
+            }
+        }
+    }
+    Some(Service {
+        protocol: protocol?,
+        port: port?,
+        algorithm,
+        persistence_timeout,
+        health,
+        mode,
+        servers,
+    })
+}
+
+/// The two modes treat replies differently (packet mode keeps them out of conntrack by
+/// protocol and server port, for the whole cluster network; offload mode needs conntrack to
+/// see them), so one server port cannot serve both.
+fn reply_ports_apart(c: &mut Checker, services: &[Service]) {
+    for (i, s) in services.iter().enumerate() {
+        if s.mode != Mode::Offload {
+            continue;
+        }
+        for r in &s.servers {
+            let clash = services.iter().find(|o| {
+                o.mode == Mode::Packet
+                    && o.protocol == s.protocol
+                    && o.servers.iter().any(|x| x.addr.port() == r.addr.port())
+            });
+            if let Some(o) = clash {
+                c.fail(
+                    format!("services[{i}].mode"),
+                    format!(
+                        "offload service {} uses server port {}/{}, which packet-mode service {} \
+                         uses too: the two modes' replies cannot be told apart",
+                        s.name(),
+                        s.protocol,
+                        r.addr.port(),
+                        o.name()
+                    ),
+                );
+                return;
+            }
+        }
+    }
+}
+
+fn health(c: &mut Checker, path: &str, raw: Option<&RawHealth>) -> CheckConfig {
+    let default = RawHealth::default();
+    let raw = raw.unwrap_or(&default);
+    if !(50..=3_600_000).contains(&raw.interval_ms) {
+        c.fail(
+            format!("{path}.interval_ms"),
+            format!("{} is out of range (50 to 3600000)", raw.interval_ms),
+        );
+    }
+    let timeout_ms = raw.timeout_ms.unwrap_or(1000.min(raw.interval_ms));
+    if timeout_ms < 10 || timeout_ms > raw.interval_ms.max(10) {
+        c.fail(
+            format!("{path}.timeout_ms"),
+            format!("{timeout_ms} is out of range (10 to interval_ms)"),
+        );
+    }
+    for (name, v) in [("rise", raw.rise), ("fall", raw.fall)] {
+        if !(1..=100).contains(&v) {
+            c.fail(
+                format!("{path}.{name}"),
+                format!("{v} is out of range (1 to 100)"),
+            );
+        }
+    }
+    if raw.udp_payload.is_empty() || raw.udp_payload.len() > 1024 {
+        c.fail(format!("{path}.udp_payload"), "must be 1 to 1024 bytes");
+    }
+    CheckConfig {
+        enabled: raw.enabled,
+        interval: Duration::from_millis(raw.interval_ms),
+        timeout: Duration::from_millis(timeout_ms),
+        rise: raw.rise,
+        fall: raw.fall,
+        udp_payload: raw.udp_payload.as_bytes().to_vec(),
+    }
+}
+
+fn port(c: &mut Checker, path: &str, value: u32) -> Option<u16> {
+    match u16::try_from(value) {
+        Ok(p) if p != 0 => Some(p),
+        _ => {
+            c.fail(path, format!("{value} is not a port (1 to 65535)"));
+            None
+        }
+    }
+}
+
+fn real_server(
+    c: &mut Checker,
+    path: &str,
+    raw: &RawServer,
+    net: Option<Ipv4Net>,
+    gateway: Option<Ipv4Addr>,
+) -> Option<RealServer> {
+    let (address, weight) = match raw {
+        RawServer::Plain(a) => (a.as_str(), 1),
+        RawServer::Weighted(w) => (w.address.as_str(), w.weight),
+    };
+    let addr = match parse_server_address(address) {
+        Ok(a) => a,
+        Err(e) => {
+            c.fail(path, e);
+            return None;
+        }
+    };
+    if !(1..=MAX_WEIGHT).contains(&weight) {
+        c.fail(
+            format!("{path}.weight"),
+            format!("{weight} is out of range (1 to {MAX_WEIGHT})"),
+        );
+    }
+    if let Some(net) = net {
+        // NAT mode: replies only come back through slbd if the server routes via the gateway,
+        // which it can only do from inside the cluster network.
+        if !net.contains(*addr.ip()) {
+            c.fail(
+                path,
+                format!("{} is not inside cluster_network {net}", addr.ip()),
+            );
+        } else if *addr.ip() == net.addr() || *addr.ip() == net.broadcast() {
+            c.fail(
+                path,
+                format!("{} is the network or broadcast address of {net}", addr.ip()),
+            );
+        }
+    }
+    if Some(*addr.ip()) == gateway {
+        c.fail(path, format!("{} is the gateway address", addr.ip()));
+    }
+    Some(RealServer {
+        addr,
+        weight: weight.min(MAX_WEIGHT) as u32,
+    })
+}
+
+fn queue(c: &mut Checker, raw: &RawQueue) -> QueueConfig {
+    if raw.num > u32::from(u16::MAX) {
+        c.fail(
+            "queue.num",
+            format!("{} is not a queue number (0 to 65535)", raw.num),
+        );
+    }
+    if raw.count > 64 {
+        c.fail(
+            "queue.count",
+            format!("{} is out of range (0 to 64)", raw.count),
+        );
+    } else if raw.num + raw.count.max(1) > 65536 {
+        c.fail("queue.count", "queue numbers would run past 65535");
+    }
+    if !(16..=1 << 20).contains(&raw.max_len) {
+        c.fail(
+            "queue.max_len",
+            format!("{} is out of range (16 to 1048576)", raw.max_len),
+        );
+    }
+    const MIB: u64 = 1 << 20;
+    if raw.rcvbuf != 0 && !(MIB..=1024 * MIB).contains(&raw.rcvbuf) {
+        c.fail(
+            "queue.rcvbuf",
+            format!(
+                "{} is out of range (0 for automatic, or 1 MiB to 1 GiB in bytes)",
+                raw.rcvbuf
+            ),
+        );
+    }
+    // Automatic: room for a full queue of small packets (8 KiB each with netlink overhead),
+    // between 8 MiB and 256 MiB. Memory is only used while packets wait.
+    let rcvbuf = match raw.rcvbuf {
+        0 => (u64::from(raw.max_len) * 8192).clamp(8 * MIB, 256 * MIB),
+        n => n.clamp(MIB, 1024 * MIB),
+    };
+    QueueConfig {
+        num: raw.num.min(65535) as u16,
+        count: raw.count.min(64) as u16,
+        max_len: raw.max_len,
+        gso: raw.gso,
+        rcvbuf: rcvbuf as usize,
+    }
+}
+
+fn flows(c: &mut Checker, raw: &RawFlows) -> FlowLimits {
+    if !(1..=MAX_FLOWS).contains(&raw.max) {
+        c.fail(
+            "flows.max",
+            format!("{} is out of range (1 to {MAX_FLOWS})", raw.max),
+        );
+    }
+    FlowLimits {
+        max: raw.max.clamp(1, MAX_FLOWS) as u32,
+        tcp_timeout: c.seconds("flows.tcp_timeout", raw.tcp_timeout, 1),
+        tcp_closing_timeout: c.seconds("flows.tcp_closing_timeout", raw.tcp_closing_timeout, 1),
+        udp_timeout: c.seconds("flows.udp_timeout", raw.udp_timeout, 1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    const GOOD: &str = r#"{
+        "address": "10.0.0.100",
+        "address_dev": "eth0",
+        "gateway": "172.16.0.1",
+        "gateway_dev": "eth1",
+        "cluster_network": "172.16.0.0/24",
+        "algorithm": "ROUND_ROBIN",
+        "persistence_timeout": 300,
+        "services": [
+            {"protocol": "tcp", "port": 80, "servers": ["172.16.0.2:80", "172.16.0.3:8080"]},
+            {"protocol": "udp", "port": 53, "algorithm": "RATIO",
+             "servers": [{"address": "172.16.0.2:53", "weight": 3}, "172.16.0.3:53"]}
+        ]
+    }"#;
+
+    fn errors_of(text: &str) -> Vec<String> {
+        match Config::from_json(text) {
+            Err(ConfigError::Invalid(errs)) => errs.iter().map(|e| e.to_string()).collect(),
+            other => panic!("expected field errors, got {other:?}"),
+        }
+    }
+
+    fn with(pointer: &str, value: serde_json::Value) -> String {
+        let mut v: serde_json::Value = serde_json::from_str(GOOD).unwrap();
+        *v.pointer_mut(pointer).unwrap() = value;
+        v.to_string()
+    }
+
+    #[test]
+    fn accepts_a_good_file() {
+        let c = Config::from_json(GOOD).unwrap();
+        assert_eq!(c.vip, Ipv4Addr::new(10, 0, 0, 100));
+        assert_eq!(c.services.len(), 2);
+        assert_eq!(c.services[1].algorithm, Algorithm::Ratio);
+        assert_eq!(c.services[0].algorithm, Algorithm::RoundRobin);
+        assert_eq!(c.services[1].servers[0].weight, 3);
+        assert_eq!(c.services[0].servers[1].addr.port(), 8080);
+        assert_eq!(c.services[0].persistence_timeout, Duration::from_secs(300));
+        assert_eq!(c.queue.max_len, 8192);
+        assert!(c.service(Protocol::Udp, 53).is_some());
+        assert!(c.service(Protocol::Tcp, 53).is_none());
+    }
+
+    #[test]
+    fn a_service_runs_in_packet_mode_unless_told_offload() {
+        let mut v: serde_json::Value = serde_json::from_str(GOOD).unwrap();
+        v["services"][0]["mode"] = "offload".into();
+        let c = Config::from_json(&v.to_string()).unwrap();
+        assert_eq!(c.services[0].mode, Mode::Offload);
+        assert_eq!(c.services[1].mode, Mode::Packet);
+        v["services"][1]["mode"] = "kernel".into();
+        assert_eq!(
+            errors_of(&v.to_string()),
+            vec![r#"services[1].mode: "kernel" is not "packet" or "offload""#]
+        );
+        // udp/53's servers listen on 53 in packet mode; an offload udp service on them clashes.
+        let mut v: serde_json::Value = serde_json::from_str(GOOD).unwrap();
+        v["services"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!(
+                {"protocol": "udp", "port": 54, "mode": "offload", "servers": ["172.16.0.4:53"]}
+            ));
+        assert_eq!(
+            errors_of(&v.to_string()),
+            vec![
+                "services[2].mode: offload service udp/54 uses server port udp/53, which \
+                  packet-mode service udp/53 uses too: the two modes' replies cannot be told apart"
+            ]
+        );
+        // The same port under the other protocol is no clash.
+        v["services"][2]["protocol"] = "tcp".into();
+        assert!(Config::from_json(&v.to_string()).is_ok());
+    }
+
+    #[test]
+    fn names_the_field_of_a_bad_server_address() {
+        let text = with(
+            "/services/1/servers/0",
+            serde_json::json!("172.16.0.300:80"),
+        );
+        assert_eq!(
+            errors_of(&text),
+            vec![r#"services[1].servers[0]: "172.16.0.300:80" is not an IPv4 address"#]
+        );
+    }
+
+    #[test]
+    fn reports_every_problem_at_once() {
+        let mut v: serde_json::Value = serde_json::from_str(GOOD).unwrap();
+        v["address"] = "10.0.0".into();
+        v["cluster_network"] = "172.16.0.1/24".into();
+        v["services"][0]["port"] = 70000.into();
+        v["services"][1]["protocol"] = "sctp".into();
+        let errs = errors_of(&v.to_string());
+        assert_eq!(
+            errs,
+            vec![
+                r#"address: "10.0.0" is not an IPv4 address"#,
+                r#"cluster_network: "172.16.0.1/24": host bits are set (did you mean 172.16.0.0/24?)"#,
+                "services[0].port: 70000 is not a port (1 to 65535)",
+                r#"services[1].protocol: "sctp" is not "tcp" or "udp""#,
+            ]
+        );
+    }
+
+    #[test]
+    fn checks_cross_field_rules() {
+        let cases: &[(&str, serde_json::Value, &str)] = &[
+            (
+                "/address",
+                "172.16.0.9".into(),
+                "address: the VIP 172.16.0.9 must not be inside cluster_network 172.16.0.0/24",
+            ),
+            (
+                "/gateway",
+                "10.9.9.9".into(),
+                "gateway: 10.9.9.9 is not inside cluster_network 172.16.0.0/24",
+            ),
+            (
+                "/gateway",
+                "172.16.0.255".into(),
+                "gateway: 172.16.0.255 is the network or broadcast address of 172.16.0.0/24",
+            ),
+            (
+                "/services/0/servers/0",
+                "10.1.1.1:80".into(),
+                "services[0].servers[0]: 10.1.1.1 is not inside cluster_network 172.16.0.0/24",
+            ),
+            (
+                "/services/0/servers/0",
+                "172.16.0.1:80".into(),
+                "services[0].servers[0]: 172.16.0.1 is the gateway address",
+            ),
+            (
+                "/services/0/servers/1",
+                "172.16.0.2:80".into(),
+                "services[0].servers[1]: 172.16.0.2:80 is listed twice",
+            ),
+            (
+                "/services/0/servers/0",
+                "172.16.0.2".into(),
+                r#"services[0].servers[0]: "172.16.0.2" is not ADDRESS:PORT"#,
+            ),
+            (
+                "/services/0/servers/0",
+                "172.16.0.2:0".into(),
+                r#"services[0].servers[0]: "172.16.0.2:0" has no valid port (1 to 65535)"#,
+            ),
+            (
+                "/services/1/servers/0/weight",
+                0.into(),
+                "services[1].servers[0].weight: 0 is out of range (1 to 10000)",
+            ),
+            (
+                "/services/0/servers",
+                serde_json::json!([]),
+                "services[0].servers: at least one real server is needed",
+            ),
+            (
+                "/services",
+                serde_json::json!([]),
+                "services: at least one service is needed",
+            ),
+            (
+                "/algorithm",
+                "FASTEST".into(),
+                r#"algorithm: "FASTEST" is not a scheduling algorithm (ROUND_ROBIN, RATIO, RANDOM, LEAST_CONNECTIONS, LOWER_LATENCY)"#,
+            ),
+            (
+                "/address_dev",
+                "eth0 ".into(),
+                r#"address_dev: "eth0 " is not a network interface name"#,
+            ),
+            (
+                "/gateway_dev",
+                "averyveryverylongname".into(),
+                r#"gateway_dev: "averyveryverylongname" is not a network interface name"#,
+            ),
+            (
+                "/cluster_network",
+                "172.16.0.0/31".into(),
+                "cluster_network: 172.16.0.0/31 leaves no room for a gateway and real servers",
+            ),
+        ];
+        for (pointer, value, expected) in cases {
+            assert_eq!(
+                errors_of(&with(pointer, value.clone())),
+                vec![*expected],
+                "{pointer}"
+            );
+        }
+    }
+
+    #[test]
+    fn checks_health_settings() {
+        let cases = [
+            (
+                serde_json::json!({"interval_ms": 10, "timeout_ms": 10}),
+                "services[0].health.interval_ms: 10 is out of range (50 to 3600000)",
+            ),
+            (
+                serde_json::json!({"interval_ms": 500, "timeout_ms": 600}),
+                "services[0].health.timeout_ms: 600 is out of range (10 to interval_ms)",
+            ),
+            (
+                serde_json::json!({"fall": 0}),
+                "services[0].health.fall: 0 is out of range (1 to 100)",
+            ),
+            (
+                serde_json::json!({"udp_payload": ""}),
+                "services[0].health.udp_payload: must be 1 to 1024 bytes",
+            ),
+        ];
+        for (health, expected) in cases {
+            let mut v: serde_json::Value = serde_json::from_str(GOOD).unwrap();
+            v["services"][0]["health"] = health;
+            assert_eq!(errors_of(&v.to_string()), vec![expected]);
+        }
+        let mut v: serde_json::Value = serde_json::from_str(GOOD).unwrap();
+        v["services"][0]["health"] =
+            serde_json::json!({"interval_ms": 200, "rise": 1, "enabled": false});
+        let c = Config::from_json(&v.to_string()).unwrap();
+        let h = &c.services[0].health;
+        assert_eq!(
+            (h.enabled, h.interval, h.rise, h.fall),
+            (false, Duration::from_millis(200), 1, 3)
+        );
+        assert_eq!(c.services[1].health, CheckConfig::default());
+    }
+
+    #[test]
+    fn checks_the_metrics_listen_address() {
+        let mut v: serde_json::Value = serde_json::from_str(GOOD).unwrap();
+        assert_eq!(Config::from_json(GOOD).unwrap().metrics_listen, None);
+        v["metrics_listen"] = "0.0.0.0:9405".into();
+        assert_eq!(
+            Config::from_json(&v.to_string()).unwrap().metrics_listen,
+            Some("0.0.0.0:9405".parse().unwrap())
+        );
+        let raw: RawConfig = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!(
+            serde_json::to_value(&raw).unwrap()["metrics_listen"],
+            "0.0.0.0:9405",
+            "kept by --save-config"
+        );
+        for (bad, why) in [
+            ("9405", "is not an address:port"),
+            ("0.0.0.0:0", "must not be 0"),
+            ("localhost:9405", "is not an address:port"),
+        ] {
+            v["metrics_listen"] = bad.into();
+            let errors = errors_of(&v.to_string());
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            assert!(
+                errors[0].starts_with("metrics_listen: ") && errors[0].contains(why),
+                "{errors:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn checks_redundancy_settings() {
+        let mut v: serde_json::Value = serde_json::from_str(GOOD).unwrap();
+        v["ssh_port"] = 2222.into();
+        v["with_redundancy"] = true.into();
+        v["credentials"] = serde_json::json!({"user": "slb"});
+        v["backup_slb"] = serde_json::json!({"address": "10.0.0.2", "user": "slb"});
+        let r = Config::from_json(&v.to_string()).unwrap().redundancy;
+        assert_eq!(
+            (r.enabled, r.ssh_port, r.local_user.as_deref()),
+            (true, 2222, Some("slb"))
+        );
+        assert_eq!(
+            r.backup,
+            Some(Backup {
+                address: Ipv4Addr::new(10, 0, 0, 2),
+                user: "slb".into(),
+                port: 22
+            })
+        );
+        assert_eq!(
+            r.credentials_file,
+            std::path::PathBuf::from(DEFAULT_CREDENTIALS_FILE)
+        );
+        v["ssh_port"] = 0.into();
+        v["credentials"] = serde_json::json!({"user": "Root!"});
+        v["backup_slb"] = serde_json::json!({"address": "10.0.0", "user": "slb", "port": 99999});
+        v["credentials_file"] = "creds.json".into();
+        assert_eq!(
+            errors_of(&v.to_string()),
+            vec![
+                "ssh_port: 0 is not a port (1 to 65535)",
+                "credentials.user: \"Root!\" is not a user name",
+                "backup_slb.address: \"10.0.0\" is not an IPv4 address",
+                "backup_slb.port: 99999 is not a port (1 to 65535)",
+                "credentials_file: creds.json is not an absolute path",
+            ]
+        );
+        // A password field in slb_conf.json is refused: passwords live in the credentials file.
+        let mut v: serde_json::Value = serde_json::from_str(GOOD).unwrap();
+        v["credentials"] = serde_json::json!({"user": "slb", "password": "x"});
+        assert!(Config::from_json(&v.to_string())
+            .unwrap_err()
+            .to_string()
+            .contains("unknown field `password`"));
+    }
+
+    #[test]
+    fn refuses_duplicate_services() {
+        let mut v: serde_json::Value = serde_json::from_str(GOOD).unwrap();
+        v["services"][1]["protocol"] = "TCP".into();
+        v["services"][1]["port"] = 80.into();
+        assert_eq!(
+            errors_of(&v.to_string()),
+            vec!["services[1]: tcp/80 is defined twice"]
+        );
+    }
+
+    #[test]
+    fn refuses_unknown_fields_and_bad_json() {
+        let text = GOOD.replace("\"gateway_dev\"", "\"gateway_device\"");
+        let err = Config::from_json(&text).unwrap_err().to_string();
+        assert!(err.contains("unknown field `gateway_device`"), "{err}");
+        let err = Config::from_json("{\"address\": ").unwrap_err().to_string();
+        assert!(err.starts_with("not valid slb_conf.json"), "{err}");
+    }
+
+    #[test]
+    fn parses_the_shipped_example() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../etc/slb/slb_conf.json");
+        let c = Config::load(Path::new(path)).unwrap();
+        assert!(!c.services.is_empty());
+    }
+
+    #[test]
+    fn raw_config_round_trips_through_json() {
+        let raw: RawConfig = serde_json::from_str(GOOD).unwrap();
+        let again: RawConfig = serde_json::from_str(&serde_json::to_string(&raw).unwrap()).unwrap();
+        assert_eq!(raw, again);
+    }
+}

@@ -1,0 +1,146 @@
+//! A checked configuration: every address parsed, every cross-field rule held. What the data
+//! plane, the ruleset and the daemon read. Pure.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
+
+use crate::core::health::CheckConfig;
+use crate::core::net::{Ipv4Net, ManagedAddr, Protocol};
+use crate::core::sched::Algorithm;
+
+/// A validated configuration: every address parsed, every cross-field rule checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub vip: Ipv4Addr,
+    pub vip_dev: String,
+    pub gateway: Ipv4Addr,
+    pub gateway_dev: String,
+    pub cluster_network: Ipv4Net,
+    pub algorithm: Algorithm,
+    pub persistence_timeout: Duration,
+    pub services: Vec<Service>,
+    pub queue: QueueConfig,
+    pub flows: FlowLimits,
+    pub redundancy: Redundancy,
+    pub metrics_listen: Option<std::net::SocketAddr>,
+}
+
+/// What the failover agent needs from this node's configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Redundancy {
+    pub enabled: bool,
+    pub ssh_port: u16,
+    pub local_user: Option<String>,
+    pub backup: Option<Backup>,
+    pub credentials_file: std::path::PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Backup {
+    pub address: Ipv4Addr,
+    pub user: String,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Service {
+    pub protocol: Protocol,
+    pub port: u16,
+    pub algorithm: Algorithm,
+    pub persistence_timeout: Duration,
+    pub health: CheckConfig,
+    pub mode: Mode,
+    pub servers: Vec<RealServer>,
+}
+
+/// How a service's packets travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Every packet of every flow goes through slbd, which rewrites it.
+    #[default]
+    Packet,
+    /// Only a flow's first packet goes through slbd, which chooses its server; a kernel NAT
+    /// rule binds the flow to it and conntrack translates the rest.
+    Offload,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Packet => "packet",
+            Mode::Offload => "offload",
+        }
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Mode, String> {
+        match s {
+            "packet" => Ok(Mode::Packet),
+            "offload" => Ok(Mode::Offload),
+            _ => Err(format!("{s:?} is not \"packet\" or \"offload\"")),
+        }
+    }
+}
+
+impl Service {
+    /// The name operators see in logs: `tcp/80`.
+    pub fn name(&self) -> String {
+        format!("{}/{}", self.protocol, self.port)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RealServer {
+    pub addr: SocketAddrV4,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueConfig {
+    pub num: u16,
+    /// 0 until the daemon resolves it to the number of cores.
+    pub count: u16,
+    pub max_len: u32,
+    pub gso: bool,
+    /// Receive buffer per queue socket, bytes.
+    pub rcvbuf: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowLimits {
+    pub max: u32,
+    pub tcp_timeout: Duration,
+    pub tcp_closing_timeout: Duration,
+    pub udp_timeout: Duration,
+}
+
+/// Largest weight a server may have; keeps the weighted schedulers' sums far from overflow.
+pub const MAX_WEIGHT: u64 = 10_000;
+
+impl Config {
+    /// Finds a service by protocol and port.
+    pub fn service(&self, protocol: Protocol, port: u16) -> Option<&Service> {
+        self.services
+            .iter()
+            .find(|s| s.protocol == protocol && s.port == port)
+    }
+
+    /// The addresses slbd owns for this configuration: the VIP as a /32 and the gateway with
+    /// the cluster network's prefix. (amgr removes them too, for a slbd that died holding them.)
+    pub fn managed_addrs(&self) -> Vec<ManagedAddr> {
+        vec![
+            ManagedAddr {
+                dev: self.vip_dev.clone(),
+                ip: self.vip,
+                prefix: 32,
+            },
+            ManagedAddr {
+                dev: self.gateway_dev.clone(),
+                ip: self.gateway,
+                prefix: self.cluster_network.prefix(),
+            },
+        ]
+    }
+}

@@ -1,0 +1,195 @@
+//! `slb_conf.json` as written: the serde schema, with every field's default, before anything
+//! is checked. Unknown fields are refused. Pure.
+
+use serde::{Deserialize, Serialize};
+
+use crate::core::health::CheckConfig;
+
+/// Where slbd looks for its configuration unless told otherwise.
+pub const DEFAULT_PATH: &str = "/etc/slb/slb_conf.json";
+
+/// The file as written, before validation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub address: String,
+    pub address_dev: String,
+    pub gateway: String,
+    pub gateway_dev: String,
+    pub cluster_network: String,
+    #[serde(default = "default_algorithm")]
+    pub algorithm: String,
+    /// Seconds a client stays with the real server it was given; 0 turns persistence off.
+    #[serde(default)]
+    pub persistence_timeout: u64,
+    pub services: Vec<RawService>,
+    #[serde(default)]
+    pub queue: RawQueue,
+    #[serde(default)]
+    pub flows: RawFlows,
+    /// The node's SSH port, for the peer's configuration sync (failover).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_port: Option<u32>,
+    /// Run as one of a redundant pair under amgr.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub with_redundancy: bool,
+    /// The local account the peer logs in as. No password here: SSH keys by default, a
+    /// password only in `credentials_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<RawCredentials>,
+    /// The backup balancer the configuration is synced to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_slb: Option<RawBackup>,
+    /// Where passwords live, mode 0600 (default /etc/slb/credentials.json).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_file: Option<String>,
+    /// Where Prometheus scrapes slbd's metrics (`"0.0.0.0:9405"`); absent: no metrics port.
+    /// The file is shared by a pair, so a wildcard or loopback address suits both nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCredentials {
+    pub user: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackup {
+    pub address: String,
+    pub user: String,
+    #[serde(default = "default_ssh_port")]
+    pub port: u32,
+}
+
+fn default_ssh_port() -> u32 {
+    22
+}
+
+/// Where passwords are kept unless `credentials_file` says otherwise.
+pub const DEFAULT_CREDENTIALS_FILE: &str = "/etc/slb/credentials.json";
+
+fn default_algorithm() -> String {
+    "ROUND_ROBIN".to_string()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawService {
+    pub protocol: String,
+    pub port: u32,
+    /// Overrides the top-level algorithm for this service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<String>,
+    /// Overrides the top-level persistence timeout for this service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistence_timeout: Option<u64>,
+    /// How the service's servers are health-checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<RawHealth>,
+    /// `"packet"` (the default: every packet through slbd) or `"offload"` (slbd places each
+    /// new flow, the kernel's conntrack carries the rest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    pub servers: Vec<RawServer>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHealth {
+    pub enabled: bool,
+    pub interval_ms: u64,
+    /// Defaults to 1000 ms, or the interval when that is shorter.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    pub rise: u32,
+    pub fall: u32,
+    /// What a UDP probe sends.
+    pub udp_payload: String,
+}
+
+impl Default for RawHealth {
+    fn default() -> Self {
+        let d = CheckConfig::default();
+        RawHealth {
+            enabled: d.enabled,
+            interval_ms: d.interval.as_millis() as u64,
+            timeout_ms: None,
+            rise: d.rise,
+            fall: d.fall,
+            udp_payload: String::from_utf8_lossy(&d.udp_payload).into_owned(),
+        }
+    }
+}
+
+/// A real server: `"172.16.0.2:80"`, or `{"address": "172.16.0.2:80", "weight": 3}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RawServer {
+    Plain(String),
+    Weighted(RawWeightedServer),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWeightedServer {
+    pub address: String,
+    #[serde(default = "default_weight")]
+    pub weight: u64,
+}
+
+fn default_weight() -> u64 {
+    1
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawQueue {
+    /// First NFQUEUE number slbd binds.
+    pub num: u32,
+    /// How many queues (one worker thread each); 0 means one per CPU core.
+    pub count: u32,
+    /// Packets the kernel holds per queue before it drops.
+    pub max_len: u32,
+    /// Let the kernel hand over segmentation-offloaded (GSO) packets whole.
+    pub gso: bool,
+    /// Receive buffer per queue socket in bytes; 0 sizes it from `max_len`.
+    pub rcvbuf: u64,
+}
+
+impl Default for RawQueue {
+    fn default() -> Self {
+        RawQueue {
+            num: 0,
+            count: 0,
+            max_len: 8192,
+            gso: true,
+            rcvbuf: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawFlows {
+    /// Flows tracked at most; new flows beyond it are refused.
+    pub max: u64,
+    pub tcp_timeout: u64,
+    pub tcp_closing_timeout: u64,
+    pub udp_timeout: u64,
+}
+
+impl Default for RawFlows {
+    fn default() -> Self {
+        // The established and FIN timeouts follow IPVS's defaults (900 s, 120 s would be its
+        // tcpfin; closed flows here are only kept to absorb retransmitted FIN/ACKs).
+        RawFlows {
+            max: 1 << 20,
+            tcp_timeout: 900,
+            tcp_closing_timeout: 30,
+            udp_timeout: 60,
+        }
+    }
+}

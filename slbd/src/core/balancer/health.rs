@@ -1,0 +1,192 @@
+//! What a server's health means for its flows, decided here rather than in the prober that
+//! measures it: a server that leaves rotation has its flows forgotten at once (their next TCP
+//! packets are dropped as mid-stream; a UDP flow's next datagram is scheduled afresh to a
+//! server that is up), and an offload server's conntrack entries must be cut too; a server
+//! the operator removed drains while its flows last. Pure.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use super::replica::Record;
+use super::Dataplane;
+use crate::config::Mode;
+use crate::core::net::Protocol;
+use crate::core::ruleset::offload_mark;
+
+/// What recording a server's health did, and what the caller must still do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HealthOutcome {
+    /// Flows forgotten because the server left rotation.
+    pub flows_ended: usize,
+    /// The server left rotation and conntrack carries its flows: delete the entries under
+    /// this mark, or conntrack goes on translating them to a dead server.
+    pub cut: Option<u32>,
+}
+
+impl Dataplane {
+    /// Whether server `id` is in rotation.
+    pub fn is_up(&self, id: u32) -> bool {
+        self.stats(id).is_some_and(|st| st.up.load(Relaxed))
+    }
+
+    /// Records a server's health (and its measured latency).
+    pub fn set_health(&self, id: u32, up: bool, latency_us: Option<u32>) -> HealthOutcome {
+        let Some(st) = self.stats(id) else {
+            return HealthOutcome::default();
+        };
+        if let Some(l) = latency_us {
+            st.latency_us.store(l.max(1), Relaxed);
+        }
+        let was_up = st.up.swap(up, Relaxed);
+        if up || !was_up {
+            return HealthOutcome::default();
+        }
+        let (mut n, mut open) = (0, 0);
+        for shard in self.shards.iter() {
+            let mut t = shard.lock();
+            let ended = t.remove_where(|e| e.tag == id);
+            for e in &ended {
+                self.log(&mut t, Record::end(e));
+            }
+            drop(t);
+            n += ended.len();
+            open += ended.iter().filter(|e| !e.was_closing).count();
+        }
+        st.less_live(open as u64);
+        HealthOutcome {
+            flows_ended: n,
+            cut: self.is_offload(id).then(|| offload_mark(id)).flatten(),
+        }
+    }
+
+    /// Server ports (protocol, port) of packet-mode servers no longer configured that still
+    /// have flows: their replies must keep reaching slbd while they drain.
+    pub fn draining_ports(&self) -> Vec<(Protocol, u16)> {
+        let view = self.view.load();
+        let registry = self.registry.load();
+        let mut ports: Vec<(Protocol, u16)> = registry
+            .ids
+            .iter()
+            .filter(|(_, id)| {
+                let i = **id as usize;
+                registry.stats[i].live_flows.load(Relaxed) > 0
+                    && registry.modes[i] == Mode::Packet
+                    && !view.services.iter().any(|s| s.ids.contains(id))
+            })
+            .map(|((p, _, addr), _)| (*p, addr.port()))
+            .collect();
+        ports.sort();
+        ports.dedup();
+        ports
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::core::balancer::testing::*;
+    use crate::core::packet::fixtures::{tcp, udp};
+    use crate::core::packet::tcp_flags::{ACK, SYN};
+
+    fn sa(s: &str) -> SocketAddrV4 {
+        s.parse().unwrap()
+    }
+
+    fn dp() -> Dataplane {
+        let c = Config::from_json(
+            r#"{"address": "10.0.0.100", "address_dev": "eth0", "gateway": "172.16.0.1",
+                "gateway_dev": "eth1", "cluster_network": "172.16.0.0/24",
+                "services": [
+                  {"protocol": "tcp", "port": 80, "servers": ["172.16.0.2:80", "172.16.0.3:80"]},
+                  {"protocol": "udp", "port": 53, "servers": ["172.16.0.2:53", "172.16.0.3:53"]}]}"#,
+        )
+        .unwrap();
+        Dataplane::new(&c, 1)
+    }
+
+    fn send(dp: &Dataplane, mut p: Vec<u8>) -> (Verdict, SocketAddrV4) {
+        let v = dp.handle(Direction::Request, &mut p, true, ChecksumState::Complete, 0);
+        (v, packet::parse(&p).unwrap().dst)
+    }
+
+    #[test]
+    fn a_down_server_gets_no_new_flows_and_its_flows_end() {
+        let dp = dp();
+        let (_, first) = send(
+            &dp,
+            tcp(sa("10.0.0.5:1000"), sa("10.0.0.100:80"), SYN, b"", &[]),
+        );
+        assert_eq!(first, sa("172.16.0.2:80"));
+        assert_eq!(
+            dp.set_health(dp.server_id(0, 0).unwrap(), false, None),
+            HealthOutcome {
+                flows_ended: 1,
+                cut: None
+            },
+            "a packet-mode server's flows are forgotten, nothing to cut"
+        );
+        // The flow's next packet is mid-stream now: dropped, not moved.
+        let (v, _) = send(
+            &dp,
+            tcp(sa("10.0.0.5:1000"), sa("10.0.0.100:80"), ACK, b"x", &[]),
+        );
+        assert_eq!(v, Verdict::Drop(DropReason::MidStream));
+        for port in 2000..2010 {
+            let (v, to) = send(
+                &dp,
+                tcp(
+                    SocketAddrV4::new("10.0.0.5".parse().unwrap(), port),
+                    sa("10.0.0.100:80"),
+                    SYN,
+                    b"",
+                    &[],
+                ),
+            );
+            assert_eq!((v, to), (Verdict::Accept, sa("172.16.0.3:80")));
+        }
+        dp.set_health(dp.server_id(0, 0).unwrap(), true, Some(300));
+        let picks: Vec<_> = (3000..3004)
+            .map(|port| {
+                send(
+                    &dp,
+                    tcp(
+                        SocketAddrV4::new("10.0.0.5".parse().unwrap(), port),
+                        sa("10.0.0.100:80"),
+                        SYN,
+                        b"",
+                        &[],
+                    ),
+                )
+                .1
+            })
+            .collect();
+        assert!(
+            picks.contains(&sa("172.16.0.2:80")),
+            "back in rotation: {picks:?}"
+        );
+    }
+
+    #[test]
+    fn a_udp_flow_moves_when_its_server_goes_down() {
+        let dp = dp();
+        let q = || udp(sa("10.0.0.5:5000"), sa("10.0.0.100:53"), b"q");
+        assert_eq!(send(&dp, q()).1, sa("172.16.0.2:53"));
+        dp.set_health(dp.server_id(1, 0).unwrap(), false, None);
+        assert_eq!(send(&dp, q()), (Verdict::Accept, sa("172.16.0.3:53")));
+    }
+
+    #[test]
+    fn with_every_server_down_new_flows_are_refused_and_counted() {
+        let dp = dp();
+        dp.set_health(dp.server_id(0, 0).unwrap(), false, None);
+        dp.set_health(dp.server_id(0, 1).unwrap(), false, None);
+        let (v, _) = send(
+            &dp,
+            tcp(sa("10.0.0.5:1000"), sa("10.0.0.100:80"), SYN, b"", &[]),
+        );
+        assert_eq!(
+            v,
+            Verdict::Refuse,
+            "answered from the VIP, not left to time out"
+        );
+        assert_eq!(dp.counters.dropped(DropReason::NoServer), 1);
+    }
+}

@@ -1,0 +1,505 @@
+//! Offload mode's decisions: a flow's first packet gets its server's mark instead of a
+//! rewrite (the same choice as in packet mode, [`Dataplane::place`]), and conntrack's reports
+//! on the flows slbd placed keep the flow table, the live counts and replication right. The
+//! reports arrive as [`KernelReport`]s, this module's own type: the ctnetlink codec turns its
+//! messages into them. Pure.
+
+use std::collections::HashSet;
+use std::net::SocketAddrV4;
+use std::sync::atomic::Ordering::Relaxed;
+
+use super::replica::Record;
+use super::view::{ServiceState, View};
+use super::{shard_of, Dataplane, DropReason};
+use crate::config::Mode;
+use crate::core::flow::{Ended, FlowKey, Lookup, Phase, Reported};
+use crate::core::net::Protocol;
+use crate::core::ruleset::{offload_id, offload_mark, OffloadTarget};
+use crate::core::sched::Algorithm;
+
+/// What conntrack says about one of its entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelReport {
+    /// conntrack destroyed the entry: the flow is over.
+    pub ended: bool,
+    pub protocol: Protocol,
+    /// The original direction: client → VIP.
+    pub client: SocketAddrV4,
+    pub vip: SocketAddrV4,
+    /// Where conntrack's NAT sends the flow.
+    pub server: SocketAddrV4,
+    /// The conntrack mark; slbd's flows carry [`offload_mark`]s.
+    pub mark: u32,
+    /// The TCP connection's phase, when the report tells (UDP flows are established).
+    pub phase: Option<Phase>,
+    /// conntrack's accounting, when it keeps it.
+    pub traffic: Option<Traffic>,
+}
+
+/// Packets and bytes each way over a flow's life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Traffic {
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+}
+
+impl Dataplane {
+    /// An offload flow's first packet (conntrack has no entry for it): the same choice as in
+    /// packet mode, answered with the chosen server's mark instead of a rewrite. A flow the
+    /// table still holds keeps its server, unless a SYN restarts it.
+    pub(super) fn offload_first(
+        &self,
+        view: &View,
+        svc: &ServiceState,
+        key: &FlowKey,
+        flags: u8,
+        now_ms: u64,
+    ) -> Result<u32, DropReason> {
+        let syn = crate::core::flow::tcp::is_syn(flags);
+        let mut flows = self.shards[shard_of(key.src)].lock();
+        let stale = match flows.lookup_request(key, flags, now_ms) {
+            Lookup::Found(placed) if key.protocol == Protocol::Udp || !syn => {
+                if placed.closed_now {
+                    self.with_stats(placed.tag, |st| st.less_live(1));
+                }
+                return offload_mark(placed.tag).ok_or(DropReason::NoServer);
+            }
+            // Conntrack forgot a flow the table kept (its end was not reported yet).
+            Lookup::Found(_) => flows.remove_request(key),
+            Lookup::Reused(ended) => Some(ended),
+            Lookup::Missing => None,
+        };
+        if let Some(ended) = stale {
+            self.end(&mut flows, view, &ended, now_ms);
+        }
+        let (_, id) = self.place(view, svc, key, flags, now_ms, &mut flows, true)?;
+        offload_mark(id).ok_or(DropReason::NoServer)
+    }
+
+    /// Follows conntrack's report on an entry (an event, or a dump line): confirms offload
+    /// flows, tracks their TCP state for the live counts and replication, removes the ones
+    /// that ended, and adopts ones the table lost. Reports on entries slbd did not place are
+    /// ignored, and so is everything while this node is not balancing (a STANDBY's flows are
+    /// the ACTIVE's, not its own kernel's).
+    pub fn conntrack_report(&self, r: &KernelReport, now_ms: u64) {
+        if !self.balancing.load(Relaxed) {
+            return;
+        }
+        let Some(id) = offload_id(r.mark) else { return };
+        let registry = self.registry.load();
+        if registry.ids.get(&(r.protocol, r.vip.port(), r.server)) != Some(&id) {
+            return;
+        }
+        let Some(stats) = registry.stats.get(id as usize) else {
+            return;
+        };
+        let view = self.view.load();
+        let key = FlowKey {
+            protocol: r.protocol,
+            src: r.client,
+            dst: r.vip,
+        };
+        let mut flows = self.shards[shard_of(key.src)].lock();
+        if r.ended {
+            if let Some(ended) = flows.remove_reported(&key, r.server) {
+                self.log(&mut flows, Record::end(&ended));
+                drop(flows);
+                self.flow_ended(&view, &ended, now_ms);
+                if let Some(t) = r.traffic {
+                    stats.packets_in.fetch_add(t.packets_in, Relaxed);
+                    stats.bytes_in.fetch_add(t.bytes_in, Relaxed);
+                    stats.packets_out.fetch_add(t.packets_out, Relaxed);
+                    stats.bytes_out.fetch_add(t.bytes_out, Relaxed);
+                }
+            }
+            return;
+        }
+        match flows.report_kernel(&key, r.server, r.phase) {
+            Reported::Known {
+                established_now,
+                closed_now,
+            } => {
+                if established_now && key.protocol == Protocol::Tcp {
+                    self.log(&mut flows, Record::flow(&key, r.server));
+                }
+                if closed_now {
+                    stats.less_live(1);
+                }
+            }
+            // The table lost it (an unconfirmed flow expired, or events were lost): adopt it.
+            Reported::Unknown if r.phase != Some(Phase::Closing) => {
+                if let Ok(displaced) = flows.insert_kernel(&key, r.server, id, now_ms, true) {
+                    if let Some(d) = displaced {
+                        self.end(&mut flows, &view, &d, now_ms);
+                    }
+                    if r.phase == Some(Phase::Established) {
+                        flows.report_kernel(&key, r.server, r.phase);
+                        self.log(&mut flows, Record::flow(&key, r.server));
+                    }
+                    stats.live_flows.fetch_add(1, Relaxed);
+                }
+            }
+            Reported::Unknown => {}
+        }
+    }
+
+    /// Conntrack's whole list of slbd's entries (after lost events, or a restart): offload
+    /// flows it no longer holds end, and the ones it holds are adopted or updated.
+    pub fn conntrack_resync(&self, entries: &[KernelReport], now_ms: u64) {
+        if !self.balancing.load(Relaxed) {
+            return;
+        }
+        let held: HashSet<(Protocol, SocketAddrV4, SocketAddrV4)> = entries
+            .iter()
+            .map(|e| (e.protocol, e.client, e.vip))
+            .collect();
+        let view = self.view.load();
+        for shard in self.shards.iter() {
+            let mut t = shard.lock();
+            let gone =
+                t.remove_where(|f| f.kernel && !held.contains(&(f.protocol, f.client, f.vip)));
+            for e in &gone {
+                self.log(&mut t, Record::end(e));
+            }
+            drop(t);
+            for e in &gone {
+                self.flow_ended(&view, e, now_ms);
+            }
+        }
+        for e in entries {
+            self.conntrack_report(e, now_ms);
+        }
+    }
+
+    /// On taking over: the offload flows the table holds (replicated from the dual), each
+    /// handed to the kernel as a flow conntrack carries. The caller commits them to conntrack
+    /// before the VIP comes up. Returns (flow, its mark, established).
+    pub fn offload_takeover(&self) -> Vec<(Ended, u32, bool)> {
+        let view = self.view.load();
+        let offload = |e: &Ended| {
+            view.service(e.protocol, e.vip.port())
+                .is_some_and(|s| s.service.mode == Mode::Offload)
+                && offload_mark(e.tag).is_some()
+        };
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            for (e, established) in shard.lock().hand_to_kernel(offload) {
+                if let Some(mark) = offload_mark(e.tag) {
+                    out.push((e, mark, established));
+                }
+            }
+        }
+        out
+    }
+
+    /// The servers of offload services in force, each with the mark that binds a flow to it.
+    pub fn offload_targets(&self) -> Vec<OffloadTarget> {
+        let view = self.view.load();
+        let mut out: Vec<OffloadTarget> = view
+            .services
+            .iter()
+            .filter(|s| s.service.mode == Mode::Offload)
+            .flat_map(|s| {
+                s.service.servers.iter().zip(&s.ids).filter_map(|(r, id)| {
+                    Some(OffloadTarget {
+                        mark: offload_mark(*id)?,
+                        protocol: s.service.protocol,
+                        server: r.addr,
+                        every_state: s.service.algorithm == Algorithm::LeastConnections,
+                    })
+                })
+            })
+            .collect();
+        out.sort_by_key(|t| t.mark);
+        out
+    }
+
+    /// Whether server `id` belongs to an offload service.
+    pub fn is_offload(&self, id: u32) -> bool {
+        self.registry.load().modes.get(id as usize) == Some(&Mode::Offload)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::core::balancer::testing::*;
+    use crate::core::packet::fixtures::{tcp, udp};
+    use crate::core::packet::tcp_flags::{ACK, SYN};
+
+    fn config(algorithm: &str) -> Config {
+        Config::from_json(&format!(
+            r#"{{"address": "10.0.0.100", "address_dev": "eth0", "gateway": "172.16.0.1",
+                "gateway_dev": "eth1", "cluster_network": "172.16.0.0/24", "algorithm": "{algorithm}",
+                "services": [
+                  {{"protocol": "tcp", "port": 80, "mode": "offload", "servers": ["172.16.0.2:80", "172.16.0.3:80"]}},
+                  {{"protocol": "udp", "port": 53, "mode": "offload", "servers": ["172.16.0.2:53"]}},
+                  {{"protocol": "tcp", "port": 8080, "servers": ["172.16.0.2:8081"]}}
+                ]}}"#
+        ))
+        .unwrap()
+    }
+
+    fn sa(s: &str) -> SocketAddrV4 {
+        s.parse().unwrap()
+    }
+
+    fn syn(dp: &Dataplane, client: &str) -> Verdict {
+        let mut p = tcp(sa(client), sa("10.0.0.100:80"), SYN, b"", &[]);
+        let before = p.clone();
+        let v = dp.handle(Direction::Request, &mut p, true, ChecksumState::Complete, 0);
+        assert_eq!(p, before, "an offload packet is passed on unchanged");
+        v
+    }
+
+    /// Conntrack's report on the TCP flow of `client`, placed on `server` with `mark`: `ended`
+    /// for its destruction, else in `phase`.
+    fn report(
+        ended: bool,
+        client: &str,
+        server: &str,
+        mark: u32,
+        phase: Option<Phase>,
+    ) -> KernelReport {
+        KernelReport {
+            ended,
+            protocol: Protocol::Tcp,
+            client: sa(client),
+            vip: sa("10.0.0.100:80"),
+            server: sa(server),
+            mark,
+            phase,
+            traffic: None,
+        }
+    }
+
+    fn live(dp: &Dataplane, service: usize, server: usize) -> u64 {
+        dp.services()[service].1[server].live_flows.load(Relaxed)
+    }
+
+    #[test]
+    fn a_first_packet_gets_its_servers_mark_and_the_next_flows_are_spread() {
+        let dp = Dataplane::new(&config("ROUND_ROBIN"), 1);
+        let ids = [dp.server_id(0, 0).unwrap(), dp.server_id(0, 1).unwrap()];
+        let marks: Vec<Verdict> = (0..4)
+            .map(|i| syn(&dp, &format!("10.0.0.5:{}", 1000 + i)))
+            .collect();
+        let m = |i: usize| Verdict::Offload(offload_mark(ids[i]).unwrap());
+        assert_eq!(marks, vec![m(0), m(1), m(0), m(1)]);
+        assert_eq!((live(&dp, 0, 0), live(&dp, 0, 1)), (2, 2));
+        // A queued SYN of a flow the table holds means conntrack has no entry for it: the
+        // flow restarts on a server chosen anew (round robin's next), not on its old one.
+        assert_eq!(syn(&dp, "10.0.0.5:1001"), m(0));
+        assert_eq!(dp.flow_count(), 4);
+        assert_eq!((live(&dp, 0, 0), live(&dp, 0, 1)), (3, 1));
+        // A mid-stream packet of a flow slbd never placed is dropped, as in packet mode.
+        let mut ack = tcp(sa("10.0.0.6:1"), sa("10.0.0.100:80"), ACK, b"x", &[]);
+        assert_eq!(
+            dp.handle(
+                Direction::Request,
+                &mut ack,
+                true,
+                ChecksumState::Complete,
+                0
+            ),
+            Verdict::Drop(DropReason::MidStream)
+        );
+        // UDP too; the packet-mode service on the same VIP is still rewritten.
+        let mut q = udp(sa("10.0.0.5:9"), sa("10.0.0.100:53"), b"q");
+        let udp_mark = offload_mark(dp.server_id(1, 0).unwrap()).unwrap();
+        assert_eq!(
+            dp.handle(Direction::Request, &mut q, true, ChecksumState::Complete, 0),
+            Verdict::Offload(udp_mark)
+        );
+        let mut p = tcp(sa("10.0.0.5:9"), sa("10.0.0.100:8080"), SYN, b"", &[]);
+        assert_eq!(
+            dp.handle(Direction::Request, &mut p, true, ChecksumState::Complete, 0),
+            Verdict::Accept
+        );
+    }
+
+    #[test]
+    fn conntrack_reports_confirm_establish_close_and_end_flows() {
+        let dp = Dataplane::new(&config("ROUND_ROBIN"), 1);
+        let Verdict::Offload(mark) = syn(&dp, "10.0.0.5:1000") else {
+            panic!("no mark")
+        };
+        dp.start_change_log();
+        let server = "172.16.0.2:80";
+        // Reports about flows slbd did not place, or naming another server, change nothing.
+        dp.conntrack_report(
+            &report(false, "10.0.0.5:1000", server, 0, Some(Phase::Established)),
+            0,
+        );
+        dp.conntrack_report(
+            &report(true, "10.0.0.5:1000", "172.16.0.3:80", mark, None),
+            0,
+        );
+        assert_eq!(dp.flow_count(), 1);
+        // Assured: the flow is established and replicated once.
+        let assured = report(
+            false,
+            "10.0.0.5:1000",
+            server,
+            mark,
+            Some(Phase::Established),
+        );
+        dp.conntrack_report(&assured, 0);
+        dp.conntrack_report(&assured, 0);
+        let mut log = Vec::new();
+        dp.take_changes(&mut log).unwrap();
+        assert_eq!(
+            log,
+            vec![Record::Flow {
+                protocol: Protocol::Tcp,
+                client: sa("10.0.0.5:1000"),
+                vip_port: 80,
+                server: sa(server),
+                established: true
+            }]
+        );
+        // Confirmed flows never idle out: conntrack decides when they end.
+        assert_eq!(dp.expire(10_000_000), 0);
+        assert_eq!(live(&dp, 0, 0), 1);
+        // A close stops counting at once; the end removes it, with conntrack's counters.
+        dp.conntrack_report(
+            &report(false, "10.0.0.5:1000", server, mark, Some(Phase::Closing)),
+            0,
+        );
+        assert_eq!(live(&dp, 0, 0), 0);
+        let end = KernelReport {
+            traffic: Some(Traffic {
+                packets_in: 5,
+                bytes_in: 300,
+                packets_out: 4,
+                bytes_out: 900,
+            }),
+            ..report(true, "10.0.0.5:1000", server, mark, None)
+        };
+        dp.conntrack_report(&end, 0);
+        assert_eq!(dp.flow_count(), 0);
+        assert_eq!(live(&dp, 0, 0), 0, "not taken off twice");
+        let st = &dp.services()[0].1[0];
+        assert_eq!(st.bytes_in.load(Relaxed), 300);
+        assert_eq!(st.packets_out.load(Relaxed), 4);
+        log.clear();
+        dp.take_changes(&mut log).unwrap();
+        assert!(matches!(log[..], [Record::End { .. }]), "{log:?}");
+    }
+
+    #[test]
+    fn unconfirmed_flows_expire_and_an_end_does_not_remove_a_newer_flow() {
+        let dp = Dataplane::new(&config("ROUND_ROBIN"), 1);
+        let Verdict::Offload(mark) = syn(&dp, "10.0.0.5:1000") else {
+            panic!("no mark")
+        };
+        // Conntrack ended an older flow on the same 5-tuple after slbd placed the new one.
+        dp.conntrack_report(
+            &report(true, "10.0.0.5:1000", "172.16.0.2:80", mark, None),
+            0,
+        );
+        assert_eq!(dp.flow_count(), 1, "the unconfirmed new flow stays");
+        // Never confirmed (its SYN died after the verdict): gone after the closing timeout.
+        assert_eq!(dp.expire(31_000), 1);
+        assert_eq!(live(&dp, 0, 0), 0);
+    }
+
+    #[test]
+    fn lost_flows_are_adopted_and_a_resync_keeps_exactly_what_conntrack_holds() {
+        let dp = Dataplane::new(&config("ROUND_ROBIN"), 1);
+        let id = dp.server_id(0, 1).unwrap();
+        let mark = offload_mark(id).unwrap();
+        let a = report(
+            false,
+            "10.0.0.7:1",
+            "172.16.0.3:80",
+            mark,
+            Some(Phase::Established),
+        );
+        let b = report(
+            false,
+            "10.0.0.7:2",
+            "172.16.0.3:80",
+            mark,
+            Some(Phase::Established),
+        );
+        dp.conntrack_report(&a, 0);
+        dp.conntrack_report(&b, 0);
+        assert_eq!((dp.flow_count(), live(&dp, 0, 1)), (2, 2));
+        // A mark naming a server id that is not this server's is not slbd's flow.
+        let forged = report(
+            false,
+            "10.0.0.7:3",
+            "172.16.0.9:80",
+            mark,
+            Some(Phase::Established),
+        );
+        dp.conntrack_report(&forged, 0);
+        assert_eq!(dp.flow_count(), 2);
+        dp.conntrack_resync(&[b], 0);
+        assert_eq!((dp.flow_count(), live(&dp, 0, 1)), (1, 1));
+        // A STANDBY follows its ACTIVE, not its own kernel.
+        dp.set_balancing(false, false, 0);
+        dp.conntrack_report(&a, 0);
+        assert_eq!(dp.flow_count(), 1);
+    }
+
+    #[test]
+    fn a_takeover_hands_replicated_offload_flows_to_the_kernel_with_their_marks() {
+        let dp = Dataplane::new(&config("ROUND_ROBIN"), 1);
+        dp.set_balancing(false, false, 0);
+        let flow = |client: &str, port: u16, server: &str, established| Record::Flow {
+            protocol: Protocol::Tcp,
+            client: sa(client),
+            vip_port: port,
+            server: sa(server),
+            established,
+        };
+        dp.apply_replica(
+            &[
+                flow("10.0.0.8:1", 80, "172.16.0.3:80", true),
+                flow("10.0.0.8:2", 80, "172.16.0.2:80", false),
+                flow("10.0.0.8:3", 8080, "172.16.0.2:8081", true),
+            ],
+            0,
+        );
+        dp.set_balancing(true, true, 0);
+        let mut handed = dp.offload_takeover();
+        handed.sort_by_key(|(f, _, _)| f.client);
+        let got: Vec<(SocketAddrV4, SocketAddrV4, u32, bool)> = handed
+            .iter()
+            .map(|(f, mark, est)| (f.client, f.server, *mark, *est))
+            .collect();
+        let mark = |i| offload_mark(dp.server_id(0, i).unwrap()).unwrap();
+        assert_eq!(
+            got,
+            vec![
+                (sa("10.0.0.8:1"), sa("172.16.0.3:80"), mark(1), true),
+                (sa("10.0.0.8:2"), sa("172.16.0.2:80"), mark(0), false),
+            ],
+            "the packet-mode flow stays slbd's"
+        );
+        // Now conntrack's: no idle expiry, and its end is honoured.
+        assert_eq!(
+            dp.expire(10_000_000),
+            1,
+            "only the packet-mode flow idles out"
+        );
+        dp.conntrack_report(
+            &report(true, "10.0.0.8:1", "172.16.0.3:80", mark(1), None),
+            0,
+        );
+        assert_eq!(dp.flow_count(), 1);
+    }
+
+    #[test]
+    fn only_least_connections_follows_every_tcp_state() {
+        let rr = Dataplane::new(&config("ROUND_ROBIN"), 1).offload_targets();
+        assert_eq!(rr.len(), 3, "the offload services' servers only");
+        assert!(rr.iter().all(|t| !t.every_state));
+        let lc = Dataplane::new(&config("LEAST_CONNECTIONS"), 1).offload_targets();
+        assert!(lc.iter().all(|t| t.every_state));
+        assert_eq!(lc[0].server, sa("172.16.0.2:80"));
+    }
+}

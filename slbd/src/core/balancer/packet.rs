@@ -1,0 +1,407 @@
+//! Packet mode's path, where every packet of a flow passes through slbd: a request is
+//! rewritten to its flow's server (DNAT), a reply to come from the VIP (SNAT). This is the one
+//! place a packet is rewritten. Pure.
+
+use super::replica::Record;
+use super::{shard_of, Dataplane, DropReason};
+use crate::config::Mode;
+use crate::core::flow::{FlowKey, Lookup};
+use crate::core::packet::{self, ChecksumState, Endpoint};
+
+impl Dataplane {
+    /// A request: rewritten in place (packet mode, `None`) or, for an offload service's first
+    /// packet, left as it is with the mark that binds its flow (`Some(mark)`).
+    pub(super) fn request(
+        &self,
+        buf: &mut [u8],
+        csum: ChecksumState,
+        now_ms: u64,
+    ) -> Result<Option<u32>, DropReason> {
+        let h = packet::parse(buf).map_err(DropReason::Malformed)?;
+        let view = self.view.load();
+        let svc = view
+            .service(h.protocol, h.dst.port())
+            .filter(|_| *h.dst.ip() == view.vip)
+            .ok_or(DropReason::NoService)?;
+        let key = FlowKey {
+            protocol: h.protocol,
+            src: h.src,
+            dst: h.dst,
+        };
+        if svc.service.mode == Mode::Offload {
+            return self
+                .offload_first(&view, svc, &key, h.flags, now_ms)
+                .map(Some);
+        }
+        let mut flows = self.shards[shard_of(h.src)].lock();
+        let (server, id) = match flows.lookup_request(&key, h.flags, now_ms) {
+            Lookup::Found(placed) => {
+                if placed.closed_now {
+                    self.with_stats(placed.tag, |st| st.less_live(1));
+                }
+                (placed.server, placed.tag)
+            }
+            found @ (Lookup::Missing | Lookup::Reused(_)) => {
+                if let Lookup::Reused(ended) = found {
+                    self.end(&mut flows, &view, &ended, now_ms);
+                }
+                self.place(&view, svc, &key, h.flags, now_ms, &mut flows, false)?
+            }
+        };
+        drop(flows);
+        self.with_stats(id, |st| st.inbound(buf.len()));
+        packet::rewrite(buf, &h, Endpoint::Destination, server, csum);
+        Ok(None)
+    }
+
+    /// A reply of a packet-mode flow: comes from the VIP, or is dropped if it matches no flow.
+    pub(super) fn reply(
+        &self,
+        buf: &mut [u8],
+        csum: ChecksumState,
+        now_ms: u64,
+    ) -> Result<(), DropReason> {
+        let h = packet::parse(buf).map_err(DropReason::Malformed)?;
+        let key = FlowKey {
+            protocol: h.protocol,
+            src: h.src,
+            dst: h.dst,
+        };
+        let mut shard = self.shards[shard_of(h.dst)].lock();
+        let r = shard
+            .lookup_reply(&key, h.flags, now_ms)
+            .ok_or(DropReason::ReplyWithoutFlow)?;
+        if r.established_now {
+            let placed = FlowKey {
+                protocol: h.protocol,
+                src: h.dst,
+                dst: r.vip,
+            };
+            self.log(&mut shard, Record::flow(&placed, h.src));
+        }
+        drop(shard);
+        self.with_stats(r.tag, |st| {
+            st.outbound(buf.len());
+            if r.closed_now {
+                st.less_live(1);
+            }
+        });
+        packet::rewrite(buf, &h, Endpoint::Source, r.vip, csum);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::core::balancer::testing::*;
+    use crate::core::packet::fixtures::{checksums_ok, make_partial, tcp, udp};
+    use crate::core::packet::tcp_flags::{ACK, FIN, SYN};
+
+    fn config(extra: &str) -> Config {
+        Config::from_json(&format!(
+            r#"{{
+            "address": "10.0.0.100", "address_dev": "eth0",
+            "gateway": "172.16.0.1", "gateway_dev": "eth1",
+            "cluster_network": "172.16.0.0/24",
+            {extra}
+            "services": [
+              {{"protocol": "tcp", "port": 80, "servers": ["172.16.0.2:80", "172.16.0.3:80", "172.16.0.4:8080"]}},
+              {{"protocol": "udp", "port": 53, "algorithm": "RATIO",
+                "servers": [{{"address": "172.16.0.2:53", "weight": 3}}, "172.16.0.3:53", "172.16.0.4:53"]}}
+            ]}}"#
+        ))
+        .unwrap()
+    }
+
+    fn sa(s: &str) -> SocketAddrV4 {
+        s.parse().unwrap()
+    }
+
+    fn dst_of(buf: &[u8]) -> SocketAddrV4 {
+        packet::parse(buf).unwrap().dst
+    }
+
+    #[test]
+    fn new_tcp_flows_are_spread_round_robin_and_rewritten() {
+        let dp = Dataplane::for_test(&config(""));
+        let mut seen = Vec::new();
+        for port in 40000..40006 {
+            let mut p = tcp(
+                sa(&format!("10.0.0.5:{port}")),
+                sa("10.0.0.100:80"),
+                SYN,
+                b"",
+                &[],
+            );
+            assert_eq!(
+                dp.handle(Direction::Request, &mut p, true, ChecksumState::Complete, 0),
+                Verdict::Accept
+            );
+            assert!(checksums_ok(&p));
+            seen.push(dst_of(&p));
+        }
+        let expected: Vec<_> = ["172.16.0.2:80", "172.16.0.3:80", "172.16.0.4:8080"]
+            .iter()
+            .cycle()
+            .take(6)
+            .map(|s| sa(s))
+            .collect();
+        assert_eq!(seen, expected);
+        assert_eq!(dp.flow_count(), 6);
+    }
+
+    #[test]
+    fn a_flow_keeps_its_server_and_replies_come_from_the_vip() {
+        let dp = Dataplane::for_test(&config(""));
+        let client = sa("10.0.0.5:40000");
+        let mut syn = tcp(client, sa("10.0.0.100:80"), SYN, b"", &[]);
+        dp.handle(
+            Direction::Request,
+            &mut syn,
+            true,
+            ChecksumState::Complete,
+            0,
+        );
+        let server = dst_of(&syn);
+        // Another flow moves the round robin on; this flow's next packet must not move.
+        let mut other = tcp(sa("10.0.0.6:1"), sa("10.0.0.100:80"), SYN, b"", &[]);
+        dp.handle(
+            Direction::Request,
+            &mut other,
+            true,
+            ChecksumState::Complete,
+            1,
+        );
+        let mut data = tcp(client, sa("10.0.0.100:80"), ACK, b"GET /", &[]);
+        dp.handle(
+            Direction::Request,
+            &mut data,
+            true,
+            ChecksumState::Complete,
+            2,
+        );
+        assert_eq!(dst_of(&data), server);
+
+        let mut reply = tcp(server, client, SYN | ACK, b"", &[]);
+        make_partial(&mut reply);
+        assert_eq!(
+            dp.handle(
+                Direction::Reply,
+                &mut reply,
+                true,
+                ChecksumState::Partial,
+                3
+            ),
+            Verdict::Accept
+        );
+        let h = packet::parse(&reply).unwrap();
+        assert_eq!(h.src, sa("10.0.0.100:80"));
+        assert_eq!(h.dst, client);
+        assert!(checksums_ok(&reply));
+    }
+
+    #[test]
+    fn udp_ratio_spreads_by_weight() {
+        let dp = Dataplane::for_test(&config(""));
+        let mut counts = std::collections::HashMap::new();
+        for port in 1..=30 {
+            let mut p = udp(sa(&format!("10.0.0.5:{port}")), sa("10.0.0.100:53"), b"q");
+            dp.handle(Direction::Request, &mut p, true, ChecksumState::Complete, 0);
+            *counts.entry(*dst_of(&p).ip()).or_insert(0) += 1;
+        }
+        assert_eq!(counts[&"172.16.0.2".parse::<Ipv4Addr>().unwrap()], 18);
+        assert_eq!(counts[&"172.16.0.3".parse::<Ipv4Addr>().unwrap()], 6);
+        assert_eq!(counts[&"172.16.0.4".parse::<Ipv4Addr>().unwrap()], 6);
+    }
+
+    #[test]
+    fn persistence_keeps_a_client_on_its_server_until_the_timeout() {
+        let dp = Dataplane::for_test(&config(r#""persistence_timeout": 10,"#));
+        let first = |port: u16, now: u64| {
+            let mut p = tcp(
+                SocketAddrV4::new("10.0.0.5".parse().unwrap(), port),
+                sa("10.0.0.100:80"),
+                SYN,
+                b"",
+                &[],
+            );
+            dp.handle(
+                Direction::Request,
+                &mut p,
+                true,
+                ChecksumState::Complete,
+                now,
+            );
+            dst_of(&p)
+        };
+        let s = first(1000, 0);
+        for port in 1001..1010 {
+            assert_eq!(first(port, 1_000), s, "a returning client stays");
+        }
+        // Another client is balanced normally.
+        let mut p = tcp(sa("10.0.0.9:1000"), sa("10.0.0.100:80"), SYN, b"", &[]);
+        dp.handle(
+            Direction::Request,
+            &mut p,
+            true,
+            ChecksumState::Complete,
+            1_000,
+        );
+        assert_ne!(dst_of(&p), s);
+        // Flows' ends refresh it; after the timeout with no flows, the client may move.
+        dp.expire(2_000_000);
+        let moved = (0..3)
+            .map(|k| first(2000 + k, 2_100_000))
+            .collect::<Vec<_>>();
+        assert!(moved.iter().all(|m| *m == moved[0]));
+    }
+
+    #[test]
+    fn drops_what_it_cannot_balance_and_counts_why() {
+        let dp = Dataplane::for_test(&config(""));
+        let cases: Vec<(Direction, Vec<u8>, DropReason)> = vec![
+            (
+                Direction::Request,
+                vec![0x45, 0, 0],
+                DropReason::Malformed(Malformed::TooShort),
+            ),
+            (
+                Direction::Request,
+                tcp(sa("10.0.0.5:1"), sa("10.0.0.100:81"), SYN, b"", &[]),
+                DropReason::NoService,
+            ),
+            (
+                Direction::Request,
+                tcp(sa("10.0.0.5:1"), sa("10.0.0.101:80"), SYN, b"", &[]),
+                DropReason::NoService,
+            ),
+            (
+                Direction::Request,
+                tcp(sa("10.0.0.5:1"), sa("10.0.0.100:80"), ACK, b"x", &[]),
+                DropReason::MidStream,
+            ),
+            (
+                Direction::Request,
+                tcp(sa("10.0.0.5:1"), sa("10.0.0.100:80"), FIN | ACK, b"", &[]),
+                DropReason::MidStream,
+            ),
+            (
+                Direction::Reply,
+                tcp(sa("172.16.0.2:80"), sa("10.0.0.5:1"), ACK, b"", &[]),
+                DropReason::ReplyWithoutFlow,
+            ),
+        ];
+        for (dir, mut p, why) in cases {
+            let before = p.clone();
+            assert_eq!(
+                dp.handle(dir, &mut p, true, ChecksumState::Complete, 0),
+                Verdict::Drop(why)
+            );
+            assert_eq!(p, before, "a dropped packet is not touched");
+        }
+        for (why, n) in [
+            (DropReason::Malformed(Malformed::TooShort), 1),
+            (DropReason::NoService, 2),
+            (DropReason::MidStream, 2),
+            (DropReason::ReplyWithoutFlow, 1),
+        ] {
+            assert_eq!(dp.counters.dropped(why), n, "{}", why.name());
+        }
+        let mut p = tcp(sa("10.0.0.5:1"), sa("10.0.0.100:80"), SYN, b"", &[]);
+        assert_eq!(
+            dp.handle(
+                Direction::Request,
+                &mut p,
+                false,
+                ChecksumState::Complete,
+                0
+            ),
+            Verdict::Drop(DropReason::Truncated)
+        );
+        assert_eq!(dp.flow_count(), 0);
+    }
+
+    #[test]
+    fn a_full_table_refuses_new_flows_but_keeps_old_ones() {
+        let dp = Dataplane::for_test(&config(r#""flows": {"max": 64},"#));
+        let client = |port| SocketAddrV4::new("10.0.0.5".parse().unwrap(), port);
+        let send = |port: u16| {
+            let mut p = udp(client(port), sa("10.0.0.100:53"), b"q");
+            let v = dp.handle(Direction::Request, &mut p, true, ChecksumState::Complete, 0);
+            (v, dst_of(&p))
+        };
+        let mut placed = Vec::new();
+        for port in 1..=2000u16 {
+            if let (Verdict::Accept, server) = send(port) {
+                placed.push((port, server));
+            }
+        }
+        let accepted = placed.len() as u64;
+        // One slot per shard: as many flows as shards that clients hashed into, never more.
+        assert!(accepted <= 64 && accepted > 0, "{accepted}");
+        assert_eq!(dp.counters.dropped(DropReason::TableFull), 2000 - accepted);
+        // The flows already in the table keep going to their servers.
+        for (port, server) in placed {
+            assert_eq!(send(port), (Verdict::Accept, server), "client port {port}");
+        }
+        assert_eq!(dp.counters.dropped(DropReason::TableFull), 2000 - accepted);
+    }
+
+    #[test]
+    fn live_flow_counts_fall_when_flows_expire() {
+        let dp = Dataplane::for_test(&config(""));
+        for port in 1..=9u16 {
+            let mut p = udp(
+                SocketAddrV4::new("10.0.0.5".parse().unwrap(), port),
+                sa("10.0.0.100:53"),
+                b"q",
+            );
+            dp.handle(Direction::Request, &mut p, true, ChecksumState::Complete, 0);
+        }
+        let live = |dp: &Dataplane| {
+            dp.services()
+                .iter()
+                .map(|(_, s)| s.iter().map(|x| x.live_flows.load(Relaxed)).sum::<u64>())
+                .sum::<u64>()
+        };
+        assert_eq!(live(&dp), 9);
+        assert_eq!(dp.expire(61_000), 9);
+        assert_eq!(live(&dp), 0);
+    }
+}
+
+#[cfg(test)]
+mod accounting_tests {
+    use crate::core::balancer::testing::*;
+    use crate::core::packet::fixtures::tcp;
+    use crate::core::packet::tcp_flags::{ACK, FIN, SYN};
+
+    #[test]
+    fn live_flows_count_open_connections_only_and_a_reused_port_does_not_leak() {
+        let c = Config::from_json(
+            r#"{"address": "10.0.0.100", "address_dev": "eth0", "gateway": "172.16.0.1",
+                "gateway_dev": "eth1", "cluster_network": "172.16.0.0/24",
+                "services": [{"protocol": "tcp", "port": 80, "servers": ["172.16.0.2:80"]}]}"#,
+        )
+        .unwrap();
+        let dp = Dataplane::new(&c, 1);
+        let send = |flags| {
+            let mut p = tcp(
+                "10.0.0.5:4000".parse().unwrap(),
+                "10.0.0.100:80".parse().unwrap(),
+                flags,
+                b"",
+                &[],
+            );
+            dp.handle(Direction::Request, &mut p, true, ChecksumState::Complete, 0)
+        };
+        for _ in 0..5 {
+            assert_eq!(send(SYN), Verdict::Accept);
+            assert_eq!(send(FIN | ACK), Verdict::Accept);
+        }
+        let live = || dp.services()[0].1[0].live_flows.load(Relaxed);
+        assert_eq!(live(), 0, "five connections on one client port, all closed");
+        assert_eq!(send(SYN), Verdict::Accept);
+        assert_eq!(live(), 1, "a sixth, open");
+    }
+}

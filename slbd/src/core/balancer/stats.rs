@@ -1,0 +1,132 @@
+//! The per-server counters and health every queue worker, the health checker, status and the
+//! metrics share, and the registry that gives each real server a stable id. Pure (atomics
+//! only).
+
+use std::collections::HashMap;
+use std::net::SocketAddrV4;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use super::verdict::DropReason;
+use crate::config::Mode;
+use crate::core::net::Protocol;
+
+/// Per real server counters and health, shared by the queue workers and the health checker.
+#[derive(Debug)]
+pub struct ServerStats {
+    pub packets_in: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub packets_out: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub new_flows: AtomicU64,
+    pub live_flows: AtomicU64,
+    /// Times the service's scheduler chose this server.
+    pub scheduled: AtomicU64,
+    /// Times persistence sent a client back to this server (the scheduler was not asked).
+    pub persisted: AtomicU64,
+    /// In rotation. Servers start up, so balancing starts before the first check completes.
+    pub up: AtomicBool,
+    /// Smoothed service latency in µs; 0 until measured.
+    pub latency_us: AtomicU32,
+}
+
+impl Default for ServerStats {
+    fn default() -> Self {
+        ServerStats {
+            packets_in: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            packets_out: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            new_flows: AtomicU64::new(0),
+            live_flows: AtomicU64::new(0),
+            scheduled: AtomicU64::new(0),
+            persisted: AtomicU64::new(0),
+            up: AtomicBool::new(true),
+            latency_us: AtomicU32::new(0),
+        }
+    }
+}
+
+impl ServerStats {
+    /// Takes `n` off the live count (saturating: counts are advisory, never negative).
+    pub(super) fn less_live(&self, n: u64) {
+        let _ = self
+            .live_flows
+            .fetch_update(Relaxed, Relaxed, |live| Some(live.saturating_sub(n)));
+    }
+
+    /// A new flow placed on this server.
+    pub(super) fn placed(&self) {
+        self.new_flows.fetch_add(1, Relaxed);
+        self.live_flows.fetch_add(1, Relaxed);
+    }
+
+    pub(super) fn inbound(&self, bytes: usize) {
+        self.packets_in.fetch_add(1, Relaxed);
+        self.bytes_in.fetch_add(bytes as u64, Relaxed);
+    }
+
+    pub(super) fn outbound(&self, bytes: usize) {
+        self.packets_out.fetch_add(1, Relaxed);
+        self.bytes_out.fetch_add(bytes as u64, Relaxed);
+    }
+}
+
+/// Every real server ever configured, by stable id (ids are never reused, so flows to a
+/// removed server still find their counters while they drain).
+#[derive(Default, Clone)]
+pub(super) struct Registry {
+    pub(super) stats: Vec<Arc<ServerStats>>,
+    pub(super) ids: HashMap<(Protocol, u16, SocketAddrV4), u32>,
+    /// The mode of each id's service when it was last configured.
+    pub(super) modes: Vec<Mode>,
+}
+
+impl Registry {
+    /// The stable id of `server` on the service (protocol, VIP port), given one if it has none.
+    pub(super) fn id(
+        &mut self,
+        protocol: Protocol,
+        port: u16,
+        server: SocketAddrV4,
+        mode: Mode,
+    ) -> u32 {
+        let id = *self.ids.entry((protocol, port, server)).or_insert_with(|| {
+            self.stats.push(Arc::new(ServerStats::default()));
+            self.modes.push(mode);
+            (self.stats.len() - 1) as u32
+        });
+        self.modes[id as usize] = mode;
+        id
+    }
+}
+
+/// Whole-dataplane counters.
+#[derive(Debug)]
+pub struct Counters {
+    pub requests: AtomicU64,
+    pub replies: AtomicU64,
+    drops: [AtomicU64; DropReason::COUNT],
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            requests: AtomicU64::new(0),
+            replies: AtomicU64::new(0),
+            drops: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl Counters {
+    pub fn dropped(&self, why: DropReason) -> u64 {
+        self.drops.get(why.index()).map_or(0, |c| c.load(Relaxed))
+    }
+
+    pub(super) fn drop(&self, why: DropReason) {
+        if let Some(c) = self.drops.get(why.index()) {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+}
