@@ -257,15 +257,13 @@ fn watchdog(
             *replication.lock() = None;
             continue;
         }
-        match slbd::ctl::client::call(
-            socket,
-            &slbd::ctl::proto::Command::Status,
-            Duration::from_secs(2),
-        ) {
+        match slbd::ctl::client::status(socket, Duration::from_secs(2)) {
             Ok(status) => {
                 failures = 0;
                 answered = true;
-                *replication.lock() = status.get("replication").cloned().filter(|r| !r.is_null());
+                *replication.lock() = status
+                    .replication
+                    .and_then(|r| serde_json::to_value(r).ok());
             }
             Err(_) if !answered => {}
             Err(_) => {

@@ -105,7 +105,11 @@ pub fn query(q: &Value, now_ms: u64) -> String {
     if !q["replication"].is_null() {
         out += &format!(
             "replication {}\n",
-            slbd::ctl::status::describe_replication(&q["replication"])
+            slbd::ctl::status::describe_replication(
+                serde_json::from_value(q["replication"].clone())
+                    .ok()
+                    .as_ref()
+            )
         );
     }
     let sy = &q["sync"];

@@ -202,10 +202,7 @@ fn run(args: &Args) -> Result<()> {
         bail!("nothing to do (see --help)");
     }
     let say = |cmd: Command| -> Result<()> {
-        let v = client::call(&args.socket, &cmd)?;
-        if let Some(msg) = v.as_str() {
-            eprintln!("slbd: {msg}");
-        }
+        eprintln!("slbd: {}", client::run(&args.socket, &cmd)?);
         Ok(())
     };
     if args.clear_config {
@@ -227,7 +224,7 @@ fn run(args: &Args) -> Result<()> {
         say(Command::SaveConfig)?;
     }
     if args.status {
-        let st = client::call(&args.socket, &Command::Status)?;
+        let st = client::status(&args.socket)?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(&st)?);
         } else {
@@ -235,7 +232,7 @@ fn run(args: &Args) -> Result<()> {
         }
     }
     if args.show_config {
-        let cfg = client::call(&args.socket, &Command::ShowConfig)?;
+        let cfg = client::show_config(&args.socket)?;
         println!("{}", serde_json::to_string_pretty(&cfg)?);
     }
     Ok(())

@@ -1,18 +1,6 @@
-//! Renders slbd's `status` reply as the table `slbctl --status` prints. Pure.
+//! Renders slbd's status answer as the table `slbctl --status` prints. Pure.
 
-use serde_json::Value;
-
-fn s(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
-    }
-}
-
-fn n(v: &Value) -> u64 {
-    v.as_u64().unwrap_or(0)
-}
+use slbd::ctl::status::Status;
 
 /// Bytes in a short human form.
 fn bytes(b: u64) -> String {
@@ -24,29 +12,29 @@ fn bytes(b: u64) -> String {
     }
 }
 
-pub fn render(st: &Value) -> String {
+pub fn render(st: &Status) -> String {
     let mut out = format!(
         "slbd: {}  VIP {} ({})  gateway {} ({})  cluster {}\nflows {}  requests {}  replies {}  queue: {}, overruns {}\n",
-        s(&st["state"]),
-        s(&st["vip"]),
-        s(&st["address_dev"]),
-        s(&st["gateway"]),
-        s(&st["gateway_dev"]),
-        s(&st["cluster_network"]),
-        n(&st["flows"]),
-        n(&st["requests"]),
-        n(&st["replies"]),
-        s(&st["queue"]["backend"]),
-        n(&st["queue"]["overruns"]),
+        st.state,
+        st.vip,
+        st.address_dev,
+        st.gateway,
+        st.gateway_dev,
+        st.cluster_network,
+        st.flows,
+        st.requests,
+        st.replies,
+        st.queue.backend,
+        st.queue.overruns,
     );
-    for svc in st["services"].as_array().into_iter().flatten() {
-        let persist = n(&svc["persistence_timeout"]);
+    for svc in &st.services {
+        let persist = svc.persistence_timeout;
         out.push_str(&format!(
             "\nservice {}  {}  {}{}\n",
-            s(&svc["name"]),
-            s(&svc["algorithm"]),
-            match svc["mode"].as_str() {
-                Some("offload") => "offload (conntrack carries established flows)",
+            svc.name,
+            svc.algorithm,
+            match svc.mode.as_str() {
+                "offload" => "offload (conntrack carries established flows)",
                 _ => "packet",
             },
             if persist > 0 {
@@ -68,54 +56,45 @@ pub fn render(st: &Value) -> String {
             "PKTS OUT",
             "BYTES OUT"
         ));
-        for r in svc["servers"].as_array().into_iter().flatten() {
-            let latency = r["latency_us"].as_u64().map_or("-".to_string(), |us| {
-                format!("{:.2} ms", us as f64 / 1000.0)
+        for r in &svc.servers {
+            let latency = r.latency_us.map_or("-".to_string(), |us| {
+                format!("{:.2} ms", f64::from(us) / 1000.0)
             });
             out.push_str(&format!(
                 "  {:<21} {:>6} {:>5} {:>10} {:>6} {:>8} {:>10} {:>8} {:>10} {:>8}\n",
-                s(&r["address"]),
-                n(&r["weight"]),
-                s(&r["state"]),
+                r.address,
+                r.weight,
+                r.state,
                 latency,
-                n(&r["live_flows"]),
-                n(&r["new_flows"]),
-                n(&r["packets_in"]),
-                bytes(n(&r["bytes_in"])),
-                n(&r["packets_out"]),
-                bytes(n(&r["bytes_out"])),
+                r.live_flows,
+                r.new_flows,
+                r.packets_in,
+                bytes(r.bytes_in),
+                r.packets_out,
+                bytes(r.bytes_out),
             ));
         }
     }
-    let drops: Vec<String> = st["drops"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .filter(|(_, v)| n(v) > 0)
-        .map(|(k, v)| format!("{k}={}", n(v)))
+    let drops: Vec<String> = st
+        .drops
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(k, n)| format!("{k}={n}"))
         .collect();
     if !drops.is_empty() {
         out.push_str(&format!("\ndropped: {}\n", drops.join(" ")));
     }
-    let offload = st["services"]
-        .as_array()
-        .is_some_and(|a| a.iter().any(|s| s["mode"] == "offload"));
-    if offload {
-        let c = &st["conntrack"];
+    if st.services.iter().any(|s| s.mode == "offload") {
+        let c = &st.conntrack;
         out.push_str(&format!(
             "\nconntrack: {} events, {} overruns, {} resyncs, {} flows committed at takeovers ({} failed), {} cuts\n",
-            n(&c["events"]),
-            n(&c["overruns"]),
-            n(&c["resyncs"]),
-            n(&c["committed"]),
-            n(&c["commit_failed"]),
-            n(&c["cuts"]),
+            c.events, c.overruns, c.resyncs, c.committed, c.commit_failed, c.cuts,
         ));
     }
-    if !st["replication"].is_null() {
+    if let Some(r) = &st.replication {
         out.push_str(&format!(
             "\nreplication: {}\n",
-            slbd::ctl::status::describe_replication(&st["replication"])
+            slbd::ctl::status::describe_replication(Some(r))
         ));
     }
     out
@@ -128,17 +107,21 @@ mod tests {
 
     #[test]
     fn renders_services_servers_and_drops() {
-        let st = json!({
+        let st: Status = serde_json::from_value(json!({
             "state": "balancing", "vip": "10.0.0.100", "address_dev": "eth0", "gateway": "172.16.0.1",
-            "gateway_dev": "br0", "cluster_network": "172.16.0.0/24", "flows": 3, "requests": 10, "replies": 9,
-            "queue": {"backend": "xtables NFQUEUE target (nft_compat)", "overruns": 0},
+            "gateway_dev": "br0", "cluster_network": "172.16.0.0/24", "algorithm": "ROUND_ROBIN",
+            "flows": 3, "requests": 10, "replies": 9,
+            "queue": {"backend": "xtables NFQUEUE target (nft_compat)", "packets": 19, "overruns": 0, "verdict_errors": 0},
+            "conntrack": {"events": 0, "overruns": 0, "resyncs": 0, "committed": 0, "commit_failed": 0, "cuts": 0},
+            "replication": null,
             "drops": {"no_server": 2, "fragment": 0},
-            "services": [{"name": "tcp/80", "algorithm": "ROUND_ROBIN", "persistence_timeout": 0, "servers": [
+            "services": [{"name": "tcp/80", "algorithm": "ROUND_ROBIN", "mode": "packet", "persistence_timeout": 0, "servers": [
                 {"address": "172.16.0.2:8000", "weight": 1, "state": "up", "latency_us": 310, "live_flows": 2,
                  "new_flows": 5, "packets_in": 40, "bytes_in": 3000, "packets_out": 30, "bytes_out": 2_000_000},
                 {"address": "172.16.0.3:8000", "weight": 1, "state": "down", "latency_us": null, "live_flows": 0,
                  "new_flows": 0, "packets_in": 0, "bytes_in": 0, "packets_out": 0, "bytes_out": 0}]}]
-        });
+        }))
+        .unwrap();
         let text = render(&st);
         assert!(
             text.starts_with("slbd: balancing  VIP 10.0.0.100 (eth0)"),

@@ -1,11 +1,14 @@
-//! SHELL: one request to slbd's control socket and its reply (slbctl's and amgr's client).
+//! SHELL: one request to slbd's control socket and its reply, raw or as the type the command
+//! answers with (slbctl's and amgr's client). Side effects: connects to the socket.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::config::RawConfig;
 use crate::ctl::proto::{self, Command};
+use crate::ctl::status::Status;
 use anyhow::{anyhow, Context, Result};
 use serde_json::Value;
 
@@ -36,4 +39,27 @@ pub fn call(socket: &Path, cmd: &Command, timeout: Duration) -> Result<Value> {
         .read_line(&mut line)
         .context("reading slbd's reply")?;
     proto::parse_reply(&line).map_err(|e| anyhow!("slbd: {e}"))
+}
+
+/// slbd's status.
+pub fn status(socket: &Path, timeout: Duration) -> Result<Status> {
+    typed(call(socket, &Command::Status, timeout)?, "status")
+}
+
+/// The running configuration as slb_conf.json would hold it (secrets left out).
+pub fn show_config(socket: &Path, timeout: Duration) -> Result<RawConfig> {
+    typed(
+        call(socket, &Command::ShowConfig, timeout)?,
+        "configuration",
+    )
+}
+
+/// A command whose answer is a word on what slbd did (`applied`, `loaded` …).
+pub fn run(socket: &Path, cmd: &Command, timeout: Duration) -> Result<String> {
+    typed(call(socket, cmd, timeout)?, "answer")
+}
+
+fn typed<T: serde::de::DeserializeOwned>(v: Value, what: &str) -> Result<T> {
+    serde_json::from_value(v)
+        .map_err(|e| anyhow!("slbd sent a {what} this slbctl cannot read: {e}"))
 }

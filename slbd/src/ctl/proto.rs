@@ -10,6 +10,8 @@ use serde_json::{json, Value};
 use slb_common::envelope::{self, EnvelopeError};
 
 use crate::config::edit::Edit;
+use crate::config::RawConfig;
+use crate::ctl::status::Status;
 
 pub use slb_common::envelope::{MAX_LINE, VERSION};
 /// Where slbd listens unless told otherwise.
@@ -51,6 +53,23 @@ impl Command {
             Command::ClearConfig => "clear_config",
             Command::Announce => "announce",
         }
+    }
+}
+
+/// What slbd answers a command with: its status, its running configuration, or a word on
+/// what it did (`applied`, `loaded`, `saved to …`). The JSON `result` is the variant's own
+/// JSON, so a client that knows what it asked reads it back as that type.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(untagged)]
+pub enum Reply {
+    Status(Box<Status>),
+    Config(Box<RawConfig>),
+    Done(String),
+}
+
+impl From<&str> for Reply {
+    fn from(s: &str) -> Reply {
+        Reply::Done(s.to_string())
     }
 }
 

@@ -9,14 +9,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::Value;
 use slb_common::envelope::{self, EnvelopeError, Line};
 
-use super::proto::{self, Command};
+use super::proto::{self, Command, Reply};
 
 /// What answers the requests; the daemon implements it over the running data plane.
 pub trait Handler: Send + Sync + 'static {
-    fn handle(&self, cmd: &Command) -> Result<Value, String>;
+    fn handle(&self, cmd: &Command) -> Result<Reply, String>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -106,7 +105,10 @@ fn serve(conn: UnixStream, handler: &dyn Handler) {
         };
         let reply = match proto::parse_request(line.trim_ascii_end()) {
             Ok(cmd) => match handler.handle(&cmd) {
-                Ok(v) => proto::ok(v),
+                Ok(reply) => match serde_json::to_value(&reply) {
+                    Ok(v) => proto::ok(v),
+                    Err(e) => proto::error(&format!("cannot encode the reply: {e}")),
+                },
                 Err(e) => proto::error(&e),
             },
             Err(e) => {

@@ -1,52 +1,149 @@
-//! What slbd's `status` answer means to an operator, in words: shared by `slbctl --status`
-//! and `amgr query`, so both say the same thing. Pure.
+//! What slbd's `status` answer holds, as types slbctl and amgr read (the control protocol's
+//! typed reply), and what it means to an operator in words, shared by `slbctl --status` and
+//! `amgr query` so both say the same thing. Pure.
 
-/// One line saying what `status`'s `replication` object means to an operator (for
-/// `slbctl --status` and `amgr query`). Pure.
-pub fn describe_replication(r: &serde_json::Value) -> String {
-    use serde_json::Value;
-    let n = |k: &str| r[k].as_u64().unwrap_or(0);
-    let text = |k: &str| r[k].as_str().unwrap_or("-").to_string();
-    let mut out = match r["role"].as_str() {
-        None => return "off".into(),
-        Some("sender") => match &r["standby"] {
-            Value::Null => "sender, no standby connected".to_string(),
-            _ => format!(
-                "sender to {} ({}), {} records / {} bytes sent, {} snapshots, {} overflows",
-                text("standby"),
-                if r["standby_has_snapshot"] == true {
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// slbd's state, per service and server, and the figures of its queues, conntrack side and
+/// replication.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// `balancing`, `unloaded` or `cleared`.
+    pub state: String,
+    pub vip: String,
+    pub address_dev: String,
+    pub gateway: String,
+    pub gateway_dev: String,
+    pub cluster_network: String,
+    pub algorithm: String,
+    /// Flows tracked now.
+    pub flows: u64,
+    pub requests: u64,
+    pub replies: u64,
+    /// Packets dropped, by reason (every reason, zeros included).
+    pub drops: BTreeMap<String, u64>,
+    pub services: Vec<ServiceStatus>,
+    pub queue: QueueStatus,
+    pub conntrack: ConntrackStatus,
+    /// Absent when slbd runs without a pair key.
+    pub replication: Option<ReplicationStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    /// `tcp/80`.
+    pub name: String,
+    pub algorithm: String,
+    /// `packet` or `offload`.
+    pub mode: String,
+    /// Seconds; 0 when persistence is off.
+    pub persistence_timeout: u64,
+    pub servers: Vec<ServerStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerStatus {
+    pub address: String,
+    pub weight: u32,
+    /// `up` or `down`.
+    pub state: String,
+    /// The smoothed health-check latency, once measured.
+    pub latency_us: Option<u32>,
+    pub live_flows: u64,
+    pub new_flows: u64,
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueueStatus {
+    /// Which NFQUEUE expression the rules use.
+    pub backend: String,
+    pub packets: u64,
+    pub overruns: u64,
+    pub verdict_errors: u64,
+}
+
+/// Offload mode's conntrack side.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConntrackStatus {
+    pub events: u64,
+    pub overruns: u64,
+    pub resyncs: u64,
+    /// Flows committed to conntrack at takeovers, and the ones the kernel refused.
+    pub committed: u64,
+    pub commit_failed: u64,
+    pub cuts: u64,
+}
+
+/// Flow replication, from the side this node plays now.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ReplicationStatus {
+    /// `sender` (the ACTIVE) or `receiver` (the STANDBY).
+    pub role: String,
+    /// Sender: the STANDBY being served, once authenticated.
+    pub standby: Option<String>,
+    pub standby_has_snapshot: bool,
+    /// Receiver: the ACTIVE it receives from.
+    pub receiving_from: Option<String>,
+    pub takeover_ready: bool,
+    pub lag_ms: u64,
+    pub last_frame_ms_ago: Option<u64>,
+    pub records_sent: u64,
+    pub bytes_sent: u64,
+    pub snapshots_sent: u64,
+    pub keepalives_sent: u64,
+    pub overflows: u64,
+    pub records_applied: u64,
+    pub records_unknown: u64,
+    pub bytes_received: u64,
+    pub snapshots_received: u64,
+    /// Connections and frames refused, by reason.
+    pub refused: BTreeMap<String, u64>,
+}
+
+/// One line saying what the replication figures mean to an operator; `off` without any.
+pub fn describe_replication(r: Option<&ReplicationStatus>) -> String {
+    let Some(r) = r else {
+        return "off".into();
+    };
+    let mut out = if r.role == "sender" {
+        match &r.standby {
+            None => "sender, no standby connected".to_string(),
+            Some(standby) => format!(
+                "sender to {standby} ({}), {} records / {} bytes sent, {} snapshots, {} overflows",
+                if r.standby_has_snapshot {
                     "has the snapshot"
                 } else {
                     "snapshot in progress"
                 },
-                n("records_sent"),
-                n("bytes_sent"),
-                n("snapshots_sent"),
-                n("overflows"),
+                r.records_sent,
+                r.bytes_sent,
+                r.snapshots_sent,
+                r.overflows,
             ),
-        },
-        Some(_) => match &r["receiving_from"] {
-            Value::Null => "receiver, NOT takeover-ready: not connected to the ACTIVE".to_string(),
-            _ => format!(
-                "receiver from {}, {}, lag {} ms, last frame {} ms ago, {} records applied",
-                text("receiving_from"),
-                if r["takeover_ready"] == true {
+        }
+    } else {
+        match &r.receiving_from {
+            None => "receiver, NOT takeover-ready: not connected to the ACTIVE".to_string(),
+            Some(active) => format!(
+                "receiver from {active}, {}, lag {} ms, last frame {} ms ago, {} records applied",
+                if r.takeover_ready {
                     "takeover-ready"
                 } else {
                     "NOT takeover-ready (snapshot incomplete or stream silent)"
                 },
-                n("lag_ms"),
-                n("last_frame_ms_ago"),
-                n("records_applied"),
+                r.lag_ms,
+                r.last_frame_ms_ago.unwrap_or(0),
+                r.records_applied,
             ),
-        },
+        }
     };
-    let refused: Vec<String> = r["refused"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .map(|(k, v)| format!("{k}={}", v.as_u64().unwrap_or(0)))
-        .collect();
+    let refused: Vec<String> = r.refused.iter().map(|(k, v)| format!("{k}={v}")).collect();
     if !refused.is_empty() {
         out += &format!(", refused {}", refused.join(" "));
     }
@@ -55,35 +152,117 @@ pub fn describe_replication(r: &serde_json::Value) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::describe_replication as describe;
-    use serde_json::json;
+    use super::*;
+
+    fn sender(standby: Option<&str>) -> ReplicationStatus {
+        ReplicationStatus {
+            role: "sender".into(),
+            standby: standby.map(Into::into),
+            ..Default::default()
+        }
+    }
+
+    fn receiver(from: Option<&str>) -> ReplicationStatus {
+        ReplicationStatus {
+            role: "receiver".into(),
+            receiving_from: from.map(Into::into),
+            ..Default::default()
+        }
+    }
 
     #[test]
     fn each_role_and_readiness_reads_as_one_line() {
-        assert_eq!(describe(&json!(null)), "off");
+        assert_eq!(describe_replication(None), "off");
         assert_eq!(
-            describe(&json!({"role": "sender", "standby": null})),
+            describe_replication(Some(&sender(None))),
             "sender, no standby connected"
         );
+        let serving = ReplicationStatus {
+            standby_has_snapshot: true,
+            records_sent: 10,
+            bytes_sent: 300,
+            snapshots_sent: 1,
+            refused: [("mac".to_string(), 2)].into(),
+            ..sender(Some("192.168.100.2:5000"))
+        };
         assert_eq!(
-            describe(&json!({"role": "sender", "standby": "192.168.100.2:5000",
-                "standby_has_snapshot": true, "records_sent": 10, "bytes_sent": 300,
-                "snapshots_sent": 1, "overflows": 0, "refused": {"mac": 2}})),
+            describe_replication(Some(&serving)),
             "sender to 192.168.100.2:5000 (has the snapshot), 10 records / 300 bytes sent, \
              1 snapshots, 0 overflows, refused mac=2"
         );
         assert_eq!(
-            describe(&json!({"role": "receiver", "receiving_from": null})),
+            describe_replication(Some(&receiver(None))),
             "receiver, NOT takeover-ready: not connected to the ACTIVE"
         );
+        let ready = ReplicationStatus {
+            takeover_ready: true,
+            lag_ms: 3,
+            last_frame_ms_ago: Some(120),
+            records_applied: 1000,
+            ..receiver(Some("192.168.100.1:7407"))
+        };
         assert_eq!(
-            describe(
-                &json!({"role": "receiver", "receiving_from": "192.168.100.1:7407",
-                "takeover_ready": true, "lag_ms": 3, "last_frame_ms_ago": 120,
-                "records_applied": 1000, "refused": {}})
-            ),
+            describe_replication(Some(&ready)),
             "receiver from 192.168.100.1:7407, takeover-ready, lag 3 ms, last frame 120 ms ago, \
              1000 records applied"
         );
+    }
+
+    #[test]
+    fn a_status_travels_as_the_json_operators_script_against() {
+        let st = Status {
+            state: "balancing".into(),
+            vip: "10.0.0.100".into(),
+            address_dev: "eth0".into(),
+            gateway: "172.16.0.1".into(),
+            gateway_dev: "eth1".into(),
+            cluster_network: "172.16.0.0/24".into(),
+            algorithm: "RATIO".into(),
+            flows: 3,
+            requests: 9,
+            replies: 8,
+            drops: [("no_server".to_string(), 1)].into(),
+            services: vec![ServiceStatus {
+                name: "tcp/80".into(),
+                algorithm: "RATIO".into(),
+                mode: "packet".into(),
+                persistence_timeout: 0,
+                servers: vec![ServerStatus {
+                    address: "172.16.0.2:80".into(),
+                    weight: 2,
+                    state: "up".into(),
+                    latency_us: None,
+                    live_flows: 3,
+                    new_flows: 4,
+                    packets_in: 5,
+                    bytes_in: 6,
+                    packets_out: 7,
+                    bytes_out: 8,
+                }],
+            }],
+            queue: QueueStatus {
+                backend: "xtables".into(),
+                packets: 17,
+                overruns: 0,
+                verdict_errors: 0,
+            },
+            conntrack: ConntrackStatus {
+                events: 0,
+                overruns: 0,
+                resyncs: 0,
+                committed: 0,
+                commit_failed: 0,
+                cuts: 0,
+            },
+            replication: None,
+        };
+        let v = serde_json::to_value(&st).unwrap();
+        assert_eq!(
+            v["services"][0]["servers"][0]["latency_us"],
+            serde_json::Value::Null
+        );
+        assert_eq!(v["drops"]["no_server"], 1);
+        assert_eq!(v["replication"], serde_json::Value::Null);
+        assert_eq!(serde_json::from_value::<Status>(v).unwrap(), st);
     }
 }

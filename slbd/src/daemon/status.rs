@@ -1,55 +1,88 @@
-//! The `status` the control socket reports, built from the data plane's counters: per service
-//! and server, health, smoothed latency, live and new flows, packets and bytes; and the drops.
+//! The `status` the control socket reports, read from the same counters as the metrics: per
+//! service and server, health, smoothed latency, live and new flows, packets and bytes; the
+//! drops; the queues, the conntrack side and replication. Pure (it reads atomics).
 
 use std::sync::atomic::Ordering::Relaxed;
 
-use serde_json::{json, Map, Value};
-
+use crate::config::Config;
 use crate::core::balancer::{Dataplane, DropReason};
+use crate::ctl::status::{
+    ConntrackStatus, QueueStatus, ReplicationStatus, ServerStatus, ServiceStatus, Status,
+};
+use crate::queue::QueueStats;
+use crate::shell::offload::OffloadStats;
 
-pub fn status(dp: &Dataplane) -> Value {
-    let services: Vec<Value> = dp
-        .services()
-        .iter()
-        .map(|(svc, stats)| {
-            let servers: Vec<Value> = svc
-                .servers
-                .iter()
-                .zip(stats)
-                .map(|(r, st)| {
-                    let lat = st.latency_us.load(Relaxed);
-                    json!({
-                        "address": r.addr.to_string(),
-                        "weight": r.weight,
-                        "state": if st.up.load(Relaxed) { "up" } else { "down" },
-                        "latency_us": if lat == 0 { Value::Null } else { lat.into() },
-                        "live_flows": st.live_flows.load(Relaxed),
-                        "new_flows": st.new_flows.load(Relaxed),
-                        "packets_in": st.packets_in.load(Relaxed),
-                        "bytes_in": st.bytes_in.load(Relaxed),
-                        "packets_out": st.packets_out.load(Relaxed),
-                        "bytes_out": st.bytes_out.load(Relaxed),
+/// What a status answer is built from.
+pub struct Inputs<'a> {
+    pub dp: &'a Dataplane,
+    pub config: &'a Config,
+    /// The daemon's role, by name.
+    pub state: &'static str,
+    pub backend: &'static str,
+    pub queue: &'a QueueStats,
+    pub offload: &'a OffloadStats,
+    pub replication: Option<ReplicationStatus>,
+}
+
+pub fn status(i: Inputs) -> Status {
+    let services =
+        i.dp.services()
+            .iter()
+            .map(|(svc, stats)| ServiceStatus {
+                name: svc.name(),
+                algorithm: svc.algorithm.name().into(),
+                mode: svc.mode.name().into(),
+                persistence_timeout: svc.persistence_timeout.as_secs(),
+                servers: svc
+                    .servers
+                    .iter()
+                    .zip(stats)
+                    .map(|(r, st)| ServerStatus {
+                        address: r.addr.to_string(),
+                        weight: r.weight,
+                        state: if st.up.load(Relaxed) { "up" } else { "down" }.into(),
+                        latency_us: Some(st.latency_us.load(Relaxed)).filter(|l| *l > 0),
+                        live_flows: st.live_flows.load(Relaxed),
+                        new_flows: st.new_flows.load(Relaxed),
+                        packets_in: st.packets_in.load(Relaxed),
+                        bytes_in: st.bytes_in.load(Relaxed),
+                        packets_out: st.packets_out.load(Relaxed),
+                        bytes_out: st.bytes_out.load(Relaxed),
                     })
-                })
-                .collect();
-            json!({
-                "name": svc.name(),
-                "algorithm": svc.algorithm.name(),
-                "mode": svc.mode.name(),
-                "persistence_timeout": svc.persistence_timeout.as_secs(),
-                "servers": servers,
+                    .collect(),
             })
-        })
-        .collect();
-    let drops: Map<String, Value> = DropReason::all()
-        .map(|d| (d.name().to_string(), dp.counters.dropped(d).into()))
-        .collect();
-    json!({
-        "vip": dp.vip().to_string(),
-        "flows": dp.flow_count(),
-        "requests": dp.counters.requests.load(Relaxed),
-        "replies": dp.counters.replies.load(Relaxed),
-        "drops": drops,
-        "services": services,
-    })
+            .collect();
+    let c = i.config;
+    let o = i.offload;
+    Status {
+        state: i.state.into(),
+        vip: i.dp.vip().to_string(),
+        address_dev: c.vip_dev.clone(),
+        gateway: c.gateway.to_string(),
+        gateway_dev: c.gateway_dev.clone(),
+        cluster_network: c.cluster_network.to_string(),
+        algorithm: c.algorithm.name().into(),
+        flows: i.dp.flow_count() as u64,
+        requests: i.dp.counters.requests.load(Relaxed),
+        replies: i.dp.counters.replies.load(Relaxed),
+        drops: DropReason::all()
+            .map(|d| (d.name().to_string(), i.dp.counters.dropped(d)))
+            .collect(),
+        services,
+        queue: QueueStatus {
+            backend: i.backend.into(),
+            packets: i.queue.packets.load(Relaxed),
+            overruns: i.queue.overruns.load(Relaxed),
+            verdict_errors: i.queue.verdict_errors.load(Relaxed),
+        },
+        conntrack: ConntrackStatus {
+            events: o.events.load(Relaxed),
+            overruns: o.overruns.load(Relaxed),
+            resyncs: o.resyncs.load(Relaxed),
+            committed: o.committed.load(Relaxed),
+            commit_failed: o.commit_failed.load(Relaxed),
+            cuts: o.cuts.load(Relaxed),
+        },
+        replication: i.replication,
+    }
 }

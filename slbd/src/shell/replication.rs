@@ -23,6 +23,7 @@ use std::time::{Duration, Instant, SystemTime};
 use parking_lot::Mutex;
 
 use crate::core::balancer::Dataplane;
+use crate::ctl::status::ReplicationStatus;
 use crate::wire::replication::{
     self as wire, Kind, Received, Receiver, Record, Sender, WireError, NONCE_LEN,
 };
@@ -97,27 +98,39 @@ impl Status {
                 < SILENCE.as_millis() as u64
     }
 
-    pub fn to_json(&self, active: bool) -> serde_json::Value {
+    /// The figures as the status answer carries them, for the side this node plays.
+    pub fn snapshot(&self, active: bool) -> ReplicationStatus {
         let last = self.last_frame_unix_ms.load(Relaxed);
-        serde_json::json!({
-            "role": if active { "sender" } else { "receiver" },
-            "standby": self.serving.lock().map(|a| a.to_string()),
-            "standby_has_snapshot": self.serving_ready.load(Relaxed),
-            "receiving_from": self.receiving.lock().map(|a| a.to_string()),
-            "takeover_ready": !active && self.takeover_ready(),
-            "lag_ms": self.lag_ms.load(Relaxed),
-            "last_frame_ms_ago": (last > 0).then(|| unix_ms().saturating_sub(last)),
-            "records_sent": self.records_sent.load(Relaxed),
-            "bytes_sent": self.bytes_sent.load(Relaxed),
-            "snapshots_sent": self.snapshots_sent.load(Relaxed),
-            "keepalives_sent": self.keepalives_sent.load(Relaxed),
-            "overflows": self.overflows.load(Relaxed),
-            "records_applied": self.records_applied.load(Relaxed),
-            "records_unknown": self.records_unknown.load(Relaxed),
-            "bytes_received": self.bytes_received.load(Relaxed),
-            "snapshots_received": self.snapshots_received.load(Relaxed),
-            "refused": *self.refused.lock(),
-        })
+        // Each lock is taken and let go on its own line: a guard held to the end of the
+        // struct expression would deadlock against takeover_ready's own lock.
+        let standby = self.serving.lock().map(|a| a.to_string());
+        let receiving_from = self.receiving.lock().map(|a| a.to_string());
+        let takeover_ready = !active && self.takeover_ready();
+        let refused = self
+            .refused
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect();
+        ReplicationStatus {
+            role: if active { "sender" } else { "receiver" }.into(),
+            standby,
+            standby_has_snapshot: self.serving_ready.load(Relaxed),
+            receiving_from,
+            takeover_ready,
+            lag_ms: self.lag_ms.load(Relaxed),
+            last_frame_ms_ago: (last > 0).then(|| unix_ms().saturating_sub(last)),
+            records_sent: self.records_sent.load(Relaxed),
+            bytes_sent: self.bytes_sent.load(Relaxed),
+            snapshots_sent: self.snapshots_sent.load(Relaxed),
+            keepalives_sent: self.keepalives_sent.load(Relaxed),
+            overflows: self.overflows.load(Relaxed),
+            records_applied: self.records_applied.load(Relaxed),
+            records_unknown: self.records_unknown.load(Relaxed),
+            bytes_received: self.bytes_received.load(Relaxed),
+            snapshots_received: self.snapshots_received.load(Relaxed),
+            refused,
+        }
     }
 }
 
@@ -611,5 +624,29 @@ fn is_from(a: SocketAddr, ip: Ipv4Addr) -> bool {
     match a {
         SocketAddr::V4(v4) => *v4.ip() == ip,
         SocketAddr::V6(v6) => v6.ip().to_ipv4_mapped() == Some(ip),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_receivers_status_answers_without_blocking_and_says_if_it_is_ready() {
+        let status = Arc::new(Status::default());
+        *status.receiving.lock() = Some("192.168.100.1:7407".parse().unwrap());
+        status.snapshot_complete.store(true, Relaxed);
+        status.last_frame_unix_ms.store(unix_ms(), Relaxed);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let s = status.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(s.snapshot(false));
+        });
+        let r = rx
+            .recv_timeout(Duration::from_secs(2))
+            .expect("the status answer must not wait on its own locks");
+        assert_eq!(r.receiving_from.as_deref(), Some("192.168.100.1:7407"));
+        assert!(r.takeover_ready);
+        assert_eq!(r.role, "receiver");
     }
 }

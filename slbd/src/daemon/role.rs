@@ -1,0 +1,192 @@
+//! SHELL: the one place this node's role changes — whether it carries the VIP's traffic. Every
+//! part that cares follows from here, in an order that never exposes the VIP: the data plane's
+//! balancing flag, the replication role, the rules, offload flows in conntrack, the addresses
+//! and the health checks. amgr decides the pair's roles and tells slbd through `load` and
+//! `unload`; slbd's own [`Role`] is the only copy of the answer inside slbd.
+//! Side effects: the `ip slb` table, the VIP and gateway addresses, conntrack entries under
+//! slbd's marks, health-check threads.
+
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+
+use super::{Daemon, State};
+use crate::addr;
+use crate::config::Config;
+use crate::core::ruleset;
+use crate::shell::nft;
+
+/// Whether this node balances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Role {
+    /// Rules and addresses up: this node carries the VIP's traffic.
+    Balancing,
+    /// Standing by (a pair's STANDBY, or told to unload): no rules, no addresses; replicated
+    /// flows are kept, not expired.
+    Unloaded,
+    /// After `clear_config`: no services until some are added (the raw configuration then has
+    /// none; the typed one is the last valid one and is not in force).
+    Cleared,
+}
+
+impl Role {
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Role::Balancing => "balancing",
+            Role::Unloaded => "unloaded",
+            Role::Cleared => "cleared",
+        }
+    }
+}
+
+impl Daemon {
+    /// Starts carrying traffic. State first, then the VIP: what replication delivered is in the
+    /// flow table before the rules and addresses make this node the one clients reach.
+    pub(super) fn load(&self) -> anyhow::Result<&'static str> {
+        let mut st = self.state.lock();
+        match st.role {
+            Role::Balancing => return Ok("already loaded"),
+            Role::Cleared => {
+                bail!("nothing to balance: the configuration was cleared; add servers first")
+            }
+            Role::Unloaded => {}
+        }
+        if let Some(r) = &self.replication {
+            r.activate();
+        }
+        self.dp
+            .set_balancing(true, self.replication.is_some(), self.now_ms());
+        if let Err(e) = self.bring_up(&st.config) {
+            self.stop_balancing();
+            return Err(e);
+        }
+        st.role = Role::Balancing;
+        tracing::info!(vip = %st.config.vip, "balancing");
+        Ok("loaded")
+    }
+
+    /// Stops carrying traffic: addresses, then rules, then this node's flows become the dual's.
+    pub(super) fn unload(&self) -> &'static str {
+        let mut st = self.state.lock();
+        if st.role != Role::Balancing {
+            return "already unloaded";
+        }
+        self.leave(&mut st, Role::Unloaded);
+        tracing::info!("unloaded: not balancing");
+        "unloaded"
+    }
+
+    /// Stops balancing and forgets every service.
+    pub(super) fn clear(&self) -> &'static str {
+        let mut st = self.state.lock();
+        self.leave(&mut st, Role::Cleared);
+        st.raw.services.clear();
+        let mut empty = st.config.clone();
+        empty.services.clear();
+        self.dp.update(&empty);
+        tracing::info!("configuration cleared: no services, not balancing");
+        "cleared"
+    }
+
+    /// A standby start: a predecessor that crashed while balancing left its table and maybe
+    /// the VIP; a standby owns neither, and a VIP left here would answer ARP against the
+    /// ACTIVE node.
+    pub(super) fn stand_by(&self) {
+        let st = self.state.lock();
+        self.dp.set_balancing(false, false, self.now_ms());
+        self.take_down(&st.config);
+        self.offload.cut(None);
+        tracing::info!("standby: not balancing until told to load");
+    }
+
+    fn leave(&self, st: &mut State, to: Role) {
+        if st.role == Role::Balancing {
+            self.take_down(&st.config);
+            self.stop_balancing();
+        }
+        st.role = to;
+    }
+
+    /// Installs the rules for `config` (plus the reply rules that removed servers still
+    /// draining need).
+    pub(super) fn install_rules(&self, config: &Config) -> anyhow::Result<()> {
+        let rules = ruleset::plan(
+            config,
+            self.queues,
+            &self.dp.draining_ports(),
+            &self.dp.offload_targets(),
+        );
+        nft::apply(&rules, self.backend).context("installing the nftables table")?;
+        for r in &rules.rules {
+            tracing::debug!(table = ruleset::TABLE, chain = r.chain.name, rule = %r, "rule installed");
+        }
+        Ok(())
+    }
+
+    /// Rules first, then addresses, so the VIP is never local without its rules. Between the
+    /// two, offload flows go into conntrack: the replicated ones (a takeover), then the table
+    /// is put in line with what conntrack holds (entries a crashed predecessor left are
+    /// adopted). Only then, because the rules' NAT chain is what turns on conntrack and NAT in
+    /// this network namespace: without it the kernel refuses NAT'd entries.
+    fn bring_up(&self, config: &Config) -> anyhow::Result<()> {
+        if let Err(e) = self.install_rules(config) {
+            // A table that failed verification must not stay behind without slbd.
+            let _ = nft::remove();
+            return Err(e);
+        }
+        self.offload.commit(&self.dp);
+        self.offload.resync(&self.dp);
+        let addrs = config.managed_addrs();
+        if let Err(e) = addr::add(&addrs) {
+            // Some may have come up before the failure: none may stay without the rules.
+            let _ = addr::remove(&addrs);
+            let _ = nft::remove();
+            return Err(e).context("bringing up the VIP and gateway addresses");
+        }
+        for a in &addrs {
+            tracing::info!(address = %a, "address up");
+        }
+        self.start_checks(config);
+        Ok(())
+    }
+
+    /// Health checks are best effort: failing to start them is logged, not fatal (servers then
+    /// simply stay in rotation).
+    pub(super) fn start_checks(&self, config: &Config) {
+        let offload = self.offload.clone();
+        let cut = Arc::new(move |mark: u32| offload.cut(Some(mark)));
+        if let Err(e) = self.prober.check(config, self.dp.clone(), cut) {
+            tracing::error!(error = %e, "cannot start the health checks; servers stay in rotation");
+        }
+    }
+
+    /// After the addresses and rules are gone: this node's flows are now its dual's to carry;
+    /// the last changes go to it before this returns.
+    fn stop_balancing(&self) {
+        self.dp.set_balancing(false, false, self.now_ms());
+        if let Some(r) = &self.replication {
+            r.deactivate();
+        }
+        // Offload flows would go on being translated by conntrack without the rules (even
+        // without the VIP, prerouting NAT comes before routing): end them with the rest.
+        self.offload.cut(None);
+    }
+
+    /// Addresses first, then the rules.
+    pub(super) fn take_down(&self, config: &Config) {
+        self.prober.stop();
+        let addrs = config.managed_addrs();
+        if let Err(e) = addr::remove(&addrs) {
+            tracing::error!(error = %format!("{e:#}"), "removing addresses failed");
+        }
+        for a in &addrs {
+            tracing::info!(address = %a, "address down");
+        }
+        match nft::remove() {
+            Ok(()) => tracing::info!(table = ruleset::TABLE, "table removed"),
+            Err(e) => {
+                tracing::error!(error = %format!("{:#}", anyhow::Error::from(e)), "removing the table failed")
+            }
+        }
+    }
+}
