@@ -225,6 +225,7 @@ pub fn machine_busy_secs() -> f64 {
 }
 
 fn clock_ticks() -> f64 {
+    // SAFETY: sysconf reads a constant and touches no memory of ours.
     (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).max(1) as f64
 }
 
@@ -702,6 +703,8 @@ pub fn connect(from: Ipv4Addr, to: SocketAddrV4, timeout: Duration) -> std::io::
         std::os::fd::AsRawFd::as_raw_fd(&fd),
         &SockaddrIn::from(SocketAddrV4::new(from, 0)),
     )?;
+    // SAFETY: `fd` is an open TCP socket this function owns; into_raw_fd gives its
+    // ownership to the stream, so it is closed once.
     let s = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
     // Connect with a deadline: non-blocking connect, then wait for writability.
     s.set_nonblocking(true)?;
@@ -714,6 +717,7 @@ pub fn connect(from: Ipv4Addr, to: SocketAddrV4, timeout: Duration) -> std::io::
         events: libc::POLLOUT,
         revents: 0,
     }];
+    // SAFETY: `pfd` is a live array of one pollfd, and the count says one.
     let n = unsafe { libc::poll(pfd.as_mut_ptr(), 1, timeout.as_millis() as i32) };
     if n == 0 {
         return Err(std::io::Error::new(

@@ -368,6 +368,7 @@ fn a_broken_config_is_refused_and_changes_nothing() {
 
 /// Sends hand-made IPv4 packets to the VIP through a raw socket.
 fn send_raw(packets: &[Vec<u8>]) {
+    // SAFETY: socket takes no pointers; the fd is checked and closed below.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
     assert!(fd >= 0, "raw socket");
     let addr = libc::sockaddr_in {
@@ -379,6 +380,7 @@ fn send_raw(packets: &[Vec<u8>]) {
         sin_zero: [0; 8],
     };
     for p in packets {
+        // SAFETY: the packet and the address are live for the call, with their true lengths.
         unsafe {
             libc::sendto(
                 fd,
@@ -390,6 +392,7 @@ fn send_raw(packets: &[Vec<u8>]) {
             );
         }
     }
+    // SAFETY: `fd` is the socket opened above, closed once.
     unsafe { libc::close(fd) };
 }
 

@@ -325,11 +325,14 @@ fn heartbeat_bytes(key: &[u8], node: u32, seq: u64) -> Vec<u8> {
 fn capture_one(ns: &str) -> Vec<u8> {
     in_ns(ns, || {
         use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        // SAFETY: socket takes no pointers; the fd is checked, then owned by `fd`.
         let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_UDP) };
         assert!(fd >= 0);
+        // SAFETY: a fresh, open descriptor nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         let mut buf = [0u8; 2048];
         loop {
+            // SAFETY: `buf` is live and writable for its whole length.
             let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
             assert!(n > 28);
             let n = n as usize;

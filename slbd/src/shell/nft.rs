@@ -252,6 +252,8 @@ fn add_queue(rule: &mut Rule, q: QueueRange, backend: QueueBackend) {
 
 macro_rules! alloc_expr {
     ($name:expr) => {
+        // SAFETY: the name is a NUL-terminated C string literal that outlives the call;
+        // libnftnl copies what it needs and returns NULL only when out of memory.
         NonNull::new(unsafe { sys::nftnl_expr_alloc($name.as_ptr()) })
             .expect("libnftnl could not allocate an expression (out of memory)")
     };
@@ -275,6 +277,8 @@ impl Expression for CtEventMask {
         const NFT_CT_EVENTMASK: u32 = 18;
         const NFT_REG_1: u32 = 1;
         let expr = alloc_expr!(c"ct");
+        // SAFETY: `expr` is a live expression just allocated (never NULL), of the type the
+        // keys belong to; the setters copy plain integers.
         unsafe {
             sys::nftnl_expr_set_u32(
                 expr.as_ptr(),
@@ -302,6 +306,7 @@ impl Expression for Reject {
             Reject::PortUnreachable => (0, 3),
         };
         let expr = alloc_expr!(c"reject");
+        // SAFETY: as for `ct` above: a live, non-NULL `reject` expression and integer keys.
         unsafe {
             sys::nftnl_expr_set_u32(expr.as_ptr(), sys::NFTNL_EXPR_REJECT_TYPE as u16, kind);
             sys::nftnl_expr_set_u8(expr.as_ptr(), sys::NFTNL_EXPR_REJECT_CODE as u16, code);
@@ -319,6 +324,7 @@ struct NativeQueue {
 impl Expression for NativeQueue {
     fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
         let expr = alloc_expr!(c"queue");
+        // SAFETY: a live, non-NULL `queue` expression and integer keys of its own.
         unsafe {
             sys::nftnl_expr_set_u16(
                 expr.as_ptr(),
@@ -354,6 +360,9 @@ impl Expression for XtNfqueue {
         info[0..2].copy_from_slice(&self.q.first.to_ne_bytes());
         info[2..4].copy_from_slice(&self.q.count.to_ne_bytes());
         info[4..6].copy_from_slice(&self.flags.to_ne_bytes());
+        // SAFETY: a live, non-NULL `target` expression; the name is a C string literal
+        // libnftnl copies; the info buffer comes from malloc (checked), is filled with
+        // exactly `info.len()` bytes, and its ownership passes to libnftnl, which frees it.
         unsafe {
             sys::nftnl_expr_set_str(
                 expr.as_ptr(),
@@ -439,6 +448,9 @@ pub fn list_rule_chains() -> io::Result<Vec<String>> {
     let mut request_buf = NlBuf::new();
     let request = request_buf.bytes();
     let name = table_name();
+    // SAFETY: `request` is an nlmsghdr-aligned buffer of nft_nlmsg_maxsize bytes, which is
+    // what nftnl_nlmsg_build_hdr and a rule payload need; `filter` is checked for NULL and
+    // freed after its payload is written; `nlh` points into `request`, which outlives it.
     unsafe {
         let nlh = sys::nftnl_nlmsg_build_hdr(
             request.as_mut_ptr() as *mut sys::libc::c_char,
@@ -448,6 +460,9 @@ pub fn list_rule_chains() -> io::Result<Vec<String>> {
             seq,
         );
         let filter = sys::nftnl_rule_alloc();
+        if filter.is_null() {
+            return Err(io::Error::from(io::ErrorKind::OutOfMemory));
+        }
         sys::nftnl_rule_set_str(filter, sys::NFTNL_RULE_TABLE as u16, name.as_ptr());
         sys::nftnl_rule_nlmsg_build_payload(nlh, filter);
         sys::nftnl_rule_free(filter);
@@ -471,8 +486,14 @@ pub fn list_rule_chains() -> io::Result<Vec<String>> {
 }
 
 fn rule_chain_cb(header: &sys::libc::nlmsghdr, chains: &mut Vec<String>) -> sys::libc::c_int {
+    // SAFETY: `header` is a whole netlink message libmnl validated against the buffer;
+    // `rule` is checked for NULL and freed on every path; the strings nftnl returns belong
+    // to `rule` and are copied before it is freed.
     unsafe {
         let rule = sys::nftnl_rule_alloc();
+        if rule.is_null() {
+            return -1; // MNL_CB_ERROR: out of memory
+        }
         if sys::nftnl_rule_nlmsg_parse(header, rule) >= 0 {
             let table = sys::nftnl_rule_get_str(rule, sys::NFTNL_RULE_TABLE as u16);
             let chain = sys::nftnl_rule_get_str(rule, sys::NFTNL_RULE_CHAIN as u16);
