@@ -3,7 +3,8 @@
 //! ([`packet`], [`checksum`]), the flow table and its TCP transitions ([`flow`]), the
 //! schedulers ([`sched`]), persistence ([`persist`]), the health rule ([`health`]), the rules
 //! slbd wants ([`ruleset`]), the gratuitous ARP frame ([`garp`]), and the balancer that puts
-//! them together for each queued packet ([`balancer`]). The shells (`crate::shell`) and the
+//! them together for each queued packet ([`balancer`]), all working on the checked
+//! configuration ([`model`], which `crate::config` builds from slb_conf.json). The shells (`crate::shell`) and the
 //! daemon (`crate::daemon`) wrap them; nothing here imports from either.
 
 pub mod balancer;
@@ -11,6 +12,7 @@ pub mod checksum;
 pub mod flow;
 pub mod garp;
 pub mod health;
+pub mod model;
 pub mod net;
 pub mod packet;
 pub mod persist;

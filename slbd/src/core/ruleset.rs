@@ -28,7 +28,7 @@
 use std::fmt;
 use std::net::Ipv4Addr;
 
-use crate::config::{Config, Mode};
+use crate::core::model::{Config, Mode};
 use crate::core::net::{Ipv4Net, Protocol};
 
 /// The one table slbd owns (family `ip`). It never touches any other.
@@ -219,7 +219,7 @@ pub fn plan(
 ) -> Ruleset {
     let net = config.cluster_network;
     let mut rules = Vec::new();
-    let service_matches = |s: &crate::config::Service| {
+    let service_matches = |s: &crate::core::model::Service| {
         vec![
             Match::DaddrIs(config.vip),
             Match::L4Proto(s.protocol),

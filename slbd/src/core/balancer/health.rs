@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use super::replica::Record;
 use super::Dataplane;
-use crate::config::Mode;
+use crate::core::model::Mode;
 use crate::core::net::Protocol;
 use crate::core::ruleset::offload_mark;
 

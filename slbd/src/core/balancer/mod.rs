@@ -30,8 +30,8 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
-use crate::config::Config;
 use crate::core::flow::{tcp, Ended, FlowKey, FlowTable, Timeouts};
+use crate::core::model::Config;
 use crate::core::net::Protocol;
 use crate::core::packet::ChecksumState;
 use crate::core::persist::{PersistKey, Persistence};
@@ -382,8 +382,8 @@ impl Dataplane {
 pub(crate) mod testing {
     //! What the balancer's tests share: the names they use and a few helpers.
     pub use super::*;
-    pub use crate::config::Config;
     pub use crate::core::flow::Phase;
+    pub use crate::core::model::Config;
     pub use crate::core::net::Protocol;
     pub use crate::core::packet;
     pub use crate::core::packet::ChecksumState;

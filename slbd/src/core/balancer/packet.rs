@@ -4,8 +4,8 @@
 
 use super::replica::Record;
 use super::{shard_of, Dataplane, DropReason};
-use crate::config::Mode;
 use crate::core::flow::{FlowKey, Lookup};
+use crate::core::model::Mode;
 use crate::core::packet::{self, ChecksumState, Endpoint};
 
 impl Dataplane {

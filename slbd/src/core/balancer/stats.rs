@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use super::verdict::DropReason;
-use crate::config::Mode;
+use crate::core::model::Mode;
 use crate::core::net::Protocol;
 
 /// Per real server counters and health, shared by the queue workers and the health checker.

@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 
 use super::stats::ServerStats;
 use super::{timeouts, Dataplane};
-use crate::config::{Config, Service};
+use crate::core::model::{Config, Service};
 use crate::core::sched::{Candidate, Scheduler};
 
 /// A service's scheduler with the candidate list it is handed, refreshed at each pick (kept

@@ -1,5 +1,5 @@
 //! A checked configuration: every address parsed, every cross-field rule held. What the data
-//! plane, the ruleset and the daemon read. Pure.
+//! plane, the ruleset and the daemon read; `crate::config` is the only maker of one. Pure.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::Duration;
