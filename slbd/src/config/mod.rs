@@ -9,6 +9,7 @@ pub mod edit;
 pub mod load;
 pub mod parse;
 pub mod raw;
+mod services;
 
 pub use crate::core::model::*;
 pub use check::{ConfigError, FieldError};

@@ -1,0 +1,148 @@
+//! SHELL: the nftables expressions slbd builds by hand with libnftnl, because the `nftnl`
+//! crate has no builder for them or builds them wrong for an `ip` table: `notrack`, `ct event
+//! set`, `reject` with ICMP codes, the native `queue`, and the xtables `NFQUEUE` target.
+//! Side effects: allocations owned by libnftnl, freed with the rule.
+
+use std::ptr::NonNull;
+
+use nftnl::expr::Expression;
+use nftnl::nftnl_sys as sys;
+use nftnl::Rule;
+
+use crate::core::ruleset::QueueRange;
+
+macro_rules! alloc_expr {
+    ($name:expr) => {
+        // SAFETY: the name is a NUL-terminated C string literal that outlives the call;
+        // libnftnl copies what it needs and returns NULL only when out of memory.
+        NonNull::new(unsafe { sys::nftnl_expr_alloc($name.as_ptr()) })
+            .expect("libnftnl could not allocate an expression (out of memory)")
+    };
+}
+
+/// The `notrack` statement (nft_ct's notrack expression): keeps a packet out of conntrack.
+pub(super) struct Notrack;
+
+impl Expression for Notrack {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        alloc_expr!(c"notrack")
+    }
+}
+
+/// `ct event set` from register 1: which events conntrack reports for the flow (nftnl's
+/// `Conntrack` expression has no event-mask key).
+pub(super) struct CtEventMask;
+
+impl Expression for CtEventMask {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        const NFT_CT_EVENTMASK: u32 = 18;
+        const NFT_REG_1: u32 = 1;
+        let expr = alloc_expr!(c"ct");
+        // SAFETY: `expr` is a live expression just allocated (never NULL), of the type the
+        // keys belong to; the setters copy plain integers.
+        unsafe {
+            sys::nftnl_expr_set_u32(
+                expr.as_ptr(),
+                sys::NFTNL_EXPR_CT_KEY as u16,
+                NFT_CT_EVENTMASK,
+            );
+            sys::nftnl_expr_set_u32(expr.as_ptr(), sys::NFTNL_EXPR_CT_SREG as u16, NFT_REG_1);
+        }
+        expr
+    }
+}
+
+/// The `reject` statement for the `ip` family, built by hand: nftnl's helper passes its
+/// ICMPX code numbers, which mean other ICMP codes in an `ip` table.
+pub(super) enum Reject {
+    TcpReset,
+    PortUnreachable,
+}
+
+impl Expression for Reject {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        // NFT_REJECT_ICMP_UNREACH = 0, NFT_REJECT_TCP_RST = 1; ICMP_PORT_UNREACH = 3.
+        let (kind, code): (u32, u8) = match self {
+            Reject::TcpReset => (1, 0),
+            Reject::PortUnreachable => (0, 3),
+        };
+        let expr = alloc_expr!(c"reject");
+        // SAFETY: as for `ct` above: a live, non-NULL `reject` expression and integer keys.
+        unsafe {
+            sys::nftnl_expr_set_u32(expr.as_ptr(), sys::NFTNL_EXPR_REJECT_TYPE as u16, kind);
+            sys::nftnl_expr_set_u8(expr.as_ptr(), sys::NFTNL_EXPR_REJECT_CODE as u16, code);
+        }
+        expr
+    }
+}
+
+/// nftables' native `queue num A-B [fanout]`.
+pub(super) struct NativeQueue {
+    pub(super) q: QueueRange,
+    pub(super) flags: u16,
+}
+
+impl Expression for NativeQueue {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        let expr = alloc_expr!(c"queue");
+        // SAFETY: a live, non-NULL `queue` expression and integer keys of its own.
+        unsafe {
+            sys::nftnl_expr_set_u16(
+                expr.as_ptr(),
+                sys::NFTNL_EXPR_QUEUE_NUM as u16,
+                self.q.first,
+            );
+            sys::nftnl_expr_set_u16(
+                expr.as_ptr(),
+                sys::NFTNL_EXPR_QUEUE_TOTAL as u16,
+                self.q.count,
+            );
+            sys::nftnl_expr_set_u16(
+                expr.as_ptr(),
+                sys::NFTNL_EXPR_QUEUE_FLAGS as u16,
+                self.flags,
+            );
+        }
+        expr
+    }
+}
+
+/// The xtables `NFQUEUE` target, revision 3, run by nft_compat. Its info is the kernel's
+/// `struct xt_NFQ_info_v3 { __u16 queuenum, queues_total, flags; }`, padded to XT_ALIGN (8).
+pub(super) struct XtNfqueue {
+    pub(super) q: QueueRange,
+    pub(super) flags: u16,
+}
+
+impl Expression for XtNfqueue {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        let expr = alloc_expr!(c"target");
+        let mut info = [0u8; 8];
+        info[0..2].copy_from_slice(&self.q.first.to_ne_bytes());
+        info[2..4].copy_from_slice(&self.q.count.to_ne_bytes());
+        info[4..6].copy_from_slice(&self.flags.to_ne_bytes());
+        // SAFETY: a live, non-NULL `target` expression; the name is a C string literal
+        // libnftnl copies; the info buffer comes from malloc (checked), is filled with
+        // exactly `info.len()` bytes, and its ownership passes to libnftnl, which frees it.
+        unsafe {
+            sys::nftnl_expr_set_str(
+                expr.as_ptr(),
+                sys::NFTNL_EXPR_TG_NAME as u16,
+                c"NFQUEUE".as_ptr(),
+            );
+            sys::nftnl_expr_set_u32(expr.as_ptr(), sys::NFTNL_EXPR_TG_REV as u16, 3);
+            // libnftnl takes ownership of the info buffer and free()s it with the expression,
+            // so it must come from malloc.
+            let buf = sys::libc::malloc(info.len()) as *mut u8;
+            assert!(!buf.is_null(), "malloc of 8 bytes failed");
+            std::ptr::copy_nonoverlapping(info.as_ptr(), buf, info.len());
+            sys::nftnl_expr_set(
+                expr.as_ptr(),
+                sys::NFTNL_EXPR_TG_INFO as u16,
+                buf as *const sys::libc::c_void,
+                info.len() as u32,
+            );
+        }
+        expr
+    }
+}
