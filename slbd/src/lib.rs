@@ -1,8 +1,8 @@
 //! slbd: a layer-4 NAT load balancer that takes its packets from NFQUEUE.
 //!
 //! The pure core (config, packet, checksum, garp, flow, persist, sched, health, ruleset, dataplane,
-//! edit, report, metrics::families, conntrack::wire, nfnetlink) does no I/O and is what the unit tests exercise. The shells
-//! (nft, addr, queue, nfnetlink::socket, conntrack::socket, offload, prober, ctl, daemon, metrics::http, logging, cli_docs, pair_key,
+//! edit, report, metrics::families, conntrack::wire, netlink) does no I/O and is what the unit tests exercise. The shells
+//! (nft, addr, queue, netlink::socket, conntrack::socket, offload, prober, ctl, daemon, metrics::http, logging, cli_docs, pair_key,
 //! replication::session) wrap it with netlink,
 //! NFQUEUE sockets, probes, signals and threads.
 
@@ -21,7 +21,7 @@ pub mod health;
 pub mod logging;
 pub mod metrics;
 pub mod net;
-pub mod nfnetlink;
+pub mod netlink;
 pub mod nft;
 pub mod offload;
 pub mod packet;

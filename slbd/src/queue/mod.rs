@@ -77,7 +77,7 @@ pub fn run(q: QueueSocket, dp: Arc<Dataplane>, stats: Arc<QueueStats>, epoch: In
     tracing::info!(queue = num, "queue worker started");
     let mut batch = RecvBatch::new(BATCH);
     let mut verdicts = Verdicts::new(BATCH);
-    let mut msgs: Vec<(usize, wire::NlMsg)> = Vec::with_capacity(BATCH);
+    let mut msgs: Vec<(usize, crate::netlink::Message)> = Vec::with_capacity(BATCH);
     let mut consecutive_errors = 0u32;
     loop {
         match q.recv(&mut batch) {
@@ -115,7 +115,7 @@ pub fn run(q: QueueSocket, dp: Arc<Dataplane>, stats: Arc<QueueStats>, epoch: In
         msgs.extend(batch.messages());
         for &(slot, m) in &msgs {
             let Some(p) = batch.packet(slot, &m) else {
-                if m.kind == wire::MSG_PACKET {
+                if m.header.kind == wire::MSG_PACKET {
                     stats.bad_messages.fetch_add(1, Relaxed);
                 }
                 continue;

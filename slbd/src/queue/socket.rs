@@ -6,8 +6,9 @@
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use super::wire::{self, NlMsg, Packet, VERDICT_HEADER_LEN};
-use crate::nfnetlink::{self, socket::cvt, socket::setsockopt};
+use super::wire::{self, Packet, VERDICT_HEADER_LEN};
+use crate::netlink::socket::{self as nl, cvt, setsockopt};
+use crate::netlink::{self, Message, Status};
 
 /// Room for one queued packet message: a 64 KiB GSO packet plus its attributes.
 const SLOT_BYTES: usize = 65536 + 4096;
@@ -32,7 +33,7 @@ impl QueueSocket {
     /// Opens a netlink socket, binds queue `num` and configures it. Fails with EBUSY when
     /// another process holds the queue.
     pub fn open(num: u16, setup: Setup) -> io::Result<QueueSocket> {
-        let fd = nfnetlink::socket::open(setup.rcvbuf)?;
+        let fd = nl::open(libc::NETLINK_NETFILTER, setup.rcvbuf)?;
         let raw = fd.as_raw_fd();
         setsockopt(
             raw,
@@ -60,7 +61,7 @@ impl QueueSocket {
         // Fail-open stays off: when the queue is full the kernel drops, it does not pass
         // unbalanced packets to the balancer's own stack.
         let mask = wire::CFG_F_GSO | wire::CFG_F_FAIL_OPEN;
-        for req in wire::config_requests(num, setup.max_len, flags, mask, 1) {
+        for req in wire::config_requests(num, setup.max_len, flags, mask, 1)? {
             sock.send(&req)?;
             sock.wait_ack()?;
         }
@@ -68,24 +69,22 @@ impl QueueSocket {
     }
 
     fn send(&self, bytes: &[u8]) -> io::Result<()> {
-        let n = unsafe { libc::send(self.fd.as_raw_fd(), bytes.as_ptr().cast(), bytes.len(), 0) };
-        cvt(n as libc::c_int).map(|_| ())
+        nl::send(self.fd.as_raw_fd(), bytes)
     }
 
     fn wait_ack(&self) -> io::Result<()> {
         let mut buf = vec![0u8; SLOT_BYTES];
         loop {
-            let n =
-                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            let n = cvt(n as libc::c_int)? as usize;
+            let n = nl::recv(self.fd.as_raw_fd(), &mut buf, 0)?;
             let got = &buf[..n];
-            for m in wire::messages(got) {
-                if m.kind == wire::NLMSG_ERROR {
-                    return match wire::error_code(got, &m) {
-                        Some(0) => Ok(()),
-                        Some(e) => Err(io::Error::from_raw_os_error(-e)),
-                        None => Err(io::Error::other("short netlink error message")),
-                    };
+            for m in netlink::messages(got) {
+                match netlink::status(m.bytes(got)) {
+                    Some(Status::Ack) => return Ok(()),
+                    Some(Status::Errno(e)) => return Err(io::Error::from_raw_os_error(e)),
+                    Some(Status::Truncated) => {
+                        return Err(io::Error::other("short netlink error message"))
+                    }
+                    Some(Status::Done) | None => {}
                 }
                 // Rules left by an earlier slbd queue packets as soon as the queue is bound.
                 // Each needs a verdict or it stays queued for good; before the workers run,
@@ -223,13 +222,13 @@ impl RecvBatch {
     }
 
     /// The netlink messages of each datagram received by the last `recv`.
-    pub fn messages(&self) -> impl Iterator<Item = (usize, NlMsg)> + '_ {
+    pub fn messages(&self) -> impl Iterator<Item = (usize, Message)> + '_ {
         (0..self.filled).flat_map(move |slot| {
-            wire::messages(&self.bufs[slot][..self.lens[slot]]).map(move |m| (slot, m))
+            netlink::messages(&self.bufs[slot][..self.lens[slot]]).map(move |m| (slot, m))
         })
     }
 
-    pub fn packet(&self, slot: usize, m: &NlMsg) -> Option<Packet> {
+    pub fn packet(&self, slot: usize, m: &Message) -> Option<Packet> {
         wire::packet(&self.bufs[slot][..self.lens[slot]], m)
     }
 
