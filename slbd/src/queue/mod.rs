@@ -48,7 +48,8 @@ pub struct QueueStats {
     /// ENOBUFS: the socket's receive buffer overflowed and the kernel dropped packets.
     pub overruns: AtomicU64,
     /// Packet messages too malformed to answer (the kernel times nothing out: such a packet
-    /// stays queued until the queue is unbound).
+    /// stays queued until the queue is unbound), and packets dropped because their payload
+    /// was longer than a verdict can carry back.
     pub bad_messages: AtomicU64,
     pub packets: AtomicU64,
     pub batches: AtomicU64,
@@ -121,7 +122,11 @@ pub fn run(q: QueueSocket, dp: Arc<Dataplane>, stats: Arc<QueueStats>, epoch: In
                 continue;
             };
             let out = decide(&dp, &stats, &p, batch.payload_mut(slot, &p), now_ms);
-            verdicts.push(num, &p, slot, out);
+            if !verdicts.push(num, &p, slot, out) {
+                // A payload longer than the kernel ever copies (NFQNL_MAX_COPY_RANGE): not a
+                // message the kernel sends, and one its verdict could not carry back.
+                stats.bad_messages.fetch_add(1, Relaxed);
+            }
         }
         stats.packets.fetch_add(verdicts.len() as u64, Relaxed);
         stats.batches.fetch_add(1, Relaxed);

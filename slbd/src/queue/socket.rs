@@ -91,7 +91,7 @@ impl QueueSocket {
                 // the answer is the fail-closed one.
                 if let Some(p) = wire::packet(got, &m) {
                     let mut hdr = [0u8; VERDICT_HEADER_LEN];
-                    let used = wire::verdict_header(&mut hdr, self.num, p.id, false, None, None);
+                    let used = wire::drop_header(&mut hdr, self.num, p.id);
                     self.send(&hdr[..used])?;
                 }
             }
@@ -261,8 +261,10 @@ impl Verdicts {
     }
 
     /// Queues a verdict: accept with the (possibly rewritten) packet written back, accept
-    /// unchanged, or drop.
-    pub fn push(&mut self, queue: u16, p: &Packet, slot: usize, verdict: Out) {
+    /// unchanged, or drop. Returns false when a payload too long for its attribute (over
+    /// `wire::MAX_COPY_RANGE`, more than the kernel ever copies) could not be written back:
+    /// that packet is dropped instead, so it still gets its verdict.
+    pub fn push(&mut self, queue: u16, p: &Packet, slot: usize, verdict: Out) -> bool {
         let i = self.pending.len();
         if i == self.headers.len() {
             self.headers.push([0u8; VERDICT_HEADER_LEN]);
@@ -274,12 +276,17 @@ impl Verdicts {
             Out::Drop => (false, None, None),
         };
         let payload_len = payload.map(|(_, a, b)| b - a);
-        let header_len =
-            wire::verdict_header(&mut self.headers[i], queue, p.id, accept, mark, payload_len);
+        let hdr = &mut self.headers[i];
+        let (header_len, payload, sent) =
+            match wire::verdict_header(hdr, queue, p.id, accept, mark, payload_len) {
+                Ok(n) => (n, payload, true),
+                Err(_) => (wire::drop_header(hdr, queue, p.id), None, false),
+            };
         self.pending.push(Pending {
             header_len,
             payload,
         });
+        sent
     }
 
     pub fn len(&self) -> usize {
@@ -299,4 +306,39 @@ pub enum Out {
     /// Accept unchanged with this packet mark, for a later rule to act on.
     AcceptMarked(u32),
     Drop,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn packet(len: usize) -> Packet {
+        Packet {
+            id: 9,
+            hook: 0,
+            payload: (100, 100 + len),
+            cap_len: None,
+            checksum_ready: true,
+            gso: true,
+        }
+    }
+
+    #[test]
+    fn a_payload_too_long_to_write_back_becomes_a_drop() {
+        let mut v = Verdicts::new(1);
+        assert!(!v.push(3, &packet(65535), 0, Out::AcceptRewritten));
+        let (hdr, pending) = (&v.headers[0], &v.pending[0]);
+        assert_eq!((pending.header_len, pending.payload), (32, None));
+        assert_eq!(u32::from_ne_bytes(hdr[0..4].try_into().unwrap()), 32);
+        assert_eq!(&hdr[24..28], &0u32.to_be_bytes(), "NF_DROP");
+
+        // The longest payload the kernel copies still goes back whole.
+        let n = wire::MAX_COPY_RANGE;
+        assert!(v.push(3, &packet(n), 0, Out::AcceptRewritten));
+        let (hdr, pending) = (&v.headers[1], &v.pending[1]);
+        assert_eq!(pending.payload, Some((0, 100, 100 + n)));
+        let at = pending.header_len - 4;
+        assert_eq!(u16::from_ne_bytes([hdr[at], hdr[at + 1]]), u16::MAX);
+        assert_eq!(v.len(), 2);
+    }
 }

@@ -32,9 +32,13 @@ const SKB_GSO: u32 = 2;
 const NF_ACCEPT: u32 = 1;
 const NF_DROP: u32 = 0;
 
+/// NFQNL_MAX_COPY_RANGE (net/netfilter/nfnetlink_queue.c): the most of a packet the kernel
+/// copies into a message, and so the longest payload a verdict can carry back.
+pub const MAX_COPY_RANGE: usize = 0xffff - NLA_HDRLEN;
+
 use crate::netlink::{
-    align4, attrs, Header, Message, TooLong, Writer, NFGEN_HDRLEN, NLA_HDRLEN, NLMSG_HDRLEN,
-    NLM_F_ACK, NLM_F_REQUEST,
+    align4, attr_len, attrs, Header, Message, TooLong, Writer, NFGEN_HDRLEN, NLA_HDRLEN,
+    NLMSG_HDRLEN, NLM_F_ACK, NLM_F_REQUEST,
 };
 
 fn be32(data: &[u8]) -> Option<u32> {
@@ -129,6 +133,8 @@ pub const VERDICT_HEADER_LEN: usize = NLMSG_HDRLEN + NFGEN_HDRLEN + 12 + 8 + 4;
 /// Writes the header of a verdict message into `out` and returns how many bytes it used: the
 /// verdict, then a packet mark if `mark` is given, then the payload attribute's header if a
 /// payload follows. The payload is sent from where it lies, followed by padding to 4 bytes.
+/// A payload longer than [`MAX_COPY_RANGE`] cannot be described by nla_len and is refused
+/// with `TooLong`, `out` left unwritten; [`drop_header`] then answers for the packet.
 pub fn verdict_header(
     out: &mut [u8; VERDICT_HEADER_LEN],
     queue: u16,
@@ -136,29 +142,46 @@ pub fn verdict_header(
     accept: bool,
     mark: Option<u32>,
     payload_len: Option<usize>,
+) -> Result<usize, TooLong> {
+    let payload = match payload_len {
+        Some(n) => Some((attr_len(n).ok_or(TooLong)?, n)),
+        None => None,
+    };
+    let verdict = if accept { NF_ACCEPT } else { NF_DROP };
+    Ok(write_verdict(out, queue, id, verdict, mark, payload))
+}
+
+/// Writes a drop verdict for packet `id`, which always fits, and returns its length.
+pub fn drop_header(out: &mut [u8; VERDICT_HEADER_LEN], queue: u16, id: u32) -> usize {
+    write_verdict(out, queue, id, NF_DROP, None, None)
+}
+
+/// The verdict message's header bytes; `payload` is (nla_len, payload length), checked.
+fn write_verdict(
+    out: &mut [u8; VERDICT_HEADER_LEN],
+    queue: u16,
+    id: u32,
+    verdict: u32,
+    mark: Option<u32>,
+    payload: Option<(u16, usize)>,
 ) -> usize {
     let mark_len = if mark.is_some() { 8 } else { 0 };
-    let payload_attr = payload_len.map_or(0, |n| NLA_HDRLEN + n);
-    let used = NLMSG_HDRLEN
-        + NFGEN_HDRLEN
-        + 12
-        + mark_len
-        + if payload_len.is_some() { NLA_HDRLEN } else { 0 };
+    let used = NLMSG_HDRLEN + NFGEN_HDRLEN + 12 + mark_len + payload.map_or(0, |_| NLA_HDRLEN);
     let header = Header {
-        len: NLMSG_HDRLEN + NFGEN_HDRLEN + 12 + mark_len + payload_attr,
+        len: used + payload.map_or(0, |(_, n)| n),
         kind: MSG_VERDICT,
         flags: NLM_F_REQUEST,
         seq: 0,
         pid: 0,
     };
+    // At most 65535 + 40 bytes: always within nlmsg_len's u32.
     out[0..16].copy_from_slice(&header.emit().unwrap_or([0; NLMSG_HDRLEN]));
     out[16] = 0;
     out[17] = 0;
     out[18..20].copy_from_slice(&queue.to_be_bytes());
     out[20..22].copy_from_slice(&12u16.to_ne_bytes());
     out[22..24].copy_from_slice(&NFQA_VERDICT_HDR.to_ne_bytes());
-    let v = if accept { NF_ACCEPT } else { NF_DROP };
-    out[24..28].copy_from_slice(&v.to_be_bytes());
+    out[24..28].copy_from_slice(&verdict.to_be_bytes());
     out[28..32].copy_from_slice(&id.to_be_bytes());
     let mut at = 32;
     if let Some(m) = mark {
@@ -167,8 +190,8 @@ pub fn verdict_header(
         out[at + 4..at + 8].copy_from_slice(&m.to_be_bytes());
         at += 8;
     }
-    if let Some(n) = payload_len {
-        out[at..at + 2].copy_from_slice(&((4 + n) as u16).to_ne_bytes());
+    if let Some((nla_len, _)) = payload {
+        out[at..at + 2].copy_from_slice(&nla_len.to_ne_bytes());
         out[at + 2..at + 4].copy_from_slice(&NFQA_PAYLOAD.to_ne_bytes());
     }
     used
@@ -267,7 +290,7 @@ mod tests {
     fn verdict_with_payload_is_one_well_formed_message() {
         let payload = [9u8; 7];
         let mut hdr = [0u8; VERDICT_HEADER_LEN];
-        let used = verdict_header(&mut hdr, 3, 42, true, None, Some(payload.len()));
+        let used = verdict_header(&mut hdr, 3, 42, true, None, Some(payload.len())).unwrap();
         let mut msg = hdr[..used].to_vec();
         msg.extend_from_slice(&payload);
         msg.extend(std::iter::repeat_n(0, padding(payload.len())));
@@ -283,16 +306,48 @@ mod tests {
         assert_eq!(be32_at(&msg, 28), Some(42));
         assert_eq!(&msg[36..43], &payload);
 
-        let used = verdict_header(&mut hdr, 3, 43, false, None, None);
+        let used = verdict_header(&mut hdr, 3, 43, false, None, None).unwrap();
         assert_eq!(used, 32);
         assert_eq!(u32::from_ne_bytes(hdr[0..4].try_into().unwrap()), 32);
         assert_eq!(be32_at(&hdr, 24), Some(NF_DROP));
+        let mut dropped = [0u8; VERDICT_HEADER_LEN];
+        assert_eq!(drop_header(&mut dropped, 3, 43), 32);
+        assert_eq!(dropped[..32], hdr[..32]);
 
-        let used = verdict_header(&mut hdr, 3, 44, true, Some(0x5b1d_0001), None);
+        let used = verdict_header(&mut hdr, 3, 44, true, Some(0x5b1d_0001), None).unwrap();
         assert_eq!(used, 40);
         assert_eq!(u32::from_ne_bytes(hdr[0..4].try_into().unwrap()), 40);
         assert_eq!(u16_at(&hdr, 34), Some(NFQA_MARK));
         assert_eq!(be32_at(&hdr, 36), Some(0x5b1d_0001));
+    }
+
+    #[test]
+    fn a_payload_too_long_for_its_attribute_is_refused_never_wrapped() {
+        // A 64 KiB GSO packet: 4 + 65535 does not fit nla_len, which would wrap to 3.
+        let mut hdr = [0u8; VERDICT_HEADER_LEN];
+        assert_eq!(
+            verdict_header(&mut hdr, 3, 42, true, None, Some(65535)),
+            Err(TooLong)
+        );
+        assert_eq!(hdr, [0u8; VERDICT_HEADER_LEN], "nothing written");
+        // Around the limit, every length written is the true one, or none is written.
+        for n in (MAX_COPY_RANGE - 8..=MAX_COPY_RANGE + 8).chain([0xffff, 1 << 16, usize::MAX]) {
+            for mark in [None, Some(7)] {
+                let mut hdr = [0u8; VERDICT_HEADER_LEN];
+                match verdict_header(&mut hdr, 3, 42, true, mark, Some(n)) {
+                    Ok(used) => {
+                        assert!(n <= MAX_COPY_RANGE, "{n} bytes accepted");
+                        let nla_len = u16_at(&hdr, used - 4).unwrap();
+                        assert_eq!(usize::from(nla_len), NLA_HDRLEN + n);
+                        assert_eq!(u32_at(&hdr, 0), Some((used + n) as u32));
+                    }
+                    Err(TooLong) => {
+                        assert!(n > MAX_COPY_RANGE, "{n} bytes refused");
+                        assert_eq!(hdr, [0u8; VERDICT_HEADER_LEN]);
+                    }
+                }
+            }
+        }
     }
 
     #[test]
