@@ -3,7 +3,7 @@
 //! NETLINK_ROUTE socket per call with the requests of `netlink::route`, and announced with
 //! gratuitous ARP when they come up.
 //! Side effects: RTM_NEWADDR / RTM_DELADDR on the named interfaces; ARP announcements sent on
-//! them through an AF_PACKET socket.
+//! them through an AF_PACKET socket (one per call, closed on a short-lived thread).
 
 use std::io;
 use std::net::Ipv4Addr;
@@ -186,6 +186,7 @@ impl Rtnl {
 /// and announces it with gratuitous ARP, so neighbours that knew another owner switch at once.
 pub fn add(addrs: &[ManagedAddr]) -> Result<(), AddrError> {
     let mut rtnl = Rtnl::open()?;
+    let mut arp = Announcer::default();
     for a in addrs {
         let (index, mac) = rtnl.link(&a.dev)?;
         rtnl.ack(|seq| route::emit_new_addr(seq, index, a.ip, a.prefix))
@@ -197,7 +198,7 @@ pub fn add(addrs: &[ManagedAddr]) -> Result<(), AddrError> {
             Some(mac) => {
                 // An announcement lost on the wire only delays neighbours until their
                 // entries age out: log it, it is no reason to stop balancing.
-                if let Err(e) = announce(index, mac, a.ip) {
+                if let Err(e) = arp.announce(index, mac, a.ip) {
                     tracing::warn!(address = %a, error = %e, "gratuitous ARP failed");
                 }
             }
@@ -211,9 +212,10 @@ pub fn add(addrs: &[ManagedAddr]) -> Result<(), AddrError> {
 /// its dual may have announced last).
 pub fn reannounce(addrs: &[ManagedAddr]) -> Result<(), AddrError> {
     let mut rtnl = Rtnl::open()?;
+    let mut arp = Announcer::default();
     for a in addrs {
         if let (index, Some(mac)) = rtnl.link(&a.dev)? {
-            if let Err(e) = announce(index, mac, a.ip) {
+            if let Err(e) = arp.announce(index, mac, a.ip) {
                 tracing::warn!(address = %a, error = %e, "gratuitous ARP failed");
             }
         }
@@ -221,51 +223,74 @@ pub fn reannounce(addrs: &[ManagedAddr]) -> Result<(), AddrError> {
     Ok(())
 }
 
-/// Sends a few ARP announcements for `ip` from `mac` out of interface `index`.
-fn announce(index: u32, mac: [u8; 6], ip: Ipv4Addr) -> io::Result<()> {
+/// The AF_PACKET socket one call sends its gratuitous ARP on, opened at the first
+/// announcement. Send-only: opened with protocol 0 it registers no receive hook, so it is
+/// never handed the host's ARP traffic (packet_create).
+#[derive(Default)]
+struct Announcer {
+    fd: Option<OwnedFd>,
+}
+
+impl Announcer {
+    /// Sends a few ARP announcements for `ip` from `mac` out of interface `index`.
+    fn announce(&mut self, index: u32, mac: [u8; 6], ip: Ipv4Addr) -> io::Result<()> {
+        let fd = match &self.fd {
+            Some(fd) => fd.as_raw_fd(),
+            None => self.fd.insert(packet_socket()?).as_raw_fd(),
+        };
+        // SAFETY: sockaddr_ll is plain old data (integers and a byte array), for which
+        // all-zero is valid.
+        let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        to.sll_family = libc::AF_PACKET as u16;
+        to.sll_protocol = crate::garp::ETH_P_ARP.to_be();
+        to.sll_ifindex = index as i32;
+        to.sll_halen = 6;
+        to.sll_addr[..6].copy_from_slice(&[0xff; 6]);
+        let frame = crate::garp::announcement(mac, ip);
+        // Three, as arping -U and keepalived do, in case one is lost.
+        for _ in 0..3 {
+            // SAFETY: the pointers and lengths describe `frame` and `to`, live locals the
+            // kernel only reads during the call.
+            let n = unsafe {
+                libc::sendto(
+                    fd,
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                    0,
+                    (&to as *const libc::sockaddr_ll).cast(),
+                    std::mem::size_of_val(&to) as u32,
+                )
+            };
+            if n < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Announcer {
+    /// Closing a packet socket waits for an RCU grace period (packet_release calls
+    /// synchronize_net), 5-20 ms measured here, so the close happens on a thread of its own
+    /// rather than on the takeover path; inline only if no thread can be started.
+    fn drop(&mut self) {
+        if let Some(fd) = self.fd.take() {
+            let _ = std::thread::Builder::new()
+                .name("garp-close".into())
+                .spawn(move || drop(fd));
+        }
+    }
+}
+
+fn packet_socket() -> io::Result<OwnedFd> {
     use std::os::fd::FromRawFd;
-    let proto = crate::garp::ETH_P_ARP.to_be();
     // SAFETY: socket(2) takes no pointers; any argument is at worst an errno.
-    let raw = unsafe {
-        libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            i32::from(proto),
-        )
-    };
+    let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
     if raw < 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: `raw` is a descriptor socket(2) just returned, owned by nothing else.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    // SAFETY: sockaddr_ll is plain old data (integers and a byte array), for which all-zero
-    // is valid.
-    let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    to.sll_family = libc::AF_PACKET as u16;
-    to.sll_protocol = proto;
-    to.sll_ifindex = index as i32;
-    to.sll_halen = 6;
-    to.sll_addr[..6].copy_from_slice(&[0xff; 6]);
-    let frame = crate::garp::announcement(mac, ip);
-    // Three, as arping -U and keepalived do, in case one is lost.
-    for _ in 0..3 {
-        // SAFETY: the pointers and lengths describe `frame` and `to`, live locals the kernel
-        // only reads during the call.
-        let n = unsafe {
-            libc::sendto(
-                fd.as_raw_fd(),
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-                (&to as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of_val(&to) as u32,
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
 /// Removes each address that is present; absent ones are not an error.
