@@ -108,6 +108,7 @@ impl EventSocket {
                 revents: 0,
             };
             let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int;
+            // SAFETY: one pollfd, a live local the kernel writes revents into.
             if unsafe { libc::poll(&mut pfd, 1, ms) } < 0 {
                 let e = io::Error::last_os_error();
                 if e.kind() != io::ErrorKind::Interrupted {

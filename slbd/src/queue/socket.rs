@@ -110,6 +110,10 @@ impl QueueSocket {
             h.msg_hdr.msg_iovlen = 1;
             h.msg_len = 0;
         }
+        // SAFETY: `hdrs` holds `n` headers, each (zeroed but for the fields set above) naming
+        // one iovec of `iovs` that covers all of its own SLOT_BYTES buffer in `bufs`; all of
+        // them live in `batch`, borrowed mutably for the call, and the kernel writes at most
+        // iov_len bytes into each buffer and the received length into msg_len.
         let got = unsafe {
             libc::recvmmsg(
                 self.fd.as_raw_fd(),
@@ -177,13 +181,20 @@ impl QueueSocket {
     }
 
     fn sendmsg(&self, iovs: &[libc::iovec]) -> io::Result<()> {
+        // SAFETY: sockaddr_nl is plain old data (integers only), for which all-zero is valid.
         let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         addr.nl_family = libc::AF_NETLINK as u16;
+        // SAFETY: msghdr is integers and raw pointers; all-zero is valid (null pointers, no
+        // control data, no flags).
         let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
         msg.msg_name = (&mut addr as *mut libc::sockaddr_nl).cast();
         msg.msg_namelen = std::mem::size_of_val(&addr) as u32;
         msg.msg_iov = iovs.as_ptr() as *mut libc::iovec;
         msg.msg_iovlen = iovs.len();
+        // SAFETY: `msg` names `addr` (a live local) and the `iovs` slice, borrowed for the
+        // call; each iovec points at a verdict header, a received packet or ZEROS, all
+        // borrowed by the caller across this call. sendmsg only reads them, so the `*mut`
+        // casts the iovec type asks for are never written through.
         let n = unsafe { libc::sendmsg(self.fd.as_raw_fd(), &msg, 0) };
         cvt(n as libc::c_int).map(|_| ())
     }
@@ -200,7 +211,9 @@ pub struct RecvBatch {
     filled: usize,
 }
 
-// SAFETY: the raw pointers inside only ever point into this struct's own buffers.
+// SAFETY: the raw pointers inside (each mmsghdr's to its iovec, each iovec's to its buffer)
+// only ever point into this struct's own heap allocations, which stay put when the struct
+// moves, and only `recv`, holding it mutably, hands them to the kernel.
 unsafe impl Send for RecvBatch {}
 
 impl RecvBatch {
@@ -210,6 +223,8 @@ impl RecvBatch {
                 .map(|_| vec![0u8; SLOT_BYTES].into_boxed_slice())
                 .collect(),
             lens: vec![0; slots],
+            // SAFETY: mmsghdr is integers and raw pointers; all-zero is valid (null pointers,
+            // zero lengths), and `recv` fills in the iovec before any use.
             hdrs: (0..slots).map(|_| unsafe { std::mem::zeroed() }).collect(),
             iovs: (0..slots)
                 .map(|_| libc::iovec {
@@ -249,6 +264,9 @@ pub struct Verdicts {
     iovs: Vec<libc::iovec>,
 }
 
+// SAFETY: the raw pointers in `iovs` are only a reused allocation: `send_verdicts` rebuilds
+// them before each use and dereferences them only inside its own sendmsg, so whichever thread
+// owns the struct never reaches memory through a pointer left from an earlier call.
 unsafe impl Send for Verdicts {}
 
 impl Verdicts {
