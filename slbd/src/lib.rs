@@ -18,7 +18,7 @@ pub mod conntrack;
 pub mod core;
 pub mod ctl;
 pub mod daemon;
-pub mod nfnetlink;
+pub mod netlink;
 pub mod queue;
 pub mod shell;
 pub mod wire;

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use super::wire::{self, CtEntry, Inject};
 use crate::core::net::Protocol;
-use crate::nfnetlink::socket::{cvt, open as open_netlink, setsockopt};
-use crate::queue::wire::messages;
+use crate::netlink::socket::{self as nl, setsockopt};
+use crate::netlink::{messages, status, Status, NLMSG_DONE, NLMSG_ERROR};
 
 /// enum nfnetlink_groups (include/uapi/linux/netfilter/nfnetlink.h).
 const NFNLGRP_CONNTRACK_NEW: libc::c_int = 1;
@@ -32,30 +32,6 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 /// How many failed creates an [`InjectReport`] keeps the error of.
 pub const MAX_REPORTED_ERRORS: usize = 8;
 
-/// Receives one datagram into `buf`. A datagram larger than `buf` is an error rather than a
-/// silently cut list of entries.
-fn recv_dgram(fd: RawFd, buf: &mut [u8], flags: libc::c_int) -> io::Result<usize> {
-    let n = unsafe {
-        libc::recv(
-            fd,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            flags | libc::MSG_TRUNC,
-        )
-    };
-    let n = cvt(n as libc::c_int)? as usize;
-    if n > buf.len() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "ctnetlink datagram of {n} bytes exceeds the {} byte buffer",
-                buf.len()
-            ),
-        ));
-    }
-    Ok(n)
-}
-
 /// Follows the conntrack events of the socket's network namespace (all of them: the kernel
 /// cannot filter events by mark, so callers pick theirs by `CtEntry::mark`).
 ///
@@ -72,7 +48,7 @@ impl EventSocket {
     /// with a receive buffer of `rcvbuf` bytes. (The kernel builds no event for a group
     /// nobody joined, so leaving out one that is not needed saves work on the packet path.)
     pub fn open(rcvbuf: usize, new: bool) -> io::Result<EventSocket> {
-        let fd = open_netlink(rcvbuf)?;
+        let fd = nl::open(libc::NETLINK_NETFILTER, rcvbuf)?;
         let raw = fd.as_raw_fd();
         let groups = [
             NFNLGRP_CONNTRACK_NEW,
@@ -106,10 +82,11 @@ impl EventSocket {
         loop {
             // Read before polling: an overrun is reported on the next read even when the
             // queue is empty.
-            match recv_dgram(fd, &mut self.buf, libc::MSG_DONTWAIT) {
+            match nl::recv(fd, &mut self.buf, libc::MSG_DONTWAIT) {
                 Ok(n) => {
-                    for m in messages(&self.buf[..n]) {
-                        match wire::parse(&self.buf[m.start..m.start + m.len]) {
+                    let got = &self.buf[..n];
+                    for m in messages(got) {
+                        match wire::parse(m.bytes(got)) {
                             Ok(Some(entry)) => f(entry),
                             Ok(None) => {}
                             Err(_) => self.malformed += 1,
@@ -131,6 +108,7 @@ impl EventSocket {
                 revents: 0,
             };
             let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int;
+            // SAFETY: one pollfd, a live local the kernel writes revents into.
             if unsafe { libc::poll(&mut pfd, 1, ms) } < 0 {
                 let e = io::Error::last_os_error();
                 if e.kind() != io::ErrorKind::Interrupted {
@@ -191,7 +169,7 @@ pub struct Control {
 
 impl Control {
     pub fn open() -> io::Result<Control> {
-        let fd = open_netlink(CONTROL_RCVBUF)?;
+        let fd = nl::open(libc::NETLINK_NETFILTER, CONTROL_RCVBUF)?;
         let raw = fd.as_raw_fd();
         let tv = libc::timeval {
             tv_sec: ANSWER_TIMEOUT.as_secs() as libc::time_t,
@@ -223,10 +201,10 @@ impl Control {
         for (c, chunk) in flows.chunks(BATCH).enumerate() {
             let base = c * BATCH;
             let first = self.seqs(chunk.len());
-            let reqs: Vec<Vec<u8>> = (0u32..)
+            let reqs = (0u32..)
                 .zip(chunk)
                 .map(|(i, f)| wire::emit_create(first.wrapping_add(i), f))
-                .collect();
+                .collect::<Result<Vec<_>, _>>()?;
             let mut taken = Vec::new();
             for (i, errno) in self.transact(first, &reqs)?.into_iter().enumerate() {
                 match errno {
@@ -242,7 +220,7 @@ impl Control {
             // clash was on the NAT'd reply tuple, or the entry expired): then the create
             // answers for itself.
             let first = self.seqs(2 * taken.len());
-            let reqs: Vec<Vec<u8>> = (0u32..)
+            let reqs = (0u32..)
                 .step_by(2)
                 .zip(&taken)
                 .flat_map(|(k, &i)| {
@@ -253,7 +231,7 @@ impl Control {
                         wire::emit_create(seq.wrapping_add(1), f),
                     ]
                 })
-                .collect();
+                .collect::<Result<Vec<_>, _>>()?;
             let answers = self.transact(first, &reqs)?;
             for (k, &i) in taken.iter().enumerate() {
                 match answers[2 * k + 1] {
@@ -279,7 +257,7 @@ impl Control {
             ));
         }
         let seq = self.seqs(1);
-        match self.transact(seq, &[wire::emit_delete_marked(seq, mark, mask)])?[0] {
+        match self.transact(seq, &[wire::emit_delete_marked(seq, mark, mask)?])?[0] {
             0 | libc::ENOENT => Ok(()),
             e => Err(io::Error::from_raw_os_error(e)),
         }
@@ -294,7 +272,7 @@ impl Control {
         orig_dst: SocketAddrV4,
     ) -> io::Result<bool> {
         let seq = self.seqs(1);
-        let req = wire::emit_delete(seq, protocol, orig_src, orig_dst);
+        let req = wire::emit_delete(seq, protocol, orig_src, orig_dst)?;
         match self.transact(seq, &[req])?[0] {
             0 => Ok(true),
             libc::ENOENT => Ok(false),
@@ -306,33 +284,28 @@ impl Control {
     /// Entries that do not parse are skipped and counted in [`Control::malformed`].
     pub fn dump_marked(&mut self, mark: u32, mask: u32) -> io::Result<Vec<CtEntry>> {
         let seq = self.seqs(1);
-        self.send(&wire::emit_dump_marked(seq, mark, mask))?;
+        self.send(&wire::emit_dump_marked(seq, mark, mask)?)?;
         let mut entries = Vec::new();
         loop {
             let n = self.recv()?;
-            for m in messages(&self.buf[..n]) {
-                let msg = &self.buf[m.start..m.start + m.len];
-                match wire::header(msg) {
-                    Some(h) if h.seq == seq => {}
-                    _ => continue,
+            let got = &self.buf[..n];
+            for m in messages(got) {
+                if m.header.seq != seq {
+                    continue;
                 }
-                match m.kind {
-                    wire::NLMSG_DONE => {
-                        return match wire::status(msg).unwrap_or(0) {
-                            e if e < 0 => Err(io::Error::from_raw_os_error(-e)),
-                            // The kernel filtered already; this only guards against one that
-                            // ignored the filter.
-                            _ => Ok(entries
-                                .into_iter()
-                                .filter(|e: &CtEntry| e.mark & mask == mark & mask)
-                                .collect()),
-                        };
+                let msg = m.bytes(got);
+                match (m.header.kind, status(msg)) {
+                    (_, Some(Status::Errno(e))) => return Err(io::Error::from_raw_os_error(e)),
+                    // The kernel filtered already; this only guards against one that ignored
+                    // the filter.
+                    (NLMSG_DONE, _) => {
+                        return Ok(entries
+                            .into_iter()
+                            .filter(|e: &CtEntry| e.mark & mask == mark & mask)
+                            .collect())
                     }
-                    wire::NLMSG_ERROR => match wire::status(msg) {
-                        Some(0) => {}
-                        Some(e) => return Err(io::Error::from_raw_os_error(-e)),
-                        None => return Err(short_error()),
-                    },
+                    (NLMSG_ERROR, Some(Status::Truncated)) => return Err(short_error()),
+                    (NLMSG_ERROR, _) => {}
                     _ => match wire::parse(msg) {
                         Ok(Some(entry)) => entries.push(entry),
                         Ok(None) => {}
@@ -356,17 +329,12 @@ impl Control {
     }
 
     fn send(&self, bytes: &[u8]) -> io::Result<()> {
-        let n = unsafe { libc::send(self.fd.as_raw_fd(), bytes.as_ptr().cast(), bytes.len(), 0) };
-        let n = cvt(n as libc::c_int)? as usize;
-        if n != bytes.len() {
-            return Err(io::Error::other("short send on a netlink socket"));
-        }
-        Ok(())
+        nl::send(self.fd.as_raw_fd(), bytes)
     }
 
     fn recv(&mut self) -> io::Result<usize> {
         loop {
-            match recv_dgram(self.fd.as_raw_fd(), &mut self.buf, 0) {
+            match nl::recv(self.fd.as_raw_fd(), &mut self.buf, 0) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     return Err(io::Error::new(
@@ -388,14 +356,18 @@ impl Control {
         let mut left = reqs.len();
         while left > 0 {
             let n = self.recv()?;
-            for m in messages(&self.buf[..n]) {
-                let msg = &self.buf[m.start..m.start + m.len];
-                let Some(h) = wire::header(msg).filter(|h| h.kind == wire::NLMSG_ERROR) else {
+            let got = &self.buf[..n];
+            for m in messages(got) {
+                if m.header.kind != NLMSG_ERROR {
                     continue;
-                };
-                let slot = answers.get_mut(h.seq.wrapping_sub(first) as usize);
+                }
+                let slot = answers.get_mut(m.header.seq.wrapping_sub(first) as usize);
                 if let Some(slot @ None) = slot {
-                    *slot = Some(-wire::status(msg).ok_or_else(short_error)?);
+                    *slot = Some(match status(m.bytes(got)) {
+                        Some(Status::Errno(e)) => e,
+                        Some(Status::Truncated) => return Err(short_error()),
+                        _ => 0,
+                    });
                     left -= 1;
                 }
             }

@@ -48,7 +48,8 @@ pub struct QueueStats {
     /// ENOBUFS: the socket's receive buffer overflowed and the kernel dropped packets.
     pub overruns: AtomicU64,
     /// Packet messages too malformed to answer (the kernel times nothing out: such a packet
-    /// stays queued until the queue is unbound).
+    /// stays queued until the queue is unbound), and packets dropped because their payload
+    /// was longer than a verdict can carry back.
     pub bad_messages: AtomicU64,
     pub packets: AtomicU64,
     pub batches: AtomicU64,
@@ -77,7 +78,7 @@ pub fn run(q: QueueSocket, dp: Arc<Dataplane>, stats: Arc<QueueStats>, epoch: In
     tracing::info!(queue = num, "queue worker started");
     let mut batch = RecvBatch::new(BATCH);
     let mut verdicts = Verdicts::new(BATCH);
-    let mut msgs: Vec<(usize, wire::NlMsg)> = Vec::with_capacity(BATCH);
+    let mut msgs: Vec<(usize, crate::netlink::Message)> = Vec::with_capacity(BATCH);
     let mut consecutive_errors = 0u32;
     loop {
         match q.recv(&mut batch) {
@@ -115,13 +116,17 @@ pub fn run(q: QueueSocket, dp: Arc<Dataplane>, stats: Arc<QueueStats>, epoch: In
         msgs.extend(batch.messages());
         for &(slot, m) in &msgs {
             let Some(p) = batch.packet(slot, &m) else {
-                if m.kind == wire::MSG_PACKET {
+                if m.header.kind == wire::MSG_PACKET {
                     stats.bad_messages.fetch_add(1, Relaxed);
                 }
                 continue;
             };
             let out = decide(&dp, &stats, &p, batch.payload_mut(slot, &p), now_ms);
-            verdicts.push(num, &p, slot, out);
+            if !verdicts.push(num, &p, slot, out) {
+                // A payload longer than the kernel ever copies (NFQNL_MAX_COPY_RANGE): not a
+                // message the kernel sends, and one its verdict could not carry back.
+                stats.bad_messages.fetch_add(1, Relaxed);
+            }
         }
         stats.packets.fetch_add(verdicts.len() as u64, Relaxed);
         stats.batches.fetch_add(1, Relaxed);

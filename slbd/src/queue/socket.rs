@@ -6,8 +6,9 @@
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use super::wire::{self, NlMsg, Packet, VERDICT_HEADER_LEN};
-use crate::nfnetlink::{self, socket::cvt, socket::setsockopt};
+use super::wire::{self, Packet, VERDICT_HEADER_LEN};
+use crate::netlink::socket::{self as nl, cvt, setsockopt};
+use crate::netlink::{self, Message, Status};
 
 /// Room for one queued packet message: a 64 KiB GSO packet plus its attributes.
 const SLOT_BYTES: usize = 65536 + 4096;
@@ -32,7 +33,7 @@ impl QueueSocket {
     /// Opens a netlink socket, binds queue `num` and configures it. Fails with EBUSY when
     /// another process holds the queue.
     pub fn open(num: u16, setup: Setup) -> io::Result<QueueSocket> {
-        let fd = nfnetlink::socket::open(setup.rcvbuf)?;
+        let fd = nl::open(libc::NETLINK_NETFILTER, setup.rcvbuf)?;
         let raw = fd.as_raw_fd();
         setsockopt(
             raw,
@@ -60,7 +61,7 @@ impl QueueSocket {
         // Fail-open stays off: when the queue is full the kernel drops, it does not pass
         // unbalanced packets to the balancer's own stack.
         let mask = wire::CFG_F_GSO | wire::CFG_F_FAIL_OPEN;
-        for req in wire::config_requests(num, setup.max_len, flags, mask, 1) {
+        for req in wire::config_requests(num, setup.max_len, flags, mask, 1)? {
             sock.send(&req)?;
             sock.wait_ack()?;
         }
@@ -68,31 +69,29 @@ impl QueueSocket {
     }
 
     fn send(&self, bytes: &[u8]) -> io::Result<()> {
-        let n = unsafe { libc::send(self.fd.as_raw_fd(), bytes.as_ptr().cast(), bytes.len(), 0) };
-        cvt(n as libc::c_int).map(|_| ())
+        nl::send(self.fd.as_raw_fd(), bytes)
     }
 
     fn wait_ack(&self) -> io::Result<()> {
         let mut buf = vec![0u8; SLOT_BYTES];
         loop {
-            let n =
-                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            let n = cvt(n as libc::c_int)? as usize;
+            let n = nl::recv(self.fd.as_raw_fd(), &mut buf, 0)?;
             let got = &buf[..n];
-            for m in wire::messages(got) {
-                if m.kind == wire::NLMSG_ERROR {
-                    return match wire::error_code(got, &m) {
-                        Some(0) => Ok(()),
-                        Some(e) => Err(io::Error::from_raw_os_error(-e)),
-                        None => Err(io::Error::other("short netlink error message")),
-                    };
+            for m in netlink::messages(got) {
+                match netlink::status(m.bytes(got)) {
+                    Some(Status::Ack) => return Ok(()),
+                    Some(Status::Errno(e)) => return Err(io::Error::from_raw_os_error(e)),
+                    Some(Status::Truncated) => {
+                        return Err(io::Error::other("short netlink error message"))
+                    }
+                    Some(Status::Done) | None => {}
                 }
                 // Rules left by an earlier slbd queue packets as soon as the queue is bound.
                 // Each needs a verdict or it stays queued for good; before the workers run,
                 // the answer is the fail-closed one.
                 if let Some(p) = wire::packet(got, &m) {
                     let mut hdr = [0u8; VERDICT_HEADER_LEN];
-                    let used = wire::verdict_header(&mut hdr, self.num, p.id, false, None, None);
+                    let used = wire::drop_header(&mut hdr, self.num, p.id);
                     self.send(&hdr[..used])?;
                 }
             }
@@ -111,6 +110,10 @@ impl QueueSocket {
             h.msg_hdr.msg_iovlen = 1;
             h.msg_len = 0;
         }
+        // SAFETY: `hdrs` holds `n` headers, each (zeroed but for the fields set above) naming
+        // one iovec of `iovs` that covers all of its own SLOT_BYTES buffer in `bufs`; all of
+        // them live in `batch`, borrowed mutably for the call, and the kernel writes at most
+        // iov_len bytes into each buffer and the received length into msg_len.
         let got = unsafe {
             libc::recvmmsg(
                 self.fd.as_raw_fd(),
@@ -178,13 +181,20 @@ impl QueueSocket {
     }
 
     fn sendmsg(&self, iovs: &[libc::iovec]) -> io::Result<()> {
+        // SAFETY: sockaddr_nl is plain old data (integers only), for which all-zero is valid.
         let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         addr.nl_family = libc::AF_NETLINK as u16;
+        // SAFETY: msghdr is integers and raw pointers; all-zero is valid (null pointers, no
+        // control data, no flags).
         let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
         msg.msg_name = (&mut addr as *mut libc::sockaddr_nl).cast();
         msg.msg_namelen = std::mem::size_of_val(&addr) as u32;
         msg.msg_iov = iovs.as_ptr() as *mut libc::iovec;
         msg.msg_iovlen = iovs.len();
+        // SAFETY: `msg` names `addr` (a live local) and the `iovs` slice, borrowed for the
+        // call; each iovec points at a verdict header, a received packet or ZEROS, all
+        // borrowed by the caller across this call. sendmsg only reads them, so the `*mut`
+        // casts the iovec type asks for are never written through.
         let n = unsafe { libc::sendmsg(self.fd.as_raw_fd(), &msg, 0) };
         cvt(n as libc::c_int).map(|_| ())
     }
@@ -201,7 +211,9 @@ pub struct RecvBatch {
     filled: usize,
 }
 
-// SAFETY: the raw pointers inside only ever point into this struct's own buffers.
+// SAFETY: the raw pointers inside (each mmsghdr's to its iovec, each iovec's to its buffer)
+// only ever point into this struct's own heap allocations, which stay put when the struct
+// moves, and only `recv`, holding it mutably, hands them to the kernel.
 unsafe impl Send for RecvBatch {}
 
 impl RecvBatch {
@@ -211,6 +223,8 @@ impl RecvBatch {
                 .map(|_| vec![0u8; SLOT_BYTES].into_boxed_slice())
                 .collect(),
             lens: vec![0; slots],
+            // SAFETY: mmsghdr is integers and raw pointers; all-zero is valid (null pointers,
+            // zero lengths), and `recv` fills in the iovec before any use.
             hdrs: (0..slots).map(|_| unsafe { std::mem::zeroed() }).collect(),
             iovs: (0..slots)
                 .map(|_| libc::iovec {
@@ -223,13 +237,13 @@ impl RecvBatch {
     }
 
     /// The netlink messages of each datagram received by the last `recv`.
-    pub fn messages(&self) -> impl Iterator<Item = (usize, NlMsg)> + '_ {
+    pub fn messages(&self) -> impl Iterator<Item = (usize, Message)> + '_ {
         (0..self.filled).flat_map(move |slot| {
-            wire::messages(&self.bufs[slot][..self.lens[slot]]).map(move |m| (slot, m))
+            netlink::messages(&self.bufs[slot][..self.lens[slot]]).map(move |m| (slot, m))
         })
     }
 
-    pub fn packet(&self, slot: usize, m: &NlMsg) -> Option<Packet> {
+    pub fn packet(&self, slot: usize, m: &Message) -> Option<Packet> {
         wire::packet(&self.bufs[slot][..self.lens[slot]], m)
     }
 
@@ -250,6 +264,9 @@ pub struct Verdicts {
     iovs: Vec<libc::iovec>,
 }
 
+// SAFETY: the raw pointers in `iovs` are only a reused allocation: `send_verdicts` rebuilds
+// them before each use and dereferences them only inside its own sendmsg, so whichever thread
+// owns the struct never reaches memory through a pointer left from an earlier call.
 unsafe impl Send for Verdicts {}
 
 impl Verdicts {
@@ -262,8 +279,10 @@ impl Verdicts {
     }
 
     /// Queues a verdict: accept with the (possibly rewritten) packet written back, accept
-    /// unchanged, or drop.
-    pub fn push(&mut self, queue: u16, p: &Packet, slot: usize, verdict: Out) {
+    /// unchanged, or drop. Returns false when a payload too long for its attribute (over
+    /// `wire::MAX_COPY_RANGE`, more than the kernel ever copies) could not be written back:
+    /// that packet is dropped instead, so it still gets its verdict.
+    pub fn push(&mut self, queue: u16, p: &Packet, slot: usize, verdict: Out) -> bool {
         let i = self.pending.len();
         if i == self.headers.len() {
             self.headers.push([0u8; VERDICT_HEADER_LEN]);
@@ -275,12 +294,17 @@ impl Verdicts {
             Out::Drop => (false, None, None),
         };
         let payload_len = payload.map(|(_, a, b)| b - a);
-        let header_len =
-            wire::verdict_header(&mut self.headers[i], queue, p.id, accept, mark, payload_len);
+        let hdr = &mut self.headers[i];
+        let (header_len, payload, sent) =
+            match wire::verdict_header(hdr, queue, p.id, accept, mark, payload_len) {
+                Ok(n) => (n, payload, true),
+                Err(_) => (wire::drop_header(hdr, queue, p.id), None, false),
+            };
         self.pending.push(Pending {
             header_len,
             payload,
         });
+        sent
     }
 
     pub fn len(&self) -> usize {
@@ -300,4 +324,39 @@ pub enum Out {
     /// Accept unchanged with this packet mark, for a later rule to act on.
     AcceptMarked(u32),
     Drop,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn packet(len: usize) -> Packet {
+        Packet {
+            id: 9,
+            hook: 0,
+            payload: (100, 100 + len),
+            cap_len: None,
+            checksum_ready: true,
+            gso: true,
+        }
+    }
+
+    #[test]
+    fn a_payload_too_long_to_write_back_becomes_a_drop() {
+        let mut v = Verdicts::new(1);
+        assert!(!v.push(3, &packet(65535), 0, Out::AcceptRewritten));
+        let (hdr, pending) = (&v.headers[0], &v.pending[0]);
+        assert_eq!((pending.header_len, pending.payload), (32, None));
+        assert_eq!(u32::from_ne_bytes(hdr[0..4].try_into().unwrap()), 32);
+        assert_eq!(&hdr[24..28], &0u32.to_be_bytes(), "NF_DROP");
+
+        // The longest payload the kernel copies still goes back whole.
+        let n = wire::MAX_COPY_RANGE;
+        assert!(v.push(3, &packet(n), 0, Out::AcceptRewritten));
+        let (hdr, pending) = (&v.headers[1], &v.pending[1]);
+        assert_eq!(pending.payload, Some((0, 100, 100 + n)));
+        let at = pending.header_len - 4;
+        assert_eq!(u16::from_ne_bytes([hdr[at], hdr[at + 1]]), u16::MAX);
+        assert_eq!(v.len(), 2);
+    }
 }

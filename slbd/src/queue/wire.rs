@@ -8,12 +8,6 @@ pub const MSG_PACKET: u16 = SUBSYS_QUEUE;
 const MSG_VERDICT: u16 = SUBSYS_QUEUE | 1;
 const MSG_CONFIG: u16 = SUBSYS_QUEUE | 2;
 
-pub const NLMSG_ERROR: u16 = 2;
-pub const NLMSG_HDRLEN: usize = 16;
-const NFGEN_HDRLEN: usize = 4;
-const NLM_F_REQUEST: u16 = 1;
-const NLM_F_ACK: u16 = 4;
-
 const NFQA_PACKET_HDR: u16 = 1;
 const NFQA_VERDICT_HDR: u16 = 2;
 const NFQA_MARK: u16 = 3;
@@ -38,50 +32,17 @@ const SKB_GSO: u32 = 2;
 const NF_ACCEPT: u32 = 1;
 const NF_DROP: u32 = 0;
 
-use crate::nfnetlink::{align4, finish, put_attr, put_header};
+/// NFQNL_MAX_COPY_RANGE (net/netfilter/nfnetlink_queue.c): the most of a packet the kernel
+/// copies into a message, and so the longest payload a verdict can carry back.
+pub const MAX_COPY_RANGE: usize = 0xffff - NLA_HDRLEN;
 
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
-}
+use crate::netlink::{
+    align4, attr_len, attrs, Header, Message, TooLong, Writer, NFGEN_HDRLEN, NLA_HDRLEN,
+    NLMSG_HDRLEN, NLM_F_ACK, NLM_F_REQUEST,
+};
 
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
-}
-
-fn be32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?))
-}
-
-/// One netlink message inside a datagram: its type and where its bytes are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NlMsg {
-    pub kind: u16,
-    pub start: usize,
-    pub len: usize,
-}
-
-/// Splits a received datagram into its netlink messages; stops at the first malformed header.
-pub fn messages(buf: &[u8]) -> impl Iterator<Item = NlMsg> + '_ {
-    let mut at = 0usize;
-    std::iter::from_fn(move || {
-        let len = u32_at(buf, at)? as usize;
-        let kind = u16_at(buf, at + 4)?;
-        if len < NLMSG_HDRLEN || at + len > buf.len() {
-            return None;
-        }
-        let m = NlMsg {
-            kind,
-            start: at,
-            len,
-        };
-        at += align4(len);
-        Some(m)
-    })
-}
-
-/// The error code of an NLMSG_ERROR message (0 is an ACK), negated errno otherwise.
-pub fn error_code(buf: &[u8], m: &NlMsg) -> Option<i32> {
-    u32_at(buf, m.start + NLMSG_HDRLEN).map(|v| v as i32)
+fn be32(data: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(data.get(..4)?.try_into().ok()?))
 }
 
 /// What the kernel says about one queued packet.
@@ -97,32 +58,30 @@ pub struct Packet {
     pub gso: bool,
 }
 
-/// Reads a packet message (`NFQNL_MSG_PACKET`). `None` if any part is missing or malformed.
-pub fn packet(buf: &[u8], m: &NlMsg) -> Option<Packet> {
-    if m.kind != MSG_PACKET {
+/// Reads a packet message (`NFQNL_MSG_PACKET`) `m` of datagram `dgram`. `None` if any part is
+/// missing or malformed.
+pub fn packet(dgram: &[u8], m: &Message) -> Option<Packet> {
+    if m.header.kind != MSG_PACKET {
         return None;
     }
-    let end = m.start + m.len;
-    let mut at = m.start + NLMSG_HDRLEN + NFGEN_HDRLEN;
+    let body = NLMSG_HDRLEN + NFGEN_HDRLEN;
+    let attr_bytes = m.bytes(dgram).get(body..)?;
     let (mut id, mut hook, mut payload, mut cap_len, mut info) = (None, 0, None, None, 0);
-    while at + 4 <= end {
-        let len = usize::from(u16_at(buf, at)?);
-        let kind = u16_at(buf, at + 2)? & 0x3fff;
-        if len < 4 || at + len > end {
-            return None;
-        }
-        let (data, data_len) = (at + 4, len - 4);
-        match kind {
-            NFQA_PACKET_HDR if data_len >= 7 => {
-                id = Some(be32_at(buf, data)?);
-                hook = buf[data + 6];
+    for a in attrs(attr_bytes) {
+        let a = a.ok()?;
+        match a.kind {
+            NFQA_PACKET_HDR if a.data.len() >= 7 => {
+                id = Some(be32(a.data)?);
+                hook = a.data[6];
             }
-            NFQA_PAYLOAD => payload = Some((data, data + data_len)),
-            NFQA_CAP_LEN if data_len >= 4 => cap_len = Some(be32_at(buf, data)?),
-            NFQA_SKB_INFO if data_len >= 4 => info = be32_at(buf, data)?,
+            NFQA_PAYLOAD => {
+                let at = m.start + body + a.offset;
+                payload = Some((at, at + a.data.len()));
+            }
+            NFQA_CAP_LEN if a.data.len() >= 4 => cap_len = Some(be32(a.data)?),
+            NFQA_SKB_INFO if a.data.len() >= 4 => info = be32(a.data)?,
             _ => {}
         }
-        at += align4(len);
     }
     Some(Packet {
         id: id?,
@@ -134,35 +93,37 @@ pub fn packet(buf: &[u8], m: &NlMsg) -> Option<Packet> {
     })
 }
 
-/// An nfnetlink_queue message header: AF_UNSPEC, NFNETLINK_V0, the queue as res_id.
-fn put_nlmsg_header(out: &mut Vec<u8>, kind: u16, flags: u16, seq: u32, queue: u16) -> usize {
-    put_header(out, kind, flags, seq, (0, 0, queue))
+/// An nfnetlink_queue message: AF_UNSPEC, NFNETLINK_V0, the queue as res_id.
+fn writer(kind: u16, flags: u16, seq: u32, queue: u16) -> Writer {
+    Writer::nfgen(kind, flags, seq, 0, 0, queue)
 }
 
 /// The config requests that bind `queue` and set it up, each asking for an ACK.
-pub fn config_requests(queue: u16, max_len: u32, flags: u32, mask: u32, seq: u32) -> Vec<Vec<u8>> {
-    let mut reqs = Vec::new();
-    let mut one = |seq: u32, add: &dyn Fn(&mut Vec<u8>)| {
-        let mut out = Vec::new();
-        let start = put_nlmsg_header(&mut out, MSG_CONFIG, NLM_F_REQUEST | NLM_F_ACK, seq, queue);
-        add(&mut out);
-        finish(&mut out, start);
-        reqs.push(out);
+pub fn config_requests(
+    queue: u16,
+    max_len: u32,
+    flags: u32,
+    mask: u32,
+    seq: u32,
+) -> Result<Vec<Vec<u8>>, TooLong> {
+    let one = |seq: u32, add: &dyn Fn(&mut Writer)| {
+        let mut w = writer(MSG_CONFIG, NLM_F_REQUEST | NLM_F_ACK, seq, queue);
+        add(&mut w);
+        w.finish()
     };
-    one(seq, &|o| put_attr(o, NFQA_CFG_CMD, &[CMD_BIND, 0, 0, 0]));
-    one(seq + 1, &|o| {
-        let mut params = 0xffffu32.to_be_bytes().to_vec();
-        params.push(COPY_PACKET);
-        put_attr(o, NFQA_CFG_PARAMS, &params);
-    });
-    one(seq + 2, &|o| {
-        put_attr(o, NFQA_CFG_QUEUE_MAXLEN, &max_len.to_be_bytes())
-    });
-    one(seq + 3, &|o| {
-        put_attr(o, NFQA_CFG_FLAGS, &flags.to_be_bytes());
-        put_attr(o, NFQA_CFG_MASK, &mask.to_be_bytes());
-    });
-    reqs
+    let mut params = 0xffffu32.to_be_bytes().to_vec();
+    params.push(COPY_PACKET);
+    Ok(vec![
+        one(seq, &|w| w.attr(NFQA_CFG_CMD, &[CMD_BIND, 0, 0, 0]))?,
+        one(seq.wrapping_add(1), &|w| w.attr(NFQA_CFG_PARAMS, &params))?,
+        one(seq.wrapping_add(2), &|w| {
+            w.attr(NFQA_CFG_QUEUE_MAXLEN, &max_len.to_be_bytes())
+        })?,
+        one(seq.wrapping_add(3), &|w| {
+            w.attr(NFQA_CFG_FLAGS, &flags.to_be_bytes());
+            w.attr(NFQA_CFG_MASK, &mask.to_be_bytes());
+        })?,
+    ])
 }
 
 /// Room for the bytes [`verdict_header`] writes before the payload (verdict, mark, payload
@@ -172,6 +133,8 @@ pub const VERDICT_HEADER_LEN: usize = NLMSG_HDRLEN + NFGEN_HDRLEN + 12 + 8 + 4;
 /// Writes the header of a verdict message into `out` and returns how many bytes it used: the
 /// verdict, then a packet mark if `mark` is given, then the payload attribute's header if a
 /// payload follows. The payload is sent from where it lies, followed by padding to 4 bytes.
+/// A payload longer than [`MAX_COPY_RANGE`] cannot be described by nla_len and is refused
+/// with `TooLong`, `out` left unwritten; [`drop_header`] then answers for the packet.
 pub fn verdict_header(
     out: &mut [u8; VERDICT_HEADER_LEN],
     queue: u16,
@@ -179,23 +142,46 @@ pub fn verdict_header(
     accept: bool,
     mark: Option<u32>,
     payload_len: Option<usize>,
+) -> Result<usize, TooLong> {
+    let payload = match payload_len {
+        Some(n) => Some((attr_len(n).ok_or(TooLong)?, n)),
+        None => None,
+    };
+    let verdict = if accept { NF_ACCEPT } else { NF_DROP };
+    Ok(write_verdict(out, queue, id, verdict, mark, payload))
+}
+
+/// Writes a drop verdict for packet `id`, which always fits, and returns its length.
+pub fn drop_header(out: &mut [u8; VERDICT_HEADER_LEN], queue: u16, id: u32) -> usize {
+    write_verdict(out, queue, id, NF_DROP, None, None)
+}
+
+/// The verdict message's header bytes; `payload` is (nla_len, payload length), checked.
+fn write_verdict(
+    out: &mut [u8; VERDICT_HEADER_LEN],
+    queue: u16,
+    id: u32,
+    verdict: u32,
+    mark: Option<u32>,
+    payload: Option<(u16, usize)>,
 ) -> usize {
     let mark_len = if mark.is_some() { 8 } else { 0 };
-    let payload_attr = payload_len.map_or(0, |n| 4 + n);
-    let total = NLMSG_HDRLEN + NFGEN_HDRLEN + 12 + mark_len + payload_attr;
-    let used =
-        NLMSG_HDRLEN + NFGEN_HDRLEN + 12 + mark_len + if payload_len.is_some() { 4 } else { 0 };
-    out[0..4].copy_from_slice(&(total as u32).to_ne_bytes());
-    out[4..6].copy_from_slice(&MSG_VERDICT.to_ne_bytes());
-    out[6..8].copy_from_slice(&NLM_F_REQUEST.to_ne_bytes());
-    out[8..16].fill(0);
+    let used = NLMSG_HDRLEN + NFGEN_HDRLEN + 12 + mark_len + payload.map_or(0, |_| NLA_HDRLEN);
+    let header = Header {
+        len: used + payload.map_or(0, |(_, n)| n),
+        kind: MSG_VERDICT,
+        flags: NLM_F_REQUEST,
+        seq: 0,
+        pid: 0,
+    };
+    // At most 65535 + 40 bytes: always within nlmsg_len's u32.
+    out[0..16].copy_from_slice(&header.emit().unwrap_or([0; NLMSG_HDRLEN]));
     out[16] = 0;
     out[17] = 0;
     out[18..20].copy_from_slice(&queue.to_be_bytes());
     out[20..22].copy_from_slice(&12u16.to_ne_bytes());
     out[22..24].copy_from_slice(&NFQA_VERDICT_HDR.to_ne_bytes());
-    let v = if accept { NF_ACCEPT } else { NF_DROP };
-    out[24..28].copy_from_slice(&v.to_be_bytes());
+    out[24..28].copy_from_slice(&verdict.to_be_bytes());
     out[28..32].copy_from_slice(&id.to_be_bytes());
     let mut at = 32;
     if let Some(m) = mark {
@@ -204,8 +190,8 @@ pub fn verdict_header(
         out[at + 4..at + 8].copy_from_slice(&m.to_be_bytes());
         at += 8;
     }
-    if let Some(n) = payload_len {
-        out[at..at + 2].copy_from_slice(&((4 + n) as u16).to_ne_bytes());
+    if let Some((nla_len, _)) = payload {
+        out[at..at + 2].copy_from_slice(&nla_len.to_ne_bytes());
         out[at + 2..at + 4].copy_from_slice(&NFQA_PAYLOAD.to_ne_bytes());
     }
     used
@@ -219,6 +205,19 @@ pub fn padding(n: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::netlink::messages;
+
+    fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+        Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
+    }
+
+    fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+        Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
+    }
+
+    fn be32_at(b: &[u8], at: usize) -> Option<u32> {
+        be32(b.get(at..)?)
+    }
 
     /// A packet message as the kernel builds it (nfqnl_build_packet_message).
     fn kernel_packet(
@@ -228,19 +227,17 @@ mod tests {
         cap_len: Option<u32>,
         info: u32,
     ) -> Vec<u8> {
-        let mut out = Vec::new();
-        let start = put_nlmsg_header(&mut out, MSG_PACKET, 0, 0, 0);
+        let mut w = writer(MSG_PACKET, 0, 0, 0);
         let mut hdr = id.to_be_bytes().to_vec();
         hdr.extend_from_slice(&0x0800u16.to_be_bytes());
         hdr.push(hook);
-        put_attr(&mut out, NFQA_PACKET_HDR, &hdr);
-        put_attr(&mut out, NFQA_SKB_INFO, &info.to_be_bytes());
+        w.attr(NFQA_PACKET_HDR, &hdr);
+        w.attr(NFQA_SKB_INFO, &info.to_be_bytes());
         if let Some(c) = cap_len {
-            put_attr(&mut out, NFQA_CAP_LEN, &c.to_be_bytes());
+            w.attr(NFQA_CAP_LEN, &c.to_be_bytes());
         }
-        put_attr(&mut out, NFQA_PAYLOAD, payload);
-        finish(&mut out, start);
-        out
+        w.attr(NFQA_PAYLOAD, payload);
+        w.finish().unwrap()
     }
 
     #[test]
@@ -293,7 +290,7 @@ mod tests {
     fn verdict_with_payload_is_one_well_formed_message() {
         let payload = [9u8; 7];
         let mut hdr = [0u8; VERDICT_HEADER_LEN];
-        let used = verdict_header(&mut hdr, 3, 42, true, None, Some(payload.len()));
+        let used = verdict_header(&mut hdr, 3, 42, true, None, Some(payload.len())).unwrap();
         let mut msg = hdr[..used].to_vec();
         msg.extend_from_slice(&payload);
         msg.extend(std::iter::repeat_n(0, padding(payload.len())));
@@ -309,12 +306,15 @@ mod tests {
         assert_eq!(be32_at(&msg, 28), Some(42));
         assert_eq!(&msg[36..43], &payload);
 
-        let used = verdict_header(&mut hdr, 3, 43, false, None, None);
+        let used = verdict_header(&mut hdr, 3, 43, false, None, None).unwrap();
         assert_eq!(used, 32);
         assert_eq!(u32::from_ne_bytes(hdr[0..4].try_into().unwrap()), 32);
         assert_eq!(be32_at(&hdr, 24), Some(NF_DROP));
+        let mut dropped = [0u8; VERDICT_HEADER_LEN];
+        assert_eq!(drop_header(&mut dropped, 3, 43), 32);
+        assert_eq!(dropped[..32], hdr[..32]);
 
-        let used = verdict_header(&mut hdr, 3, 44, true, Some(0x5b1d_0001), None);
+        let used = verdict_header(&mut hdr, 3, 44, true, Some(0x5b1d_0001), None).unwrap();
         assert_eq!(used, 40);
         assert_eq!(u32::from_ne_bytes(hdr[0..4].try_into().unwrap()), 40);
         assert_eq!(u16_at(&hdr, 34), Some(NFQA_MARK));
@@ -322,13 +322,42 @@ mod tests {
     }
 
     #[test]
+    fn a_payload_too_long_for_its_attribute_is_refused_never_wrapped() {
+        // A 64 KiB GSO packet: 4 + 65535 does not fit nla_len, which would wrap to 3.
+        let mut hdr = [0u8; VERDICT_HEADER_LEN];
+        assert_eq!(
+            verdict_header(&mut hdr, 3, 42, true, None, Some(65535)),
+            Err(TooLong)
+        );
+        assert_eq!(hdr, [0u8; VERDICT_HEADER_LEN], "nothing written");
+        // Around the limit, every length written is the true one, or none is written.
+        for n in (MAX_COPY_RANGE - 8..=MAX_COPY_RANGE + 8).chain([0xffff, 1 << 16, usize::MAX]) {
+            for mark in [None, Some(7)] {
+                let mut hdr = [0u8; VERDICT_HEADER_LEN];
+                match verdict_header(&mut hdr, 3, 42, true, mark, Some(n)) {
+                    Ok(used) => {
+                        assert!(n <= MAX_COPY_RANGE, "{n} bytes accepted");
+                        let nla_len = u16_at(&hdr, used - 4).unwrap();
+                        assert_eq!(usize::from(nla_len), NLA_HDRLEN + n);
+                        assert_eq!(u32_at(&hdr, 0), Some((used + n) as u32));
+                    }
+                    Err(TooLong) => {
+                        assert!(n > MAX_COPY_RANGE, "{n} bytes refused");
+                        assert_eq!(hdr, [0u8; VERDICT_HEADER_LEN]);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn config_requests_ask_for_acks() {
-        let reqs = config_requests(5, 4096, CFG_F_GSO, CFG_F_GSO | CFG_F_FAIL_OPEN, 100);
+        let reqs = config_requests(5, 4096, CFG_F_GSO, CFG_F_GSO | CFG_F_FAIL_OPEN, 100).unwrap();
         assert_eq!(reqs.len(), 4);
         for (i, r) in reqs.iter().enumerate() {
             let m = messages(r).next().unwrap();
-            assert_eq!(m.kind, MSG_CONFIG);
-            assert_eq!(m.len, r.len());
+            assert_eq!(m.header.kind, MSG_CONFIG);
+            assert_eq!(m.header.len, r.len());
             assert_eq!(u16_at(r, 6).unwrap() & NLM_F_ACK, NLM_F_ACK);
             assert_eq!(u32_at(r, 8), Some(100 + i as u32));
         }
