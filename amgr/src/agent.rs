@@ -71,17 +71,6 @@ struct DualSeen {
     heard: Instant,
 }
 
-pub fn state_name(s: State) -> &'static str {
-    match s {
-        State::Offline => "OFFLINE",
-        State::Init => "INIT",
-        State::Standby => "STANDBY",
-        State::Active => "ACTIVE",
-        State::Maintenance => "MAINTENANCE",
-        State::Failed => "FAILED",
-    }
-}
-
 fn to_wire(s: State) -> AppState {
     match s {
         State::Offline => AppState::Offline,
@@ -261,15 +250,15 @@ impl Agent {
             tracing::info!(
                 app = "slbd",
                 node = self.node.id,
-                from = state_name(from),
-                to = state_name(to),
+                from = from.name(),
+                to = to.name(),
                 event = why,
                 "state changed"
             );
             self.transitions.push_back(json!({
                 "at_ms": unix_ms(SystemTime::now()),
-                "from": state_name(from),
-                "to": state_name(to),
+                "from": from.name(),
+                "to": to.name(),
                 "event": why,
             }));
             while self.transitions.len() > 20 {
@@ -580,7 +569,7 @@ impl Agent {
         let state = from_wire(app.state);
         let before = self.dual.as_ref().map(|d| (d.node, d.state));
         if before != Some((hb.node, state)) {
-            tracing::info!(dual = hb.node, state = state_name(state), "dual state");
+            tracing::info!(dual = hb.node, state = state.name(), "dual state");
             if state == State::Active && before.is_some_and(|b| b.1 != State::Active) {
                 *self.failover_counts.entry(hb.node).or_default() += 1;
                 self.last_failover = Some(json!({
@@ -619,16 +608,13 @@ impl Agent {
         }
         tracing::info!(command = req.cmd.name(), node = self.node.id, "command");
         let dual = self.dual();
-        let state = |a: &Agent| Ok(json!({"state": state_name(a.state)}));
+        let state = |a: &Agent| Ok(json!({"state": a.state.name()}));
         match req.cmd {
             Command::Query => Ok(self.query()),
             Command::Start => {
                 self.keep_running = true;
                 if !matches!(self.state, State::Offline | State::Failed) {
-                    return Err(format!(
-                        "slbd is already running ({})",
-                        state_name(self.state)
-                    ));
+                    return Err(format!("slbd is already running ({})", self.state.name()));
                 }
                 self.restart_at = None;
                 self.apply(Event::Started, "START")?;
@@ -669,11 +655,11 @@ impl Agent {
             }
             Command::Inhibit => {
                 self.apply(Event::Inhibit, "INHIBIT")?;
-                Ok(json!({"state": state_name(self.state), "inhibited": true}))
+                Ok(json!({"state": self.state.name(), "inhibited": true}))
             }
             Command::Uninhibit => {
                 self.apply(Event::Uninhibit, "UNINHIBIT")?;
-                Ok(json!({"state": state_name(self.state), "inhibited": false}))
+                Ok(json!({"state": self.state.name(), "inhibited": false}))
             }
             Command::Primary => {
                 self.node.primary = true;
@@ -722,13 +708,13 @@ impl Agent {
                     &PeerRequest::TakeOver { from: self.node.id },
                     PEER_TIMEOUT,
                 ) {
-                    Ok(_) => Ok(json!({"state": state_name(self.state), "dual": "ACTIVE"})),
+                    Ok(_) => Ok(json!({"state": self.state.name(), "dual": "ACTIVE"})),
                     Err(e) => {
                         tracing::error!(error = %e, "the dual did not take over: taking the VIP back");
                         let _ = self.apply(Event::Switch { dual: None }, "SWITCH failed");
                         Err(format!(
                             "the dual did not take over ({e}); this node is {} again",
-                            state_name(self.state)
+                            self.state.name()
                         ))
                     }
                 }
@@ -743,7 +729,7 @@ impl Agent {
                 )
                 .map_err(|e| format!("the dual did not release the VIP: {e}"))?;
                 self.apply(Event::Switch { dual: None }, "SWITCH")?;
-                Ok(json!({"state": state_name(self.state), "dual": "STANDBY"}))
+                Ok(json!({"state": self.state.name(), "dual": "STANDBY"}))
             }
             _ => self
                 .apply(Event::Switch { dual }, "SWITCH")
@@ -760,20 +746,14 @@ impl Agent {
         match req {
             PeerRequest::TakeOver { .. } => {
                 if self.state != State::Standby {
-                    return Err(format!(
-                        "this node is {}, not STANDBY",
-                        state_name(self.state)
-                    ));
+                    return Err(format!("this node is {}, not STANDBY", self.state.name()));
                 }
                 self.apply(Event::Switch { dual: None }, "SWITCH from the dual")?;
-                Ok(json!({"state": state_name(self.state)}))
+                Ok(json!({"state": self.state.name()}))
             }
             PeerRequest::Release { from } => {
                 if self.state != State::Active {
-                    return Err(format!(
-                        "this node is {}, not ACTIVE",
-                        state_name(self.state)
-                    ));
+                    return Err(format!("this node is {}, not ACTIVE", self.state.name()));
                 }
                 let asker = Dual {
                     id: *from,
@@ -782,12 +762,12 @@ impl Agent {
                     inhibited: self.dual.as_ref().is_some_and(|d| d.inhibited),
                 };
                 self.apply(Event::Switch { dual: Some(asker) }, "SWITCH from the dual")?;
-                Ok(json!({"state": state_name(self.state)}))
+                Ok(json!({"state": self.state.name()}))
             }
             PeerRequest::Ping { .. } => Ok(json!({
                 "node": self.node.id,
                 "pid": std::process::id(),
-                "state": state_name(self.state),
+                "state": self.state.name(),
             })),
             PeerRequest::DemotePrimary { .. } => {
                 self.node.primary = false;
@@ -874,7 +854,7 @@ impl Agent {
         json!({
             "node": {
                 "id": self.node.id,
-                "state": state_name(self.state),
+                "state": self.state.name(),
                 "primary": self.node.primary,
                 "inhibited": self.node.inhibited,
                 "slbd_pid": self.app.pid(),
@@ -882,7 +862,7 @@ impl Agent {
             },
             "dual": self.dual.as_ref().map(|d| json!({
                 "id": d.node,
-                "state": state_name(d.state),
+                "state": d.state.name(),
                 "primary": d.primary,
                 "inhibited": d.inhibited,
                 "heard_ms_ago": d.heard.elapsed().as_millis() as u64,

@@ -25,6 +25,20 @@ pub enum State {
     Failed,
 }
 
+impl State {
+    /// The name operators see: in logs, `query`, metric labels and the transitions log.
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Offline => "OFFLINE",
+            State::Init => "INIT",
+            State::Standby => "STANDBY",
+            State::Active => "ACTIVE",
+            State::Maintenance => "MAINTENANCE",
+            State::Failed => "FAILED",
+        }
+    }
+}
+
 /// This node's configuration for the application.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Node {
@@ -742,6 +756,25 @@ mod tests {
             };
             assert_eq!(winner_does, vec![Announce]);
         }
+    }
+
+    #[test]
+    fn states_are_named_as_operators_see_them() {
+        let names: Vec<&str> = [Offline, Init, Standby, Active, Maintenance, Failed]
+            .into_iter()
+            .map(State::name)
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "OFFLINE",
+                "INIT",
+                "STANDBY",
+                "ACTIVE",
+                "MAINTENANCE",
+                "FAILED"
+            ]
+        );
     }
 
     #[test]
