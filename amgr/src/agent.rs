@@ -327,6 +327,13 @@ impl Agent {
                         }
                     }
                 }
+                Action::KillApp => {
+                    tracing::error!(
+                        app = "slbd",
+                        "application did not come up within 20 s: killing it"
+                    );
+                    self.app.kill();
+                }
                 Action::Refuse(r) => refused = Some(r.to_string()),
             }
         }
@@ -501,11 +508,7 @@ impl Agent {
             let dual = self.dual();
             let _ = self.apply(Event::Initialised { dual }, "initialised");
         } else if !ready && now.duration_since(self.init_since) > Duration::from_secs(20) {
-            tracing::error!(
-                app = "slbd",
-                "application did not come up within 20 s: killing it"
-            );
-            self.app.kill();
+            let _ = self.apply(Event::InitTimedOut, "INIT timed out");
         }
     }
 
