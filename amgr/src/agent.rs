@@ -2,8 +2,10 @@
 //! (through [`crate::fsm::step`], whose actions it carries out). Inputs arrive on one channel:
 //! heartbeats from the link threads, commands from the local socket and from the dual's amgr,
 //! a hung-slbd report from the watchdog, and the stop signal. A tick every heartbeat interval
-//! reaps slbd, restarts it after a failure, finishes INIT, notices a lost or absent dual, and
-//! sends our heartbeat (also sent at once after every state change, so the dual learns fast).
+//! reaps slbd, feeds the events [`crate::timers::due`] finds due (the restart after a failure,
+//! the end of INIT or its timeout, a lost or absent dual, nobody ACTIVE) to the state machine,
+//! and sends our heartbeat (also sent at once after every state change, so the dual learns
+//! fast).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
@@ -23,7 +25,7 @@ use crate::command::{Command, Request};
 use crate::config::{Config, Dynamic};
 use crate::fsm::{self, Action, Dual, Event, Node, State};
 use crate::peer::{self, PeerRequest};
-use crate::sync;
+use crate::{sync, timers};
 
 /// The application id slbd has in heartbeats (amgr manages one application).
 const SLBD_APP: u8 = 0;
@@ -114,9 +116,12 @@ pub struct Agent {
     dual: Option<DualSeen>,
     boot: u64,
     seq: u64,
-    init_since: Instant,
-    last_active_seen: Instant,
-    restart_at: Option<Instant>,
+    /// When INIT began, on the agent's clock (ms since `epoch`).
+    init_since_ms: u64,
+    /// When either node was last seen ACTIVE, or this one last became STANDBY (ms).
+    last_active_seen_ms: u64,
+    /// When a FAILED slbd is to be started again (ms).
+    restart_at_ms: Option<u64>,
     failures_in_row: u32,
     /// Cleared by SHUTDOWN: a shut-down application is not restarted after it exits.
     keep_running: bool,
@@ -190,9 +195,9 @@ impl Agent {
             dual: None,
             boot,
             seq: 0,
-            init_since: now,
-            last_active_seen: now,
-            restart_at: None,
+            init_since_ms: 0,
+            last_active_seen_ms: 0,
+            restart_at_ms: None,
             failures_in_row: 0,
             keep_running: true,
             last_announce: None,
@@ -274,12 +279,12 @@ impl Agent {
                 }));
             }
             if to == State::Init {
-                self.init_since = Instant::now();
+                self.init_since_ms = self.now_ms();
             }
             if to == State::Standby {
                 // NoActive counts the dead time from here: a node that has just become
                 // STANDBY (or the dual that just let go in a SWITCH) is not "nobody ACTIVE".
-                self.last_active_seen = Instant::now();
+                self.last_active_seen_ms = self.now_ms();
             }
         }
         let mut refused = None;
@@ -330,7 +335,8 @@ impl Agent {
                 Action::KillApp => {
                     tracing::error!(
                         app = "slbd",
-                        "application did not come up within 20 s: killing it"
+                        "application did not come up within {} s: killing it",
+                        timers::INIT_TIMEOUT.as_secs()
                     );
                     self.app.kill();
                 }
@@ -353,8 +359,8 @@ impl Agent {
     fn schedule_restart(&mut self) {
         if self.state == State::Failed && self.keep_running {
             self.failures_in_row += 1;
-            let backoff = Duration::from_secs(1 << self.failures_in_row.min(5).saturating_sub(1));
-            self.restart_at = Some(Instant::now() + backoff);
+            let backoff = timers::restart_backoff(self.failures_in_row);
+            self.restart_at_ms = Some(self.now_ms() + backoff.as_millis() as u64);
             tracing::info!(
                 app = "slbd",
                 retry_s = backoff.as_secs(),
@@ -445,8 +451,10 @@ impl Agent {
         }
     }
 
+    /// Every heartbeat interval: reaps slbd, feeds the events the timers find due to the
+    /// state machine, and sends our heartbeat.
     pub fn tick(&mut self) {
-        let now = Instant::now();
+        let now_ms = self.now_ms();
         if let Some(status) = self.app.exited() {
             self.app_pid.store(0, Relaxed);
             if self.state != State::Offline {
@@ -454,19 +462,31 @@ impl Agent {
                 let _ = self.app_failed("the application exited");
             }
         }
-        if self.state == State::Failed
-            && self.keep_running
-            && self.restart_at.is_some_and(|t| now >= t)
-        {
-            self.restart_at = None;
-            let _ = self.apply(Event::Started, "restart after failure");
-        }
-        if self.state == State::Init {
-            self.finish_init(now);
-        }
         self.refresh_generation();
+        let known = self.known(now_ms);
+        for event in timers::due(now_ms, &known) {
+            let why = match event {
+                Event::Started => {
+                    self.restart_at_ms = None;
+                    "restart after failure"
+                }
+                Event::Initialised { .. } => {
+                    self.failures_in_row = 0;
+                    "initialised"
+                }
+                Event::InitTimedOut => "INIT timed out",
+                Event::DualLost => "dual lost",
+                Event::NoActive { .. } => "nobody ACTIVE",
+                // timers::due returns nothing else.
+                _ => "timer",
+            };
+            let _ = self.apply(event, why);
+        }
+        self.send_heartbeats();
+    }
 
-        let now_ms = self.now_ms();
+    /// What the timers need to know at `now_ms`. In INIT, asks slbd whether it answers.
+    fn known(&mut self, now_ms: u64) -> timers::Known {
         let peer = self.liveness.peer(now_ms);
         if peer != self.peer_was {
             match peer {
@@ -479,36 +499,26 @@ impl Agent {
             }
             self.peer_was = peer;
         }
-        let never_heard = peer == Peer::Unknown && self.epoch.elapsed() >= self.cfg.dead;
-        if peer == Peer::Lost || never_heard {
-            let _ = self.apply(Event::DualLost, "dual lost");
-        }
         let dual = self.dual();
         if self.state == State::Active || dual.is_some_and(|d| d.state == State::Active) {
-            self.last_active_seen = now;
+            self.last_active_seen_ms = now_ms;
         }
-        if self.state == State::Standby
-            && dual.is_some()
-            && now.duration_since(self.last_active_seen) >= self.cfg.dead
-        {
-            let _ = self.apply(Event::NoActive { dual }, "nobody ACTIVE");
-        }
-        self.send_heartbeats();
-    }
-
-    /// INIT ends once slbd answers and the dual has had the dead time to be heard (a PRIMARY
-    /// that restarts must not take the VIP from a BACKUP that is serving).
-    fn finish_init(&mut self, now: Instant) {
-        let ready = self
-            .app
-            .call(&SlbdCommand::Status, Duration::from_millis(200))
-            .is_ok();
-        if ready && now.duration_since(self.init_since) >= self.cfg.dead {
-            self.failures_in_row = 0;
-            let dual = self.dual();
-            let _ = self.apply(Event::Initialised { dual }, "initialised");
-        } else if !ready && now.duration_since(self.init_since) > Duration::from_secs(20) {
-            let _ = self.apply(Event::InitTimedOut, "INIT timed out");
+        let app_answered = self.state == State::Init
+            && self
+                .app
+                .call(&SlbdCommand::Status, Duration::from_millis(200))
+                .is_ok();
+        timers::Known {
+            state: self.state,
+            keep_running: self.keep_running,
+            restart_at_ms: self.restart_at_ms,
+            init_since_ms: self.init_since_ms,
+            app_answered,
+            peer,
+            dual,
+            started_ms: 0,
+            last_active_seen_ms: self.last_active_seen_ms,
+            dead_ms: self.cfg.dead.as_millis() as u64,
         }
     }
 
@@ -591,7 +601,7 @@ impl Agent {
             heard: Instant::now(),
         });
         if state == State::Active {
-            self.last_active_seen = Instant::now();
+            self.last_active_seen_ms = now_ms;
         }
         if let Some(d) = self.dual() {
             let _ = self.apply(Event::DualState(d), "dual state");
@@ -619,7 +629,7 @@ impl Agent {
                 if !matches!(self.state, State::Offline | State::Failed) {
                     return Err(format!("slbd is already running ({})", self.state.name()));
                 }
-                self.restart_at = None;
+                self.restart_at_ms = None;
                 self.apply(Event::Started, "START")?;
                 state(self)
             }
