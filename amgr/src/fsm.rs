@@ -25,6 +25,20 @@ pub enum State {
     Failed,
 }
 
+impl State {
+    /// The name operators see: in logs, `query`, metric labels and the transitions log.
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Offline => "OFFLINE",
+            State::Init => "INIT",
+            State::Standby => "STANDBY",
+            State::Active => "ACTIVE",
+            State::Maintenance => "MAINTENANCE",
+            State::Failed => "FAILED",
+        }
+    }
+}
+
 /// This node's configuration for the application.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Node {
@@ -50,6 +64,8 @@ pub enum Event {
     Initialised {
         dual: Option<Dual>,
     },
+    /// INIT has lasted too long without the application answering.
+    InitTimedOut,
     /// Every heartbeat link has been silent for the dead time.
     DualLost,
     /// A heartbeat from the dual.
@@ -91,6 +107,9 @@ pub enum Action {
     /// announced last.
     Announce,
     StopApp,
+    /// Kill the application (SIGKILL): it did not come up in time. Its exit, reaped later,
+    /// is what makes it FAILED.
+    KillApp,
     /// Persist the node's inhibited flag.
     SetInhibited(bool),
     /// A command that does not apply now; the reason goes back to the operator.
@@ -144,6 +163,9 @@ pub fn step(state: State, node: &Node, event: Event) -> (State, Vec<Action>) {
         (Init, Event::Initialised { .. }) if node.primary => (Active, vec![Activate]),
         // Implicit: a BACKUP waits as STANDBY; the dual's loss makes it ACTIVE.
         (Init, Event::Initialised { .. }) => (Standby, vec![]),
+        // Implicit: an application that never answers in INIT is killed; it then fails and
+        // is restarted like any other failure.
+        (Init, Event::InitTimedOut) => (Init, vec![KillApp]),
         (Standby, Event::Test) => (Maintenance, vec![]),
         (Maintenance, Event::Untest) => (Standby, vec![]),
         (Standby, Event::DualLost) => take_over(node),
@@ -226,7 +248,8 @@ pub fn step(state: State, node: &Node, event: Event) -> (State, Vec<Action>) {
             | Event::DualState(_)
             | Event::NoActive { .. }
             | Event::Started
-            | Event::Initialised { .. },
+            | Event::Initialised { .. }
+            | Event::InitTimedOut,
         ) => (s, vec![]),
     }
 }
@@ -532,6 +555,12 @@ mod tests {
                 Standby,
                 vec![SetInhibited(false)],
             ),
+            // An application that does not come up in INIT is killed; elsewhere the timeout
+            // is stale news.
+            (Init, PRIMARY, Event::InitTimedOut, Init, vec![KillApp]),
+            (Standby, BACKUP, Event::InitTimedOut, Standby, vec![]),
+            (Active, PRIMARY, Event::InitTimedOut, Active, vec![]),
+            (Failed, PRIMARY, Event::InitTimedOut, Failed, vec![]),
             // A failed application can be started again.
             (Failed, BACKUP, Event::Started, Init, vec![StartApp]),
             // Commands in the wrong state are refused, and change nothing.
@@ -745,12 +774,32 @@ mod tests {
     }
 
     #[test]
+    fn states_are_named_as_operators_see_them() {
+        let names: Vec<&str> = [Offline, Init, Standby, Active, Maintenance, Failed]
+            .into_iter()
+            .map(State::name)
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "OFFLINE",
+                "INIT",
+                "STANDBY",
+                "ACTIVE",
+                "MAINTENANCE",
+                "FAILED"
+            ]
+        );
+    }
+
+    #[test]
     fn every_state_and_event_gives_an_answer_without_panicking() {
         let states = [Offline, Init, Standby, Active, Maintenance, Failed];
         let d = dual(Active);
         let events = [
             Event::Started,
             Event::Initialised { dual: d },
+            Event::InitTimedOut,
             Event::DualLost,
             Event::DualState(Dual {
                 id: 0,

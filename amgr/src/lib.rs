@@ -2,7 +2,8 @@
 //!
 //! Pure: the per-application state machine (`fsm`), amgr.json (`config`), the amcli-style
 //! commands and their socket protocol (`command`), the peer connection's framing (`peer`),
-//! the config-sync rules (`sync`), the text `query` prints (`render`), and the metric families
+//! the config-sync rules (`sync`), the timers that decide what time alone makes happen
+//! (`timers`), the text `query` prints (`render`), and the metric families
 //! (`metrics`). Shells: slbd as a
 //! child (`app`), the agent loop that owns the state (`agent`), and the daemon that wires the
 //! sockets, threads and signals together (`daemon`).
@@ -17,3 +18,4 @@ pub mod metrics;
 pub mod peer;
 pub mod render;
 pub mod sync;
+pub mod timers;

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 
 use slb_common::metrics::Family;
 
-use crate::agent::state_name;
 use crate::fsm::State;
 
 const STATES: [State; 6] = [
@@ -56,7 +55,7 @@ pub struct Sample {
 fn one_hot(f: &mut Family, extra: &[(&'static str, String)], state: Option<State>) {
     for s in STATES {
         let mut l = extra.to_vec();
-        l.push(("state", state_name(s).to_string()));
+        l.push(("state", s.name().to_string()));
         f.set(l, if Some(s) == state { 1.0 } else { 0.0 });
     }
 }
@@ -134,8 +133,8 @@ pub fn families(s: &Sample) -> Vec<Family> {
     for ((from, to), n) in &s.transitions {
         transitions.count(
             vec![
-                ("from", state_name(*from).to_string()),
-                ("to", state_name(*to).to_string()),
+                ("from", from.name().to_string()),
+                ("to", to.name().to_string()),
             ],
             *n,
         );

@@ -1,0 +1,203 @@
+//! SHELL: the agent's answers to the operator's commands (the local socket, or the dual's
+//! amgr running one here) and to the dual's requests, SWITCH from either side.
+//! Side effects: state changes through [`Agent::apply`], requests to the dual's amgr, slbd's
+//! reload, the state file (PRIMARY).
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use slbd::ctl::proto::Command as SlbdCommand;
+
+use super::{Agent, PEER_TIMEOUT, SLBD_TIMEOUT};
+use crate::command::{Command, Request};
+use crate::fsm::{Dual, Event, State};
+use crate::peer::{self, PeerError, PeerRequest};
+
+impl Agent {
+    /// A command from the local socket.
+    pub(super) fn local(&mut self, req: Request) -> Result<Value, String> {
+        if req.peer {
+            return self
+                .call_dual(
+                    &PeerRequest::run(self.node.id, req.cmd),
+                    Duration::from_secs(15),
+                )
+                .map_err(|e| e.to_string());
+        }
+        let cmd = req.cmd;
+        tracing::info!(command = cmd.name(), node = self.node.id, "command");
+        let dual = self.dual();
+        match cmd {
+            Command::Query => Ok(self.query()),
+            Command::Start => self.start(),
+            Command::Shutdown { forced } => {
+                self.apply(Event::Shutdown { forced, dual }, cmd.name())?;
+                self.keep_running = false;
+                Ok(self.state_reply())
+            }
+            Command::Restart { .. } | Command::Reboot => self.restart(cmd, dual),
+            Command::Switch => self.switch(),
+            Command::Reload => self
+                .app
+                .call(&SlbdCommand::Reload, SLBD_TIMEOUT)
+                .map_err(|e| format!("{e:#}")),
+            Command::Test => self.transition(Event::Test, "TEST"),
+            Command::Untest => self.transition(Event::Untest, "UNTEST"),
+            Command::Enable => self.transition(Event::Enable, "ENABLE"),
+            Command::Disable { forced } => {
+                self.transition(Event::Disable { forced, dual }, cmd.name())
+            }
+            Command::Inhibit => self.inhibit(Event::Inhibit, "INHIBIT", true),
+            Command::Uninhibit => self.inhibit(Event::Uninhibit, "UNINHIBIT", false),
+            Command::Primary => Ok(self.make_primary()),
+            Command::GetPid => Ok(json!({"amgr": std::process::id(), "slbd": self.app.pid()})),
+            Command::KillProc => Ok(self.kill_proc()),
+            Command::KillRm => self.ping_dual(),
+        }
+    }
+
+    fn call_dual(&self, req: &PeerRequest, timeout: Duration) -> Result<Value, PeerError> {
+        peer::call(&self.cfg.peer_command_addrs(), &self.key, req, timeout)
+    }
+
+    fn state_reply(&self) -> Value {
+        json!({"state": self.state.name()})
+    }
+
+    /// A command that is one event for the state machine; answers the state after it.
+    fn transition(&mut self, event: Event, why: &str) -> Result<Value, String> {
+        self.apply(event, why)?;
+        Ok(self.state_reply())
+    }
+
+    fn inhibit(&mut self, event: Event, why: &str, inhibited: bool) -> Result<Value, String> {
+        self.apply(event, why)?;
+        Ok(json!({"state": self.state.name(), "inhibited": inhibited}))
+    }
+
+    fn start(&mut self) -> Result<Value, String> {
+        self.keep_running = true;
+        if !matches!(self.state, State::Offline | State::Failed) {
+            return Err(format!("slbd is already running ({})", self.state.name()));
+        }
+        self.restart_at_ms = None;
+        self.transition(Event::Started, "START")
+    }
+
+    /// RESTART, RESTART-F and REBOOT: a SHUTDOWN (forced for RESTART-F), then a start.
+    fn restart(&mut self, cmd: Command, dual: Option<Dual>) -> Result<Value, String> {
+        let forced = matches!(cmd, Command::Restart { forced: true });
+        self.apply(Event::Shutdown { forced, dual }, cmd.name())?;
+        self.keep_running = true;
+        self.transition(Event::Started, cmd.name())
+    }
+
+    /// PRIMARY: this node becomes PRIMARY and asks the dual to stop being it.
+    fn make_primary(&mut self) -> Value {
+        self.node.primary = true;
+        self.save_dynamic();
+        tracing::info!(node = self.node.id, "this node is PRIMARY");
+        let demoted = self.call_dual(
+            &PeerRequest::DemotePrimary { from: self.node.id },
+            PEER_TIMEOUT,
+        );
+        json!({
+            "primary": true,
+            "dual_demoted": demoted.as_ref().is_ok(),
+            "dual_error": demoted.err().map(|e| e.to_string()),
+        })
+    }
+
+    /// KILLPROC: whether slbd is alive (signal 0).
+    fn kill_proc(&self) -> Value {
+        let pid = self.app.pid();
+        let alive = pid.is_some_and(|p| {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(p as i32), None).is_ok()
+        });
+        json!({"slbd": pid, "alive": alive})
+    }
+
+    /// KILLRM: whether the dual's amgr answers.
+    fn ping_dual(&self) -> Result<Value, String> {
+        self.call_dual(&PeerRequest::Ping { from: self.node.id }, PEER_TIMEOUT)
+            .map(|v| json!({"dual_amgr": "alive", "dual": v}))
+            .map_err(|e| format!("the dual's amgr does not answer: {e}"))
+    }
+
+    /// SWITCH: the ACTIVE side always lets go first, so the VIP is never up on both.
+    fn switch(&mut self) -> Result<Value, String> {
+        let dual = self.dual();
+        match self.state {
+            State::Active => {
+                self.apply(Event::Switch { dual }, "SWITCH")?;
+                match self.call_dual(&PeerRequest::TakeOver { from: self.node.id }, PEER_TIMEOUT) {
+                    Ok(_) => Ok(json!({"state": self.state.name(), "dual": "ACTIVE"})),
+                    Err(e) => {
+                        tracing::error!(error = %e, "the dual did not take over: taking the VIP back");
+                        let _ = self.apply(Event::Switch { dual: None }, "SWITCH failed");
+                        Err(format!(
+                            "the dual did not take over ({e}); this node is {} again",
+                            self.state.name()
+                        ))
+                    }
+                }
+            }
+            State::Standby if self.node.inhibited => Err("this node is INHIBITED".into()),
+            State::Standby => {
+                self.call_dual(&PeerRequest::Release { from: self.node.id }, PEER_TIMEOUT)
+                    .map_err(|e| format!("the dual did not release the VIP: {e}"))?;
+                self.apply(Event::Switch { dual: None }, "SWITCH")?;
+                Ok(json!({"state": self.state.name(), "dual": "STANDBY"}))
+            }
+            _ => self
+                .apply(Event::Switch { dual }, "SWITCH")
+                .map(|_| Value::Null),
+        }
+    }
+
+    /// A request from the dual's amgr (already authenticated).
+    pub(super) fn peer_request(&mut self, req: &PeerRequest) -> Result<Value, String> {
+        if req.from() == self.node.id {
+            return Err("a request carrying this node's own id".into());
+        }
+        tracing::info!(request = ?req, "peer request");
+        match req {
+            PeerRequest::TakeOver { .. } => {
+                if self.state != State::Standby {
+                    return Err(format!("this node is {}, not STANDBY", self.state.name()));
+                }
+                self.transition(Event::Switch { dual: None }, "SWITCH from the dual")
+            }
+            PeerRequest::Release { from } => self.release(*from),
+            PeerRequest::Ping { .. } => Ok(json!({
+                "node": self.node.id,
+                "pid": std::process::id(),
+                "state": self.state.name(),
+            })),
+            PeerRequest::DemotePrimary { .. } => {
+                self.node.primary = false;
+                self.save_dynamic();
+                tracing::info!(node = self.node.id, "no longer PRIMARY: the dual is");
+                Ok(json!({"primary": false}))
+            }
+            PeerRequest::Run { cmd, .. } => {
+                let cmd = Command::parse(cmd).ok_or_else(|| format!("unknown command {cmd:?}"))?;
+                self.local(Request { cmd, peer: false })
+            }
+        }
+    }
+
+    /// The STANDBY dual's SWITCH: this ACTIVE lets go to it.
+    fn release(&mut self, from: u32) -> Result<Value, String> {
+        if self.state != State::Active {
+            return Err(format!("this node is {}, not ACTIVE", self.state.name()));
+        }
+        let asker = Dual {
+            id: from,
+            state: State::Standby,
+            primary: self.dual.as_ref().is_some_and(|d| d.primary),
+            inhibited: self.dual.as_ref().is_some_and(|d| d.inhibited),
+        };
+        self.transition(Event::Switch { dual: Some(asker) }, "SWITCH from the dual")
+    }
+}
