@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use slb_tests::{can_run, in_ns};
-use slbd::conntrack::socket::{Control, EventSocket};
-use slbd::conntrack::wire::{tcp_state, CtEntry, EventKind, Inject, IPS_DST_NAT};
 use slbd::core::net::Protocol;
+use slbd::shell::conntrack::{Control, EventSocket};
+use slbd::wire::ctnetlink::{tcp_state, CtEntry, EventKind, Inject, IPS_DST_NAT};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 1);
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 9, 1, 2);

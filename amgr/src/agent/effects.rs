@@ -166,7 +166,7 @@ impl Agent {
         match slbd::config::Config::load(&self.cfg.slbd_config) {
             Ok(c) => {
                 let addrs = c.managed_addrs();
-                match slbd::addr::remove(&addrs) {
+                match slbd::shell::addr::remove(&addrs) {
                     Ok(()) => {
                         for a in &addrs {
                             tracing::info!(address = %a, "address removed for a dead slbd");

@@ -1,5 +1,5 @@
 //! SHELL: slbd's control socket, a root-only Unix socket (mode 0600 in a 0700 directory)
-//! answering [`proto`](super::proto) requests, one thread per client.
+//! answering `proto` requests, one thread per client.
 //! Side effects: creates the socket file (and its directory), removes it on shutdown.
 
 use std::io::{BufReader, Write};

@@ -7,11 +7,11 @@ use anyhow::{bail, Context};
 
 use super::role::Role;
 use super::Daemon;
-use crate::addr;
 use crate::config::edit;
 use crate::ctl::proto::{Command, Reply};
 use crate::ctl::server::Handler;
 use crate::ctl::status::Status;
+use crate::shell::addr;
 
 impl Daemon {
     fn status(&self) -> Status {

@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering::Relaxed;
 
 use crate::core::balancer::{Dataplane, DropReason};
-use crate::queue::QueueStats;
+use crate::shell::nfqueue::QueueStats;
 use slb_common::metrics::Family;
 
 /// One line of `/proc/net/netfilter/nfnetlink_queue`: what the kernel says about a queue.

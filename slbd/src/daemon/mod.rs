@@ -3,7 +3,7 @@
 //! the health checks and the control socket, applies configuration changes live, and on
 //! SIGTERM/SIGINT takes it all down again (addresses, then rules). SIGHUP re-reads the file.
 //! In a pair (`--pair-key`), loading first takes over the flows replication delivered and
-//! unloading hands the last changes to the dual (`replication::session`).
+//! unloading hands the last changes to the dual (`shell::replication`).
 //! Offload services' flows are committed to conntrack between the rules and the addresses, and
 //! deleted from it when balancing stops (`offload`).
 //! Side effects: NFQUEUE binds, the `ip slb` nftables table, the VIP and gateway addresses,
@@ -30,7 +30,7 @@ use crate::config::{Config, RawConfig};
 use crate::core::balancer::{Dataplane, DropReason};
 use crate::core::ruleset::QueueRange;
 use crate::ctl;
-use crate::queue::{self, QueueStats};
+use crate::shell::nfqueue::{self as queue, QueueStats};
 use crate::shell::nft::{self, QueueBackend};
 use crate::shell::offload::Offload;
 use crate::shell::prober::Prober;

@@ -9,9 +9,9 @@ use anyhow::{bail, Context};
 
 use super::role::Role;
 use super::{Daemon, State};
-use crate::addr::{self, ManagedAddr};
 use crate::config::edit::Secrets;
 use crate::config::{Config, RawConfig};
+use crate::shell::addr::{self, ManagedAddr};
 
 impl Daemon {
     /// Puts a validated configuration in force without dropping established flows.

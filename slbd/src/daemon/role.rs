@@ -11,9 +11,9 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 
 use super::{Daemon, State};
-use crate::addr;
 use crate::config::Config;
 use crate::core::ruleset;
+use crate::shell::addr;
 use crate::shell::nft;
 
 /// Whether this node balances.

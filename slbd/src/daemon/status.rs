@@ -9,7 +9,7 @@ use crate::core::balancer::{Dataplane, DropReason};
 use crate::ctl::status::{
     ConntrackStatus, QueueStatus, ReplicationStatus, ServerStatus, ServiceStatus, Status,
 };
-use crate::queue::QueueStats;
+use crate::shell::nfqueue::QueueStats;
 use crate::shell::offload::OffloadStats;
 
 /// What a status answer is built from.

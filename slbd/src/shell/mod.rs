@@ -1,7 +1,13 @@
 //! SHELLS: the side effects, each wrapping a pure part of `crate::core` or `crate::wire`:
-//! the nftables table ([`nft`]), the health probes ([`prober`]), offload mode's conntrack
-//! side ([`offload`]), and the replication sessions ([`replication`]).
+//! netlink sockets ([`netlink`]) and what runs on them — the NFQUEUE workers ([`nfqueue`]),
+//! conntrack's event and request sockets ([`conntrack`]) and offload mode's use of them
+//! ([`offload`]), the managed addresses ([`addr`]) —, the nftables table ([`nft`]), the health
+//! probes ([`prober`]), and the replication sessions ([`replication`]).
 
+pub mod addr;
+pub mod conntrack;
+pub mod netlink;
+pub mod nfqueue;
 pub mod nft;
 pub mod offload;
 pub mod prober;

@@ -12,13 +12,11 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::conntrack::socket::{Control, EventSocket};
-use crate::conntrack::wire::Inject;
-use crate::conntrack::wire::{tcp_state, CtEntry, EventKind, IPS_ASSURED};
-use crate::core::balancer::{Dataplane, KernelReport, Traffic};
-use crate::core::flow::Phase;
-use crate::core::net::Protocol;
+use crate::core::balancer::{Dataplane, KernelReport};
 use crate::core::ruleset::{OFFLOAD_MARK_BASE, OFFLOAD_MARK_MASK};
+use crate::shell::conntrack::{Control, EventSocket};
+use crate::wire::ctnetlink::CtEntry;
+use crate::wire::ctnetlink::Inject;
 
 /// Receive buffer of the event socket: a burst of new connections produces several events
 /// each (new, state changes, destroy), and an overrun costs a full dump.
@@ -97,7 +95,7 @@ impl Offload {
             let mut n = 0u64;
             let r = events.recv(wait, |e| {
                 n += 1;
-                dp.conntrack_report(&report(&e), now);
+                dp.conntrack_report(&e.report(), now);
             });
             self.stats.events.fetch_add(n, Relaxed);
             match r {
@@ -141,7 +139,7 @@ impl Offload {
         match self.with_control(|c| c.dump_marked(OFFLOAD_MARK_BASE, OFFLOAD_MARK_MASK)) {
             Ok(entries) => {
                 self.stats.resyncs.fetch_add(1, Relaxed);
-                let reports: Vec<KernelReport> = entries.iter().map(report).collect();
+                let reports: Vec<KernelReport> = entries.iter().map(CtEntry::report).collect();
                 dp.conntrack_resync(&reports, self.now_ms());
                 tracing::debug!(entries = entries.len(), "offload flows resynchronised");
             }
@@ -216,36 +214,5 @@ impl Offload {
                 tracing::error!(error = %e, mark = %format!("{m:#x}"), "cannot delete conntrack entries")
             }
         }
-    }
-}
-
-/// What a ctnetlink entry says, in the balancer's terms: conntrack's TCP state folded into the
-/// phase slbd tracks. Flows that ask conntrack only for assurance and end carry no TCP state:
-/// assured means established.
-fn report(e: &CtEntry) -> KernelReport {
-    let phase = match (e.protocol, e.tcp_state) {
-        (Protocol::Udp, _) => Some(Phase::Established),
-        (Protocol::Tcp, None) if e.status & IPS_ASSURED != 0 => Some(Phase::Established),
-        (Protocol::Tcp, None) => None,
-        (Protocol::Tcp, Some(tcp_state::ESTABLISHED)) => Some(Phase::Established),
-        (Protocol::Tcp, Some(s)) if (tcp_state::FIN_WAIT..=tcp_state::CLOSE).contains(&s) => {
-            Some(Phase::Closing)
-        }
-        (Protocol::Tcp, Some(_)) => Some(Phase::Opening),
-    };
-    KernelReport {
-        ended: e.kind == EventKind::Destroy,
-        protocol: e.protocol,
-        client: e.orig_src,
-        vip: e.orig_dst,
-        server: e.reply_src,
-        mark: e.mark,
-        phase,
-        traffic: e.counters.map(|c| Traffic {
-            packets_in: c.orig_packets,
-            bytes_in: c.orig_bytes,
-            packets_out: c.reply_packets,
-            bytes_out: c.reply_bytes,
-        }),
     }
 }

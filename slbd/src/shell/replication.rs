@@ -322,7 +322,7 @@ impl Replication {
     }
 
     /// Becomes the sender. Returns once what the receiving session had was applied (or it
-    /// gave up after [`DRAIN_LIMIT`]): the caller brings the VIP up after this.
+    /// gave up after `DRAIN_LIMIT`): the caller brings the VIP up after this.
     pub fn activate(&self) {
         if self.active.load(Relaxed) {
             return;
@@ -343,7 +343,7 @@ impl Replication {
     }
 
     /// Becomes a receiver. Returns once the serving session has sent the last changes (or
-    /// after [`FLUSH_LIMIT`]).
+    /// after `FLUSH_LIMIT`).
     pub fn deactivate(&self) {
         if !self.active.swap(false, Relaxed) {
             return;

@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use nix::sys::signal::{SigSet, Signal};
 use slbd::core::net::Protocol;
 use slbd::core::ruleset::{Action, Match, QueueRange, Rule, Ruleset, REPLY_CHAIN};
-use slbd::queue::socket::{Out, QueueSocket, RecvBatch, Setup, Verdicts};
+use slbd::shell::nfqueue::socket::{Out, QueueSocket, RecvBatch, Setup, Verdicts};
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -49,7 +49,7 @@ fn main() -> Result<()> {
     };
     slbd::shell::nft::apply(&rules, slbd::shell::nft::probe()?)?;
 
-    let (tx, rx) = mpsc::channel::<(Instant, slbd::queue::wire::Packet)>();
+    let (tx, rx) = mpsc::channel::<(Instant, slbd::wire::nfqueue::Packet)>();
     let releaser = sock.clone();
     std::thread::spawn(move || {
         let empty = RecvBatch::new(0);

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use nix::sys::signal::{SigSet, Signal};
 use slbd::core::net::Ipv4Net;
 use slbd::core::ruleset::{Action, Match, QueueRange, Rule, Ruleset, REPLY_CHAIN, REQUEST_CHAIN};
-use slbd::queue::socket::{Out, QueueSocket, RecvBatch, Setup, Verdicts};
+use slbd::shell::nfqueue::socket::{Out, QueueSocket, RecvBatch, Setup, Verdicts};
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();

@@ -1,15 +1,15 @@
 //! The balancer: the decision for one queued packet — find or create its flow, choose a real
 //! server for a new one (persistence first, then the service's scheduler), and count the
 //! outcome. No I/O: the queue shell hands in bytes and a clock reading and carries out the
-//! returned [`Verdict`]. A server is chosen in one place ([`Dataplane::place`], for both modes).
+//! returned [`Verdict`]. A server is chosen in one place (`Dataplane::place`, for both modes).
 //!
-//! - [`verdict`]: what the shell is told, and why packets are dropped;
-//! - [`stats`]: the per-server counters and stable ids;
-//! - [`view`]: the services in force, swapped whole on reconfiguration;
-//! - [`packet`]: packet mode's rewrite path; [`offload`]: offload mode's first packets and
+//! - `verdict`: what the shell is told, and why packets are dropped;
+//! - `stats`: the per-server counters and stable ids;
+//! - `view`: the services in force, swapped whole on reconfiguration;
+//! - `packet`: packet mode's rewrite path; `offload`: offload mode's first packets and
 //!   conntrack's reports;
-//! - [`replica`]: replication's change log, snapshot and apply;
-//! - [`health`]: what a server's health means for its flows.
+//! - `replica`: replication's change log, snapshot and apply;
+//! - `health`: what a server's health means for its flows.
 //!
 //! Sharing between queue workers: the flow table is split into shards by the client's address
 //! and port, which both directions of a flow carry (the source of a request, the destination of

@@ -61,7 +61,7 @@ impl DropReason {
         DropReason::AfterTakeover,
     ];
 
-    /// How many counters the reasons need: derived, so a reason added to [`Self::OWN`] or to
+    /// How many counters the reasons need: derived, so a reason added to `Self::OWN` or to
     /// [`Malformed::ALL`] gets one without anyone counting by hand.
     pub const COUNT: usize = Self::OWN.len() + Malformed::ALL.len();
 

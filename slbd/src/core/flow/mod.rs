@@ -2,11 +2,11 @@
 //! direction (client → VIP requests and real server → client replies), with TCP state and idle
 //! timeouts. Pure: every call takes `now` in milliseconds and expiry returns what it evicted.
 //!
-//! - [`table`]: the storage (a slab of 28-byte slots and two indices) and the packet path's
+//! - `table`: the storage (a slab of 28-byte slots and two indices) and the packet path's
 //!   lookups, inserts and expiry;
 //! - [`tcp`]: the one function that changes a flow's TCP state;
-//! - [`kernel`]: offload flows, which conntrack carries and reports on;
-//! - [`replica`]: what replication reads and writes.
+//! - `kernel`: offload flows, which conntrack carries and reports on;
+//! - `replica`: what replication reads and writes.
 
 mod kernel;
 mod replica;

@@ -9,10 +9,10 @@ use std::net::SocketAddrV4;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
-use super::wire::{self, CtEntry, Inject};
 use crate::core::net::Protocol;
-use crate::netlink::socket::{self as nl, setsockopt};
-use crate::netlink::{messages, status, Status, NLMSG_DONE, NLMSG_ERROR};
+use crate::shell::netlink::{self as nl, setsockopt};
+use crate::wire::ctnetlink::{self as wire, CtEntry, Inject};
+use crate::wire::netlink::{messages, status, Status, NLMSG_DONE, NLMSG_ERROR};
 
 /// enum nfnetlink_groups (include/uapi/linux/netfilter/nfnetlink.h).
 const NFNLGRP_CONNTRACK_NEW: libc::c_int = 1;

@@ -6,7 +6,7 @@
 
 use std::net::Ipv4Addr;
 
-use super::{
+use crate::wire::netlink::{
     attrs, status, BadAttr, Header, Status, TooLong, Writer, NLMSG_HDRLEN, NLM_F_ACK, NLM_F_CREATE,
     NLM_F_DUMP, NLM_F_REPLACE, NLM_F_REQUEST,
 };
@@ -215,7 +215,7 @@ fn parse_addr(body: &[u8]) -> Result<Answer, Malformed> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netlink::{NLMSG_DONE, NLMSG_ERROR, NLM_F_MULTI};
+    use crate::wire::netlink::{NLMSG_DONE, NLMSG_ERROR, NLM_F_MULTI};
     use proptest::prelude::*;
 
     fn ne16(v: u16) -> [u8; 2] {

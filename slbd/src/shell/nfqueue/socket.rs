@@ -6,9 +6,9 @@
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use super::wire::{self, Packet, VERDICT_HEADER_LEN};
-use crate::netlink::socket::{self as nl, cvt, setsockopt};
-use crate::netlink::{self, Message, Status};
+use crate::shell::netlink::{self as nl, cvt, setsockopt};
+use crate::wire::netlink::{self, Message, Status};
+use crate::wire::nfqueue::{self as wire, Packet, VERDICT_HEADER_LEN};
 
 /// Room for one queued packet message: a 64 KiB GSO packet plus its attributes.
 const SLOT_BYTES: usize = 65536 + 4096;

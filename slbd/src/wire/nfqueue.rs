@@ -36,7 +36,7 @@ const NF_DROP: u32 = 0;
 /// copies into a message, and so the longest payload a verdict can carry back.
 pub const MAX_COPY_RANGE: usize = 0xffff - NLA_HDRLEN;
 
-use crate::netlink::{
+use crate::wire::netlink::{
     align4, attr_len, attrs, Header, Message, TooLong, Writer, NFGEN_HDRLEN, NLA_HDRLEN,
     NLMSG_HDRLEN, NLM_F_ACK, NLM_F_REQUEST,
 };
@@ -205,7 +205,7 @@ pub fn padding(n: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netlink::messages;
+    use crate::wire::netlink::messages;
 
     fn u16_at(b: &[u8], at: usize) -> Option<u16> {
         Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))

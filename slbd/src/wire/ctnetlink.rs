@@ -6,8 +6,10 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
+use crate::core::balancer::{KernelReport, Traffic};
+use crate::core::flow::Phase;
 use crate::core::net::Protocol;
-use crate::netlink::{
+use crate::wire::netlink::{
     attrs, BadAttr, Header, TooLong, Writer, NFGEN_HDRLEN, NLMSG_HDRLEN, NLM_F_ACK, NLM_F_CREATE,
     NLM_F_DUMP, NLM_F_EXCL, NLM_F_MULTI, NLM_F_REQUEST,
 };
@@ -320,6 +322,40 @@ fn packets_bytes(data: &[u8]) -> Result<(u64, u64), Malformed> {
     Ok((packets, bytes))
 }
 
+impl CtEntry {
+    /// What the entry says, in the balancer's terms: conntrack's TCP state folded into the
+    /// phase slbd tracks (nf_conntrack_tcp.h's states: the handshake until ESTABLISHED, then
+    /// FIN_WAIT through CLOSE as closing). Flows that ask conntrack only for assurance and end
+    /// carry no TCP state: assured means established.
+    pub fn report(&self) -> KernelReport {
+        let phase = match (self.protocol, self.tcp_state) {
+            (Protocol::Udp, _) => Some(Phase::Established),
+            (Protocol::Tcp, None) if self.status & IPS_ASSURED != 0 => Some(Phase::Established),
+            (Protocol::Tcp, None) => None,
+            (Protocol::Tcp, Some(tcp_state::ESTABLISHED)) => Some(Phase::Established),
+            (Protocol::Tcp, Some(s)) if (tcp_state::FIN_WAIT..=tcp_state::CLOSE).contains(&s) => {
+                Some(Phase::Closing)
+            }
+            (Protocol::Tcp, Some(_)) => Some(Phase::Opening),
+        };
+        KernelReport {
+            ended: self.kind == EventKind::Destroy,
+            protocol: self.protocol,
+            client: self.orig_src,
+            vip: self.orig_dst,
+            server: self.reply_src,
+            mark: self.mark,
+            phase,
+            traffic: self.counters.map(|c| Traffic {
+                packets_in: c.orig_packets,
+                bytes_in: c.orig_bytes,
+                packets_out: c.reply_packets,
+                bytes_out: c.reply_bytes,
+            }),
+        }
+    }
+}
+
 /// What to inject for one flow on takeover: the entry the peer's kernel held for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Inject {
@@ -440,7 +476,7 @@ fn put_tuple(w: &mut Writer, kind: u16, protocol: Protocol, src: SocketAddrV4, d
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netlink::{NLA_F_NESTED, NLMSG_DONE};
+    use crate::wire::netlink::{NLA_F_NESTED, NLMSG_DONE};
     use proptest::prelude::*;
 
     fn sa(s: &str) -> SocketAddrV4 {
@@ -624,16 +660,41 @@ mod tests {
     }
 
     #[test]
-    fn every_truncation_is_refused_or_read_in_bounds() {
+    fn a_cut_message_is_refused_or_reads_the_same_flow() {
         for good in [new_event(), emit_create(1, &tcp_flow()).unwrap()] {
+            let whole = parse(&good).unwrap().unwrap();
             for cut in 0..good.len() {
-                let _ = parse(&good[..cut]);
-                // The same cut with the header's length agreeing, so attributes get cut too.
+                // The header still claims the whole length: the message is cut short.
+                assert!(parse(&good[..cut]).is_err(), "cut at {cut}");
+                // The same cut with the header's length agreeing, so attributes get cut too:
+                // refused, or (once both tuples are in) the same flow with fewer details.
                 let mut b = good[..cut].to_vec();
                 if cut >= 4 {
                     b[0..4].copy_from_slice(&(cut as u32).to_ne_bytes());
                 }
-                let _ = parse(&b);
+                match parse(&b) {
+                    Err(_) => {}
+                    Ok(Some(e)) => assert_eq!(
+                        (
+                            e.kind,
+                            e.protocol,
+                            e.orig_src,
+                            e.orig_dst,
+                            e.reply_src,
+                            e.reply_dst
+                        ),
+                        (
+                            whole.kind,
+                            whole.protocol,
+                            whole.orig_src,
+                            whole.orig_dst,
+                            whole.reply_src,
+                            whole.reply_dst
+                        ),
+                        "cut at {cut}"
+                    ),
+                    Ok(None) => panic!("cut at {cut}: a conntrack entry read as something else"),
+                }
             }
         }
     }
@@ -848,5 +909,70 @@ mod tests {
                 (CTA_MARK_MASK, 0xffff_0000u32.to_be_bytes().to_vec())
             ]
         );
+    }
+
+    #[test]
+    fn conntrack_states_fold_into_the_phases_slbd_tracks() {
+        let tcp = |state: Option<u8>, status: u32| CtEntry {
+            tcp_state: state,
+            status,
+            ..parse(&new_event()).unwrap().unwrap()
+        };
+        let cases = [
+            (Some(tcp_state::SYN_SENT), 0, Some(Phase::Opening)),
+            (Some(tcp_state::SYN_RECV), 0, Some(Phase::Opening)),
+            (Some(tcp_state::ESTABLISHED), 0, Some(Phase::Established)),
+            (Some(tcp_state::FIN_WAIT), 0, Some(Phase::Closing)),
+            (Some(tcp_state::CLOSE_WAIT), 0, Some(Phase::Closing)),
+            (Some(tcp_state::LAST_ACK), 0, Some(Phase::Closing)),
+            (Some(tcp_state::TIME_WAIT), 0, Some(Phase::Closing)),
+            (Some(tcp_state::CLOSE), 0, Some(Phase::Closing)),
+            (Some(tcp_state::SYN_SENT2), 0, Some(Phase::Opening)),
+            (None, IPS_ASSURED, Some(Phase::Established)),
+            (None, IPS_SEEN_REPLY, None),
+        ];
+        for (state, status, phase) in cases {
+            assert_eq!(
+                tcp(state, status).report().phase,
+                phase,
+                "{state:?} {status:#x}"
+            );
+        }
+        let udp = CtEntry {
+            protocol: Protocol::Udp,
+            tcp_state: None,
+            ..parse(&new_event()).unwrap().unwrap()
+        };
+        assert_eq!(udp.report().phase, Some(Phase::Established));
+    }
+
+    #[test]
+    fn a_report_names_the_flow_its_server_and_its_end() {
+        let destroy = CtEntry {
+            kind: EventKind::Destroy,
+            counters: Some(Counters {
+                orig_packets: 1,
+                orig_bytes: 2,
+                reply_packets: 3,
+                reply_bytes: 4,
+            }),
+            ..parse(&new_event()).unwrap().unwrap()
+        };
+        let r = destroy.report();
+        assert!(r.ended);
+        assert_eq!(
+            (r.client, r.vip, r.server, r.mark),
+            (sa(CLIENT), sa(VIP), sa(SERVER), 0x5b1f_0003)
+        );
+        assert_eq!(
+            r.traffic,
+            Some(Traffic {
+                packets_in: 1,
+                bytes_in: 2,
+                packets_out: 3,
+                bytes_out: 4
+            })
+        );
+        assert!(!parse(&new_event()).unwrap().unwrap().report().ended);
     }
 }

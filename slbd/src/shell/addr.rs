@@ -10,9 +10,9 @@ use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Duration;
 
-use crate::netlink::route::{self, Addr, Answer};
-use crate::netlink::socket::{self as nl, setsockopt};
-use crate::netlink::{messages, NLM_F_MULTI};
+use crate::shell::netlink::{self as nl, setsockopt};
+use crate::wire::netlink::{messages, NLM_F_MULTI};
+use crate::wire::rtnetlink::{self as route, Addr, Answer};
 
 pub use crate::core::net::ManagedAddr;
 
@@ -79,7 +79,7 @@ impl Rtnl {
     /// to a non-dump GET.
     fn transact(
         &mut self,
-        emit: impl FnOnce(u32) -> Result<Vec<u8>, crate::netlink::TooLong>,
+        emit: impl FnOnce(u32) -> Result<Vec<u8>, crate::wire::netlink::TooLong>,
     ) -> io::Result<Vec<Answer>> {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
@@ -125,7 +125,7 @@ impl Rtnl {
     /// A request answered by an ACK: Ok, or the kernel's errno.
     fn ack(
         &mut self,
-        emit: impl FnOnce(u32) -> Result<Vec<u8>, crate::netlink::TooLong>,
+        emit: impl FnOnce(u32) -> Result<Vec<u8>, crate::wire::netlink::TooLong>,
     ) -> io::Result<()> {
         match self.transact(emit)?.last() {
             Some(Answer::Ack) => Ok(()),

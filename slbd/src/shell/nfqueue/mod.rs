@@ -8,14 +8,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 pub mod socket;
-pub mod wire;
 
 use crate::config::QueueConfig;
 use crate::core::balancer::{Dataplane, Direction, Verdict};
 use crate::core::packet::ChecksumState;
 use crate::core::ruleset::REFUSE_MARK;
+use crate::wire::nfqueue::{self as wire, Packet};
 use socket::{Out, QueueSocket, RecvBatch, Setup, Verdicts};
-use wire::Packet;
 
 /// Netfilter hook numbers (`enum nf_inet_hooks`) that slbd's rules queue from.
 const NF_INET_PRE_ROUTING: u8 = 0;
@@ -78,7 +77,7 @@ pub fn run(q: QueueSocket, dp: Arc<Dataplane>, stats: Arc<QueueStats>, epoch: In
     tracing::info!(queue = num, "queue worker started");
     let mut batch = RecvBatch::new(BATCH);
     let mut verdicts = Verdicts::new(BATCH);
-    let mut msgs: Vec<(usize, crate::netlink::Message)> = Vec::with_capacity(BATCH);
+    let mut msgs: Vec<(usize, crate::wire::netlink::Message)> = Vec::with_capacity(BATCH);
     let mut consecutive_errors = 0u32;
     loop {
         match q.recv(&mut batch) {

@@ -2,13 +2,10 @@
 //! Documentation/userspace-api/netlink/intro.rst): the constants, the message header read and
 //! written, a datagram split into its messages, the status an NLMSG_ERROR or NLMSG_DONE
 //! carries, attributes walked and written (nested ones too), and the nfgenmsg header of
-//! nfnetlink (NFQUEUE in `queue::wire`, ctnetlink in `conntrack::wire`). [`route`] adds
-//! rtnetlink's link and address messages on top. Pure: no sockets; every read is
+//! nfnetlink (NFQUEUE in `wire::nfqueue`, ctnetlink in `wire::ctnetlink`). `wire::rtnetlink`
+//! adds rtnetlink's link and address messages on top. Pure: no sockets; every read is
 //! bounds-checked and never panics, every write refuses a length its field cannot hold.
-//! [`socket`] is the shell that opens netlink sockets.
-
-pub mod route;
-pub mod socket;
+//! `shell::netlink` is the shell that opens netlink sockets.
 
 /// nlmsghdr: `{len u32, type u16, flags u16, seq u32, pid u32}`.
 pub const NLMSG_HDRLEN: usize = 16;
