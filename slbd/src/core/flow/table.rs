@@ -626,8 +626,9 @@ mod tests {
         assert_eq!(t.lookup_request(&a, ACK, 0), Lookup::Missing);
     }
 
+    /// The table's own estimate; `tests/flow_memory.rs` measures what it allocates.
     #[test]
-    fn memory_per_flow_stays_under_128_bytes() {
+    fn the_tables_memory_estimate_stays_under_128_bytes_a_flow() {
         for n in [10_000u32, 100_000] {
             let mut t = FlowTable::new(T, n);
             for i in 0..n {
@@ -648,7 +649,10 @@ mod tests {
                 .unwrap();
             }
             let per_flow = t.memory_bytes() / n as usize;
-            assert!(per_flow <= 128, "{n} flows take {per_flow} bytes each");
+            assert!(
+                per_flow < 128,
+                "memory_bytes() says {n} flows take {per_flow} bytes each"
+            );
         }
     }
 }
