@@ -545,7 +545,7 @@ mod tests {
     }
 
     #[test]
-    fn every_truncation_and_bad_tag_is_refused() {
+    fn every_truncated_or_malformed_record_is_refused() {
         let mut all = Vec::new();
         sample().iter().for_each(|r| r.encode(&mut all));
         let boundaries = [17, 27, 45];

@@ -497,16 +497,21 @@ mod tests {
     }
 
     #[test]
-    fn rst_from_the_server_closes() {
+    fn rst_from_the_server_closes_an_established_flow() {
         let mut t = FlowTable::new(T, 10);
         let k = req(Protocol::Tcp, "10.0.0.5:4000");
         t.insert(&k, sa("172.16.0.2:80"), 0, 0).unwrap();
-        t.lookup_reply(
-            &reply(Protocol::Tcp, "172.16.0.2:80", "10.0.0.5:4000"),
-            RST,
-            0,
+        let r = reply(Protocol::Tcp, "172.16.0.2:80", "10.0.0.5:4000");
+        // Established first: an unanswered handshake would idle out at 10 s anyway.
+        t.lookup_reply(&r, SYN | ACK, 0);
+        let rst = t.lookup_reply(&r, RST, 0).expect("the flow is known");
+        assert!(rst.closed_now, "the server's RST closes the flow");
+        let ended = t.expire(10_000, 10);
+        assert_eq!(
+            ended.iter().map(|e| e.was_closing).collect::<Vec<_>>(),
+            vec![true],
+            "a reset flow ends after tcp_closing (10 s), not tcp (900 s)"
         );
-        assert_eq!(t.expire(10_000, 10).len(), 1);
     }
 
     #[test]
