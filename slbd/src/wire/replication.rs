@@ -498,6 +498,7 @@ impl Sender {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     const KEY: &[u8] = b"the pair's shared key, 0600";
 
@@ -544,7 +545,7 @@ mod tests {
     }
 
     #[test]
-    fn every_truncation_and_bad_tag_is_refused() {
+    fn every_truncated_or_malformed_record_is_refused() {
         let mut all = Vec::new();
         sample().iter().for_each(|r| r.encode(&mut all));
         let boundaries = [17, 27, 45];
@@ -743,5 +744,257 @@ mod tests {
         // 17 bytes a flow plus 42 bytes of framing per frame: about 17.1 bytes a flow on the wire.
         let wire: usize = frames.iter().map(Vec::len).sum();
         assert!(wire < 10_000 * 18, "{wire}");
+    }
+
+    fn record() -> impl Strategy<Value = Record> {
+        let protocol = || prop::sample::select(vec![Protocol::Tcp, Protocol::Udp]);
+        let addr = || {
+            (any::<u32>(), any::<u16>()).prop_map(|(ip, port)| SocketAddrV4::new(ip.into(), port))
+        };
+        prop_oneof![
+            (protocol(), addr(), any::<u16>(), addr(), any::<bool>()).prop_map(
+                |(protocol, client, vip_port, server, established)| Record::Flow {
+                    protocol,
+                    client,
+                    vip_port,
+                    server,
+                    established,
+                }
+            ),
+            (protocol(), addr(), any::<u16>()).prop_map(|(protocol, client, vip_port)| {
+                Record::End {
+                    protocol,
+                    client,
+                    vip_port,
+                }
+            }),
+            (protocol(), any::<u32>(), any::<u16>(), addr(), any::<u32>()).prop_map(
+                |(protocol, client, vip_port, server, ttl_ms)| Record::Persist {
+                    protocol,
+                    client: client.into(),
+                    vip_port,
+                    server,
+                    ttl_ms,
+                }
+            ),
+        ]
+    }
+
+    /// A whole session's frames after the handshake: the snapshot, its end, then batches and
+    /// keepalives.
+    fn session_frames(
+        tx: &mut Sender,
+        snapshot: &[Record],
+        batches: &[Vec<Record>],
+    ) -> Vec<Vec<u8>> {
+        let mut frames = tx.frames(Kind::Snapshot, 1, snapshot);
+        frames.push(tx.frame(Kind::SnapshotEnd, 1, &(snapshot.len() as u64).to_be_bytes()));
+        for (i, b) in batches.iter().enumerate() {
+            frames.extend(tx.frames(Kind::Batch, 2 + i as u64, b));
+            frames.push(tx.frame(Kind::Keepalive, 2 + i as u64, &[]));
+        }
+        frames
+    }
+
+    /// A refusal that a damaged frame may get: its MAC, or a header check before it.
+    fn refused_as_damaged(r: &Result<Received, WireError>) -> bool {
+        matches!(
+            r,
+            Err(WireError::Mac
+                | WireError::Magic
+                | WireError::Version(_)
+                | WireError::Kind(_)
+                | WireError::TooLong(_))
+        )
+    }
+
+    /// A delivery of a session's frames that goes wrong: some dropped, repeated or swapped
+    /// with the next.
+    #[derive(Debug, Clone, Copy)]
+    enum Fault {
+        Drop,
+        Replay,
+        Swap,
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+        /// Any snapshot (a few records, or two or three frames' worth) and any batches arrive
+        /// whole and in order, in bodies of at most MAX_BODY bytes.
+        #[test]
+        fn any_records_survive_a_session_in_order(
+            snapshot in prop_oneof![
+                prop::collection::vec(record(), 0..3),
+                prop::collection::vec(record(), 0..50),
+                prop::collection::vec(record(), 3_500..7_500),
+            ],
+            batches in prop::collection::vec(
+                prop_oneof![
+                    prop::collection::vec(record(), 0..3),
+                    prop::collection::vec(record(), 0..300),
+                ],
+                0..4,
+            ),
+        ) {
+            let (mut tx, mut rx) = session();
+            let frames = session_frames(&mut tx, &snapshot, &batches);
+            let (mut got_snapshot, mut got_batches) = (Vec::new(), Vec::new());
+            for (i, f) in frames.iter().enumerate() {
+                let body = f.len() - HEADER_LEN - MAC_LEN;
+                prop_assert!(body <= MAX_BODY, "frame {} has a body of {} bytes", i, body);
+                match rx.accept(f) {
+                    Ok(Received::Records { snapshot: true, records }) => {
+                        prop_assert!(!records.is_empty(), "frame {} carries no record", i);
+                        got_snapshot.extend(records);
+                    }
+                    Ok(Received::SnapshotComplete { records }) => {
+                        prop_assert_eq!(records, snapshot.len() as u64, "the snapshot's count");
+                        prop_assert_eq!(&got_snapshot, &snapshot, "the snapshot's records");
+                    }
+                    Ok(Received::Records { snapshot: false, records }) => {
+                        prop_assert!(!records.is_empty(), "frame {} carries no record", i);
+                        got_batches.extend(records);
+                    }
+                    Ok(Received::Keepalive) => {}
+                    Err(e) => prop_assert!(false, "frame {} of {} refused: {}", i, frames.len(), e),
+                }
+            }
+            prop_assert!(rx.snapshot_done());
+            prop_assert_eq!(got_snapshot, snapshot, "the snapshot's records");
+            prop_assert_eq!(got_batches, batches.concat(), "the changes after it");
+        }
+    }
+
+    proptest! {
+        /// Any single bit flipped anywhere in any frame of a session is refused, and the
+        /// refusal changes nothing: the genuine frames that follow are received as by a
+        /// receiver that never saw the damaged ones.
+        #[test]
+        fn a_frame_with_any_bit_flipped_is_refused_and_changes_nothing(
+            snapshot in prop::collection::vec(record(), 0..20),
+            batches in prop::collection::vec(prop::collection::vec(record(), 0..10), 0..3),
+            at in any::<prop::sample::Index>(),
+            bits in prop::collection::vec(any::<prop::sample::Index>(), 1..64),
+        ) {
+            let (mut tx, mut rx) = session();
+            let (_, mut twin) = session();
+            let frames = session_frames(&mut tx, &snapshot, &batches);
+            let at = at.index(frames.len());
+            for (i, f) in frames.iter().enumerate() {
+                if i == at {
+                    for bit in &bits {
+                        let bit = bit.index(f.len() * 8);
+                        let mut bad = f.clone();
+                        bad[bit / 8] ^= 1 << (bit % 8);
+                        let r = rx.accept(&bad);
+                        prop_assert!(refused_as_damaged(&r), "bit {} of frame {} flipped: {:?}", bit, i, r);
+                    }
+                }
+                prop_assert_eq!(rx.accept(f), twin.accept(f), "frame {}", i);
+            }
+        }
+
+        /// Frames dropped, replayed or swapped are refused with Sequence (naming the number
+        /// due), and a refused frame does not move the receiver on: the frame that was due is
+        /// still taken.
+        #[test]
+        fn frames_replayed_dropped_or_reordered_are_refused_with_sequence(
+            batches in prop::collection::vec(prop::collection::vec(record(), 0..4), 1..6),
+            faults in prop::collection::vec(
+                (any::<prop::sample::Index>(), prop::sample::select(vec![Fault::Drop, Fault::Replay, Fault::Swap])),
+                1..4,
+            ),
+        ) {
+            let (mut tx, mut rx) = session();
+            let frames = session_frames(&mut tx, &[], &batches);
+            // Frame i carries sequence i + 1.
+            let mut delivered: Vec<usize> = (0..frames.len()).collect();
+            for (at, fault) in &faults {
+                if delivered.is_empty() {
+                    break;
+                }
+                let at = at.index(delivered.len());
+                match fault {
+                    Fault::Drop => {
+                        delivered.remove(at);
+                    }
+                    Fault::Replay => delivered.insert(at + 1, delivered[at]),
+                    Fault::Swap if at + 1 < delivered.len() => delivered.swap(at, at + 1),
+                    Fault::Swap => {}
+                }
+            }
+            let mut due = 0;
+            for &d in &delivered {
+                let r = rx.accept(&frames[d]);
+                if d == due {
+                    prop_assert!(r.is_ok(), "frame {} in order: {:?} (delivered {:?})", d, r, delivered);
+                    due += 1;
+                } else {
+                    prop_assert_eq!(
+                        r,
+                        Err(WireError::Sequence { got: d as u64 + 1, want: due as u64 + 1 }),
+                        "frame {} when {} was due (delivered {:?})", d, due, delivered
+                    );
+                }
+            }
+        }
+
+        /// Random bytes, and bytes that look like frames and records, never panic the codec.
+        #[test]
+        fn random_bytes_never_panic_the_decoders(
+            raw in prop::collection::vec(any::<u8>(), 0..200),
+            header in any::<[u8; HEADER_LEN]>(),
+            kind in 0u8..9,
+            seq in 0u64..4,
+            body in prop::collection::vec(any::<u8>(), 0..100),
+            len_off in -2i64..3,
+            whole in prop::collection::vec(record(), 0..6),
+            tail in record(),
+            junk in prop::collection::vec(any::<u8>(), 0..20),
+        ) {
+            let ctx = session_context(&[1u8; NONCE_LEN], &[2u8; NONCE_LEN]);
+            let _ = decode(KEY, &ctx, &raw);
+            let _ = records(&raw);
+            let _ = remaining_after_header(&header);
+            let _ = sent_ms(&raw);
+            // A header that passes its checks, a body, a length field a little off, a MAC of
+            // random bytes.
+            let mut frame = Vec::new();
+            frame.extend_from_slice(MAGIC);
+            frame.extend_from_slice(&[VERSION, kind]);
+            frame.extend_from_slice(&seq.to_be_bytes());
+            frame.extend_from_slice(&header[..8]);
+            frame.extend_from_slice(&((body.len() as i64 + len_off).max(0) as u32).to_be_bytes());
+            frame.extend_from_slice(&body);
+            frame.extend_from_slice(&raw[..raw.len().min(MAC_LEN)]);
+            let _ = decode(KEY, &ctx, &frame);
+            // Whole records, then the next one cut at every length or followed by junk: the
+            // parser reaches every bounds check.
+            let mut valid = Vec::new();
+            whole.iter().for_each(|r| r.encode(&mut valid));
+            let mut last = Vec::new();
+            tail.encode(&mut last);
+            for cut in 0..=last.len() {
+                let mut b = valid.clone();
+                b.extend_from_slice(&last[..cut]);
+                let _ = records(&b);
+                b.extend_from_slice(&junk);
+                let _ = records(&b);
+            }
+            // The same bodies under authentic MACs, through a receiver before and after its
+            // snapshot.
+            let mut rbody = valid;
+            rbody.extend_from_slice(&junk);
+            for snapshot_done in [false, true] {
+                let (mut tx, mut rx) = session();
+                if snapshot_done {
+                    rx.accept(&tx.frame(Kind::SnapshotEnd, 0, &0u64.to_be_bytes())).unwrap();
+                }
+                let k = Kind::from_u8(kind).unwrap_or(Kind::Batch);
+                let _ = rx.accept(&tx.frame(k, 0, &rbody));
+                let _ = rx.accept(&tx.frame(Kind::Batch, 0, &body));
+            }
+        }
     }
 }

@@ -37,8 +37,9 @@ impl Scheduler for LeastConnections {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::up;
+    use super::super::testing::{servers, up, up_indices};
     use super::*;
+    use proptest::prelude::*;
 
     /// Picks `n` times, counting each pick as a new live flow (as the data path does).
     fn fill(servers: &mut [Candidate], n: usize) -> Vec<u32> {
@@ -84,5 +85,41 @@ mod tests {
         servers[0].up = false;
         servers[1].live = 1000;
         assert_eq!(LeastConnections::default().pick(&servers), Some(1));
+    }
+
+    proptest! {
+        /// The pick has the fewest live flows per unit of weight of the servers up; the
+        /// servers tied with it each get one of the next picks (loads unchanged) before any
+        /// gets a second, wherever the turn was.
+        #[test]
+        fn the_pick_has_the_fewest_live_flows_per_weight_and_ties_take_turns(
+            servers in servers(),
+            warmup in 0usize..20,
+        ) {
+            let mut lc = LeastConnections::default();
+            for _ in 0..warmup {
+                lc.pick(&servers);
+            }
+            let p = lc.pick(&servers).unwrap();
+            // live_p / w_p compared with live_j / w_j, without division.
+            let load = |i: usize, j: usize| {
+                u64::from(servers[i].live) * u64::from(servers[j].weight)
+            };
+            for j in up_indices(&servers) {
+                prop_assert!(
+                    load(p, j) <= load(j, p),
+                    "picked {} ({:?}) over {} ({:?})", p, servers[p], j, servers[j]
+                );
+            }
+            let tied: Vec<usize> = up_indices(&servers)
+                .into_iter()
+                .filter(|&j| load(p, j) == load(j, p))
+                .collect();
+            let mut turns: Vec<usize> = std::iter::once(p)
+                .chain((1..tied.len()).map(|_| lc.pick(&servers).unwrap()))
+                .collect();
+            turns.sort_unstable();
+            prop_assert_eq!(turns, tied, "the next picks among equal loads");
+        }
     }
 }

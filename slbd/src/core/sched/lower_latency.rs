@@ -65,8 +65,9 @@ impl Scheduler for LowerLatency {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{spread, up};
+    use super::super::testing::{servers, spread, up};
     use super::*;
+    use proptest::prelude::*;
 
     fn with_latency(lat: &[Option<u32>]) -> Vec<Candidate> {
         let mut s = up(&vec![1; lat.len()]);
@@ -124,5 +125,55 @@ mod tests {
             spread(&mut LowerLatency::new(5), &servers, 100),
             vec![0, 100]
         );
+    }
+
+    /// How far `n` draws with odds `p` may stray from `n × p` and still pass, set so that a
+    /// correct scheduler fails with probability under 1e-9 (Bernstein's inequality for a sum
+    /// of independent 0/1 draws; about 6.5 standard deviations for large counts, and a few
+    /// draws of slack for tiny ones, where the normal approximation fails).
+    fn tolerance(n: usize, p: f64) -> f64 {
+        let l = (2.0 / 1e-9f64).ln();
+        let variance = n as f64 * p * (1.0 - p);
+        l / 3.0 + (l * l / 9.0 + 2.0 * l * variance).sqrt()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// Over 20,000 picks each server's share is within a statistical tolerance of the
+        /// promised odds: weight / (latency + 1 ms), an unmeasured server counted at the best
+        /// measured latency; a down server gets nothing.
+        #[test]
+        fn shares_follow_the_promised_odds_within_statistical_tolerance(
+            seed in any::<u64>(),
+            servers in servers(),
+        ) {
+            const N: usize = 20_000;
+            let best = servers.iter().filter(|s| s.up).filter_map(|s| s.latency_us).min();
+            let odds: Vec<f64> = servers
+                .iter()
+                .map(|s| match (s.up, s.latency_us.or(best)) {
+                    (false, _) => 0.0,
+                    // No server up is measured: all count alike, by weight.
+                    (true, None) => f64::from(s.weight),
+                    (true, Some(l)) => f64::from(s.weight) / (f64::from(l) + FLOOR_US as f64),
+                })
+                .collect();
+            let total: f64 = odds.iter().sum();
+            let counts = spread(&mut LowerLatency::new(seed), &servers, N);
+            for (i, (&got, o)) in counts.iter().zip(&odds).enumerate() {
+                let p = o / total;
+                let want = N as f64 * p;
+                let tol = tolerance(N, p);
+                prop_assert!(
+                    (got as f64 - want).abs() <= tol,
+                    "server {} ({:?}) got {} of {}, promised {:.1} ± {:.1}",
+                    i, servers[i], got, N, want, tol
+                );
+                if p == 0.0 {
+                    prop_assert_eq!(got, 0, "down server {} was picked", i);
+                }
+            }
+        }
     }
 }

@@ -108,6 +108,7 @@ pub trait Scheduler: Send {
 #[cfg(test)]
 pub(crate) mod testing {
     use super::*;
+    use proptest::prelude::*;
 
     pub fn up(weights: &[u32]) -> Vec<Candidate> {
         weights
@@ -129,11 +130,48 @@ pub(crate) mod testing {
         }
         counts
     }
+
+    /// The indices of the servers that are up.
+    pub fn up_indices(servers: &[Candidate]) -> Vec<usize> {
+        (0..servers.len()).filter(|&i| servers[i].up).collect()
+    }
+
+    /// One random server: weight 1-100, up or down, a live count (often small, so equal loads
+    /// happen) and a latency (often under 2 ms, where the floor matters; sometimes unmeasured).
+    pub fn candidate() -> impl Strategy<Value = Candidate> {
+        (
+            1u32..=100,
+            any::<bool>(),
+            prop_oneof![0u32..4, 0u32..1000],
+            prop::option::weighted(0.8, prop_oneof![0u32..2_000, 0u32..200_000]),
+        )
+            .prop_map(|(weight, up, live, latency_us)| Candidate {
+                weight,
+                up,
+                live,
+                latency_us,
+            })
+    }
+
+    /// 1-16 random servers, at least one of them up.
+    pub fn servers() -> impl Strategy<Value = Vec<Candidate>> {
+        prop::collection::vec(candidate(), 1..=16)
+            .prop_flat_map(|s| {
+                let n = s.len();
+                (Just(s), 0..n)
+            })
+            .prop_map(|(mut s, i)| {
+                s[i].up = true;
+                s
+            })
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::testing::candidate;
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn parses_names_case_insensitively() {
@@ -160,6 +198,33 @@ mod tests {
                 latency_us: None,
             }; 3];
             assert_eq!(s.pick(&down), None, "{a}");
+        }
+    }
+
+    proptest! {
+        /// Server lists that change between picks (servers added, removed, up, down, none up,
+        /// none at all), as a reload or a health check changes them under a live scheduler.
+        #[test]
+        fn no_algorithm_picks_a_down_server_or_past_the_end_and_none_only_when_none_is_up(
+            seed in any::<u64>(),
+            sets in prop::collection::vec(prop::collection::vec(candidate(), 0..=16), 1..12),
+            picks in 1usize..8,
+        ) {
+            for a in Algorithm::ALL {
+                let mut s = a.scheduler(seed);
+                for servers in &sets {
+                    let any_up = servers.iter().any(|c| c.up);
+                    for _ in 0..picks {
+                        match s.pick(servers) {
+                            None => prop_assert!(!any_up, "{} picked nothing from {:?}", a, servers),
+                            Some(i) => {
+                                prop_assert!(i < servers.len(), "{} picked {} of {}", a, i, servers.len());
+                                prop_assert!(servers[i].up, "{} picked down server {} of {:?}", a, i, servers);
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
 }

@@ -53,8 +53,9 @@ impl Scheduler for Random {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{spread, up};
+    use super::super::testing::{servers, spread, up, up_indices};
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn every_cycle_visits_each_server_once() {
@@ -86,5 +87,23 @@ mod tests {
             spread(&mut Random::new(3), &servers, 300),
             vec![100, 100, 0, 100]
         );
+    }
+
+    proptest! {
+        /// Each cycle (as many picks as servers up) visits every up server exactly once.
+        #[test]
+        fn every_cycle_of_picks_visits_each_up_server_once(
+            seed in any::<u64>(),
+            servers in servers(),
+            k in 1usize..6,
+        ) {
+            let mut r = Random::new(seed);
+            let up = up_indices(&servers);
+            for cycle in 0..k {
+                let mut picks: Vec<usize> = (0..up.len()).map(|_| r.pick(&servers).unwrap()).collect();
+                picks.sort_unstable();
+                prop_assert_eq!(&picks, &up, "cycle {}", cycle);
+            }
+        }
     }
 }

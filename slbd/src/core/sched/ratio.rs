@@ -32,7 +32,7 @@ impl Scheduler for Ratio {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{spread, up};
+    use super::super::testing::{servers, spread, up};
     use super::*;
     use proptest::prelude::*;
 
@@ -58,14 +58,25 @@ mod tests {
     }
 
     proptest! {
-        /// Over one full cycle (sum of weights picks) every server gets exactly its weight.
+        /// From a fresh scheduler, or one already part-way through its sequence for this list,
+        /// k full cycles (k × the total weight up) give each up server exactly k × its weight.
         #[test]
-        fn one_cycle_gives_each_server_its_weight(weights in prop::collection::vec(1u32..20, 1..8)) {
-            let servers = up(&weights);
-            let total: u32 = weights.iter().sum();
-            let counts = spread(&mut Ratio::default(), &servers, total as usize);
-            let expected: Vec<usize> = weights.iter().map(|&w| w as usize).collect();
-            prop_assert_eq!(counts, expected);
+        fn k_full_cycles_give_each_up_server_k_times_its_weight(
+            servers in servers(),
+            warmup in 0usize..200,
+            k in 1usize..4,
+        ) {
+            let mut r = Ratio::default();
+            for _ in 0..warmup {
+                r.pick(&servers);
+            }
+            let total: usize = servers.iter().filter(|s| s.up).map(|s| s.weight as usize).sum();
+            let counts = spread(&mut r, &servers, k * total);
+            let expected: Vec<usize> = servers
+                .iter()
+                .map(|s| if s.up { k * s.weight as usize } else { 0 })
+                .collect();
+            prop_assert_eq!(counts, expected, "flows per server over {} cycles", k);
         }
     }
 }

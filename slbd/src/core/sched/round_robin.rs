@@ -19,8 +19,9 @@ impl Scheduler for RoundRobin {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{spread, up};
+    use super::super::testing::{servers, spread, up, up_indices};
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn spreads_evenly_in_order() {
@@ -48,5 +49,32 @@ mod tests {
         }
         let two = up(&[1, 1]);
         assert_eq!(spread(&mut rr, &two, 10), vec![5, 5]);
+    }
+
+    proptest! {
+        /// Whatever the scheduler picked before (from another server list), the next k cycles
+        /// (k × the servers up) go to the up servers in configured order, k flows each.
+        #[test]
+        fn k_full_cycles_visit_each_up_server_k_times_in_order(
+            before in servers(),
+            servers in servers(),
+            warmup in 0usize..20,
+            k in 1usize..5,
+        ) {
+            let mut rr = RoundRobin::default();
+            for _ in 0..warmup {
+                rr.pick(&before);
+            }
+            let up = up_indices(&servers);
+            let picks: Vec<usize> = (0..k * up.len()).map(|_| rr.pick(&servers).unwrap()).collect();
+            for w in picks.windows(2) {
+                let next = up.iter().find(|&&i| i > w[0]).unwrap_or(&up[0]);
+                prop_assert_eq!(w[1], *next, "the pick after {} in {:?}", w[0], picks);
+            }
+            let mut counts = vec![0; servers.len()];
+            picks.iter().for_each(|&i| counts[i] += 1);
+            let expected: Vec<usize> = servers.iter().map(|s| if s.up { k } else { 0 }).collect();
+            prop_assert_eq!(counts, expected, "flows per server over {} cycles", k);
+        }
     }
 }
