@@ -136,7 +136,7 @@ impl Kind {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
-    #[error("frame shorter than its header")]
+    #[error("frame shorter than its header says")]
     Truncated,
     #[error("not a replication frame (bad magic)")]
     Magic,
@@ -223,8 +223,11 @@ pub fn decode(key: &[u8], context: &[u8], frame: &[u8]) -> Result<Frame, WireErr
         .and_then(|h| h.try_into().ok())
         .ok_or(WireError::Truncated)?;
     let rest = remaining_after_header(header)?;
-    if frame.len() != HEADER_LEN + rest {
-        return Err(WireError::TooLong(frame.len()));
+    if frame.len() < HEADER_LEN + rest {
+        return Err(WireError::Truncated);
+    }
+    if frame.len() > HEADER_LEN + rest {
+        return Err(WireError::TooLong(frame.len() - HEADER_LEN - MAC_LEN));
     }
     let body = &frame[HEADER_LEN..frame.len() - MAC_LEN];
     auth::verify(
@@ -804,6 +807,7 @@ mod tests {
                 | WireError::Magic
                 | WireError::Version(_)
                 | WireError::Kind(_)
+                | WireError::Truncated
                 | WireError::TooLong(_))
         )
     }

@@ -128,8 +128,13 @@ impl Dataplane {
                     stats.less_live(1);
                 }
             }
-            // The table lost it (an unconfirmed flow expired, or events were lost): adopt it.
+            // The table lost it (an unconfirmed flow expired, or events were lost), or holds
+            // it on another server: adopt it as conntrack carries it, which is where its
+            // packets go.
             Reported::Unknown if r.phase != Some(Phase::Closing) => {
+                if let Some(stale) = flows.remove_request(&key) {
+                    self.end(&mut flows, &view, &stale, now_ms);
+                }
                 if let Ok(displaced) = flows.insert_kernel(&key, r.server, id, now_ms, true) {
                     if let Some(d) = displaced {
                         self.end(&mut flows, &view, &d, now_ms);
@@ -501,5 +506,31 @@ mod tests {
         let lc = Dataplane::new(&config("LEAST_CONNECTIONS"), 1).offload_targets();
         assert!(lc.iter().all(|t| t.every_state));
         assert_eq!(lc[0].server, sa("172.16.0.2:80"));
+    }
+
+    #[test]
+    fn conntrack_naming_another_server_replaces_the_flow_instead_of_doubling_it() {
+        let dp = Dataplane::new(&config("ROUND_ROBIN"), 1);
+        let Verdict::Offload(_) = syn(&dp, "10.0.0.5:1000") else {
+            panic!("no mark")
+        };
+        assert_eq!(live(&dp, 0, 0), 1, "placed on the first server");
+        let other = offload_mark(dp.server_id(0, 1).unwrap()).unwrap();
+        let report_b = |ended| {
+            report(
+                ended,
+                "10.0.0.5:1000",
+                "172.16.0.3:80",
+                other,
+                Some(Phase::Established),
+            )
+        };
+        dp.conntrack_report(&report_b(false), 0);
+        assert_eq!(dp.flow_count(), 1, "one flow for one 5-tuple");
+        assert_eq!((live(&dp, 0, 0), live(&dp, 0, 1)), (0, 1));
+        // conntrack's end of the adopted flow is honoured.
+        dp.conntrack_report(&report_b(true), 0);
+        assert_eq!(dp.flow_count(), 0);
+        assert_eq!(live(&dp, 0, 1), 0);
     }
 }
