@@ -2,111 +2,16 @@
 //! fields holds; otherwise every problem is reported at once, each with its field path
 //! (`services[1].servers[0].weight`). Pure: no system calls.
 
-use std::fmt;
-use std::net::Ipv4Addr;
-use std::time::Duration;
-
+use super::checker::{port, Checker};
 use super::parse::valid_user;
 use super::raw::*;
 use super::services::{reply_ports_apart, service};
+
+pub use super::checker::{ConfigError, FieldError};
 use super::{Backup, Config, FlowLimits, QueueConfig, Redundancy, Service};
 use crate::core::net::Ipv4Net;
-use crate::core::sched::Algorithm;
 
 const MAX_FLOWS: u64 = 1 << 24;
-
-/// One thing wrong with a configuration, at a field path such as `services[1].servers[0]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldError {
-    pub path: String,
-    pub message: String,
-}
-
-impl fmt::Display for FieldError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.path, self.message)
-    }
-}
-
-/// Why a configuration was refused. A file is checked as a whole, so all problems are listed.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read {path}")]
-    Read {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("not valid slb_conf.json: {0}")]
-    Syntax(String),
-    #[error("{}", list(.0))]
-    Invalid(Vec<FieldError>),
-}
-
-fn list(errors: &[FieldError]) -> String {
-    let lines: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
-    lines.join("; ")
-}
-
-/// Collects field errors while a configuration is checked.
-#[derive(Default)]
-pub(super) struct Checker {
-    errors: Vec<FieldError>,
-}
-
-impl Checker {
-    pub(super) fn fail(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.errors.push(FieldError {
-            path: path.into(),
-            message: message.into(),
-        });
-    }
-
-    pub(super) fn ipv4(&mut self, path: &str, value: &str) -> Option<Ipv4Addr> {
-        match value.parse::<Ipv4Addr>() {
-            Ok(ip) => Some(ip),
-            Err(_) => {
-                self.fail(path, format!("{value:?} is not an IPv4 address"));
-                None
-            }
-        }
-    }
-
-    fn device(&mut self, path: &str, value: &str) -> String {
-        // IFNAMSIZ is 16 including the NUL; the kernel also refuses '/', ':' and whitespace.
-        let ok = !value.is_empty()
-            && value.len() < 16
-            && value != "."
-            && value != ".."
-            && !value
-                .chars()
-                .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control());
-        if !ok {
-            self.fail(path, format!("{value:?} is not a network interface name"));
-        }
-        value.to_string()
-    }
-
-    pub(super) fn seconds(&mut self, path: &str, value: u64, min: u64) -> Duration {
-        if value < min || value > 7 * 24 * 3600 {
-            self.fail(
-                path,
-                format!("{value} is out of range ({min} to 604800 seconds)"),
-            );
-        }
-        Duration::from_secs(value)
-    }
-
-    pub(super) fn algorithm(&mut self, path: &str, value: &str) -> Algorithm {
-        match value.parse::<Algorithm>() {
-            Ok(a) => a,
-            Err(e) => {
-                self.fail(path, e.to_string());
-                Algorithm::RoundRobin
-            }
-        }
-    }
-}
 
 impl TryFrom<&RawConfig> for Config {
     type Error = ConfigError;
@@ -272,16 +177,6 @@ fn redundancy(c: &mut Checker, raw: &RawConfig) -> Redundancy {
     }
 }
 
-pub(super) fn port(c: &mut Checker, path: &str, value: u32) -> Option<u16> {
-    match u16::try_from(value) {
-        Ok(p) if p != 0 => Some(p),
-        _ => {
-            c.fail(path, format!("{value} is not a port (1 to 65535)"));
-            None
-        }
-    }
-}
-
 fn queue(c: &mut Checker, raw: &RawQueue) -> QueueConfig {
     if raw.num > u32::from(u16::MAX) {
         c.fail(
@@ -349,7 +244,10 @@ mod tests {
     use crate::config::Mode;
     use crate::core::health::CheckConfig;
     use crate::core::net::Protocol;
+    use crate::core::sched::Algorithm;
+    use std::net::Ipv4Addr;
     use std::path::Path;
+    use std::time::Duration;
 
     const GOOD: &str = r#"{
         "address": "10.0.0.100",

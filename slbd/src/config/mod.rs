@@ -5,6 +5,7 @@
 //! sends. Pure, but for reading the file.
 
 pub mod check;
+mod checker;
 pub mod edit;
 pub mod load;
 pub mod parse;

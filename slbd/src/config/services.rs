@@ -5,7 +5,7 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use super::check::{port, Checker};
+use super::checker::{port, Checker};
 use super::parse::parse_server_address;
 use super::raw::{RawHealth, RawServer, RawService};
 use super::{Mode, RealServer, Service, MAX_WEIGHT};
