@@ -115,7 +115,7 @@ pub fn only_from(allowed: Vec<IpAddr>) -> impl Fn(&SocketAddr) -> Check + Send +
     }
 }
 
-/// Connections in flight against a cap, and the refusals counted against it.
+/// One listener's connections in flight against its cap, and the refusals counted against it.
 #[derive(Debug)]
 pub struct Limit {
     cap: usize,
@@ -165,6 +165,7 @@ impl Limit {
         });
         match taken {
             Ok(_) => Ok(Slot(self.clone())),
+            // The decision for `n` just now, which was not to admit.
             Err(n) => match admit(check, n, self.cap) {
                 Admission::Refuse(why) => {
                     Err(Some((why, self.counter(why).fetch_add(1, Relaxed) + 1)))
@@ -271,15 +272,10 @@ impl<P> Policy<P> {
     /// its own cap of `cap` connections in flight; every address passes and reads never time
     /// out until told otherwise.
     pub fn new(name: &'static str, cap: usize) -> Policy<P> {
-        Policy::sharing(name, Limit::new(cap))
-    }
-
-    /// A listener drawing on `limit`, which other listeners may share.
-    pub fn sharing(name: &'static str, limit: Arc<Limit>) -> Policy<P> {
         Policy {
             name,
             conn_thread: name,
-            limit,
+            limit: Limit::new(cap),
             read_timeout: None,
             check: Box::new(|_| Check::Pass),
             on_refuse: Box::new(|_| {}),
@@ -326,58 +322,62 @@ where
 {
     let handle = Arc::new(handle);
     let local = listener.local();
-    let name = policy.name;
     let mut accept_failed = 0u64;
     loop {
-        let (conn, peer) = match listener.accept_one() {
-            Ok(c) => c,
+        match listener.accept_one() {
+            Ok((conn, peer)) => dispatch(&policy, &local, &handle, conn, peer),
             Err(e)
                 if matches!(
                     e.kind(),
                     io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
-                ) =>
-            {
-                continue
-            }
+                ) => {}
             Err(e) => {
                 accept_failed += 1;
                 if worth_a_warning(accept_failed) {
-                    tracing::warn!(listener = name, listen = %local, failures = accept_failed, error = %e, "accept failed");
+                    tracing::warn!(listener = policy.name, listen = %local, failures = accept_failed, error = %e, "accept failed");
                 }
                 std::thread::sleep(ACCEPT_BACKOFF);
-                continue;
             }
-        };
-        let slot = match policy.limit.enter((policy.check)(&peer)) {
-            Ok(slot) => slot,
-            Err(refused) => {
-                // Dropping `conn` closes it: nothing was read, nothing was spawned.
-                if let Some((why, count)) = refused {
-                    (policy.on_refuse)(why);
-                    if worth_a_warning(count) {
-                        tracing::warn!(listener = name, listen = %local, refused = count, reason = %why, cap = policy.limit.cap, "connections refused");
-                    }
-                }
-                continue;
-            }
-        };
-        if let Err(e) = conn.set_read_timeout(policy.read_timeout) {
-            tracing::debug!(listener = name, error = %e, "cannot set a read timeout: closed");
-            continue;
         }
-        let handle = handle.clone();
-        let spawned = std::thread::Builder::new()
-            .name(format!("{}-conn", policy.conn_thread))
-            .spawn(move || {
-                let _slot = slot;
-                handle(conn, peer);
-            });
-        // A failed spawn dropped the closure: the connection is closed and its slot free.
-        if let Err(e) = spawned {
-            let n = policy.limit.spawn_failed.fetch_add(1, Relaxed) + 1;
-            if worth_a_warning(n) {
-                tracing::warn!(listener = name, listen = %local, failures = n, error = %e, "no thread for a connection: closed");
+    }
+}
+
+/// One accepted connection: refused and closed, or given its timeout, its slot and a thread.
+fn dispatch<C, P, H>(policy: &Policy<P>, local: &str, handle: &Arc<H>, conn: C, peer: P)
+where
+    C: Conn + Send + 'static,
+    P: Send + 'static,
+    H: Fn(C, P) + Send + Sync + 'static,
+{
+    let name = policy.name;
+    let slot = match policy.limit.enter((policy.check)(&peer)) {
+        Ok(slot) => slot,
+        // Returning drops `conn`, which closes it: nothing was read, nothing was spawned.
+        Err(None) => return,
+        Err(Some((why, count))) => {
+            (policy.on_refuse)(why);
+            if worth_a_warning(count) {
+                tracing::warn!(listener = name, listen = %local, refused = count, reason = %why, cap = policy.limit.cap, "connections refused");
             }
+            return;
+        }
+    };
+    if let Err(e) = conn.set_read_timeout(policy.read_timeout) {
+        tracing::debug!(listener = name, error = %e, "cannot set a read timeout: closed");
+        return;
+    }
+    let handle = handle.clone();
+    let spawned = std::thread::Builder::new()
+        .name(format!("{}-conn", policy.conn_thread))
+        .spawn(move || {
+            let _slot = slot;
+            handle(conn, peer);
+        });
+    // A failed spawn dropped the closure: the connection is closed and its slot free.
+    if let Err(e) = spawned {
+        let n = policy.limit.spawn_failed.fetch_add(1, Relaxed) + 1;
+        if worth_a_warning(n) {
+            tracing::warn!(listener = name, listen = %local, failures = n, error = %e, "no thread for a connection: closed");
         }
     }
 }
