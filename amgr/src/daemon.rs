@@ -17,6 +17,7 @@ use nix::sys::signal::{SigSet, Signal};
 use parking_lot::Mutex;
 use slb_common::envelope::{self, Line};
 use slb_common::pair_key::read_key;
+use slb_common::serve;
 
 use crate::agent::{self, Agent, Input};
 use crate::command::{self, MAX_LINE};
@@ -79,7 +80,12 @@ pub fn run(cfg: Config, log_format: slb_common::logging::LogFormat) -> Result<()
 
     {
         let (ptx, prx) = mpsc::channel::<peer::Incoming>();
-        peer::serve(cfg.command_listen_addrs(), key.clone(), ptx);
+        peer::serve(
+            cfg.command_listen_addrs(),
+            cfg.peer_command_addrs(),
+            key.clone(),
+            ptx,
+        );
         let tx = tx.clone();
         std::thread::Builder::new()
             .name("peer-forward".into())
@@ -95,16 +101,11 @@ pub fn run(cfg: Config, log_format: slb_common::logging::LogFormat) -> Result<()
     let listener = bind_socket(&cfg.socket)?;
     {
         let tx = tx.clone();
-        std::thread::Builder::new()
-            .name("command-socket".into())
-            .spawn(move || {
-                for conn in listener.incoming().flatten() {
-                    let tx = tx.clone();
-                    let _ = std::thread::Builder::new()
-                        .name("command".into())
-                        .spawn(move || serve_command(conn, &tx));
-                }
-            })?;
+        serve::start(
+            listener,
+            serve::Policy::new("command", serve::CAP_LOCAL),
+            move |conn, _| serve_command(conn, &tx),
+        )?;
     }
 
     let app_pid = Arc::new(AtomicU32::new(0));

@@ -11,18 +11,21 @@
 //! [`call`] are the shell (sockets, threads, timeouts).
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::mpsc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use slb_common::auth;
+use slb_common::serve::{self, Deadline, Policy};
 
 use crate::command::Command;
 
 pub const NONCE_LEN: usize = 16;
 const MAX_LINE: usize = 64 * 1024;
+/// A stranger's connection holds its thread at most this long before it authenticates.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What one amgr asks the other.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -186,7 +189,7 @@ pub struct Incoming {
     pub reply: mpsc::Sender<Result<Value, String>>,
 }
 
-fn read_line(s: &mut TcpStream) -> std::io::Result<String> {
+fn read_line(s: &mut impl Read) -> std::io::Result<String> {
     let mut line = String::new();
     BufReader::new(s.take(MAX_LINE as u64)).read_line(&mut line)?;
     if !line.ends_with('\n') {
@@ -199,37 +202,31 @@ fn read_line(s: &mut TcpStream) -> std::io::Result<String> {
 }
 
 /// Listens on each address (retrying the bind until it exists) and hands authenticated
-/// requests to `tx`. Unauthenticated or malformed ones are logged and answered with nothing.
-pub fn serve(addrs: Vec<SocketAddr>, key: Vec<u8>, tx: mpsc::Sender<Incoming>) {
+/// requests to `tx`. Only the dual's addresses (`dual`, its end of each link) get past the
+/// accept; each listening address has its own cap ([`serve::CAP_PAIR`]), so a flood on one
+/// link's network leaves the other link's port to the dual. Unauthenticated or malformed
+/// requests are logged and answered with nothing.
+pub fn serve(
+    addrs: Vec<SocketAddr>,
+    dual: Vec<SocketAddr>,
+    key: Vec<u8>,
+    tx: mpsc::Sender<Incoming>,
+) {
+    let dual: Vec<IpAddr> = dual.iter().map(SocketAddr::ip).collect();
     for addr in addrs {
         let (key, tx) = (key.clone(), tx.clone());
-        std::thread::Builder::new()
-            .name("peer-listen".into())
-            .spawn(move || {
-                let listener = loop {
-                    match TcpListener::bind(addr) {
-                        Ok(l) => break l,
-                        Err(e) => {
-                            tracing::debug!(listen = %addr, error = %e, "peer command port not bound yet");
-                            std::thread::sleep(Duration::from_secs(1));
-                        }
-                    }
-                };
-                tracing::info!(listen = %addr, "peer command port listening");
-                for conn in listener.incoming().flatten() {
-                    let (key, tx) = (key.clone(), tx.clone());
-                    let _ = std::thread::Builder::new()
-                        .name("peer-conn".into())
-                        .spawn(move || handle(conn, &key, &tx));
-                }
-            })
-            .expect("a thread");
+        let policy = Policy::new("peer", serve::CAP_PAIR)
+            .read_timeout(HANDSHAKE_TIMEOUT)
+            .check(serve::only_from(dual.clone()));
+        if let Err(e) = serve::start_tcp(addr, policy, move |conn, peer| {
+            handle(conn, peer, &key, &tx)
+        }) {
+            tracing::error!(listen = %addr, error = %e, "no thread for the peer command port");
+        }
     }
 }
 
-fn handle(mut conn: TcpStream, key: &[u8], tx: &mpsc::Sender<Incoming>) {
-    let from = conn.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+fn handle(mut conn: TcpStream, from: SocketAddr, key: &[u8], tx: &mpsc::Sender<Incoming>) {
     let _ = conn.set_nodelay(true);
     let Ok(n) = auth::nonce::<NONCE_LEN>() else {
         tracing::error!("no random source for a peer challenge");
@@ -238,7 +235,9 @@ fn handle(mut conn: TcpStream, key: &[u8], tx: &mpsc::Sender<Incoming>) {
     if conn.write_all(challenge_line(&n).as_bytes()).is_err() {
         return;
     }
-    let req = match read_line(&mut conn).map_err(|e| PeerError::Io(e.to_string())) {
+    // The whole request within the handshake's time, however it trickles in.
+    let line = read_line(&mut Deadline::new(&conn, HANDSHAKE_TIMEOUT));
+    let req = match line.map_err(|e| PeerError::Io(e.to_string())) {
         Ok(line) => open_request(key, &n, &line),
         Err(e) => Err(e),
     };

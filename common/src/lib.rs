@@ -6,7 +6,8 @@
 //! from the kernel's random source), listen-address parsing ([`listen`]), the metric model
 //! ([`metrics`]). Shells: log output ([`logging`]), completions and man pages ([`cli_docs`]),
 //! the pair's key file ([`pair_key`]), private file writes ([`fs`]), the metrics endpoint
-//! ([`metrics::http`]).
+//! ([`metrics::http`]), the bounded accept loop every listener runs ([`serve`], whose
+//! admission decision is pure).
 
 pub mod auth;
 pub mod cli_docs;
@@ -16,3 +17,4 @@ pub mod listen;
 pub mod logging;
 pub mod metrics;
 pub mod pair_key;
+pub mod serve;

@@ -1,7 +1,8 @@
 //! SHELL: the metrics endpoint. A plain HTTP/1.0-style responder on one thread: `GET /metrics`
 //! answers with the caller's rendering, anything else with 404/405, one request per connection.
-//! Scrapes are rare and small, so connections are served one at a time with short timeouts: a
-//! stuck client delays a scrape by at most the timeout and never reaches the data path.
+//! Scrapes are rare and small, so connections are served one at a time under short deadlines
+//! (the whole request within 2 s, the whole answer within 2 s): a stuck or trickling client
+//! delays a scrape by at most that and never reaches the data path.
 //! Side effects: a listening TCP socket, a thread.
 
 use std::io::{Read, Write};
@@ -9,6 +10,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
 use super::CONTENT_TYPE;
+use crate::serve::Deadline;
 
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_REQUEST: usize = 8192;
@@ -72,13 +74,14 @@ pub fn route(head: &[u8]) -> Route {
     }
 }
 
-fn answer(mut c: TcpStream, render: &dyn Fn() -> Result<String, String>) -> std::io::Result<()> {
-    c.set_read_timeout(Some(IO_TIMEOUT))?;
-    c.set_write_timeout(Some(IO_TIMEOUT))?;
+fn answer(c: TcpStream, render: &dyn Fn() -> Result<String, String>) -> std::io::Result<()> {
+    // Deadlines for the whole request and the whole answer, not per read or write: a client
+    // trickling a byte at a time would otherwise hold the endpoint for a timeout per byte.
+    let mut request = Deadline::new(&c, IO_TIMEOUT);
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_REQUEST {
-        let n = c.read(&mut buf)?;
+        let n = request.read(&mut buf)?;
         if n == 0 {
             break;
         }
@@ -116,7 +119,7 @@ fn answer(mut c: TcpStream, render: &dyn Fn() -> Result<String, String>) -> std:
     if !head_only {
         out.extend_from_slice(body.as_bytes());
     }
-    c.write_all(&out)
+    Deadline::new(&c, IO_TIMEOUT).write_all(&out)
 }
 
 /// One scrape of `http://addr/metrics`: the body, or an error naming what went wrong. For
@@ -182,5 +185,27 @@ mod tests {
         let addr = serve("127.0.0.1:0".parse().unwrap(), || Err("busy".into())).unwrap();
         let e = scrape(addr, Duration::from_secs(2)).unwrap_err();
         assert!(e.to_string().contains("503"), "{e}");
+    }
+
+    #[test]
+    fn a_trickling_client_holds_the_endpoint_for_the_deadline_only() {
+        let addr = serve("127.0.0.1:0".parse().unwrap(), || Ok("x 1\n".into())).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let trickler = std::thread::spawn(move || {
+            let mut c = TcpStream::connect(addr).unwrap();
+            // A byte well within every per-read timeout, never a whole request.
+            while !s.load(std::sync::atomic::Ordering::Relaxed) && c.write_all(b"G").is_ok() {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        let t0 = std::time::Instant::now();
+        let got = scrape(addr, Duration::from_secs(5));
+        let took = t0.elapsed();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        trickler.join().unwrap();
+        assert_eq!(got.unwrap(), "x 1\n");
+        assert!(took < Duration::from_secs(3), "the scrape waited {took:?}");
     }
 }

@@ -1,6 +1,7 @@
 //! SHELL: slbd's control socket, a root-only Unix socket (mode 0600 in a 0700 directory)
-//! answering `proto` requests, one thread per client.
-//! Side effects: creates the socket file (and its directory), removes it on shutdown.
+//! answering `proto` requests, one thread per client, at most `CAP_LOCAL` at once (the
+//! common bounded accept loop, `slb_common::serve`).
+//! Side effects: creates the socket file (and its directory), removes it on shutdown; threads.
 
 use std::io::{BufReader, Write};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -12,6 +13,9 @@ use std::time::Duration;
 use slb_common::envelope::{self, EnvelopeError, Line};
 
 use super::proto::{self, Command, Reply};
+
+/// An idle client does not hold its thread (and its place under the cap) for ever.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What answers the requests; the daemon implements it over the running data plane.
 pub trait Handler: Send + Sync + 'static {
@@ -65,16 +69,9 @@ pub fn start(path: &Path, handler: Arc<dyn Handler>) -> Result<ControlSocket, Ct
     }
     let listener = UnixListener::bind(path).map_err(create)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(create)?;
-    std::thread::Builder::new()
-        .name("control".into())
-        .spawn(move || {
-            for conn in listener.incoming().flatten() {
-                let handler = handler.clone();
-                let _ = std::thread::Builder::new()
-                    .name("control-client".into())
-                    .spawn(move || serve(conn, &*handler));
-            }
-        })
+    let policy = slb_common::serve::Policy::new("control", slb_common::serve::CAP_LOCAL)
+        .read_timeout(IDLE_TIMEOUT);
+    slb_common::serve::start(listener, policy, move |conn, _| serve(conn, &*handler))
         .map_err(create)?;
     Ok(ControlSocket {
         path: path.to_path_buf(),
@@ -82,8 +79,6 @@ pub fn start(path: &Path, handler: Arc<dyn Handler>) -> Result<ControlSocket, Ct
 }
 
 fn serve(conn: UnixStream, handler: &dyn Handler) {
-    // An idle client does not hold a thread for ever.
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
     let Ok(mut out) = conn.try_clone() else {
         return;
     };

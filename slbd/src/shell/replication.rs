@@ -11,16 +11,18 @@
 //! planned release ([`Replication::deactivate`]) the ACTIVE sends its last changes before it
 //! lets go.
 //!
-//! Side effects: TCP listeners and connections on the links' addresses, threads.
+//! Side effects: TCP listeners (the common bounded accept loop) and connections on the links'
+//! addresses, threads.
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
+use slb_common::serve::{self, Check, Policy, Refusal};
 
 use crate::core::balancer::Dataplane;
 use crate::ctl::status::ReplicationStatus;
@@ -296,10 +298,7 @@ impl Replication {
             sender_busy: AtomicBool::new(false),
         });
         for (local, _) in r.settings.links.clone() {
-            let me = r.clone();
-            std::thread::Builder::new()
-                .name("repl-listen".into())
-                .spawn(move || me.listen(local))?;
+            r.listen(local)?;
         }
         let me = r.clone();
         std::thread::Builder::new()
@@ -354,38 +353,37 @@ impl Replication {
         }
     }
 
-    fn listen(self: Arc<Self>, local: Ipv4Addr) {
+    /// Serves the replication port on `local` through the common bounded accept loop: only
+    /// the dual's addresses get past the accept (others are counted as `unknown_peer`), only
+    /// while this node is ACTIVE (the dual will find it once roles settle), and at most
+    /// [`CAP_PAIR`](serve::CAP_PAIR) at once on this address (beyond: counted as `cap`).
+    fn listen(self: &Arc<Self>, local: Ipv4Addr) -> io::Result<()> {
         let addr = SocketAddrV4::new(local, self.settings.port);
-        let listener = loop {
-            match TcpListener::bind(addr) {
-                Ok(l) => break l,
-                Err(e) => {
-                    tracing::warn!(listen = %addr, error = %e, "replication cannot listen yet; retrying");
-                    std::thread::sleep(Duration::from_secs(1));
-                }
-            }
-        };
-        tracing::info!(listen = %addr, "replication listening");
-        for conn in listener.incoming() {
-            let Ok(stream) = conn else { continue };
-            let Ok(peer) = stream.peer_addr() else {
-                continue;
-            };
-            let known = self.settings.links.iter().any(|(_, p)| is_from(peer, *p));
-            if !known {
-                self.status.refuse("unknown_peer");
-                tracing::warn!(peer = %peer, "replication connection from an address that is not the dual's: closed");
-                continue;
-            }
-            if !self.is_active() {
-                // Only the ACTIVE serves; the dual will find it once roles settle.
-                continue;
-            }
-            let me = self.clone();
-            let _ = std::thread::Builder::new()
-                .name("repl-send".into())
-                .spawn(move || me.serve(stream, peer));
-        }
+        let dual: Vec<IpAddr> = self
+            .settings
+            .links
+            .iter()
+            .map(|(_, p)| (*p).into())
+            .collect();
+        let allowed = serve::only_from(dual);
+        let (me, counts) = (self.clone(), self.clone());
+        let policy = Policy::new("repl", serve::CAP_PAIR)
+            .conn_thread("repl-send")
+            .check(move |peer| match allowed(peer) {
+                Check::Pass if !me.is_active() => Check::Decline,
+                other => other,
+            })
+            .on_refuse(move |why| {
+                counts.status.refuse(match why {
+                    Refusal::Address => "unknown_peer",
+                    Refusal::Cap => "cap",
+                })
+            });
+        let me = self.clone();
+        serve::start_tcp(addr.into(), policy, move |stream, peer| {
+            me.serve(stream, peer)
+        })?;
+        Ok(())
     }
 
     fn serve(&self, mut stream: TcpStream, peer: SocketAddr) {
@@ -616,14 +614,6 @@ impl Replication {
                 Received::Keepalive => {}
             }
         }
-    }
-}
-
-/// Whether a connection comes from `ip`.
-fn is_from(a: SocketAddr, ip: Ipv4Addr) -> bool {
-    match a {
-        SocketAddr::V4(v4) => *v4.ip() == ip,
-        SocketAddr::V6(v6) => v6.ip().to_ipv4_mapped() == Some(ip),
     }
 }
 
