@@ -465,12 +465,17 @@ impl Lab {
 
     /// Starts slbd in the balancer namespace without waiting for it.
     pub fn spawn_slbd(&self, config: &Path) -> Slbd {
+        self.spawn_slbd_binary(&workspace_bin("slbd"), config)
+    }
+
+    /// [`Lab::spawn_slbd`] with another slbd binary (the benchmark's baseline build).
+    pub fn spawn_slbd_binary(&self, binary: &Path, config: &Path) -> Slbd {
         let n = LABS.fetch_add(1, Ordering::SeqCst);
         let log = self.dir.join(format!("slbd-{n}.log"));
         let socket = self.dir.join(format!("slbd-{n}.sock"));
         let child = Command::new("ip")
             .args(["netns", "exec", &self.balancer()])
-            .arg(workspace_bin("slbd"))
+            .arg(binary)
             .arg("--config")
             .arg(config)
             .arg("--socket")
@@ -500,11 +505,16 @@ impl Lab {
 
     /// Starts slbd with `config` and waits until it says it is balancing.
     pub fn start_slbd(&self, config: &Value) -> Slbd {
+        self.start_slbd_binary(&workspace_bin("slbd"), config)
+    }
+
+    /// [`Lab::start_slbd`] with another slbd binary (the benchmark's baseline build).
+    pub fn start_slbd_binary(&self, binary: &Path, config: &Value) -> Slbd {
         let path = self.write_config(
             "slb_conf.json",
             &serde_json::to_string_pretty(config).unwrap(),
         );
-        let mut slbd = self.spawn_slbd(&path);
+        let mut slbd = self.spawn_slbd_binary(binary, &path);
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if slbd.log_text().contains("balancing") {

@@ -29,14 +29,20 @@ const SERVERS: usize = 4;
 /// `writeback` variant measured a third of its new-connection rate (state HAProxy leaves in
 /// the balancer namespace for a while; a conntrack flush does not clear it), and by the next
 /// round's turn it has decayed.
-const VARIANTS: [&str; 6] = [
+const VARIANTS: [&str; 8] = [
     "route",
     "nft-dnat",
     "writeback",
     "slbd",
     "slbd-offload",
+    "baseline",
+    "baseline-offload",
     "haproxy",
 ];
+
+/// Variants measured only with `--baseline SLBD`: another slbd build (say, the last release's)
+/// beside this one in the same run, so a change's cost is told apart from the machine's noise.
+const BASELINE: [&str; 2] = ["baseline", "baseline-offload"];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 enum Metric {
@@ -115,6 +121,8 @@ impl Metric {
 
 struct Options {
     variants: Vec<&'static str>,
+    /// The slbd binary the `baseline` variants run.
+    baseline: Option<PathBuf>,
     rounds: usize,
     seconds: u64,
     out: PathBuf,
@@ -122,7 +130,11 @@ struct Options {
 
 fn options() -> Result<Options> {
     let mut o = Options {
-        variants: VARIANTS.to_vec(),
+        variants: VARIANTS
+            .into_iter()
+            .filter(|v| !BASELINE.contains(v))
+            .collect(),
+        baseline: None,
         rounds: 3,
         seconds: 5,
         out: PathBuf::from("bench/results/latest"),
@@ -135,14 +147,26 @@ fn options() -> Result<Options> {
             "--rounds" => o.rounds = v.parse().context("--rounds")?,
             "--seconds" => o.seconds = v.parse().context("--seconds")?,
             "--out" => o.out = PathBuf::from(v),
+            "--baseline" => o.baseline = Some(PathBuf::from(v)),
             "--variants" => {
                 o.variants = v
                     .split(',')
                     .map(|name| VARIANTS.iter().copied().find(|k| *k == name).with_context(|| format!("unknown variant {name}; known: {}", VARIANTS.join(","))))
                     .collect::<Result<_>>()?;
             }
-            _ => bail!("unknown flag {a}; usage: slb-bench [--rounds N] [--seconds S] [--variants A,B] [--out DIR]"),
+            _ => bail!("unknown flag {a}; usage: slb-bench [--rounds N] [--seconds S] [--variants A,B] [--baseline SLBD] [--out DIR]"),
         }
+    }
+    if o.baseline.is_some() && !o.variants.iter().any(|v| BASELINE.contains(v)) {
+        let at = o
+            .variants
+            .iter()
+            .position(|v| *v == "haproxy")
+            .unwrap_or(o.variants.len());
+        o.variants.splice(at..at, BASELINE);
+    }
+    if o.baseline.is_none() && o.variants.iter().any(|v| BASELINE.contains(v)) {
+        bail!("the baseline variants need --baseline SLBD");
     }
     Ok(o)
 }
@@ -171,7 +195,7 @@ fn main() -> Result<()> {
     for round in 1..=o.rounds {
         for &variant in &o.variants {
             let t = Instant::now();
-            let got = run_variant(&lab, variant, o.seconds)
+            let got = run_variant(&lab, variant, o.seconds, o.baseline.as_deref())
                 .with_context(|| format!("variant {variant}, round {round}"))?;
             for (m, v) in got {
                 writeln!(csv, "{round},{variant},{},{v:.3}", m.key())?;
@@ -293,7 +317,12 @@ fn manual_addresses(lab: &Lab, up: bool) -> Result<()> {
     )
 }
 
-fn run_variant(lab: &Lab, variant: &str, secs: u64) -> Result<Vec<(Metric, f64)>> {
+fn run_variant(
+    lab: &Lab,
+    variant: &str,
+    secs: u64,
+    baseline: Option<&Path>,
+) -> Result<Vec<(Metric, f64)>> {
     let b = lab.balancer();
     let mut target = VIP;
     let mut balancer_pid = None;
@@ -365,11 +394,11 @@ fn run_variant(lab: &Lab, variant: &str, secs: u64) -> Result<Vec<(Metric, f64)>
             _proc = Some(p);
             std::thread::sleep(Duration::from_millis(500));
         }
-        "slbd" | "slbd-offload" => {
-            let mode = if variant == "slbd" {
-                "packet"
-            } else {
+        "slbd" | "slbd-offload" | "baseline" | "baseline-offload" => {
+            let mode = if variant.ends_with("offload") {
                 "offload"
+            } else {
+                "packet"
             };
             let servers = |port: u16| {
                 (0..SERVERS)
@@ -387,7 +416,10 @@ fn run_variant(lab: &Lab, variant: &str, secs: u64) -> Result<Vec<(Metric, f64)>
                     {"protocol": "udp", "port": 53, "mode": mode, "servers": servers(53)}
                 ]
             });
-            let s = lab.start_slbd(&config);
+            let s = match (BASELINE.contains(&variant), baseline) {
+                (true, Some(bin)) => lab.start_slbd_binary(bin, &config),
+                _ => lab.start_slbd(&config),
+            };
             balancer_pid = Some(s.pid());
             slbd = Some(s);
         }
@@ -569,12 +601,16 @@ fn fmt_num(v: f64) -> String {
 
 fn table(samples: &BTreeMap<(&str, Metric), Vec<f64>>, rounds: usize) -> String {
     let mut t = String::new();
-    let _ = writeln!(t, "| workload | {} |", VARIANTS.join(" | "));
-    let _ = writeln!(t, "|---|{}", "---|".repeat(VARIANTS.len()));
+    let shown: Vec<&str> = VARIANTS
+        .into_iter()
+        .filter(|v| samples.keys().any(|(s, _)| s == v))
+        .collect();
+    let _ = writeln!(t, "| workload | {} |", shown.join(" | "));
+    let _ = writeln!(t, "|---|{}", "---|".repeat(shown.len()));
     for m in Metric::ALL {
         let anchor = samples.get(&("nft-dnat", m)).map(|v| stats(v).0);
         let mut row = format!("| {} |", m.name());
-        for variant in VARIANTS {
+        for &variant in &shown {
             match samples.get(&(variant, m)) {
                 Some(v) if v.len() == rounds => {
                     let (med, lo, hi) = stats(v);
@@ -609,7 +645,7 @@ fn chart(samples: &BTreeMap<(&str, Metric), Vec<f64>>, path: &Path) -> Result<()
     let variants: Vec<&str> = VARIANTS
         .iter()
         .copied()
-        .filter(|v| *v != "nft-dnat")
+        .filter(|v| *v != "nft-dnat" && samples.keys().any(|(s, _)| s == v))
         .collect();
     let root = BitMapBackend::new(path, (1100, 560)).into_drawing_area();
     root.fill(&WHITE)?;
