@@ -362,4 +362,62 @@ mod tests {
             assert_eq!(u32_at(r, 8), Some(100 + i as u32));
         }
     }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_packet_message_the_kernel_builds_reads_back_exactly(
+            id in any::<u32>(),
+            hook in 0u8..5,
+            payload in proptest::collection::vec(any::<u8>(), 0..2000),
+            cap_len in proptest::option::of(any::<u32>()),
+            info in any::<u32>(),
+        ) {
+            let dgram = kernel_packet(id, hook, &payload, cap_len, info);
+            let msgs: Vec<_> = messages(&dgram).collect();
+            prop_assert_eq!(msgs.len(), 1);
+            let p = packet(&dgram, &msgs[0]).expect("a packet message");
+            prop_assert_eq!((p.id, p.hook, p.cap_len), (id, hook, cap_len));
+            prop_assert_eq!(p.checksum_ready, info & SKB_CSUMNOTREADY == 0);
+            prop_assert_eq!(p.gso, info & SKB_GSO != 0);
+            prop_assert_eq!(&dgram[p.payload.0..p.payload.1], &payload[..]);
+        }
+
+        #[test]
+        fn random_bytes_never_panic_and_never_point_outside(
+            bytes in proptest::collection::vec(any::<u8>(), 0..400),
+        ) {
+            for m in messages(&bytes) {
+                if let Some(p) = packet(&bytes, &m) {
+                    prop_assert!(p.payload.0 <= p.payload.1 && p.payload.1 <= bytes.len());
+                }
+            }
+        }
+
+        #[test]
+        fn a_verdict_says_its_own_length_or_is_refused(
+            id in any::<u32>(),
+            mark in proptest::option::of(any::<u32>()),
+            payload_len in proptest::option::of(0usize..70_000),
+        ) {
+            let mut hdr = [0u8; VERDICT_HEADER_LEN];
+            match verdict_header(&mut hdr, 7, id, true, mark, payload_len) {
+                Ok(used) => {
+                    let n = payload_len.unwrap_or(0);
+                    prop_assert!(n <= MAX_COPY_RANGE);
+                    prop_assert_eq!(u32_at(&hdr, 0), Some((used + n) as u32));
+                    prop_assert_eq!(be32_at(&hdr, 28), Some(id));
+                    if payload_len.is_some() {
+                        prop_assert_eq!(
+                            u16_at(&hdr, used - 4).map(usize::from),
+                            Some(NLA_HDRLEN + n),
+                            "the payload attribute's length"
+                        );
+                    }
+                }
+                Err(TooLong) => prop_assert!(payload_len.is_some_and(|n| n > MAX_COPY_RANGE)),
+            }
+        }
+    }
 }
