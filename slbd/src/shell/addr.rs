@@ -108,18 +108,7 @@ impl Rtnl {
     }
 
     fn recv(&mut self) -> io::Result<usize> {
-        loop {
-            match nl::recv(self.fd.as_raw_fd(), &mut self.buf, 0) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "rtnetlink did not answer",
-                    ))
-                }
-                r => return r,
-            }
-        }
+        nl::recv_answer(self.fd.as_raw_fd(), &mut self.buf, "rtnetlink")
     }
 
     /// A request answered by an ACK: Ok, or the kernel's errno.

@@ -333,18 +333,7 @@ impl Control {
     }
 
     fn recv(&mut self) -> io::Result<usize> {
-        loop {
-            match nl::recv(self.fd.as_raw_fd(), &mut self.buf, 0) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "ctnetlink did not answer",
-                    ))
-                }
-                r => return r,
-            }
-        }
+        nl::recv_answer(self.fd.as_raw_fd(), &mut self.buf, "ctnetlink")
     }
 
     /// Sends `reqs` (sequence numbers `first`, `first + 1` ...; each asks for an ACK) in one

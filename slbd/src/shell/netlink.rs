@@ -101,3 +101,21 @@ pub fn recv(fd: RawFd, buf: &mut [u8], flags: libc::c_int) -> io::Result<usize> 
     }
     Ok(n)
 }
+
+/// The kernel's answer to a request on a socket with a receive timeout (SO_RCVTIMEO): one
+/// datagram, retried through signals; the timeout is `TimedOut`, naming `family` (the kernel
+/// answers while handling the send, so a missing answer is a bug, not slowness).
+pub fn recv_answer(fd: RawFd, buf: &mut [u8], family: &str) -> io::Result<usize> {
+    loop {
+        match recv(fd, buf, 0) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("{family} did not answer"),
+                ))
+            }
+            r => return r,
+        }
+    }
+}

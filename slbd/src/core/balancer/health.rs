@@ -86,10 +86,6 @@ mod tests {
     use crate::core::packet::fixtures::{tcp, udp};
     use crate::core::packet::tcp_flags::{ACK, SYN};
 
-    fn sa(s: &str) -> SocketAddrV4 {
-        s.parse().unwrap()
-    }
-
     fn dp() -> Dataplane {
         let c = Config::from_json(
             r#"{"address": "10.0.0.100", "address_dev": "eth0", "gateway": "172.16.0.1",

@@ -398,6 +398,32 @@ pub(crate) mod testing {
         }
     }
 
+    pub fn sa(s: &str) -> SocketAddrV4 {
+        s.parse().unwrap()
+    }
+
+    pub fn dst_of(buf: &[u8]) -> SocketAddrV4 {
+        packet::parse(buf).unwrap().dst
+    }
+
+    /// A TCP service on port 80 over three servers (round robin) and a UDP one on 53 (RATIO
+    /// 3:1:1), with `extra` top-level fields (each ending in a comma).
+    pub fn config(extra: &str) -> Config {
+        Config::from_json(&format!(
+            r#"{{
+            "address": "10.0.0.100", "address_dev": "eth0",
+            "gateway": "172.16.0.1", "gateway_dev": "eth1",
+            "cluster_network": "172.16.0.0/24",
+            {extra}
+            "services": [
+              {{"protocol": "tcp", "port": 80, "servers": ["172.16.0.2:80", "172.16.0.3:80", "172.16.0.4:8080"]}},
+              {{"protocol": "udp", "port": 53, "algorithm": "RATIO",
+                "servers": [{{"address": "172.16.0.2:53", "weight": 3}}, "172.16.0.3:53", "172.16.0.4:53"]}}
+            ]}}"#
+        ))
+        .unwrap()
+    }
+
     pub fn live_total(dp: &Dataplane) -> u64 {
         dp.services()[0]
             .1

@@ -246,10 +246,6 @@ mod tests {
         .unwrap()
     }
 
-    fn sa(s: &str) -> SocketAddrV4 {
-        s.parse().unwrap()
-    }
-
     fn syn(dp: &Dataplane, client: &str) -> Verdict {
         let mut p = tcp(sa(client), sa("10.0.0.100:80"), SYN, b"", &[]);
         let before = p.clone();

@@ -97,30 +97,6 @@ mod tests {
     use crate::core::packet::fixtures::{checksums_ok, make_partial, tcp, udp};
     use crate::core::packet::tcp_flags::{ACK, FIN, SYN};
 
-    fn config(extra: &str) -> Config {
-        Config::from_json(&format!(
-            r#"{{
-            "address": "10.0.0.100", "address_dev": "eth0",
-            "gateway": "172.16.0.1", "gateway_dev": "eth1",
-            "cluster_network": "172.16.0.0/24",
-            {extra}
-            "services": [
-              {{"protocol": "tcp", "port": 80, "servers": ["172.16.0.2:80", "172.16.0.3:80", "172.16.0.4:8080"]}},
-              {{"protocol": "udp", "port": 53, "algorithm": "RATIO",
-                "servers": [{{"address": "172.16.0.2:53", "weight": 3}}, "172.16.0.3:53", "172.16.0.4:53"]}}
-            ]}}"#
-        ))
-        .unwrap()
-    }
-
-    fn sa(s: &str) -> SocketAddrV4 {
-        s.parse().unwrap()
-    }
-
-    fn dst_of(buf: &[u8]) -> SocketAddrV4 {
-        packet::parse(buf).unwrap().dst
-    }
-
     #[test]
     fn new_tcp_flows_are_spread_round_robin_and_rewritten() {
         let dp = Dataplane::for_test(&config(""));

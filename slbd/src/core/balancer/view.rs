@@ -158,10 +158,6 @@ mod tests {
         .unwrap()
     }
 
-    fn sa(s: &str) -> SocketAddrV4 {
-        s.parse().unwrap()
-    }
-
     fn send(dp: &Dataplane, port: u16, flags: u8) -> (Verdict, SocketAddrV4) {
         let mut p = tcp(
             SocketAddrV4::new("10.0.0.5".parse().unwrap(), port),
