@@ -15,7 +15,7 @@
 # no package archive (the box has everything).
 #
 # Environment: SLB_VAGRANT_DRIVER (qemu: software emulation, the default here; kvm where
-# hardware virtualisation works), SLB_VAGRANT_SERVERS (2), SLB_VAGRANT_LB_MEMORY (768),
+# hardware virtualisation works), SLB_VAGRANT_SERVERS (3), SLB_VAGRANT_LB_MEMORY (768),
 # SLB_VAGRANT_MEMORY (384), SLB_VAGRANT_LB_CPUS / SLB_VAGRANT_CPUS (1), SLB_VAGRANT_HEARTBEAT_MS
 # and SLB_VAGRANT_DEAD_INTERVALS (amgr's timers for the bed), SLB_VAGRANT_SWITCHES (4) and
 # SLB_VAGRANT_STOPS (3): how many of each event; SLB_VAGRANT_REPORT: a file for the summary;
@@ -28,7 +28,7 @@ ns=${SLB_VAGRANT_NS:-slbvm}
 switches=${SLB_VAGRANT_SWITCHES:-4}
 stops=${SLB_VAGRANT_STOPS:-3}
 export SLB_VAGRANT_DRIVER=${SLB_VAGRANT_DRIVER:-qemu}
-export SLB_VAGRANT_SERVERS=${SLB_VAGRANT_SERVERS:-2}
+export SLB_VAGRANT_SERVERS=${SLB_VAGRANT_SERVERS:-3}
 export SLB_VAGRANT_MGMT_MODE=none
 # amgr's defaults (100 ms x 3) false-trigger under emulation: measured, several "dual lost" a
 # minute with the two balancers' vCPUs starved by the other VMs and the host's own load.
@@ -78,6 +78,9 @@ cleanup() {
     local rc=$? t=$SECONDS
     trap - EXIT INT TERM
     set +e
+    if [ "$rc" != 0 ] && [ -s "$bed/known_hosts" ] && kill -0 "$libvirtd_pid" 2>/dev/null; then
+        journals
+    fi
     say "cleanup"
     if [ -n "$requests_pid" ]; then kill "$requests_pid" 2>/dev/null; wait "$requests_pid" 2>/dev/null; fi
     if [ -n "$holder" ] && [ -n "$libvirtd_pid" ] && kill -0 "$libvirtd_pid" 2>/dev/null; then
@@ -208,6 +211,14 @@ wait_state() { # NODE STATE SECONDS
     done
     return 1
 }
+journals() { # the pair's view of the events: lb2's journal spans the run, lb1's its last boot
+    say "amgr's journal on the balancers: heartbeats lost and heard, state changes"
+    for n in lb2 lb1; do
+        echo "--- $n"
+        g "$n" sudo journalctl -u amgr -o short-precise --no-pager |
+            grep -E 'dual lost|dual heard|state changed|Started|exited|rror' | cut -c8- | tail -n 60 || true
+    done
+}
 show() { # NODE... : amgr query and slbctl --status on each
     for n in "$@"; do
         echo "--- $n: amgr query"
@@ -226,25 +237,32 @@ nsenter -t "$holder" -m -n -- ssh -n -F "$bed/ssh_config" client \
 requests_pid=$!
 # The longest time between two successive answers around an event (from the last answer
 # before T0 to each answer up to T1), and the FAILED requests in between: "GAP_MS FAILED".
-gap() { # T0 T1
+gap() { # T0 T1 -> GAP_MS FAILED START END (the gap's two answers' stamps)
     awk -v t0="$1" -v t1="$2" '
         $3 ~ /^s[0-9]+$/ {
             if ($1 <= t0) { last = $1; next }
             if ($1 > t1) next
-            if (last != "") { d = $1 - last; if (d > max) max = d }
+            if (last != "") { d = $1 - last; if (d > max) { max = d; from = last; to = $1 } }
             last = $1; after++
         }
         $3 == "FAILED" && $1 > t0 && $1 <= t1 { failed++ }
-        END { if (!after) print "none", failed + 0; else printf "%d %d\n", max * 1000, failed }
+        END { if (!after) print "none", failed + 0, 0, 0; else printf "%d %d %s %s\n", max * 1000, failed, from, to }
+    ' "$bed/requests.log"
+}
+around() { # START END: the client's lines from two before the gap to two after
+    awk -v a="$1" -v b="$2" '{ l[NR] = $0; if ($1 == a) i = NR; if ($1 == b) j = NR }
+        END { for (k = i - 2; k <= j + 2; k++) if (k in l) { sub(/^[^ ]* /, "", l[k]); print "    " l[k] } }
     ' "$bed/requests.log"
 }
 gaps=()
 record() { # WHAT T0 T1
-    local r
-    r=$(gap "$2" "$3")
-    [ "${r% *}" != none ] || fail "$1: no answer from the VIP afterwards"
-    gaps+=("$(printf '%-28s gap %5s ms  (%s FAILED)' "$1" "${r% *}" "${r#* }")")
-    echo ">>> $1: service gap ${r% *} ms, ${r#* } requests FAILED"
+    local ms failed from to
+    read -r ms failed from to < <(gap "$2" "$3")
+    [ "$ms" != none ] || fail "$1: no answer from the VIP afterwards"
+    gaps+=("$(printf '%-28s gap %5s ms  (%s FAILED)' "$1" "$ms" "$failed")")
+    echo "client, around the longest wait:"
+    around "$from" "$to"
+    echo ">>> $1: service gap $ms ms, $failed requests FAILED"
 }
 
 t=$SECONDS
@@ -288,7 +306,6 @@ for i in $(seq "$stops"); do
     wait_state lb2 ACTIVE 60 || fail "lb2 did not take over"
     sleep 3
     record "hard stop of lb1 ($i)" "$t0" "$EPOCHREALTIME"
-    tail -n 8 "$bed/requests.log" | cut -d' ' -f2-
     show lb2
     say "3.$i. virsh start $lb1_dom: lb1 comes back STANDBY (no preemption)"
     t1=$SECONDS
@@ -306,13 +323,7 @@ kill "$requests_pid" 2>/dev/null || true
 wait "$requests_pid" 2>/dev/null || true
 requests_pid=''
 
-say "amgr's journal: the pair's view of the events (lb2: the whole run, lb1: its last boot)"
-for n in lb2 lb1; do
-    echo "--- $n"
-    g "$n" sudo journalctl -u amgr -o short-precise --no-pager |
-        grep -E 'dual lost|dual heard|state changed|Started|exited|rror' | cut -c8- | tail -n 60 || true
-done
-
+journals
 # Spurious failovers: every "dual lost" that no hard stop explains (lb2's journal spans the
 # run; lb1's current boot, since a destroyed VM loses what its journal had not flushed).
 lost_lb2=$(g lb2 sudo journalctl -u amgr -o cat | grep -c 'dual lost: every heartbeat' || true)
