@@ -30,8 +30,10 @@ stops=${SLB_VAGRANT_STOPS:-3}
 export SLB_VAGRANT_DRIVER=${SLB_VAGRANT_DRIVER:-qemu}
 export SLB_VAGRANT_SERVERS=${SLB_VAGRANT_SERVERS:-3}
 export SLB_VAGRANT_MGMT_MODE=none
-# amgr's defaults (100 ms x 3) false-trigger under emulation: measured, several "dual lost" a
-# minute with the two balancers' vCPUs starved by the other VMs and the host's own load.
+# amgr's defaults (100 ms x 3) false-trigger under emulation: an idle pair lost each other 4
+# times in 3 minutes, and in both runs with them the first switch bounced back (the old ACTIVE
+# lost the dual within 400 ms, both vCPUs busy with the switch). 250 ms x 8 = 2 s: none in
+# quiet runs; still some while another benchmark loaded the host (VMs starved over 2 s).
 export SLB_VAGRANT_HEARTBEAT_MS=${SLB_VAGRANT_HEARTBEAT_MS:-250}
 export SLB_VAGRANT_DEAD_INTERVALS=${SLB_VAGRANT_DEAD_INTERVALS:-8}
 export VAGRANT_CHECKPOINT_DISABLE=1 VAGRANT_BOX_UPDATE_CHECK_DISABLE=1 VAGRANT_NO_COLOR=1
@@ -264,6 +266,14 @@ record() { # WHAT T0 T1
     around "$from" "$to"
     echo ">>> $1: service gap $ms ms, $failed requests FAILED"
 }
+
+# The balancers are provisioned in parallel: when lb2's amgr starts first it finds no ACTIVE
+# and takes over, and lb1 joins as STANDBY. The walk-through starts from lb1 ACTIVE.
+if [ "$(state_of lb1)" != ACTIVE ]; then
+    echo "lb2 came up ACTIVE before lb1 (provisioned first): amgr switch to start from lb1"
+    g lb2 sudo amgr switch >/dev/null
+    wait_state lb1 ACTIVE 60 || fail "lb1 did not become ACTIVE"
+fi
 
 t=$SECONDS
 say "1. requests spread across the servers (client: slb-demo-requests, every 100 ms)"
