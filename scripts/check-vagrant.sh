@@ -1,8 +1,8 @@
 #!/bin/bash
-# What CI can check of the Vagrant test bed without starting a VM: the Vagrantfile is valid
-# (provider blocks skipped: neither libvirt nor VirtualBox runs here) and every provisioning and
-# packaging shell script passes shellcheck. The balancers' configuration itself comes from
-# scripts/slb-node-config, which the namespace lab runs in every test run.
+# The Vagrant test bed's static checks, part of scripts/test.sh: the Vagrantfile is valid
+# (provider blocks skipped) and shellcheck passes every provisioning and packaging shell
+# script. The bed itself runs in scripts/vagrant-demo.sh (CI runs it after the suite); the
+# balancers' configuration comes from scripts/slb-node-config, which the namespace lab runs too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 shellcheck -x vagrant/provision/*.sh scripts/*.sh scripts/slb-node-config

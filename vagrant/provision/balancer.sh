@@ -1,33 +1,40 @@
 #!/bin/bash
 # Provisions balancer NODE (1 = lb1, PRIMARY; 2 = lb2, BACKUP): installs slb from the .deb
-# (the host's target/debian/slb_*.deb, or one built here), turns on forwarding, installs the
-# pair's secrets, writes slb_conf.json and amgr.json with slb-node-config (the script the
-# namespace lab uses), and enables amgr, which runs slbd and takes the VIP on the ACTIVE node.
+# the host built (scripts/package.sh -> target/debian/slb_*.deb, synced to /slb), turns on
+# forwarding, installs the pair's secrets, writes slb_conf.json and amgr.json with
+# slb-node-config (the script the namespace lab uses), and enables amgr, which runs slbd and
+# takes the VIP on the ACTIVE node. A box that already has the package's dependencies
+# (scripts/build-box.sh's) needs no package archive: apt is only asked for what is missing.
 set -euo pipefail
+# Environment (from the Vagrantfile): SLB_SERVERS, the real servers (ADDR:PORT,...);
+# SLB_HEARTBEAT_MS and SLB_DEAD_INTERVALS, amgr's heartbeat timers.
 node=${1:?usage: balancer.sh 1|2}
+servers=${SLB_SERVERS:-172.16.0.2:80,172.16.0.3:80,172.16.0.4:80}
+heartbeat_ms=${SLB_HEARTBEAT_MS:-100}
+dead_intervals=${SLB_DEAD_INTERVALS:-3}
 peer=$((3 - node))
 src=/slb
 secrets=$src/vagrant/.secrets
 export DEBIAN_FRONTEND=noninteractive
 
-apt-get update -qq
-apt-get install -y -qq openssh-server nftables curl >/dev/null
-
 deb=$(find "$src/target/debian" -maxdepth 1 -name 'slb_*.deb' 2>/dev/null | sort -V | tail -n1 || true)
 if [ -z "$deb" ]; then
-    echo "no target/debian/slb_*.deb from the host: building slb here (several minutes)"
-    apt-get install -y -qq build-essential pkg-config libnftnl-dev libmnl-dev libssl-dev >/dev/null
-    if ! command -v cargo >/dev/null && [ ! -x "$HOME/.cargo/bin/cargo" ]; then
-        curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
-    fi
-    export PATH="$HOME/.cargo/bin:$PATH"
-    command -v cargo-deb >/dev/null || cargo install --locked cargo-deb
-    build=/root/slb-build
-    rm -rf "$build" && cp -a "$src" "$build"
-    deb=$("$build/scripts/package.sh" | tail -n1)
-    case $deb in /*) ;; *) deb=$build/$deb ;; esac
+    echo "no slb_*.deb in $src/target/debian: build it on the host (scripts/package.sh)" >&2
+    exit 1
 fi
-apt-get install -y -qq "$deb" >/dev/null
+missing=()
+for pkg in openssh-server nftables curl; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    apt-get update -qq
+    apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+# Offline when the box has the package's dependencies; otherwise from the archive.
+if ! apt-get install -y -qq --no-download "$deb" >/dev/null 2>&1; then
+    apt-get update -qq
+    apt-get install -y -qq "$deb" >/dev/null
+fi
 echo "installed $(slbd --version) from $deb"
 
 # slbd forwards between the client and server networks.
@@ -64,8 +71,9 @@ chmod 600 /etc/slb/known_hosts
 slb-node-config --node "$node" \
     --vip 10.0.0.100 --vip-dev "$client_dev" \
     --gateway 172.16.0.1 --gateway-dev "$server_dev" --cluster-network 172.16.0.0/24 \
-    --service tcp:80=172.16.0.2:80,172.16.0.3:80,172.16.0.4:80 \
+    --service "tcp:80=$servers" \
     --link "$server_ip=$peer_server_ip" --link "$hb_ip=$peer_hb_ip" --peer-ssh "$peer_hb_ip" \
+    --heartbeat-interval "$heartbeat_ms" --dead-intervals "$dead_intervals" \
     --metrics 0.0.0.0:9405 --amgr-metrics 0.0.0.0:9406
 
 systemctl enable --now amgr

@@ -1,18 +1,26 @@
 #!/bin/bash
-# Provisions the client: curl, and `slb-demo-requests`, which asks the VIP every 200 ms and
-# prints which real server answered (or FAILED), with the time.
+# Provisions the client: curl (from the archive only when the box does not have it), and
+# `slb-demo-requests`, which asks the VIP every 200 ms (or INTERVAL seconds) and prints
+# which real server answered (or FAILED), with the time.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq curl >/dev/null
-cat >/usr/local/bin/slb-demo-requests <<'SCRIPT'
+if ! dpkg-query -W -f='${Status}' curl 2>/dev/null | grep -q "install ok installed"; then
+    apt-get update -qq
+    apt-get install -y -qq curl >/dev/null
+fi
+cat >/usr/local/bin/slb-demo-requests <<'REQUESTS'
 #!/bin/sh
-# Usage: slb-demo-requests [URL]   (default http://10.0.0.100/; Ctrl-C to stop)
+# Usage: slb-demo-requests [URL [INTERVAL [COUNT]]]   (default http://10.0.0.100/, 0.2 s,
+# until Ctrl-C). One line per request: the time, then the server's answer or FAILED.
 url=${1:-http://10.0.0.100/}
-while :; do
+interval=${2:-0.2}
+count=${3:-0}
+n=0
+while [ "$count" -eq 0 ] || [ "$n" -lt "$count" ]; do
     answer=$(curl -s -m 1 "$url" || echo FAILED)
     echo "$(date +%T.%N | cut -c1-12) $answer"
-    sleep 0.2
+    n=$((n + 1))
+    sleep "$interval"
 done
-SCRIPT
+REQUESTS
 chmod 755 /usr/local/bin/slb-demo-requests

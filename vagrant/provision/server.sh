@@ -1,12 +1,15 @@
 #!/bin/bash
 # Provisions a real server NAME: nginx answering "NAME" on port 80, and the client network
 # routed through the balancers' gateway (NAT mode: replies must go back through the ACTIVE
-# balancer; the management interface keeps the default route).
+# balancer; the management interface keeps its own route). nginx comes from the archive
+# only when the box does not have it (scripts/build-box.sh's does).
 set -euo pipefail
 name=${1:?usage: server.sh NAME}
 export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq nginx-light >/dev/null
+if ! dpkg-query -W -f='${Status}' nginx-light 2>/dev/null | grep -q "install ok installed"; then
+    apt-get update -qq
+    apt-get install -y -qq nginx-light >/dev/null
+fi
 echo "$name" >/var/www/html/index.html
 systemctl enable --now nginx
 
