@@ -82,8 +82,10 @@ pub enum Event {
     Switch {
         dual: Option<Dual>,
     },
+    /// SHUTDOWN, or the stop half of RESTART (`restart`), which names its own forced form.
     Shutdown {
         forced: bool,
+        restart: bool,
         dual: Option<Dual>,
     },
     Enable,
@@ -182,7 +184,14 @@ pub fn step(state: State, node: &Node, event: Event) -> (State, Vec<Action>) {
         },
         (Offline, Event::AppFailed) => (Offline, vec![]),
         (s, Event::AppFailed) => (Failed, deactivate(s)),
-        (s, Event::Shutdown { forced, dual }) => {
+        (
+            s,
+            Event::Shutdown {
+                forced,
+                restart,
+                dual,
+            },
+        ) => {
             if may_stop(s, forced, dual) {
                 let mut actions = deactivate(s);
                 if s != Offline {
@@ -190,12 +199,12 @@ pub fn step(state: State, node: &Node, event: Event) -> (State, Vec<Action>) {
                 }
                 (Offline, actions)
             } else {
-                (
-                    s,
-                    vec![Refuse(
-                        "ACTIVE with no STANDBY dual: use SHUTDOWN-F to force",
-                    )],
-                )
+                let hint = if restart {
+                    "ACTIVE with no STANDBY dual: use RESTART-F to force"
+                } else {
+                    "ACTIVE with no STANDBY dual: use SHUTDOWN-F to force"
+                };
+                (s, vec![Refuse(hint)])
             }
         }
         // Implicit: SWITCH on the ACTIVE side hands over to a STANDBY dual.
@@ -358,6 +367,7 @@ mod tests {
                 BACKUP,
                 Event::Shutdown {
                     forced: false,
+                    restart: false,
                     dual: dual(Active),
                 },
                 Offline,
@@ -368,6 +378,7 @@ mod tests {
                 PRIMARY,
                 Event::Shutdown {
                     forced: false,
+                    restart: false,
                     dual: dual(Standby),
                 },
                 Offline,
@@ -378,6 +389,7 @@ mod tests {
                 PRIMARY,
                 Event::Shutdown {
                     forced: true,
+                    restart: false,
                     dual: None,
                 },
                 Offline,
@@ -388,6 +400,7 @@ mod tests {
                 PRIMARY,
                 Event::Shutdown {
                     forced: false,
+                    restart: false,
                     dual: None,
                 },
                 Offline,
@@ -482,6 +495,7 @@ mod tests {
                 PRIMARY,
                 Event::Shutdown {
                     forced: false,
+                    restart: false,
                     dual: None,
                 },
                 Active,
@@ -494,11 +508,26 @@ mod tests {
                 PRIMARY,
                 Event::Shutdown {
                     forced: false,
+                    restart: false,
                     dual: dual(Failed),
                 },
                 Active,
                 vec![Refuse(
                     "ACTIVE with no STANDBY dual: use SHUTDOWN-F to force",
+                )],
+            ),
+            // RESTART's refusal names RESTART-F, the command that forces it.
+            (
+                Active,
+                PRIMARY,
+                Event::Shutdown {
+                    forced: false,
+                    restart: true,
+                    dual: None,
+                },
+                Active,
+                vec![Refuse(
+                    "ACTIVE with no STANDBY dual: use RESTART-F to force",
                 )],
             ),
             // DISABLE / DISABLE-F / ENABLE and INHIBIT / UNINHIBIT.
@@ -815,6 +844,7 @@ mod tests {
             Event::Switch { dual: d },
             Event::Shutdown {
                 forced: false,
+                restart: false,
                 dual: d,
             },
             Event::Enable,

@@ -202,11 +202,20 @@ fn test_untest_inhibit_and_the_guards_are_obeyed() {
     assert!(err.contains("TEST applies to a STANDBY"), "{err}");
     assert_eq!(p.amgr(1, &["test"]).0, 0);
     p.wait_states(["ACTIVE", "MAINTENANCE"], UP).unwrap();
-    // No STANDBY now: SHUTDOWN and DISABLE of the ACTIVE are refused, SWITCH too.
-    for cmd in ["shutdown", "disable", "switch"] {
+    // No STANDBY now: SHUTDOWN, RESTART and DISABLE of the ACTIVE are refused, SWITCH too;
+    // each refusal that can be forced names its own forced form.
+    for (cmd, hint) in [
+        ("shutdown", Some("SHUTDOWN-F")),
+        ("restart", Some("RESTART-F")),
+        ("disable", Some("DISABLE-F")),
+        ("switch", None),
+    ] {
         let (code, _, err) = p.amgr(0, &[cmd]);
         assert_ne!(code, 0, "{cmd} was not refused");
         assert!(err.contains("STANDBY"), "{cmd}: {err}");
+        if let Some(hint) = hint {
+            assert!(err.contains(hint), "{cmd} should name {hint}: {err}");
+        }
     }
     assert_eq!(p.state(0), "ACTIVE");
     assert_eq!(p.amgr(1, &["untest"]).0, 0);

@@ -31,7 +31,14 @@ impl Agent {
             Command::Query => Ok(self.query()),
             Command::Start => self.start(),
             Command::Shutdown { forced } => {
-                self.apply(Event::Shutdown { forced, dual }, cmd.name())?;
+                self.apply(
+                    Event::Shutdown {
+                        forced,
+                        restart: false,
+                        dual,
+                    },
+                    cmd.name(),
+                )?;
                 self.keep_running = false;
                 Ok(self.state_reply())
             }
@@ -87,7 +94,14 @@ impl Agent {
     /// RESTART, RESTART-F and REBOOT: a SHUTDOWN (forced for RESTART-F), then a start.
     fn restart(&mut self, cmd: Command, dual: Option<Dual>) -> Result<Value, String> {
         let forced = matches!(cmd, Command::Restart { forced: true });
-        self.apply(Event::Shutdown { forced, dual }, cmd.name())?;
+        self.apply(
+            Event::Shutdown {
+                forced,
+                restart: true,
+                dual,
+            },
+            cmd.name(),
+        )?;
         self.keep_running = true;
         self.transition(Event::Started, cmd.name())
     }

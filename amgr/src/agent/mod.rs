@@ -375,6 +375,7 @@ impl Agent {
         let _ = self.apply(
             Event::Shutdown {
                 forced: true,
+                restart: false,
                 dual: None,
             },
             "amgr stopping",
