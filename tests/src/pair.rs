@@ -563,6 +563,9 @@ pub struct Attempt {
     /// Since the loop started.
     pub at: Duration,
     pub server: Option<String>,
+    /// From the start of the request to its answer (or its failure): a SYN the balancer
+    /// lost shows as a request over 1 s, the client's first retransmission.
+    pub took: Duration,
 }
 
 /// A client in the client namespace sending a new TCP request to VIP:80 every `every`, each
@@ -590,7 +593,8 @@ impl Requests {
                             .ok()
                             .map(|b| server_name(&b))
                     });
-                    a.lock().unwrap().push(Attempt { at, server });
+                    let took = t0.elapsed() - at;
+                    a.lock().unwrap().push(Attempt { at, server, took });
                 });
                 k += 1;
                 let next = every * k;
@@ -652,6 +656,7 @@ mod tests {
         Attempt {
             at: Duration::from_millis(ms),
             server: ok.then(|| "s1".to_string()),
+            took: Duration::from_millis(1),
         }
     }
 

@@ -1,7 +1,9 @@
 //! The lab from the command line: `slb-lab demo` shows the active/standby pair balancing a
 //! 3-server lab and failing over (with the service gap measured); `slb-lab demo-single` one
 //! slbd alone; `slb-lab failover N` measures the failover gaps over N runs of each kind;
-//! `slb-lab bench-bulk` measures one bulk TCP download through slbd against the same download
+//! `slb-lab switches N [EVERY_MS] [MODE]` counts, over N `amgr switch`es (both ways) with a
+//! new request every EVERY_MS (20), the requests each switch cost: failed, or answered only
+//! after more than 500 ms (a lost SYN); `slb-lab bench-bulk` measures one bulk TCP download through slbd against the same download
 //! routed through the balancer namespace without slbd; `slb-lab spread` runs the original
 //! thesis's test shape (14 real servers, 50 client addresses × 4 requests, persistence on) for
 //! each scheduler and prints how many clients and flows each server got. Both build their namespaces and always
@@ -45,6 +47,70 @@ fn measured(
     }
     let (gap, outside) = service_gap(&attempts);
     Ok((gap.as_millis(), outside))
+}
+
+/// `runs` planned switches, alternating direction, under a new request every `every`: per
+/// switch, the requests that failed and those answered only after more than 500 ms.
+fn switch_losses(runs: usize, every: Duration, mode: &'static str) -> Result<()> {
+    let mut pair = Pair::new(PairOptions {
+        mode,
+        ..PairOptions::default()
+    })
+    .context("building the pair's lab")?;
+    pair.start_both()?;
+    pair.wait_states(["ACTIVE", "STANDBY"], Duration::from_secs(15))?;
+    let slow = Duration::from_millis(500);
+    let (mut failed, mut late, mut sent) = (Vec::new(), Vec::new(), 0);
+    for k in 0..runs {
+        let (from, to) = if k % 2 == 0 { (0, 1) } else { (1, 0) };
+        let reqs = Requests::start(&pair.lab.client(), every);
+        std::thread::sleep(Duration::from_millis(500));
+        let (code, out, err) = pair.amgr(from, &["switch"]);
+        if code != 0 {
+            bail!("switch {}: {out}{err}", k + 1);
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while pair.state(to) != "ACTIVE" || pair.state(from) != "STANDBY" {
+            if Instant::now() > deadline {
+                bail!("switch {}: node {} did not become ACTIVE", k + 1, to + 1);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(1500));
+        let attempts = reqs.finish();
+        sent += attempts.len();
+        let f = attempts.iter().filter(|a| a.server.is_none()).count();
+        let l = attempts
+            .iter()
+            .filter(|a| a.server.is_some() && a.took > slow)
+            .count();
+        eprintln!(
+            "switch {} (b{} -> b{}): {f} failed, {l} over 500 ms",
+            k + 1,
+            from + 1,
+            to + 1
+        );
+        failed.push(f);
+        late.push(l);
+    }
+    let stats = |v: &mut Vec<usize>| {
+        v.sort_unstable();
+        (
+            v.iter().sum::<usize>(),
+            v[0],
+            v[v.len() / 2],
+            v[v.len() - 1],
+        )
+    };
+    let (fs, fmin, fmed, fmax) = stats(&mut failed);
+    let (ls, lmin, lmed, lmax) = stats(&mut late);
+    println!(
+        "{runs} switches ({mode}), a new request every {} ms, {sent} requests:",
+        every.as_millis()
+    );
+    println!("  failed:        {fs} in all; per switch min {fmin} median {fmed} max {fmax}");
+    println!("  over 500 ms:   {ls} in all; per switch min {lmin} median {lmed} max {lmax}");
+    Ok(())
 }
 
 fn pair_demo() -> Result<()> {
@@ -349,6 +415,21 @@ fn main() -> Result<()> {
                 .map_or(Ok(5), |n| n.parse())
                 .context("slb-lab failover N: N is a number of runs")?,
         ),
+        "switches" => {
+            let arg = |i: usize| std::env::args().nth(i);
+            let runs = arg(2).map_or(Ok(20), |n| n.parse());
+            let every = arg(3).map_or(Ok(20), |n| n.parse());
+            let mode = match arg(4).as_deref() {
+                None | Some("packet") => "packet",
+                Some("offload") => "offload",
+                Some(m) => bail!("slb-lab switches: mode {m:?} is packet or offload"),
+            };
+            switch_losses(
+                runs.context("slb-lab switches N: N is a number of switches")?,
+                Duration::from_millis(every.context("slb-lab switches N EVERY_MS: a number")?),
+                mode,
+            )
+        }
         "bench-bulk" => bench_bulk(),
         "replication" => replication_cost(
             std::env::args()
@@ -358,7 +439,7 @@ fn main() -> Result<()> {
         ),
         "spread" => spread(),
         _ => bail!(
-            "usage: slb-lab demo | demo-single | failover [RUNS] | bench-bulk | spread | replication [ROUNDS]"
+            "usage: slb-lab demo | demo-single | failover [RUNS] | switches [N] [EVERY_MS] [packet|offload] | bench-bulk | spread | replication [ROUNDS]"
         ),
     }
 }
