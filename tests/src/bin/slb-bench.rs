@@ -1,7 +1,9 @@
 //! The benchmark: slbd beside its anchors, in one lab, in one run.
 //!
 //! Topology: the lab's client, balancer and 4 real servers, each server running nginx (:80),
-//! an iperf3 server (:5201) and a UDP echo (:53). Variants, interleaved over the rounds:
+//! an iperf3 server (:5201) and a UDP echo (:53). Variants, interleaved over the rounds, each
+//! round starting one variant later (a variant's place in the round moves its figures: seen
+//! with two slbd builds, whichever ran first in every round came out behind on UDP):
 //! `route` (no balancing: the client talks to one server through the balancer namespace),
 //! `nft-dnat` (the kernel balancing: `dnat to numgen inc mod 4 map`), `writeback` (kernel NAT
 //! plus every packet queued and written back unchanged: the ceiling of any per-packet design),
@@ -193,7 +195,7 @@ fn main() -> Result<()> {
     let mut samples: BTreeMap<(&str, Metric), Vec<f64>> = BTreeMap::new();
     let mut csv = String::from("round,variant,metric,value\n");
     for round in 1..=o.rounds {
-        for &variant in &o.variants {
+        for variant in round_order(&o.variants, round) {
             let t = Instant::now();
             let got = run_variant(&lab, variant, o.seconds, o.baseline.as_deref())
                 .with_context(|| format!("variant {variant}, round {round}"))?;
@@ -214,7 +216,7 @@ fn main() -> Result<()> {
     std::fs::write(o.out.join("raw.csv"), csv)?;
     let header = format!(
         "# slb benchmark\n\n{} rounds, {} s per measurement, {} real servers, run took {:.0} s. \
-         Medians with min–max; ratio = median / nft-dnat's median (for latencies and CPU, lower is better).\n\n",
+         Variant order rotated each round. Medians with min–max; ratio = median / nft-dnat's median (for latencies and CPU, lower is better).\n\n",
         o.rounds,
         o.seconds,
         SERVERS,
@@ -599,6 +601,17 @@ fn fmt_num(v: f64) -> String {
     }
 }
 
+/// The variants in the order round `round` (from 1) runs them: rotated by one each round, so
+/// over as many rounds as variants each runs once in every place.
+fn round_order<'a>(variants: &[&'a str], round: usize) -> Vec<&'a str> {
+    let mut order = variants.to_vec();
+    if !order.is_empty() {
+        let n = order.len();
+        order.rotate_left((round - 1) % n);
+    }
+    order
+}
+
 fn table(samples: &BTreeMap<(&str, Metric), Vec<f64>>, rounds: usize) -> String {
     let mut t = String::new();
     let shown: Vec<&str> = VARIANTS
@@ -714,4 +727,25 @@ fn chart(samples: &BTreeMap<(&str, Metric), Vec<f64>>, path: &Path) -> Result<()
         .draw()?;
     root.present()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn over_as_many_rounds_as_variants_each_variant_runs_once_in_every_place() {
+        let variants = ["nft-dnat", "slbd", "baseline"];
+        let orders: Vec<Vec<&str>> = (1..=3).map(|r| round_order(&variants, r)).collect();
+        assert_eq!(orders[0], variants, "the first round runs them as given");
+        for place in 0..variants.len() {
+            let mut seen: Vec<&str> = orders.iter().map(|o| o[place]).collect();
+            seen.sort_unstable();
+            let mut all = variants.to_vec();
+            all.sort_unstable();
+            assert_eq!(seen, all, "place {place} over the rounds");
+        }
+        assert_eq!(round_order(&variants, 4), variants, "round 4 starts again");
+        assert!(round_order(&[], 2).is_empty());
+    }
 }
