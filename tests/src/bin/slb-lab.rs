@@ -52,6 +52,9 @@ fn measured(
 /// `runs` planned switches, alternating direction, under a new request every `every`: per
 /// switch, the requests that failed and those answered only after more than 500 ms.
 fn switch_losses(runs: usize, every: Duration, mode: &'static str) -> Result<()> {
+    if runs == 0 || every.is_zero() {
+        bail!("slb-lab switches N EVERY_MS: N and EVERY_MS are at least 1");
+    }
     let mut pair = Pair::new(PairOptions {
         mode,
         ..PairOptions::default()
