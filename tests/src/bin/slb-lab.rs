@@ -116,6 +116,62 @@ fn switch_losses(runs: usize, every: Duration, mode: &'static str) -> Result<()>
     Ok(())
 }
 
+/// `runs` times: the STANDBY (b2) loses its heartbeat cable and its server-side port while its
+/// client side stays up, for `hold`, then gets them back; per run, whether it took the VIP and
+/// how many of the requests (one every 20 ms) failed, from the cut until the pair is ACTIVE /
+/// STANDBY again.
+fn isolated_standby(runs: usize, hold: Duration) -> Result<()> {
+    if runs == 0 {
+        bail!("slb-lab isolated N: N is at least 1");
+    }
+    let mut pair = Pair::new(PairOptions::default()).context("building the pair's lab")?;
+    pair.start_both()?;
+    pair.wait_states(["ACTIVE", "STANDBY"], Duration::from_secs(15))?;
+    let (mut failed, mut took_vip) = (Vec::new(), 0);
+    for k in 0..runs {
+        let reqs = Requests::start(&pair.lab.client(), Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(500));
+        for dev in ["eth1", "hb0"] {
+            ip(&["-n", &pair.nodes[1].ns, "link", "set", dev, "down"])?;
+        }
+        let until = Instant::now() + hold;
+        let mut vip = false;
+        while Instant::now() < until {
+            vip |= pair.has_vip(1);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for dev in ["eth1", "hb0"] {
+            ip(&["-n", &pair.nodes[1].ns, "link", "set", dev, "up"])?;
+        }
+        pair.wait_states(["ACTIVE", "STANDBY"], Duration::from_secs(15))?;
+        std::thread::sleep(Duration::from_millis(1000));
+        let attempts = reqs.finish();
+        let f = attempts.iter().filter(|a| a.server.is_none()).count();
+        eprintln!(
+            "run {}: the isolated STANDBY {} the VIP, {f} of {} requests failed",
+            k + 1,
+            if vip { "took" } else { "did not take" },
+            attempts.len()
+        );
+        failed.push(f);
+        took_vip += usize::from(vip);
+    }
+    failed.sort_unstable();
+    println!(
+        "{runs} isolations of the STANDBY for {} ms, a request every 20 ms:",
+        hold.as_millis()
+    );
+    println!("  took the VIP:  {took_vip} of {runs} runs");
+    println!(
+        "  failed:        {} in all; per run min {} median {} max {}",
+        failed.iter().sum::<usize>(),
+        failed[0],
+        failed[failed.len() / 2],
+        failed[failed.len() - 1]
+    );
+    Ok(())
+}
+
 fn pair_demo() -> Result<()> {
     let mut pair = Pair::new(PairOptions::default()).context("building the pair's lab")?;
     println!(
@@ -433,6 +489,15 @@ fn main() -> Result<()> {
                 mode,
             )
         }
+        "isolated" => {
+            let arg = |i: usize| std::env::args().nth(i);
+            let runs = arg(2).map_or(Ok(5), |n| n.parse());
+            let hold = arg(3).map_or(Ok(3000), |n| n.parse());
+            isolated_standby(
+                runs.context("slb-lab isolated N: N is a number of runs")?,
+                Duration::from_millis(hold.context("slb-lab isolated N HOLD_MS: a number")?),
+            )
+        }
         "bench-bulk" => bench_bulk(),
         "replication" => replication_cost(
             std::env::args()
@@ -442,7 +507,7 @@ fn main() -> Result<()> {
         ),
         "spread" => spread(),
         _ => bail!(
-            "usage: slb-lab demo | demo-single | failover [RUNS] | switches [N] [EVERY_MS] [packet|offload] | bench-bulk | spread | replication [ROUNDS]"
+            "usage: slb-lab demo | demo-single | failover [RUNS] | switches [N] [EVERY_MS] [packet|offload] | isolated [N] [HOLD_MS] | bench-bulk | spread | replication [ROUNDS]"
         ),
     }
 }
