@@ -511,3 +511,44 @@ fn amgr_refuses_bad_input_and_keeps_running() {
         "a refused second amgr disturbed the first"
     );
 }
+
+/// The health state node `node`'s slbd shows for real server `addr` (`slbctl --status`).
+fn server_state(p: &Pair, node: usize, addr: &str) -> Option<String> {
+    let status = p.slbd_status(node)?;
+    status["services"]
+        .as_array()?
+        .iter()
+        .flat_map(|svc| svc["servers"].as_array().cloned().unwrap_or_default())
+        .find(|r| r["address"] == addr)
+        .and_then(|r| r["state"].as_str().map(String::from))
+}
+
+#[test]
+fn the_standby_checks_its_servers_too_and_shows_a_dead_one_down_then_up() {
+    if !can_run("the_standby_checks_its_servers_too_and_shows_a_dead_one_down_then_up") {
+        return;
+    }
+    let mut p = pair();
+    let addr = format!("{}:{SERVER_HTTP_PORT}", server_ip(0));
+    let wait_for = |p: &Pair, want: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let got = [server_state(p, 0, &addr), server_state(p, 1, &addr)];
+            if got.iter().all(|s| s.as_deref() == Some(want)) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{addr} is {got:?} on [ACTIVE, STANDBY], not {want} on both\n{}",
+                p.log(1)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    wait_for(&p, "up");
+    p.lab.stop_server(0);
+    wait_for(&p, "down");
+    assert_eq!([p.state(0), p.state(1)], ["ACTIVE", "STANDBY"]);
+    p.lab.start_server(0).expect("server 1 again");
+    wait_for(&p, "up");
+}

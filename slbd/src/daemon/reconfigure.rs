@@ -51,10 +51,10 @@ impl Daemon {
                     tracing::info!(address = %a, "address up");
                 }
             }
-            self.start_checks(&config);
         } else {
             self.dp.update(&config);
         }
+        self.start_checks(&config);
         if st.role == Role::Cleared {
             st.role = Role::Unloaded;
         }

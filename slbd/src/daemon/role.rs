@@ -1,7 +1,7 @@
 //! SHELL: the one place this node's role changes — whether it carries the VIP's traffic. Every
 //! part that cares follows from here, in an order that never exposes the VIP: the data plane's
 //! balancing flag, the replication role, the rules, offload flows in conntrack, the addresses
-//! and the health checks. amgr decides the pair's roles and tells slbd through `load` and
+//! and the health checks (which run in every role but a cleared one). amgr decides the pair's roles and tells slbd through `load` and
 //! `unload`; slbd's own [`Role`] is the only copy of the answer inside slbd.
 //! Side effects: the `ip slb` table, the VIP and gateway addresses, conntrack entries under
 //! slbd's marks, health-check threads.
@@ -96,13 +96,20 @@ impl Daemon {
         self.dp.set_balancing(false, false, self.now_ms());
         self.take_down(&st.config);
         self.offload.cut(None);
+        self.start_checks(&st.config);
         tracing::info!("standby: not balancing until told to load");
     }
 
+    /// The health checks go on when balancing stops: a STANDBY knows which servers it could
+    /// reach before it takes over (the data plane only records what they show while it stands
+    /// by). A cleared configuration has nothing to check.
     fn leave(&self, st: &mut State, to: Role) {
         if st.role == Role::Balancing {
             self.take_down(&st.config);
             self.stop_balancing();
+        }
+        if to == Role::Cleared {
+            self.prober.stop();
         }
         st.role = to;
     }
@@ -174,7 +181,6 @@ impl Daemon {
 
     /// Addresses first, then the rules.
     pub(super) fn take_down(&self, config: &Config) {
-        self.prober.stop();
         let addrs = config.managed_addrs();
         if let Err(e) = addr::remove(&addrs) {
             tracing::error!(error = %format!("{e:#}"), "removing addresses failed");

@@ -2,7 +2,10 @@
 //! measures it: a server that leaves rotation has its flows forgotten at once (their next TCP
 //! packets are dropped as mid-stream; a UDP flow's next datagram is scheduled afresh to a
 //! server that is up), and an offload server's conntrack entries must be cut too; a server
-//! the operator removed drains while its flows last. Pure.
+//! the operator removed drains while its flows last. A node that is not balancing (a
+//! STANDBY) checks its servers too, so it knows what it could serve before it takes over, but
+//! only records what it sees: the flows it holds are its dual's, replicated, and end when the
+//! dual ends them. Pure.
 
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -37,7 +40,7 @@ impl Dataplane {
             st.latency_us.store(l.max(1), Relaxed);
         }
         let was_up = st.up.swap(up, Relaxed);
-        if up || !was_up {
+        if up || !was_up || !self.balancing.load(Relaxed) {
             return HealthOutcome::default();
         }
         let (mut n, mut open) = (0, 0);
@@ -157,6 +160,41 @@ mod tests {
         assert!(
             picks.contains(&sa("172.16.0.2:80")),
             "back in rotation: {picks:?}"
+        );
+    }
+
+    #[test]
+    fn a_standby_records_a_down_server_but_keeps_the_duals_flows_on_it() {
+        let dp = dp();
+        let client = sa("10.0.0.5:1000");
+        let (_, first) = send(&dp, tcp(client, sa("10.0.0.100:80"), SYN, b"", &[]));
+        assert_eq!(first, sa("172.16.0.2:80"));
+        dp.set_balancing(false, false, 0);
+        let id = dp.server_id(0, 0).unwrap();
+        assert_eq!(
+            dp.set_health(id, false, None),
+            HealthOutcome::default(),
+            "no flow ended, nothing cut while standing by"
+        );
+        assert!(
+            !dp.is_up(id),
+            "the standby's view of the server is recorded"
+        );
+        dp.set_balancing(true, false, 0);
+        let (v, to) = send(&dp, tcp(client, sa("10.0.0.100:80"), ACK, b"x", &[]));
+        assert_eq!(
+            (v, to),
+            (Verdict::Accept, sa("172.16.0.2:80")),
+            "the flow carries on where the dual placed it"
+        );
+        let (v, to) = send(
+            &dp,
+            tcp(sa("10.0.0.5:2000"), sa("10.0.0.100:80"), SYN, b"", &[]),
+        );
+        assert_eq!(
+            (v, to),
+            (Verdict::Accept, sa("172.16.0.3:80")),
+            "new flows avoid it"
         );
     }
 
