@@ -74,8 +74,19 @@ struct DualSeen {
     primary: bool,
     inhibited: bool,
     generation: u64,
+    /// The heartbeat this came from: its sender's boot and sequence.
+    boot: u64,
+    seq: u64,
     /// When, on the agent's clock (ms).
     heard_ms: u64,
+}
+
+/// Whether `hb` says nothing newer than the heartbeat `seen` came from: a copy of it from
+/// another link, or an older one that one link delivered late (a loaded or flooded link can
+/// hold back a heartbeat sent before the dual changed state; believed, an ACTIVE that has
+/// just let go would look ACTIVE again and undo a switch).
+fn stale(seen: Option<&DualSeen>, hb: &Heartbeat) -> bool {
+    seen.is_some_and(|d| d.node == hb.node && d.boot == hb.boot && hb.seq <= d.seq)
 }
 
 /// The state as the heartbeat carries it. The wire has its own enum so that heartbeat's
@@ -343,6 +354,9 @@ impl Agent {
         let now_ms = self.now_ms();
         self.liveness.heard(link, now_ms);
         self.stats[link].received += 1;
+        if stale(self.dual.as_ref(), &hb) {
+            return;
+        }
         let Some(app) = hb.apps.iter().find(|a| a.id == SLBD_APP) else {
             return;
         };
@@ -360,6 +374,8 @@ impl Agent {
             primary: app.primary,
             inhibited: app.inhibited,
             generation: hb.generation,
+            boot: hb.boot,
+            seq: hb.seq,
             heard_ms: now_ms,
         });
         if state == State::Active {
@@ -427,5 +443,47 @@ mod tests {
         ] {
             assert_eq!(from_wire(to_wire(s)), s);
         }
+    }
+
+    #[test]
+    fn a_heartbeat_is_believed_only_if_newer_than_the_last_one_believed() {
+        let seen = DualSeen {
+            node: 2,
+            state: State::Standby,
+            primary: false,
+            inhibited: false,
+            generation: 0,
+            boot: 7,
+            seq: 10,
+            heard_ms: 0,
+        };
+        let hb = |node: u32, boot: u64, seq: u64| Heartbeat {
+            node,
+            boot,
+            seq,
+            sent_ms: 0,
+            generation: 0,
+            link: 0,
+            apps: vec![],
+        };
+        let rows = [
+            (hb(2, 7, 11), false, "the next heartbeat"),
+            (
+                hb(2, 7, 10),
+                true,
+                "the same heartbeat's copy on another link",
+            ),
+            (hb(2, 7, 9), true, "an older one a link held back"),
+            (
+                hb(2, 8, 0),
+                false,
+                "the dual restarted: a new boot starts again at 0",
+            ),
+            (hb(3, 7, 1), false, "another node"),
+        ];
+        for (h, want, what) in rows {
+            assert_eq!(stale(Some(&seen), &h), want, "{what}");
+        }
+        assert!(!stale(None, &hb(2, 7, 0)), "the first heartbeat heard");
     }
 }

@@ -294,6 +294,8 @@ mod tests {
             primary: false,
             inhibited: true,
             generation,
+            boot: 1,
+            seq: 1,
             heard_ms: 9_800,
         }
     }
