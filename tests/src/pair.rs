@@ -563,8 +563,9 @@ pub struct Attempt {
     /// Since the loop started.
     pub at: Duration,
     pub server: Option<String>,
-    /// From the start of the request to its answer (or its failure): a SYN the balancer
-    /// lost shows as a request over 1 s, the client's first retransmission.
+    /// From the start of the request to its answer (or its failure). A request whose SYN
+    /// the balancers lost fails at the 700 ms timeout, before the client's retransmission
+    /// at 1 s; one answered late but under that was slowed, not lost.
     pub took: Duration,
 }
 

@@ -1,8 +1,9 @@
 //! SHELL: the one place this node's role changes — whether it carries the VIP's traffic. Every
 //! part that cares follows from here, in an order that never exposes the VIP: the data plane's
 //! balancing flag, the replication role, the rules, offload flows in conntrack, the addresses
-//! and the health checks (which run in every role but a cleared one). amgr decides the pair's roles and tells slbd through `load` and
-//! `unload`; slbd's own [`Role`] is the only copy of the answer inside slbd.
+//! and the health checks (which run in every role but a cleared one). amgr decides the pair's
+//! roles and tells slbd through `load` and `unload`; slbd's own [`Role`] is the only copy of
+//! the answer inside slbd.
 //! Side effects: the `ip slb` table, the VIP and gateway addresses, conntrack entries under
 //! slbd's marks, health-check threads.
 

@@ -3,8 +3,8 @@
 //! slbd alone; `slb-lab failover N` measures the failover gaps over N runs of each kind;
 //! `slb-lab switches N [EVERY_MS] [MODE]` counts, over N `amgr switch`es (both ways) with a
 //! new request every EVERY_MS (20), the requests each switch cost: failed, or answered only
-//! after more than 500 ms (a lost SYN); `slb-lab bench-bulk` measures one bulk TCP download through slbd against the same download
-//! routed through the balancer namespace without slbd; `slb-lab spread` runs the original
+//! after more than 500 ms (slowed); `slb-lab bench-bulk` measures one bulk TCP download
+//! through slbd against the same download routed through the balancer namespace without slbd; `slb-lab spread` runs the original
 //! thesis's test shape (14 real servers, 50 client addresses × 4 requests, persistence on) for
 //! each scheduler and prints how many clients and flows each server got. Both build their namespaces and always
 //! remove them.
@@ -47,6 +47,12 @@ fn measured(
     }
     let (gap, outside) = service_gap(&attempts);
     Ok((gap.as_millis(), outside))
+}
+
+/// Sorts `v` and gives its (min, median, max); `v` is not empty.
+fn min_median_max<T: Ord + Copy>(v: &mut [T]) -> (T, T, T) {
+    v.sort_unstable();
+    (v[0], v[v.len() / 2], v[v.len() - 1])
 }
 
 /// `runs` planned switches, alternating direction, under a new request every `every`: per
@@ -96,17 +102,9 @@ fn switch_losses(runs: usize, every: Duration, mode: &'static str) -> Result<()>
         failed.push(f);
         late.push(l);
     }
-    let stats = |v: &mut Vec<usize>| {
-        v.sort_unstable();
-        (
-            v.iter().sum::<usize>(),
-            v[0],
-            v[v.len() / 2],
-            v[v.len() - 1],
-        )
-    };
-    let (fs, fmin, fmed, fmax) = stats(&mut failed);
-    let (ls, lmin, lmed, lmax) = stats(&mut late);
+    let (fs, ls) = (failed.iter().sum::<usize>(), late.iter().sum::<usize>());
+    let (fmin, fmed, fmax) = min_median_max(&mut failed);
+    let (lmin, lmed, lmax) = min_median_max(&mut late);
     println!(
         "{runs} switches ({mode}), a new request every {} ms, {sent} requests:",
         every.as_millis()
@@ -156,19 +154,14 @@ fn isolated_standby(runs: usize, hold: Duration) -> Result<()> {
         failed.push(f);
         took_vip += usize::from(vip);
     }
-    failed.sort_unstable();
+    let all = failed.iter().sum::<usize>();
+    let (min, median, max) = min_median_max(&mut failed);
     println!(
         "{runs} isolations of the STANDBY for {} ms, a request every 20 ms:",
         hold.as_millis()
     );
     println!("  took the VIP:  {took_vip} of {runs} runs");
-    println!(
-        "  failed:        {} in all; per run min {} median {} max {}",
-        failed.iter().sum::<usize>(),
-        failed[0],
-        failed[failed.len() / 2],
-        failed[failed.len() - 1]
-    );
+    println!("  failed:        {all} in all; per run min {min} median {median} max {max}");
     Ok(())
 }
 
@@ -276,13 +269,8 @@ fn failover_runs(runs: usize) -> Result<()> {
         "failover", "min", "median", "max"
     );
     for (kind, mut gaps, outside) in table {
-        gaps.sort_unstable();
-        println!(
-            "{kind:<20} {:>6} {:>6} {:>6}  {outside}",
-            gaps[0],
-            gaps[gaps.len() / 2],
-            gaps[gaps.len() - 1]
-        );
+        let (min, median, max) = min_median_max(&mut gaps);
+        println!("{kind:<20} {min:>6} {median:>6} {max:>6}  {outside}");
     }
     Ok(())
 }
