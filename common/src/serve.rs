@@ -454,17 +454,29 @@ impl<S> Deadline<S> {
     }
 }
 
+/// A socket timeout here is always the deadline (each wait is what is left of it), but the
+/// kernel reports one as EAGAIN (`WouldBlock`): one kind for callers, whichever side of the
+/// deadline the last wait began.
+fn deadline_passed<T>(r: io::Result<T>) -> io::Result<T> {
+    r.map_err(|e| match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+            io::Error::new(io::ErrorKind::TimedOut, "deadline passed")
+        }
+        _ => e,
+    })
+}
+
 impl<S: Conn + Read> Read for Deadline<S> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.inner.set_read_timeout(Some(self.left()?))?;
-        self.inner.read(buf)
+        deadline_passed(self.inner.read(buf))
     }
 }
 
 impl<S: Conn + Write> Write for Deadline<S> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.inner.set_write_timeout(Some(self.left()?))?;
-        self.inner.write(buf)
+        deadline_passed(self.inner.write(buf))
     }
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
