@@ -14,6 +14,7 @@
 //! dedicated cable; the peer command connection and SSH use the cable first.
 
 use std::fs::File;
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,6 +44,8 @@ pub struct PairOptions {
     pub persistence_s: u64,
     /// Every service's data path: "packet" or "offload".
     pub mode: &'static str,
+    /// The isolation guard's witness addresses (amgr's `guard.witness`).
+    pub witness: Vec<Ipv4Addr>,
 }
 
 impl Default for PairOptions {
@@ -54,6 +57,7 @@ impl Default for PairOptions {
             json_logs: false,
             persistence_s: 0,
             mode: "packet",
+            witness: Vec::new(),
         }
     }
 }
@@ -163,6 +167,9 @@ fn node_config(
         .args(["--persistence", &opts.persistence_s.to_string()])
         .args(["--mode", opts.mode])
         .args(["--metrics", SLBD_METRICS, "--amgr-metrics", AMGR_METRICS]);
+    for w in &opts.witness {
+        cmd.args(["--witness", &w.to_string()]);
+    }
     run(&mut cmd).context("slb-node-config")
 }
 
@@ -513,16 +520,22 @@ impl Pair {
     /// `ip link set … down` (or up) on every interface of node `i`.
     pub fn set_links(&self, i: usize, up: bool) -> Result<()> {
         for dev in ["eth0", "eth1", "hb0"] {
-            ip(&[
-                "-n",
-                &self.nodes[i].ns,
-                "link",
-                "set",
-                dev,
-                if up { "up" } else { "down" },
-            ])?;
+            self.set_link(i, dev, up)?;
         }
         Ok(())
+    }
+
+    /// `ip link set DEV down` (or up) on node `i`: eth0 the client side, eth1 the server
+    /// side (and heartbeat link 0), hb0 the cable (heartbeat link 1).
+    pub fn set_link(&self, i: usize, dev: &str, up: bool) -> Result<()> {
+        ip(&[
+            "-n",
+            &self.nodes[i].ns,
+            "link",
+            "set",
+            dev,
+            if up { "up" } else { "down" },
+        ])
     }
 }
 
@@ -560,7 +573,7 @@ fn keygen(path: &std::path::Path) -> Result<()> {
 /// One attempt of the client's request loop.
 #[derive(Debug, Clone)]
 pub struct Attempt {
-    /// Since the loop started.
+    /// Since the loop started, taken just before the connection was opened.
     pub at: Duration,
     pub server: Option<String>,
     /// From the start of the request to its answer (or its failure). A request whose SYN
@@ -587,14 +600,17 @@ impl Requests {
             let mut k = 0u32;
             while !s.load(Ordering::Relaxed) {
                 let (a, ns) = (a.clone(), ns.clone());
-                let at = t0.elapsed();
                 std::thread::spawn(move || {
-                    let server = in_ns(&ns, || {
-                        http_get(CLIENT, vip(80), "/", Duration::from_millis(700))
+                    // Timed from inside the namespace, just before the SYN: under load a
+                    // thread can start tens of milliseconds late, and attempts ordered by
+                    // when they were planned would put a success between two failures.
+                    let (at, server, took) = in_ns(&ns, || {
+                        let at = t0.elapsed();
+                        let server = http_get(CLIENT, vip(80), "/", Duration::from_millis(700))
                             .ok()
-                            .map(|b| server_name(&b))
+                            .map(|b| server_name(&b));
+                        (at, server, t0.elapsed() - at)
                     });
-                    let took = t0.elapsed() - at;
                     a.lock().unwrap().push(Attempt { at, server, took });
                 });
                 k += 1;
@@ -647,6 +663,28 @@ pub fn service_gap(attempts: &[Attempt]) -> (Duration, usize) {
         .filter(|&k| attempts[k].server.is_none() && !(worst.1 < k && k < worst.2))
         .count();
     (worst.0, failed_outside)
+}
+
+/// The failed attempts with their neighbours, one per line (`at ms  took ms  server|-`): what
+/// an assertion on `service_gap` prints so a red run shows where the requests failed.
+pub fn timeline(attempts: &[Attempt]) -> String {
+    let near_failure = |k: usize| {
+        (k.saturating_sub(2)..(k + 3).min(attempts.len())).any(|j| attempts[j].server.is_none())
+    };
+    let mut out = String::new();
+    for (k, a) in attempts
+        .iter()
+        .enumerate()
+        .filter(|(k, _)| near_failure(*k))
+    {
+        out += &format!(
+            "{k:4} {:6} ms {:4} ms {}\n",
+            a.at.as_millis(),
+            a.took.as_millis(),
+            a.server.as_deref().unwrap_or("-")
+        );
+    }
+    out
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use slb_tests::pair::{service_gap, Pair, PairOptions, Requests, HB_PORT};
+use slb_tests::pair::{service_gap, timeline, Pair, PairOptions, Requests, HB_PORT};
 use slb_tests::*;
 
 const UP: Duration = Duration::from_secs(15);
@@ -98,7 +98,7 @@ fn crash_gap(p: &mut Pair, how: &str) -> Duration {
         attempts.last().unwrap().server.is_some(),
         "requests did not recover"
     );
-    assert_eq!(failed_outside, 0);
+    assert_eq!(failed_outside, 0, "{}", timeline(&attempts));
     assert!(p.has_vip(1));
     gap
 }
@@ -177,7 +177,7 @@ fn switch_moves_the_vip_both_ways_with_no_failure_outside_the_gap() {
             gap.as_millis()
         );
         assert!(gap < GOAL, "gap {gap:?}");
-        assert_eq!(failed_outside, 0);
+        assert_eq!(failed_outside, 0, "{}", timeline(&attempts));
         let mut want = ["STANDBY"; 2];
         want[to] = "ACTIVE";
         p.wait_states(want, UP).unwrap();

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::net::{SocketAddrV4, TcpStream};
 use std::time::{Duration, Instant};
 
-use slb_tests::pair::{service_gap, Pair, PairOptions, Requests};
+use slb_tests::pair::{service_gap, timeline, Pair, PairOptions, Requests};
 use slb_tests::*;
 use slbd::wire::replication as wire;
 
@@ -114,7 +114,12 @@ fn failover(p: &mut Pair, how: &str) -> Duration {
         attempts.last().unwrap().server.is_some(),
         "requests did not recover"
     );
-    assert_eq!(failed_outside, 0, "requests failed outside the gap");
+    assert_eq!(
+        failed_outside,
+        0,
+        "requests failed outside the gap:\n{}",
+        timeline(&attempts)
+    );
     assert!(p.has_vip(to));
     gap
 }
