@@ -40,6 +40,9 @@ pub struct RawConfig {
     /// Where Prometheus scrapes amgr's metrics (`"0.0.0.0:9406"`); absent: no metrics port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<String>,
+    /// The isolation guard: what this node must reach to take or keep the VIP.
+    #[serde(default)]
+    pub guard: crate::guard::RawGuard,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -212,6 +215,7 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// The slbd flow replication port; None: replication is off.
     pub replication_port: Option<u16>,
+    pub guard: crate::guard::Settings,
 }
 
 impl Config {
@@ -380,6 +384,11 @@ pub fn validate(raw: &RawConfig) -> Result<Config, ConfigError> {
         slbd_config,
         metrics_listen,
         replication_port,
+        guard: crate::guard::validate(
+            &raw.guard,
+            Duration::from_millis(hb.interval_ms * hb.dead_intervals),
+            &mut e,
+        ),
     };
     if e.is_empty() {
         Ok(config)

@@ -176,11 +176,17 @@ pub fn run(cfg: Config, log_format: slb_common::logging::LogFormat) -> Result<()
         }
     }
     let socket_path = cfg.socket.clone();
+    // The guard's samples are timed on the agent's clock.
+    let epoch = std::time::Instant::now();
+    let guard = crate::guard::probe::start(cfg.guard.clone(), cfg.slbd_config.clone(), epoch)
+        .context("starting the isolation guard (a raw ICMP socket: run as root)")?;
     let shared = agent::Shared {
         sync_status,
         active_flag: active,
         app_pid,
         replication,
+        guard,
+        epoch,
     };
     let agent = Agent::new(cfg, key, links, dynamic, shared, log_format);
     agent::run(agent, rx);

@@ -12,7 +12,15 @@
 //!   STANDBY that would win that rule takes over, or the only one not INHIBITED;
 //! - SWITCH is refused when the STANDBY dual is INHIBITED;
 //! - an INHIBITED node never becomes ACTIVE;
-//! - the non-forced SHUTDOWN and DISABLE refuse to stop an ACTIVE instance with no STANDBY dual.
+//! - the non-forced SHUTDOWN and DISABLE refuse to stop an ACTIVE instance with no STANDBY dual;
+//! - the isolation guard (`crate::guard`): a node that cannot serve (too few real servers or no
+//!   witness answer) never becomes ACTIVE. Where it would take over (the dual lost, FAILED or
+//!   OFFLINE, nobody ACTIVE, a PRIMARY initialising) it stays STANDBY and says why; a SWITCH to
+//!   it is refused. What it cannot prevent: both nodes isolated from each other but each
+//!   reaching enough servers and a witness still both go ACTIVE (a split the heal rule ends);
+//!   with the guard's targets unreachable from both, nobody takes the VIP. An ACTIVE that
+//!   cannot serve hands over to a STANDBY that can: the agent starts that switch
+//!   (`agent::guard`), through the SWITCH rows below.
 
 /// The Application Manager's states.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -45,6 +53,9 @@ pub struct Node {
     pub id: u32,
     pub primary: bool,
     pub inhibited: bool,
+    /// The guard's verdict, fresh for the event at hand: this node can reach what it must to
+    /// serve.
+    pub fit: bool,
 }
 
 /// What the heartbeat says of the dual instance.
@@ -116,6 +127,8 @@ pub enum Action {
     SetInhibited(bool),
     /// A command that does not apply now; the reason goes back to the operator.
     Refuse(&'static str),
+    /// The guard held this node back from taking over: the shell says why (`query`, log).
+    HoldBack,
 }
 
 fn standby_dual(dual: Option<Dual>) -> bool {
@@ -136,10 +149,12 @@ fn may_stop(state: State, forced: bool, dual: Option<Dual>) -> bool {
     forced || state != State::Active || standby_dual(dual)
 }
 
-/// Takes over from a lost or failed dual, unless inhibited.
+/// Takes over from a lost or failed dual, unless inhibited or unable to serve.
 fn take_over(node: &Node) -> (State, Vec<Action>) {
     if node.inhibited {
         (State::Standby, vec![])
+    } else if !node.fit {
+        (State::Standby, vec![Action::HoldBack])
     } else {
         (State::Active, vec![Action::Activate])
     }
@@ -162,7 +177,7 @@ pub fn step(state: State, node: &Node, event: Event) -> (State, Vec<Action>) {
         (Init, Event::Initialised { dual }) if dual.is_some_and(|d| d.state == Active) => {
             (Standby, vec![])
         }
-        (Init, Event::Initialised { .. }) if node.primary => (Active, vec![Activate]),
+        (Init, Event::Initialised { .. }) if node.primary => take_over(node),
         // Implicit: a BACKUP waits as STANDBY; the dual's loss makes it ACTIVE.
         (Init, Event::Initialised { .. }) => (Standby, vec![]),
         // Implicit: an application that never answers in INIT is killed; it then fails and
@@ -175,6 +190,12 @@ pub fn step(state: State, node: &Node, event: Event) -> (State, Vec<Action>) {
         (Standby, Event::Switch { .. }) if node.inhibited => {
             (Standby, vec![Refuse("this node is INHIBITED")])
         }
+        (Standby, Event::Switch { .. }) if !node.fit => (
+            Standby,
+            vec![Refuse(
+                "this node cannot serve: the guard's checks fail (see query)",
+            )],
+        ),
         (Standby, Event::Switch { .. }) => (Active, vec![Activate]),
         // Implicit: with nobody ACTIVE, the STANDBY that would win a split takes over (or the
         // only one that may).
@@ -273,16 +294,19 @@ mod tests {
         id: 1,
         primary: true,
         inhibited: false,
+        fit: true,
     };
     const BACKUP: Node = Node {
         id: 2,
         primary: false,
         inhibited: false,
+        fit: true,
     };
     const INHIBITED: Node = Node {
         id: 2,
         primary: false,
         inhibited: true,
+        fit: true,
     };
 
     fn dual(state: State) -> Option<Dual> {
@@ -645,11 +669,13 @@ mod tests {
             id: 1,
             primary: false,
             inhibited: false,
+            fit: true,
         };
         let b = Node {
             id: 2,
             primary: false,
             inhibited: false,
+            fit: true,
         };
         let seen = |n: &Node, state| Dual {
             id: n.id,
@@ -677,6 +703,7 @@ mod tests {
         // The winner inhibited: the other takes over.
         let inhibited_a = Node {
             inhibited: true,
+            fit: true,
             ..a
         };
         assert_eq!(
@@ -724,6 +751,83 @@ mod tests {
     }
 
     #[test]
+    fn a_node_the_guard_says_cannot_serve_never_becomes_active() {
+        let unfit = Node {
+            fit: false,
+            ..BACKUP
+        };
+        let unfit_primary = Node {
+            fit: false,
+            ..PRIMARY
+        };
+        let failed = Dual {
+            id: 9,
+            state: Failed,
+            primary: true,
+            inhibited: false,
+        };
+        let rows: Vec<(State, Node, Event, State, Vec<Action>)> = vec![
+            // The dual silent on every link: an isolated node holds back.
+            (Standby, unfit, Event::DualLost, Standby, vec![HoldBack]),
+            (
+                Standby,
+                unfit,
+                Event::DualState(failed),
+                Standby,
+                vec![HoldBack],
+            ),
+            (
+                Standby,
+                unfit,
+                Event::NoActive { dual: None },
+                Standby,
+                vec![HoldBack],
+            ),
+            // A PRIMARY that initialises without reaching its servers waits as STANDBY (its
+            // dual's loss, or nobody ACTIVE, makes it ACTIVE once it can serve).
+            (
+                Init,
+                unfit_primary,
+                Event::Initialised { dual: None },
+                Standby,
+                vec![HoldBack],
+            ),
+            // A SWITCH to it is refused, from the operator or from the dual.
+            (
+                Standby,
+                unfit,
+                Event::Switch { dual: dual(Active) },
+                Standby,
+                vec![Refuse(
+                    "this node cannot serve: the guard's checks fail (see query)",
+                )],
+            ),
+            // Inhibited comes first: an inhibited node is not "held back".
+            (
+                Standby,
+                Node {
+                    inhibited: true,
+                    ..unfit
+                },
+                Event::DualLost,
+                Standby,
+                vec![],
+            ),
+            // What the guard does not touch: an ACTIVE keeps the VIP (the agent hands it
+            // over only to a STANDBY that can serve), and the same node once fit takes over.
+            (Active, unfit, Event::DualLost, Active, vec![]),
+            (Standby, BACKUP, Event::DualLost, Active, vec![Activate]),
+        ];
+        for (i, (from, node, event, to, actions)) in rows.into_iter().enumerate() {
+            assert_eq!(
+                step(from, &node, event),
+                (to, actions),
+                "row {i}: {from:?} + {event:?}"
+            );
+        }
+    }
+
+    #[test]
     fn switch_to_an_inhibited_standby_is_refused() {
         let d = Dual {
             id: 2,
@@ -744,11 +848,13 @@ mod tests {
                     id: 1,
                     primary: true,
                     inhibited: false,
+                    fit: true,
                 },
                 Node {
                     id: 2,
                     primary: false,
                     inhibited: false,
+                    fit: true,
                 },
             ),
             (
@@ -756,11 +862,13 @@ mod tests {
                     id: 7,
                     primary: false,
                     inhibited: false,
+                    fit: true,
                 },
                 Node {
                     id: 3,
                     primary: false,
                     inhibited: false,
+                    fit: true,
                 },
             ),
             (
@@ -768,11 +876,13 @@ mod tests {
                     id: 4,
                     primary: true,
                     inhibited: false,
+                    fit: true,
                 },
                 Node {
                     id: 5,
                     primary: true,
                     inhibited: false,
+                    fit: true,
                 },
             ),
         ];

@@ -14,6 +14,7 @@ pub mod command;
 pub mod config;
 pub mod daemon;
 pub mod fsm;
+pub mod guard;
 pub mod metrics;
 pub mod peer;
 pub mod render;

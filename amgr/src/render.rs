@@ -112,6 +112,7 @@ pub fn query(q: &Value, now_ms: u64) -> String {
             )
         );
     }
+    out += &guard(&q["guard"]);
     let sy = &q["sync"];
     out += &format!(
         "sync       to {}: last ok {}, {} pushes, {} failures{}\n",
@@ -125,6 +126,42 @@ pub fn query(q: &Value, now_ms: u64) -> String {
         }
     );
     out
+}
+
+/// The isolation guard's line: whether this node can serve, and why not.
+fn guard(g: &Value) -> String {
+    if g.is_null() {
+        return String::new();
+    }
+    if g["enabled"] == false {
+        return "guard      off (servers: none, no witness)\n".into();
+    }
+    let c = &g["last_check"];
+    let checked = if c.is_null() {
+        "no check yet".to_string()
+    } else {
+        format!(
+            "{} of {} servers and {} of {} witnesses answered {} ms ago",
+            s(&c["servers_answered"]),
+            s(&c["servers"]),
+            s(&c["witnesses_answered"]),
+            s(&c["witnesses"]),
+            s(&c["ms_ago"])
+        )
+    };
+    let verdict = match (&g["can_serve"], &g["why_not"]) {
+        (Value::Bool(true), _) => "can serve".to_string(),
+        (Value::Bool(false), why) => format!("CANNOT serve: {}", s(why)),
+        _ => "not checked yet".to_string(),
+    };
+    let held = match &g["held_back"] {
+        Value::Null => String::new(),
+        why => format!("; held back from taking over: {}", s(why)),
+    };
+    format!(
+        "guard      {verdict} (needs {}; {checked}){held}\n",
+        s(&g["servers_needed"])
+    )
 }
 
 #[cfg(test)]
@@ -148,6 +185,11 @@ mod tests {
             "last_failover": {"at_ms": 10_000, "active": 1, "reason": "dual lost"},
             "sync": {"peer": "root@192.168.1.2:22", "last_ok_ms": 11_000, "last_error": null,
                      "pushes": 3, "failures": 0},
+            "guard": {"enabled": true, "servers_needed": "one", "can_serve": false,
+                      "why_not": "0 of 3 real servers answer, 1 (one) needed",
+                      "last_check": {"ms_ago": 40, "servers": 3, "servers_answered": 0,
+                                     "witnesses": 1, "witnesses_answered": 1},
+                      "held_back": "0 of 3 real servers answer, 1 (one) needed"},
         });
         let text = query(&q, 12_500);
         for want in [
@@ -158,6 +200,9 @@ mod tests {
             "link 1     10.1.1.1 -> 10.1.1.2  DOWN",
             "failover   node 1 became ACTIVE 2.5 s ago (dual lost)",
             "sync       to root@192.168.1.2:22: last ok 1.5 s ago, 3 pushes, 0 failures",
+            "guard      CANNOT serve: 0 of 3 real servers answer, 1 (one) needed (needs one; \
+             0 of 3 servers and 1 of 1 witnesses answered 40 ms ago); held back from taking \
+             over: 0 of 3 real servers answer, 1 (one) needed",
         ] {
             assert!(text.contains(want), "{want:?} missing from:\n{text}");
         }

@@ -63,7 +63,11 @@ impl Agent {
         }
     }
 
-    fn call_dual(&self, req: &PeerRequest, timeout: Duration) -> Result<Value, PeerError> {
+    pub(super) fn call_dual(
+        &self,
+        req: &PeerRequest,
+        timeout: Duration,
+    ) -> Result<Value, PeerError> {
         peer::call(&self.cfg.peer_command_addrs(), &self.key, req, timeout)
     }
 
@@ -142,20 +146,7 @@ impl Agent {
     fn switch(&mut self) -> Result<Value, String> {
         let dual = self.dual();
         match self.state {
-            State::Active => {
-                self.apply(Event::Switch { dual }, "SWITCH")?;
-                match self.call_dual(&PeerRequest::TakeOver { from: self.node.id }, PEER_TIMEOUT) {
-                    Ok(_) => Ok(json!({"state": self.state.name(), "dual": "ACTIVE"})),
-                    Err(e) => {
-                        tracing::error!(error = %e, "the dual did not take over: taking the VIP back");
-                        let _ = self.apply(Event::Switch { dual: None }, "SWITCH failed");
-                        Err(format!(
-                            "the dual did not take over ({e}); this node is {} again",
-                            self.state.name()
-                        ))
-                    }
-                }
-            }
+            State::Active => self.hand_over(dual, "SWITCH"),
             State::Standby if self.node.inhibited => Err("this node is INHIBITED".into()),
             State::Standby => {
                 self.call_dual(&PeerRequest::Release { from: self.node.id }, PEER_TIMEOUT)
@@ -166,6 +157,23 @@ impl Agent {
             _ => self
                 .apply(Event::Switch { dual }, "SWITCH")
                 .map(|_| Value::Null),
+        }
+    }
+
+    /// This ACTIVE lets go and asks its STANDBY dual to take over (SWITCH, or the guard); if
+    /// the dual does not, the VIP comes back here.
+    pub(super) fn hand_over(&mut self, dual: Option<Dual>, why: &str) -> Result<Value, String> {
+        self.apply(Event::Switch { dual }, why)?;
+        match self.call_dual(&PeerRequest::TakeOver { from: self.node.id }, PEER_TIMEOUT) {
+            Ok(_) => Ok(json!({"state": self.state.name(), "dual": "ACTIVE"})),
+            Err(e) => {
+                tracing::error!(error = %e, "the dual did not take over: taking the VIP back");
+                let _ = self.apply(Event::Switch { dual: None }, "SWITCH failed");
+                Err(format!(
+                    "the dual did not take over ({e}); this node is {} again",
+                    self.state.name()
+                ))
+            }
         }
     }
 
@@ -187,6 +195,7 @@ impl Agent {
                 "node": self.node.id,
                 "pid": std::process::id(),
                 "state": self.state.name(),
+                "can_serve": self.can_serve_now().is_ok(),
             })),
             PeerRequest::DemotePrimary { .. } => {
                 self.node.primary = false;

@@ -19,6 +19,8 @@ impl Agent {
     /// the error; a failed activation makes the application FAILED.
     pub(super) fn apply(&mut self, event: Event, why: &str) -> Result<(), String> {
         let from = self.state;
+        let fit = self.can_serve(&event);
+        self.node.fit = fit.is_ok();
         let (to, actions) = fsm::step(from, &self.node, event);
         if to != from {
             self.entered(from, to, why);
@@ -27,6 +29,8 @@ impl Agent {
         for a in actions {
             if let Action::Refuse(r) = a {
                 refused = Some(r.to_string());
+            } else if a == Action::HoldBack {
+                self.held_back(fit.clone().err().unwrap_or_default());
             } else if let Err(failure) = self.carry_out(a) {
                 return self.app_failed(failure);
             }
@@ -53,6 +57,9 @@ impl Agent {
             .changed(self.node.id, from, to, why, unix_ms(SystemTime::now()));
         if to == State::Init {
             self.init_since_ms = self.now_ms();
+        }
+        if to == State::Active {
+            self.held_back = None;
         }
         if to == State::Standby {
             // NoActive counts the dead time from here: a node that has just become
@@ -94,8 +101,8 @@ impl Agent {
             }
             Action::SetInhibited(b) => self.set_inhibited(b),
             Action::Announce => self.announce(),
-            // apply hands refusals back to the caller.
-            Action::Refuse(_) => {}
+            // apply hands refusals back to the caller and says why the guard held back.
+            Action::Refuse(_) | Action::HoldBack => {}
         }
         Ok(())
     }

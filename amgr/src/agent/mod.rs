@@ -15,6 +15,7 @@
 
 mod commands;
 mod effects;
+mod guard;
 mod observe;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
@@ -152,6 +153,13 @@ pub struct Agent {
     /// Read by the sync thread: only the ACTIVE node pushes its configuration.
     active_flag: Arc<AtomicBool>,
     replication: Arc<Mutex<Option<Value>>>,
+    /// The guard thread's last checks.
+    guard: Arc<Mutex<crate::guard::probe::View>>,
+    /// Why the guard last held this node back from taking over (until it serves, or the dual
+    /// does).
+    held_back: Option<String>,
+    /// When this ACTIVE last tried to hand over because it cannot serve.
+    guard_handover_at: Option<Instant>,
 }
 
 /// What the agent shares with the daemon's other threads.
@@ -164,6 +172,10 @@ pub struct Shared {
     pub app_pid: Arc<AtomicU32>,
     /// The `replication` part of slbd's last status answer (the watchdog's), for `query`.
     pub replication: Arc<Mutex<Option<Value>>>,
+    /// Written by the guard thread.
+    pub guard: Arc<Mutex<crate::guard::probe::View>>,
+    /// The agent's clock starts here (the guard times its checks on it).
+    pub epoch: Instant,
 }
 
 impl Agent {
@@ -183,6 +195,7 @@ impl Agent {
                 id: cfg.node_id,
                 primary: dynamic.primary,
                 inhibited: dynamic.inhibited,
+                fit: true,
             },
             liveness: Liveness::new(n, cfg.dead.as_millis() as u64),
             app: App::new(
@@ -198,7 +211,7 @@ impl Agent {
             stats: (0..n).map(|_| LinkStats::default()).collect(),
             state: State::Offline,
             app_pid: shared.app_pid,
-            epoch: Instant::now(),
+            epoch: shared.epoch,
             peer_was: Peer::Unknown,
             dual: None,
             boot,
@@ -215,6 +228,9 @@ impl Agent {
             sync_status: shared.sync_status,
             active_flag: shared.active_flag,
             replication: shared.replication,
+            guard: shared.guard,
+            held_back: None,
+            guard_handover_at: None,
         }
     }
 
@@ -268,6 +284,7 @@ impl Agent {
             let _ = self.apply(event, why);
         }
         self.send_heartbeats();
+        self.guard_tick();
     }
 
     /// What the timers need to know at `now_ms`. In INIT, asks slbd whether it answers.
@@ -380,6 +397,7 @@ impl Agent {
         });
         if state == State::Active {
             self.last_active_seen_ms = now_ms;
+            self.held_back = None;
         }
         if let Some(d) = self.dual() {
             let _ = self.apply(Event::DualState(d), "dual state");

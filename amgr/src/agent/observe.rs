@@ -124,6 +124,8 @@ pub(super) struct View<'a> {
     /// The `replication` part of slbd's last status answer.
     replication: Option<Value>,
     sync: sync::Status,
+    /// What `query` shows of the isolation guard.
+    guard: Value,
 }
 
 /// The metrics sample of `v`.
@@ -193,6 +195,7 @@ pub(super) fn query(v: &View) -> Value {
         "last_failover": v.history.last_failover,
         "transitions": v.history.transitions,
         "replication": v.replication,
+        "guard": v.guard,
         "sync": {
             "peer": v.sync.peer,
             "last_ok_ms": v.sync.last_ok.map(unix_ms),
@@ -227,6 +230,7 @@ impl Agent {
             history: &self.history,
             replication: self.replication.lock().clone(),
             sync: self.sync_status.lock().clone(),
+            guard: self.guard_view(),
         }
     }
 
@@ -285,6 +289,7 @@ mod tests {
         id: 1,
         primary: true,
         inhibited: false,
+        fit: true,
     };
 
     fn dual_seen(state: State, generation: u64) -> DualSeen {
@@ -336,6 +341,7 @@ mod tests {
                 failures: 1,
                 peer: Some("192.168.100.2".into()),
             },
+            guard: json!({"enabled": true, "can_serve": false}),
         }
     }
 
