@@ -50,6 +50,8 @@ pub struct Sample {
     pub takeover_ready: Option<bool>,
     /// The STANDBY's replication lag (ms).
     pub replication_lag_ms: Option<u64>,
+    /// The isolation guard's last verdict; None when it is off or has not checked yet.
+    pub can_serve: Option<bool>,
 }
 
 fn one_hot(f: &mut Family, extra: &[(&'static str, String)], state: Option<State>) {
@@ -184,6 +186,14 @@ pub fn families(s: &Sample) -> Vec<Family> {
     if let Some(l) = s.replication_lag_ms {
         lag.set(node.clone(), l as f64);
     }
+    let mut can_serve = Family::gauge(
+        "amgr_guard_can_serve",
+        "1 when the isolation guard's last round reached enough real servers and a witness; \
+         a node at 0 does not take the VIP. Absent when the guard is off.",
+    );
+    if let Some(b) = s.can_serve {
+        can_serve.set(node.clone(), flag(b));
+    }
 
     vec![
         state,
@@ -203,6 +213,7 @@ pub fn families(s: &Sample) -> Vec<Family> {
         sync_failures,
         ready,
         lag,
+        can_serve,
     ]
 }
 
@@ -235,6 +246,7 @@ mod tests {
             sync_failures: 1,
             takeover_ready: Some(false),
             replication_lag_ms: None,
+            can_serve: Some(false),
         }
     }
 
@@ -272,6 +284,7 @@ mod tests {
         assert_eq!(get("amgr_config_in_sync", &[]), None);
         assert_eq!(get("amgr_config_sync_pushes_total", &[]), Some(4.0));
         assert_eq!(get("amgr_takeover_ready", &[("node", "2")]), Some(0.0));
+        assert_eq!(get("amgr_guard_can_serve", &[("node", "2")]), Some(0.0));
         assert_eq!(get("amgr_replication_lag_milliseconds", &[]), None);
     }
 }

@@ -147,6 +147,7 @@ pub(super) fn sample(v: &View) -> Sample {
         sync_failures: v.sync.failures,
         takeover_ready: replication.and_then(|r| r["takeover_ready"].as_bool()),
         replication_lag_ms: replication.and_then(|r| r["lag_ms"].as_u64()),
+        can_serve: v.guard["can_serve"].as_bool(),
     }
 }
 
@@ -514,6 +515,7 @@ mod tests {
             sync_failures: 1,
             takeover_ready: Some(true),
             replication_lag_ms: Some(7),
+            can_serve: Some(false),
         };
         assert_eq!(s, expected);
     }
