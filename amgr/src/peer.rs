@@ -31,8 +31,14 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum PeerRequest {
-    /// SWITCH from the ACTIVE side: it has released the VIP; become ACTIVE.
-    TakeOver { from: u32 },
+    /// SWITCH from the ACTIVE side: become ACTIVE while it still is; it lets go once this
+    /// answers (make before break). `seq` is the last heartbeat it sent as ACTIVE: one no
+    /// newer that a link delivers late must not look like the dual being ACTIVE again.
+    TakeOver {
+        from: u32,
+        #[serde(default)]
+        seq: u64,
+    },
     /// SWITCH from the STANDBY side: release the VIP so the asker can take it.
     Release { from: u32 },
     /// KILLRM: are you there?
@@ -46,7 +52,7 @@ pub enum PeerRequest {
 impl PeerRequest {
     pub fn from(&self) -> u32 {
         match self {
-            PeerRequest::TakeOver { from }
+            PeerRequest::TakeOver { from, .. }
             | PeerRequest::Release { from }
             | PeerRequest::Ping { from }
             | PeerRequest::DemotePrimary { from }
@@ -306,7 +312,7 @@ mod tests {
     #[test]
     fn a_sealed_request_opens_under_the_same_key_and_nonce_only() {
         let n = [7u8; NONCE_LEN];
-        let req = PeerRequest::TakeOver { from: 2 };
+        let req = PeerRequest::TakeOver { from: 2, seq: 41 };
         let line = seal_request(KEY, &n, &req);
         assert_eq!(open_request(KEY, &n, &line), Ok(req.clone()));
         assert_eq!(

@@ -10,7 +10,7 @@ use slbd::ctl::proto::Command as SlbdCommand;
 
 use super::{Agent, PEER_TIMEOUT, SLBD_TIMEOUT};
 use crate::command::{Command, Request};
-use crate::fsm::{Dual, Event, State};
+use crate::fsm::{self, Action, Dual, Event, State};
 use crate::peer::{self, PeerError, PeerRequest};
 
 impl Agent {
@@ -142,17 +142,16 @@ impl Agent {
             .map_err(|e| format!("the dual's amgr does not answer: {e}"))
     }
 
-    /// SWITCH: the ACTIVE side always lets go first, so the VIP is never up on both.
+    /// SWITCH. From the ACTIVE side: [`Agent::hand_over`]. From the STANDBY side the ACTIVE
+    /// is asked to hand over to this node: it answers at once and then sends TakeOver, which
+    /// this node answers from its loop (a local command waits for it: `pending_switch`).
     fn switch(&mut self) -> Result<Value, String> {
         let dual = self.dual();
         match self.state {
             State::Active => self.hand_over(dual, "SWITCH"),
-            State::Standby if self.node.inhibited => Err("this node is INHIBITED".into()),
             State::Standby => {
-                self.call_dual(&PeerRequest::Release { from: self.node.id }, PEER_TIMEOUT)
-                    .map_err(|e| format!("the dual did not release the VIP: {e}"))?;
-                self.apply(Event::Switch { dual: None }, "SWITCH")?;
-                Ok(json!({"state": self.state.name(), "dual": "STANDBY"}))
+                self.ask_release()?;
+                Ok(json!({"state": self.state.name(), "dual": "handing over"}))
             }
             _ => self
                 .apply(Event::Switch { dual }, "SWITCH")
@@ -160,17 +159,43 @@ impl Agent {
         }
     }
 
-    /// This ACTIVE lets go and asks its STANDBY dual to take over (SWITCH, or the guard); if
-    /// the dual does not, the VIP comes back here.
+    /// A STANDBY's SWITCH: whether it may take over (the state machine's refusals, the guard),
+    /// then the ACTIVE dual asked to hand over.
+    pub(super) fn ask_release(&mut self) -> Result<(), String> {
+        self.node.fit = self.can_serve_now().is_ok();
+        let (_, actions) = fsm::step(self.state, &self.node, Event::Switch { dual: None });
+        if let Some(Action::Refuse(r)) = actions.iter().find(|a| matches!(a, Action::Refuse(_))) {
+            return Err(r.to_string());
+        }
+        self.call_dual(&PeerRequest::Release { from: self.node.id }, PEER_TIMEOUT)
+            .map(|_| ())
+            .map_err(|e| format!("the dual did not hand over: {e}"))
+    }
+
+    /// This ACTIVE hands over to its STANDBY dual (SWITCH, or the guard), make before break:
+    /// the dual takes over first, while this node still carries the VIP's traffic and its
+    /// replication goes on (the dual keeps applying it), then this node lets go, sending its
+    /// last changes. In between both hold the VIP for the few milliseconds the dual's answer
+    /// takes; the dual's gratuitous ARP has already moved the clients and the servers. If the
+    /// dual does not take over, nothing changed here.
     pub(super) fn hand_over(&mut self, dual: Option<Dual>, why: &str) -> Result<Value, String> {
-        self.apply(Event::Switch { dual }, why)?;
-        match self.call_dual(&PeerRequest::TakeOver { from: self.node.id }, PEER_TIMEOUT) {
-            Ok(_) => Ok(json!({"state": self.state.name(), "dual": "ACTIVE"})),
+        let (_, actions) = fsm::step(self.state, &self.node, Event::Switch { dual });
+        if let Some(Action::Refuse(r)) = actions.iter().find(|a| matches!(a, Action::Refuse(_))) {
+            return Err(r.to_string());
+        }
+        let req = PeerRequest::TakeOver {
+            from: self.node.id,
+            seq: self.seq,
+        };
+        match self.call_dual(&req, PEER_TIMEOUT) {
+            Ok(_) => {
+                self.apply(Event::Switch { dual }, why)?;
+                Ok(json!({"state": self.state.name(), "dual": "ACTIVE"}))
+            }
             Err(e) => {
-                tracing::error!(error = %e, "the dual did not take over: taking the VIP back");
-                let _ = self.apply(Event::Switch { dual: None }, "SWITCH failed");
+                tracing::error!(error = %e, "the dual did not take over: this node stays ACTIVE");
                 Err(format!(
-                    "the dual did not take over ({e}); this node is {} again",
+                    "the dual did not take over ({e}); this node is still {}",
                     self.state.name()
                 ))
             }
@@ -184,11 +209,19 @@ impl Agent {
         }
         tracing::info!(request = ?req, "peer request");
         match req {
-            PeerRequest::TakeOver { .. } => {
+            PeerRequest::TakeOver { from, seq } => {
                 if self.state != State::Standby {
                     return Err(format!("this node is {}, not STANDBY", self.state.name()));
                 }
-                self.transition(Event::Switch { dual: None }, "SWITCH from the dual")
+                // The dual stays ACTIVE until this answers: none of its heartbeats up to `seq`
+                // (still saying ACTIVE) may undo the switch by the split rule.
+                if let Some(d) = self.dual.as_mut().filter(|d| d.node == *from) {
+                    d.seq = d.seq.max(*seq);
+                }
+                self.planned_takeover = true;
+                let r = self.transition(Event::Switch { dual: None }, "SWITCH from the dual");
+                self.planned_takeover = false;
+                r
             }
             PeerRequest::Release { from } => self.release(*from),
             PeerRequest::Ping { .. } => Ok(json!({
@@ -210,17 +243,27 @@ impl Agent {
         }
     }
 
-    /// The STANDBY dual's SWITCH: this ACTIVE lets go to it.
+    /// The STANDBY dual's SWITCH: this ACTIVE hands over to it, once this answer is out (the
+    /// dual is waiting for it and must be free to answer the TakeOver).
     fn release(&mut self, from: u32) -> Result<Value, String> {
         if self.state != State::Active {
             return Err(format!("this node is {}, not ACTIVE", self.state.name()));
         }
-        let asker = Dual {
+        self.release_to = Some(Dual {
             id: from,
             state: State::Standby,
             primary: self.dual.as_ref().is_some_and(|d| d.primary),
             inhibited: self.dual.as_ref().is_some_and(|d| d.inhibited),
-        };
-        self.transition(Event::Switch { dual: Some(asker) }, "SWITCH from the dual")
+        });
+        Ok(json!({"state": self.state.name(), "handing_over": true}))
+    }
+
+    /// After each input: a hand-over the dual asked for.
+    pub(super) fn after_input(&mut self) {
+        if let Some(asker) = self.release_to.take() {
+            if let Err(e) = self.hand_over(Some(asker), "SWITCH from the dual") {
+                tracing::error!(error = %e, "the hand-over the dual asked for failed");
+            }
+        }
     }
 }

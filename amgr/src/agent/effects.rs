@@ -60,6 +60,11 @@ impl Agent {
         }
         if to == State::Active {
             self.held_back = None;
+            if let Some((reply, _)) = self.pending_switch.take() {
+                let _ = reply.send(Ok(
+                    serde_json::json!({"state": to.name(), "dual": "STANDBY"}),
+                ));
+            }
         }
         if to == State::Standby {
             // NoActive counts the dead time from here: a node that has just become
@@ -154,7 +159,12 @@ impl Agent {
         if let Err(e) = self.app.call(&SlbdCommand::Reload, SLBD_TIMEOUT) {
             tracing::error!(error = %format!("{e:#}"), "slb_conf.json refused: activating with the configuration slbd has");
         }
-        self.app.call(&SlbdCommand::Load, SLBD_TIMEOUT)?;
+        let load = if self.planned_takeover {
+            SlbdCommand::TakeOver
+        } else {
+            SlbdCommand::Load
+        };
+        self.app.call(&load, SLBD_TIMEOUT)?;
         Ok(())
     }
 

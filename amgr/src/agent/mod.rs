@@ -160,6 +160,12 @@ pub struct Agent {
     held_back: Option<String>,
     /// When this ACTIVE last tried to hand over because it cannot serve.
     guard_handover_at: Option<Instant>,
+    /// The dual asked for the VIP (its SWITCH): handed over once the answer is out.
+    release_to: Option<Dual>,
+    /// This takeover is a planned switch: the dual still balances (slbd `take_over`).
+    planned_takeover: bool,
+    /// A local SWITCH on this STANDBY, answered once the dual's TakeOver made it ACTIVE.
+    pending_switch: Option<(mpsc::Sender<Result<Value, String>>, Instant)>,
 }
 
 /// What the agent shares with the daemon's other threads.
@@ -231,6 +237,9 @@ impl Agent {
             guard: shared.guard,
             held_back: None,
             guard_handover_at: None,
+            release_to: None,
+            planned_takeover: false,
+            pending_switch: None,
         }
     }
 
@@ -285,6 +294,18 @@ impl Agent {
         }
         self.send_heartbeats();
         self.guard_tick();
+        if self
+            .pending_switch
+            .as_ref()
+            .is_some_and(|(_, until)| Instant::now() >= *until)
+        {
+            if let Some((reply, _)) = self.pending_switch.take() {
+                let _ = reply.send(Err(format!(
+                    "the dual did not hand over in time; this node is {}",
+                    self.state.name()
+                )));
+            }
+        }
     }
 
     /// What the timers need to know at `now_ms`. In INIT, asks slbd whether it answers.
@@ -342,6 +363,19 @@ impl Agent {
                         count = n,
                         "datagram from an address other than the peer's"
                     );
+                }
+            }
+            Input::Local { req, reply }
+                if req.cmd == crate::command::Command::Switch
+                    && !req.peer
+                    && self.state == State::Standby =>
+            {
+                // Answered when the dual's TakeOver has made this node ACTIVE.
+                match self.ask_release() {
+                    Ok(()) => self.pending_switch = Some((reply, Instant::now() + PEER_TIMEOUT)),
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
                 }
             }
             Input::Local { req, reply } => {
@@ -438,7 +472,10 @@ pub fn run(mut agent: Agent, rx: mpsc::Receiver<Input>) {
                 agent.stop();
                 return;
             }
-            Ok(input) => agent.input(input),
+            Ok(input) => {
+                agent.input(input);
+                agent.after_input();
+            }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         }

@@ -28,6 +28,10 @@ pub enum Command {
     Apply(Vec<Edit>),
     /// Start balancing: rules, then the VIP and gateway addresses.
     Load,
+    /// Start balancing while the dual still does (a planned switch, make before break): as
+    /// `load`, but the dual's replication session goes on being applied until the dual lets
+    /// go and ends it, so the flows it places in the overlap are known here too.
+    TakeOver,
     /// Stop balancing: addresses, then rules; slbd keeps running.
     Unload,
     /// Re-read slb_conf.json and put it in force (validated first).
@@ -47,6 +51,7 @@ impl Command {
             Command::ShowConfig => "show_config",
             Command::Apply(_) => "apply",
             Command::Load => "load",
+            Command::TakeOver => "take_over",
             Command::Unload => "unload",
             Command::Reload => "reload",
             Command::SaveConfig => "save_config",
@@ -90,6 +95,7 @@ pub fn parse_request(line: &[u8]) -> Result<Command, ProtoError> {
         Some("status") => Command::Status,
         Some("show_config") => Command::ShowConfig,
         Some("load") => Command::Load,
+        Some("take_over") => Command::TakeOver,
         Some("unload") => Command::Unload,
         Some("reload") => Command::Reload,
         Some("save_config") => Command::SaveConfig,
@@ -147,6 +153,7 @@ mod tests {
             Command::ShowConfig,
             Command::Apply(edits),
             Command::Load,
+            Command::TakeOver,
             Command::Unload,
             Command::Reload,
             Command::SaveConfig,

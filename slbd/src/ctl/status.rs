@@ -22,6 +22,9 @@ pub struct Status {
     pub flows: u64,
     pub requests: u64,
     pub replies: u64,
+    /// Replies taken as the dual's flows right after a planned takeover (packet mode).
+    #[serde(default)]
+    pub adopted_replies: u64,
     /// Packets dropped, by reason (every reason, zeros included).
     pub drops: BTreeMap<String, u64>,
     pub services: Vec<ServiceStatus>,
@@ -221,6 +224,7 @@ mod tests {
             flows: 3,
             requests: 9,
             replies: 8,
+            adopted_replies: 0,
             drops: [("no_server".to_string(), 1)].into(),
             services: vec![ServiceStatus {
                 name: "tcp/80".into(),

@@ -89,7 +89,8 @@ impl Handler for Daemon {
                 Ok("applied".into())
             }
             Command::ClearConfig => Ok(self.clear().into()),
-            Command::Load => self.load().map(Into::into).map_err(err),
+            Command::Load => self.load(false).map(Into::into).map_err(err),
+            Command::TakeOver => self.load(true).map(Into::into).map_err(err),
             Command::Unload => Ok(self.unload().into()),
             Command::Reload => self.reload().map(Into::into).map_err(err),
             Command::SaveConfig => self.save().map(Reply::Done).map_err(err),

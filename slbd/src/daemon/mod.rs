@@ -160,7 +160,7 @@ pub fn run(
     if standby {
         daemon.stand_by();
     } else {
-        daemon.load()?;
+        daemon.load(false)?;
     }
 
     for (num, q) in bound {

@@ -42,8 +42,10 @@ impl Role {
 
 impl Daemon {
     /// Starts carrying traffic. State first, then the VIP: what replication delivered is in the
-    /// flow table before the rules and addresses make this node the one clients reach.
-    pub(super) fn load(&self) -> anyhow::Result<&'static str> {
+    /// flow table before the rules and addresses make this node the one clients reach. In a
+    /// planned switch (`overlap`) the dual is still balancing: its session keeps being applied
+    /// until the dual lets go and ends it.
+    pub(super) fn load(&self, overlap: bool) -> anyhow::Result<&'static str> {
         let mut st = self.state.lock();
         match st.role {
             Role::Balancing => return Ok("already loaded"),
@@ -53,7 +55,7 @@ impl Daemon {
             Role::Unloaded => {}
         }
         if let Some(r) = &self.replication {
-            r.activate();
+            r.activate(overlap);
         }
         self.dp
             .set_balancing(true, self.replication.is_some(), self.now_ms());

@@ -65,6 +65,7 @@ pub fn status(i: Inputs) -> Status {
         flows: i.dp.flow_count() as u64,
         requests: i.dp.counters.requests.load(Relaxed),
         replies: i.dp.counters.replies.load(Relaxed),
+        adopted_replies: i.dp.counters.adopted_replies.load(Relaxed),
         drops: DropReason::all()
             .map(|d| (d.name().to_string(), i.dp.counters.dropped(d)))
             .collect(),

@@ -93,11 +93,21 @@ fn switch_losses(runs: usize, every: Duration, mode: &'static str) -> Result<()>
             .iter()
             .filter(|a| a.server.is_some() && a.took > slow)
             .count();
+        let failed_took: Vec<String> = attempts
+            .iter()
+            .filter(|a| a.server.is_none())
+            .map(|a| format!("{} ms", a.took.as_millis()))
+            .collect();
         eprintln!(
-            "switch {} (b{} -> b{}): {f} failed, {l} over 500 ms",
+            "switch {} (b{} -> b{}): {f} failed{}, {l} over 500 ms",
             k + 1,
             from + 1,
-            to + 1
+            to + 1,
+            if failed_took.is_empty() {
+                String::new()
+            } else {
+                format!(" (after {})", failed_took.join(", "))
+            }
         );
         failed.push(f);
         late.push(l);

@@ -3,6 +3,8 @@
 //! place a packet is rewritten. Pure.
 
 use super::replica::Record;
+use std::sync::atomic::Ordering::Relaxed;
+
 use super::{shard_of, Dataplane, DropReason};
 use crate::core::flow::{FlowKey, Lookup};
 use crate::core::model::Mode;
@@ -68,9 +70,19 @@ impl Dataplane {
             dst: h.dst,
         };
         let mut shard = self.shards[shard_of(h.dst)].lock();
-        let r = shard
-            .lookup_reply(&key, h.flags, now_ms)
-            .ok_or(DropReason::ReplyWithoutFlow)?;
+        let r = match shard.lookup_reply(&key, h.flags, now_ms) {
+            Some(r) => r,
+            None => {
+                drop(shard);
+                if !self.adopt_reply(&key, now_ms) {
+                    return Err(DropReason::ReplyWithoutFlow);
+                }
+                shard = self.shards[shard_of(h.dst)].lock();
+                shard
+                    .lookup_reply(&key, h.flags, now_ms)
+                    .ok_or(DropReason::ReplyWithoutFlow)?
+            }
+        };
         if r.established_now {
             let placed = FlowKey {
                 protocol: h.protocol,
@@ -89,11 +101,42 @@ impl Dataplane {
         packet::rewrite(buf, &h, Endpoint::Source, r.vip, csum);
         Ok(())
     }
+
+    /// Right after a takeover, a reply that matches no flow is taken as one of the dual's: in
+    /// a planned switch the dual goes on placing flows until it lets go, and a server can
+    /// answer one (its SYN-ACK) here before the replication record says so. The flow is the
+    /// one from the reply's client to the service that has this server; adopted only when
+    /// exactly one service does, and only in the takeover's grace period (after it, a reply
+    /// without a flow is a stray and is dropped).
+    fn adopt_reply(&self, reply: &FlowKey, now_ms: u64) -> bool {
+        if now_ms >= self.grace_until_ms.load(Relaxed) {
+            return false;
+        }
+        let view = self.view.load();
+        let mut services = view.services.iter().filter(|s| {
+            s.service.protocol == reply.protocol
+                && s.service.mode == Mode::Packet
+                && s.service.servers.iter().any(|r| r.addr == reply.src)
+        });
+        let (Some(svc), None) = (services.next(), services.next()) else {
+            return false;
+        };
+        let port = svc.service.port;
+        drop(view);
+        let adopted = self.apply_flow(reply.protocol, reply.dst, port, reply.src, false, now_ms);
+        if adopted {
+            self.counters.adopted_reply();
+        }
+        adopted
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering::Relaxed;
+
     use crate::core::balancer::testing::*;
+    use crate::core::balancer::TAKEOVER_GRACE_MS;
     use crate::core::packet::fixtures::{checksums_ok, make_partial, tcp, udp};
     use crate::core::packet::tcp_flags::{ACK, FIN, SYN};
 
@@ -174,6 +217,67 @@ mod tests {
         assert_eq!(h.src, sa("10.0.0.100:80"));
         assert_eq!(h.dst, client);
         assert!(checksums_ok(&reply));
+    }
+
+    #[test]
+    fn after_a_takeover_a_reply_of_the_duals_newest_flow_is_adopted_and_its_flow_carried() {
+        let dp = Dataplane::for_test(&config(""));
+        dp.set_balancing(false, false, 0);
+        // The dual placed 10.0.0.5:40000 on 172.16.0.3:80 just before letting go; its
+        // record has not arrived, and the server's SYN-ACK comes here.
+        let (client, server) = (sa("10.0.0.5:40000"), sa("172.16.0.3:80"));
+        let t = 1_000;
+        dp.set_balancing(true, true, t);
+        let mut syn_ack = tcp(server, client, SYN | ACK, b"", &[]);
+        make_partial(&mut syn_ack);
+        assert_eq!(
+            dp.handle(
+                Direction::Reply,
+                &mut syn_ack,
+                true,
+                ChecksumState::Partial,
+                t
+            ),
+            Verdict::Accept
+        );
+        let h = packet::parse(&syn_ack).unwrap();
+        assert_eq!((h.src, h.dst), (sa("10.0.0.100:80"), client));
+        assert!(checksums_ok(&syn_ack));
+        assert_eq!(dp.counters.adopted_replies.load(Relaxed), 1);
+        // The client's next packets go to that server, not to a new choice.
+        let mut ack = tcp(client, sa("10.0.0.100:80"), ACK, b"GET /", &[]);
+        assert_eq!(
+            dp.handle(
+                Direction::Request,
+                &mut ack,
+                true,
+                ChecksumState::Complete,
+                t + 1
+            ),
+            Verdict::Accept
+        );
+        assert_eq!(dst_of(&ack), server);
+        // After the grace period, or from an address no service has, a reply without a flow
+        // is a stray.
+        let stray = |from: &str, now: u64| {
+            let mut p = tcp(sa(from), sa("10.0.0.9:5000"), SYN | ACK, b"", &[]);
+            dp.handle(Direction::Reply, &mut p, true, ChecksumState::Complete, now)
+        };
+        assert_eq!(
+            stray("172.16.0.2:80", t + TAKEOVER_GRACE_MS),
+            Verdict::Drop(DropReason::ReplyWithoutFlow)
+        );
+        assert_eq!(
+            stray("172.16.0.9:80", t + 2),
+            Verdict::Drop(DropReason::ReplyWithoutFlow)
+        );
+        // A node that took over from nobody (a first start) adopts nothing.
+        let fresh = Dataplane::for_test(&config(""));
+        let mut p = tcp(server, client, SYN | ACK, b"", &[]);
+        assert_eq!(
+            fresh.handle(Direction::Reply, &mut p, true, ChecksumState::Complete, 5),
+            Verdict::Drop(DropReason::ReplyWithoutFlow)
+        );
     }
 
     #[test]

@@ -241,7 +241,7 @@ impl Dataplane {
 
     /// Puts a replicated flow on the server the ACTIVE chose; false if this node does not
     /// know that server or the table is full.
-    fn apply_flow(
+    pub(super) fn apply_flow(
         &self,
         protocol: Protocol,
         client: SocketAddrV4,

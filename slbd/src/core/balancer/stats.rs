@@ -106,6 +106,8 @@ impl Registry {
 pub struct Counters {
     pub requests: AtomicU64,
     pub replies: AtomicU64,
+    /// Replies taken as the dual's flows right after a takeover (packet mode).
+    pub adopted_replies: AtomicU64,
     drops: [AtomicU64; DropReason::COUNT],
 }
 
@@ -114,6 +116,7 @@ impl Default for Counters {
         Counters {
             requests: AtomicU64::new(0),
             replies: AtomicU64::new(0),
+            adopted_replies: AtomicU64::new(0),
             drops: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
@@ -122,6 +125,10 @@ impl Default for Counters {
 impl Counters {
     pub fn dropped(&self, why: DropReason) -> u64 {
         self.drops.get(why.index()).map_or(0, |c| c.load(Relaxed))
+    }
+
+    pub(super) fn adopted_reply(&self) {
+        self.adopted_replies.fetch_add(1, Relaxed);
     }
 
     pub(super) fn drop(&self, why: DropReason) {

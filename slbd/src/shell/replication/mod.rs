@@ -79,6 +79,9 @@ pub struct Replication {
     applying: Mutex<()>,
     /// A takeover is waiting for the receiving session to hand over what it has.
     draining: AtomicBool,
+    /// A planned takeover: this node balances and its receiving session, from the dual that
+    /// is letting go, still applies (until that session ends).
+    overlap: AtomicBool,
     receiver_busy: AtomicBool,
     /// The serving session in force; an older one stops when this moves on.
     serving_session: AtomicU64,
@@ -107,6 +110,7 @@ impl Replication {
             active: AtomicBool::new(false),
             applying: Mutex::new(()),
             draining: AtomicBool::new(false),
+            overlap: AtomicBool::new(false),
             receiver_busy: AtomicBool::new(false),
             serving_session: AtomicU64::new(0),
             sender_busy: AtomicBool::new(false),
@@ -135,9 +139,23 @@ impl Replication {
     }
 
     /// Becomes the sender. Returns once what the receiving session had was applied (or it
-    /// gave up after `DRAIN_LIMIT`): the caller brings the VIP up after this.
-    pub fn activate(&self) {
+    /// gave up after `DRAIN_LIMIT`): the caller brings the VIP up after this. With `overlap`
+    /// (a planned switch: the dual still balances) the receiving session is not ended: it
+    /// goes on applying what the dual places until the dual lets go, sends its last changes
+    /// and closes it.
+    pub fn activate(&self, overlap: bool) {
         if self.active.load(Relaxed) {
+            return;
+        }
+        if overlap && self.receiver_busy.load(Relaxed) {
+            let _applying = self.applying.lock();
+            self.overlap.store(true, Relaxed);
+            self.active.store(true, Relaxed);
+            tracing::info!(
+                flows = self.dp.flow_count(),
+                takeover_ready = self.status.takeover_ready(),
+                "replication: taking over while the dual lets go; its session goes on"
+            );
             return;
         }
         self.draining.store(true, Relaxed);
@@ -158,6 +176,7 @@ impl Replication {
     /// Becomes a receiver. Returns once the serving session has sent the last changes (or
     /// after `FLUSH_LIMIT`).
     pub fn deactivate(&self) {
+        self.overlap.store(false, Relaxed);
         if !self.active.swap(false, Relaxed) {
             return;
         }

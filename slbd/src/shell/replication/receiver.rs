@@ -27,6 +27,9 @@ impl Replication {
                 self.receiver_busy.store(true, Relaxed);
                 let result = self.receive_session(&mut stream, peer);
                 self.receiver_busy.store(false, Relaxed);
+                if self.overlap.swap(false, Relaxed) {
+                    tracing::info!(active = %peer, flows = self.dp.flow_count(), "replication: the dual let go; its last changes are applied");
+                }
                 *self.status.receiving.lock() = None;
                 let worked = self.status.snapshot_complete.swap(false, Relaxed);
                 match result {
@@ -92,7 +95,7 @@ impl Replication {
                 .bytes_received
                 .fetch_add(frame.len() as u64, Relaxed);
             let _applying = self.applying.lock();
-            if self.is_active() {
+            if self.is_active() && !self.overlap.load(Relaxed) {
                 return Err(SessionEnd::Superseded);
             }
             if !cleared && !matches!(received, Received::Keepalive) {
