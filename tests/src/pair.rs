@@ -665,12 +665,13 @@ pub fn service_gap(attempts: &[Attempt]) -> (Duration, usize) {
     (worst.0, failed_outside)
 }
 
-/// The failed attempts with their neighbours, one per line (`at ms  took ms  server|-`): what
-/// an assertion on `service_gap` prints so a red run shows where the requests failed.
+/// The failed attempts (and those answered after more than 500 ms) with their neighbours, one
+/// per line (`at ms  took ms  server|-`): what an assertion on the requests prints so a red
+/// run shows where they failed.
 pub fn timeline(attempts: &[Attempt]) -> String {
-    let near_failure = |k: usize| {
-        (k.saturating_sub(2)..(k + 3).min(attempts.len())).any(|j| attempts[j].server.is_none())
-    };
+    let bad = |a: &Attempt| a.server.is_none() || a.took > Duration::from_millis(500);
+    let near_failure =
+        |k: usize| (k.saturating_sub(2)..(k + 3).min(attempts.len())).any(|j| bad(&attempts[j]));
     let mut out = String::new();
     for (k, a) in attempts
         .iter()

@@ -92,11 +92,16 @@ fn rejoin(p: &mut Pair, i: usize) {
     p.wait_states(want, UP).unwrap();
 }
 
-/// One failover of `how` with requests flowing; returns the new-request gap.
-fn failover(p: &mut Pair, how: &str) -> Duration {
+/// One failover of `how` with requests flowing; returns the new-request gap. A crash costs a
+/// gap; a planned switch makes before it breaks and must cost nothing: with a new request
+/// every 20 ms, none fails and none is answered after more than 500 ms (which is what a SYN
+/// the balancers lost would cost: the client retransmits it after 1 s).
+fn failover(p: &mut Pair, how: &str) -> (Duration, usize) {
+    let mut lost_here = 0;
     let from = active_of(p);
     let to = 1 - from;
-    let reqs = Requests::start(&p.lab.client(), Duration::from_millis(50));
+    let every = if how == "switch" { 20 } else { 50 };
+    let reqs = Requests::start(&p.lab.client(), Duration::from_millis(every));
     std::thread::sleep(Duration::from_millis(300));
     match how {
         "kill" => p.kill(from),
@@ -109,6 +114,29 @@ fn failover(p: &mut Pair, how: &str) -> Duration {
     wait_active(p, to);
     std::thread::sleep(Duration::from_millis(700));
     let attempts = reqs.finish();
+    if how == "switch" {
+        let lost = attempts
+            .iter()
+            .filter(|a| a.server.is_none() || a.took > Duration::from_millis(500))
+            .count();
+        if lost > 0 {
+            // What each balancer dropped and adopted, for whoever reads the failure.
+            for i in 0..2 {
+                let st = p.slbd_status(i).unwrap_or_default();
+                eprintln!(
+                    "node {}: drops {} adopted_replies {}",
+                    i + 1,
+                    st["drops"],
+                    st["adopted_replies"]
+                );
+            }
+            eprintln!(
+                "switch: {lost} requests failed or slowed:\n{}",
+                timeline(&attempts)
+            );
+        }
+        lost_here = lost;
+    }
     let (gap, failed_outside) = service_gap(&attempts);
     assert!(
         attempts.last().unwrap().server.is_some(),
@@ -121,7 +149,7 @@ fn failover(p: &mut Pair, how: &str) -> Duration {
         timeline(&attempts)
     );
     assert!(p.has_vip(to));
-    gap
+    (gap, lost_here)
 }
 
 /// The common run: hold 20 connections, then `runs` failovers of `how`, alternating between
@@ -136,10 +164,22 @@ fn survive(how: &str, runs: usize, mode: &'static str) {
     servers.dedup();
     assert!(servers.len() >= 2, "held connections on {servers:?}");
     let mut gaps = Vec::new();
+    let mut lost_total = 0;
     for run in 0..runs {
         let standby = 1 - active_of(&p);
         p.wait_takeover_ready(standby, HELD as u64, UP).unwrap();
-        let gap = failover(&mut p, how);
+        let (gap, lost) = failover(&mut p, how);
+        lost_total += lost;
+        // Packet mode: none. Offload mode: at most one over the run. The old ACTIVE's
+        // conntrack can drop the handshake's ACK of a flow whose SYN-ACK already went the new
+        // ACTIVE's way while the client still sent to the old one (seen about once in 100
+        // switches under load; not handled yet).
+        let allowed = usize::from(mode == "offload");
+        assert!(
+            lost_total <= allowed,
+            "{mode} {how} run {}: {lost_total} requests failed or slowed by the switches",
+            run + 1
+        );
         let n = kept(&p, &held, run);
         eprintln!(
             "{mode} {how} run {}: {n}/{HELD} kept, gap {} ms",
@@ -185,12 +225,12 @@ fn held_connections_survive_kill_9_of_the_active_and_failback(mode: &'static str
     survive("kill", 6, mode);
 }
 
-fn held_connections_survive_planned_switches_both_ways(mode: &'static str) {
-    if !can_run("held_connections_survive_planned_switches_both_ways") {
+fn held_connections_and_every_new_request_survive_20_planned_switches(mode: &'static str) {
+    if !can_run("held_connections_and_every_new_request_survive_20_planned_switches") {
         return;
     }
-    // 5 switches to node 2, 5 failbacks to node 1.
-    survive("switch", 10, mode);
+    // 10 switches to node 2, 10 failbacks to node 1.
+    survive("switch", 20, mode);
 }
 
 /// A UDP question on `sock` (kept bound, so one flow); returns the answering server.
@@ -527,7 +567,7 @@ fn forged_and_replayed_replication_frames_change_nothing() {
 
 in_both_modes!(
     held_connections_survive_kill_9_of_the_active_and_failback,
-    held_connections_survive_planned_switches_both_ways,
+    held_connections_and_every_new_request_survive_20_planned_switches,
     udp_flows_and_persisted_clients_stay_on_their_servers_across_failovers,
     a_standby_started_late_is_ready_only_with_the_snapshot_and_keeps_1000_flows,
 );

@@ -183,6 +183,9 @@ impl Agent {
         if let Some(Action::Refuse(r)) = actions.iter().find(|a| matches!(a, Action::Refuse(_))) {
             return Err(r.to_string());
         }
+        if let Err(e) = self.app.call(&SlbdCommand::HandOver, SLBD_TIMEOUT) {
+            tracing::warn!(error = %format!("{e:#}"), "slbd not told of the hand-over");
+        }
         let req = PeerRequest::TakeOver {
             from: self.node.id,
             seq: self.seq,

@@ -62,10 +62,19 @@ impl Agent {
         if self.state != State::Active || !self.cfg.guard.enabled() {
             return;
         }
+        // The failed rounds must come after the dual became STANDBY: right after a healed
+        // split, the rounds from while this node was cut off still say it cannot serve, and
+        // the dual has just stepped down to it.
+        let settled = (self.cfg.guard.every * self.cfg.guard.unfit_rounds).as_millis() as u64;
         let why = {
             let v = self.guard.lock();
             match &v.latest {
-                Some(s) if v.unfit_in_row >= self.cfg.guard.unfit_rounds => s.verdict.clone().err(),
+                Some(s)
+                    if v.unfit_in_row >= self.cfg.guard.unfit_rounds
+                        && s.started_ms >= self.dual_state_since_ms + settled =>
+                {
+                    s.verdict.clone().err()
+                }
                 _ => None,
             }
         };

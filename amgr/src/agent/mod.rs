@@ -160,6 +160,8 @@ pub struct Agent {
     held_back: Option<String>,
     /// When this ACTIVE last tried to hand over because it cannot serve.
     guard_handover_at: Option<Instant>,
+    /// When the dual's state last changed, as its heartbeats say (ms).
+    dual_state_since_ms: u64,
     /// The dual asked for the VIP (its SWITCH): handed over once the answer is out.
     release_to: Option<Dual>,
     /// This takeover is a planned switch: the dual still balances (slbd `take_over`).
@@ -237,6 +239,7 @@ impl Agent {
             guard: shared.guard,
             held_back: None,
             guard_handover_at: None,
+            dual_state_since_ms: 0,
             release_to: None,
             planned_takeover: false,
             pending_switch: None,
@@ -414,6 +417,7 @@ impl Agent {
         let state = from_wire(app.state);
         let before = self.dual.as_ref().map(|d| (d.node, d.state));
         if before != Some((hb.node, state)) {
+            self.dual_state_since_ms = now_ms;
             tracing::info!(dual = hb.node, state = state.name(), "dual state");
             let at_ms = unix_ms(SystemTime::now());
             self.history

@@ -95,6 +95,15 @@ pub const NAT_CHAIN: Chain = Chain {
     kind: ChainKind::Nat,
 };
 
+/// Offload: a flow taken from the dual by one of its server's packets (see [`adopt_mark`])
+/// comes from the VIP, both ways.
+pub const SNAT_CHAIN: Chain = Chain {
+    name: "offload_snat",
+    hook: Hook::Postrouting,
+    priority: 100,
+    kind: ChainKind::Nat,
+};
+
 /// Nothing addressed to the VIP reaches the balancer's own sockets.
 pub const GUARD_CHAIN: Chain = Chain {
     name: "guard",
@@ -110,6 +119,20 @@ pub const REFUSE_MARK: u32 = 0x5b1d_0001;
 /// conntrack mark of every flow slbd placed in offload mode carries it.
 pub const OFFLOAD_MARK_BASE: u32 = 0x5b1f_0000;
 pub const OFFLOAD_MARK_MASK: u32 = 0xffff_0000;
+
+/// Taken flows: this prefix, and the service's VIP port in the low 16 bits; the packet mark
+/// of a server's packet that opens a taken flow's conntrack entry, and that entry's mark.
+pub const ADOPT_MARK_BASE: u32 = 0x5b1c_0000;
+
+pub fn adopt_mark(vip_port: u16) -> u32 {
+    ADOPT_MARK_BASE | u32::from(vip_port)
+}
+
+/// A taken flow's SYN-ACK or FIN, which conntrack binds no NAT to: queued again after routing
+/// (`postrouting`), where slbd rewrites it to come from the VIP as it does packet-mode replies.
+/// Rewritten before routing, a packet from a local address arriving from outside would be
+/// dropped as a martian.
+pub const ADOPT_REWRITE_MARK: u32 = ADOPT_MARK_BASE;
 
 /// The mark that sends a first packet to server `id`; none for ids past 16 bits.
 pub fn offload_mark(id: u32) -> Option<u32> {
@@ -162,6 +185,9 @@ pub enum Match {
     Mark(u32),
     /// The packet's conntrack entry is new: the flow's first packet.
     CtStateNew,
+    /// The packet's conntrack entry is new, or conntrack found the packet INVALID (a SYN-ACK
+    /// or FIN it never saw the flow of).
+    CtStateNewOrInvalid,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,6 +203,7 @@ pub enum Action {
     /// `ct event set` these event bits: which conntrack reports for the flow.
     CtEvents(u32),
     Dnat(std::net::SocketAddrV4),
+    Snat(std::net::SocketAddrV4),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -193,13 +220,14 @@ pub struct Ruleset {
 }
 
 impl Ruleset {
-    pub const CHAINS: [Chain; 6] = [
+    pub const CHAINS: [Chain; 7] = [
         REQUEST_CHAIN,
         OFFLOAD_CHAIN,
         REFUSE_CHAIN,
         NAT_CHAIN,
         GUARD_CHAIN,
         REPLY_CHAIN,
+        SNAT_CHAIN,
     ];
 
     /// How many rules go in `chain`, for checking what the kernel reports back.
@@ -252,6 +280,53 @@ pub fn plan(
             matches,
             actions: vec![Action::Queue(queues)],
             comment: format!("offload {}: first packet", s.name()),
+        });
+    }
+    // A server's packet no conntrack entry of this node knows: in a planned switch, one of a
+    // flow the dual placed just before letting go, reaching this node first (its servers
+    // answer here from the gratuitous ARP on). slbd takes the flow: a SYN-ACK or FIN, which
+    // conntrack marks INVALID, gets [`ADOPT_REWRITE_MARK`] and is rewritten after routing to
+    // come from the VIP; any other gets the
+    // [`adopt_mark`] of its service, and `offload_snat` binds its new conntrack entry to
+    // come from the VIP, both ways, for the flow's life. Anything else passes unchanged.
+    let mut offload_ports: Vec<u16> = config
+        .services
+        .iter()
+        .filter(|s| s.mode == Mode::Offload && s.protocol == Protocol::Tcp)
+        .flat_map(|s| s.servers.iter().map(|r| r.addr.port()))
+        .collect();
+    offload_ports.sort();
+    offload_ports.dedup();
+    for port in offload_ports {
+        rules.push(Rule {
+            chain: OFFLOAD_CHAIN,
+            matches: vec![
+                Match::SaddrIn(net),
+                Match::DaddrNotIn(net),
+                Match::L4Proto(Protocol::Tcp),
+                Match::Sport(Protocol::Tcp, port),
+                Match::CtStateNewOrInvalid,
+            ],
+            actions: vec![Action::Queue(queues)],
+            comment: format!("offload tcp/{port}: a server's packet no flow here knows"),
+        });
+    }
+    for s in config
+        .services
+        .iter()
+        .filter(|s| s.mode == Mode::Offload && s.protocol == Protocol::Tcp)
+    {
+        rules.push(Rule {
+            chain: SNAT_CHAIN,
+            matches: vec![
+                Match::Mark(adopt_mark(s.port)),
+                Match::L4Proto(Protocol::Tcp),
+            ],
+            actions: vec![
+                Action::CtMarkFromMark,
+                Action::Snat(std::net::SocketAddrV4::new(config.vip, s.port)),
+            ],
+            comment: format!("offload {}: a flow taken from the dual", s.name()),
         });
     }
     for t in targets {
@@ -320,6 +395,18 @@ pub fn plan(
         actions: vec![Action::RejectPortUnreachable],
         comment: "refused: no server up".into(),
     });
+    if config
+        .services
+        .iter()
+        .any(|s| s.mode == Mode::Offload && s.protocol == Protocol::Tcp)
+    {
+        rules.push(Rule {
+            chain: REPLY_CHAIN,
+            matches: vec![Match::Mark(ADOPT_REWRITE_MARK)],
+            actions: vec![Action::Queue(queues)],
+            comment: "offload: a taken flow's packet conntrack does not translate".into(),
+        });
+    }
     for &(p, port) in &reply_ports {
         rules.push(Rule {
             chain: REPLY_CHAIN,
@@ -342,6 +429,7 @@ impl fmt::Display for Match {
             Match::Sport(p, port) => write!(f, "{p} sport {port}"),
             Match::Mark(m) => write!(f, "meta mark {m:#x}"),
             Match::CtStateNew => f.write_str("ct state new"),
+            Match::CtStateNewOrInvalid => f.write_str("ct state invalid,new"),
         }
     }
 }
@@ -362,6 +450,7 @@ impl fmt::Display for Action {
                 write!(f, "ct event set {}", set.join(","))
             }
             Action::Dnat(to) => write!(f, "dnat to {to}"),
+            Action::Snat(to) => write!(f, "snat to {to}"),
             Action::RejectTcpReset => f.write_str("reject with tcp reset"),
             Action::RejectPortUnreachable => f.write_str("reject with icmp port-unreachable"),
             Action::Queue(q) if q.count > 1 => {
@@ -480,6 +569,8 @@ mod tests {
                 r#"prerouting: ip daddr 10.0.0.100 meta l4proto tcp tcp dport 80 accept comment "offload tcp/80: conntrack sees it""#,
                 r#"prerouting: ip daddr 10.0.0.100 meta l4proto udp udp dport 53 notrack queue num 0 comment "request udp/53""#,
                 r#"offload: ip daddr 10.0.0.100 meta l4proto tcp tcp dport 80 ct state new queue num 0 comment "offload tcp/80: first packet""#,
+                r#"offload: ip saddr 172.16.0.0/24 ip daddr != 172.16.0.0/24 meta l4proto tcp tcp sport 80 ct state invalid,new queue num 0 comment "offload tcp/80: a server's packet no flow here knows""#,
+                r#"offload_snat: meta mark 0x5b1c0050 meta l4proto tcp ct mark set meta mark snat to 10.0.0.100:80 comment "offload tcp/80: a flow taken from the dual""#,
                 r#"offload_nat: meta mark 0x5b1f0007 meta l4proto tcp ct mark set meta mark ct event set destroy,assured dnat to 172.16.0.2:80 comment "offload to tcp/172.16.0.2:80""#,
                 r#"guard: ip daddr 10.0.0.100 meta l4proto tcp drop comment "VIP tcp: never to local sockets""#,
                 r#"guard: ip daddr 10.0.0.100 meta l4proto udp drop comment "VIP udp: never to local sockets""#,
@@ -488,6 +579,7 @@ mod tests {
                 r#"prerouting: ip daddr 10.0.0.100 meta l4proto udp drop comment "VIP udp: no other port reaches local sockets""#,
                 r#"refuse: meta mark 0x5b1d0001 meta l4proto tcp reject with tcp reset comment "refused: no server up""#,
                 r#"refuse: meta mark 0x5b1d0001 reject with icmp port-unreachable comment "refused: no server up""#,
+                r#"postrouting: meta mark 0x5b1c0000 queue num 0 comment "offload: a taken flow's packet conntrack does not translate""#,
                 r#"postrouting: ip saddr 172.16.0.0/24 ip daddr != 172.16.0.0/24 meta l4proto udp udp sport 53 queue num 0 comment "reply udp/53""#,
             ]
         );

@@ -32,6 +32,10 @@ pub enum Command {
     /// `load`, but the dual's replication session goes on being applied until the dual lets
     /// go and ends it, so the flows it places in the overlap are known here too.
     TakeOver,
+    /// A planned switch is about to start (the dual takes over, then this node lets go): the
+    /// dual's newest flows may answer here meanwhile, and are taken as they are after a
+    /// takeover.
+    HandOver,
     /// Stop balancing: addresses, then rules; slbd keeps running.
     Unload,
     /// Re-read slb_conf.json and put it in force (validated first).
@@ -52,6 +56,7 @@ impl Command {
             Command::Apply(_) => "apply",
             Command::Load => "load",
             Command::TakeOver => "take_over",
+            Command::HandOver => "hand_over",
             Command::Unload => "unload",
             Command::Reload => "reload",
             Command::SaveConfig => "save_config",
@@ -96,6 +101,7 @@ pub fn parse_request(line: &[u8]) -> Result<Command, ProtoError> {
         Some("show_config") => Command::ShowConfig,
         Some("load") => Command::Load,
         Some("take_over") => Command::TakeOver,
+        Some("hand_over") => Command::HandOver,
         Some("unload") => Command::Unload,
         Some("reload") => Command::Reload,
         Some("save_config") => Command::SaveConfig,
@@ -154,6 +160,7 @@ mod tests {
             Command::Apply(edits),
             Command::Load,
             Command::TakeOver,
+            Command::HandOver,
             Command::Unload,
             Command::Reload,
             Command::SaveConfig,

@@ -91,6 +91,10 @@ impl Handler for Daemon {
             Command::ClearConfig => Ok(self.clear().into()),
             Command::Load => self.load(false).map(Into::into).map_err(err),
             Command::TakeOver => self.load(true).map(Into::into).map_err(err),
+            Command::HandOver => {
+                self.dp.handing_over(self.now_ms());
+                Ok("handing over".into())
+            }
             Command::Unload => Ok(self.unload().into()),
             Command::Reload => self.reload().map(Into::into).map_err(err),
             Command::SaveConfig => self.save().map(Reply::Done).map_err(err),

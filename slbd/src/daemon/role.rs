@@ -173,6 +173,13 @@ impl Daemon {
     /// After the addresses and rules are gone: this node's flows are now its dual's to carry;
     /// the last changes go to it before this returns.
     fn stop_balancing(&self) {
+        let half_open = self.dp.log_unestablished();
+        if half_open > 0 {
+            tracing::info!(
+                flows = half_open,
+                "replication: flows not yet established go to the dual too"
+            );
+        }
         self.dp.set_balancing(false, false, self.now_ms());
         if let Some(r) = &self.replication {
             r.deactivate();

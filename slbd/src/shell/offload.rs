@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use crate::core::balancer::{Dataplane, KernelReport};
-use crate::core::ruleset::{OFFLOAD_MARK_BASE, OFFLOAD_MARK_MASK};
+use crate::core::ruleset::{ADOPT_MARK_BASE, OFFLOAD_MARK_BASE, OFFLOAD_MARK_MASK};
 use crate::shell::conntrack::{Control, EventSocket};
 use crate::wire::ctnetlink::CtEntry;
 use crate::wire::ctnetlink::Inject;
@@ -202,16 +202,22 @@ impl Offload {
     /// Deletes the conntrack entries of server `mark` (the drain policy's cut), or with
     /// `None` every entry of slbd's (balancing stopped).
     pub fn cut(&self, mark: Option<u32>) {
-        let (m, mask) = match mark {
-            Some(m) => (m, u32::MAX),
-            None => (OFFLOAD_MARK_BASE, OFFLOAD_MARK_MASK),
+        let cuts = match mark {
+            Some(m) => vec![(m, u32::MAX)],
+            // With the flows taken from the dual at a planned switch.
+            None => vec![
+                (OFFLOAD_MARK_BASE, OFFLOAD_MARK_MASK),
+                (ADOPT_MARK_BASE, OFFLOAD_MARK_MASK),
+            ],
         };
-        match self.with_control(|c| c.delete_marked(m, mask)) {
-            Ok(()) => {
-                self.stats.cuts.fetch_add(1, Relaxed);
-            }
-            Err(e) => {
-                tracing::error!(error = %e, mark = %format!("{m:#x}"), "cannot delete conntrack entries")
+        for (m, mask) in cuts {
+            match self.with_control(|c| c.delete_marked(m, mask)) {
+                Ok(()) => {
+                    self.stats.cuts.fetch_add(1, Relaxed);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, mark = %format!("{m:#x}"), "cannot delete conntrack entries")
+                }
             }
         }
     }

@@ -351,6 +351,14 @@ impl Dataplane {
         n
     }
 
+    /// A planned switch is about to hand this node's traffic to the dual: opens the grace
+    /// period here too, since until the dual's server-side announcement has reached every
+    /// server a SYN-ACK of a flow the dual placed can still come this way.
+    pub fn handing_over(&self, now_ms: u64) {
+        self.grace_until_ms
+            .store(now_ms + TAKEOVER_GRACE_MS, Relaxed);
+    }
+
     /// Whether this node carries traffic. Turning it on restarts every flow's idle clock
     /// (a STANDBY's replicated flows saw no packets here) and, for a `takeover` from a dual,
     /// opens the grace period for mid-stream packets of unknown flows.

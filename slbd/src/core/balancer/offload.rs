@@ -14,7 +14,9 @@ use super::{shard_of, Dataplane, DropReason};
 use crate::core::flow::{Ended, FlowKey, Lookup, Phase, Reported};
 use crate::core::model::Mode;
 use crate::core::net::Protocol;
-use crate::core::ruleset::{offload_id, offload_mark, OffloadTarget};
+use crate::core::ruleset::{
+    adopt_mark, offload_id, offload_mark, OffloadTarget, ADOPT_REWRITE_MARK,
+};
 use crate::core::sched::Algorithm;
 
 /// What conntrack says about one of its entries.
@@ -76,6 +78,63 @@ impl Dataplane {
         }
         let (_, id) = self.place(view, svc, key, flags, now_ms, &mut flows, true)?;
         offload_mark(id).ok_or(DropReason::NoServer)
+    }
+
+    /// A server's packet no conntrack entry knows (an offload service's, queued by the
+    /// ruleset). In the grace period after a takeover it is taken as one of a flow the dual
+    /// placed just before letting go (a planned switch): the flow goes into the table, so the
+    /// client's packets keep their server. A SYN-ACK or FIN (INVALID to conntrack, which binds
+    /// no NAT to it) gets [`ADOPT_REWRITE_MARK`]: queued again after routing, it is rewritten
+    /// by [`Dataplane::reply`] to come from the VIP; any other packet opened a new
+    /// conntrack entry and is answered with the service's [`adopt_mark`], by which
+    /// `offload_snat` binds that entry to the VIP both ways. `None`: not an offload server's
+    /// packet (not this path's); `Some(None)`: accept (rewritten, or unchanged outside the
+    /// grace period, as conntrack alone would pass it); `Some(Some(mark))`: accept with mark.
+    /// The packet itself is never changed here.
+    pub(super) fn offload_stray(
+        &self,
+        view: &View,
+        h: &crate::core::packet::Headers,
+        now_ms: u64,
+    ) -> Option<Option<u32>> {
+        use crate::core::packet::tcp_flags::{FIN, RST, SYN};
+        let mut owners = view.services.iter().filter_map(|s| {
+            let i = s.service.servers.iter().position(|r| r.addr == h.src)?;
+            (s.service.protocol == h.protocol && s.service.mode == Mode::Offload).then_some((s, i))
+        });
+        let (Some((svc, i)), rest) = (owners.next(), owners.next()) else {
+            return None;
+        };
+        if rest.is_some()
+            || now_ms >= self.grace_until_ms.load(Relaxed)
+            || h.protocol != Protocol::Tcp
+            || h.flags & RST != 0
+        {
+            return Some(None);
+        }
+        let vip = SocketAddrV4::new(view.vip, svc.service.port);
+        let key = FlowKey {
+            protocol: h.protocol,
+            src: h.dst,
+            dst: vip,
+        };
+        let mut flows = self.shards[shard_of(key.src)].lock();
+        if flows.is_established(&key).is_none() {
+            let id = svc.ids[i];
+            if flows.insert_kernel(&key, h.src, id, now_ms, false).is_err() {
+                return Some(None);
+            }
+            self.with_stats(id, |st| {
+                st.live_flows.fetch_add(1, Relaxed);
+            });
+        }
+        drop(flows);
+        self.counters.adopted_reply();
+        Some(Some(if h.flags & (SYN | FIN) != 0 {
+            ADOPT_REWRITE_MARK
+        } else {
+            adopt_mark(svc.service.port)
+        }))
     }
 
     /// Follows conntrack's report on an entry (an event, or a dump line): confirms offload
@@ -230,8 +289,10 @@ impl Dataplane {
 #[cfg(test)]
 mod tests {
     use crate::core::balancer::testing::*;
-    use crate::core::packet::fixtures::{tcp, udp};
+    use crate::core::balancer::TAKEOVER_GRACE_MS;
+    use crate::core::packet::fixtures::{checksums_ok, tcp, udp};
     use crate::core::packet::tcp_flags::{ACK, SYN};
+    use crate::core::ruleset::{adopt_mark, ADOPT_REWRITE_MARK};
 
     fn config(algorithm: &str) -> Config {
         Config::from_json(&format!(
@@ -277,6 +338,94 @@ mod tests {
 
     fn live(dp: &Dataplane, service: usize, server: usize) -> u64 {
         dp.services()[service].1[server].live_flows.load(Relaxed)
+    }
+
+    #[test]
+    fn after_a_takeover_a_servers_syn_ack_no_flow_knows_is_answered_and_its_flow_marked() {
+        let dp = Dataplane::new(&config("ROUND_ROBIN"), 1);
+        dp.set_balancing(false, false, 0);
+        let t = 1_000;
+        dp.set_balancing(true, true, t);
+        // The dual placed 10.0.0.5:4000 on 172.16.0.3:80 just before letting go; the server's
+        // SYN-ACK reaches this node, whose conntrack never saw the SYN.
+        let (client, server) = (sa("10.0.0.5:4000"), sa("172.16.0.3:80"));
+        // Before routing it is only marked (rewritten there, a packet from the local VIP
+        // arriving from outside would be dropped as a martian); after routing it is rewritten.
+        let mut syn_ack = tcp(server, client, SYN | ACK, b"", &[]);
+        let before = syn_ack.clone();
+        let v = dp.handle(
+            Direction::Request,
+            &mut syn_ack,
+            true,
+            ChecksumState::Complete,
+            t,
+        );
+        assert_eq!(v, Verdict::Offload(ADOPT_REWRITE_MARK));
+        assert_eq!(syn_ack, before);
+        let v = dp.handle(
+            Direction::Reply,
+            &mut syn_ack,
+            true,
+            ChecksumState::Complete,
+            t,
+        );
+        assert_eq!(v, Verdict::Accept);
+        let h = packet::parse(&syn_ack).unwrap();
+        assert_eq!((h.src, h.dst), (sa("10.0.0.100:80"), client));
+        assert!(checksums_ok(&syn_ack));
+        assert_eq!(dp.counters.adopted_replies.load(Relaxed), 1);
+        // The client's ACK (new to conntrack here) gets that server's mark, not a new choice.
+        let mut ack = tcp(client, sa("10.0.0.100:80"), ACK, b"", &[]);
+        let id = dp.server_id(0, 1).unwrap();
+        assert_eq!(
+            dp.handle(
+                Direction::Request,
+                &mut ack,
+                true,
+                ChecksumState::Complete,
+                t + 1
+            ),
+            Verdict::Offload(offload_mark(id).unwrap())
+        );
+        // A server's data segment of another such flow opened a new conntrack entry: it
+        // gets the mark that binds that entry to the VIP (offload_snat), and is not rewritten.
+        let other = sa("10.0.0.5:4001");
+        let mut data = tcp(server, other, ACK, b"HTTP/1.0 200 OK", &[]);
+        let before = data.clone();
+        assert_eq!(
+            dp.handle(
+                Direction::Request,
+                &mut data,
+                true,
+                ChecksumState::Complete,
+                t + 2
+            ),
+            Verdict::Offload(adopt_mark(80))
+        );
+        assert_eq!(data, before);
+        assert_eq!(dp.counters.adopted_replies.load(Relaxed), 2);
+        // Outside the grace period it passes unchanged, as conntrack alone would let it.
+        let mut p = tcp(server, sa("10.0.0.9:1"), SYN | ACK, b"", &[]);
+        let before = p.clone();
+        let late = t + TAKEOVER_GRACE_MS;
+        assert_eq!(
+            dp.handle(
+                Direction::Request,
+                &mut p,
+                true,
+                ChecksumState::Complete,
+                late
+            ),
+            Verdict::Accept
+        );
+        assert_eq!(p, before);
+        // A packet from no offload service's server is not this path's (nothing queues it).
+        let mut p = tcp(sa("172.16.0.2:8081"), sa("10.0.0.9:1"), SYN | ACK, b"", &[]);
+        assert_eq!(
+            dp.handle(Direction::Request, &mut p, true, ChecksumState::Complete, t),
+            Verdict::Drop(DropReason::NoService)
+        );
+        assert_eq!(dp.counters.adopted_replies.load(Relaxed), 2);
     }
 
     #[test]

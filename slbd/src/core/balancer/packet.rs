@@ -21,6 +21,12 @@ impl Dataplane {
     ) -> Result<Option<u32>, DropReason> {
         let h = packet::parse(buf).map_err(DropReason::Malformed)?;
         let view = self.view.load();
+        // The offload chain's rule for a server's packet no conntrack entry knows.
+        if *h.dst.ip() != view.vip {
+            if let Some(verdict) = self.offload_stray(&view, &h, now_ms) {
+                return Ok(verdict);
+            }
+        }
         let svc = view
             .service(h.protocol, h.dst.port())
             .filter(|_| *h.dst.ip() == view.vip)

@@ -112,6 +112,42 @@ impl Dataplane {
         self.log_overflowed.store(false, Relaxed);
     }
 
+    /// At a release, before the last changes go: TCP flows not yet established here (their
+    /// handshake, or in offload mode conntrack's assurance, not seen yet) were never logged.
+    /// The dual taking over gets them too, so a connection placed just before this node let
+    /// go keeps its server there instead of being dropped as unknown. Returns how many.
+    pub fn log_unestablished(&self) -> usize {
+        let mut n = 0;
+        for shard in self.shards.iter() {
+            let mut s = shard.lock();
+            let pending: Vec<Record> = s
+                .flows
+                .flows()
+                .filter(|e| e.protocol == Protocol::Tcp)
+                .filter(|e| {
+                    let key = FlowKey {
+                        protocol: e.protocol,
+                        src: e.client,
+                        dst: e.vip,
+                    };
+                    s.flows.is_established(&key) == Some(false)
+                })
+                .map(|e| Record::Flow {
+                    protocol: e.protocol,
+                    client: e.client,
+                    vip_port: e.vip.port(),
+                    server: e.server,
+                    established: false,
+                })
+                .collect();
+            n += pending.len();
+            for r in pending {
+                self.log(&mut s, r);
+            }
+        }
+        n
+    }
+
     /// Stops logging and drops what was not taken.
     pub fn stop_change_log(&self) {
         self.logging.store(false, Relaxed);
@@ -517,6 +553,54 @@ mod tests {
         // Taken: the log is usable again.
         out.clear();
         assert_eq!(active.take_changes(&mut out), Ok(()));
+    }
+
+    #[test]
+    fn a_release_sends_the_flows_still_in_their_handshake_and_the_dual_keeps_their_server() {
+        let c = config("");
+        let (active, standby) = (Dataplane::for_test(&c), Dataplane::for_test(&c));
+        standby.set_balancing(false, false, 0);
+        active.start_change_log();
+        // A SYN placed just before the release; its SYN-ACK has not come back.
+        let client = sa("10.0.0.5:4000");
+        let mut syn = tcp(client, sa("10.0.0.100:80"), SYN, b"", &[]);
+        active.handle(
+            Direction::Request,
+            &mut syn,
+            true,
+            ChecksumState::Complete,
+            0,
+        );
+        let server = dst_of(&syn);
+        let mut out = Vec::new();
+        active.take_changes(&mut out).unwrap();
+        assert!(out.is_empty(), "a half-open flow is not logged: {out:?}");
+        assert_eq!(active.log_unestablished(), 1);
+        active.take_changes(&mut out).unwrap();
+        assert_eq!(
+            out,
+            [Record::Flow {
+                protocol: Protocol::Tcp,
+                client,
+                vip_port: 80,
+                server,
+                established: false,
+            }]
+        );
+        standby.apply_replica(&out, 0);
+        standby.set_balancing(true, true, 10);
+        let mut ack = tcp(client, sa("10.0.0.100:80"), ACK, b"GET /", &[]);
+        assert_eq!(
+            standby.handle(
+                Direction::Request,
+                &mut ack,
+                true,
+                ChecksumState::Complete,
+                10
+            ),
+            Verdict::Accept
+        );
+        assert_eq!(dst_of(&ack), server);
     }
 
     #[test]

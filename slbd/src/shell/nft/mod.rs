@@ -166,11 +166,15 @@ fn build_rule<'a>(chain: &'a Chain<'a>, r: &ruleset::Rule, backend: QueueBackend
                 rule.add_expr(&Immediate::new(*bits, Register::Reg1));
                 rule.add_expr(&CtEventMask);
             }
-            Action::Dnat(to) => {
+            Action::Dnat(to) | Action::Snat(to) => {
                 rule.add_expr(&Immediate::new(to.ip().octets(), Register::Reg1));
                 rule.add_expr(&Immediate::new(to.port().to_be_bytes(), Register::Reg2));
                 rule.add_expr(&Nat {
-                    nat_type: NatType::DNat,
+                    nat_type: if matches!(a, Action::Dnat(_)) {
+                        NatType::DNat
+                    } else {
+                        NatType::SNat
+                    },
                     family: ProtoFamily::Ipv4,
                     ip_register: Register::Reg1,
                     port_register: Some(Register::Reg2),
@@ -229,10 +233,11 @@ fn add_match(rule: &mut Rule, m: &Match) {
             rule.add_expr(&Meta::Mark { set: false });
             rule.add_expr(&Cmp::new(CmpOp::Eq, mark));
         }
-        Match::CtStateNew => {
-            const NEW: u32 = 8; // NF_CT_STATE_BIT(IP_CT_NEW)
+        Match::CtStateNew | Match::CtStateNewOrInvalid => {
+            // NF_CT_STATE_BIT(IP_CT_NEW), and NF_CT_STATE_INVALID_BIT with it.
+            let bit: u32 = if *m == Match::CtStateNew { 8 } else { 8 | 1 };
             rule.add_expr(&Conntrack::State);
-            rule.add_expr(&Bitwise::new(NEW, 0u32));
+            rule.add_expr(&Bitwise::new(bit, 0u32));
             rule.add_expr(&Cmp::new(CmpOp::Neq, 0u32));
         }
         Match::Dport(p, n) | Match::Sport(p, n) => {
