@@ -163,13 +163,23 @@ impl Agent {
     /// then the ACTIVE dual asked to hand over.
     pub(super) fn ask_release(&mut self) -> Result<(), String> {
         self.node.fit = self.can_serve_now().is_ok();
-        let (_, actions) = fsm::step(self.state, &self.node, Event::Switch { dual: None });
-        if let Some(Action::Refuse(r)) = actions.iter().find(|a| matches!(a, Action::Refuse(_))) {
-            return Err(r.to_string());
-        }
+        self.refusal(Event::Switch { dual: None })?;
         self.call_dual(&PeerRequest::Release { from: self.node.id }, PEER_TIMEOUT)
             .map(|_| ())
             .map_err(|e| format!("the dual did not hand over: {e}"))
+    }
+
+    /// What the state machine would refuse `event` with, asked before anything is done: the
+    /// step itself comes only once the dual has answered.
+    fn refusal(&self, event: Event) -> Result<(), String> {
+        let (_, actions) = fsm::step(self.state, &self.node, event);
+        match actions.iter().find_map(|a| match a {
+            Action::Refuse(r) => Some(*r),
+            _ => None,
+        }) {
+            Some(r) => Err(r.to_string()),
+            None => Ok(()),
+        }
     }
 
     /// This ACTIVE hands over to its STANDBY dual (SWITCH, or the guard), make before break:
@@ -179,10 +189,7 @@ impl Agent {
     /// takes; the dual's gratuitous ARP has already moved the clients and the servers. If the
     /// dual does not take over, nothing changed here.
     pub(super) fn hand_over(&mut self, dual: Option<Dual>, why: &str) -> Result<Value, String> {
-        let (_, actions) = fsm::step(self.state, &self.node, Event::Switch { dual });
-        if let Some(Action::Refuse(r)) = actions.iter().find(|a| matches!(a, Action::Refuse(_))) {
-            return Err(r.to_string());
-        }
+        self.refusal(Event::Switch { dual })?;
         if let Err(e) = self.app.call(&SlbdCommand::HandOver, SLBD_TIMEOUT) {
             tracing::warn!(error = %format!("{e:#}"), "slbd not told of the hand-over");
         }

@@ -175,6 +175,9 @@ pub struct Reach {
 
 /// Whether `reach` lets this node serve under `need`; the reason if not.
 pub fn verdict(need: Need, reach: &Reach) -> Result<(), String> {
+    if satisfied(need, reach) {
+        return Ok(());
+    }
     let needed = need.needed(reach.servers);
     if reach.servers_up < needed {
         return Err(format!(
@@ -194,9 +197,10 @@ pub fn verdict(need: Need, reach: &Reach) -> Result<(), String> {
     Ok(())
 }
 
-/// Whether a round can stop waiting: the answers so far already meet the policy.
+/// Whether the answers meet the policy (a round stops waiting as soon as they do).
 pub fn satisfied(need: Need, reach: &Reach) -> bool {
-    verdict(need, reach).is_ok()
+    reach.servers_up >= need.needed(reach.servers)
+        && (reach.witnesses == 0 || reach.witnesses_up > 0)
 }
 
 #[cfg(test)]

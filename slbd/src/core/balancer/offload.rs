@@ -98,10 +98,7 @@ impl Dataplane {
         now_ms: u64,
     ) -> Option<Option<u32>> {
         use crate::core::packet::tcp_flags::{FIN, RST, SYN};
-        let mut owners = view.services.iter().filter_map(|s| {
-            let i = s.service.servers.iter().position(|r| r.addr == h.src)?;
-            (s.service.protocol == h.protocol && s.service.mode == Mode::Offload).then_some((s, i))
-        });
+        let mut owners = view.with_server(h.protocol, Mode::Offload, h.src);
         let (Some((svc, i)), rest) = (owners.next(), owners.next()) else {
             return None;
         };

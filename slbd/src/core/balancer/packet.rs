@@ -119,15 +119,13 @@ impl Dataplane {
             return false;
         }
         let view = self.view.load();
-        let mut services = view.services.iter().filter(|s| {
-            s.service.protocol == reply.protocol
-                && s.service.mode == Mode::Packet
-                && s.service.servers.iter().any(|r| r.addr == reply.src)
-        });
-        let (Some(svc), None) = (services.next(), services.next()) else {
-            return false;
+        let port = {
+            let mut services = view.with_server(reply.protocol, Mode::Packet, reply.src);
+            let (Some((svc, _)), None) = (services.next(), services.next()) else {
+                return false;
+            };
+            svc.service.port
         };
-        let port = svc.service.port;
         drop(view);
         let adopted = self.apply_flow(reply.protocol, reply.dst, port, reply.src, false, now_ms);
         if adopted {

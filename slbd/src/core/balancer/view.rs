@@ -42,6 +42,19 @@ impl View {
         }
     }
 
+    /// The services of `protocol` and `mode` that have `server`, each with its index there.
+    pub(super) fn with_server(
+        &self,
+        protocol: crate::core::net::Protocol,
+        mode: crate::core::model::Mode,
+        server: std::net::SocketAddrV4,
+    ) -> impl Iterator<Item = (&ServiceState, usize)> {
+        self.services.iter().filter_map(move |s| {
+            let i = s.service.servers.iter().position(|r| r.addr == server)?;
+            (s.service.protocol == protocol && s.service.mode == mode).then_some((s, i))
+        })
+    }
+
     /// The service for (protocol, VIP port).
     pub(super) fn service(
         &self,
