@@ -188,7 +188,9 @@ pub fn run(cfg: Config, log_format: slb_common::logging::LogFormat) -> Result<()
         guard,
         epoch,
     };
-    let agent = Agent::new(cfg, key, links, dynamic, shared, log_format);
+    let beacon = agent::Beacon::start(cfg.node_id, key.clone(), links, cfg.interval)
+        .context("starting the heartbeat sender")?;
+    let agent = Agent::new(cfg, key, beacon, dynamic, shared, log_format);
     agent::run(agent, rx);
     let _ = std::fs::remove_file(&socket_path);
     tracing::info!("amgr stopped");

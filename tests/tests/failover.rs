@@ -1,8 +1,8 @@
 //! The active/standby pair against the real binaries: two balancer namespaces, each running
 //! amgr (which runs slbd) and a real sshd; a client making a new TCP request every 50 ms.
-//! Failover by crash, by links going down, by slbd alone dying, and by SWITCH; TEST/UNTEST and
-//! INHIBIT; heartbeat cuts on one and on all links; forged and replayed heartbeats; config sync
-//! over SSH reaching the STANDBY and used after a failover.
+//! Failover by crash, by links going down, by slbd alone dying, and by SWITCH (also to a node
+//! slow to load slbd); TEST/UNTEST and INHIBIT; heartbeat cuts on one and on all links; forged
+//! and replayed heartbeats; config sync over SSH reaching the STANDBY and used after a failover.
 
 use std::time::Duration;
 
@@ -186,6 +186,47 @@ fn switch_moves_the_vip_both_ways_from_either_side_and_no_request_fails() {
         p.wait_states(want, UP).unwrap();
         assert_one_vip(&p, to);
     }
+}
+
+#[test]
+fn a_switch_to_a_node_slow_to_load_slbd_stays_switched() {
+    if !can_run("a_switch_to_a_node_slow_to_load_slbd_stays_switched") {
+        return;
+    }
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let p = pair();
+    // Under emulation the new ACTIVE's slbd takes seconds to load (the Vagrant bed): here
+    // node 2's slbd is stopped for 1.5 s, so its take_over answers only then. Both amgrs wait
+    // that long (one on slbd, one on its dual) and neither may fall silent meanwhile.
+    let pid = Pid::from_raw(p.slbd_pid(1).expect("node 2's slbd"));
+    kill(pid, Signal::SIGSTOP).unwrap();
+    let cont = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1500));
+        kill(pid, Signal::SIGCONT)
+    });
+    let reqs = Requests::start(&p.lab.client(), Duration::from_millis(20));
+    let (code, out, err) = p.amgr(0, &["switch"]);
+    cont.join().unwrap().unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    for _ in 0..30 {
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(
+            [p.state(0), p.state(1)],
+            ["STANDBY", "ACTIVE"],
+            "the switch did not hold; node 1's log:\n{}",
+            p.log(0)
+        );
+    }
+    let attempts = reqs.finish();
+    let failed = attempts.iter().filter(|a| a.server.is_none()).count();
+    assert_eq!(failed, 0, "{}", timeline(&attempts));
+    assert_one_vip(&p, 1);
+    assert!(
+        !p.log(0).contains("dual lost"),
+        "node 1 thought its dual lost:\n{}",
+        p.log(0)
+    );
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use slbd::ctl::proto::Command as SlbdCommand;
 
-use super::{Agent, PEER_TIMEOUT, SLBD_TIMEOUT};
+use super::{Agent, PEER_TIMEOUT, SLBD_TIMEOUT, TAKEOVER_TIMEOUT};
 use crate::command::{Command, Request};
 use crate::fsm::{self, Action, Dual, Event, State};
 use crate::peer::{self, PeerError, PeerRequest};
@@ -193,16 +193,21 @@ impl Agent {
         if let Err(e) = self.app.call(&SlbdCommand::HandOver, SLBD_TIMEOUT) {
             tracing::warn!(error = %format!("{e:#}"), "slbd not told of the hand-over");
         }
+        // From here no heartbeat of ours says ACTIVE: the dual undoes the switch on one newer
+        // than `seq` by the split rule. Saying STANDBY ends the quiet.
         let req = PeerRequest::TakeOver {
             from: self.node.id,
-            seq: self.seq,
+            seq: self.beacon.quiet(),
         };
-        match self.call_dual(&req, PEER_TIMEOUT) {
+        match self.call_dual(&req, TAKEOVER_TIMEOUT) {
             Ok(_) => {
-                self.apply(Event::Switch { dual }, why)?;
+                let switched = self.apply(Event::Switch { dual }, why);
+                self.beacon.resume();
+                switched?;
                 Ok(json!({"state": self.state.name(), "dual": "ACTIVE"}))
             }
             Err(e) => {
+                self.beacon.resume();
                 tracing::error!(error = %e, "the dual did not take over: this node stays ACTIVE");
                 Err(format!(
                     "the dual did not take over ({e}); this node is still {}",

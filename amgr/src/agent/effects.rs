@@ -1,15 +1,16 @@
 //! SHELL: the agent's one path into the state machine, [`Agent::apply`], and the carrying
-//! out of its actions; our heartbeat.
+//! out of its actions; what our heartbeat says.
 //! Side effects: slbd as a child (start, stop, kill) and its control socket (reload, load,
-//! unload, announce); the VIP and gateway addresses of a dead slbd; heartbeats on every
-//! link; reading slb_conf.json for its generation; the state file (inhibited flag).
+//! unload, announce); the VIP and gateway addresses of a dead slbd; the beacon's content;
+//! reading slb_conf.json for its generation; the state file (inhibited flag).
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant, SystemTime};
 
-use heartbeat::msg::{App as HbApp, Heartbeat};
+use heartbeat::msg::App as HbApp;
 use slbd::ctl::proto::Command as SlbdCommand;
 
+use super::beacon::Said;
 use super::{to_wire, unix_ms, Agent, SLBD_APP, SLBD_TIMEOUT};
 use crate::fsm::{self, Action, Event, State};
 use crate::{sync, timers};
@@ -35,15 +36,14 @@ impl Agent {
                 return self.app_failed(failure);
             }
         }
-        if to != from {
-            self.send_heartbeats();
-        }
         refused.map_or(Ok(()), Err)
     }
 
     /// The state changed from `from` to `to` because of `why`.
     fn entered(&mut self, from: State, to: State, why: &str) {
         self.state = to;
+        // Said before the actions are carried out: loading slbd can take seconds.
+        self.beacon.publish(self.said());
         self.active_flag.store(to == State::Active, Relaxed);
         tracing::info!(
             app = "slbd",
@@ -200,31 +200,16 @@ impl Agent {
         }
     }
 
-    pub(super) fn send_heartbeats(&mut self) {
-        self.seq += 1;
-        for (i, link) in self.links.iter().enumerate() {
-            let hb = Heartbeat {
-                node: self.node.id,
-                boot: self.boot,
-                seq: self.seq,
-                sent_ms: unix_ms(SystemTime::now()),
-                generation: self.generation,
-                link: i as u8,
-                apps: vec![HbApp {
-                    id: SLBD_APP,
-                    state: to_wire(self.state),
-                    primary: self.node.primary,
-                    inhibited: self.node.inhibited,
-                }],
-            };
-            match link.send(&hb, &self.key) {
-                Ok(()) => self.stats[i].sent += 1,
-                Err(e) => {
-                    // A link that is down fails here every interval: count, log at debug.
-                    self.stats[i].send_errors += 1;
-                    tracing::debug!(link = i, error = %e, "heartbeat not sent");
-                }
-            }
+    /// What our heartbeat says now.
+    pub(super) fn said(&self) -> Said {
+        Said {
+            app: HbApp {
+                id: SLBD_APP,
+                state: to_wire(self.state),
+                primary: self.node.primary,
+                inhibited: self.node.inhibited,
+            },
+            generation: self.generation,
         }
     }
 

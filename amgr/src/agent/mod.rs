@@ -13,6 +13,7 @@
 //! Side effects: slbd as a child and its control socket (`effects`), heartbeats, peer
 //! requests, the state file.
 
+mod beacon;
 mod commands;
 mod effects;
 mod guard;
@@ -24,7 +25,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use heartbeat::liveness::{Liveness, Peer};
 use heartbeat::msg::{AppState, Heartbeat, Rejected};
-use heartbeat::socket::Link;
 use parking_lot::Mutex;
 use serde_json::Value;
 use slbd::ctl::proto::Command as SlbdCommand;
@@ -35,6 +35,7 @@ use crate::config::{Config, Dynamic};
 use crate::fsm::{Dual, Event, Node, State};
 use crate::{peer, sync, timers};
 
+pub use beacon::Beacon;
 pub use observe::load_dynamic;
 use observe::{History, LinkStats};
 
@@ -42,6 +43,10 @@ use observe::{History, LinkStats};
 const SLBD_APP: u8 = 0;
 const SLBD_TIMEOUT: Duration = Duration::from_secs(5);
 const PEER_TIMEOUT: Duration = Duration::from_secs(5);
+/// A TakeOver is answered once the dual's slbd has loaded (up to [`SLBD_TIMEOUT`]).
+const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(7);
+/// A STANDBY's SWITCH waits for the ACTIVE's hand-over: its slbd's, then the TakeOver.
+const SWITCH_TIMEOUT: Duration = Duration::from_secs(12);
 
 pub enum Input {
     Heard {
@@ -122,7 +127,7 @@ fn unix_ms(t: SystemTime) -> u64 {
 pub struct Agent {
     cfg: Config,
     key: Vec<u8>,
-    links: Vec<Link>,
+    beacon: Beacon,
     stats: Vec<LinkStats>,
     node: Node,
     state: State,
@@ -134,8 +139,6 @@ pub struct Agent {
     liveness: Liveness,
     peer_was: Peer,
     dual: Option<DualSeen>,
-    boot: u64,
-    seq: u64,
     /// When INIT began, on the agent's clock (ms since `epoch`).
     init_since_ms: u64,
     /// When either node was last seen ACTIVE, or this one last became STANDBY (ms).
@@ -190,14 +193,12 @@ impl Agent {
     pub fn new(
         cfg: Config,
         key: Vec<u8>,
-        links: Vec<Link>,
+        beacon: Beacon,
         dynamic: Dynamic,
         shared: Shared,
         log_format: slb_common::logging::LogFormat,
     ) -> Agent {
-        let n = links.len();
-        let boot =
-            u64::from_ne_bytes(slb_common::auth::nonce::<8>().expect("the kernel's random source"));
+        let n = cfg.links.len();
         Agent {
             node: Node {
                 id: cfg.node_id,
@@ -215,15 +216,13 @@ impl Agent {
             ),
             cfg,
             key,
-            links,
+            beacon,
             stats: (0..n).map(|_| LinkStats::default()).collect(),
             state: State::Offline,
             app_pid: shared.app_pid,
             epoch: shared.epoch,
             peer_was: Peer::Unknown,
             dual: None,
-            boot,
-            seq: 0,
             init_since_ms: 0,
             last_active_seen_ms: 0,
             restart_at_ms: None,
@@ -295,7 +294,8 @@ impl Agent {
             };
             let _ = self.apply(event, why);
         }
-        self.send_heartbeats();
+        self.beacon.alive();
+        self.beacon.publish(self.said());
         self.guard_tick();
         if self
             .pending_switch
@@ -375,7 +375,7 @@ impl Agent {
             {
                 // Answered when the dual's TakeOver has made this node ACTIVE.
                 match self.ask_release() {
-                    Ok(()) => self.pending_switch = Some((reply, Instant::now() + PEER_TIMEOUT)),
+                    Ok(()) => self.pending_switch = Some((reply, Instant::now() + SWITCH_TIMEOUT)),
                     Err(e) => {
                         let _ = reply.send(Err(e));
                     }
@@ -453,7 +453,7 @@ impl Agent {
             "amgr stopping",
         );
         self.app.stop(Duration::from_secs(5));
-        self.send_heartbeats();
+        self.beacon.last(self.said());
     }
 }
 
@@ -463,6 +463,19 @@ pub fn run(mut agent: Agent, rx: mpsc::Receiver<Input>) {
     let _ = agent.apply(Event::Started, "amgr started");
     let mut next_tick = Instant::now();
     loop {
+        // What queued while the agent waited on slbd or the dual goes first: a heartbeat
+        // that arrived during a slow load must count before the timers judge the dual lost.
+        loop {
+            match rx.try_recv() {
+                Ok(input) => {
+                    if !agent.take(input) {
+                        return;
+                    }
+                }
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => return,
+            }
+        }
         let now = Instant::now();
         if now >= next_tick {
             agent.tick();
@@ -472,17 +485,27 @@ pub fn run(mut agent: Agent, rx: mpsc::Receiver<Input>) {
             }
         }
         match rx.recv_timeout(next_tick.saturating_duration_since(Instant::now())) {
-            Ok(Input::Stop) => {
-                agent.stop();
-                return;
-            }
             Ok(input) => {
-                agent.input(input);
-                agent.after_input();
+                if !agent.take(input) {
+                    return;
+                }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         }
+    }
+}
+
+impl Agent {
+    /// One input; false once it was [`Input::Stop`] (the agent has stopped).
+    fn take(&mut self, input: Input) -> bool {
+        if matches!(input, Input::Stop) {
+            self.stop();
+            return false;
+        }
+        self.input(input);
+        self.after_input();
+        true
     }
 }
 

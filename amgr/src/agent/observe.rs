@@ -79,11 +79,9 @@ impl History {
     }
 }
 
-/// One heartbeat link's counters.
+/// One heartbeat link's receive counters (the beacon counts what it sends).
 #[derive(Debug, Default)]
 pub(super) struct LinkStats {
-    pub(super) sent: u64,
-    pub(super) send_errors: u64,
     pub(super) received: u64,
     rejected: BTreeMap<String, u64>,
 }
@@ -96,13 +94,13 @@ impl LinkStats {
         *n
     }
 
-    fn sample(&self, local: String, peer: String, up: bool) -> LinkSample {
+    fn sample(&self, local: String, peer: String, up: bool, sent: (u64, u64)) -> LinkSample {
         LinkSample {
             local,
             peer,
             up,
-            sent: self.sent,
-            send_errors: self.send_errors,
+            sent: sent.0,
+            send_errors: sent.1,
             received: self.received,
             rejected: self.rejected.clone(),
         }
@@ -216,6 +214,7 @@ impl Agent {
                     l.local.to_string(),
                     l.peer.to_string(),
                     self.liveness.link_up(i, now_ms),
+                    self.beacon.sent(i),
                 )
             })
             .collect();
@@ -308,14 +307,17 @@ mod tests {
 
     fn link() -> LinkSample {
         let mut stats = LinkStats {
-            sent: 10,
-            send_errors: 1,
             received: 8,
             ..LinkStats::default()
         };
         stats.reject("replay");
         stats.reject("replay");
-        stats.sample("192.168.100.1".into(), "192.168.100.2".into(), true)
+        stats.sample(
+            "192.168.100.1".into(),
+            "192.168.100.2".into(),
+            true,
+            (10, 1),
+        )
     }
 
     /// Node 1 STANDBY at 10 s on the agent's clock, generation 0xab, dual as given.
