@@ -7,6 +7,7 @@ use std::io::Write;
 use std::net::{SocketAddrV4, TcpStream};
 use std::time::{Duration, Instant};
 
+use slb_tests::held::{hold, kept};
 use slb_tests::pair::{service_gap, timeline, Pair, PairOptions, Requests};
 use slb_tests::*;
 use slbd::wire::replication as wire;
@@ -24,43 +25,6 @@ fn pair(mode: &'static str) -> Pair {
     p.start_both().expect("amgr");
     p.wait_states(["ACTIVE", "STANDBY"], UP).unwrap();
     p
-}
-
-/// Opens `n` held connections through the VIP; each has answered once.
-fn hold(p: &Pair, n: usize) -> Vec<(TcpStream, String)> {
-    in_ns(&p.lab.client(), || {
-        (0..n)
-            .map(|i| {
-                let (s, server) = hold_connection();
-                let echoed = echo(&s, &format!("hello {i}"), Duration::from_secs(2))
-                    .expect("the held connection answers");
-                assert_eq!(echoed, server);
-                (s, server)
-            })
-            .collect()
-    })
-}
-
-/// How many held connections still reach their own server, both ways.
-fn kept(p: &Pair, held: &[(TcpStream, String)], round: usize) -> usize {
-    in_ns(&p.lab.client(), || {
-        held.iter()
-            .enumerate()
-            .filter(|(i, (s, server))| {
-                match echo(
-                    s,
-                    &format!("round {round} conn {i}"),
-                    Duration::from_secs(3),
-                ) {
-                    Ok(got) if got == *server => true,
-                    other => {
-                        eprintln!("connection {i} on {server} lost in round {round}: {other:?}");
-                        false
-                    }
-                }
-            })
-            .count()
-    })
 }
 
 fn active_of(p: &Pair) -> usize {
