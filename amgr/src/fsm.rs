@@ -116,6 +116,10 @@ pub enum Action {
     Activate,
     /// Remove the addresses and the rules.
     Deactivate,
+    /// A healed split, on the side that gives up the VIP: hand this node's flows to the dual
+    /// (ACTIVE too) before letting go, so the connections accepted here during the split go
+    /// on there.
+    HandFlows,
     /// Announce the addresses again (gratuitous ARP): the dual held them too, and may have
     /// announced last.
     Announce,
@@ -239,7 +243,7 @@ pub fn step(state: State, node: &Node, event: Event) -> (State, Vec<Action>) {
         (Active, Event::Switch { .. }) => (Active, vec![Refuse("no STANDBY dual to take over")]),
         // Implicit: after a partition heals, exactly one stays ACTIVE.
         (Active, Event::DualState(d)) if d.state == Active && !wins(node, &d) => {
-            (Standby, vec![Deactivate])
+            (Standby, vec![HandFlows, Deactivate])
         }
         (Active, Event::DualState(d)) if d.state == Active => (Active, vec![Announce]),
         // ENABLE / DISABLE move between STANDBY and MAINTENANCE and set the inhibited flag.
@@ -903,12 +907,20 @@ mod tests {
             let (sb, _) = step(Active, &b, Event::DualState(seen_by_b));
             let actives = [sa, sb].iter().filter(|s| **s == Active).count();
             assert_eq!(actives, 1, "{a:?} vs {b:?} -> {sa:?}, {sb:?}");
-            let (_, winner_does) = if sa == Active {
-                step(Active, &a, Event::DualState(seen_by_a))
+            let ((_, winner_does), (_, loser_does)) = if sa == Active {
+                (
+                    step(Active, &a, Event::DualState(seen_by_a)),
+                    step(Active, &b, Event::DualState(seen_by_b)),
+                )
             } else {
-                step(Active, &b, Event::DualState(seen_by_b))
+                (
+                    step(Active, &b, Event::DualState(seen_by_b)),
+                    step(Active, &a, Event::DualState(seen_by_a)),
+                )
             };
             assert_eq!(winner_does, vec![Announce]);
+            // The loser hands its flows over before it lets go, never after.
+            assert_eq!(loser_does, vec![HandFlows, Deactivate]);
         }
     }
 

@@ -41,6 +41,9 @@ pub enum PeerRequest {
     },
     /// SWITCH from the STANDBY side: release the VIP so the asker can take it.
     Release { from: u32 },
+    /// A healed split, from the node giving up the VIP: take my flows (slbd `merge`); it lets
+    /// go once this answers.
+    Merge { from: u32 },
     /// KILLRM: are you there?
     Ping { from: u32 },
     /// PRIMARY on the dual: stop being PRIMARY.
@@ -54,6 +57,7 @@ impl PeerRequest {
         match self {
             PeerRequest::TakeOver { from, .. }
             | PeerRequest::Release { from }
+            | PeerRequest::Merge { from }
             | PeerRequest::Ping { from }
             | PeerRequest::DemotePrimary { from }
             | PeerRequest::Run { from, .. } => *from,

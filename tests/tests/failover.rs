@@ -133,9 +133,18 @@ fn the_active_links_going_down_fails_over_and_healing_leaves_one_active() {
     p.wait_states(["ACTIVE", "STANDBY"], UP).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     assert_one_vip(&p, 0);
-    in_ns(&p.lab.client(), || {
-        http_get(CLIENT, vip(80), "/", Duration::from_secs(2)).expect("served after healing")
+    let served = in_ns(&p.lab.client(), || {
+        http_get(CLIENT, vip(80), "/", Duration::from_secs(2))
     });
+    if let Err(e) = served {
+        let neigh = p.lab.exec(&p.lab.client(), &["ip", "neigh"]).unwrap();
+        panic!(
+            "not served after healing: {e:#}\nclient's neighbours:\n{}\nnode 1:\n{}\nnode 2:\n{}",
+            String::from_utf8_lossy(&neigh.stdout),
+            p.log(0),
+            p.log(1)
+        );
+    }
 }
 
 #[test]

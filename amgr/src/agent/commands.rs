@@ -3,7 +3,7 @@
 //! Side effects: state changes through [`Agent::apply`], requests to the dual's amgr, slbd's
 //! reload, the state file (PRIMARY).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use slbd::ctl::proto::Command as SlbdCommand;
@@ -217,6 +217,25 @@ impl Agent {
         }
     }
 
+    /// A healed split, on the side giving up the VIP: the dual takes this node's flows first.
+    /// Best effort: a dual that does not answer costs the flows, not the heal.
+    pub(super) fn hand_flows(&mut self) {
+        let started = Instant::now();
+        match self.call_dual(&PeerRequest::Merge { from: self.node.id }, TAKEOVER_TIMEOUT) {
+            Ok(v) => tracing::info!(
+                node = self.node.id,
+                ms = started.elapsed().as_millis() as u64,
+                answer = %v,
+                "flows handed to the dual"
+            ),
+            Err(e) => tracing::error!(
+                node = self.node.id,
+                error = %e,
+                "the dual did not take this node's flows: those accepted here during the split are lost"
+            ),
+        }
+    }
+
     /// A request from the dual's amgr (already authenticated).
     pub(super) fn peer_request(&mut self, req: &PeerRequest) -> Result<Value, String> {
         if req.from() == self.node.id {
@@ -239,6 +258,16 @@ impl Agent {
                 r
             }
             PeerRequest::Release { from } => self.release(*from),
+            PeerRequest::Merge { .. } => {
+                if self.state != State::Active {
+                    return Err(format!("this node is {}, not ACTIVE", self.state.name()));
+                }
+                let merged = self
+                    .app
+                    .call(&SlbdCommand::Merge, SLBD_TIMEOUT)
+                    .map_err(|e| format!("slbd did not merge: {e:#}"))?;
+                Ok(json!({"merged": merged}))
+            }
             PeerRequest::Ping { .. } => Ok(json!({
                 "node": self.node.id,
                 "pid": std::process::id(),

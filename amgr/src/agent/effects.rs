@@ -92,6 +92,7 @@ impl Agent {
                 }
             }
             Action::Deactivate => self.deactivate(),
+            Action::HandFlows => self.hand_flows(),
             Action::StopApp => {
                 self.app.stop(Duration::from_secs(5));
                 self.app_pid.store(0, Relaxed);

@@ -36,6 +36,10 @@ pub enum Command {
     /// dual's newest flows may answer here meanwhile, and are taken as they are after a
     /// takeover.
     HandOver,
+    /// While balancing, take the dual's flows (a healed split: both balance, and the dual
+    /// gives up the VIP once this answers): its snapshot with this node's own flows winning,
+    /// then its changes until it lets go.
+    Merge,
     /// Stop balancing: addresses, then rules; slbd keeps running.
     Unload,
     /// Re-read slb_conf.json and put it in force (validated first).
@@ -57,6 +61,7 @@ impl Command {
             Command::Load => "load",
             Command::TakeOver => "take_over",
             Command::HandOver => "hand_over",
+            Command::Merge => "merge",
             Command::Unload => "unload",
             Command::Reload => "reload",
             Command::SaveConfig => "save_config",
@@ -102,6 +107,7 @@ pub fn parse_request(line: &[u8]) -> Result<Command, ProtoError> {
         Some("load") => Command::Load,
         Some("take_over") => Command::TakeOver,
         Some("hand_over") => Command::HandOver,
+        Some("merge") => Command::Merge,
         Some("unload") => Command::Unload,
         Some("reload") => Command::Reload,
         Some("save_config") => Command::SaveConfig,
@@ -161,6 +167,7 @@ mod tests {
             Command::Load,
             Command::TakeOver,
             Command::HandOver,
+            Command::Merge,
             Command::Unload,
             Command::Reload,
             Command::SaveConfig,

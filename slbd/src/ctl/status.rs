@@ -105,6 +105,14 @@ pub struct ReplicationStatus {
     pub records_unknown: u64,
     pub bytes_received: u64,
     pub snapshots_received: u64,
+    /// Healed splits: the dual's snapshots merged while balancing, the flows taken from them,
+    /// and the 5-tuples both had placed on different servers (this node's placement kept).
+    #[serde(default)]
+    pub merges: u64,
+    #[serde(default)]
+    pub merged_flows: u64,
+    #[serde(default)]
+    pub merge_conflicts: u64,
     /// Connections and frames refused, by reason.
     pub refused: BTreeMap<String, u64>,
 }

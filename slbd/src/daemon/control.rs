@@ -95,6 +95,7 @@ impl Handler for Daemon {
                 self.dp.handing_over(self.now_ms());
                 Ok("handing over".into())
             }
+            Command::Merge => self.merge().map(Reply::Done).map_err(err),
             Command::Unload => Ok(self.unload().into()),
             Command::Reload => self.reload().map(Into::into).map_err(err),
             Command::SaveConfig => self.save().map(Reply::Done).map_err(err),

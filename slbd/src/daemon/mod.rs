@@ -157,6 +157,14 @@ pub fn run(
         replication,
         offload,
     });
+    if let Some(r) = &daemon.replication {
+        let d = Arc::downgrade(&daemon);
+        r.on_merge(Box::new(move |ended| {
+            if let Some(d) = d.upgrade() {
+                d.merge_step(ended);
+            }
+        }));
+    }
     if standby {
         daemon.stand_by();
     } else {

@@ -68,6 +68,45 @@ impl Daemon {
         Ok("loaded")
     }
 
+    /// A healed split: while this node balances, the dual's flows are taken (replication's
+    /// merge) before the dual lets go. Replies of the dual's flows not merged yet are adopted
+    /// meanwhile (the grace period a hand-over opens).
+    pub(super) fn merge(&self) -> anyhow::Result<String> {
+        if self.state.lock().role != Role::Balancing {
+            bail!("not balancing: nothing to merge into");
+        }
+        let Some(r) = &self.replication else {
+            bail!("no flow replication (--pair-key): nothing to merge through");
+        };
+        self.dp.handing_over(self.now_ms());
+        let m = r.merge().map_err(anyhow::Error::msg)?;
+        Ok(format!(
+            "merged {} flows ({} conflicts, {} unknown)",
+            m.flows, m.conflicts, m.unknown
+        ))
+    }
+
+    /// What a merge tells the daemon: the offload flows it took go to conntrack as they
+    /// arrive; once the dual has let go (`ended`), the addresses are announced again, since
+    /// the dual held them until then.
+    pub(super) fn merge_step(&self, ended: bool) {
+        let st = self.state.lock();
+        if st.role != Role::Balancing {
+            return;
+        }
+        self.offload.commit(&self.dp);
+        if ended {
+            match addr::reannounce(&st.config.managed_addrs()) {
+                Ok(()) => {
+                    tracing::info!(vip = %st.config.vip, "merge ended: addresses announced again")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "merge ended: cannot announce the addresses")
+                }
+            }
+        }
+    }
+
     /// Stops carrying traffic: addresses, then rules, then this node's flows become the dual's.
     pub(super) fn unload(&self) -> &'static str {
         let mut st = self.state.lock();

@@ -239,9 +239,12 @@ impl Dataplane {
     /// before the VIP comes up. Returns (flow, its mark, established).
     pub fn offload_takeover(&self) -> Vec<(Ended, u32, bool)> {
         let view = self.view.load();
+        // Not the flows conntrack carries already (a merge happens while balancing).
         let offload = |e: &Ended| {
-            view.service(e.protocol, e.vip.port())
-                .is_some_and(|s| s.service.mode == Mode::Offload)
+            !e.kernel
+                && view
+                    .service(e.protocol, e.vip.port())
+                    .is_some_and(|s| s.service.mode == Mode::Offload)
                 && offload_mark(e.tag).is_some()
         };
         let mut out = Vec::new();

@@ -2,6 +2,7 @@
 //! listens, the snapshot a joining STANDBY starts from, and applying what the ACTIVE sent.
 //! The records are this module's; `crate::wire::replication` encodes them. Pure.
 
+use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -86,6 +87,9 @@ pub struct ReplicaApplied {
     pub persisted: u64,
     /// Records for a service or server this node does not have, or past the table's maximum.
     pub unknown: u64,
+    /// In a merge: flows the dual placed on another server than this node did for the same
+    /// 5-tuple (a client port both sides saw during a split); this node's placement stays.
+    pub conflicts: u64,
 }
 
 impl Dataplane {
@@ -264,6 +268,73 @@ impl Dataplane {
             }
         }
         done
+    }
+
+    /// Takes the dual's records while balancing: at the heal of a split, the dual that gives
+    /// up the VIP sends what it placed. Unlike [`Dataplane::apply_replica`] this node's own
+    /// flows and persistence win: a 5-tuple both placed, on different servers, stays on this
+    /// node's (counted in `conflicts` and remembered in `conflicted`, so the dual's later
+    /// end of it does not end ours); the same placement is nothing new.
+    pub fn merge_replica(
+        &self,
+        records: &[Record],
+        now_ms: u64,
+        conflicted: &mut HashSet<FlowKey>,
+    ) -> ReplicaApplied {
+        let mut done = ReplicaApplied::default();
+        let mut theirs = Vec::with_capacity(records.len());
+        for r in records {
+            match *r {
+                Record::Flow {
+                    protocol,
+                    client,
+                    vip_port,
+                    server,
+                    ..
+                } => {
+                    let key = self.request_key(protocol, client, vip_port);
+                    let ours = self.shards[shard_of(client)].lock().server_of(&key);
+                    match ours {
+                        Some(s) if s == server => {}
+                        Some(_) => {
+                            if conflicted.insert(key) {
+                                done.conflicts += 1;
+                            }
+                        }
+                        None => theirs.push(*r),
+                    }
+                }
+                Record::End {
+                    protocol,
+                    client,
+                    vip_port,
+                } => {
+                    if !conflicted.remove(&self.request_key(protocol, client, vip_port)) {
+                        theirs.push(*r);
+                    }
+                }
+                Record::Persist {
+                    protocol,
+                    client,
+                    vip_port,
+                    ..
+                } => {
+                    let key = PersistKey {
+                        client,
+                        protocol,
+                        port: vip_port,
+                    };
+                    if self.persistence.lock().get(&key, now_ms).is_none() {
+                        theirs.push(*r);
+                    }
+                }
+            }
+        }
+        let applied = self.apply_replica(&theirs, now_ms);
+        ReplicaApplied {
+            conflicts: done.conflicts,
+            ..applied
+        }
     }
 
     /// The request key of a flow from `client` to the VIP in force.
@@ -643,5 +714,72 @@ mod tests {
         // A new snapshot replaces everything held, live counts included.
         standby.clear_replica();
         assert_eq!((standby.flow_count(), live_total(&standby)), (0, 0));
+    }
+
+    #[test]
+    fn a_merge_takes_the_duals_flows_keeps_ours_and_counts_the_5_tuples_both_placed() {
+        let c = config(r#""persistence_timeout": 30,"#);
+        let (winner, loser) = (Dataplane::for_test(&c), Dataplane::for_test(&c));
+        let req = |dp: &Dataplane, client: &str, flags: u8| {
+            let mut p = tcp(sa(client), sa("10.0.0.100:80"), flags, b"x", &[]);
+            let v = dp.handle(Direction::Request, &mut p, true, ChecksumState::Complete, 5);
+            (v, dst_of(&p))
+        };
+        // A split: each side places its own clients; one client port reached both.
+        let ours = req(&winner, "10.0.0.5:4000", SYN).1;
+        let shared = req(&winner, "10.0.0.9:4000", SYN).1;
+        let theirs: Vec<SocketAddrV4> = (0..4)
+            .map(|i| req(&loser, &format!("10.0.0.{}:5000", 5 + i), SYN).1)
+            .collect();
+        // The loser placed one client port the winner also saw, on another server.
+        let other = if shared == sa("172.16.0.2:80") {
+            sa("172.16.0.3:80")
+        } else {
+            sa("172.16.0.2:80")
+        };
+        let mut records = loser.replica_snapshot(10);
+        records.push(Record::Flow {
+            protocol: Protocol::Tcp,
+            client: sa("10.0.0.9:4000"),
+            vip_port: 80,
+            server: other,
+            established: true,
+        });
+        let mut conflicted = std::collections::HashSet::new();
+        let done = winner.merge_replica(&records, 20, &mut conflicted);
+        assert_eq!((done.flows, done.conflicts, done.unknown), (4, 1, 0));
+        // The loser's flows go on to their servers here; ours, and the one both placed, stay.
+        for (i, server) in theirs.iter().enumerate() {
+            let client = format!("10.0.0.{}:5000", 5 + i);
+            assert_eq!(req(&winner, &client, ACK), (Verdict::Accept, *server));
+        }
+        assert_eq!(req(&winner, "10.0.0.5:4000", ACK), (Verdict::Accept, ours));
+        assert_eq!(
+            req(&winner, "10.0.0.9:4000", ACK),
+            (Verdict::Accept, shared)
+        );
+        // The loser ending its copy of the shared 5-tuple does not end ours; its others end.
+        let ends = [
+            Record::End {
+                protocol: Protocol::Tcp,
+                client: sa("10.0.0.9:4000"),
+                vip_port: 80,
+            },
+            Record::End {
+                protocol: Protocol::Tcp,
+                client: sa("10.0.0.5:5000"),
+                vip_port: 80,
+            },
+        ];
+        let done = winner.merge_replica(&ends, 30, &mut conflicted);
+        assert_eq!(done.ended, 1);
+        assert_eq!(
+            req(&winner, "10.0.0.9:4000", ACK),
+            (Verdict::Accept, shared)
+        );
+        assert_eq!(winner.flow_count(), 2 + 3);
+        // Persistence: the winner's own entry stays, one only the loser had is taken.
+        assert_eq!(req(&winner, "10.0.0.5:4001", SYN).1, ours);
+        assert_eq!(req(&winner, "10.0.0.6:5001", SYN).1, theirs[1]);
     }
 }

@@ -1,5 +1,7 @@
 //! What replication reads from and writes to the flow table: a replicated flow's handshake
-//! state, as the ACTIVE saw it. Pure.
+//! state, as the ACTIVE saw it, and where a flow is placed (a merge compares). Pure.
+
+use std::net::SocketAddrV4;
 
 use super::tcp::{Seen, TcpState};
 use super::{FlowKey, FlowTable};
@@ -10,6 +12,12 @@ impl FlowTable {
         if let Some(i) = self.find_request(key) {
             self.see(i, Seen::Replicated);
         }
+    }
+
+    /// The server the flow whose request key is `key` is placed on.
+    pub fn server_of(&self, key: &FlowKey) -> Option<SocketAddrV4> {
+        self.find_request(key)
+            .map(|i| self.slots[i as usize].server())
     }
 
     /// Whether the flow is past its handshake (TCP) or is UDP.

@@ -11,6 +11,10 @@
 //! planned release ([`Replication::deactivate`]) the ACTIVE sends its last changes before it
 //! lets go.
 //!
+//! At the heal of a split both nodes balance; the one that gives up the VIP asks the other to
+//! merge ([`Replication::merge`]): the winner, still balancing, receives the loser's snapshot
+//! and changes with its own flows winning, until the loser lets go and closes the session.
+//!
 //! Side effects: TCP listeners (the common bounded accept loop) and connections on the links'
 //! addresses, threads.
 
@@ -22,7 +26,7 @@ mod stream;
 use std::io;
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
@@ -48,6 +52,23 @@ const RETRY_EVERY: Duration = Duration::from_millis(200);
 const DRAIN_LIMIT: Duration = Duration::from_millis(300);
 /// The most a release waits for the ACTIVE's last changes to be sent.
 const FLUSH_LIMIT: Duration = Duration::from_millis(500);
+
+/// The most a merge waits for the dual's snapshot.
+const MERGE_LIMIT: Duration = Duration::from_secs(3);
+
+/// See [`Replication::merge_hook`].
+pub type MergeHook = Box<dyn Fn(bool) + Send + Sync>;
+
+/// What a merge received before it answered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Merged {
+    /// The dual's flows taken (not already placed here).
+    pub flows: u64,
+    /// 5-tuples both placed on different servers; this node's placement stays.
+    pub conflicts: u64,
+    /// Records for a service or server this node does not have.
+    pub unknown: u64,
+}
 
 /// Where replication runs: the pair's key and links (this node's address and its dual's).
 #[derive(Debug, Clone)]
@@ -83,6 +104,11 @@ pub struct Replication {
     /// is letting go, still applies (until that session ends).
     overlap: AtomicBool,
     receiver_busy: AtomicBool,
+    /// Balancing, and receiving the dual's flows at a heal (until that session ends).
+    merging: AtomicBool,
+    /// Told when a merge applied records (`false`) and when its session ended (`true`): the
+    /// daemon hands offload flows to conntrack and announces the addresses again.
+    merge_hook: OnceLock<MergeHook>,
     /// The serving session in force; an older one stops when this moves on.
     serving_session: AtomicU64,
     sender_busy: AtomicBool,
@@ -112,6 +138,8 @@ impl Replication {
             draining: AtomicBool::new(false),
             overlap: AtomicBool::new(false),
             receiver_busy: AtomicBool::new(false),
+            merging: AtomicBool::new(false),
+            merge_hook: OnceLock::new(),
             serving_session: AtomicU64::new(0),
             sender_busy: AtomicBool::new(false),
         });
@@ -173,10 +201,44 @@ impl Replication {
         );
     }
 
+    /// Sets what a merge tells the daemon (once, at start).
+    pub fn on_merge(&self, hook: MergeHook) {
+        let _ = self.merge_hook.set(hook);
+    }
+
+    pub(super) fn merged(&self, ended: bool) {
+        if let Some(hook) = self.merge_hook.get() {
+            hook(ended);
+        }
+    }
+
+    /// While balancing, receives the dual's flows (a healed split: the dual gives up the VIP
+    /// once this answers). Returns once the dual's snapshot is applied, or an error after
+    /// `MERGE_LIMIT`; the session goes on applying the dual's changes until it lets go.
+    pub fn merge(&self) -> Result<Merged, String> {
+        if !self.is_active() {
+            return Err("not balancing: nothing to merge into".into());
+        }
+        let before = self.status.merges.load(Relaxed);
+        self.merging.store(true, Relaxed);
+        let until = Instant::now() + MERGE_LIMIT;
+        while Instant::now() < until {
+            if self.status.merges.load(Relaxed) > before {
+                return Ok(*self.status.last_merge.lock());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Err(format!(
+            "the dual's snapshot did not arrive within {} ms",
+            MERGE_LIMIT.as_millis()
+        ))
+    }
+
     /// Becomes a receiver. Returns once the serving session has sent the last changes (or
     /// after `FLUSH_LIMIT`).
     pub fn deactivate(&self) {
         self.overlap.store(false, Relaxed);
+        self.merging.store(false, Relaxed);
         if !self.active.swap(false, Relaxed) {
             return;
         }

@@ -1,5 +1,6 @@
 //! SHELL: the STANDBY's side: connect to the dual over each link in turn, prove the key,
-//! apply the snapshot and the changes. Side effects: a TCP connection at a time, a thread.
+//! apply the snapshot and the changes. At a merge (a healed split) the balancing winner does
+//! the same with its own flows winning. Side effects: a TCP connection at a time, a thread.
 
 use std::io::{self, Write};
 use std::net::{SocketAddrV4, TcpStream};
@@ -16,7 +17,7 @@ impl Replication {
     pub(super) fn receive_loop(self: Arc<Self>) {
         let mut next = 0usize;
         loop {
-            if self.is_active() {
+            if self.is_active() && !self.merging.load(Relaxed) {
                 std::thread::sleep(Duration::from_millis(20));
                 continue;
             }
@@ -29,6 +30,10 @@ impl Replication {
                 self.receiver_busy.store(false, Relaxed);
                 if self.overlap.swap(false, Relaxed) {
                     tracing::info!(active = %peer, flows = self.dp.flow_count(), "replication: the dual let go; its last changes are applied");
+                }
+                if self.merging.swap(false, Relaxed) {
+                    tracing::info!(dual = %peer, flows = self.dp.flow_count(), "replication: merge ended, the dual let go");
+                    self.merged(true);
                 }
                 *self.status.receiving.lock() = None;
                 let worked = self.status.snapshot_complete.swap(false, Relaxed);
@@ -79,6 +84,10 @@ impl Replication {
         *self.status.receiving.lock() = Some(peer.into());
         let mut heard = Instant::now();
         let mut cleared = false;
+        // A merge: this node balances and its own flows win (see Dataplane::merge_replica).
+        let merge = self.is_active();
+        let mut conflicted = std::collections::HashSet::new();
+        let mut merged = Merged::default();
         loop {
             let frame = match reader.next(stream)? {
                 Polled::Frame(f) => f,
@@ -94,18 +103,34 @@ impl Replication {
             self.status
                 .bytes_received
                 .fetch_add(frame.len() as u64, Relaxed);
-            let _applying = self.applying.lock();
-            if self.is_active() && !self.overlap.load(Relaxed) {
+            let applying = self.applying.lock();
+            if self.is_active() && !self.overlap.load(Relaxed) && !self.merging.load(Relaxed) {
                 return Err(SessionEnd::Superseded);
             }
-            if !cleared && !matches!(received, Received::Keepalive) {
+            if !merge && !cleared && !matches!(received, Received::Keepalive) {
                 // This session's snapshot replaces whatever this node held.
                 self.dp.clear_replica();
                 cleared = true;
             }
+            let (mut took, mut completed) = (false, false);
             match received {
                 Received::Records { snapshot, records } => {
-                    let done = self.dp.apply_replica(&records, self.now_ms());
+                    took = merge;
+                    let done = if merge {
+                        let done = self
+                            .dp
+                            .merge_replica(&records, self.now_ms(), &mut conflicted);
+                        merged.flows += done.flows;
+                        merged.conflicts += done.conflicts;
+                        merged.unknown += done.unknown;
+                        self.status.merged_flows.fetch_add(done.flows, Relaxed);
+                        self.status
+                            .merge_conflicts
+                            .fetch_add(done.conflicts, Relaxed);
+                        done
+                    } else {
+                        self.dp.apply_replica(&records, self.now_ms())
+                    };
                     self.status
                         .records_applied
                         .fetch_add(records.len() as u64, Relaxed);
@@ -117,12 +142,27 @@ impl Replication {
                             .store(now_unix.saturating_sub(sent), Relaxed);
                     }
                 }
+                Received::SnapshotComplete { records } if merge => {
+                    completed = true;
+                    tracing::info!(dual = %peer, records, flows = merged.flows, conflicts = merged.conflicts, unknown = merged.unknown, "replication: the dual's snapshot merged");
+                }
                 Received::SnapshotComplete { records } => {
                     self.status.snapshot_complete.store(true, Relaxed);
                     self.status.snapshots_received.fetch_add(1, Relaxed);
                     tracing::info!(active = %peer, records, flows = self.dp.flow_count(), "replication: snapshot complete, takeover-ready");
                 }
                 Received::Keepalive => {}
+            }
+            // The daemon's part (conntrack, the addresses) runs outside the apply lock, which
+            // a takeover takes under the daemon's own.
+            drop(applying);
+            if took {
+                self.merged(false);
+            }
+            if completed {
+                // Only now does the merge answer: what it took is in force here.
+                *self.status.last_merge.lock() = merged;
+                self.status.merges.fetch_add(1, Relaxed);
             }
         }
     }

@@ -38,6 +38,11 @@ pub struct Status {
     pub snapshots_received: AtomicU64,
     /// Records naming a service or server this node does not have.
     pub records_unknown: AtomicU64,
+    /// Merges (a healed split) whose snapshot was applied, and the last one's figures.
+    pub merges: AtomicU64,
+    pub merged_flows: AtomicU64,
+    pub merge_conflicts: AtomicU64,
+    pub last_merge: Mutex<super::Merged>,
     /// Connections and frames refused, by reason.
     pub refused: Mutex<BTreeMap<&'static str, u64>>,
 }
@@ -87,6 +92,9 @@ impl Status {
             records_unknown: self.records_unknown.load(Relaxed),
             bytes_received: self.bytes_received.load(Relaxed),
             snapshots_received: self.snapshots_received.load(Relaxed),
+            merges: self.merges.load(Relaxed),
+            merged_flows: self.merged_flows.load(Relaxed),
+            merge_conflicts: self.merge_conflicts.load(Relaxed),
             refused,
         }
     }
