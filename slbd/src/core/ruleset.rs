@@ -115,6 +115,12 @@ pub const GUARD_CHAIN: Chain = Chain {
 /// The packet mark slbd's verdict sets on a request it refuses.
 pub const REFUSE_MARK: u32 = 0x5b1d_0001;
 
+/// The packet mark the offload chain sets on a request conntrack found INVALID before
+/// queueing it: slbd tells it from a first packet by this ([`Direction::Untracked`]).
+///
+/// [`Direction::Untracked`]: crate::core::balancer::Direction::Untracked
+pub const UNTRACKED_MARK: u32 = 0x5b1d_0002;
+
 /// Offload marks: this prefix, and a real server's dataplane id in the low 16 bits. The
 /// conntrack mark of every flow slbd placed in offload mode carries it.
 pub const OFFLOAD_MARK_BASE: u32 = 0x5b1f_0000;
@@ -188,6 +194,7 @@ pub enum Match {
     /// The packet's conntrack entry is new, or conntrack found the packet INVALID (a SYN-ACK
     /// or FIN it never saw the flow of).
     CtStateNewOrInvalid,
+    CtStateInvalid,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,6 +207,8 @@ pub enum Action {
     RejectPortUnreachable,
     /// `ct mark set meta mark`.
     CtMarkFromMark,
+    /// `meta mark set` this.
+    SetMark(u32),
     /// `ct event set` these event bits: which conntrack reports for the flow.
     CtEvents(u32),
     Dnat(std::net::SocketAddrV4),
@@ -280,6 +289,27 @@ pub fn plan(
             matches,
             actions: vec![Action::Queue(queues)],
             comment: format!("offload {}: first packet", s.name()),
+        });
+    }
+    // A client's packet conntrack finds INVALID, which it does not translate: in a planned
+    // switch, the ACK of a handshake whose SYN-ACK the servers already sent the new ACTIVE's
+    // way (so this node's conntrack never saw it), still reaching this node. slbd sends it
+    // on to the flow's server itself in the hand-over's grace period, and drops it otherwise.
+    for s in config
+        .services
+        .iter()
+        .filter(|s| s.mode == Mode::Offload && s.protocol == Protocol::Tcp)
+    {
+        let mut matches = service_matches(s);
+        matches.push(Match::CtStateInvalid);
+        rules.push(Rule {
+            chain: OFFLOAD_CHAIN,
+            matches,
+            actions: vec![Action::SetMark(UNTRACKED_MARK), Action::Queue(queues)],
+            comment: format!(
+                "offload {}: a packet conntrack does not translate",
+                s.name()
+            ),
         });
     }
     // A server's packet no conntrack entry of this node knows: in a planned switch, one of a
@@ -430,6 +460,7 @@ impl fmt::Display for Match {
             Match::Mark(m) => write!(f, "meta mark {m:#x}"),
             Match::CtStateNew => f.write_str("ct state new"),
             Match::CtStateNewOrInvalid => f.write_str("ct state invalid,new"),
+            Match::CtStateInvalid => f.write_str("ct state invalid"),
         }
     }
 }
@@ -441,6 +472,7 @@ impl fmt::Display for Action {
             Action::Drop => f.write_str("drop"),
             Action::Accept => f.write_str("accept"),
             Action::CtMarkFromMark => f.write_str("ct mark set meta mark"),
+            Action::SetMark(m) => write!(f, "meta mark set {m:#010x}"),
             Action::CtEvents(bits) => {
                 let names = ["new", "related", "destroy", "reply", "assured", "protoinfo"];
                 let set: Vec<&str> = (0..names.len())
@@ -569,6 +601,7 @@ mod tests {
                 r#"prerouting: ip daddr 10.0.0.100 meta l4proto tcp tcp dport 80 accept comment "offload tcp/80: conntrack sees it""#,
                 r#"prerouting: ip daddr 10.0.0.100 meta l4proto udp udp dport 53 notrack queue num 0 comment "request udp/53""#,
                 r#"offload: ip daddr 10.0.0.100 meta l4proto tcp tcp dport 80 ct state new queue num 0 comment "offload tcp/80: first packet""#,
+                r#"offload: ip daddr 10.0.0.100 meta l4proto tcp tcp dport 80 ct state invalid meta mark set 0x5b1d0002 queue num 0 comment "offload tcp/80: a packet conntrack does not translate""#,
                 r#"offload: ip saddr 172.16.0.0/24 ip daddr != 172.16.0.0/24 meta l4proto tcp tcp sport 80 ct state invalid,new queue num 0 comment "offload tcp/80: a server's packet no flow here knows""#,
                 r#"offload_snat: meta mark 0x5b1c0050 meta l4proto tcp ct mark set meta mark snat to 10.0.0.100:80 comment "offload tcp/80: a flow taken from the dual""#,
                 r#"offload_nat: meta mark 0x5b1f0007 meta l4proto tcp ct mark set meta mark ct event set destroy,assured dnat to 172.16.0.2:80 comment "offload to tcp/172.16.0.2:80""#,

@@ -25,6 +25,9 @@ pub struct Status {
     /// Replies taken as the dual's flows right after a planned takeover (packet mode).
     #[serde(default)]
     pub adopted_replies: u64,
+    /// Offload requests conntrack did not translate, sent on by slbd in a hand-over.
+    #[serde(default)]
+    pub untracked_requests: u64,
     /// Packets dropped, by reason (every reason, zeros included).
     pub drops: BTreeMap<String, u64>,
     pub services: Vec<ServiceStatus>,
@@ -233,6 +236,7 @@ mod tests {
             requests: 9,
             replies: 8,
             adopted_replies: 0,
+            untracked_requests: 0,
             drops: [("no_server".to_string(), 1)].into(),
             services: vec![ServiceStatus {
                 name: "tcp/80".into(),

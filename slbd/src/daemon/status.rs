@@ -66,6 +66,7 @@ pub fn status(i: Inputs) -> Status {
         requests: i.dp.counters.requests.load(Relaxed),
         replies: i.dp.counters.replies.load(Relaxed),
         adopted_replies: i.dp.counters.adopted_replies.load(Relaxed),
+        untracked_requests: i.dp.counters.untracked_requests.load(Relaxed),
         drops: DropReason::all()
             .map(|d| (d.name().to_string(), i.dp.counters.dropped(d)))
             .collect(),

@@ -56,6 +56,8 @@ pub struct Packet {
     pub cap_len: Option<u32>,
     pub checksum_ready: bool,
     pub gso: bool,
+    /// The packet's mark (0 when it has none).
+    pub mark: u32,
 }
 
 /// Reads a packet message (`NFQNL_MSG_PACKET`) `m` of datagram `dgram`. `None` if any part is
@@ -67,6 +69,7 @@ pub fn packet(dgram: &[u8], m: &Message) -> Option<Packet> {
     let body = NLMSG_HDRLEN + NFGEN_HDRLEN;
     let attr_bytes = m.bytes(dgram).get(body..)?;
     let (mut id, mut hook, mut payload, mut cap_len, mut info) = (None, 0, None, None, 0);
+    let mut mark = 0;
     for a in attrs(attr_bytes) {
         let a = a.ok()?;
         match a.kind {
@@ -79,6 +82,7 @@ pub fn packet(dgram: &[u8], m: &Message) -> Option<Packet> {
                 payload = Some((at, at + a.data.len()));
             }
             NFQA_CAP_LEN if a.data.len() >= 4 => cap_len = Some(be32(a.data)?),
+            NFQA_MARK if a.data.len() >= 4 => mark = be32(a.data)?,
             NFQA_SKB_INFO if a.data.len() >= 4 => info = be32(a.data)?,
             _ => {}
         }
@@ -90,6 +94,7 @@ pub fn packet(dgram: &[u8], m: &Message) -> Option<Packet> {
         cap_len,
         checksum_ready: info & SKB_CSUMNOTREADY == 0,
         gso: info & SKB_GSO != 0,
+        mark,
     })
 }
 
@@ -259,6 +264,25 @@ mod tests {
             (78, 0, Some(1500), true, true)
         );
         assert_eq!(q.payload.1 - q.payload.0, 5);
+        assert_eq!(
+            (p.mark, q.mark),
+            (0, 0),
+            "no NFQA_MARK: the packet has none"
+        );
+    }
+
+    #[test]
+    fn reads_the_packet_mark_the_kernel_sends_for_a_marked_packet() {
+        let mut w = writer(MSG_PACKET, 0, 0, 0);
+        let mut hdr = 5u32.to_be_bytes().to_vec();
+        hdr.extend_from_slice(&0x0800u16.to_be_bytes());
+        hdr.push(0);
+        w.attr(NFQA_PACKET_HDR, &hdr);
+        w.attr(NFQA_MARK, &0x5b1d_0002u32.to_be_bytes());
+        w.attr(NFQA_PAYLOAD, &[0x45u8, 0, 0, 20]);
+        let dgram = w.finish().unwrap();
+        let m = messages(&dgram).next().unwrap();
+        assert_eq!(packet(&dgram, &m).unwrap().mark, 0x5b1d_0002);
     }
 
     #[test]

@@ -121,6 +121,18 @@ fn switch_losses(runs: usize, every: Duration, mode: &'static str) -> Result<()>
     );
     println!("  failed:        {fs} in all; per switch min {fmin} median {fmed} max {fmax}");
     println!("  over 500 ms:   {ls} in all; per switch min {lmin} median {lmed} max {lmax}");
+    for i in 0..2 {
+        // What each node took over from its dual's last flows (packet and offload replies,
+        // offload requests conntrack did not translate): since its slbd last started.
+        if let Some(st) = pair.slbd_status(i) {
+            println!(
+                "  b{}: adopted replies {}, untracked requests sent on {}",
+                i + 1,
+                st["adopted_replies"],
+                st["untracked_requests"]
+            );
+        }
+    }
     Ok(())
 }
 

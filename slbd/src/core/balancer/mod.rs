@@ -145,12 +145,13 @@ impl Dataplane {
             match dir {
                 Direction::Request => self.request(buf, csum, now_ms),
                 Direction::Reply => self.reply(buf, csum, now_ms).map(|()| None),
+                Direction::Untracked => self.untracked(buf, csum, now_ms).map(|()| None),
             }
         };
         match verdict {
             Ok(offload) => {
                 let c = match dir {
-                    Direction::Request => &self.counters.requests,
+                    Direction::Request | Direction::Untracked => &self.counters.requests,
                     Direction::Reply => &self.counters.replies,
                 };
                 c.fetch_add(1, Relaxed);

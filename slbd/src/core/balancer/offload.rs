@@ -341,6 +341,54 @@ mod tests {
     }
 
     #[test]
+    fn in_a_hand_over_a_request_conntrack_does_not_translate_goes_to_its_flows_server() {
+        let dp = Dataplane::new(&config("ROUND_ROBIN"), 1);
+        let (client, vip) = (sa("10.0.0.5:4000"), sa("10.0.0.100:80"));
+        let mut syn = tcp(client, vip, SYN, b"", &[]);
+        let v = dp.handle(
+            Direction::Request,
+            &mut syn,
+            true,
+            ChecksumState::Complete,
+            10,
+        );
+        assert!(matches!(v, Verdict::Offload(_)), "{v:?}");
+        let server = (0..3)
+            .find(|&i| live(&dp, 0, i) == 1)
+            .map(|i| dp.services()[0].0.servers[i].addr)
+            .expect("the SYN placed a flow");
+        let untracked = |dp: &Dataplane, from: SocketAddrV4, t: u64| {
+            let mut ack = tcp(from, vip, ACK, b"GET", &[]);
+            let v = dp.handle(
+                Direction::Untracked,
+                &mut ack,
+                true,
+                ChecksumState::Complete,
+                t,
+            );
+            (v, packet::parse(&ack).unwrap().dst, checksums_ok(&ack))
+        };
+        // Outside a hand-over an INVALID packet is dropped, as the kernel alone would.
+        assert_eq!(
+            untracked(&dp, client, 20).0,
+            Verdict::Drop(DropReason::Untracked)
+        );
+        // In one, the handshake's ACK whose SYN-ACK went the dual's way reaches the server
+        // the SYN was given, rewritten here (conntrack translates nothing INVALID).
+        dp.handing_over(30);
+        assert_eq!(untracked(&dp, client, 40), (Verdict::Accept, server, true));
+        // A flow this node never placed is not invented, and the window closes.
+        assert_eq!(
+            untracked(&dp, sa("10.0.0.6:4000"), 40).0,
+            Verdict::Drop(DropReason::Untracked)
+        );
+        assert_eq!(
+            untracked(&dp, client, 30 + TAKEOVER_GRACE_MS).0,
+            Verdict::Drop(DropReason::Untracked)
+        );
+    }
+
+    #[test]
     fn after_a_takeover_a_servers_syn_ack_no_flow_knows_is_answered_and_its_flow_marked() {
         let dp = Dataplane::new(&config("ROUND_ROBIN"), 1);
         dp.set_balancing(false, false, 0);

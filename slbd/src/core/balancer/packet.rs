@@ -62,6 +62,32 @@ impl Dataplane {
         Ok(None)
     }
 
+    /// A request of an offload flow conntrack does not translate: in the grace period of a
+    /// hand-over or a takeover, sent on to the flow's server as packet mode would (conntrack
+    /// never learns of it); otherwise dropped.
+    pub(super) fn untracked(
+        &self,
+        buf: &mut [u8],
+        csum: ChecksumState,
+        now_ms: u64,
+    ) -> Result<(), DropReason> {
+        let h = packet::parse(buf).map_err(DropReason::Malformed)?;
+        if *h.dst.ip() != self.view.load().vip || now_ms >= self.grace_until_ms.load(Relaxed) {
+            return Err(DropReason::Untracked);
+        }
+        let key = FlowKey {
+            protocol: h.protocol,
+            src: h.src,
+            dst: h.dst,
+        };
+        let flows = self.shards[shard_of(h.src)].lock();
+        let server = flows.server_of(&key).ok_or(DropReason::Untracked)?;
+        drop(flows);
+        self.counters.untracked_requests.fetch_add(1, Relaxed);
+        packet::rewrite(buf, &h, Endpoint::Destination, server, csum);
+        Ok(())
+    }
+
     /// A reply of a packet-mode flow: comes from the VIP, or is dropped if it matches no flow.
     pub(super) fn reply(
         &self,

@@ -108,6 +108,8 @@ pub struct Counters {
     pub replies: AtomicU64,
     /// Replies taken as the dual's flows right after a takeover (packet mode).
     pub adopted_replies: AtomicU64,
+    /// Offload requests conntrack did not translate, sent on to their server in a hand-over.
+    pub untracked_requests: AtomicU64,
     drops: [AtomicU64; DropReason::COUNT],
 }
 
@@ -117,6 +119,7 @@ impl Default for Counters {
             requests: AtomicU64::new(0),
             replies: AtomicU64::new(0),
             adopted_replies: AtomicU64::new(0),
+            untracked_requests: AtomicU64::new(0),
             drops: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }

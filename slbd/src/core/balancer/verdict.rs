@@ -10,6 +10,11 @@ pub enum Direction {
     Request,
     /// Real server → client, queued after routing: gets SNAT.
     Reply,
+    /// Client → VIP of an offload service, which conntrack found INVALID and so does not
+    /// translate (queued before routing with [`crate::core::ruleset::UNTRACKED_MARK`]): in a
+    /// hand-over, the handshake's ACK of a flow whose SYN-ACK went the dual's way. Gets DNAT
+    /// here, as in packet mode, or is dropped.
+    Untracked,
 }
 
 /// What to tell the kernel.
@@ -47,11 +52,14 @@ pub enum DropReason {
     TableFull,
     /// The kernel handed over less than the whole packet; writing it back would truncate it.
     Truncated,
+    /// An offload packet conntrack did not translate, outside a hand-over or of no flow this
+    /// node placed: dropped, as it would be without slbd.
+    Untracked,
 }
 
 impl DropReason {
     /// The reasons that are not [`DropReason::Malformed`], in counter order.
-    const OWN: [DropReason; 7] = [
+    const OWN: [DropReason; 8] = [
         DropReason::NoService,
         DropReason::MidStream,
         DropReason::ReplyWithoutFlow,
@@ -59,6 +67,7 @@ impl DropReason {
         DropReason::TableFull,
         DropReason::Truncated,
         DropReason::AfterTakeover,
+        DropReason::Untracked,
     ];
 
     /// How many counters the reasons need: derived, so a reason added to `Self::OWN` or to
@@ -79,7 +88,8 @@ impl DropReason {
             | DropReason::NoServer
             | DropReason::TableFull
             | DropReason::Truncated
-            | DropReason::AfterTakeover) => own(d),
+            | DropReason::AfterTakeover
+            | DropReason::Untracked) => own(d),
         }
     }
 
@@ -92,6 +102,7 @@ impl DropReason {
             DropReason::TableFull => "flow_table_full",
             DropReason::Truncated => "truncated",
             DropReason::AfterTakeover => "mid_stream_after_takeover",
+            DropReason::Untracked => "untracked_outside_handover",
             DropReason::Malformed(m) => m.name(),
         }
     }

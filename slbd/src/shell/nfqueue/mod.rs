@@ -12,7 +12,7 @@ pub mod socket;
 use crate::config::QueueConfig;
 use crate::core::balancer::{Dataplane, Direction, Verdict};
 use crate::core::packet::ChecksumState;
-use crate::core::ruleset::REFUSE_MARK;
+use crate::core::ruleset::{REFUSE_MARK, UNTRACKED_MARK};
 use crate::wire::nfqueue::{self as wire, Packet};
 use socket::{Out, QueueSocket, RecvBatch, Setup, Verdicts};
 
@@ -140,6 +140,7 @@ pub fn run(q: QueueSocket, dp: Arc<Dataplane>, stats: Arc<QueueStats>, epoch: In
 
 fn decide(dp: &Dataplane, stats: &QueueStats, p: &Packet, payload: &mut [u8], now_ms: u64) -> Out {
     let dir = match p.hook {
+        NF_INET_PRE_ROUTING if p.mark == UNTRACKED_MARK => Direction::Untracked,
         NF_INET_PRE_ROUTING => Direction::Request,
         NF_INET_POST_ROUTING => Direction::Reply,
         _ => {

@@ -338,6 +338,7 @@ mod tests {
             cap_len: None,
             checksum_ready: true,
             gso: true,
+            mark: 0,
         }
     }
 

@@ -162,6 +162,10 @@ fn build_rule<'a>(chain: &'a Chain<'a>, r: &ruleset::Rule, backend: QueueBackend
                 rule.add_expr(&Meta::Mark { set: false });
                 rule.add_expr(&Conntrack::Mark { set: true });
             }
+            Action::SetMark(mark) => {
+                rule.add_expr(&Immediate::new(*mark, Register::Reg1));
+                rule.add_expr(&Meta::Mark { set: true });
+            }
             Action::CtEvents(bits) => {
                 rule.add_expr(&Immediate::new(*bits, Register::Reg1));
                 rule.add_expr(&CtEventMask);
@@ -233,9 +237,13 @@ fn add_match(rule: &mut Rule, m: &Match) {
             rule.add_expr(&Meta::Mark { set: false });
             rule.add_expr(&Cmp::new(CmpOp::Eq, mark));
         }
-        Match::CtStateNew | Match::CtStateNewOrInvalid => {
-            // NF_CT_STATE_BIT(IP_CT_NEW), and NF_CT_STATE_INVALID_BIT with it.
-            let bit: u32 = if *m == Match::CtStateNew { 8 } else { 8 | 1 };
+        Match::CtStateNew | Match::CtStateNewOrInvalid | Match::CtStateInvalid => {
+            // NF_CT_STATE_BIT(IP_CT_NEW) is 8, NF_CT_STATE_INVALID_BIT 1.
+            let bit: u32 = match *m {
+                Match::CtStateNew => 8,
+                Match::CtStateInvalid => 1,
+                _ => 8 | 1,
+            };
             rule.add_expr(&Conntrack::State);
             rule.add_expr(&Bitwise::new(bit, 0u32));
             rule.add_expr(&Cmp::new(CmpOp::Neq, 0u32));
