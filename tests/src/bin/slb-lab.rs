@@ -13,7 +13,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use slb_tests::pair::{service_gap, Pair, PairOptions, Requests};
+use slb_tests::pair::{service_gap, timeline, Pair, PairOptions, Requests};
 use slb_tests::*;
 
 fn show(title: &str, text: &str) {
@@ -173,6 +173,10 @@ fn isolated_standby(runs: usize, hold: Duration) -> Result<()> {
             if vip { "took" } else { "did not take" },
             attempts.len()
         );
+        if f > 0 {
+            // The cut was 500 ms in; the links came back `hold` later.
+            eprintln!("{}", timeline(&attempts));
+        }
         failed.push(f);
         took_vip += usize::from(vip);
     }
