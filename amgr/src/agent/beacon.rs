@@ -71,8 +71,7 @@ impl Beacon {
         links: Vec<Link>,
         interval: Duration,
     ) -> std::io::Result<Beacon> {
-        let boot =
-            u64::from_ne_bytes(slb_common::auth::nonce::<8>().expect("the kernel's random source"));
+        let boot = u64::from_ne_bytes(slb_common::auth::nonce::<8>()?);
         let now = Instant::now();
         let inner = Arc::new(Inner {
             node,

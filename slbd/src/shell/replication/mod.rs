@@ -228,6 +228,8 @@ impl Replication {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+        // Not left waiting for a dual that never served: a session under way ends with it.
+        self.merging.store(false, Relaxed);
         Err(format!(
             "the dual's snapshot did not arrive within {} ms",
             MERGE_LIMIT.as_millis()
