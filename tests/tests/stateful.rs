@@ -84,16 +84,7 @@ fn failover(p: &mut Pair, how: &str) -> (Duration, usize) {
             .filter(|a| a.server.is_none() || a.took > Duration::from_millis(500))
             .count();
         if lost > 0 {
-            // What each balancer dropped and adopted, for whoever reads the failure.
-            for i in 0..2 {
-                let st = p.slbd_status(i).unwrap_or_default();
-                eprintln!(
-                    "node {}: drops {} adopted_replies {}",
-                    i + 1,
-                    st["drops"],
-                    st["adopted_replies"]
-                );
-            }
+            print_counters(p);
             eprintln!(
                 "switch: {lost} requests failed or slowed:\n{}",
                 timeline(&attempts)
@@ -103,16 +94,7 @@ fn failover(p: &mut Pair, how: &str) -> (Duration, usize) {
     }
     let (gap, failed_outside) = service_gap(&attempts);
     if failed_outside > 0 {
-        for i in 0..2 {
-            let st = p.slbd_status(i).unwrap_or_default();
-            eprintln!(
-                "node {}: drops {} adopted_replies {} untracked_requests {}",
-                i + 1,
-                st["drops"],
-                st["adopted_replies"],
-                st["untracked_requests"]
-            );
-        }
+        print_counters(p);
     }
     assert!(
         attempts.last().unwrap().server.is_some(),
@@ -126,6 +108,20 @@ fn failover(p: &mut Pair, how: &str) -> (Duration, usize) {
     );
     assert!(p.has_vip(to));
     (gap, lost_here)
+}
+
+/// What each balancer dropped and took over from its dual, for whoever reads a failure.
+fn print_counters(p: &Pair) {
+    for i in 0..2 {
+        let st = p.slbd_status(i).unwrap_or_default();
+        eprintln!(
+            "node {}: drops {} adopted_replies {} untracked_requests {}",
+            i + 1,
+            st["drops"],
+            st["adopted_replies"],
+            st["untracked_requests"]
+        );
+    }
 }
 
 /// The common run: hold 20 connections, then `runs` failovers of `how`, alternating between

@@ -10,6 +10,15 @@ use crate::core::flow::{FlowKey, Lookup};
 use crate::core::model::Mode;
 use crate::core::packet::{self, ChecksumState, Endpoint};
 
+/// The flow key a packet carries, as it travels (a reply's is the reply key).
+fn key_of(h: &packet::Headers) -> FlowKey {
+    FlowKey {
+        protocol: h.protocol,
+        src: h.src,
+        dst: h.dst,
+    }
+}
+
 impl Dataplane {
     /// A request: rewritten in place (packet mode, `None`) or, for an offload service's first
     /// packet, left as it is with the mark that binds its flow (`Some(mark)`).
@@ -31,11 +40,7 @@ impl Dataplane {
             .service(h.protocol, h.dst.port())
             .filter(|_| *h.dst.ip() == view.vip)
             .ok_or(DropReason::NoService)?;
-        let key = FlowKey {
-            protocol: h.protocol,
-            src: h.src,
-            dst: h.dst,
-        };
+        let key = key_of(&h);
         if svc.service.mode == Mode::Offload {
             return self
                 .offload_first(&view, svc, &key, h.flags, now_ms)
@@ -75,11 +80,7 @@ impl Dataplane {
         if *h.dst.ip() != self.view.load().vip || now_ms >= self.grace_until_ms.load(Relaxed) {
             return Err(DropReason::Untracked);
         }
-        let key = FlowKey {
-            protocol: h.protocol,
-            src: h.src,
-            dst: h.dst,
-        };
+        let key = key_of(&h);
         let flows = self.shards[shard_of(h.src)].lock();
         let server = flows.server_of(&key).ok_or(DropReason::Untracked)?;
         drop(flows);
@@ -96,11 +97,7 @@ impl Dataplane {
         now_ms: u64,
     ) -> Result<(), DropReason> {
         let h = packet::parse(buf).map_err(DropReason::Malformed)?;
-        let key = FlowKey {
-            protocol: h.protocol,
-            src: h.src,
-            dst: h.dst,
-        };
+        let key = key_of(&h);
         let mut shard = self.shards[shard_of(h.dst)].lock();
         let r = match shard.lookup_reply(&key, h.flags, now_ms) {
             Some(r) => r,

@@ -390,17 +390,21 @@ mod tests {
     use crate::core::packet::fixtures::{tcp, udp};
     use crate::core::packet::tcp_flags::{ACK, SYN};
 
+    /// A TCP packet from `client` to the VIP's port 80 through `dp`: its verdict and where
+    /// it was sent.
+    fn request(dp: &Dataplane, client: &str, flags: u8) -> (Verdict, SocketAddrV4) {
+        let mut p = tcp(sa(client), sa("10.0.0.100:80"), flags, b"x", &[]);
+        let v = dp.handle(Direction::Request, &mut p, true, ChecksumState::Complete, 5);
+        (v, dst_of(&p))
+    }
+
     #[test]
     fn a_standby_given_the_snapshot_forwards_established_flows_to_their_servers() {
         let c = config(r#""persistence_timeout": 30,"#);
         let (active, standby) = (Dataplane::for_test(&c), Dataplane::for_test(&c));
-        let req = |dp: &Dataplane, client: &str, flags: u8| {
-            let mut p = tcp(sa(client), sa("10.0.0.100:80"), flags, b"x", &[]);
-            let v = dp.handle(Direction::Request, &mut p, true, ChecksumState::Complete, 5);
-            (v, dst_of(&p))
-        };
         let clients: Vec<String> = (0..6).map(|i| format!("10.0.0.{}:4000", 5 + i)).collect();
-        let placed: Vec<SocketAddrV4> = clients.iter().map(|c| req(&active, c, SYN).1).collect();
+        let placed: Vec<SocketAddrV4> =
+            clients.iter().map(|c| request(&active, c, SYN).1).collect();
         // The server answered the first client's SYN: that flow is established.
         let mut synack = tcp(placed[0], sa("10.0.0.5:4000"), SYN | ACK, b"", &[]);
         active.handle(
@@ -422,7 +426,7 @@ mod tests {
 
         // Before the snapshot a mid-stream packet has no flow on the standby.
         assert_eq!(
-            req(&standby, &clients[1], ACK).0,
+            request(&standby, &clients[1], ACK).0,
             Verdict::Drop(DropReason::MidStream)
         );
         let done = standby.apply_replica(&records, 20);
@@ -430,7 +434,7 @@ mod tests {
         assert_eq!(standby.flow_count(), 6);
         for (client, server) in clients.iter().zip(&placed) {
             assert_eq!(
-                req(&standby, client, ACK),
+                request(&standby, client, ACK),
                 (Verdict::Accept, *server),
                 "{client}"
             );
@@ -450,7 +454,7 @@ mod tests {
         let live = live_total(&standby);
         assert_eq!(live, 6);
         // A persisted client's new connection goes where the ACTIVE sent it.
-        assert_eq!(req(&standby, "10.0.0.5:4001", SYN).1, placed[0]);
+        assert_eq!(request(&standby, "10.0.0.5:4001", SYN).1, placed[0]);
 
         // An end removes the flow; a record for a server this node lacks is counted, not applied.
         let done = standby.apply_replica(
@@ -472,7 +476,7 @@ mod tests {
         );
         assert_eq!((done.ended, done.unknown), (1, 1));
         assert_eq!(
-            req(&standby, &clients[2], ACK).0,
+            request(&standby, &clients[2], ACK).0,
             Verdict::Drop(DropReason::MidStream)
         );
         // Applying the same flow twice does not count it twice.
@@ -720,16 +724,11 @@ mod tests {
     fn a_merge_takes_the_duals_flows_keeps_ours_and_counts_the_5_tuples_both_placed() {
         let c = config(r#""persistence_timeout": 30,"#);
         let (winner, loser) = (Dataplane::for_test(&c), Dataplane::for_test(&c));
-        let req = |dp: &Dataplane, client: &str, flags: u8| {
-            let mut p = tcp(sa(client), sa("10.0.0.100:80"), flags, b"x", &[]);
-            let v = dp.handle(Direction::Request, &mut p, true, ChecksumState::Complete, 5);
-            (v, dst_of(&p))
-        };
         // A split: each side places its own clients; one client port reached both.
-        let ours = req(&winner, "10.0.0.5:4000", SYN).1;
-        let shared = req(&winner, "10.0.0.9:4000", SYN).1;
+        let ours = request(&winner, "10.0.0.5:4000", SYN).1;
+        let shared = request(&winner, "10.0.0.9:4000", SYN).1;
         let theirs: Vec<SocketAddrV4> = (0..4)
-            .map(|i| req(&loser, &format!("10.0.0.{}:5000", 5 + i), SYN).1)
+            .map(|i| request(&loser, &format!("10.0.0.{}:5000", 5 + i), SYN).1)
             .collect();
         // The loser placed one client port the winner also saw, on another server.
         let other = if shared == sa("172.16.0.2:80") {
@@ -751,11 +750,14 @@ mod tests {
         // The loser's flows go on to their servers here; ours, and the one both placed, stay.
         for (i, server) in theirs.iter().enumerate() {
             let client = format!("10.0.0.{}:5000", 5 + i);
-            assert_eq!(req(&winner, &client, ACK), (Verdict::Accept, *server));
+            assert_eq!(request(&winner, &client, ACK), (Verdict::Accept, *server));
         }
-        assert_eq!(req(&winner, "10.0.0.5:4000", ACK), (Verdict::Accept, ours));
         assert_eq!(
-            req(&winner, "10.0.0.9:4000", ACK),
+            request(&winner, "10.0.0.5:4000", ACK),
+            (Verdict::Accept, ours)
+        );
+        assert_eq!(
+            request(&winner, "10.0.0.9:4000", ACK),
             (Verdict::Accept, shared)
         );
         // The loser ending its copy of the shared 5-tuple does not end ours; its others end.
@@ -774,12 +776,12 @@ mod tests {
         let done = winner.merge_replica(&ends, 30, &mut conflicted);
         assert_eq!(done.ended, 1);
         assert_eq!(
-            req(&winner, "10.0.0.9:4000", ACK),
+            request(&winner, "10.0.0.9:4000", ACK),
             (Verdict::Accept, shared)
         );
         assert_eq!(winner.flow_count(), 2 + 3);
         // Persistence: the winner's own entry stays, one only the loser had is taken.
-        assert_eq!(req(&winner, "10.0.0.5:4001", SYN).1, ours);
-        assert_eq!(req(&winner, "10.0.0.6:5001", SYN).1, theirs[1]);
+        assert_eq!(request(&winner, "10.0.0.5:4001", SYN).1, ours);
+        assert_eq!(request(&winner, "10.0.0.6:5001", SYN).1, theirs[1]);
     }
 }
