@@ -239,6 +239,15 @@ impl Dataplane {
     /// before the VIP comes up. Returns (flow, its mark, established).
     pub fn offload_takeover(&self) -> Vec<(Ended, u32, bool)> {
         let view = self.view.load();
+        // A merge asks after every batch it receives: without an offload service there is
+        // nothing to hand over, and no reason to walk the table.
+        if !view
+            .services
+            .iter()
+            .any(|s| s.service.mode == Mode::Offload)
+        {
+            return Vec::new();
+        }
         // Not the flows conntrack carries already (a merge happens while balancing).
         let offload = |e: &Ended| {
             !e.kernel
