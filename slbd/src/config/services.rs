@@ -145,6 +145,7 @@ fn health(c: &mut Checker, path: &str, raw: Option<&RawHealth>) -> CheckConfig {
         rise: raw.rise,
         fall: raw.fall,
         udp_payload: raw.udp_payload.as_bytes().to_vec(),
+        passive: Default::default(),
     }
 }
 

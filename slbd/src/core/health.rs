@@ -1,7 +1,9 @@
 //! Server health: the pure rule that turns probe results into in/out of rotation (a server
-//! leaves after `fall` failures in a row and comes back after `rise` successes in a row) and
-//! smooths the service latency the TCP probes measure. The prober that runs the probes is the
-//! shell in `prober.rs`.
+//! leaves after `fall` failures in a row and comes back after `rise` successes in a row),
+//! smooths the service latency the probes measure, and names why a server is down — an active
+//! check's failure or one the data path saw on its own (passive detection, which only takes a
+//! server out: the active check alone brings it back). The prober that runs the probes is the
+//! shell in `prober.rs`; the data path's passive count is in `balancer/health.rs`.
 
 use std::time::Duration;
 
@@ -15,22 +17,51 @@ pub struct CheckConfig {
     pub fall: u32,
     /// What a UDP probe sends; any reply is success.
     pub udp_payload: Vec<u8>,
+    /// What the data path's own view of the server may decide.
+    pub passive: PassiveConfig,
 }
 
+/// The shipped defaults: a dead server leaves rotation within 1.5 s by active checks alone
+/// (three failures 400 ms apart, the last waiting at most 300 ms), for two or three TCP
+/// handshakes a second per server, which no server farm notices; a refused or unanswered
+/// handshake on the data path takes it out sooner (see [`PassiveConfig`]).
 impl Default for CheckConfig {
     fn default() -> Self {
         CheckConfig {
             enabled: true,
-            interval: Duration::from_secs(2),
-            timeout: Duration::from_secs(1),
+            interval: Duration::from_millis(400),
+            timeout: Duration::from_millis(300),
             rise: 2,
             fall: 3,
             udp_payload: b"slb health check\n".to_vec(),
+            passive: PassiveConfig::default(),
         }
     }
 }
 
-/// Why a probe failed.
+/// Passive detection: failed handshakes the data path sees take a server out of rotation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PassiveConfig {
+    pub enabled: bool,
+    /// Failed handshakes in a row (with no handshake that succeeded between them).
+    pub fall: u32,
+    /// A client's SYN retransmitted this long after its first, with no answer from the
+    /// server in between, is an unanswered handshake. Below the client's first
+    /// retransmission (1 s on Linux), above any LAN server's answer.
+    pub syn_timeout: Duration,
+}
+
+impl Default for PassiveConfig {
+    fn default() -> Self {
+        PassiveConfig {
+            enabled: true,
+            fall: 2,
+            syn_timeout: Duration::from_millis(700),
+        }
+    }
+}
+
+/// Why a check failed, or why the data path counted a handshake as failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
     Timeout,
@@ -38,14 +69,82 @@ pub enum Failure {
     Refused,
     /// Any other error (no route, host unreachable, ...).
     Error,
+    /// An HTTP check's answer had a status it does not expect.
+    Status(u16),
+    /// An HTTP check's answer lacked the expected text, or was not HTTP.
+    Body,
+    /// A TLS check's handshake failed.
+    Tls,
+    /// A script check exited with this status (or was killed: 255).
+    Script(u8),
+    /// The data path saw the server reset a SYN.
+    PassiveRst,
+    /// The data path saw the server answer a flow with ICMP unreachable.
+    PassiveUnreachable,
+    /// The data path saw a SYN go unanswered.
+    PassiveTimeout,
 }
 
 impl Failure {
-    pub fn name(self) -> &'static str {
+    /// Whether the data path, not a check, saw this.
+    pub fn passive(self) -> bool {
+        matches!(
+            self,
+            Failure::PassiveRst | Failure::PassiveUnreachable | Failure::PassiveTimeout
+        )
+    }
+
+    /// A compact code for an atomic (0 is kept for "none"): kind in the high byte, a status in
+    /// the low 16 bits.
+    pub fn code(self) -> u32 {
+        let (kind, detail) = match self {
+            Failure::Timeout => (1, 0),
+            Failure::Refused => (2, 0),
+            Failure::Error => (3, 0),
+            Failure::Status(s) => (4, u32::from(s)),
+            Failure::Body => (5, 0),
+            Failure::Tls => (6, 0),
+            Failure::Script(s) => (7, u32::from(s)),
+            Failure::PassiveRst => (8, 0),
+            Failure::PassiveUnreachable => (9, 0),
+            Failure::PassiveTimeout => (10, 0),
+        };
+        (kind << 24) | detail
+    }
+
+    /// The failure a [`Failure::code`] stands for; `None` for 0 or a code no failure has.
+    pub fn from_code(code: u32) -> Option<Failure> {
+        let detail = code & 0xffff;
+        Some(match code >> 24 {
+            1 => Failure::Timeout,
+            2 => Failure::Refused,
+            3 => Failure::Error,
+            4 => Failure::Status(detail as u16),
+            5 => Failure::Body,
+            6 => Failure::Tls,
+            7 => Failure::Script(detail as u8),
+            8 => Failure::PassiveRst,
+            9 => Failure::PassiveUnreachable,
+            10 => Failure::PassiveTimeout,
+            _ => return None,
+        })
+    }
+}
+
+/// The reason as logs, status and metrics name it: `refused`, `http 503`, `passive_rst`, ...
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Failure::Timeout => "timeout",
-            Failure::Refused => "refused",
-            Failure::Error => "error",
+            Failure::Timeout => f.write_str("timeout"),
+            Failure::Refused => f.write_str("refused"),
+            Failure::Error => f.write_str("error"),
+            Failure::Status(s) => write!(f, "http {s}"),
+            Failure::Body => f.write_str("http body"),
+            Failure::Tls => f.write_str("tls"),
+            Failure::Script(s) => write!(f, "script exit {s}"),
+            Failure::PassiveRst => f.write_str("passive_rst"),
+            Failure::PassiveUnreachable => f.write_str("passive_unreachable"),
+            Failure::PassiveTimeout => f.write_str("passive_timeout"),
         }
     }
 }
@@ -126,6 +225,15 @@ impl Health {
         None
     }
 
+    /// Takes the data plane's word that the server is out of rotation when the checks still
+    /// had it in (passive detection took it out): from here `rise` successes bring it back.
+    pub fn sync(&mut self, up_in_dataplane: bool) {
+        if self.up && !up_in_dataplane {
+            self.up = false;
+            self.ok_streak = 0;
+        }
+    }
+
     /// The smoothed latency in whole µs (at least 1), once measured.
     pub fn latency_us(&self) -> Option<u32> {
         self.latency_us.map(|l| (l.round() as u32).max(1))
@@ -182,6 +290,45 @@ mod tests {
         // A failure does not touch the latency.
         h.record(BAD, 2, 3);
         assert_eq!(h.latency_us(), Some(2000));
+    }
+
+    #[test]
+    fn a_server_passive_detection_took_out_needs_rise_successes_to_come_back() {
+        let mut h = Health::default();
+        h.record(OK, 2, 3);
+        h.sync(false);
+        assert!(!h.up);
+        assert_eq!(h.record(OK, 2, 3), None, "one success is not rise");
+        assert_eq!(h.record(OK, 2, 3), Some(Change::CameUp));
+        h.sync(true);
+        assert!(
+            h.up,
+            "syncing to up changes nothing: only checks bring a server back"
+        );
+    }
+
+    #[test]
+    fn every_failure_round_trips_through_its_code_and_names_itself() {
+        let all = [
+            Failure::Timeout,
+            Failure::Refused,
+            Failure::Error,
+            Failure::Status(503),
+            Failure::Body,
+            Failure::Tls,
+            Failure::Script(7),
+            Failure::PassiveRst,
+            Failure::PassiveUnreachable,
+            Failure::PassiveTimeout,
+        ];
+        for f in all {
+            assert_ne!(f.code(), 0);
+            assert_eq!(Failure::from_code(f.code()), Some(f));
+        }
+        assert_eq!(Failure::from_code(0), None);
+        assert_eq!(Failure::Status(503).to_string(), "http 503");
+        assert_eq!(Failure::PassiveRst.to_string(), "passive_rst");
+        assert!(Failure::PassiveTimeout.passive() && !Failure::Refused.passive());
     }
 
     #[test]

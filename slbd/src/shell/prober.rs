@@ -109,15 +109,17 @@ async fn watch(dp: Arc<Dataplane>, job: Job, cut: Arc<Cut>, still_current: impl 
             Protocol::Tcp => probe_tcp(addr, check.timeout).await,
             Protocol::Udp => probe_udp(addr, &check.udp_payload, check.timeout).await,
         };
+        // Passive detection may have taken the server out since the last check.
+        health.sync(dp.is_up(id));
         let change = health.record(result, check.rise, check.fall);
-        let outcome = dp.set_health(id, health.up, health.latency_us());
+        let outcome = dp.set_health(id, health.up, health.latency_us(), result.err());
         if let Some(mark) = outcome.cut {
             cut(mark);
         }
         let ended = outcome.flows_ended;
         match (change, result) {
             (Some(Change::WentDown), Err(why)) => tracing::warn!(
-                service = %service, server = %addr, state = "down", reason = why.name(),
+                service = %service, server = %addr, state = "down", reason = %why,
                 fall = check.fall, flows_ended = ended, "server left rotation"
             ),
             (Some(Change::CameUp), _) => tracing::info!(

@@ -10,7 +10,9 @@
 use std::sync::atomic::Ordering::Relaxed;
 
 use super::replica::Record;
+use super::stats::CHECK_PASSED;
 use super::Dataplane;
+use crate::core::health::Failure;
 use crate::core::model::Mode;
 use crate::core::net::Protocol;
 use crate::core::ruleset::offload_mark;
@@ -31,18 +33,59 @@ impl Dataplane {
         self.stats(id).is_some_and(|st| st.up.load(Relaxed))
     }
 
-    /// Records a server's health (and its measured latency).
-    pub fn set_health(&self, id: u32, up: bool, latency_us: Option<u32>) -> HealthOutcome {
+    /// Records a server's health as its checks see it (and its measured latency); `last` is
+    /// the last check's failure, `None` when it passed. Going down records it as the reason.
+    pub fn set_health(
+        &self,
+        id: u32,
+        up: bool,
+        latency_us: Option<u32>,
+        last: Option<Failure>,
+    ) -> HealthOutcome {
         let Some(st) = self.stats(id) else {
             return HealthOutcome::default();
         };
         if let Some(l) = latency_us {
             st.latency_us.store(l.max(1), Relaxed);
         }
+        st.last_check
+            .store(last.map_or(CHECK_PASSED, Failure::code), Relaxed);
         let was_up = st.up.swap(up, Relaxed);
-        if up || !was_up || !self.balancing.load(Relaxed) {
+        if up {
+            st.down_reason.store(0, Relaxed);
+            if !was_up {
+                st.passive_fails.store(0, Relaxed);
+            }
             return HealthOutcome::default();
         }
+        if !was_up {
+            return HealthOutcome::default();
+        }
+        st.down_reason
+            .store(last.unwrap_or(Failure::Error).code(), Relaxed);
+        self.end_flows_of(id)
+    }
+
+    /// The weight a check says server `id` has from now on (`None`: its configured weight).
+    /// A weight of 0 keeps the server's flows but gives it no new ones (IPVS's quiescent
+    /// server).
+    pub fn set_weight(&self, id: u32, weight: Option<u32>) {
+        if let Some(st) = self.stats(id) {
+            // Stored as weight + 1 so that 0 can mean "configured".
+            let w = weight.map_or(0, |w| w.min(crate::core::model::MAX_WEIGHT as u32) + 1);
+            st.dynamic_weight.store(w, Relaxed);
+        }
+    }
+
+    /// A server just left rotation: forgets its flows (on a balancing node) and says what the
+    /// caller must still cut.
+    pub(super) fn end_flows_of(&self, id: u32) -> HealthOutcome {
+        if !self.balancing.load(Relaxed) {
+            return HealthOutcome::default();
+        }
+        let Some(st) = self.stats(id) else {
+            return HealthOutcome::default();
+        };
         let (mut n, mut open) = (0, 0);
         for shard in self.shards.iter() {
             let mut t = shard.lock();
@@ -115,7 +158,12 @@ mod tests {
         );
         assert_eq!(first, sa("172.16.0.2:80"));
         assert_eq!(
-            dp.set_health(dp.server_id(0, 0).unwrap(), false, None),
+            dp.set_health(
+                dp.server_id(0, 0).unwrap(),
+                false,
+                None,
+                Some(Failure::Refused)
+            ),
             HealthOutcome {
                 flows_ended: 1,
                 cut: None
@@ -141,7 +189,7 @@ mod tests {
             );
             assert_eq!((v, to), (Verdict::Accept, sa("172.16.0.3:80")));
         }
-        dp.set_health(dp.server_id(0, 0).unwrap(), true, Some(300));
+        dp.set_health(dp.server_id(0, 0).unwrap(), true, Some(300), None);
         let picks: Vec<_> = (3000..3004)
             .map(|port| {
                 send(
@@ -172,7 +220,7 @@ mod tests {
         dp.set_balancing(false, false, 0);
         let id = dp.server_id(0, 0).unwrap();
         assert_eq!(
-            dp.set_health(id, false, None),
+            dp.set_health(id, false, None, Some(Failure::Refused)),
             HealthOutcome::default(),
             "no flow ended, nothing cut while standing by"
         );
@@ -203,15 +251,30 @@ mod tests {
         let dp = dp();
         let q = || udp(sa("10.0.0.5:5000"), sa("10.0.0.100:53"), b"q");
         assert_eq!(send(&dp, q()).1, sa("172.16.0.2:53"));
-        dp.set_health(dp.server_id(1, 0).unwrap(), false, None);
+        dp.set_health(
+            dp.server_id(1, 0).unwrap(),
+            false,
+            None,
+            Some(Failure::Refused),
+        );
         assert_eq!(send(&dp, q()), (Verdict::Accept, sa("172.16.0.3:53")));
     }
 
     #[test]
     fn with_every_server_down_new_flows_are_refused_and_counted() {
         let dp = dp();
-        dp.set_health(dp.server_id(0, 0).unwrap(), false, None);
-        dp.set_health(dp.server_id(0, 1).unwrap(), false, None);
+        dp.set_health(
+            dp.server_id(0, 0).unwrap(),
+            false,
+            None,
+            Some(Failure::Refused),
+        );
+        dp.set_health(
+            dp.server_id(0, 1).unwrap(),
+            false,
+            None,
+            Some(Failure::Refused),
+        );
         let (v, _) = send(
             &dp,
             tcp(sa("10.0.0.5:1000"), sa("10.0.0.100:80"), SYN, b"", &[]),

@@ -9,7 +9,8 @@
 //! - `packet`: packet mode's rewrite path; `offload`: offload mode's first packets and
 //!   conntrack's reports;
 //! - `replica`: replication's change log, snapshot and apply;
-//! - `health`: what a server's health means for its flows.
+//! - `health`: what a server's health means for its flows;
+//! - `passive`: failed handshakes the data path sees, their retry and passive detection.
 //!
 //! Sharing between queue workers: the flow table is split into shards by the client's address
 //! and port, which both directions of a flow carry (the source of a request, the destination of
@@ -18,6 +19,7 @@
 mod health;
 mod offload;
 mod packet;
+mod passive;
 mod replica;
 mod stats;
 mod verdict;
@@ -38,6 +40,7 @@ use crate::core::persist::{PersistKey, Persistence};
 
 pub use health::HealthOutcome;
 pub use offload::{KernelReport, Traffic};
+pub use passive::{PassiveDown, PassiveWork, RETRY_MEMORY_MS};
 pub use replica::{LogOverflowed, Record, ReplicaApplied};
 pub use stats::{Counters, ServerStats};
 pub use verdict::{Direction, DropReason, Verdict};
@@ -86,6 +89,7 @@ pub struct Dataplane {
     balancing: AtomicBool,
     /// Until when mid-stream packets of unknown flows count as [`DropReason::AfterTakeover`].
     grace_until_ms: AtomicU64,
+    passive: passive::Passive,
 }
 
 fn shard_of(client: SocketAddrV4) -> usize {
@@ -124,6 +128,7 @@ impl Dataplane {
             log_overflowed: AtomicBool::new(false),
             balancing: AtomicBool::new(true),
             grace_until_ms: AtomicU64::new(0),
+            passive: passive::Passive::default(),
         };
         dp.update(config);
         dp
@@ -202,7 +207,8 @@ impl Dataplane {
                 DropReason::MidStream
             });
         }
-        let i = self.choose(svc, key.src, now_ms, flows)?;
+        let avoid = self.retry_avoid(key, now_ms);
+        let i = self.choose(svc, key.src, now_ms, flows, avoid)?;
         let (server, id) = (svc.service.servers[i].addr, svc.ids[i]);
         let displaced = if kernel {
             flows.insert_kernel(key, server, id, now_ms, false)
@@ -229,6 +235,7 @@ impl Dataplane {
         client: SocketAddrV4,
         now_ms: u64,
         shard: &mut Shard,
+        avoid: Option<u32>,
     ) -> Result<usize, DropReason> {
         let registry = self.registry.load();
         let stats = |i: usize| {
@@ -247,14 +254,14 @@ impl Dataplane {
             .then(|| self.persistence.lock().get(&pkey, now_ms))
             .flatten()
             .and_then(|addr| svc.service.servers.iter().position(|s| s.addr == addr))
-            .filter(|&i| up(i));
+            .filter(|&i| up(i) && svc.ids.get(i) != avoid.as_ref());
         let i = match remembered {
             Some(i) => {
                 stats(i).map(|st| st.persisted.fetch_add(1, Relaxed));
                 i
             }
             None => {
-                let i = self.pick(svc, &registry)?;
+                let i = self.pick(svc, &registry, avoid)?;
                 stats(i).map(|st| st.scheduled.fetch_add(1, Relaxed));
                 i
             }
@@ -271,26 +278,49 @@ impl Dataplane {
 
     /// The service's scheduler's choice among its servers as they are now. A scheduler is
     /// trusted for its policy, not its bounds: an index past the list, or a server out of
-    /// rotation, is no choice at all.
-    fn pick(&self, svc: &ServiceState, registry: &Registry) -> Result<usize, DropReason> {
+    /// rotation, is no choice at all. `avoid` (a server that just failed this client's
+    /// handshake) is left out unless no other server is in rotation.
+    fn pick(
+        &self,
+        svc: &ServiceState,
+        registry: &Registry,
+        avoid: Option<u32>,
+    ) -> Result<usize, DropReason> {
         let mut p = svc.picker.lock();
         let view::Picker {
             scheduler,
             candidates,
         } = &mut *p;
-        for (c, id) in candidates.iter_mut().zip(&svc.ids) {
+        for ((c, id), r) in candidates
+            .iter_mut()
+            .zip(&svc.ids)
+            .zip(&svc.service.servers)
+        {
             let Some(st) = registry.stats.get(*id as usize) else {
                 c.up = false;
                 continue;
             };
-            c.up = st.up.load(Relaxed);
+            // A check's dynamic weight (stored + 1) overrides the configured one; weight 0
+            // takes no new flows.
+            c.weight = match st.dynamic_weight.load(Relaxed) {
+                0 => r.weight,
+                w => w - 1,
+            };
+            c.up = st.up.load(Relaxed) && c.weight > 0 && Some(*id) != avoid;
             c.live = st.live_flows.load(Relaxed).min(u64::from(u32::MAX)) as u32;
             c.latency_us = Some(st.latency_us.load(Relaxed)).filter(|l| *l > 0);
         }
-        scheduler
+        let picked = scheduler
             .pick(candidates)
-            .filter(|&i| i < svc.service.servers.len() && candidates.get(i).is_some_and(|c| c.up))
-            .ok_or(DropReason::NoServer)
+            .filter(|&i| i < svc.service.servers.len() && candidates.get(i).is_some_and(|c| c.up));
+        match picked {
+            // The server to avoid was the only one in rotation: better it than none.
+            None if avoid.is_some() => {
+                drop(p);
+                self.pick(svc, registry, None)
+            }
+            picked => picked.ok_or(DropReason::NoServer),
+        }
     }
 
     /// A flow left the table while its shard is held: replication hears of it, and its
@@ -349,6 +379,7 @@ impl Dataplane {
             }
         }
         self.persistence.lock().expire(now_ms);
+        self.expire_retries(now_ms);
         n
     }
 

@@ -6,7 +6,8 @@ use super::replica::Record;
 use std::sync::atomic::Ordering::Relaxed;
 
 use super::{shard_of, Dataplane, DropReason};
-use crate::core::flow::{FlowKey, Lookup};
+use crate::core::flow::{FlowKey, Lookup, Placed};
+use crate::core::health::Failure;
 use crate::core::model::Mode;
 use crate::core::packet::{self, ChecksumState, Endpoint};
 
@@ -48,6 +49,15 @@ impl Dataplane {
         }
         let mut flows = self.shards[shard_of(h.src)].lock();
         let (server, id) = match flows.lookup_request(&key, h.flags, now_ms) {
+            // The client retransmits a SYN its server never answered: placed afresh,
+            // elsewhere.
+            Lookup::Found(placed) if self.unanswered(&placed) => {
+                if let Some(ended) = flows.remove_request(&key) {
+                    self.end(&mut flows, &view, &ended, now_ms);
+                }
+                self.handshake_failed(placed.tag, Failure::PassiveTimeout, &key, false, now_ms);
+                self.place(&view, svc, &key, h.flags, now_ms, &mut flows, false)?
+            }
             Lookup::Found(placed) => {
                 if placed.closed_now {
                     self.with_stats(placed.tag, |st| st.less_live(1));
@@ -100,6 +110,21 @@ impl Dataplane {
         let key = key_of(&h);
         let mut shard = self.shards[shard_of(h.dst)].lock();
         let r = match shard.lookup_reply(&key, h.flags, now_ms) {
+            Some(r) if r.refused_now && self.passive_of(r.tag).enabled => {
+                // Kept from the client, which retransmits its SYN: placed elsewhere then.
+                let request = FlowKey {
+                    protocol: h.protocol,
+                    src: h.dst,
+                    dst: r.vip,
+                };
+                if let Some(ended) = shard.remove_request(&request) {
+                    self.end(&mut shard, &self.view.load(), &ended, now_ms);
+                }
+                drop(shard);
+                self.with_stats(r.tag, |st| st.less_live(1));
+                self.handshake_failed(r.tag, Failure::PassiveRst, &request, false, now_ms);
+                return Err(DropReason::HandshakeRefused);
+            }
             Some(r) => r,
             None => {
                 drop(shard);
@@ -113,6 +138,7 @@ impl Dataplane {
             }
         };
         if r.established_now {
+            self.handshake_ok(r.tag);
             let placed = FlowKey {
                 protocol: h.protocol,
                 src: h.dst,
@@ -129,6 +155,15 @@ impl Dataplane {
         });
         packet::rewrite(buf, &h, Endpoint::Source, r.vip, csum);
         Ok(())
+    }
+
+    /// Whether a request found its flow's handshake unanswered for longer than its server's
+    /// service allows (a retransmitted SYN): passive detection's timeout.
+    pub(super) fn unanswered(&self, placed: &Placed) -> bool {
+        placed.unanswered_ms.is_some_and(|ms| {
+            let passive = self.passive_of(placed.tag);
+            passive.enabled && ms >= passive.syn_timeout.as_millis() as u64
+        })
     }
 
     /// Right after a takeover, a reply that matches no flow is taken as one of the dual's: in

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use super::verdict::DropReason;
+use crate::core::health::PassiveConfig;
 use crate::core::model::Mode;
 use crate::core::net::Protocol;
 
@@ -28,7 +29,19 @@ pub struct ServerStats {
     pub up: AtomicBool,
     /// Smoothed service latency in µs; 0 until measured.
     pub latency_us: AtomicU32,
+    /// The weight a check set (a script check's dynamic weight); 0: the configured one.
+    pub dynamic_weight: AtomicU32,
+    /// The last active check's outcome: 0 none yet, [`CHECK_PASSED`], else a
+    /// [`Failure::code`](crate::core::health::Failure::code).
+    pub last_check: AtomicU32,
+    /// Why the server is out of rotation, as a failure code; 0 while it is in.
+    pub down_reason: AtomicU32,
+    /// Failed handshakes the data path saw since the last one that succeeded.
+    pub(super) passive_fails: AtomicU32,
 }
+
+/// [`ServerStats::last_check`] of a check that passed.
+pub const CHECK_PASSED: u32 = 1;
 
 impl Default for ServerStats {
     fn default() -> Self {
@@ -43,6 +56,10 @@ impl Default for ServerStats {
             persisted: AtomicU64::new(0),
             up: AtomicBool::new(true),
             latency_us: AtomicU32::new(0),
+            dynamic_weight: AtomicU32::new(0),
+            last_check: AtomicU32::new(0),
+            down_reason: AtomicU32::new(0),
+            passive_fails: AtomicU32::new(0),
         }
     }
 }
@@ -80,6 +97,8 @@ pub(super) struct Registry {
     pub(super) ids: HashMap<(Protocol, u16, SocketAddrV4), u32>,
     /// The mode of each id's service when it was last configured.
     pub(super) modes: Vec<Mode>,
+    /// Each id's service's passive detection settings, as last configured.
+    pub(super) passive: Vec<PassiveConfig>,
 }
 
 impl Registry {
@@ -90,13 +109,16 @@ impl Registry {
         port: u16,
         server: SocketAddrV4,
         mode: Mode,
+        passive: PassiveConfig,
     ) -> u32 {
         let id = *self.ids.entry((protocol, port, server)).or_insert_with(|| {
             self.stats.push(Arc::new(ServerStats::default()));
             self.modes.push(mode);
+            self.passive.push(passive);
             (self.stats.len() - 1) as u32
         });
         self.modes[id as usize] = mode;
+        self.passive[id as usize] = passive;
         id
     }
 }
@@ -110,6 +132,9 @@ pub struct Counters {
     pub adopted_replies: AtomicU64,
     /// Offload requests conntrack did not translate, sent on to their server in a hand-over.
     pub untracked_requests: AtomicU64,
+    /// New connections whose handshake a server failed (reset, ICMP, no answer), retried on
+    /// another server.
+    pub retried_handshakes: AtomicU64,
     drops: [AtomicU64; DropReason::COUNT],
 }
 
@@ -120,6 +145,7 @@ impl Default for Counters {
             replies: AtomicU64::new(0),
             adopted_replies: AtomicU64::new(0),
             untracked_requests: AtomicU64::new(0),
+            retried_handshakes: AtomicU64::new(0),
             drops: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }

@@ -55,11 +55,18 @@ pub enum DropReason {
     /// An offload packet conntrack did not translate, outside a hand-over or of no flow this
     /// node placed: dropped, as it would be without slbd.
     Untracked,
+    /// A server's reset of a new connection's SYN: kept from the client, whose retransmitted
+    /// SYN goes to another server.
+    HandshakeRefused,
+    /// An offload client's retransmitted SYN its server never answered: conntrack binds it to
+    /// that server, so it is dropped and the entry deleted; the next retransmission is a new
+    /// flow, placed elsewhere.
+    HandshakeUnanswered,
 }
 
 impl DropReason {
     /// The reasons that are not [`DropReason::Malformed`], in counter order.
-    const OWN: [DropReason; 8] = [
+    const OWN: [DropReason; 10] = [
         DropReason::NoService,
         DropReason::MidStream,
         DropReason::ReplyWithoutFlow,
@@ -68,6 +75,8 @@ impl DropReason {
         DropReason::Truncated,
         DropReason::AfterTakeover,
         DropReason::Untracked,
+        DropReason::HandshakeRefused,
+        DropReason::HandshakeUnanswered,
     ];
 
     /// How many counters the reasons need: derived, so a reason added to `Self::OWN` or to
@@ -89,7 +98,9 @@ impl DropReason {
             | DropReason::TableFull
             | DropReason::Truncated
             | DropReason::AfterTakeover
-            | DropReason::Untracked) => own(d),
+            | DropReason::Untracked
+            | DropReason::HandshakeRefused
+            | DropReason::HandshakeUnanswered) => own(d),
         }
     }
 
@@ -103,6 +114,8 @@ impl DropReason {
             DropReason::Truncated => "truncated",
             DropReason::AfterTakeover => "mid_stream_after_takeover",
             DropReason::Untracked => "untracked_outside_handover",
+            DropReason::HandshakeRefused => "handshake_refused_retried",
+            DropReason::HandshakeUnanswered => "handshake_unanswered_retried",
             DropReason::Malformed(m) => m.name(),
         }
     }

@@ -84,7 +84,7 @@ impl Dataplane {
                 let ids = s
                     .servers
                     .iter()
-                    .map(|r| registry.id(s.protocol, s.port, r.addr, s.mode))
+                    .map(|r| registry.id(s.protocol, s.port, r.addr, s.mode, s.health.passive))
                     .collect();
                 let seed = self
                     .seed

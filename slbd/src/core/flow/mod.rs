@@ -72,6 +72,9 @@ pub struct Placed {
     pub tag: u32,
     /// This packet closed the flow (its first FIN or RST).
     pub closed_now: bool,
+    /// A SYN on a handshake the server has not answered: how long ago the flow last saw a
+    /// packet (its previous SYN).
+    pub unanswered_ms: Option<u64>,
 }
 
 /// Where a reply of a known flow comes from.
@@ -83,6 +86,8 @@ pub struct Replied {
     pub closed_now: bool,
     /// This packet completed the TCP handshake (the server's first answer).
     pub established_now: bool,
+    /// This packet is the server resetting the handshake.
+    pub refused_now: bool,
 }
 
 /// The result of looking up a request packet.
@@ -372,6 +377,7 @@ mod tests {
                     established_now: false,
                     closed_now: false,
                     restarts: false,
+                    refused_now: false,
                 },
             }
         }
@@ -508,6 +514,8 @@ mod tests {
                 let want = match m.flows.get_mut(&key) {
                     None => Lookup::Missing,
                     Some(f) => {
+                        let unanswered = (f.state == TcpState::Opening && tcp::is_syn(flags))
+                            .then(|| (now / 100).saturating_sub(f.last_seen_ms / 100) * 100);
                         let step = Model::see(&key, f, Seen::Request(flags));
                         if step.restarts {
                             let ended = Model::ended(&key, f);
@@ -519,6 +527,7 @@ mod tests {
                                 server: f.server,
                                 tag: f.tag,
                                 closed_now: step.closed_now,
+                                unanswered_ms: unanswered,
                             })
                         }
                     }
@@ -548,6 +557,7 @@ mod tests {
                         tag: f.tag,
                         closed_now: step.closed_now,
                         established_now: step.established_now,
+                        refused_now: step.refused_now,
                     }
                 });
                 assert_eq!(got, want, "reply {key:?} with flags {flags:#04x}");

@@ -184,6 +184,8 @@ impl FlowTable {
             return Lookup::Missing;
         };
         let slot = &mut self.slots[i as usize];
+        let unanswered = (slot.state == Some(TcpState::Opening) && tcp::is_syn(flags))
+            .then(|| u64::from(ticks(now_ms).saturating_sub(slot.last_seen)) * TICK_MS);
         let step = slot.see(Seen::Request(flags));
         if step.restarts {
             let ended = slot.ended();
@@ -195,6 +197,7 @@ impl FlowTable {
             server: slot.server(),
             tag: slot.tag,
             closed_now: step.closed_now,
+            unanswered_ms: unanswered,
         })
     }
 
@@ -210,7 +213,21 @@ impl FlowTable {
             tag: slot.tag,
             closed_now: step.closed_now,
             established_now: step.established_now,
+            refused_now: step.refused_now,
         })
+    }
+
+    /// Removes the flow of request key `key` if it is on `server` and its handshake is not
+    /// answered yet (a reset or an ICMP error refused it), and returns it.
+    pub fn take_unanswered(&mut self, key: &FlowKey, server: SocketAddrV4) -> Option<Ended> {
+        let i = self.find_request(key)?;
+        let slot = &self.slots[i as usize];
+        if slot.state != Some(TcpState::Opening) || slot.server() != server {
+            return None;
+        }
+        let ended = slot.ended();
+        self.remove(i);
+        Some(ended)
     }
 
     /// Adds a flow for a request packet that found none. A reply key already held by another
@@ -406,7 +423,8 @@ mod tests {
             Lookup::Found(Placed {
                 server: sa("172.16.0.2:8080"),
                 tag: 7,
-                closed_now: false
+                closed_now: false,
+                unanswered_ms: Some(0),
             })
         );
         let r = reply(Protocol::Tcp, "172.16.0.2:8080", "10.0.0.5:4000");
@@ -417,6 +435,7 @@ mod tests {
                 tag: 7,
                 closed_now: false,
                 established_now: true,
+                refused_now: false,
             })
         );
         // Only the first answer completes the handshake.

@@ -52,6 +52,9 @@ pub struct Step {
     /// A new connection on a closing flow's 5-tuple: the old flow ends here and the segment
     /// starts a flow of its own, scheduled afresh.
     pub restarts: bool,
+    /// The server reset the handshake: a refused connection, which passive detection counts
+    /// and the client's retransmitted SYN retries elsewhere.
+    pub refused_now: bool,
 }
 
 /// A SYN without ACK: a connection's first segment, or a retransmission of it.
@@ -67,11 +70,18 @@ pub fn step(state: TcpState, seen: Seen) -> Step {
         established_now: false,
         closed_now: false,
         restarts: false,
+        refused_now: false,
     };
     let closes = |flags: u8| flags & (FIN | RST) != 0;
     match (state, seen) {
         (Closing, Seen::Request(f)) if is_syn(f) => Step {
             restarts: true,
+            ..stay
+        },
+        (Opening, Seen::Reply(f)) if f & RST != 0 => Step {
+            state: Closing,
+            closed_now: true,
+            refused_now: true,
             ..stay
         },
         (_, Seen::Request(f) | Seen::Reply(f)) if closes(f) => Step {
@@ -265,11 +275,22 @@ mod tests {
                     state: to,
                     established_now,
                     closed_now,
-                    restarts
+                    restarts,
+                    refused_now: from == Opening && matches!(seen, Seen::Reply(f) if f & RST != 0),
                 },
                 "{from:?} + {seen:?}"
             );
         }
+    }
+
+    #[test]
+    fn only_a_reset_answering_the_handshake_is_a_refusal() {
+        assert!(step(Opening, Seen::Reply(RST | ACK)).refused_now);
+        assert!(step(Opening, Seen::Reply(RST)).refused_now);
+        // An application's reset after the handshake is not the server refusing.
+        assert!(!step(Established, Seen::Reply(RST | ACK)).refused_now);
+        assert!(!step(Opening, Seen::Request(RST)).refused_now);
+        assert!(!step(Closing, Seen::Reply(RST)).refused_now);
     }
 
     #[test]
