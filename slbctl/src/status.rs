@@ -44,10 +44,12 @@ pub fn render(st: &Status) -> String {
             }
         ));
         out.push_str(&format!(
-            "  {:<21} {:>6} {:>5} {:>10} {:>6} {:>8} {:>10} {:>8} {:>10} {:>8}\n",
+            "  {:<21} {:>6} {:>5} {:<20} {:<16} {:>10} {:>6} {:>8} {:>10} {:>8} {:>10} {:>8}\n",
             "SERVER",
             "WEIGHT",
             "STATE",
+            "DOWN BECAUSE",
+            "LAST CHECK",
             "LATENCY",
             "LIVE",
             "NEW",
@@ -60,11 +62,17 @@ pub fn render(st: &Status) -> String {
             let latency = r.latency_us.map_or("-".to_string(), |us| {
                 format!("{:.2} ms", f64::from(us) / 1000.0)
             });
+            // A weight a check set is marked, so it is not mistaken for the configured one.
+            let weight = r
+                .dynamic_weight
+                .map_or(r.weight.to_string(), |w| format!("{w}*"));
             out.push_str(&format!(
-                "  {:<21} {:>6} {:>5} {:>10} {:>6} {:>8} {:>10} {:>8} {:>10} {:>8}\n",
+                "  {:<21} {:>6} {:>5} {:<20} {:<16} {:>10} {:>6} {:>8} {:>10} {:>8} {:>10} {:>8}\n",
                 r.address,
-                r.weight,
+                weight,
                 r.state,
+                r.down_reason.as_deref().unwrap_or("-"),
+                r.last_check.as_deref().unwrap_or("-"),
                 latency,
                 r.live_flows,
                 r.new_flows,
@@ -83,6 +91,20 @@ pub fn render(st: &Status) -> String {
         .collect();
     if !drops.is_empty() {
         out.push_str(&format!("\ndropped: {}\n", drops.join(" ")));
+    }
+    if st.retried_handshakes > 0 {
+        out.push_str(&format!(
+            "handshakes a server failed, retried on another: {}\n",
+            st.retried_handshakes
+        ));
+    }
+    if st
+        .services
+        .iter()
+        .flat_map(|s| &s.servers)
+        .any(|r| r.dynamic_weight.is_some())
+    {
+        out.push_str("* weight set by a health check\n");
     }
     if st.services.iter().any(|s| s.mode == "offload") {
         let c = &st.conntrack;
@@ -119,6 +141,7 @@ mod tests {
                 {"address": "172.16.0.2:8000", "weight": 1, "state": "up", "latency_us": 310, "live_flows": 2,
                  "new_flows": 5, "packets_in": 40, "bytes_in": 3000, "packets_out": 30, "bytes_out": 2_000_000},
                 {"address": "172.16.0.3:8000", "weight": 1, "state": "down", "latency_us": null, "live_flows": 0,
+                 "last_check": "http 503", "down_reason": "passive_rst", "dynamic_weight": 4,
                  "new_flows": 0, "packets_in": 0, "bytes_in": 0, "packets_out": 0, "bytes_out": 0}]}]
         }))
         .unwrap();
@@ -144,6 +167,14 @@ mod tests {
             .find(|l| l.contains("172.16.0.3:8000"))
             .unwrap();
         assert!(down.contains(" down ") && down.contains(" - "), "{down}");
+        assert!(
+            down.contains("passive_rst") && down.contains("http 503") && down.contains(" 4* "),
+            "the reason it is down, its last check and the weight its check set: {down}"
+        );
+        assert!(
+            up.contains(" - ") && !up.contains('*'),
+            "an up server has no reason and its configured weight: {up}"
+        );
         assert!(text.contains("dropped: no_server=2\n"), "{text}");
         assert!(!text.contains("fragment"), "zero counters are not listed");
     }

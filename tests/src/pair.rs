@@ -588,10 +588,18 @@ pub struct Requests {
     stop: Arc<AtomicBool>,
     attempts: Arc<Mutex<Vec<Attempt>>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    timeout: Duration,
 }
 
 impl Requests {
     pub fn start(client_ns: &str, every: Duration) -> Requests {
+        Requests::start_with(client_ns, every, Duration::from_millis(700))
+    }
+
+    /// [`Requests::start`] whose requests each fail after `timeout` (the default 700 ms fails
+    /// a request before the client's first SYN retransmission; a longer one lets a
+    /// retransmission count as slowed, not lost).
+    pub fn start_with(client_ns: &str, every: Duration, timeout: Duration) -> Requests {
         let stop = Arc::new(AtomicBool::new(false));
         let attempts = Arc::new(Mutex::new(Vec::new()));
         let (s, a, ns) = (stop.clone(), attempts.clone(), client_ns.to_string());
@@ -606,7 +614,7 @@ impl Requests {
                     // when they were planned would put a success between two failures.
                     let (at, server, took) = in_ns(&ns, || {
                         let at = t0.elapsed();
-                        let server = http_get(CLIENT, vip(80), "/", Duration::from_millis(700))
+                        let server = http_get(CLIENT, vip(80), "/", timeout)
                             .ok()
                             .map(|b| server_name(&b));
                         (at, server, t0.elapsed() - at)
@@ -622,6 +630,7 @@ impl Requests {
             stop,
             attempts,
             thread: Some(thread),
+            timeout,
         }
     }
 
@@ -632,7 +641,7 @@ impl Requests {
             let _ = t.join();
         }
         // Let the last attempts time out.
-        std::thread::sleep(Duration::from_millis(800));
+        std::thread::sleep(self.timeout + Duration::from_millis(100));
         let mut v = self.attempts.lock().unwrap().clone();
         v.sort_by_key(|a| a.at);
         v

@@ -462,11 +462,102 @@ mod tests {
                 serde_json::json!({"udp_payload": ""}),
                 "services[0].health.udp_payload: must be 1 to 1024 bytes",
             ),
+            (
+                serde_json::json!({"http": {"expect_status": "399-200"}}),
+                "services[0].health.http.expect_status: \"399-200\" is not a range of HTTP \
+                 statuses like \"200-399\"",
+            ),
+            (
+                serde_json::json!({"http": {"expect_status": [200, 600]}}),
+                "services[0].health.http.expect_status: must list HTTP statuses (100 to 599)",
+            ),
+            (
+                serde_json::json!({"http": {"expect_status": []}}),
+                "services[0].health.http.expect_status: must list HTTP statuses (100 to 599)",
+            ),
+            (
+                serde_json::json!({"http": {"path": "/a b"}}),
+                "services[0].health.http.path: \"/a b\" is not an absolute path without spaces",
+            ),
+            (
+                serde_json::json!({"http": {"path": "health"}}),
+                "services[0].health.http.path: \"health\" is not an absolute path without spaces",
+            ),
+            (
+                serde_json::json!({"http": {"host": "a\r\nX: y"}}),
+                "services[0].health.http.host: \"a\\r\\nX: y\" is not a host name",
+            ),
+            (
+                serde_json::json!({"http": {"expect_body": ""}}),
+                "services[0].health.http.expect_body: must be 1 to 1024 bytes",
+            ),
+            (
+                serde_json::json!({"tls": {"ca_file": "ca.pem"}}),
+                "services[0].health.tls.ca_file: \"ca.pem\" is not an absolute path",
+            ),
+            (
+                serde_json::json!({"tls": {"ca_file": "/ca.pem", "server_name": "a b"}}),
+                "services[0].health.tls.server_name: \"a b\" is not a DNS name or IP address",
+            ),
+            (
+                serde_json::json!({"http": {}, "script": {"command": ["/bin/true"]}}),
+                "services[0].health.script: cannot be combined with http or tls",
+            ),
+            (
+                serde_json::json!({"tls": true, "script": {"command": ["/bin/true"]}}),
+                "services[0].health.script: cannot be combined with http or tls",
+            ),
+            (
+                serde_json::json!({"script": {"command": ["true"]}}),
+                "services[0].health.script.command: must start with the program's absolute path",
+            ),
+            (
+                serde_json::json!({"script": {"command": []}}),
+                "services[0].health.script.command: must start with the program's absolute path",
+            ),
+            (
+                serde_json::json!({"script": {"command": ["/bin/true"], "timeout_ms": 500}}),
+                "services[0].health.script.timeout_ms: 500 is out of range (10 to interval_ms)",
+            ),
+            (
+                serde_json::json!({"passive": {"fall": 0}}),
+                "services[0].health.passive.fall: 0 is out of range (1 to 100)",
+            ),
+            (
+                serde_json::json!({"passive": {"syn_timeout_ms": 50}}),
+                "services[0].health.passive.syn_timeout_ms: 50 is out of range (100 to 10000)",
+            ),
         ];
         for (health, expected) in cases {
             let mut v: serde_json::Value = serde_json::from_str(GOOD).unwrap();
             v["services"][0]["health"] = health;
             assert_eq!(errors_of(&v.to_string()), vec![expected]);
+        }
+        // HTTP and TLS checks are for tcp services; services[1] is udp/53.
+        let mut v: serde_json::Value = serde_json::from_str(GOOD).unwrap();
+        v["services"][1]["health"] = serde_json::json!({"http": {}, "tls": true});
+        assert_eq!(
+            errors_of(&v.to_string()),
+            vec![
+                "services[1].health.http: only tcp services have this check",
+                "services[1].health.tls: only tcp services have this check",
+            ]
+        );
+        for bad in [
+            serde_json::json!({"http": {"paht": "/"}}),
+            serde_json::json!({"tls": "yes"}),
+            serde_json::json!({"script": {"command": ["/x"], "dynamic": true}}),
+            serde_json::json!({"passive": {"enabled": true, "rise": 1}}),
+        ] {
+            let mut v: serde_json::Value = serde_json::from_str(GOOD).unwrap();
+            v["services"][0]["health"] = bad.clone();
+            assert!(
+                matches!(
+                    Config::from_json(&v.to_string()),
+                    Err(ConfigError::Syntax(_))
+                ),
+                "{bad} is refused"
+            );
         }
         let mut v: serde_json::Value = serde_json::from_str(GOOD).unwrap();
         v["services"][0]["health"] =
@@ -478,6 +569,90 @@ mod tests {
             (false, Duration::from_millis(200), 1, 3)
         );
         assert_eq!(c.services[1].health, CheckConfig::default());
+        assert_eq!(
+            h.timeout,
+            Duration::from_millis(200),
+            "the timeout defaults to the shipped 300 ms, or the interval when shorter"
+        );
+    }
+
+    #[test]
+    fn parses_http_tls_script_and_passive_settings() {
+        use crate::core::health::{ExpectStatus, PassiveConfig};
+        let mut v: serde_json::Value = serde_json::from_str(GOOD).unwrap();
+        let health = serde_json::json!({
+            "http": {"path": "/health", "host": "app.example", "expect_status": [200, 204],
+                     "expect_body": "ok"},
+            "tls": {"ca_file": "/etc/slb/ca.pem", "server_name": "app.example"},
+            "passive": {"enabled": false, "fall": 5, "syn_timeout_ms": 900},
+        });
+        v["services"][0]["health"] = health.clone();
+        v["services"][1]["health"] = serde_json::json!({
+            "timeout_ms": 250,
+            "script": {"command": ["/usr/local/bin/check", "-q"], "dynamic_weight": true},
+        });
+        let c = Config::from_json(&v.to_string()).unwrap();
+        let h = &c.services[0].health;
+        let http = h.http.as_ref().unwrap();
+        assert_eq!(
+            (
+                http.path.as_str(),
+                http.host.as_deref(),
+                http.expect_body.as_deref()
+            ),
+            ("/health", Some("app.example"), Some("ok"))
+        );
+        assert_eq!(http.expect_status, ExpectStatus::Codes(vec![200, 204]));
+        let tls = h.tls.as_ref().unwrap();
+        assert_eq!(tls.ca_file.as_deref(), Some(Path::new("/etc/slb/ca.pem")));
+        assert_eq!(tls.server_name.as_deref(), Some("app.example"));
+        assert_eq!(
+            h.passive,
+            PassiveConfig {
+                enabled: false,
+                fall: 5,
+                syn_timeout: Duration::from_millis(900)
+            }
+        );
+        let script = c.services[1].health.script.as_ref().unwrap();
+        assert_eq!(script.command, ["/usr/local/bin/check", "-q"]);
+        assert_eq!(
+            script.timeout,
+            Duration::from_millis(250),
+            "the health timeout"
+        );
+        assert!(script.dynamic_weight);
+
+        let raw: RawConfig = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!(
+            serde_json::to_value(&raw).unwrap()["services"][0]["health"]["http"],
+            health["http"],
+            "kept by --save-config"
+        );
+        let again: RawConfig = serde_json::from_value(serde_json::to_value(&raw).unwrap()).unwrap();
+        assert_eq!(again, raw);
+
+        let mut v: serde_json::Value = serde_json::from_str(GOOD).unwrap();
+        v["services"][0]["health"] =
+            serde_json::json!({"http": {"expect_status": "200-204"}, "tls": true});
+        let c = Config::from_json(&v.to_string()).unwrap();
+        let h = &c.services[0].health;
+        let http = h.http.as_ref().unwrap();
+        assert_eq!(
+            (http.path.as_str(), &http.expect_status),
+            ("/", &ExpectStatus::Range(200, 204))
+        );
+        assert_eq!(
+            h.tls.as_ref().unwrap().ca_file,
+            None,
+            "tls: true does not verify"
+        );
+        assert_eq!(h.passive, PassiveConfig::default());
+        v["services"][0]["health"] = serde_json::json!({"http": {}, "tls": false});
+        let c = Config::from_json(&v.to_string()).unwrap();
+        let http = c.services[0].health.http.clone().unwrap();
+        assert_eq!(http.expect_status, ExpectStatus::Range(200, 399));
+        assert_eq!(c.services[0].health.tls, None);
     }
 
     #[test]

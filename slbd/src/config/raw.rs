@@ -101,13 +101,25 @@ pub struct RawService {
 pub struct RawHealth {
     pub enabled: bool,
     pub interval_ms: u64,
-    /// Defaults to 1000 ms, or the interval when that is shorter.
+    /// Defaults to 300 ms ([`CheckConfig::default`]), or the interval when that is shorter.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
     pub rise: u32,
     pub fall: u32,
     /// What a UDP probe sends.
     pub udp_payload: String,
+    /// An HTTP GET instead of a bare connect (tcp services only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<RawHttpCheck>,
+    /// `true` (no certificate verification) or `{"ca_file": ..., "server_name": ...}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RawTls>,
+    /// A program that decides instead of the connection checks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub script: Option<RawScript>,
+    /// Passive detection on the data path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub passive: Option<RawPassive>,
 }
 
 impl Default for RawHealth {
@@ -120,6 +132,83 @@ impl Default for RawHealth {
             rise: d.rise,
             fall: d.fall,
             udp_payload: String::from_utf8_lossy(&d.udp_payload).into_owned(),
+            http: None,
+            tls: None,
+            script: None,
+            passive: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttpCheck {
+    #[serde(default = "root_path")]
+    pub path: String,
+    /// The Host header; the server's IP when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// `[200, 204]` or `"200-399"` (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_status: Option<RawExpectStatus>,
+    /// Text the answer's body must contain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_body: Option<String>,
+}
+
+fn root_path() -> String {
+    "/".to_string()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RawExpectStatus {
+    Codes(Vec<u32>),
+    Range(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RawTls {
+    On(bool),
+    Verify(RawTlsVerify),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTlsVerify {
+    pub ca_file: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawScript {
+    /// argv; not run through a shell.
+    pub command: Vec<String>,
+    /// Defaults to the health timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub dynamic_weight: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawPassive {
+    pub enabled: bool,
+    pub fall: u32,
+    pub syn_timeout_ms: u64,
+}
+
+impl Default for RawPassive {
+    fn default() -> Self {
+        let d = crate::core::health::PassiveConfig::default();
+        RawPassive {
+            enabled: d.enabled,
+            fall: d.fall,
+            syn_timeout_ms: d.syn_timeout.as_millis() as u64,
         }
     }
 }

@@ -19,6 +19,61 @@ pub struct CheckConfig {
     pub udp_payload: Vec<u8>,
     /// What the data path's own view of the server may decide.
     pub passive: PassiveConfig,
+    /// An HTTP GET instead of a bare connect (tcp services).
+    pub http: Option<HttpCheck>,
+    /// TLS on the checked connection: HTTPS with `http`, else a bare handshake.
+    pub tls: Option<TlsCheck>,
+    /// A program that decides instead of any connection check.
+    pub script: Option<ScriptCheck>,
+}
+
+/// An HTTP check: `GET {path}` whose answer must have an expected status and, when asked,
+/// contain a text within its first [`crate::core::http_check::MAX_BODY`] bytes of body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpCheck {
+    pub path: String,
+    /// The Host header; the server's IP when absent.
+    pub host: Option<String>,
+    pub expect_status: ExpectStatus,
+    pub expect_body: Option<String>,
+}
+
+/// The HTTP statuses an HTTP check accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExpectStatus {
+    Codes(Vec<u16>),
+    /// Inclusive.
+    Range(u16, u16),
+}
+
+impl ExpectStatus {
+    pub fn matches(&self, status: u16) -> bool {
+        match self {
+            ExpectStatus::Codes(codes) => codes.contains(&status),
+            ExpectStatus::Range(low, high) => (*low..=*high).contains(&status),
+        }
+    }
+}
+
+/// A TLS check. Without a CA the certificate is not verified (keepalived's SSL_GET does the
+/// same): the check then says the server completes a handshake, not who it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsCheck {
+    /// PEM file of the CAs the server's certificate must chain to.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// The name sent (SNI) and verified; the HTTP host, else the server's IP, when absent.
+    pub server_name: Option<String>,
+}
+
+/// A script check: `command` (argv, no shell) exits 0 for up; see [`ScriptCheck::dynamic_weight`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScriptCheck {
+    pub command: Vec<String>,
+    /// Killed past this, which counts as [`Failure::Timeout`].
+    pub timeout: Duration,
+    /// keepalived's misc_dynamic: exit 2 to 255 is up with weight `status - 2`, exit 0 up
+    /// with the configured weight, exit 1 down. Without it any non-zero exit is down.
+    pub dynamic_weight: bool,
 }
 
 /// The shipped defaults: a dead server leaves rotation within 1.5 s by active checks alone
@@ -35,6 +90,9 @@ impl Default for CheckConfig {
             fall: 3,
             udp_payload: b"slb health check\n".to_vec(),
             passive: PassiveConfig::default(),
+            http: None,
+            tls: None,
+            script: None,
         }
     }
 }

@@ -195,6 +195,14 @@ pub enum Match {
     /// or FIN it never saw the flow of).
     CtStateNewOrInvalid,
     CtStateInvalid,
+    /// The TCP header's RST flag is set.
+    TcpRst,
+    /// conntrack has not seen the flow's handshake complete (`ct status & assured == 0`).
+    CtNotAssured,
+    /// An ICMP destination unreachable (`icmp type destination-unreachable`).
+    IcmpUnreachable,
+    /// conntrack relates the packet to one of its entries (an ICMP error about a flow).
+    CtStateRelated,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -341,6 +349,53 @@ pub fn plan(
             comment: format!("offload tcp/{port}: a server's packet no flow here knows"),
         });
     }
+    // A server's reset of a handshake (conntrack has not seen it complete) of an offload
+    // flow: slbd keeps it from the client, deletes the flow's conntrack entry and places the
+    // client's retransmitted SYN on another server (passive detection counts the refusal).
+    let mut refusing_ports: Vec<u16> = config
+        .services
+        .iter()
+        .filter(|s| {
+            s.mode == Mode::Offload && s.protocol == Protocol::Tcp && s.health.passive.enabled
+        })
+        .flat_map(|s| s.servers.iter().map(|r| r.addr.port()))
+        .collect();
+    refusing_ports.sort();
+    refusing_ports.dedup();
+    for port in refusing_ports {
+        rules.push(Rule {
+            chain: OFFLOAD_CHAIN,
+            matches: vec![
+                Match::SaddrIn(net),
+                Match::DaddrNotIn(net),
+                Match::L4Proto(Protocol::Tcp),
+                Match::Sport(Protocol::Tcp, port),
+                Match::TcpRst,
+                Match::CtNotAssured,
+            ],
+            actions: vec![Action::Queue(queues)],
+            comment: format!("offload tcp/{port}: a server refusing a handshake"),
+        });
+    }
+    // An ICMP unreachable from the server network about an offload flow: a server that is not
+    // there (passive detection; the flow is retried elsewhere).
+    if config
+        .services
+        .iter()
+        .any(|s| s.mode == Mode::Offload && s.health.passive.enabled)
+    {
+        rules.push(Rule {
+            chain: OFFLOAD_CHAIN,
+            matches: vec![
+                Match::SaddrIn(net),
+                Match::DaddrNotIn(net),
+                Match::IcmpUnreachable,
+                Match::CtStateRelated,
+            ],
+            actions: vec![Action::Queue(queues)],
+            comment: "offload: a server's unreachable about a flow".into(),
+        });
+    }
     for s in config
         .services
         .iter()
@@ -445,6 +500,24 @@ pub fn plan(
             comment: format!("reply {p}/{port}"),
         });
     }
+    // An ICMP unreachable from the server network: for a packet-mode flow a server never
+    // answered, a server that is not there (passive detection); anything else passes.
+    if config
+        .services
+        .iter()
+        .any(|s| s.mode == Mode::Packet && s.health.passive.enabled)
+    {
+        rules.push(Rule {
+            chain: REPLY_CHAIN,
+            matches: vec![
+                Match::SaddrIn(net),
+                Match::DaddrNotIn(net),
+                Match::IcmpUnreachable,
+            ],
+            actions: vec![Action::Queue(queues)],
+            comment: "a server's unreachable about a flow".into(),
+        });
+    }
     Ruleset { rules }
 }
 
@@ -461,6 +534,10 @@ impl fmt::Display for Match {
             Match::CtStateNew => f.write_str("ct state new"),
             Match::CtStateNewOrInvalid => f.write_str("ct state invalid,new"),
             Match::CtStateInvalid => f.write_str("ct state invalid"),
+            Match::TcpRst => f.write_str("tcp flags & rst == rst"),
+            Match::CtNotAssured => f.write_str("ct status & assured == 0"),
+            Match::IcmpUnreachable => f.write_str("icmp type destination-unreachable"),
+            Match::CtStateRelated => f.write_str("ct state related"),
         }
     }
 }
@@ -550,11 +627,12 @@ mod tests {
                 r#"postrouting: ip saddr 172.16.0.0/24 ip daddr != 172.16.0.0/24 meta l4proto tcp tcp sport 80 queue num 0-1 fanout comment "reply tcp/80""#,
                 r#"postrouting: ip saddr 172.16.0.0/24 ip daddr != 172.16.0.0/24 meta l4proto tcp tcp sport 8080 queue num 0-1 fanout comment "reply tcp/8080""#,
                 r#"postrouting: ip saddr 172.16.0.0/24 ip daddr != 172.16.0.0/24 meta l4proto udp udp sport 53 queue num 0-1 fanout comment "reply udp/53""#,
+                r#"postrouting: ip saddr 172.16.0.0/24 ip daddr != 172.16.0.0/24 icmp type destination-unreachable queue num 0-1 fanout comment "a server's unreachable about a flow""#,
             ]
         );
         assert_eq!(rs.count_in("prerouting"), 8);
         assert_eq!(rs.count_in("refuse"), 2);
-        assert_eq!(rs.count_in("postrouting"), 3);
+        assert_eq!(rs.count_in("postrouting"), 4);
         assert_eq!(rs.count_in("guard"), 2);
         let single = plan(
             &config,
@@ -603,6 +681,8 @@ mod tests {
                 r#"offload: ip daddr 10.0.0.100 meta l4proto tcp tcp dport 80 ct state new queue num 0 comment "offload tcp/80: first packet""#,
                 r#"offload: ip daddr 10.0.0.100 meta l4proto tcp tcp dport 80 ct state invalid meta mark set 0x5b1d0002 queue num 0 comment "offload tcp/80: a packet conntrack does not translate""#,
                 r#"offload: ip saddr 172.16.0.0/24 ip daddr != 172.16.0.0/24 meta l4proto tcp tcp sport 80 ct state invalid,new queue num 0 comment "offload tcp/80: a server's packet no flow here knows""#,
+                r#"offload: ip saddr 172.16.0.0/24 ip daddr != 172.16.0.0/24 meta l4proto tcp tcp sport 80 tcp flags & rst == rst ct status & assured == 0 queue num 0 comment "offload tcp/80: a server refusing a handshake""#,
+                r#"offload: ip saddr 172.16.0.0/24 ip daddr != 172.16.0.0/24 icmp type destination-unreachable ct state related queue num 0 comment "offload: a server's unreachable about a flow""#,
                 r#"offload_snat: meta mark 0x5b1c0050 meta l4proto tcp ct mark set meta mark snat to 10.0.0.100:80 comment "offload tcp/80: a flow taken from the dual""#,
                 r#"offload_nat: meta mark 0x5b1f0007 meta l4proto tcp ct mark set meta mark ct event set destroy,assured dnat to 172.16.0.2:80 comment "offload to tcp/172.16.0.2:80""#,
                 r#"guard: ip daddr 10.0.0.100 meta l4proto tcp drop comment "VIP tcp: never to local sockets""#,
@@ -614,6 +694,7 @@ mod tests {
                 r#"refuse: meta mark 0x5b1d0001 reject with icmp port-unreachable comment "refused: no server up""#,
                 r#"postrouting: meta mark 0x5b1c0000 queue num 0 comment "offload: a taken flow's packet conntrack does not translate""#,
                 r#"postrouting: ip saddr 172.16.0.0/24 ip daddr != 172.16.0.0/24 meta l4proto udp udp sport 53 queue num 0 comment "reply udp/53""#,
+                r#"postrouting: ip saddr 172.16.0.0/24 ip daddr != 172.16.0.0/24 icmp type destination-unreachable queue num 0 comment "a server's unreachable about a flow""#,
             ]
         );
         assert_eq!(offload_id(0x5b1f_0007), Some(7));

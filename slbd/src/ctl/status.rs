@@ -28,6 +28,9 @@ pub struct Status {
     /// Offload requests conntrack did not translate, sent on by slbd in a hand-over.
     #[serde(default)]
     pub untracked_requests: u64,
+    /// New connections whose handshake a server failed, retried on another server.
+    #[serde(default)]
+    pub retried_handshakes: u64,
     /// Packets dropped, by reason (every reason, zeros included).
     pub drops: BTreeMap<String, u64>,
     pub services: Vec<ServiceStatus>,
@@ -57,6 +60,17 @@ pub struct ServerStatus {
     pub state: String,
     /// The smoothed health-check latency, once measured.
     pub latency_us: Option<u32>,
+    /// The last active check: `ok`, or why it failed (`refused`, `timeout`, `http 503`, ...);
+    /// absent before the first.
+    #[serde(default)]
+    pub last_check: Option<String>,
+    /// Why the server is out of rotation (a check's failure or `passive_rst`,
+    /// `passive_unreachable`, `passive_timeout`); absent while it is in.
+    #[serde(default)]
+    pub down_reason: Option<String>,
+    /// The weight a check set (a script's dynamic weight), when one did.
+    #[serde(default)]
+    pub dynamic_weight: Option<u32>,
     pub live_flows: u64,
     pub new_flows: u64,
     pub packets_in: u64,
@@ -84,6 +98,9 @@ pub struct ConntrackStatus {
     pub committed: u64,
     pub commit_failed: u64,
     pub cuts: u64,
+    /// Entries of failed handshakes deleted so that their retransmission is a new flow.
+    #[serde(default)]
+    pub forgotten: u64,
 }
 
 /// Flow replication, from the side this node plays now.
@@ -237,6 +254,7 @@ mod tests {
             replies: 8,
             adopted_replies: 0,
             untracked_requests: 0,
+            retried_handshakes: 0,
             drops: [("no_server".to_string(), 1)].into(),
             services: vec![ServiceStatus {
                 name: "tcp/80".into(),
@@ -248,6 +266,9 @@ mod tests {
                     weight: 2,
                     state: "up".into(),
                     latency_us: None,
+                    last_check: Some("ok".into()),
+                    down_reason: None,
+                    dynamic_weight: None,
                     live_flows: 3,
                     new_flows: 4,
                     packets_in: 5,
@@ -269,6 +290,7 @@ mod tests {
                 committed: 0,
                 commit_failed: 0,
                 cuts: 0,
+                forgotten: 0,
             },
             replication: None,
         };

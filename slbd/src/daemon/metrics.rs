@@ -4,7 +4,8 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
-use crate::core::balancer::{Dataplane, DropReason};
+use crate::core::balancer::{Dataplane, DropReason, CHECK_PASSED};
+use crate::core::health::Failure;
 use crate::shell::nfqueue::QueueStats;
 use slb_common::metrics::Family;
 
@@ -94,6 +95,12 @@ fn offload_families(o: &crate::shell::offload::OffloadStats) -> Vec<Family> {
             "slb_conntrack_cuts",
             "Deletions of conntrack entries: a server left rotation, or balancing stopped.",
             &o.cuts,
+        ),
+        counter(
+            "slb_conntrack_forgotten_handshakes",
+            "Conntrack entries of handshakes a server failed, deleted so that the client's \
+             retransmission is a new flow.",
+            &o.forgotten,
         ),
     ]
 }
@@ -218,6 +225,19 @@ pub fn families(i: &Inputs) -> Vec<Family> {
         "Smoothed service latency (TCP connect time) per real server; absent until measured.",
     );
     let mut weight = Family::gauge("slb_server_weight", "Configured weight per real server.");
+    let mut effective = Family::gauge(
+        "slb_server_effective_weight",
+        "Weight new flows are scheduled by: the configured one, or the one a check set.",
+    );
+    let mut down_reason = Family::gauge(
+        "slb_server_down_reason",
+        "1 for a real server out of rotation, labelled with why (refused, timeout, http 503, \
+         passive_rst, passive_unreachable, passive_timeout, ...); absent while it is in.",
+    );
+    let mut last_check = Family::gauge(
+        "slb_server_last_check",
+        "1, labelled with the result of the server's last active check (ok or why it failed).",
+    );
     let mut decisions = Family::counter(
         "slb_scheduler_decisions",
         "Real-server choices for new flows: by the service's scheduler (labelled with its \
@@ -243,6 +263,28 @@ pub fn families(i: &Inputs) -> Vec<Family> {
                 latency.set(l(), f64::from(us) / 1e6);
             }
             weight.set(l(), f64::from(server.weight));
+            let dynamic = st.dynamic_weight.load(Relaxed);
+            effective.set(
+                l(),
+                f64::from(if dynamic > 0 {
+                    dynamic - 1
+                } else {
+                    server.weight
+                }),
+            );
+            if !st.up.load(Relaxed) {
+                let why = Failure::from_code(st.down_reason.load(Relaxed))
+                    .map_or("unknown".to_string(), |f| f.to_string());
+                down_reason.set(with("reason", &why), 1.0);
+            }
+            let result = match st.last_check.load(Relaxed) {
+                0 => None,
+                CHECK_PASSED => Some("ok".to_string()),
+                code => Failure::from_code(code).map(|f| f.to_string()),
+            };
+            if let Some(r) = result {
+                last_check.set(with("result", &r), 1.0);
+            }
             let mut by = |how: &str, n: u64| {
                 let mut x = with("by", how);
                 x.push(("algorithm", svc.algorithm.name().to_string()));
@@ -263,6 +305,13 @@ pub fn families(i: &Inputs) -> Vec<Family> {
             i.dp.counters.dropped(d),
         );
     }
+
+    let mut retried = Family::counter(
+        "slb_retried_handshakes",
+        "New connections whose handshake a real server failed (reset, ICMP, no answer), \
+         kept from the client and retried on another server.",
+    );
+    retried.count(vec![], i.dp.counters.retried_handshakes.load(Relaxed));
 
     let q = i.queue;
     let mut queue_packets = Family::counter("slb_queue_packets", "Packets read from NFQUEUE.");
@@ -321,8 +370,12 @@ pub fn families(i: &Inputs) -> Vec<Family> {
         up,
         latency,
         weight,
+        effective,
+        down_reason,
+        last_check,
         decisions,
         dropped,
+        retried,
         queue_packets,
         batches,
         overruns,
@@ -385,8 +438,13 @@ mod tests {
         let stats = dp.services();
         stats[0].1[1].packets_in.fetch_add(5, Relaxed);
         stats[0].1[1].scheduled.fetch_add(2, Relaxed);
-        stats[1].1[0].up.store(false, Relaxed);
-        stats[1].1[0].latency_us.store(1500, Relaxed);
+        dp.set_health(
+            dp.server_id(1, 0).unwrap(),
+            false,
+            Some(1500),
+            Some(Failure::Status(503)),
+        );
+        dp.set_weight(dp.server_id(0, 1).unwrap(), Some(7));
         let queue = QueueStats::default();
         queue.overruns.fetch_add(4, Relaxed);
         let offload = crate::shell::offload::OffloadStats::default();
@@ -446,6 +504,28 @@ mod tests {
         );
         let u = [("service", "udp/53"), ("server", "172.16.0.2:53")];
         assert_eq!(get("slb_server_up", &u), Some(0.0));
+        assert_eq!(
+            get(
+                "slb_server_down_reason",
+                &[u[0], u[1], ("reason", "http 503")]
+            ),
+            Some(1.0),
+            "a down server's metrics say why"
+        );
+        assert_eq!(
+            get(
+                "slb_server_last_check",
+                &[u[0], u[1], ("result", "http 503")]
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            get("slb_server_down_reason", &s3),
+            None,
+            "an up server has no reason"
+        );
+        assert_eq!(get("slb_server_effective_weight", &s3), Some(7.0));
+        assert_eq!(get("slb_server_weight", &s3), Some(3.0), "configured stays");
         assert_eq!(get("slb_server_latency_seconds", &u), Some(0.0015));
         assert_eq!(
             get(

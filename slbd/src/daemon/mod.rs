@@ -188,6 +188,8 @@ pub fn run(
             })
             .context("cannot start the expiry thread")?;
     }
+    crate::shell::passive::start(dp.clone(), daemon.offload.clone())
+        .context("cannot start the passive detection thread")?;
     let ctl = match ctl::server::start(socket, daemon.clone()) {
         Ok(c) => c,
         Err(e) => {

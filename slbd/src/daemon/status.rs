@@ -5,7 +5,8 @@
 use std::sync::atomic::Ordering::Relaxed;
 
 use crate::config::Config;
-use crate::core::balancer::{Dataplane, DropReason};
+use crate::core::balancer::{Dataplane, DropReason, CHECK_PASSED};
+use crate::core::health::Failure;
 use crate::ctl::status::{
     ConntrackStatus, QueueStatus, ReplicationStatus, ServerStatus, ServiceStatus, Status,
 };
@@ -42,6 +43,15 @@ pub fn status(i: Inputs) -> Status {
                         weight: r.weight,
                         state: if st.up.load(Relaxed) { "up" } else { "down" }.into(),
                         latency_us: Some(st.latency_us.load(Relaxed)).filter(|l| *l > 0),
+                        last_check: match st.last_check.load(Relaxed) {
+                            0 => None,
+                            CHECK_PASSED => Some("ok".into()),
+                            code => Failure::from_code(code).map(|f| f.to_string()),
+                        },
+                        down_reason: Failure::from_code(st.down_reason.load(Relaxed))
+                            .filter(|_| !st.up.load(Relaxed))
+                            .map(|f| f.to_string()),
+                        dynamic_weight: st.dynamic_weight.load(Relaxed).checked_sub(1),
                         live_flows: st.live_flows.load(Relaxed),
                         new_flows: st.new_flows.load(Relaxed),
                         packets_in: st.packets_in.load(Relaxed),
@@ -67,6 +77,7 @@ pub fn status(i: Inputs) -> Status {
         replies: i.dp.counters.replies.load(Relaxed),
         adopted_replies: i.dp.counters.adopted_replies.load(Relaxed),
         untracked_requests: i.dp.counters.untracked_requests.load(Relaxed),
+        retried_handshakes: i.dp.counters.retried_handshakes.load(Relaxed),
         drops: DropReason::all()
             .map(|d| (d.name().to_string(), i.dp.counters.dropped(d)))
             .collect(),
@@ -84,6 +95,7 @@ pub fn status(i: Inputs) -> Status {
             committed: o.committed.load(Relaxed),
             commit_failed: o.commit_failed.load(Relaxed),
             cuts: o.cuts.load(Relaxed),
+            forgotten: o.forgotten.load(Relaxed),
         },
         replication: i.replication,
     }

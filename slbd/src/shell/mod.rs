@@ -2,7 +2,9 @@
 //! netlink sockets ([`netlink`]) and what runs on them — the NFQUEUE workers ([`nfqueue`]),
 //! conntrack's event and request sockets ([`conntrack`]) and offload mode's use of them
 //! ([`offload`]), the managed addresses ([`addr`]) —, the nftables table ([`nft`]), the health
-//! probes ([`prober`]), and the replication sessions ([`replication`]).
+//! checker ([`prober`]) and its probes ([`probe`]: connect, UDP, HTTP, TLS, script), passive
+//! detection's changes ([`passive`]), and the replication
+//! sessions ([`replication`]).
 
 pub mod addr;
 pub mod conntrack;
@@ -10,5 +12,7 @@ pub mod netlink;
 pub mod nfqueue;
 pub mod nft;
 pub mod offload;
+pub mod passive;
+pub mod probe;
 pub mod prober;
 pub mod replication;

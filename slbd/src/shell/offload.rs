@@ -1,7 +1,7 @@
 //! SHELL: the conntrack side of offload mode. Follows conntrack's events for the flows slbd
 //! placed (one thread), resynchronises the flow table from a dump when events were lost or
 //! slbd restarted, commits replicated flows to conntrack on a takeover, and deletes slbd's
-//! entries when a server leaves rotation or balancing stops.
+//! entries when a server leaves rotation or balancing stops, and a failed handshake's entry.
 //! Side effects: a ctnetlink event socket and thread; creates and deletes conntrack entries
 //! whose mark is one of slbd's (`ruleset::OFFLOAD_MARK_*`), never any other.
 
@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use std::net::SocketAddrV4;
+
 use crate::core::balancer::{Dataplane, KernelReport};
+use crate::core::net::Protocol;
 use crate::core::ruleset::{ADOPT_MARK_BASE, OFFLOAD_MARK_BASE, OFFLOAD_MARK_MASK};
 use crate::shell::conntrack::{Control, EventSocket};
 use crate::wire::ctnetlink::CtEntry;
@@ -41,6 +44,8 @@ pub struct OffloadStats {
     pub commit_failed: AtomicU64,
     /// Deletions of a server's (or all of slbd's) conntrack entries.
     pub cuts: AtomicU64,
+    /// Entries of failed handshakes deleted so that their retransmission is a new flow.
+    pub forgotten: AtomicU64,
 }
 
 pub struct Offload {
@@ -195,6 +200,21 @@ impl Offload {
                     .commit_failed
                     .fetch_add(flows.len() as u64, Relaxed);
                 tracing::error!(error = %e, flows = flows.len(), "cannot commit offload flows to conntrack");
+            }
+        }
+    }
+
+    /// Deletes the conntrack entries of offload handshakes a server failed (original tuple:
+    /// protocol, client, VIP endpoint), so that each client's retransmitted SYN is a new flow.
+    pub fn forget(&self, flows: &[(Protocol, SocketAddrV4, SocketAddrV4)]) {
+        for &(protocol, client, vip) in flows {
+            match self.with_control(|c| c.delete(protocol, client, vip)) {
+                Ok(_) => {
+                    self.stats.forgotten.fetch_add(1, Relaxed);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, client = %client, vip = %vip, "cannot delete a refused handshake's conntrack entry")
+                }
             }
         }
     }

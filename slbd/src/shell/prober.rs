@@ -1,17 +1,18 @@
 //! SHELL: the health checker, the one place that sleeps between checks. One thread runs a
 //! current-thread tokio runtime with a task per (service, server): every `interval` it probes
-//! the server (TCP connect, or a UDP request that wants any reply), feeds the result to the
-//! pure [`Health`] rule, hands the outcome to the data plane and logs each change.
-//! Side effects: TCP connections and UDP datagrams from the balancer to its real servers.
+//! the server ([`super::probe`]: TCP connect, UDP request, HTTP(S), TLS handshake or script),
+//! feeds the result to the pure [`Health`] rule, hands the outcome (and any weight a script
+//! set) to the data plane and logs each change.
+//! Side effects: those of the probes (connections, datagrams, child processes).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
+use super::probe::Probe;
 use crate::config::Config;
 use crate::core::balancer::Dataplane;
-use crate::core::health::{Change, CheckConfig, Failure, Health};
+use crate::core::health::{Change, CheckConfig, Health};
 use crate::core::net::Protocol;
 
 /// Runs the health checks; [`Prober::check`] replaces the set of servers checked.
@@ -96,8 +97,15 @@ async fn watch(dp: Arc<Dataplane>, job: Job, cut: Arc<Cut>, still_current: impl 
         addr,
         check,
     } = job;
+    let probe = Probe::new(&check, protocol, &service, addr);
     // Carry on from the state the server is in (a reconfiguration restarts the checks).
     let mut health = Health::starting(dp.is_up(id));
+    // What this task set last, so that the data plane is only told changes.
+    let mut weight = None;
+    if !check.script.as_ref().is_some_and(|s| s.dynamic_weight) {
+        // A reconfiguration that dropped a dynamic-weight script leaves no weight behind.
+        dp.set_weight(id, None);
+    }
     let mut tick = tokio::time::interval(check.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -105,10 +113,17 @@ async fn watch(dp: Arc<Dataplane>, job: Job, cut: Arc<Cut>, still_current: impl 
         if !still_current() {
             return;
         }
-        let result = match protocol {
-            Protocol::Tcp => probe_tcp(addr, check.timeout).await,
-            Protocol::Udp => probe_udp(addr, &check.udp_payload, check.timeout).await,
-        };
+        let outcome = probe.run().await;
+        let result = outcome.result;
+        if let Some(w) = outcome.weight.filter(|w| Some(*w) != weight) {
+            dp.set_weight(id, w);
+            weight = Some(w);
+            let shown = w.map_or("configured".to_string(), |w| w.to_string());
+            tracing::info!(
+                service = %service, server = %addr, weight = shown,
+                "script set the server's weight"
+            );
+        }
         // Passive detection may have taken the server out since the last check.
         health.sync(dp.is_up(id));
         let change = health.record(result, check.rise, check.fall);
@@ -128,43 +143,5 @@ async fn watch(dp: Arc<Dataplane>, job: Job, cut: Arc<Cut>, still_current: impl 
             ),
             _ => {}
         }
-    }
-}
-
-fn failure(e: &std::io::Error) -> Failure {
-    match e.kind() {
-        std::io::ErrorKind::ConnectionRefused => Failure::Refused,
-        std::io::ErrorKind::TimedOut => Failure::Timeout,
-        _ => Failure::Error,
-    }
-}
-
-async fn probe_tcp(addr: SocketAddr, timeout: Duration) -> Result<Duration, Failure> {
-    let started = Instant::now();
-    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
-        Ok(Ok(_stream)) => Ok(started.elapsed()),
-        Ok(Err(e)) => Err(failure(&e)),
-        Err(_) => Err(Failure::Timeout),
-    }
-}
-
-async fn probe_udp(
-    addr: SocketAddr,
-    payload: &[u8],
-    timeout: Duration,
-) -> Result<Duration, Failure> {
-    let started = Instant::now();
-    let attempt = async {
-        let sock = tokio::net::UdpSocket::bind("0.0.0.0:0").await?;
-        // Connected, so an ICMP port unreachable comes back as ECONNREFUSED on recv.
-        sock.connect(addr).await?;
-        sock.send(payload).await?;
-        let mut buf = [0u8; 2048];
-        sock.recv(&mut buf).await
-    };
-    match tokio::time::timeout(timeout, attempt).await {
-        Ok(Ok(_)) => Ok(started.elapsed()),
-        Ok(Err(e)) => Err(failure(&e)),
-        Err(_) => Err(Failure::Timeout),
     }
 }

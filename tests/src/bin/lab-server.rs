@@ -103,6 +103,23 @@ fn serve(conn: TcpStream, name: &str) -> std::io::Result<()> {
             "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         )?;
+    } else if path == "/reset" {
+        // An application that answers, then aborts the connection (SO_LINGER 0: a reset, not
+        // a FIN), as some do on errors or at shutdown.
+        let body = format!("{name}\n");
+        write!(
+            out,
+            "HTTP/1.0 200 OK\r\nX-Server: {name}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )?;
+        out.flush()?;
+        let abort = nix::libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        nix::sys::socket::setsockopt(&out, nix::sys::socket::sockopt::Linger, &abort)?;
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        return Ok(());
     } else {
         let body = format!("{name}\n");
         write!(

@@ -6,8 +6,10 @@
 //! after more than 500 ms (slowed); `slb-lab bench-bulk` measures one bulk TCP download
 //! through slbd against the same download routed through the balancer namespace without slbd; `slb-lab spread` runs the original
 //! thesis's test shape (14 real servers, 50 client addresses × 4 requests, persistence on) for
-//! each scheduler and prints how many clients and flows each server got. Both build their namespaces and always
-//! remove them.
+//! each scheduler and prints how many clients and flows each server got; `slb-lab dying N`
+//! kills a real server (its process, or its link) under a request every 50 ms, N runs of each
+//! in each mode, and prints what each cost and the health checks' probe traffic. All build
+//! their namespaces and always remove them.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
@@ -520,10 +522,37 @@ fn main() -> Result<()> {
                 .context("slb-lab replication N: N is a number of rounds")?,
         ),
         "spread" => spread(),
+        "dying" => dying_runs(
+            std::env::args()
+                .nth(2)
+                .map_or(Ok(5), |n| n.parse())
+                .context("slb-lab dying N: N is a number of runs")?,
+        ),
         _ => bail!(
-            "usage: slb-lab demo | demo-single | failover [RUNS] | switches [N] [EVERY_MS] [packet|offload] | isolated [N] [HOLD_MS] | bench-bulk | spread | replication [ROUNDS]"
+            "usage: slb-lab demo | demo-single | failover [RUNS] | switches [N] [EVERY_MS] [packet|offload] | isolated [N] [HOLD_MS] | bench-bulk | spread | replication [ROUNDS] | dying [RUNS]"
         ),
     }
+}
+
+/// `slb-lab dying N`: with the shipped health-check defaults, N runs of each way a server
+/// dies in each mode (a request every 50 ms, five servers), then the probe traffic a server
+/// receives from the checks alone.
+fn dying_runs(runs: usize) -> Result<()> {
+    use slb_tests::dying::{probe_traffic, run, Death};
+    println!("a new request every 50 ms to five real servers; s3 dies; shipped health defaults");
+    for death in [Death::ProcessKilled, Death::LinkCut] {
+        for mode in ["packet", "offload"] {
+            for k in 1..=runs {
+                let d = run(mode, death)?;
+                println!("{} ({mode}) run {k}: {}", death.name(), d.summary());
+            }
+        }
+    }
+    let (pps, bps) = probe_traffic(10)?;
+    println!(
+        "probe traffic per server, no client traffic, 10 s: {pps:.1} packets/s, {bps:.0} bytes/s"
+    );
+    Ok(())
 }
 
 fn demo() -> Result<()> {

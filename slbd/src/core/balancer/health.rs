@@ -129,6 +129,7 @@ impl Dataplane {
 #[cfg(test)]
 mod tests {
     use crate::core::balancer::testing::*;
+    use crate::core::health::Failure;
     use crate::core::packet::fixtures::{tcp, udp};
     use crate::core::packet::tcp_flags::{ACK, SYN};
 

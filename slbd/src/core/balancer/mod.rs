@@ -42,7 +42,7 @@ pub use health::HealthOutcome;
 pub use offload::{KernelReport, Traffic};
 pub use passive::{PassiveDown, PassiveWork, RETRY_MEMORY_MS};
 pub use replica::{LogOverflowed, Record, ReplicaApplied};
-pub use stats::{Counters, ServerStats};
+pub use stats::{Counters, ServerStats, CHECK_PASSED};
 pub use verdict::{Direction, DropReason, Verdict};
 
 use stats::Registry;
@@ -148,6 +148,10 @@ impl Dataplane {
             Err(DropReason::Truncated)
         } else {
             match dir {
+                // Only the server network's ICMP errors are queued.
+                Direction::Request | Direction::Reply if crate::core::icmp::is_icmp(buf) => {
+                    self.icmp_error(buf, now_ms).map(|()| None)
+                }
                 Direction::Request => self.request(buf, csum, now_ms),
                 Direction::Reply => self.reply(buf, csum, now_ms).map(|()| None),
                 Direction::Untracked => self.untracked(buf, csum, now_ms).map(|()| None),

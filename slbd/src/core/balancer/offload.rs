@@ -12,6 +12,7 @@ use super::replica::Record;
 use super::view::{ServiceState, View};
 use super::{shard_of, Dataplane, DropReason};
 use crate::core::flow::{Ended, FlowKey, Lookup, Phase, Reported};
+use crate::core::health::Failure;
 use crate::core::model::Mode;
 use crate::core::net::Protocol;
 use crate::core::ruleset::{
@@ -62,6 +63,17 @@ impl Dataplane {
         let syn = crate::core::flow::tcp::is_syn(flags);
         let mut flows = self.shards[shard_of(key.src)].lock();
         let stale = match flows.lookup_request(key, flags, now_ms) {
+            // The client retransmits a SYN its server never answered. Conntrack has bound the
+            // flow to that server, so this SYN can only go there: it is dropped, the entry
+            // deleted, and the client's next retransmission is a new flow, placed elsewhere.
+            Lookup::Found(placed) if self.unanswered(&placed) => {
+                if let Some(ended) = flows.remove_request(key) {
+                    self.end(&mut flows, view, &ended, now_ms);
+                }
+                drop(flows);
+                self.handshake_failed(placed.tag, Failure::PassiveTimeout, key, true, now_ms);
+                return Err(DropReason::HandshakeUnanswered);
+            }
             Lookup::Found(placed) if key.protocol == Protocol::Udp || !syn => {
                 if placed.closed_now {
                     self.with_stats(placed.tag, |st| st.less_live(1));
@@ -78,6 +90,36 @@ impl Dataplane {
         }
         let (_, id) = self.place(view, svc, key, flags, now_ms, &mut flows, true)?;
         offload_mark(id).ok_or(DropReason::NoServer)
+    }
+
+    /// A server's reset of an offload flow's handshake (queued by the ruleset while conntrack
+    /// has not seen the handshake complete): kept from the client, its conntrack entry
+    /// deleted, and the client's retransmitted SYN placed elsewhere. `None`: not the reset of
+    /// a handshake this node placed (the path for strays decides).
+    pub(super) fn offload_refused(
+        &self,
+        view: &View,
+        h: &crate::core::packet::Headers,
+        now_ms: u64,
+    ) -> Option<DropReason> {
+        let mut owners = view.with_server(h.protocol, Mode::Offload, h.src);
+        let (Some((svc, i)), None) = (owners.next(), owners.next()) else {
+            return None;
+        };
+        if !self.passive_of(svc.ids[i]).enabled {
+            return None;
+        }
+        let key = FlowKey {
+            protocol: h.protocol,
+            src: h.dst,
+            dst: SocketAddrV4::new(view.vip, svc.service.port),
+        };
+        let mut flows = self.shards[shard_of(key.src)].lock();
+        let ended = flows.take_unanswered(&key, h.src)?;
+        self.end(&mut flows, view, &ended, now_ms);
+        drop(flows);
+        self.handshake_failed(ended.tag, Failure::PassiveRst, &key, true, now_ms);
+        Some(DropReason::HandshakeRefused)
     }
 
     /// A server's packet no conntrack entry knows (an offload service's, queued by the
@@ -179,6 +221,7 @@ impl Dataplane {
             } => {
                 if established_now && key.protocol == Protocol::Tcp {
                     self.log(&mut flows, Record::flow(&key, r.server));
+                    self.handshake_ok(id);
                 }
                 if closed_now {
                     stats.less_live(1);

@@ -33,6 +33,11 @@ impl Dataplane {
         let view = self.view.load();
         // The offload chain's rule for a server's packet no conntrack entry knows.
         if *h.dst.ip() != view.vip {
+            if h.flags & crate::core::packet::tcp_flags::RST != 0 {
+                if let Some(refused) = self.offload_refused(&view, &h, now_ms) {
+                    return Err(refused);
+                }
+            }
             if let Some(verdict) = self.offload_stray(&view, &h, now_ms) {
                 return Ok(verdict);
             }
@@ -137,8 +142,10 @@ impl Dataplane {
                     .ok_or(DropReason::ReplyWithoutFlow)?
             }
         };
-        if r.established_now {
+        if r.established_now || h.protocol == crate::core::net::Protocol::Udp {
             self.handshake_ok(r.tag);
+        }
+        if r.established_now {
             let placed = FlowKey {
                 protocol: h.protocol,
                 src: h.dst,

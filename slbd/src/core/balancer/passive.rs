@@ -20,9 +20,10 @@ use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
 
-use super::{Dataplane, HealthOutcome};
+use super::{Dataplane, DropReason, HealthOutcome};
 use crate::core::flow::FlowKey;
 use crate::core::health::{Failure, PassiveConfig};
+use crate::core::icmp;
 use crate::core::net::Protocol;
 
 /// How long a failed handshake's retry avoids the server that failed it: the client's first
@@ -65,6 +66,12 @@ impl PassiveWork {
     }
 }
 
+/// A failed handshake's client: (protocol, client, VIP port).
+type RetryKey = (Protocol, SocketAddrV4, u16);
+
+/// The server its retry avoids, and until when (ms).
+type Avoid = (u32, u64);
+
 #[derive(Default)]
 struct Pending {
     downs: Vec<(u32, Failure)>,
@@ -76,8 +83,7 @@ struct Pending {
 pub(super) struct Passive {
     pending: Mutex<Pending>,
     ready: Condvar,
-    /// (protocol, client, VIP port) → (server id to avoid, until when).
-    retry: Mutex<HashMap<(Protocol, SocketAddrV4, u16), (u32, u64)>>,
+    retry: Mutex<HashMap<RetryKey, Avoid>>,
     /// `retry`'s length, read without its lock on every new flow.
     retry_len: AtomicUsize,
 }
@@ -180,6 +186,50 @@ impl Dataplane {
         self.passive.retry_len.store(retry.len(), Relaxed);
     }
 
+    /// An ICMP error queued from the server network (either mode). A destination unreachable
+    /// that says a server is not there, about a flow whose handshake it has not answered (any
+    /// UDP flow: UDP has none), fails that flow: the error is kept from the client, the flow
+    /// forgotten (an offload flow's conntrack entry deleted) and the client's next packet
+    /// placed elsewhere. Anything else passes unchanged.
+    pub(super) fn icmp_error(&self, buf: &[u8], now_ms: u64) -> Result<(), DropReason> {
+        let Ok(u) = icmp::parse_unreachable(buf) else {
+            return Ok(());
+        };
+        if !u.server_gone() {
+            return Ok(());
+        }
+        // The error is about the packet the server got: client → server.
+        let reply = FlowKey {
+            protocol: u.protocol,
+            src: u.dst,
+            dst: u.src,
+        };
+        let mut flows = self.shards[super::shard_of(u.src)].lock();
+        let Some((flow, opening)) = flows.find_reply(&reply) else {
+            return Ok(());
+        };
+        if (u.protocol == Protocol::Tcp && !opening) || !self.passive_of(flow.tag).enabled {
+            return Ok(());
+        }
+        let request = FlowKey {
+            protocol: flow.protocol,
+            src: flow.client,
+            dst: flow.vip,
+        };
+        if let Some(ended) = flows.remove_request(&request) {
+            self.end(&mut flows, &self.view.load(), &ended, now_ms);
+        }
+        drop(flows);
+        self.handshake_failed(
+            flow.tag,
+            Failure::PassiveUnreachable,
+            &request,
+            flow.kernel,
+            now_ms,
+        );
+        Err(DropReason::ServerUnreachable)
+    }
+
     /// Waits up to `timeout` for passive detection's changes and takes them: ends the flows
     /// of each server it took out (as a failed check does) and hands the shell the rest.
     pub fn wait_passive(&self, timeout: Duration) -> PassiveWork {
@@ -219,5 +269,410 @@ impl Dataplane {
             downs,
             forget: taken.forget,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::core::balancer::testing::*;
+    use crate::core::health::Failure;
+    use crate::core::packet::fixtures::{checksums_ok, tcp};
+    use crate::core::packet::tcp_flags::{ACK, RST, SYN};
+    use std::time::Duration;
+
+    const VIP: &str = "10.0.0.100:80";
+
+    fn dp(mode: &str, passive: &str) -> Dataplane {
+        Dataplane::for_test(
+            &Config::from_json(&format!(
+                r#"{{"address": "10.0.0.100", "address_dev": "eth0", "gateway": "172.16.0.1",
+                "gateway_dev": "eth1", "cluster_network": "172.16.0.0/24",
+                "services": [{{"protocol": "tcp", "port": 80, "mode": "{mode}",
+                  "health": {{"passive": {passive}}},
+                  "servers": ["172.16.0.2:80", "172.16.0.3:80", "172.16.0.4:80"]}}]}}"#
+            ))
+            .unwrap(),
+        )
+    }
+
+    /// A client's SYN at `now`: where it went (packet mode's rewrite, or the server an
+    /// offload mark names), or the verdict that kept it.
+    fn syn(dp: &Dataplane, client: &str, now: u64) -> Result<SocketAddrV4, Verdict> {
+        let mut p = tcp(sa(client), sa(VIP), SYN, b"", &[]);
+        match dp.handle(
+            Direction::Request,
+            &mut p,
+            true,
+            ChecksumState::Complete,
+            now,
+        ) {
+            Verdict::Accept => Ok(dst_of(&p)),
+            Verdict::Offload(mark) => {
+                let (svc, stats) = &dp.services()[0];
+                let _ = stats;
+                let i = (0..svc.servers.len())
+                    .find(|&i| offload_mark(dp.server_id(0, i).unwrap()) == Some(mark))
+                    .expect("a mark of this service");
+                Ok(svc.servers[i].addr)
+            }
+            v => Err(v),
+        }
+    }
+
+    /// A server's answer to `client`: queued after routing in packet mode (a reply), before
+    /// routing in offload mode (the ruleset's rule for a refused handshake).
+    fn answer(
+        dp: &Dataplane,
+        offload: bool,
+        server: SocketAddrV4,
+        client: &str,
+        flags: u8,
+    ) -> Verdict {
+        let mut p = tcp(server, sa(client), flags, b"", &[]);
+        let dir = if offload {
+            Direction::Request
+        } else {
+            Direction::Reply
+        };
+        dp.handle(dir, &mut p, true, ChecksumState::Complete, 10)
+    }
+
+    fn id_of(dp: &Dataplane, server: SocketAddrV4) -> u32 {
+        let i = dp.services()[0]
+            .0
+            .servers
+            .iter()
+            .position(|r| r.addr == server)
+            .unwrap();
+        dp.server_id(0, i).unwrap()
+    }
+
+    #[test]
+    fn a_reset_syn_is_kept_from_the_client_and_its_retransmission_goes_elsewhere() {
+        for (mode, offload) in [("packet", false), ("offload", true)] {
+            let dp = dp(mode, "{}");
+            let client = "10.0.0.5:4000";
+            let first = syn(&dp, client, 0).unwrap();
+            assert_eq!(
+                answer(&dp, offload, first, client, RST | ACK),
+                Verdict::Drop(DropReason::HandshakeRefused),
+                "{mode}: the reset does not reach the client"
+            );
+            let retry = syn(&dp, client, 1_000).unwrap();
+            assert_ne!(
+                retry, first,
+                "{mode}: the retransmitted SYN avoids the server"
+            );
+            let work = dp.wait_passive(Duration::ZERO);
+            if offload {
+                assert_eq!(
+                    work.forget,
+                    vec![(Protocol::Tcp, sa(client), sa(VIP))],
+                    "the refused flow's conntrack entry is deleted"
+                );
+            } else {
+                assert!(work.forget.is_empty());
+            }
+            assert!(work.downs.is_empty(), "{mode}: one refusal is below fall");
+            assert!(dp.is_up(id_of(&dp, first)));
+            assert_eq!(dp.counters.retried_handshakes.load(Relaxed), 1);
+        }
+    }
+
+    #[test]
+    fn fall_refusals_in_a_row_take_a_server_out_with_the_reason_and_end_its_flows() {
+        for (mode, offload) in [("packet", false), ("offload", true)] {
+            let dp = dp(mode, r#"{"fall": 2}"#);
+            let dead = sa("172.16.0.2:80");
+            // An established flow on the server, which leaving rotation ends.
+            let held = "10.0.0.9:1";
+            assert_eq!(syn(&dp, held, 0), Ok(dead));
+            if offload {
+                dp.conntrack_report(
+                    &KernelReport {
+                        ended: false,
+                        protocol: Protocol::Tcp,
+                        client: sa(held),
+                        vip: sa(VIP),
+                        server: dead,
+                        mark: offload_mark(id_of(&dp, dead)).unwrap(),
+                        phase: Some(Phase::Established),
+                        traffic: None,
+                    },
+                    1,
+                );
+            } else {
+                assert_eq!(answer(&dp, false, dead, held, SYN | ACK), Verdict::Accept);
+            }
+            let mut refused = 0;
+            for port in 2..40 {
+                let client = format!("10.0.0.5:{port}");
+                if syn(&dp, &client, 5) == Ok(dead) {
+                    answer(&dp, offload, dead, &client, RST | ACK);
+                    refused += 1;
+                }
+                if !dp.is_up(id_of(&dp, dead)) {
+                    break;
+                }
+            }
+            assert_eq!(refused, 2, "{mode}: out after fall = 2 refusals");
+            let work = dp.wait_passive(Duration::ZERO);
+            assert_eq!(work.downs.len(), 1, "{mode}");
+            let d = &work.downs[0];
+            assert_eq!((d.server, d.why, d.fall), (dead, Failure::PassiveRst, 2));
+            assert_eq!(d.service, "tcp/80");
+            assert_eq!(d.outcome.flows_ended, 1, "{mode}: the held flow ends");
+            assert_eq!(
+                d.outcome.cut.is_some(),
+                offload,
+                "{mode}: an offload server's conntrack entries are cut"
+            );
+            let st = &dp.services()[0].1[0];
+            assert_eq!(
+                Failure::from_code(st.down_reason.load(Relaxed)),
+                Some(Failure::PassiveRst)
+            );
+            for port in 100..110 {
+                assert_ne!(syn(&dp, &format!("10.0.0.6:{port}"), 20), Ok(dead));
+            }
+        }
+    }
+
+    #[test]
+    fn a_handshake_that_succeeds_between_refusals_keeps_the_server_in() {
+        let dp = dp("packet", r#"{"fall": 2}"#);
+        let flaky = sa("172.16.0.2:80");
+        let mut outcomes = [RST | ACK, SYN | ACK, RST | ACK, SYN | ACK, RST | ACK].into_iter();
+        for port in 2..60 {
+            let client = format!("10.0.0.5:{port}");
+            if syn(&dp, &client, 5) == Ok(flaky) {
+                let Some(flags) = outcomes.next() else { break };
+                answer(&dp, false, flaky, &client, flags);
+            }
+        }
+        assert!(dp.is_up(id_of(&dp, flaky)), "never two refusals in a row");
+    }
+
+    #[test]
+    fn an_application_reset_after_the_handshake_is_passed_on_and_not_counted() {
+        let dp = dp("packet", r#"{"fall": 1}"#);
+        let client = "10.0.0.5:4000";
+        let server = syn(&dp, client, 0).unwrap();
+        assert_eq!(
+            answer(&dp, false, server, client, SYN | ACK),
+            Verdict::Accept
+        );
+        let mut rst = tcp(server, sa(client), RST | ACK, b"", &[]);
+        assert_eq!(
+            dp.handle(
+                Direction::Reply,
+                &mut rst,
+                true,
+                ChecksumState::Complete,
+                20
+            ),
+            Verdict::Accept
+        );
+        assert!(checksums_ok(&rst));
+        assert_eq!(
+            packet::parse(&rst).unwrap().src,
+            sa(VIP),
+            "rewritten, delivered"
+        );
+        assert!(dp.is_up(id_of(&dp, server)));
+        assert_eq!(dp.counters.retried_handshakes.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn an_unanswered_syn_retransmitted_after_the_timeout_is_placed_elsewhere() {
+        let dp = dp("packet", r#"{"fall": 1, "syn_timeout_ms": 700}"#);
+        let client = "10.0.0.5:4000";
+        let first = syn(&dp, client, 0).unwrap();
+        assert_eq!(
+            syn(&dp, client, 300),
+            Ok(first),
+            "a duplicate SYN is not a timeout"
+        );
+        let retry = syn(&dp, client, 1_300).unwrap();
+        assert_ne!(retry, first, "moved at the retransmission");
+        let work = dp.wait_passive(Duration::ZERO);
+        assert_eq!(work.downs.len(), 1);
+        assert_eq!(work.downs[0].why, Failure::PassiveTimeout);
+        assert_eq!(work.downs[0].server, first);
+    }
+
+    #[test]
+    fn offload_an_unanswered_syn_is_dropped_its_entry_deleted_and_the_next_one_placed_elsewhere() {
+        let dp = dp("offload", r#"{"fall": 5}"#);
+        let client = "10.0.0.5:4000";
+        let first = syn(&dp, client, 0).unwrap();
+        assert_eq!(
+            syn(&dp, client, 1_000),
+            Err(Verdict::Drop(DropReason::HandshakeUnanswered)),
+            "conntrack binds this SYN to the silent server: dropped"
+        );
+        assert_eq!(
+            dp.wait_passive(Duration::ZERO).forget,
+            vec![(Protocol::Tcp, sa(client), sa(VIP))]
+        );
+        let next = syn(&dp, client, 3_000).unwrap();
+        assert_ne!(
+            next, first,
+            "the next retransmission is a new flow, elsewhere"
+        );
+    }
+
+    #[test]
+    fn with_passive_detection_off_a_refusal_reaches_the_client_and_nothing_is_counted() {
+        let dp = dp("packet", r#"{"enabled": false}"#);
+        let client = "10.0.0.5:4000";
+        let first = syn(&dp, client, 0).unwrap();
+        assert_eq!(
+            answer(&dp, false, first, client, RST | ACK),
+            Verdict::Accept
+        );
+        assert_eq!(dp.counters.retried_handshakes.load(Relaxed), 0);
+        assert_eq!(dp.services()[0].1[0].passive_fails.load(Relaxed), 0);
+        assert!(dp.wait_passive(Duration::ZERO).is_empty());
+    }
+
+    #[test]
+    fn a_servers_unreachable_about_a_flow_it_never_answered_moves_the_flow() {
+        use crate::core::icmp::fixtures::unreachable;
+        use crate::core::packet::fixtures::udp;
+        for (mode, offload) in [("packet", false), ("offload", true)] {
+            let dp = Dataplane::for_test(
+                &Config::from_json(&format!(
+                    r#"{{"address": "10.0.0.100", "address_dev": "eth0", "gateway": "172.16.0.1",
+                    "gateway_dev": "eth1", "cluster_network": "172.16.0.0/24",
+                    "services": [
+                      {{"protocol": "udp", "port": 53, "mode": "{mode}",
+                        "servers": ["172.16.0.2:53", "172.16.0.3:53"]}},
+                      {{"protocol": "tcp", "port": 80, "mode": "{mode}",
+                        "servers": ["172.16.0.2:80", "172.16.0.3:80"]}}]}}"#
+                ))
+                .unwrap(),
+            );
+            let dir = if offload {
+                Direction::Request
+            } else {
+                Direction::Reply
+            };
+            let (client, vip) = (sa("10.0.0.5:4000"), sa("10.0.0.100:53"));
+            let ask = |now| {
+                let mut p = udp(client, vip, b"q");
+                match dp.handle(
+                    Direction::Request,
+                    &mut p,
+                    true,
+                    ChecksumState::Complete,
+                    now,
+                ) {
+                    Verdict::Accept => dst_of(&p),
+                    Verdict::Offload(m) => {
+                        let i = (0..2)
+                            .find(|&i| offload_mark(dp.server_id(0, i).unwrap()) == Some(m))
+                            .unwrap();
+                        dp.services()[0].0.servers[i].addr
+                    }
+                    v => panic!("{mode}: {v:?}"),
+                }
+            };
+            let first = ask(0);
+            // The server's kernel answers the datagram it got (client → server).
+            let got = udp(client, first, b"q");
+            let mut icmp = unreachable(*first.ip(), *client.ip(), 3, &got);
+            assert_eq!(
+                dp.handle(dir, &mut icmp, true, ChecksumState::Complete, 5),
+                Verdict::Drop(DropReason::ServerUnreachable),
+                "{mode}"
+            );
+            assert_ne!(
+                ask(10),
+                first,
+                "{mode}: the client's next datagram goes elsewhere"
+            );
+            assert_eq!(
+                dp.wait_passive(Duration::ZERO).forget.len(),
+                usize::from(offload),
+                "{mode}: an offload flow's conntrack entry is deleted"
+            );
+            // Path MTU discovery is not a server gone, and an error about no flow of ours
+            // passes as it came.
+            let mut frag_needed = unreachable(*first.ip(), *client.ip(), 4, &got);
+            let before = frag_needed.clone();
+            assert_eq!(
+                dp.handle(dir, &mut frag_needed, true, ChecksumState::Complete, 20),
+                Verdict::Accept
+            );
+            assert_eq!(frag_needed, before);
+            // An established TCP connection's unreachable is not a failed handshake.
+            let tcp_client = "10.0.0.5:5000";
+            let mut p = tcp(sa(tcp_client), sa("10.0.0.100:80"), SYN, b"", &[]);
+            dp.handle(
+                Direction::Request,
+                &mut p,
+                true,
+                ChecksumState::Complete,
+                30,
+            );
+            let server = if offload {
+                sa("172.16.0.2:80")
+            } else {
+                dst_of(&p)
+            };
+            if !offload {
+                answer(&dp, false, server, tcp_client, SYN | ACK);
+                let seg = tcp(sa(tcp_client), server, ACK, b"x", &[]);
+                let mut icmp = unreachable(*server.ip(), *sa(tcp_client).ip(), 1, &seg);
+                assert_eq!(
+                    dp.handle(dir, &mut icmp, true, ChecksumState::Complete, 40),
+                    Verdict::Accept
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn without_active_checks_to_bring_it_back_a_server_is_never_taken_out_but_retries_go_on() {
+        let dp = Dataplane::for_test(
+            &Config::from_json(
+                r#"{"address": "10.0.0.100", "address_dev": "eth0", "gateway": "172.16.0.1",
+                "gateway_dev": "eth1", "cluster_network": "172.16.0.0/24",
+                "services": [{"protocol": "tcp", "port": 80,
+                  "health": {"enabled": false, "passive": {"fall": 1}},
+                  "servers": ["172.16.0.2:80", "172.16.0.3:80"]}]}"#,
+            )
+            .unwrap(),
+        );
+        let client = "10.0.0.5:4000";
+        let first = syn(&dp, client, 0).unwrap();
+        assert_eq!(
+            answer(&dp, false, first, client, RST | ACK),
+            Verdict::Drop(DropReason::HandshakeRefused)
+        );
+        assert_ne!(syn(&dp, client, 1_000).unwrap(), first, "retried elsewhere");
+        assert!(dp.is_up(id_of(&dp, first)), "nothing would bring it back");
+    }
+
+    #[test]
+    fn a_retry_whose_only_alternative_is_down_goes_back_to_the_same_server() {
+        let dp = dp("packet", r#"{"fall": 10}"#);
+        for i in 1..3 {
+            dp.set_health(
+                dp.server_id(0, i).unwrap(),
+                false,
+                None,
+                Some(Failure::Refused),
+            );
+        }
+        let client = "10.0.0.5:4000";
+        let only = syn(&dp, client, 0).unwrap();
+        answer(&dp, false, only, client, RST | ACK);
+        assert_eq!(
+            syn(&dp, client, 1_000),
+            Ok(only),
+            "better it than no server"
+        );
     }
 }

@@ -62,11 +62,14 @@ pub enum DropReason {
     /// that server, so it is dropped and the entry deleted; the next retransmission is a new
     /// flow, placed elsewhere.
     HandshakeUnanswered,
+    /// A server's ICMP unreachable about a flow it never answered: kept from the client, the
+    /// flow forgotten, its next packet placed elsewhere.
+    ServerUnreachable,
 }
 
 impl DropReason {
     /// The reasons that are not [`DropReason::Malformed`], in counter order.
-    const OWN: [DropReason; 10] = [
+    const OWN: [DropReason; 11] = [
         DropReason::NoService,
         DropReason::MidStream,
         DropReason::ReplyWithoutFlow,
@@ -77,6 +80,7 @@ impl DropReason {
         DropReason::Untracked,
         DropReason::HandshakeRefused,
         DropReason::HandshakeUnanswered,
+        DropReason::ServerUnreachable,
     ];
 
     /// How many counters the reasons need: derived, so a reason added to `Self::OWN` or to
@@ -100,7 +104,8 @@ impl DropReason {
             | DropReason::AfterTakeover
             | DropReason::Untracked
             | DropReason::HandshakeRefused
-            | DropReason::HandshakeUnanswered) => own(d),
+            | DropReason::HandshakeUnanswered
+            | DropReason::ServerUnreachable) => own(d),
         }
     }
 
@@ -116,6 +121,7 @@ impl DropReason {
             DropReason::Untracked => "untracked_outside_handover",
             DropReason::HandshakeRefused => "handshake_refused_retried",
             DropReason::HandshakeUnanswered => "handshake_unanswered_retried",
+            DropReason::ServerUnreachable => "server_unreachable_retried",
             DropReason::Malformed(m) => m.name(),
         }
     }

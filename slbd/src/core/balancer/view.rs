@@ -11,6 +11,7 @@ use parking_lot::Mutex;
 
 use super::stats::ServerStats;
 use super::{timeouts, Dataplane};
+use crate::core::health::PassiveConfig;
 use crate::core::model::{Config, Service};
 use crate::core::sched::{Candidate, Scheduler};
 
@@ -81,10 +82,20 @@ impl Dataplane {
             .iter()
             .enumerate()
             .map(|(i, s)| {
+                // Only active checks bring a server back: without them passive detection
+                // still retries failed handshakes but never takes a server out.
+                let passive = PassiveConfig {
+                    fall: if s.health.enabled {
+                        s.health.passive.fall
+                    } else {
+                        u32::MAX
+                    },
+                    ..s.health.passive
+                };
                 let ids = s
                     .servers
                     .iter()
-                    .map(|r| registry.id(s.protocol, s.port, r.addr, s.mode, s.health.passive))
+                    .map(|r| registry.id(s.protocol, s.port, r.addr, s.mode, passive))
                     .collect();
                 let seed = self
                     .seed

@@ -217,6 +217,17 @@ impl FlowTable {
         })
     }
 
+    /// The flow whose reply key is `key`, and whether its TCP handshake is still unanswered
+    /// (always false for UDP); nothing about it changes.
+    pub fn find_reply(&self, key: &FlowKey) -> Option<(Ended, bool)> {
+        let i = self.find(&self.by_reply, key, true)?;
+        let slot = &self.slots[i as usize];
+        Some((
+            slot.ended(),
+            slot.state == Some(TcpState::Opening) && slot.proto() == Protocol::Tcp,
+        ))
+    }
+
     /// Removes the flow of request key `key` if it is on `server` and its handshake is not
     /// answered yet (a reset or an ICMP error refused it), and returns it.
     pub fn take_unanswered(&mut self, key: &FlowKey, server: SocketAddrV4) -> Option<Ended> {

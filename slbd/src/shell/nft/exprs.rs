@@ -1,6 +1,7 @@
 //! SHELL: the nftables expressions slbd builds by hand with libnftnl, because the `nftnl`
 //! crate has no builder for them or builds them wrong for an `ip` table: `notrack`, `ct event
-//! set`, `reject` with ICMP codes, the native `queue`, and the xtables `NFQUEUE` target.
+//! set`, `reject` with ICMP codes, single transport-header bytes, the native `queue`, and the xtables
+//! `NFQUEUE` target.
 //! Side effects: allocations owned by libnftnl, freed with the rule.
 
 use std::ptr::NonNull;
@@ -47,6 +48,31 @@ impl Expression for CtEventMask {
                 NFT_CT_EVENTMASK,
             );
             sys::nftnl_expr_set_u32(expr.as_ptr(), sys::NFTNL_EXPR_CT_SREG as u16, NFT_REG_1);
+        }
+        expr
+    }
+}
+
+/// One byte of the transport header, at this offset, into register 1 (the TCP flags, the ICMP
+/// type): `nftnl`'s payload fields stop at the ports.
+pub(super) struct TransportByte(pub(super) u32);
+
+impl Expression for TransportByte {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
+        const NFT_REG_1: u32 = 1;
+        let expr = alloc_expr!(c"payload");
+        // SAFETY: a live, non-NULL `payload` expression and integer keys of its own.
+        unsafe {
+            let e = expr.as_ptr();
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_PAYLOAD_DREG as u16, NFT_REG_1);
+            sys::nftnl_expr_set_u32(
+                e,
+                sys::NFTNL_EXPR_PAYLOAD_BASE as u16,
+                NFT_PAYLOAD_TRANSPORT_HEADER,
+            );
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_PAYLOAD_OFFSET as u16, self.0);
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_PAYLOAD_LEN as u16, 1);
         }
         expr
     }

@@ -248,6 +248,31 @@ fn add_match(rule: &mut Rule, m: &Match) {
             rule.add_expr(&Bitwise::new(bit, 0u32));
             rule.add_expr(&Cmp::new(CmpOp::Neq, 0u32));
         }
+        Match::IcmpUnreachable => {
+            rule.add_expr(&Meta::L4Proto);
+            rule.add_expr(&Cmp::new(CmpOp::Eq, 1u8));
+            // The ICMP type is the transport header's first byte; 3 is destination unreachable.
+            rule.add_expr(&exprs::TransportByte(0));
+            rule.add_expr(&Cmp::new(CmpOp::Eq, 3u8));
+        }
+        Match::CtStateRelated => {
+            // NF_CT_STATE_BIT(IP_CT_RELATED) is 4.
+            rule.add_expr(&Conntrack::State);
+            rule.add_expr(&Bitwise::new(4u32, 0u32));
+            rule.add_expr(&Cmp::new(CmpOp::Neq, 0u32));
+        }
+        Match::TcpRst => {
+            // The TCP flags are byte 13 of its header.
+            rule.add_expr(&exprs::TransportByte(13));
+            rule.add_expr(&Bitwise::new(0x04u8, 0u8));
+            rule.add_expr(&Cmp::new(CmpOp::Neq, 0u8));
+        }
+        Match::CtNotAssured => {
+            // IPS_ASSURED is bit 2 of the status.
+            rule.add_expr(&Conntrack::Status);
+            rule.add_expr(&Bitwise::new(4u32, 0u32));
+            rule.add_expr(&Cmp::new(CmpOp::Eq, 0u32));
+        }
         Match::Dport(p, n) | Match::Sport(p, n) => {
             rule.add_expr(&port(p, matches!(m, Match::Sport(..))));
             rule.add_expr(&Cmp::new(CmpOp::Eq, &n.to_be_bytes()[..]));
