@@ -103,9 +103,10 @@ pub struct PassiveConfig {
     pub enabled: bool,
     /// Failed handshakes in a row (with no handshake that succeeded between them).
     pub fall: u32,
-    /// A client's SYN retransmitted this long after its first, with no answer from the
-    /// server in between, is an unanswered handshake. Below the client's first
-    /// retransmission (1 s on Linux), above any LAN server's answer.
+    /// A client's SYN retransmitted at least this long after the flow's previous packet (its
+    /// previous SYN), with no answer from the server in between, is an unanswered handshake
+    /// (measured in the flow table's 100 ms ticks). Below the client's first retransmission
+    /// (1 s on Linux), above any LAN server's answer.
     pub syn_timeout: Duration,
 }
 
@@ -116,6 +117,18 @@ impl Default for PassiveConfig {
             fall: 2,
             syn_timeout: Duration::from_millis(700),
         }
+    }
+}
+
+/// The successes in a row that bring a server back: the service's `rise`, or one when no
+/// other server of the service is in rotation — its new flows are refused meanwhile, and a
+/// server that may still flap serves better than none (a node whose server-side link was cut
+/// serves again at its first passing check once the link heals, not `rise` intervals later).
+pub fn rise_needed(rise: u32, another_up: bool) -> u32 {
+    if another_up {
+        rise
+    } else {
+        1
     }
 }
 
@@ -387,6 +400,14 @@ mod tests {
         assert_eq!(Failure::Status(503).to_string(), "http 503");
         assert_eq!(Failure::PassiveRst.to_string(), "passive_rst");
         assert!(Failure::PassiveTimeout.passive() && !Failure::Refused.passive());
+    }
+
+    #[test]
+    fn the_last_hope_of_a_service_comes_back_at_its_first_passing_check() {
+        assert_eq!(rise_needed(2, true), 2);
+        assert_eq!(rise_needed(5, false), 1);
+        let mut h = Health::starting(false);
+        assert_eq!(h.record(OK, rise_needed(2, false), 3), Some(Change::CameUp));
     }
 
     #[test]

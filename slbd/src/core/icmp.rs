@@ -19,10 +19,13 @@ const ICMP_HEADER: usize = 8;
 pub struct Unreachable {
     /// Who sent the error.
     pub from: Ipv4Addr,
+    /// The unreachable code (RFC 792, RFC 1812).
     pub code: u8,
     /// The flow of the packet that could not be delivered, as that packet carried it.
     pub protocol: Protocol,
+    /// Its source (a client, in the errors slbd acts on).
     pub src: SocketAddrV4,
+    /// Its destination (a real server).
     pub dst: SocketAddrV4,
 }
 
@@ -59,6 +62,10 @@ pub fn parse_unreachable(buf: &[u8]) -> Result<Unreachable, Malformed> {
     let ihl = usize::from(inner[0] & 0x0f) * 4;
     if ihl < IP_MIN || inner.len() < ihl + 8 {
         return Err(Malformed::L4TooShort);
+    }
+    // A later fragment carries no ports where the first 8 bytes would be.
+    if u16::from_be_bytes([inner[6], inner[7]]) & 0x1fff != 0 {
+        return Err(Malformed::Fragment);
     }
     let protocol = Protocol::from_ip_proto(inner[9]).ok_or(Malformed::Protocol)?;
     let ports = &inner[ihl..ihl + 8];
@@ -203,6 +210,9 @@ mod tests {
         short[3] = 40;
         assert_eq!(parse_unreachable(&short), Err(Malformed::L4TooShort));
         assert_eq!(parse_unreachable(&original), Err(Malformed::Protocol));
+        let mut later_fragment = good.clone();
+        later_fragment[28 + 7] = 0x10;
+        assert_eq!(parse_unreachable(&later_fragment), Err(Malformed::Fragment));
         assert!(!is_icmp(&original));
     }
 

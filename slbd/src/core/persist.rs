@@ -68,6 +68,14 @@ impl Persistence {
         }
     }
 
+    /// Forgets the client's entry if it names `server` (a server that just failed the client's
+    /// handshake: its other new connections must not be sent back there).
+    pub fn forget(&mut self, key: &PersistKey, server: SocketAddrV4) {
+        if self.entries.get(key).is_some_and(|e| e.server == server) {
+            self.entries.remove(key);
+        }
+    }
+
     /// Drops expired entries; returns how many.
     pub fn expire(&mut self, now_ms: u64) -> usize {
         let before = self.entries.len();
@@ -122,6 +130,24 @@ mod tests {
         assert_eq!(p.get(&key("10.0.0.5"), 5_000), None);
         assert_eq!(p.expire(5_000), 1);
         assert!(p.is_empty());
+    }
+
+    #[test]
+    fn forget_drops_only_an_entry_naming_that_server() {
+        let mut p = Persistence::new(10);
+        let (a, b): (SocketAddrV4, SocketAddrV4) = (
+            "172.16.0.2:80".parse().unwrap(),
+            "172.16.0.3:80".parse().unwrap(),
+        );
+        p.remember(key("10.0.0.5"), a, 5_000);
+        p.forget(&key("10.0.0.5"), b);
+        assert_eq!(
+            p.get(&key("10.0.0.5"), 0),
+            Some(a),
+            "another server's failure"
+        );
+        p.forget(&key("10.0.0.5"), a);
+        assert_eq!(p.get(&key("10.0.0.5"), 0), None);
     }
 
     #[test]

@@ -443,6 +443,7 @@ mod tests {
             false,
             Some(1500),
             Some(Failure::Status(503)),
+            false,
         );
         dp.set_weight(dp.server_id(0, 1).unwrap(), Some(7));
         let queue = QueueStats::default();

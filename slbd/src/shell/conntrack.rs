@@ -280,6 +280,23 @@ impl Control {
         }
     }
 
+    /// Deletes the entry whose reply tuple is `reply_src -> reply_dst`; false if there was
+    /// none.
+    pub fn delete_reply(
+        &mut self,
+        protocol: Protocol,
+        reply_src: SocketAddrV4,
+        reply_dst: SocketAddrV4,
+    ) -> io::Result<bool> {
+        let seq = self.seqs(1);
+        let req = wire::emit_delete_reply(seq, protocol, reply_src, reply_dst)?;
+        match self.transact(seq, &[req])?[0] {
+            0 => Ok(true),
+            libc::ENOENT => Ok(false),
+            e => Err(io::Error::from_raw_os_error(e)),
+        }
+    }
+
     /// The IPv4 TCP/UDP entries whose `mark & mask` equals `mark & mask`, all with kind `New`.
     /// Entries that do not parse are skipped and counted in [`Control::malformed`].
     pub fn dump_marked(&mut self, mark: u32, mask: u32) -> io::Result<Vec<CtEntry>> {

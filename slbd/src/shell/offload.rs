@@ -6,13 +6,12 @@
 //! whose mark is one of slbd's (`ruleset::OFFLOAD_MARK_*`), never any other.
 
 use std::io;
+use std::net::SocketAddrV4;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-
-use std::net::SocketAddrV4;
 
 use crate::core::balancer::{Dataplane, KernelReport};
 use crate::core::net::Protocol;
@@ -204,17 +203,20 @@ impl Offload {
         }
     }
 
-    /// Deletes the conntrack entries of offload handshakes a server failed (original tuple:
-    /// protocol, client, VIP endpoint), so that each client's retransmitted SYN is a new flow.
+    /// Deletes the conntrack entries of offload handshakes a server failed (by reply tuple:
+    /// protocol, server, client), so that each client's retransmitted SYN is a new flow.
     pub fn forget(&self, flows: &[(Protocol, SocketAddrV4, SocketAddrV4)]) {
-        for &(protocol, client, vip) in flows {
-            match self.with_control(|c| c.delete(protocol, client, vip)) {
-                Ok(_) => {
+        for &(protocol, server, client) in flows {
+            match self.with_control(|c| c.delete_reply(protocol, server, client)) {
+                Ok(true) => {
                     self.stats.forgotten.fetch_add(1, Relaxed);
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, client = %client, vip = %vip, "cannot delete a refused handshake's conntrack entry")
-                }
+                // Gone already: conntrack ended it, or a cut of its server did.
+                Ok(false) => {}
+                Err(e) => tracing::warn!(
+                    error = %e, client = %client, server = %server,
+                    "cannot delete a failed handshake's conntrack entry"
+                ),
             }
         }
     }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use super::probe::Probe;
 use crate::config::Config;
 use crate::core::balancer::Dataplane;
-use crate::core::health::{Change, CheckConfig, Health};
+use crate::core::health::{rise_needed, Change, CheckConfig, Health};
 use crate::core::net::Protocol;
 
 /// Runs the health checks; [`Prober::check`] replaces the set of servers checked.
@@ -126,8 +126,15 @@ async fn watch(dp: Arc<Dataplane>, job: Job, cut: Arc<Cut>, still_current: impl 
         }
         // Passive detection may have taken the server out since the last check.
         health.sync(dp.is_up(id));
-        let change = health.record(result, check.rise, check.fall);
-        let outcome = dp.set_health(id, health.up, health.latency_us(), result.err());
+        let rise = rise_needed(check.rise, dp.another_up(id));
+        let change = health.record(result, rise, check.fall);
+        let outcome = dp.set_health(
+            id,
+            health.up,
+            health.latency_us(),
+            result.err(),
+            change == Some(Change::CameUp),
+        );
         if let Some(mark) = outcome.cut {
             cut(mark);
         }
@@ -139,7 +146,7 @@ async fn watch(dp: Arc<Dataplane>, job: Job, cut: Arc<Cut>, still_current: impl 
             ),
             (Some(Change::CameUp), _) => tracing::info!(
                 service = %service, server = %addr, state = "up",
-                latency_us = health.latency_us().unwrap_or(0), rise = check.rise, "server back in rotation"
+                latency_us = health.latency_us().unwrap_or(0), rise, "server back in rotation"
             ),
             _ => {}
         }

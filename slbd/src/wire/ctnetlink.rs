@@ -432,6 +432,19 @@ pub fn emit_delete(
     w.finish()
 }
 
+/// IPCTNL_MSG_CT_DELETE of the entry whose reply tuple is `reply_src -> reply_dst` (after a
+/// DNAT, the real server → the client: it names the server the entry is bound to).
+pub fn emit_delete_reply(
+    seq: u32,
+    protocol: Protocol,
+    reply_src: SocketAddrV4,
+    reply_dst: SocketAddrV4,
+) -> Result<Vec<u8>, TooLong> {
+    let mut w = begin(MSG_CT_DELETE, NLM_F_REQUEST | NLM_F_ACK, seq, NFNETLINK_V0);
+    put_tuple(&mut w, CTA_TUPLE_REPLY, protocol, reply_src, reply_dst);
+    w.finish()
+}
+
 /// IPCTNL_MSG_CT_DELETE without a tuple: the kernel's filtered flush (ctnetlink_flush_conntrack)
 /// of every IPv4 entry whose `mark & mask == mark & mask`. The mark is sent already masked
 /// because the kernel compares `ct->mark & mask` with it unmasked. A `mask` of 0 matches every
@@ -854,6 +867,25 @@ mod tests {
         assert_eq!(
             parse(&tcp).unwrap().unwrap().tcp_state,
             Some(tcp_state::SYN_SENT)
+        );
+    }
+
+    #[test]
+    fn delete_by_reply_names_the_reply_tuple() {
+        let msg = emit_delete_reply(8, Protocol::Tcp, sa(SERVER), sa(CLIENT)).unwrap();
+        let top = top_attrs(
+            &msg,
+            MSG_CT_DELETE,
+            NLM_F_REQUEST | NLM_F_ACK,
+            8,
+            NFNETLINK_V0,
+        );
+        assert_eq!(top.len(), 1);
+        assert_eq!(top[0].0, CTA_TUPLE_REPLY);
+        let t = tuple(&top[0].1).unwrap();
+        assert_eq!(
+            (t.proto, t.endpoints()),
+            (Some(6), Ok((sa(SERVER), sa(CLIENT))))
         );
     }
 

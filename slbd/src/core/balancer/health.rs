@@ -33,14 +33,35 @@ impl Dataplane {
         self.stats(id).is_some_and(|st| st.up.load(Relaxed))
     }
 
+    /// Whether a server other than `id` is in rotation in a service `id` belongs to.
+    pub fn another_up(&self, id: u32) -> bool {
+        let view = self.view.load();
+        let registry = self.registry.load();
+        view.services
+            .iter()
+            .filter(|s| s.ids.contains(&id))
+            .flat_map(|s| s.ids.iter())
+            .filter(|&&other| other != id)
+            .any(|&other| {
+                registry
+                    .stats
+                    .get(other as usize)
+                    .is_some_and(|st| st.up.load(Relaxed))
+            })
+    }
+
     /// Records a server's health as its checks see it (and its measured latency); `last` is
     /// the last check's failure, `None` when it passed. Going down records it as the reason.
+    /// A server out of rotation comes back only when `came_up` (its checks just reached
+    /// `rise`): a check that merely still passes does not undo passive detection, which can
+    /// take the server out between the checker's look and this call.
     pub fn set_health(
         &self,
         id: u32,
         up: bool,
         latency_us: Option<u32>,
         last: Option<Failure>,
+        came_up: bool,
     ) -> HealthOutcome {
         let Some(st) = self.stats(id) else {
             return HealthOutcome::default();
@@ -50,6 +71,9 @@ impl Dataplane {
         }
         st.last_check
             .store(last.map_or(CHECK_PASSED, Failure::code), Relaxed);
+        if up && !came_up {
+            return HealthOutcome::default();
+        }
         let was_up = st.up.swap(up, Relaxed);
         if up {
             st.down_reason.store(0, Relaxed);
@@ -163,7 +187,8 @@ mod tests {
                 dp.server_id(0, 0).unwrap(),
                 false,
                 None,
-                Some(Failure::Refused)
+                Some(Failure::Refused),
+                false
             ),
             HealthOutcome {
                 flows_ended: 1,
@@ -190,7 +215,7 @@ mod tests {
             );
             assert_eq!((v, to), (Verdict::Accept, sa("172.16.0.3:80")));
         }
-        dp.set_health(dp.server_id(0, 0).unwrap(), true, Some(300), None);
+        dp.set_health(dp.server_id(0, 0).unwrap(), true, Some(300), None, true);
         let picks: Vec<_> = (3000..3004)
             .map(|port| {
                 send(
@@ -221,7 +246,7 @@ mod tests {
         dp.set_balancing(false, false, 0);
         let id = dp.server_id(0, 0).unwrap();
         assert_eq!(
-            dp.set_health(id, false, None, Some(Failure::Refused)),
+            dp.set_health(id, false, None, Some(Failure::Refused), false),
             HealthOutcome::default(),
             "no flow ended, nothing cut while standing by"
         );
@@ -248,6 +273,16 @@ mod tests {
     }
 
     #[test]
+    fn another_up_says_whether_the_service_has_another_server_in_rotation() {
+        let dp = dp();
+        let (a, b) = (dp.server_id(0, 0).unwrap(), dp.server_id(0, 1).unwrap());
+        assert!(dp.another_up(a));
+        dp.set_health(b, false, None, Some(Failure::Refused), false);
+        assert!(!dp.another_up(a), "b is down: a is the service's last");
+        assert!(dp.another_up(b), "a is up");
+    }
+
+    #[test]
     fn a_udp_flow_moves_when_its_server_goes_down() {
         let dp = dp();
         let q = || udp(sa("10.0.0.5:5000"), sa("10.0.0.100:53"), b"q");
@@ -257,6 +292,7 @@ mod tests {
             false,
             None,
             Some(Failure::Refused),
+            false,
         );
         assert_eq!(send(&dp, q()), (Verdict::Accept, sa("172.16.0.3:53")));
     }
@@ -269,12 +305,14 @@ mod tests {
             false,
             None,
             Some(Failure::Refused),
+            false,
         );
         dp.set_health(
             dp.server_id(0, 1).unwrap(),
             false,
             None,
             Some(Failure::Refused),
+            false,
         );
         let (v, _) = send(
             &dp,

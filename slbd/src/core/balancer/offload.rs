@@ -66,12 +66,14 @@ impl Dataplane {
             // The client retransmits a SYN its server never answered. Conntrack has bound the
             // flow to that server, so this SYN can only go there: it is dropped, the entry
             // deleted, and the client's next retransmission is a new flow, placed elsewhere.
-            Lookup::Found(placed) if self.unanswered(&placed) => {
+            Lookup::Found(placed)
+                if self.unanswered(&placed) && self.retry_elsewhere(placed.tag) =>
+            {
                 if let Some(ended) = flows.remove_request(key) {
-                    self.end(&mut flows, view, &ended, now_ms);
+                    self.forget_failed(&mut flows, &ended);
+                    drop(flows);
+                    self.handshake_failed(&ended, Failure::PassiveTimeout, true, now_ms);
                 }
-                drop(flows);
-                self.handshake_failed(placed.tag, Failure::PassiveTimeout, key, true, now_ms);
                 return Err(DropReason::HandshakeUnanswered);
             }
             Lookup::Found(placed) if key.protocol == Protocol::Udp || !syn => {
@@ -106,7 +108,8 @@ impl Dataplane {
         let (Some((svc, i)), None) = (owners.next(), owners.next()) else {
             return None;
         };
-        if !self.passive_of(svc.ids[i]).enabled {
+        let id = svc.ids[i];
+        if !self.passive_of(id).enabled {
             return None;
         }
         let key = FlowKey {
@@ -114,11 +117,26 @@ impl Dataplane {
             src: h.dst,
             dst: SocketAddrV4::new(view.vip, svc.service.port),
         };
+        let retry = self.retry_elsewhere(id);
         let mut flows = self.shards[shard_of(key.src)].lock();
+        if !retry {
+            // Nowhere else to go: counted, and the client hears the refusal (conntrack
+            // carries it), its flow ending as conntrack reports.
+            let (flow, opening) = flows.find_reply(&FlowKey {
+                protocol: h.protocol,
+                src: h.src,
+                dst: h.dst,
+            })?;
+            drop(flows);
+            if opening {
+                self.handshake_failed(&flow, Failure::PassiveRst, false, now_ms);
+            }
+            return None;
+        }
         let ended = flows.take_unanswered(&key, h.src)?;
-        self.end(&mut flows, view, &ended, now_ms);
+        self.forget_failed(&mut flows, &ended);
         drop(flows);
-        self.handshake_failed(ended.tag, Failure::PassiveRst, &key, true, now_ms);
+        self.handshake_failed(&ended, Failure::PassiveRst, true, now_ms);
         Some(DropReason::HandshakeRefused)
     }
 

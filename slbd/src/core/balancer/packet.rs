@@ -6,7 +6,7 @@ use super::replica::Record;
 use std::sync::atomic::Ordering::Relaxed;
 
 use super::{shard_of, Dataplane, DropReason};
-use crate::core::flow::{FlowKey, Lookup, Placed};
+use crate::core::flow::{Ended, FlowKey, Lookup, Placed};
 use crate::core::health::Failure;
 use crate::core::model::Mode;
 use crate::core::packet::{self, ChecksumState, Endpoint};
@@ -58,9 +58,10 @@ impl Dataplane {
             // elsewhere.
             Lookup::Found(placed) if self.unanswered(&placed) => {
                 if let Some(ended) = flows.remove_request(&key) {
-                    self.end(&mut flows, &view, &ended, now_ms);
+                    self.forget_failed(&mut flows, &ended);
+                    let retry = self.retry_elsewhere(ended.tag);
+                    self.handshake_failed(&ended, Failure::PassiveTimeout, retry, now_ms);
                 }
-                self.handshake_failed(placed.tag, Failure::PassiveTimeout, &key, false, now_ms);
                 self.place(&view, svc, &key, h.flags, now_ms, &mut flows, false)?
             }
             Lookup::Found(placed) => {
@@ -116,19 +117,36 @@ impl Dataplane {
         let mut shard = self.shards[shard_of(h.dst)].lock();
         let r = match shard.lookup_reply(&key, h.flags, now_ms) {
             Some(r) if r.refused_now && self.passive_of(r.tag).enabled => {
-                // Kept from the client, which retransmits its SYN: placed elsewhere then.
                 let request = FlowKey {
                     protocol: h.protocol,
                     src: h.dst,
                     dst: r.vip,
                 };
-                if let Some(ended) = shard.remove_request(&request) {
-                    self.end(&mut shard, &self.view.load(), &ended, now_ms);
+                let retry = self.retry_elsewhere(r.tag);
+                // Kept from the client, which retransmits its SYN: placed elsewhere then.
+                // (The reset closed the flow, so it left the live count here.)
+                let ended = retry.then(|| shard.remove_request(&request)).flatten();
+                if let Some(e) = &ended {
+                    self.forget_failed(&mut shard, e);
                 }
                 drop(shard);
                 self.with_stats(r.tag, |st| st.less_live(1));
-                self.handshake_failed(r.tag, Failure::PassiveRst, &request, false, now_ms);
-                return Err(DropReason::HandshakeRefused);
+                let flow = ended.unwrap_or(Ended {
+                    protocol: h.protocol,
+                    client: h.dst,
+                    vip: r.vip,
+                    server: h.src,
+                    tag: r.tag,
+                    was_closing: true,
+                    kernel: false,
+                });
+                self.handshake_failed(&flow, Failure::PassiveRst, retry, now_ms);
+                if retry {
+                    return Err(DropReason::HandshakeRefused);
+                }
+                // Nowhere else to go: the client hears the refusal.
+                packet::rewrite(buf, &h, Endpoint::Source, r.vip, csum);
+                return Ok(());
             }
             Some(r) => r,
             None => {

@@ -20,26 +20,33 @@ use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
 
-use super::{Dataplane, DropReason, HealthOutcome};
-use crate::core::flow::FlowKey;
+use super::replica::Record;
+use super::{Dataplane, DropReason, HealthOutcome, Shard};
+use crate::core::flow::{Ended, FlowKey};
 use crate::core::health::{Failure, PassiveConfig};
 use crate::core::icmp;
 use crate::core::net::Protocol;
+use crate::core::persist::PersistKey;
 
-/// How long a failed handshake's retry avoids the server that failed it: the client's first
-/// two SYN retransmissions (1 s and 3 s after its first SYN, on Linux).
+/// How long a failed handshake's retry avoids the server that failed it: past the client's
+/// first SYN retransmission (1 s), and the second one in offload mode (2 s on Linux ≥ 6.5,
+/// 3 s before), where the first is dropped. The next placement of the client's flow takes it.
 pub const RETRY_MEMORY_MS: u64 = 4_000;
+
+/// Failed handshakes count as "in a row" when each comes within this of the one before.
+pub const PASSIVE_WINDOW_MS: u64 = 10_000;
 
 /// Most handshakes remembered for a retry; beyond it a retry may meet the same server again.
 const RETRY_MEMORY_MAX: usize = 4096;
 
-/// Most changes queued for the shell before it takes them (a server goes down once per
-/// rise, and a conntrack deletion per refused handshake).
+/// Most conntrack deletions queued for the shell before it takes them (one per failed
+/// offload handshake; a server going down is queued once, by its compare-and-swap).
 const PENDING_MAX: usize = 65_536;
 
 /// A server passive detection took out of rotation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PassiveDown {
+    /// The server's stable id.
     pub id: u32,
     /// The service's name (`tcp/80`).
     pub service: String,
@@ -54,9 +61,10 @@ pub struct PassiveDown {
 /// What the shell must carry out.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct PassiveWork {
+    /// Servers taken out since the last call.
     pub downs: Vec<PassiveDown>,
-    /// Conntrack entries (protocol, client, VIP endpoint: the original direction) of offload
-    /// handshakes that failed: deleted, the client's retransmission opens a new flow.
+    /// Conntrack entries of offload handshakes that failed, by their reply tuple (protocol,
+    /// server, client): deleted, so that the client's retransmission opens a new flow.
     pub forget: Vec<(Protocol, SocketAddrV4, SocketAddrV4)>,
 }
 
@@ -112,32 +120,58 @@ impl Dataplane {
         });
     }
 
-    /// The handshake of request `key` with server `id` failed (`why`), seen by the data path;
-    /// its flow has already left the table. The retry avoids the server; an offload flow's
-    /// conntrack entry is queued for deletion (`kernel`); at the service's `passive.fall`
-    /// failures in a row the server leaves rotation.
-    pub(super) fn handshake_failed(
-        &self,
-        id: u32,
-        why: Failure,
-        key: &FlowKey,
-        kernel: bool,
-        now_ms: u64,
-    ) {
-        self.counters.retried_handshakes.fetch_add(1, Relaxed);
-        {
-            let mut retry = self.passive.retry.lock();
-            if retry.len() < RETRY_MEMORY_MAX {
-                retry.insert(
-                    (key.protocol, key.src, key.dst.port()),
+    /// Whether a failed handshake with server `id` can be retried elsewhere: another server
+    /// of its service is in rotation. When none is, the failure still counts, but its answer
+    /// (a reset, an ICMP error) reaches the client as it came: a refused connection at once,
+    /// rather than SYNs retransmitted for two minutes to the only server there is.
+    pub(super) fn retry_elsewhere(&self, id: u32) -> bool {
+        self.passive_of(id).enabled && self.another_up(id)
+    }
+
+    /// A flow whose handshake failed leaves the table (the caller removed it from `flows`):
+    /// replication hears of its end, its server's live count drops, and the client's
+    /// persistence entry is forgotten if it names that server — not renewed, as a flow's
+    /// normal end would.
+    pub(super) fn forget_failed(&self, flows: &mut Shard, ended: &Ended) {
+        self.log(flows, Record::end(ended));
+        if !ended.was_closing {
+            self.with_stats(ended.tag, |st| st.less_live(1));
+        }
+        let key = PersistKey {
+            client: *ended.client.ip(),
+            protocol: ended.protocol,
+            port: ended.vip.port(),
+        };
+        self.persistence.lock().forget(&key, ended.server);
+    }
+
+    /// The handshake of `flow` (its server's id in `tag`) failed (`why`), seen by the data
+    /// path. With `retry`, the client's next attempt avoids the server and, for an offload
+    /// flow, its conntrack entry is queued for deletion. At the service's `passive.fall`
+    /// failures in a row (each within [`PASSIVE_WINDOW_MS`] of the one before) the server
+    /// leaves rotation.
+    pub(super) fn handshake_failed(&self, flow: &Ended, why: Failure, retry: bool, now_ms: u64) {
+        let id = flow.tag;
+        if retry {
+            self.counters.retried_handshakes.fetch_add(1, Relaxed);
+            let mut memory = self.passive.retry.lock();
+            if memory.len() < RETRY_MEMORY_MAX {
+                memory.insert(
+                    (flow.protocol, flow.client, flow.vip.port()),
                     (id, now_ms + RETRY_MEMORY_MS),
                 );
-                self.passive.retry_len.store(retry.len(), Relaxed);
+                self.passive.retry_len.store(memory.len(), Relaxed);
             }
         }
         let config = self.passive_of(id);
         let mut down = None;
         self.with_stats(id, |st| {
+            let last = st.passive_last_ms.swap(now_ms, Relaxed);
+            if now_ms.saturating_sub(last) > PASSIVE_WINDOW_MS {
+                // Failures far apart are not a server dying (UDP offload flows report no
+                // success that would reset the count).
+                st.passive_fails.store(0, Relaxed);
+            }
             let fails = st.passive_fails.fetch_add(1, Relaxed) + 1;
             if config.enabled
                 && fails >= config.fall.max(1)
@@ -150,15 +184,20 @@ impl Dataplane {
                 down = Some((id, why));
             }
         });
-        if down.is_none() && !kernel {
+        let forget = retry && flow.kernel;
+        if down.is_none() && !forget {
             return;
         }
         let mut pending = self.passive.pending.lock();
         if let Some(d) = down {
             pending.downs.push(d);
         }
-        if kernel && pending.forget.len() < PENDING_MAX {
-            pending.forget.push((key.protocol, key.src, key.dst));
+        if forget && pending.forget.len() < PENDING_MAX {
+            // By the reply tuple, which names the server: a new entry the client's
+            // retransmission opened meanwhile (to another server) is not this one.
+            pending
+                .forget
+                .push((flow.protocol, flow.server, flow.client));
         }
         drop(pending);
         self.passive.ready.notify_one();
@@ -187,15 +226,17 @@ impl Dataplane {
     }
 
     /// An ICMP error queued from the server network (either mode). A destination unreachable
-    /// that says a server is not there, about a flow whose handshake it has not answered (any
-    /// UDP flow: UDP has none), fails that flow: the error is kept from the client, the flow
-    /// forgotten (an offload flow's conntrack entry deleted) and the client's next packet
-    /// placed elsewhere. Anything else passes unchanged.
+    /// from a flow's own server that says nothing is there, about a flow whose handshake the
+    /// server has not answered (any UDP flow: UDP has none), fails that flow: the error is
+    /// kept from the client, the flow forgotten (an offload flow's conntrack entry deleted)
+    /// and the client's next packet placed elsewhere. Anything else passes unchanged.
     pub(super) fn icmp_error(&self, buf: &[u8], now_ms: u64) -> Result<(), DropReason> {
         let Ok(u) = icmp::parse_unreachable(buf) else {
             return Ok(());
         };
-        if !u.server_gone() {
+        // Only the server speaks for itself: another host of its network could otherwise
+        // take it out by guessing client ports.
+        if !u.server_gone() || u.from != *u.dst.ip() {
             return Ok(());
         }
         // The error is about the packet the server got: client → server.
@@ -211,23 +252,24 @@ impl Dataplane {
         if (u.protocol == Protocol::Tcp && !opening) || !self.passive_of(flow.tag).enabled {
             return Ok(());
         }
-        let request = FlowKey {
-            protocol: flow.protocol,
-            src: flow.client,
-            dst: flow.vip,
-        };
-        if let Some(ended) = flows.remove_request(&request) {
-            self.end(&mut flows, &self.view.load(), &ended, now_ms);
+        let retry = self.retry_elsewhere(flow.tag);
+        if retry {
+            let request = FlowKey {
+                protocol: flow.protocol,
+                src: flow.client,
+                dst: flow.vip,
+            };
+            if let Some(ended) = flows.remove_request(&request) {
+                self.forget_failed(&mut flows, &ended);
+            }
         }
         drop(flows);
-        self.handshake_failed(
-            flow.tag,
-            Failure::PassiveUnreachable,
-            &request,
-            flow.kernel,
-            now_ms,
-        );
-        Err(DropReason::ServerUnreachable)
+        self.handshake_failed(&flow, Failure::PassiveUnreachable, retry, now_ms);
+        if retry {
+            Err(DropReason::ServerUnreachable)
+        } else {
+            Ok(())
+        }
     }
 
     /// Waits up to `timeout` for passive detection's changes and takes them: ends the flows
@@ -253,6 +295,8 @@ impl Dataplane {
         let downs = taken
             .downs
             .into_iter()
+            // A check may have brought it back meanwhile: nothing to end then.
+            .filter(|(id, _)| !self.is_up(*id))
             .filter_map(|(id, why)| {
                 let (service, server) = names(id)?;
                 Some(PassiveDown {
@@ -328,13 +372,24 @@ mod tests {
         client: &str,
         flags: u8,
     ) -> Verdict {
+        answer_at(dp, offload, server, client, flags, 10)
+    }
+
+    fn answer_at(
+        dp: &Dataplane,
+        offload: bool,
+        server: SocketAddrV4,
+        client: &str,
+        flags: u8,
+        now: u64,
+    ) -> Verdict {
         let mut p = tcp(server, sa(client), flags, b"", &[]);
         let dir = if offload {
             Direction::Request
         } else {
             Direction::Reply
         };
-        dp.handle(dir, &mut p, true, ChecksumState::Complete, 10)
+        dp.handle(dir, &mut p, true, ChecksumState::Complete, now)
     }
 
     fn id_of(dp: &Dataplane, server: SocketAddrV4) -> u32 {
@@ -367,8 +422,8 @@ mod tests {
             if offload {
                 assert_eq!(
                     work.forget,
-                    vec![(Protocol::Tcp, sa(client), sa(VIP))],
-                    "the refused flow's conntrack entry is deleted"
+                    vec![(Protocol::Tcp, first, sa(client))],
+                    "the refused flow's conntrack entry is deleted, by its reply tuple"
                 );
             } else {
                 assert!(work.forget.is_empty());
@@ -513,7 +568,7 @@ mod tests {
         );
         assert_eq!(
             dp.wait_passive(Duration::ZERO).forget,
-            vec![(Protocol::Tcp, sa(client), sa(VIP))]
+            vec![(Protocol::Tcp, first, sa(client))]
         );
         let next = syn(&dp, client, 3_000).unwrap();
         assert_ne!(
@@ -656,6 +711,119 @@ mod tests {
     }
 
     #[test]
+    fn with_no_other_server_up_the_refusal_reaches_the_client_but_still_counts() {
+        let dp = dp("packet", r#"{"fall": 2}"#);
+        for i in 1..3 {
+            dp.set_health(
+                dp.server_id(0, i).unwrap(),
+                false,
+                None,
+                Some(Failure::Refused),
+                false,
+            );
+        }
+        let only = sa("172.16.0.2:80");
+        for port in [4000, 4001] {
+            let client = format!("10.0.0.5:{port}");
+            assert_eq!(syn(&dp, &client, 0), Ok(only));
+            let mut rst = tcp(only, sa(&client), RST | ACK, b"", &[]);
+            assert_eq!(
+                dp.handle(Direction::Reply, &mut rst, true, ChecksumState::Complete, 5),
+                Verdict::Accept,
+                "refused at once, not left to retransmit to the only server"
+            );
+            assert_eq!(packet::parse(&rst).unwrap().src, sa(VIP));
+        }
+        assert_eq!(dp.counters.retried_handshakes.load(Relaxed), 0);
+        assert!(
+            !dp.is_up(id_of(&dp, only)),
+            "two refusals still took it out"
+        );
+    }
+
+    #[test]
+    fn failures_far_apart_are_not_in_a_row() {
+        let dp = dp("packet", r#"{"fall": 2}"#);
+        let dead = sa("172.16.0.2:80");
+        let mut refusals = 0;
+        for (k, now) in [0u64, 20_000, 40_000].into_iter().enumerate() {
+            // New clients until one meets the dead server; it refuses that one.
+            for port in 0..6 {
+                let client = format!("10.0.0.{}:{port}", 10 + k);
+                if syn(&dp, &client, now) == Ok(dead) {
+                    answer_at(&dp, false, dead, &client, RST | ACK, now + 1);
+                    refusals += 1;
+                    break;
+                }
+            }
+        }
+        assert_eq!(refusals, 3);
+        assert!(
+            dp.is_up(id_of(&dp, dead)),
+            "one refusal every 20 s is not a dying server"
+        );
+    }
+
+    #[test]
+    fn a_failed_handshake_forgets_the_clients_persistence_on_that_server() {
+        let dp = Dataplane::for_test(
+            &Config::from_json(
+                r#"{"address": "10.0.0.100", "address_dev": "eth0", "gateway": "172.16.0.1",
+                "gateway_dev": "eth1", "cluster_network": "172.16.0.0/24",
+                "persistence_timeout": 300,
+                "services": [{"protocol": "tcp", "port": 80, "health": {"passive": {"fall": 10}},
+                  "servers": ["172.16.0.2:80", "172.16.0.3:80"]}]}"#,
+            )
+            .unwrap(),
+        );
+        let first = syn(&dp, "10.0.0.5:4000", 0).unwrap();
+        answer(&dp, false, first, "10.0.0.5:4000", RST | ACK);
+        assert_ne!(
+            syn(&dp, "10.0.0.5:4001", 10).unwrap(),
+            first,
+            "the client's other new connection is not persisted to the failing server"
+        );
+    }
+
+    #[test]
+    fn a_check_that_still_passes_does_not_undo_passive_detection() {
+        let dp = dp("packet", r#"{"fall": 1}"#);
+        let client = "10.0.0.5:4000";
+        let first = syn(&dp, client, 0).unwrap();
+        answer(&dp, false, first, client, RST | ACK);
+        let id = id_of(&dp, first);
+        assert!(!dp.is_up(id));
+        // The checker looked before passive detection took the server out.
+        dp.set_health(id, true, Some(100), None, false);
+        assert!(!dp.is_up(id), "only reaching rise brings it back");
+        assert_eq!(dp.wait_passive(Duration::ZERO).downs.len(), 1);
+        dp.set_health(id, true, Some(100), None, true);
+        assert!(dp.is_up(id));
+    }
+
+    #[test]
+    fn an_unreachable_from_another_host_than_the_flows_server_changes_nothing() {
+        use crate::core::icmp::fixtures::unreachable;
+        let dp = dp("packet", r#"{"fall": 1}"#);
+        let client = "10.0.0.5:4000";
+        let server = syn(&dp, client, 0).unwrap();
+        let got = tcp(sa(client), server, SYN, b"", &[]);
+        let mut forged = unreachable("172.16.0.9".parse().unwrap(), *sa(client).ip(), 1, &got);
+        assert_eq!(
+            dp.handle(
+                Direction::Reply,
+                &mut forged,
+                true,
+                ChecksumState::Complete,
+                5
+            ),
+            Verdict::Accept
+        );
+        assert!(dp.is_up(id_of(&dp, server)));
+        assert_eq!(dp.counters.retried_handshakes.load(Relaxed), 0);
+    }
+
+    #[test]
     fn a_retry_whose_only_alternative_is_down_goes_back_to_the_same_server() {
         let dp = dp("packet", r#"{"fall": 10}"#);
         for i in 1..3 {
@@ -664,6 +832,7 @@ mod tests {
                 false,
                 None,
                 Some(Failure::Refused),
+                false,
             );
         }
         let client = "10.0.0.5:4000";

@@ -38,6 +38,8 @@ pub struct ServerStats {
     pub down_reason: AtomicU32,
     /// Failed handshakes the data path saw since the last one that succeeded.
     pub(super) passive_fails: AtomicU32,
+    /// When the data path last saw one fail (ms on the data plane's clock).
+    pub(super) passive_last_ms: AtomicU64,
 }
 
 /// [`ServerStats::last_check`] of a check that passed.
@@ -60,6 +62,7 @@ impl Default for ServerStats {
             last_check: AtomicU32::new(0),
             down_reason: AtomicU32::new(0),
             passive_fails: AtomicU32::new(0),
+            passive_last_ms: AtomicU64::new(0),
         }
     }
 }
