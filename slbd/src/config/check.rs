@@ -277,6 +277,65 @@ mod tests {
         v.to_string()
     }
 
+    /// What a refused file is reported as: serde's error, or the checks' field errors.
+    fn error_of(text: &str) -> String {
+        match Config::from_json(text) {
+            Err(ConfigError::Syntax(e)) => e,
+            Err(ConfigError::Invalid(errs)) => errs
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; "),
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_value_of_the_wrong_kind_is_refused_at_its_field_path() {
+        let value = |v: serde_json::Value| v;
+        let cases: Vec<(&str, serde_json::Value, &str)> = vec![
+            // A negative number where a count is due, inside a server's object.
+            ("/services/1/servers/0/weight", value((-3).into()), "services[1].servers[0].weight: invalid value: integer `-3`"),
+            // A string where a number is due.
+            ("/services/0/port", value("80".into()), "services[0].port: invalid type: string \"80\""),
+            // A number too big for its field.
+            ("/services/0/port", value(70000.into()), "services[0].port: 70000 is not a port"),
+            ("/queue", serde_json::json!({"max_len": -1}), "queue.max_len: invalid value: integer `-1`"),
+            // A server that is neither shape.
+            ("/services/0/servers/1", value(5.into()), "services[0].servers[1]: invalid type: integer `5`, expected \"ADDRESS:PORT\" or {\"address\""),
+            // An unknown field inside a server's object.
+            ("/services/1/servers/0", serde_json::json!({"address": "172.16.0.2:53", "wieght": 3}), "services[1].servers[0].wieght: unknown field `wieght`, expected `address` or `weight`"),
+            // Wrong kinds in the health settings.
+            ("/services/0/health", serde_json::json!({"interval_ms": "fast"}), "services[0].health.interval_ms: invalid type: string \"fast\""),
+            ("/services/0/health", serde_json::json!({"tls": "yes"}), "services[0].health.tls: invalid type: string \"yes\", expected true, false or {"),
+            ("/services/0/health", serde_json::json!({"http": {"expect_status": {"min": 200}}}), "services[0].health.http.expect_status: invalid type: map, expected a list of status codes"),
+            ("/services/0/health", serde_json::json!({"http": {"expect_status": [200, "ok"]}}), "services[0].health.http.expect_status[1]: invalid type: string \"ok\""),
+            ("/services/0/health", serde_json::json!({"passive": {"fall": true}}), "services[0].health.passive.fall: invalid type: boolean `true`"),
+            // A boolean where a string is due, at the top.
+            ("/address_dev", value(true.into()), "address_dev: invalid type: boolean `true`"),
+        ];
+        // Sets `pointer` (whose parent exists) to `v`, adding the field if it is new.
+        let set = |pointer: &str, v: serde_json::Value| {
+            let mut doc: serde_json::Value = serde_json::from_str(GOOD).unwrap();
+            let (parent, last) = pointer.rsplit_once('/').unwrap();
+            match doc.pointer_mut(parent).unwrap() {
+                serde_json::Value::Array(a) => a[last.parse::<usize>().unwrap()] = v,
+                parent => {
+                    parent[last] = v;
+                }
+            }
+            doc.to_string()
+        };
+        for (pointer, v, want) in cases {
+            let got = error_of(&set(pointer, v));
+            assert!(got.starts_with(want), "{pointer}: {got}");
+        }
+        // Broken JSON has no path to name, only where it broke.
+        let got = error_of("{\"address\": ");
+        assert!(got.contains("line 1"), "{got}");
+        assert!(error_of(&format!("{GOOD} trailing")).contains("trailing characters"));
+    }
+
     #[test]
     fn accepts_a_good_file() {
         let c = Config::from_json(GOOD).unwrap();

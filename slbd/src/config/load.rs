@@ -26,9 +26,22 @@ impl Config {
     }
 }
 
-/// The raw form of `text`, or the syntax error serde found.
+/// The raw form of `text`, or the error serde found, led by the field path it is at
+/// (`services[0].servers[1].weight: invalid value: integer `-1`, expected u64 at line 19
+/// column 21`) as validation errors are.
 pub fn parse_raw(text: &str) -> Result<RawConfig, ConfigError> {
-    serde_json::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))
+    let mut de = serde_json::Deserializer::from_str(text);
+    let raw = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        ConfigError::Syntax(match path.as_str() {
+            "" | "." => inner.to_string(),
+            _ => format!("{path}: {inner}"),
+        })
+    })?;
+    // Trailing garbage after the object.
+    de.end().map_err(|e| ConfigError::Syntax(e.to_string()))?;
+    Ok(raw)
 }
 
 fn read(path: &Path) -> Result<String, ConfigError> {

@@ -160,14 +160,14 @@ fn root_path() -> String {
     "/".to_string()
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum RawExpectStatus {
     Codes(Vec<u32>),
     Range(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum RawTls {
     On(bool),
@@ -214,7 +214,7 @@ impl Default for RawPassive {
 }
 
 /// A real server: `"172.16.0.2:80"`, or `{"address": "172.16.0.2:80", "weight": 3}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum RawServer {
     Plain(String),
@@ -280,5 +280,78 @@ impl Default for RawFlows {
             tcp_closing_timeout: 30,
             udp_timeout: 60,
         }
+    }
+}
+
+// The fields that take one of two shapes are read by hand rather than as serde's untagged
+// enums: an untagged enum buffers its input and reports only "data did not match any
+// variant", losing both what was wrong and where (a negative weight inside a server's object
+// must be reported at `services[0].servers[1].weight`).
+
+/// A visitor for a field written either as a scalar or list (`scalar`) or as an object.
+macro_rules! one_of_two_shapes {
+    ($ty:ident, $expecting:literal, $object:ident => $from_object:expr, $($scalar:tt)*) => {
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl<'de> serde::de::Visitor<'de> for V {
+                    type Value = $ty;
+                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                        f.write_str($expecting)
+                    }
+                    fn visit_map<A: serde::de::MapAccess<'de>>(
+                        self,
+                        map: A,
+                    ) -> Result<$ty, A::Error> {
+                        let d = serde::de::value::MapAccessDeserializer::new(map);
+                        $object::deserialize(d).map($from_object)
+                    }
+                    $($scalar)*
+                }
+                d.deserialize_any(V)
+            }
+        }
+    };
+}
+
+one_of_two_shapes!(
+    RawServer,
+    r#""ADDRESS:PORT" or {"address": "ADDRESS:PORT", "weight": N}"#,
+    RawWeightedServer => RawServer::Weighted,
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<RawServer, E> {
+        Ok(RawServer::Plain(s.to_string()))
+    }
+);
+
+one_of_two_shapes!(
+    RawTls,
+    r#"true, false or {"ca_file": PATH, "server_name": NAME}"#,
+    RawTlsVerify => RawTls::Verify,
+    fn visit_bool<E: serde::de::Error>(self, on: bool) -> Result<RawTls, E> {
+        Ok(RawTls::On(on))
+    }
+);
+
+/// `expect_status` has no object shape: a list of codes or a range string.
+impl<'de> Deserialize<'de> for RawExpectStatus {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawExpectStatus;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(r#"a list of status codes ([200, 204]) or a range ("200-399")"#)
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<RawExpectStatus, E> {
+                Ok(RawExpectStatus::Range(s.to_string()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                seq: A,
+            ) -> Result<RawExpectStatus, A::Error> {
+                let d = serde::de::value::SeqAccessDeserializer::new(seq);
+                Vec::<u32>::deserialize(d).map(RawExpectStatus::Codes)
+            }
+        }
+        d.deserialize_any(V)
     }
 }
