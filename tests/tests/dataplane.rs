@@ -562,7 +562,38 @@ fn the_vip_is_announced_with_gratuitous_arp() {
     );
 }
 
+fn a_fragmented_udp_datagram_reaches_its_server_and_its_fragmented_answer_comes_back(
+    mode: &'static str,
+) {
+    if !can_run("a_fragmented_udp_datagram_reaches_its_server") {
+        return;
+    }
+    let lab = Lab::new_in(2, mode).unwrap();
+    let slbd = lab.start_slbd(&lab.config(2));
+    // 4,000 bytes over 1,500-byte links: the client's kernel sends three fragments, and the
+    // server's echo of them comes back in three too.
+    let question: Vec<u8> = (0..4000u32).map(|i| (i % 251) as u8).collect();
+    let answers = in_ns(&lab.client(), || {
+        (0..4)
+            .map(|_| udp_ask(CLIENT, vip(53), &question, T))
+            .collect::<Vec<_>>()
+    });
+    for a in &answers {
+        let (answer, from) = a.as_ref().expect("a fragmented datagram got no answer");
+        assert_eq!(*from, SocketAddr::V4(vip(53)), "answered from the VIP");
+        assert!(answer.ends_with(&question), "the whole datagram came back");
+    }
+    let (_, status, _) = lab.slbctl(&slbd, &["--status", "--json"]);
+    let st: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(
+        st["drops"]["fragment"], 0,
+        "no fragment dropped: {}",
+        st["drops"]
+    );
+}
+
 in_both_modes!(
+    a_fragmented_udp_datagram_reaches_its_server_and_its_fragmented_answer_comes_back,
     round_robin_spreads_30_connections_10_10_10,
     ratio_3_1_1_spreads_30_connections_18_6_6,
     udp_is_balanced_and_replies_come_from_the_vip,

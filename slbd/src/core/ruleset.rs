@@ -203,6 +203,8 @@ pub enum Match {
     IcmpUnreachable,
     /// conntrack relates the packet to one of its entries (an ICMP error about a flow).
     CtStateRelated,
+    /// The packet is kept out of conntrack (`ct state untracked`).
+    CtStateUntracked,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -518,6 +520,17 @@ pub fn plan(
             comment: "a server's unreachable about a flow".into(),
         });
     }
+    // A rule that reads conntrack state has the kernel run conntrack, and with it IPv4
+    // defragmentation (before every hook of slbd's), in this namespace: a balanced flow's
+    // fragments then reach slbd as one packet, are rewritten whole and fragmented again on
+    // the way out. Packet mode's own packets stay untracked (`notrack` above). The rule
+    // itself decides nothing: it is the last of a chain whose policy is accept.
+    rules.push(Rule {
+        chain: REPLY_CHAIN,
+        matches: vec![Match::CtStateUntracked],
+        actions: vec![Action::Accept],
+        comment: "defragmentation on: fragments reach slbd whole".into(),
+    });
     Ruleset { rules }
 }
 
@@ -538,6 +551,7 @@ impl fmt::Display for Match {
             Match::CtNotAssured => f.write_str("ct status & assured == 0"),
             Match::IcmpUnreachable => f.write_str("icmp type destination-unreachable"),
             Match::CtStateRelated => f.write_str("ct state related"),
+            Match::CtStateUntracked => f.write_str("ct state untracked"),
         }
     }
 }
@@ -628,11 +642,12 @@ mod tests {
                 r#"postrouting: ip saddr 172.16.0.0/24 ip daddr != 172.16.0.0/24 meta l4proto tcp tcp sport 8080 queue num 0-1 fanout comment "reply tcp/8080""#,
                 r#"postrouting: ip saddr 172.16.0.0/24 ip daddr != 172.16.0.0/24 meta l4proto udp udp sport 53 queue num 0-1 fanout comment "reply udp/53""#,
                 r#"postrouting: ip saddr 172.16.0.0/24 ip daddr != 172.16.0.0/24 icmp type destination-unreachable queue num 0-1 fanout comment "a server's unreachable about a flow""#,
+                r#"postrouting: ct state untracked accept comment "defragmentation on: fragments reach slbd whole""#,
             ]
         );
         assert_eq!(rs.count_in("prerouting"), 8);
         assert_eq!(rs.count_in("refuse"), 2);
-        assert_eq!(rs.count_in("postrouting"), 4);
+        assert_eq!(rs.count_in("postrouting"), 5);
         assert_eq!(rs.count_in("guard"), 2);
         let single = plan(
             &config,
@@ -695,6 +710,7 @@ mod tests {
                 r#"postrouting: meta mark 0x5b1c0000 queue num 0 comment "offload: a taken flow's packet conntrack does not translate""#,
                 r#"postrouting: ip saddr 172.16.0.0/24 ip daddr != 172.16.0.0/24 meta l4proto udp udp sport 53 queue num 0 comment "reply udp/53""#,
                 r#"postrouting: ip saddr 172.16.0.0/24 ip daddr != 172.16.0.0/24 icmp type destination-unreachable queue num 0 comment "a server's unreachable about a flow""#,
+                r#"postrouting: ct state untracked accept comment "defragmentation on: fragments reach slbd whole""#,
             ]
         );
         assert_eq!(offload_id(0x5b1f_0007), Some(7));

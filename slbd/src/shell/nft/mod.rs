@@ -255,10 +255,11 @@ fn add_match(rule: &mut Rule, m: &Match) {
             rule.add_expr(&exprs::TransportByte(0));
             rule.add_expr(&Cmp::new(CmpOp::Eq, 3u8));
         }
-        Match::CtStateRelated => {
-            // NF_CT_STATE_BIT(IP_CT_RELATED) is 4.
+        Match::CtStateRelated | Match::CtStateUntracked => {
+            // NF_CT_STATE_BIT(IP_CT_RELATED) is 4, NF_CT_STATE_UNTRACKED_BIT 64.
+            let bit: u32 = if *m == Match::CtStateRelated { 4 } else { 64 };
             rule.add_expr(&Conntrack::State);
-            rule.add_expr(&Bitwise::new(4u32, 0u32));
+            rule.add_expr(&Bitwise::new(bit, 0u32));
             rule.add_expr(&Cmp::new(CmpOp::Neq, 0u32));
         }
         Match::TcpRst => {
