@@ -23,6 +23,7 @@ fn main() {
     let t = Timeouts {
         tcp: Duration::from_secs(900),
         tcp_closing: Duration::from_secs(30),
+        tcp_syn: Duration::from_secs(5),
         udp: Duration::from_secs(60),
     };
     let server = SocketAddrV4::new(Ipv4Addr::new(172, 16, 0, 2), 80);

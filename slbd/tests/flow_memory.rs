@@ -71,6 +71,7 @@ static ALLOCATOR: Counting = Counting;
 const TIMEOUTS: Timeouts = Timeouts {
     tcp: Duration::from_secs(900),
     tcp_closing: Duration::from_secs(10),
+    tcp_syn: Duration::from_secs(5),
     udp: Duration::from_secs(30),
 };
 

@@ -592,7 +592,50 @@ fn a_fragmented_udp_datagram_reaches_its_server_and_its_fragmented_answer_comes_
     );
 }
 
+fn a_full_table_holds_exactly_flows_max_and_a_new_tcp_client_is_still_served(mode: &'static str) {
+    if !can_run("a_full_table_holds_exactly_flows_max") {
+        return;
+    }
+    let lab = Lab::new_in(2, mode).unwrap();
+    let mut config = lab.config(2);
+    config["flows"] = json!({"max": 2000});
+    let slbd = lab.start_slbd(&config);
+    let answered = in_ns(&lab.client(), || {
+        (0..5000)
+            .filter(|_| udp_ask(CLIENT, vip(53), b"q", T).is_ok())
+            .count()
+    });
+    assert_eq!(
+        answered, 5000,
+        "every UDP flow was served, older ones evicted"
+    );
+    let status = || {
+        let (_, out, _) = lab.slbctl(&slbd, &["--status", "--json"]);
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
+    };
+    let st = status();
+    assert_eq!(st["flows"], 2000, "flows.max is exact");
+    // (Fewer than 3,000: the client's kernel reuses some ephemeral ports, and a reused
+    // 5-tuple is a flow the table already holds.)
+    assert!(
+        st["evicted_flows"].as_u64().unwrap() > 1000,
+        "{}",
+        st["evicted_flows"]
+    );
+    let served = in_ns(&lab.client(), || {
+        (0..5)
+            .filter(|_| http_get(CLIENT, vip(80), "/", T).is_ok())
+            .count()
+    });
+    assert_eq!(
+        served, 5,
+        "new TCP clients find room: the oldest idle UDP flows make it"
+    );
+    assert_eq!(status()["flows"], 2000);
+}
+
 in_both_modes!(
+    a_full_table_holds_exactly_flows_max_and_a_new_tcp_client_is_still_served,
     a_fragmented_udp_datagram_reaches_its_server_and_its_fragmented_answer_comes_back,
     round_robin_spreads_30_connections_10_10_10,
     ratio_3_1_1_spreads_30_connections_18_6_6,

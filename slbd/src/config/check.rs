@@ -234,6 +234,7 @@ fn flows(c: &mut Checker, raw: &RawFlows) -> FlowLimits {
         max: raw.max.clamp(1, MAX_FLOWS) as u32,
         tcp_timeout: c.seconds("flows.tcp_timeout", raw.tcp_timeout, 1),
         tcp_closing_timeout: c.seconds("flows.tcp_closing_timeout", raw.tcp_closing_timeout, 1),
+        syn_timeout: c.seconds("flows.syn_timeout", raw.syn_timeout, 1),
         udp_timeout: c.seconds("flows.udp_timeout", raw.udp_timeout, 1),
     }
 }

@@ -267,6 +267,8 @@ pub struct RawFlows {
     pub max: u64,
     pub tcp_timeout: u64,
     pub tcp_closing_timeout: u64,
+    /// Seconds a TCP handshake the server has not answered is kept.
+    pub syn_timeout: u64,
     pub udp_timeout: u64,
 }
 
@@ -278,6 +280,9 @@ impl Default for RawFlows {
             max: 1 << 20,
             tcp_timeout: 900,
             tcp_closing_timeout: 30,
+            // Past the client's first SYN retransmissions (a second apart on Linux ≥ 6.5),
+            // short enough that a flood of unanswered SYNs leaves the table soon.
+            syn_timeout: 5,
             udp_timeout: 60,
         }
     }

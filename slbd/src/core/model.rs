@@ -113,6 +113,8 @@ pub struct FlowLimits {
     pub max: u32,
     pub tcp_timeout: Duration,
     pub tcp_closing_timeout: Duration,
+    /// TCP handshakes the server has not answered.
+    pub syn_timeout: Duration,
     pub udp_timeout: Duration,
 }
 

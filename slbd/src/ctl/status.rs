@@ -31,6 +31,9 @@ pub struct Status {
     /// New connections whose handshake a server failed, retried on another server.
     #[serde(default)]
     pub retried_handshakes: u64,
+    /// Flows evicted from a full table to make room for new ones.
+    #[serde(default)]
+    pub evicted_flows: u64,
     /// Packets dropped, by reason (every reason, zeros included).
     pub drops: BTreeMap<String, u64>,
     pub services: Vec<ServiceStatus>,
@@ -255,6 +258,7 @@ mod tests {
             adopted_replies: 0,
             untracked_requests: 0,
             retried_handshakes: 0,
+            evicted_flows: 0,
             drops: [("no_server".to_string(), 1)].into(),
             services: vec![ServiceStatus {
                 name: "tcp/80".into(),

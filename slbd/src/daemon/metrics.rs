@@ -312,6 +312,12 @@ pub fn families(i: &Inputs) -> Vec<Family> {
          kept from the client and retried on another server.",
     );
     retried.count(vec![], i.dp.counters.retried_handshakes.load(Relaxed));
+    let mut evicted = Family::counter(
+        "slb_evicted_flows",
+        "Flows evicted from a full table (unanswered handshakes, idle UDP flows) to make room \
+         for new ones.",
+    );
+    evicted.count(vec![], i.dp.counters.evicted_flows.load(Relaxed));
 
     let q = i.queue;
     let mut queue_packets = Family::counter("slb_queue_packets", "Packets read from NFQUEUE.");
@@ -376,6 +382,7 @@ pub fn families(i: &Inputs) -> Vec<Family> {
         decisions,
         dropped,
         retried,
+        evicted,
         queue_packets,
         batches,
         overruns,

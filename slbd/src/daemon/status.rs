@@ -78,6 +78,7 @@ pub fn status(i: Inputs) -> Status {
         adopted_replies: i.dp.counters.adopted_replies.load(Relaxed),
         untracked_requests: i.dp.counters.untracked_requests.load(Relaxed),
         retried_handshakes: i.dp.counters.retried_handshakes.load(Relaxed),
+        evicted_flows: i.dp.counters.evicted_flows.load(Relaxed),
         drops: DropReason::all()
             .map(|d| (d.name().to_string(), i.dp.counters.dropped(d)))
             .collect(),

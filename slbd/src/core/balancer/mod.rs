@@ -32,7 +32,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
-use crate::core::flow::{tcp, Ended, FlowKey, FlowTable, Timeouts};
+use crate::core::flow::{tcp, Budget, Ended, FlowKey, FlowTable, Timeouts};
 use crate::core::model::Config;
 use crate::core::net::Protocol;
 use crate::core::packet::ChecksumState;
@@ -102,6 +102,7 @@ fn timeouts(config: &Config) -> Timeouts {
     Timeouts {
         tcp: config.flows.tcp_timeout,
         tcp_closing: config.flows.tcp_closing_timeout,
+        tcp_syn: config.flows.syn_timeout,
         udp: config.flows.udp_timeout,
     }
 }
@@ -109,10 +110,10 @@ fn timeouts(config: &Config) -> Timeouts {
 impl Dataplane {
     /// A data plane for `config`; `seed` feeds the randomised schedulers.
     pub fn new(config: &Config, seed: u64) -> Dataplane {
-        let per_shard = config.flows.max.div_ceil(SHARDS as u32);
+        let budget = Budget::new(config.flows.max);
         let shard = || {
             Mutex::new(Shard {
-                flows: FlowTable::new(timeouts(config), per_shard),
+                flows: FlowTable::sharing(timeouts(config), budget.clone()),
                 log: Vec::new(),
             })
         };
@@ -169,7 +170,9 @@ impl Dataplane {
             Err(why) => {
                 self.counters.drop(why);
                 match why {
-                    DropReason::NoServer => Verdict::Refuse,
+                    // Answered from the VIP (a reset, or a rate-limited port unreachable)
+                    // rather than left to time out.
+                    DropReason::NoServer | DropReason::TableFull => Verdict::Refuse,
                     _ => Verdict::Drop(why),
                 }
             }
@@ -214,12 +217,20 @@ impl Dataplane {
         let avoid = self.retry_avoid(key, now_ms);
         let i = self.choose(svc, key.src, now_ms, flows, avoid)?;
         let (server, id) = (svc.service.servers[i].addr, svc.ids[i]);
-        let displaced = if kernel {
-            flows.insert_kernel(key, server, id, now_ms, false)
-        } else {
-            flows.insert(key, server, id, now_ms)
-        }
-        .map_err(|_| DropReason::TableFull)?;
+        let insert = |flows: &mut Shard| {
+            if kernel {
+                flows.insert_kernel(key, server, id, now_ms, false)
+            } else {
+                flows.insert(key, server, id, now_ms)
+            }
+        };
+        let displaced = match insert(flows) {
+            Ok(d) => d,
+            Err(_) if self.make_room(flows, view, key, now_ms) => {
+                insert(flows).map_err(|_| DropReason::TableFull)?
+            }
+            Err(_) => return Err(DropReason::TableFull),
+        };
         if let Some(ended) = displaced {
             self.end(flows, view, &ended, now_ms);
         }
@@ -228,6 +239,33 @@ impl Dataplane {
         }
         self.with_stats(id, ServerStats::placed);
         Ok((server, id))
+    }
+
+    /// The table is full: evicts one flow that carries no connection yet (an unanswered
+    /// handshake, or a UDP flow idle longest), from the client's own shard (held by the
+    /// caller as `flows`) or else from the first other shard that has one and is free right
+    /// now — never waiting for a lock another worker holds. Each shard looks at a bounded
+    /// number of slots. False when there is none: the new flow is refused.
+    fn make_room(&self, flows: &mut Shard, view: &View, key: &FlowKey, now_ms: u64) -> bool {
+        const OTHER_SHARDS: usize = SHARDS - 1;
+        let evicted = |shard: &mut Shard| {
+            let ended = shard.evict_one()?;
+            self.log(shard, Record::end(&ended));
+            Some(ended)
+        };
+        let mine = shard_of(key.src);
+        let ended = evicted(flows).or_else(|| {
+            (1..=OTHER_SHARDS).find_map(|k| {
+                let mut other = self.shards[(mine + k) % SHARDS].try_lock()?;
+                evicted(&mut other)
+            })
+        });
+        let Some(ended) = ended else {
+            return false;
+        };
+        self.flow_ended(view, &ended, now_ms);
+        self.counters.evicted_flows.fetch_add(1, Relaxed);
+        true
     }
 
     /// Persistence first, when on and its server is still in rotation; else the scheduler.

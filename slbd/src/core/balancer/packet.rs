@@ -489,29 +489,75 @@ mod tests {
     }
 
     #[test]
-    fn a_full_table_refuses_new_flows_but_keeps_old_ones() {
-        let dp = Dataplane::for_test(&config(r#""flows": {"max": 64},"#));
+    fn a_full_table_holds_exactly_max_and_makes_room_from_udp_and_unanswered_handshakes() {
+        let dp = Dataplane::for_test(&config(r#""flows": {"max": 100},"#));
         let client = |port| SocketAddrV4::new("10.0.0.5".parse().unwrap(), port);
-        let send = |port: u16| {
+        let ask = |port: u16, now: u64| {
             let mut p = udp(client(port), sa("10.0.0.100:53"), b"q");
+            dp.handle(
+                Direction::Request,
+                &mut p,
+                true,
+                ChecksumState::Complete,
+                now,
+            )
+        };
+        for port in 1..=500u16 {
+            assert_eq!(ask(port, u64::from(port)), Verdict::Accept, "room is made");
+        }
+        assert_eq!(
+            dp.flow_count(),
+            100,
+            "the bound is exact, whatever the shards"
+        );
+        assert_eq!(dp.counters.evicted_flows.load(Relaxed), 400);
+        // The newest flows stayed: an evicted flow was one idle longest where it looked.
+        let mut p = udp(client(500), sa("10.0.0.100:53"), b"q");
+        dp.handle(
+            Direction::Request,
+            &mut p,
+            true,
+            ChecksumState::Complete,
+            600,
+        );
+        assert_eq!(
+            dp.counters.evicted_flows.load(Relaxed),
+            400,
+            "its own flow, kept"
+        );
+
+        // A table full of answered TCP connections evicts none of them: the new flow is
+        // refused from the VIP.
+        let dp = Dataplane::for_test(&config(r#""flows": {"max": 64},"#));
+        let syn = |c: SocketAddrV4| {
+            let mut p = tcp(c, sa("10.0.0.100:80"), SYN, b"", &[]);
             let v = dp.handle(Direction::Request, &mut p, true, ChecksumState::Complete, 0);
             (v, dst_of(&p))
         };
-        let mut placed = Vec::new();
-        for port in 1..=2000u16 {
-            if let (Verdict::Accept, server) = send(port) {
-                placed.push((port, server));
-            }
+        for port in 1..=64u16 {
+            let (v, server) = syn(client(port));
+            assert_eq!(v, Verdict::Accept);
+            let mut ack = tcp(server, client(port), SYN | ACK, b"", &[]);
+            dp.handle(Direction::Reply, &mut ack, true, ChecksumState::Complete, 1);
         }
-        let accepted = placed.len() as u64;
-        // One slot per shard: as many flows as shards that clients hashed into, never more.
-        assert!(accepted <= 64 && accepted > 0, "{accepted}");
-        assert_eq!(dp.counters.dropped(DropReason::TableFull), 2000 - accepted);
-        // The flows already in the table keep going to their servers.
-        for (port, server) in placed {
-            assert_eq!(send(port), (Verdict::Accept, server), "client port {port}");
-        }
-        assert_eq!(dp.counters.dropped(DropReason::TableFull), 2000 - accepted);
+        assert_eq!(syn(client(1000)).0, Verdict::Refuse);
+        assert_eq!(dp.counters.dropped(DropReason::TableFull), 1);
+        assert_eq!(dp.flow_count(), 64);
+        assert_eq!(dp.counters.evicted_flows.load(Relaxed), 0);
+        // An unanswered handshake is the first to go.
+        let dp = Dataplane::for_test(&config(r#""flows": {"max": 1},"#));
+        assert_eq!(syn_on(&dp, client(1)), Verdict::Accept);
+        assert_eq!(
+            syn_on(&dp, client(2)),
+            Verdict::Accept,
+            "the unanswered one made room"
+        );
+        assert_eq!(dp.counters.evicted_flows.load(Relaxed), 1);
+    }
+
+    fn syn_on(dp: &Dataplane, c: SocketAddrV4) -> Verdict {
+        let mut p = tcp(c, sa("10.0.0.100:80"), SYN, b"", &[]);
+        dp.handle(Direction::Request, &mut p, true, ChecksumState::Complete, 0)
     }
 
     #[test]

@@ -138,6 +138,8 @@ pub struct Counters {
     /// New connections whose handshake a server failed (reset, ICMP, no answer), retried on
     /// another server.
     pub retried_handshakes: AtomicU64,
+    /// Flows evicted from a full table to make room for a new one.
+    pub evicted_flows: AtomicU64,
     drops: [AtomicU64; DropReason::COUNT],
 }
 
@@ -149,6 +151,7 @@ impl Default for Counters {
             adopted_replies: AtomicU64::new(0),
             untracked_requests: AtomicU64::new(0),
             retried_handshakes: AtomicU64::new(0),
+            evicted_flows: AtomicU64::new(0),
             drops: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }

@@ -48,7 +48,8 @@ pub enum DropReason {
     ReplyWithoutFlow,
     /// No real server of the service is in rotation.
     NoServer,
-    /// The flow table is at `flows.max`.
+    /// The flow table is at `flows.max` and holds no flow that may be evicted (every one an
+    /// answered TCP connection): the new flow is refused from the VIP.
     TableFull,
     /// The kernel handed over less than the whole packet; writing it back would truncate it.
     Truncated,

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use crate::core::net::Protocol;
 
-pub use table::FlowTable;
+pub use table::{Budget, FlowTable};
 pub use tcp::Phase;
 
 /// A flow's 5-tuple as seen in one direction.
@@ -33,8 +33,10 @@ pub struct FlowKey {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
     pub tcp: Duration,
-    /// TCP after a FIN or RST, and TCP handshakes that got no reply yet.
+    /// TCP after a FIN or RST, and offload flows conntrack has not confirmed yet.
     pub tcp_closing: Duration,
+    /// TCP handshakes the server has not answered yet.
+    pub tcp_syn: Duration,
     pub udp: Duration,
 }
 
@@ -112,6 +114,7 @@ mod testing {
     pub const T: Timeouts = Timeouts {
         tcp: Duration::from_secs(900),
         tcp_closing: Duration::from_secs(10),
+        tcp_syn: Duration::from_secs(5),
         udp: Duration::from_secs(30),
     };
 
@@ -281,9 +284,10 @@ mod tests {
     /// Timeouts in whole ticks (configured timeouts are whole seconds), zero included.
     fn timeouts() -> impl Strategy<Value = Timeouts> {
         let t = || (0u64..60).prop_map(|n| Duration::from_millis(n * TICK_MS));
-        (t(), t(), t()).prop_map(|(tcp, tcp_closing, udp)| Timeouts {
+        (t(), t(), t(), t()).prop_map(|(tcp, tcp_closing, tcp_syn, udp)| Timeouts {
             tcp,
             tcp_closing,
+            tcp_syn,
             udp,
         })
     }
@@ -406,6 +410,8 @@ mod tests {
                 self.timeouts.udp
             } else if f.state == TcpState::Established {
                 self.timeouts.tcp
+            } else if f.state == TcpState::Opening {
+                self.timeouts.tcp_syn
             } else {
                 self.timeouts.tcp_closing
             }

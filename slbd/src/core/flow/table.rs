@@ -6,6 +6,8 @@
 
 use std::hash::BuildHasher;
 use std::net::SocketAddrV4;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hashbrown::{DefaultHashBuilder, HashTable};
@@ -100,11 +102,51 @@ impl Slot {
     }
 }
 
+/// The bound all the shards of one data plane share, so that `flows.max` is exact whichever
+/// shard each client hashes into.
+#[derive(Debug)]
+pub struct Budget {
+    max: u32,
+    used: AtomicU32,
+}
+
+impl Budget {
+    pub fn new(max: u32) -> Arc<Budget> {
+        Arc::new(Budget {
+            max,
+            used: AtomicU32::new(0),
+        })
+    }
+
+    /// Flows held now, over every shard.
+    pub fn used(&self) -> u32 {
+        self.used.load(Relaxed)
+    }
+
+    fn take(&self) -> bool {
+        self.used
+            .fetch_update(Relaxed, Relaxed, |u| (u < self.max).then_some(u + 1))
+            .is_ok()
+    }
+
+    fn give(&self) {
+        let _ = self
+            .used
+            .fetch_update(Relaxed, Relaxed, |u| Some(u.saturating_sub(1)));
+    }
+}
+
+/// Slots [`FlowTable::evict_one`] looks at for one eviction: bounded, as conntrack's early
+/// drop is, so a full table under a flood costs each new flow a short scan, not a walk.
+const EVICT_SCAN: usize = 64;
+
 pub struct FlowTable {
     pub(super) slots: Vec<Slot>,
     free_head: u32,
     len: u32,
     max: u32,
+    budget: Option<Arc<Budget>>,
+    evict_at: usize,
     by_request: HashTable<u32>,
     by_reply: HashTable<u32>,
     hasher: DefaultHashBuilder,
@@ -123,6 +165,8 @@ impl FlowTable {
             free_head: NO_SLOT,
             len: 0,
             max,
+            budget: None,
+            evict_at: 0,
             by_request: HashTable::new(),
             by_reply: HashTable::new(),
             hasher: DefaultHashBuilder::default(),
@@ -131,8 +175,45 @@ impl FlowTable {
         }
     }
 
+    /// A table bounded by `budget`, which other tables share.
+    pub fn sharing(timeouts: Timeouts, budget: Arc<Budget>) -> FlowTable {
+        FlowTable {
+            budget: Some(budget),
+            ..FlowTable::new(timeouts, u32::MAX)
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.len as usize
+    }
+
+    /// Makes room for a new flow, as conntrack's early drop and IPVS's `drop_entry` do: of the
+    /// next [`EVICT_SCAN`] slots (going on where the last call stopped), removes the one idle
+    /// longest among the flows that carry no connection yet — a TCP handshake the server has
+    /// not answered — or any UDP flow; never an answered TCP connection. Returns it.
+    pub fn evict_one(&mut self) -> Option<Ended> {
+        let n = self.slots.len();
+        let mut oldest: Option<(u32, u32)> = None;
+        for _ in 0..EVICT_SCAN.min(n) {
+            if self.evict_at >= n {
+                self.evict_at = 0;
+            }
+            let i = self.evict_at;
+            self.evict_at += 1;
+            let s = &self.slots[i];
+            let evictable = match (s.proto(), s.state) {
+                (_, None) => false,
+                (Protocol::Udp, _) => true,
+                (Protocol::Tcp, Some(state)) => state == TcpState::Opening,
+            };
+            if evictable && oldest.is_none_or(|(_, seen)| s.last_seen < seen) {
+                oldest = Some((i as u32, s.last_seen));
+            }
+        }
+        let (i, _) = oldest?;
+        let ended = self.slots[i as usize].ended();
+        self.remove(i);
+        Some(ended)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -262,7 +343,7 @@ impl FlowTable {
         now_ms: u64,
         flags: u8,
     ) -> Result<Option<Ended>, Full> {
-        if self.len >= self.max {
+        if self.len >= self.max || self.budget.as_ref().is_some_and(|b| !b.take()) {
             return Err(Full);
         }
         let slot = Slot {
@@ -327,6 +408,9 @@ impl FlowTable {
         s.tag = self.free_head;
         self.free_head = i;
         self.len -= 1;
+        if let Some(b) = &self.budget {
+            b.give();
+        }
     }
 
     fn timeout(&self, s: &Slot) -> Duration {
@@ -336,6 +420,7 @@ impl FlowTable {
             _ if s.protocol & KERNEL != 0 => self.timeouts.tcp_closing,
             (Protocol::Udp, _) => self.timeouts.udp,
             (Protocol::Tcp, Some(TcpState::Established)) => self.timeouts.tcp,
+            (Protocol::Tcp, Some(TcpState::Opening)) => self.timeouts.tcp_syn,
             _ => self.timeouts.tcp_closing,
         }
     }
@@ -484,9 +569,9 @@ mod tests {
         let mut t = FlowTable::new(T, 10);
         let k = req(Protocol::Tcp, "10.0.0.5:4000");
         t.insert(&k, sa("172.16.0.2:80"), 0, 0).unwrap();
-        // An unanswered handshake is dropped after the short timeout.
-        assert!(t.expire(9_000, 10).is_empty());
-        assert_eq!(t.expire(10_000, 10).len(), 1);
+        // An unanswered handshake is dropped after its own short timeout (tcp_syn, 5 s).
+        assert!(t.expire(4_900, 10).is_empty());
+        assert_eq!(t.expire(5_000, 10).len(), 1);
         assert!(t.is_empty());
 
         t.insert(&k, sa("172.16.0.2:80"), 0, 0).unwrap();
