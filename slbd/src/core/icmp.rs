@@ -7,7 +7,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use crate::core::net::Protocol;
-use crate::core::packet::Malformed;
+use crate::core::packet::{self, Malformed};
 
 const ICMP: u8 = 1;
 const DEST_UNREACHABLE: u8 = 3;
@@ -85,23 +85,7 @@ struct Outer {
 }
 
 fn ipv4_payload(buf: &[u8]) -> Result<(Outer, &[u8]), Malformed> {
-    if buf.len() < IP_MIN {
-        return Err(Malformed::TooShort);
-    }
-    if buf[0] >> 4 != 4 {
-        return Err(Malformed::NotIpv4);
-    }
-    let ihl = usize::from(buf[0] & 0x0f) * 4;
-    if ihl < IP_MIN || ihl > buf.len() {
-        return Err(Malformed::BadHeaderLength);
-    }
-    let total = usize::from(u16::from_be_bytes([buf[2], buf[3]]));
-    if total < ihl || total > buf.len() {
-        return Err(Malformed::BadTotalLength);
-    }
-    if u16::from_be_bytes([buf[6], buf[7]]) & 0x3fff != 0 {
-        return Err(Malformed::Fragment);
-    }
+    let (ihl, total) = packet::ipv4_bounds(buf)?;
     Ok((
         Outer {
             protocol: buf[9],

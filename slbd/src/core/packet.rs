@@ -92,8 +92,9 @@ const IP_MIN: usize = 20;
 const TCP_MIN: usize = 20;
 const UDP_LEN: usize = 8;
 
-/// Checks `buf` as an IPv4 TCP or UDP packet and reads its flow.
-pub fn parse(buf: &[u8]) -> Result<Headers, Malformed> {
+/// Checks `buf`'s IPv4 header (version, lengths, not a fragment) and returns the header's
+/// length and the total length it declares, for every reader of queued IPv4 packets.
+pub(crate) fn ipv4_bounds(buf: &[u8]) -> Result<(usize, usize), Malformed> {
     if buf.len() < IP_MIN {
         return Err(Malformed::TooShort);
     }
@@ -113,6 +114,12 @@ pub fn parse(buf: &[u8]) -> Result<Headers, Malformed> {
     if frag & 0x3fff != 0 {
         return Err(Malformed::Fragment);
     }
+    Ok((ihl, total))
+}
+
+/// Checks `buf` as an IPv4 TCP or UDP packet and reads its flow.
+pub fn parse(buf: &[u8]) -> Result<Headers, Malformed> {
+    let (ihl, total) = ipv4_bounds(buf)?;
     let protocol = Protocol::from_ip_proto(buf[9]).ok_or(Malformed::Protocol)?;
     let src_ip = Ipv4Addr::new(buf[12], buf[13], buf[14], buf[15]);
     let dst_ip = Ipv4Addr::new(buf[16], buf[17], buf[18], buf[19]);
