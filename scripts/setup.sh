@@ -25,7 +25,8 @@ mapfile -t need_apt < <(missing build-essential pkg-config libnftnl-dev libmnl-d
 # Without recommends: vagrant's would pull in libvirt, an NFS server and a kernel.
 need_ship=()
 if [ -n "$tests" ]; then
-  mapfile -t need_ship < <(missing vagrant shellcheck mmdebstrap)
+  # faketime: the failover lab sets one balancer's wall clock off, as a rebooted VM's is.
+  mapfile -t need_ship < <(missing vagrant shellcheck mmdebstrap faketime)
 fi
 # The bed (--vm): bookworm's libvirt 9 without recommends (no NFS server, no desktop);
 # dnsmasq-base for the management network's DHCP; the box builder's disk tools. QEMU comes

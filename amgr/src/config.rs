@@ -55,7 +55,7 @@ pub struct RawHeartbeat {
     pub dead_intervals: u64,
     #[serde(default = "default_heartbeat_port")]
     pub port: u32,
-    /// How far the peer's clock may be from ours (the pair is expected to run NTP).
+    /// A dual's clock further than this from ours is logged; heartbeats do not depend on it.
     #[serde(default = "default_skew")]
     pub max_skew_ms: u64,
     pub links: Vec<RawLink>,

@@ -6,9 +6,9 @@ use std::io::{BufReader, Write};
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{mpsc, Arc};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use heartbeat::msg::Receiver;
@@ -43,11 +43,15 @@ pub fn run(cfg: Config, log_format: slb_common::logging::LogFormat) -> Result<()
         );
     }
     let (tx, rx) = mpsc::channel::<Input>();
+    // Our boot, which the dual echoes, and the dual's, which we echo.
+    let boot = u64::from_ne_bytes(slb_common::auth::nonce::<8>().context("no random boot")?);
+    let echo = Arc::new(AtomicU64::new(0));
 
     for (i, link) in links.iter().enumerate() {
         let link = link.try_clone()?;
         let (tx, key) = (tx.clone(), key.clone());
-        let mut receiver = Receiver::new(cfg.node_id, i as u8, cfg.max_skew_ms);
+        let mut receiver = Receiver::new(cfg.node_id, boot, i as u8);
+        let echo = echo.clone();
         std::thread::Builder::new()
             .name(format!("heartbeat-{i}"))
             .spawn(move || loop {
@@ -64,10 +68,11 @@ pub fn run(cfg: Config, log_format: slb_common::logging::LogFormat) -> Result<()
                 let input = if from.ip() != link.peer.ip() {
                     Input::Foreign { link: i }
                 } else {
-                    let now = SystemTime::now()
-                        .duration_since(SystemTime::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_millis() as u64);
-                    match receiver.accept(&buf, &key, now) {
+                    let verdict = receiver.accept(&buf, &key);
+                    if let Some(b) = receiver.learned() {
+                        echo.store(b, Relaxed);
+                    }
+                    match verdict {
                         Ok(hb) => Input::Heard { link: i, hb },
                         Err(why) => Input::Rejected { link: i, why },
                     }
@@ -188,7 +193,7 @@ pub fn run(cfg: Config, log_format: slb_common::logging::LogFormat) -> Result<()
         guard,
         epoch,
     };
-    let beacon = agent::Beacon::start(cfg.node_id, key.clone(), links, cfg.interval)
+    let beacon = agent::Beacon::start(cfg.node_id, boot, echo, key.clone(), links, cfg.interval)
         .context("starting the heartbeat sender")?;
     let agent = Agent::new(cfg, key, beacon, dynamic, shared, log_format);
     agent::run(agent, rx);

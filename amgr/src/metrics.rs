@@ -25,7 +25,7 @@ pub struct LinkSample {
     pub sent: u64,
     pub send_errors: u64,
     pub received: u64,
-    /// Rejected datagrams by reason (mac, replay, stale, foreign, ...).
+    /// Rejected datagrams by reason (mac, replay, unconfirmed, foreign, ...).
     pub rejected: BTreeMap<String, u64>,
 }
 
@@ -106,7 +106,7 @@ pub fn families(s: &Sample) -> Vec<Family> {
     let mut rejected = Family::counter(
         "amgr_heartbeats_rejected",
         "Datagrams refused on a heartbeat link, by reason (mac = forged or wrong key, \
-         replay, stale, foreign = not from the peer's address, ...).",
+         replay, unconfirmed = no echo of our boot, foreign = not from the peer's address, ...).",
     );
     for l in &s.links {
         let link = || vec![("local", l.local.clone()), ("peer", l.peer.clone())];
@@ -114,7 +114,7 @@ pub fn families(s: &Sample) -> Vec<Family> {
         sent.count(link(), l.sent);
         send_errors.count(link(), l.send_errors);
         received.count(link(), l.received);
-        for reason in ["mac", "replay", "stale"] {
+        for reason in ["mac", "replay", "unconfirmed"] {
             if !l.rejected.contains_key(reason) {
                 let mut x = link();
                 x.push(("reason", reason.to_string()));

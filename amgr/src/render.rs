@@ -43,7 +43,7 @@ pub fn query(q: &Value, now_ms: u64) -> String {
         Value::Null => out += "dual       never heard\n",
         d => {
             out += &format!(
-                "dual       {:<4} {:<12} {:<18} heard {} ms ago, peer {}{}\n",
+                "dual       {:<4} {:<12} {:<18} heard {} ms ago, peer {}{}{}\n",
                 s(&d["id"]),
                 s(&d["state"]),
                 flags(d),
@@ -53,6 +53,12 @@ pub fn query(q: &Value, now_ms: u64) -> String {
                     " (its state as last heard)"
                 } else {
                     ""
+                },
+                match d["clock_offset_ms"].as_i64() {
+                    Some(ms) if ms.abs() >= 1000 => {
+                        format!(", its clock {:+.1} s from ours", ms as f64 / 1000.0)
+                    }
+                    _ => String::new(),
                 }
             );
             out += &format!(
@@ -175,8 +181,8 @@ mod tests {
             "node": {"id": 1, "state": "ACTIVE", "primary": true, "inhibited": false,
                      "slbd_pid": 42, "config_generation": "00000000000000aa"},
             "dual": {"id": 2, "state": "STANDBY", "primary": false, "inhibited": true,
-                     "heard_ms_ago": 30, "config_generation": "00000000000000aa",
-                     "config_in_sync": true},
+                     "heard_ms_ago": 30, "clock_offset_ms": -23_400,
+                     "config_generation": "00000000000000aa", "config_in_sync": true},
             "peer": "alive",
             "links": [{"local": "192.168.1.1", "peer": "192.168.1.2", "up": true, "sent": 10,
                        "received": 9, "rejected": {"mac": 2}},
@@ -195,6 +201,7 @@ mod tests {
         for want in [
             "this node  1    ACTIVE       PRIMARY",
             "dual       2    STANDBY      INHIBITED",
+            "peer alive, its clock -23.4 s from ours",
             "config     in sync",
             "link 0     192.168.1.1 -> 192.168.1.2  up    sent 10 received 9 rejected mac=2",
             "link 1     10.1.1.1 -> 10.1.1.2  DOWN",

@@ -37,9 +37,6 @@ struct Args {
     /// How long to run.
     #[arg(long, default_value_t = 2.0)]
     seconds: f64,
-    /// Allowed clock difference between the two nodes.
-    #[arg(long, default_value_t = 5000)]
-    max_skew_ms: u64,
 }
 
 fn now_ms() -> u64 {
@@ -106,9 +103,12 @@ fn run(args: Args) -> Result<(), String> {
             }
         });
     }
-    let boot = now_ms() ^ (u64::from(std::process::id()) << 32);
+    let boot = u64::from_ne_bytes(
+        slb_common::auth::nonce::<8>().map_err(|e| format!("no random boot: {e}"))?,
+    );
+    let mut echo = 0u64;
     let mut receivers: Vec<Receiver> = (0..links.len())
-        .map(|i| Receiver::new(args.node, i as u8, args.max_skew_ms))
+        .map(|i| Receiver::new(args.node, boot, i as u8))
         .collect();
     let mut liveness = Liveness::new(links.len(), dead_ms);
     let mut accepted = vec![0u64; links.len()];
@@ -123,6 +123,7 @@ fn run(args: Args) -> Result<(), String> {
             let mut hb = Heartbeat {
                 node: args.node,
                 boot,
+                echo,
                 seq,
                 sent_ms: now_ms(),
                 generation: 0,
@@ -148,9 +149,11 @@ fn run(args: Args) -> Result<(), String> {
             let verdict = if from.ip() != pairs[i].1.ip() {
                 Err("unknown_sender".to_string())
             } else {
-                receivers[i]
-                    .accept(&bytes, &key, now_ms())
-                    .map_err(|e| format!("{e:?}").to_lowercase())
+                let verdict = receivers[i]
+                    .accept(&bytes, &key)
+                    .map_err(|e| format!("{e:?}").to_lowercase());
+                echo = receivers[i].learned().unwrap_or(echo);
+                verdict
             };
             match verdict {
                 Ok(_) => {

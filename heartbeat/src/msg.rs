@@ -3,19 +3,31 @@
 //! Pure: [`emit`] writes bytes, [`Receiver::accept`] checks them (length, magic, version,
 //! MAC, freshness, replay) before anything is believed.
 //!
-//! Layout (big endian), 43 bytes + 3 per application + the 32-byte MAC:
+//! Layout (big endian), 51 bytes + 3 per application + the 32-byte MAC:
 //! ```text
-//! "SLBH" | version u8 | node u32 | boot u64 | seq u64 | sent_ms u64 | generation u64 |
-//! link u8 | apps u8 | apps × (id u8, state u8, flags u8) | HMAC-SHA256 of everything before
+//! "SLBH" | version u8 | node u32 | boot u64 | echo u64 | seq u64 | sent_ms u64 |
+//! generation u64 | link u8 | apps u8 | apps × (id u8, state u8, flags u8) |
+//! HMAC-SHA256 of everything before
 //! ```
 //! The same heartbeat goes out on every link, each copy naming its link under the MAC, so each
 //! link keeps its own replay state and a copy cannot be replayed onto another link.
+//!
+//! Freshness needs no clock: each side starts with a random boot and echoes the dual's, so a
+//! heartbeat that echoes our boot was sent after we started; within one boot only a higher
+//! sequence passes, and a boot the dual has left behind is never taken back. Two balancers
+//! whose clocks disagree (a virtual machine's clock after a reboot, a pair without NTP) still
+//! hear each other, where a window on the sender's clock would make each refuse the other and
+//! both take the VIP.
+
+use std::collections::VecDeque;
 
 use slb_common::auth;
 
 const MAGIC: &[u8; 4] = b"SLBH";
-const VERSION: u8 = 1;
-const HEAD: usize = 4 + 1 + 4 + 8 + 8 + 8 + 8 + 1 + 1;
+const VERSION: u8 = 2;
+const HEAD: usize = 4 + 1 + 4 + 8 + 8 + 8 + 8 + 8 + 1 + 1;
+/// Boots of the dual left behind that a link still refuses.
+const RETIRED: usize = 32;
 const MAC_LEN: usize = auth::TAG_LEN;
 /// Applications in one message at most.
 pub const MAX_APPS: usize = 16;
@@ -59,8 +71,10 @@ pub struct Heartbeat {
     /// Chosen at random when the sender starts, so a restarted sender's sequence can begin
     /// again at 0 without looking like a replay.
     pub boot: u64,
+    /// The receiver's boot as the sender last heard it (0: not heard yet).
+    pub echo: u64,
     pub seq: u64,
-    /// The sender's wall clock, ms since the Unix epoch.
+    /// The sender's wall clock, ms since the Unix epoch: shown, never trusted.
     pub sent_ms: u64,
     pub generation: u64,
     /// Which link this copy was sent on.
@@ -83,8 +97,8 @@ pub enum Rejected {
     Mac,
     #[error("sent by this node (a loop, or a forgery of our own id)")]
     Own,
-    #[error("clock too far from ours (stale or replayed)")]
-    Stale,
+    #[error("does not echo our boot yet (the dual has not heard us, or a replay from before we started)")]
+    Unconfirmed,
     #[error("sequence already seen (replayed)")]
     Replay,
     #[error("sent for another link")]
@@ -100,6 +114,7 @@ pub fn emit(hb: &Heartbeat, key: &[u8]) -> Vec<u8> {
     out.push(VERSION);
     out.extend_from_slice(&hb.node.to_be_bytes());
     out.extend_from_slice(&hb.boot.to_be_bytes());
+    out.extend_from_slice(&hb.echo.to_be_bytes());
     out.extend_from_slice(&hb.seq.to_be_bytes());
     out.extend_from_slice(&hb.sent_ms.to_be_bytes());
     out.extend_from_slice(&hb.generation.to_be_bytes());
@@ -157,43 +172,59 @@ pub fn parse(buf: &[u8], key: &[u8]) -> Result<Heartbeat, Rejected> {
     Ok(Heartbeat {
         node: u32::from_be_bytes(buf[5..9].try_into().expect("length checked")),
         boot: be64(buf, 9),
-        seq: be64(buf, 17),
-        sent_ms: be64(buf, 25),
-        generation: be64(buf, 33),
-        link: buf[41],
+        echo: be64(buf, 17),
+        seq: be64(buf, 25),
+        sent_ms: be64(buf, 33),
+        generation: be64(buf, 41),
+        link: buf[49],
         apps,
     })
 }
 
-/// Accepts the heartbeats of one link: authentic, from the peer, sent for this link, fresh,
-/// and newer than any seen on it.
+/// Accepts the heartbeats of one link: authentic, from the dual, sent for this link, sent
+/// after we started, and newer than any seen on it.
 #[derive(Debug, Clone)]
 pub struct Receiver {
     own_node: u32,
+    own_boot: u64,
     link: u8,
-    /// How far a sender's clock may be from ours (NTP-synchronised pairs: a few seconds).
-    max_skew_ms: u64,
-    /// (boot, seq) of the newest heartbeat accepted, and when (our clock) it was sent.
-    last: Option<(u64, u64, u64)>,
+    /// (boot, seq) of the newest heartbeat accepted.
+    last: Option<(u64, u64)>,
+    /// The dual's boots before its current one, newest last.
+    retired: VecDeque<u64>,
+    /// The dual's boot as its latest authentic heartbeat gave it, confirmed or not.
+    learned: Option<u64>,
 }
 
 impl Receiver {
-    pub fn new(own_node: u32, link: u8, max_skew_ms: u64) -> Receiver {
+    /// `own_boot` is the boot this node's heartbeats carry; the dual must echo it.
+    pub fn new(own_node: u32, own_boot: u64, link: u8) -> Receiver {
         Receiver {
             own_node,
+            own_boot,
             link,
-            max_skew_ms,
             last: None,
+            retired: VecDeque::new(),
+            learned: None,
         }
     }
 
-    /// Checks `buf` at our wall-clock time `now_ms`.
+    /// The dual's boot to echo in our heartbeats: taken from any authentic heartbeat not of
+    /// a boot left behind, so first contact completes in one exchange. A replay can set it
+    /// wrong only until the dual's next heartbeat sets it back.
+    pub fn learned(&self) -> Option<u64> {
+        self.learned
+    }
+
+    /// Checks `buf`.
     ///
-    /// Replay protection: within one boot, only a higher sequence passes; a different boot
-    /// passes only if it was sent after the newest heartbeat accepted, so an old boot's
-    /// datagrams cannot be played back; and anything sent further than the allowed skew from
-    /// our clock is refused, which bounds how long a recorded datagram stays usable.
-    pub fn accept(&mut self, buf: &[u8], key: &[u8], now_ms: u64) -> Result<Heartbeat, Rejected> {
+    /// Replay protection: a heartbeat must echo our boot, which no datagram recorded before
+    /// we started can; within one of the dual's boots only a higher sequence passes; and once
+    /// a new boot of the dual is accepted, the old one never is again. A recorded heartbeat
+    /// can therefore only be one the dual sent after the newest we accepted, held back by
+    /// whoever recorded it: it delays our noticing the dual's death by no more than it was
+    /// held, and holding it looked like silence.
+    pub fn accept(&mut self, buf: &[u8], key: &[u8]) -> Result<Heartbeat, Rejected> {
         let hb = parse(buf, key)?;
         if hb.node == self.own_node {
             return Err(Rejected::Own);
@@ -201,20 +232,24 @@ impl Receiver {
         if hb.link != self.link {
             return Err(Rejected::WrongLink);
         }
-        if hb.sent_ms.abs_diff(now_ms) > self.max_skew_ms {
-            return Err(Rejected::Stale);
+        if self.retired.contains(&hb.boot) {
+            return Err(Rejected::Replay);
         }
-        if let Some((boot, seq, sent)) = self.last {
-            let newer = if hb.boot == boot {
-                hb.seq > seq
-            } else {
-                hb.sent_ms > sent
-            };
-            if !newer {
-                return Err(Rejected::Replay);
+        self.learned = Some(hb.boot);
+        if hb.echo != self.own_boot {
+            return Err(Rejected::Unconfirmed);
+        }
+        match self.last {
+            Some((boot, seq)) if boot == hb.boot && hb.seq <= seq => return Err(Rejected::Replay),
+            Some((boot, _)) if boot != hb.boot => {
+                if self.retired.len() == RETIRED {
+                    self.retired.pop_front();
+                }
+                self.retired.push_back(boot);
             }
+            _ => {}
         }
-        self.last = Some((hb.boot, hb.seq, hb.sent_ms));
+        self.last = Some((hb.boot, hb.seq));
         Ok(hb)
     }
 }
@@ -230,6 +265,7 @@ mod tests {
         Heartbeat {
             node: 2,
             boot: 77,
+            echo: 0,
             seq,
             sent_ms,
             generation: 5,
@@ -274,75 +310,157 @@ mod tests {
         assert_eq!(parse(&b, KEY), Err(Rejected::Magic));
     }
 
+    /// Node 1's boot, which node 2's heartbeats in these tests echo.
+    const OURS: u64 = 4242;
+
+    fn confirmed(seq: u64) -> Heartbeat {
+        Heartbeat {
+            echo: OURS,
+            ..hb(seq, 1_000_000)
+        }
+    }
+
     #[test]
-    fn replays_stale_and_own_messages_are_refused() {
-        let mut r = Receiver::new(1, 0, 5_000);
-        let now = 10_000_000;
-        assert!(r.accept(&emit(&hb(1, now), KEY), KEY, now).is_ok());
+    fn replays_and_own_messages_are_refused() {
+        let mut r = Receiver::new(1, OURS, 0);
+        assert!(r.accept(&emit(&confirmed(1), KEY), KEY).is_ok());
         assert_eq!(
-            r.accept(&emit(&hb(1, now), KEY), KEY, now),
+            r.accept(&emit(&confirmed(1), KEY), KEY),
             Err(Rejected::Replay),
             "same seq"
         );
-        assert!(r
-            .accept(&emit(&hb(2, now + 100), KEY), KEY, now + 100)
-            .is_ok());
+        assert!(r.accept(&emit(&confirmed(2), KEY), KEY).is_ok());
         assert_eq!(
-            r.accept(&emit(&hb(1, now), KEY), KEY, now + 200),
+            r.accept(&emit(&confirmed(1), KEY), KEY),
             Err(Rejected::Replay),
             "older seq"
         );
+        let own = Heartbeat {
+            node: 1,
+            ..confirmed(9)
+        };
+        assert_eq!(r.accept(&emit(&own, KEY), KEY), Err(Rejected::Own));
+    }
+
+    #[test]
+    fn a_heartbeat_recorded_before_we_started_is_refused_whatever_its_clock_says() {
+        let mut r = Receiver::new(1, OURS, 0);
+        let before_us = Heartbeat {
+            echo: 999,
+            ..hb(700, 1_000_000)
+        };
         assert_eq!(
-            r.accept(&emit(&hb(3, now - 60_000), KEY), KEY, now),
-            Err(Rejected::Stale)
+            r.accept(&emit(&before_us, KEY), KEY),
+            Err(Rejected::Unconfirmed)
         );
         assert_eq!(
-            r.accept(&emit(&hb(3, now + 60_000), KEY), KEY, now),
-            Err(Rejected::Stale)
+            r.learned(),
+            Some(77),
+            "its boot is echoed, so the dual can confirm"
         );
-        let mut own = hb(9, now);
-        own.node = 1;
-        assert_eq!(r.accept(&emit(&own, KEY), KEY, now), Err(Rejected::Own));
+    }
+
+    #[test]
+    fn a_dual_whose_clock_is_hours_off_is_heard_after_one_exchange() {
+        let hour = 3_600_000;
+        let now = 1_800_000_000_000u64;
+        for sent_ms in [0, now - 5 * hour, now + 5 * hour, u64::MAX] {
+            let mut r = Receiver::new(1, OURS, 0);
+            let first = Heartbeat {
+                echo: 0,
+                ..hb(1, sent_ms)
+            };
+            assert_eq!(
+                r.accept(&emit(&first, KEY), KEY),
+                Err(Rejected::Unconfirmed),
+                "the dual has not heard us yet"
+            );
+            assert_eq!(r.learned(), Some(77));
+            let answer = Heartbeat {
+                echo: OURS,
+                ..hb(2, sent_ms)
+            };
+            assert!(
+                r.accept(&emit(&answer, KEY), KEY).is_ok(),
+                "sent_ms {sent_ms}"
+            );
+        }
     }
 
     #[test]
     fn each_link_has_its_own_replay_state_and_copies_cannot_change_link() {
-        let now = 10_000_000;
-        let (mut r0, mut r1) = (Receiver::new(1, 0, 5_000), Receiver::new(1, 1, 5_000));
-        let on0 = emit(&hb(1, now), KEY);
-        let mut h = hb(1, now);
-        h.link = 1;
-        let on1 = emit(&h, KEY);
-        assert!(r0.accept(&on0, KEY, now).is_ok());
+        let (mut r0, mut r1) = (Receiver::new(1, OURS, 0), Receiver::new(1, OURS, 1));
+        let on0 = emit(&confirmed(1), KEY);
+        let on1 = emit(
+            &Heartbeat {
+                link: 1,
+                ..confirmed(1)
+            },
+            KEY,
+        );
+        assert!(r0.accept(&on0, KEY).is_ok());
         assert!(
-            r1.accept(&on1, KEY, now).is_ok(),
+            r1.accept(&on1, KEY).is_ok(),
             "the same heartbeat on the other link is no replay"
         );
-        let mut r1b = Receiver::new(1, 1, 5_000);
+        let mut r1b = Receiver::new(1, OURS, 1);
         assert_eq!(
-            r1b.accept(&on0, KEY, now),
+            r1b.accept(&on0, KEY),
             Err(Rejected::WrongLink),
             "link 0's copy replayed on link 1"
         );
     }
 
     #[test]
-    fn a_restarted_sender_is_accepted_but_its_old_boot_is_not() {
-        let mut r = Receiver::new(1, 0, 5_000);
-        let now = 10_000_000;
-        let old = emit(&hb(500, now), KEY);
-        r.accept(&old, KEY, now).unwrap();
-        let mut restarted = hb(0, now + 1_000);
-        restarted.boot = 78;
+    fn a_restarted_dual_is_accepted_but_its_old_boot_never_again() {
+        let mut r = Receiver::new(1, OURS, 0);
+        let old = emit(&confirmed(500), KEY);
+        let older = emit(&confirmed(600), KEY);
+        r.accept(&old, KEY).unwrap();
+        let restarted = Heartbeat {
+            boot: 78,
+            ..confirmed(0)
+        };
         assert!(
-            r.accept(&emit(&restarted, KEY), KEY, now + 1_000).is_ok(),
+            r.accept(&emit(&restarted, KEY), KEY).is_ok(),
             "new boot, seq from 0"
         );
+        assert_eq!(r.accept(&old, KEY), Err(Rejected::Replay));
         assert_eq!(
-            r.accept(&old, KEY, now + 1_100),
+            r.accept(&older, KEY),
             Err(Rejected::Replay),
-            "the old boot's datagram"
+            "not even a higher sequence of the old boot"
         );
+        assert_eq!(
+            r.learned(),
+            Some(78),
+            "a replay does not change what we echo"
+        );
+    }
+
+    proptest! {
+        /// Whatever order a recorder plays them back in, each heartbeat the dual sent is
+        /// accepted at most once, and never one of a boot after a newer boot was accepted.
+        #[test]
+        fn recorded_heartbeats_are_accepted_at_most_once(
+            order in prop::collection::vec((0u64..3, 0u64..20), 1..80),
+        ) {
+            let mut r = Receiver::new(1, OURS, 0);
+            let mut taken = std::collections::HashSet::new();
+            let mut newest_boot: Option<u64> = None;
+            let mut left: Vec<u64> = Vec::new();
+            for (boot, seq) in order {
+                let h = Heartbeat { boot: 100 + boot, ..confirmed(seq) };
+                if r.accept(&emit(&h, KEY), KEY).is_ok() {
+                    prop_assert!(taken.insert((h.boot, seq)), "accepted twice: {:?}", (h.boot, seq));
+                    prop_assert!(!left.contains(&h.boot), "boot {} was left behind", h.boot);
+                    if let Some(b) = newest_boot.filter(|b| *b != h.boot) {
+                        left.push(b);
+                    }
+                    newest_boot = Some(h.boot);
+                }
+            }
+        }
     }
 
     proptest! {

@@ -67,6 +67,8 @@ pub struct Node {
     pub dir: PathBuf,
     amgr: Option<Child>,
     sshd: Option<Child>,
+    /// Seconds this node's wall clock is set off the machine's (libfaketime); 0: none.
+    pub clock_offset_s: i64,
 }
 
 impl Node {
@@ -257,6 +259,7 @@ impl Pair {
                 dir: ndir,
                 amgr: None,
                 sshd: None,
+                clock_offset_s: 0,
             });
         }
         for i in 0..2 {
@@ -314,8 +317,15 @@ impl Pair {
     pub fn start(&mut self, i: usize) -> Result<()> {
         let n = &self.nodes[i];
         let log = File::options().create(true).append(true).open(n.log())?;
-        let child = Command::new("ip")
-            .args(["netns", "exec", &n.ns])
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &n.ns]);
+        if n.clock_offset_s != 0 {
+            // Only the wall clock: the timers run on the monotonic one, as after an NTP-less
+            // boot whose real-time clock was off.
+            cmd.args(["faketime", "-f", &format!("{:+}s", n.clock_offset_s)])
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        }
+        let child = cmd
             .arg(workspace_bin("amgr"))
             .args(["run", "--config"])
             .arg(n.dir.join("amgr.json"))

@@ -51,6 +51,8 @@ struct Beat {
 struct Inner {
     node: u32,
     boot: u64,
+    /// The dual's boot as the receiving threads last learned it.
+    echo: Arc<AtomicU64>,
     key: Vec<u8>,
     links: Vec<Link>,
     sent: Vec<Sent>,
@@ -67,15 +69,17 @@ impl Beacon {
     /// `links`.
     pub fn start(
         node: u32,
+        boot: u64,
+        echo: Arc<AtomicU64>,
         key: Vec<u8>,
         links: Vec<Link>,
         interval: Duration,
     ) -> std::io::Result<Beacon> {
-        let boot = u64::from_ne_bytes(slb_common::auth::nonce::<8>()?);
         let now = Instant::now();
         let inner = Arc::new(Inner {
             node,
             boot,
+            echo,
             key,
             sent: links.iter().map(|_| Sent::default()).collect(),
             links,
@@ -181,10 +185,12 @@ impl Inner {
             return;
         }
         beat.seq += 1;
+        let echo = self.echo.load(Relaxed);
         for (i, link) in self.links.iter().enumerate() {
             let hb = Heartbeat {
                 node: self.node,
                 boot: self.boot,
+                echo,
                 seq: beat.seq,
                 sent_ms: unix_ms(SystemTime::now()),
                 generation: said.generation,

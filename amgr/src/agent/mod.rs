@@ -85,6 +85,9 @@ struct DualSeen {
     seq: u64,
     /// When, on the agent's clock (ms).
     heard_ms: u64,
+    /// The dual's wall clock less ours as its heartbeat showed it (plus the link's delay).
+    /// Heartbeats do not depend on it; logs and certificates do.
+    clock_offset_ms: i64,
 }
 
 /// Whether `hb` says nothing newer than the heartbeat `seen` came from: a copy of it from
@@ -165,6 +168,8 @@ pub struct Agent {
     guard_handover_at: Option<Instant>,
     /// When the dual's state last changed, as its heartbeats say (ms).
     dual_state_since_ms: u64,
+    /// The dual's clock was last seen further from ours than `max_skew_ms` (warned once).
+    clock_warned: bool,
     /// The dual asked for the VIP (its SWITCH): handed over once the answer is out.
     release_to: Option<Dual>,
     /// This takeover is a planned switch: the dual still balances (slbd `take_over`).
@@ -239,6 +244,7 @@ impl Agent {
             held_back: None,
             guard_handover_at: None,
             dual_state_since_ms: 0,
+            clock_warned: false,
             release_to: None,
             planned_takeover: false,
             pending_switch: None,
@@ -354,7 +360,9 @@ impl Agent {
             Input::Rejected { link, why } => {
                 let reason = format!("{why:?}").to_lowercase();
                 let n = self.stats[link].reject(&reason);
-                if n.is_power_of_two() {
+                // The first heartbeats after either side starts do not echo yet: normal.
+                let expected = why == Rejected::Unconfirmed && n < 16;
+                if n.is_power_of_two() && !expected {
                     tracing::warn!(link, reason = %reason, count = n, error = %why, "heartbeat rejected");
                 }
             }
@@ -415,6 +423,17 @@ impl Agent {
             return;
         };
         let state = from_wire(app.state);
+        let clock_offset_ms = (hb.sent_ms as i64).wrapping_sub(unix_ms(SystemTime::now()) as i64);
+        let far = clock_offset_ms.unsigned_abs() > self.cfg.max_skew_ms;
+        if far && !self.clock_warned {
+            tracing::warn!(
+                dual = hb.node,
+                offset_ms = clock_offset_ms,
+                max_skew_ms = self.cfg.max_skew_ms,
+                "the dual's clock is far from ours (heartbeats still count; run NTP for logs and certificates)"
+            );
+        }
+        self.clock_warned = far;
         let before = self.dual.as_ref().map(|d| (d.node, d.state));
         if before != Some((hb.node, state)) {
             self.dual_state_since_ms = now_ms;
@@ -432,6 +451,7 @@ impl Agent {
             boot: hb.boot,
             seq: hb.seq,
             heard_ms: now_ms,
+            clock_offset_ms,
         });
         if state == State::Active {
             self.last_active_seen_ms = now_ms;
@@ -538,10 +558,12 @@ mod tests {
             boot: 7,
             seq: 10,
             heard_ms: 0,
+            clock_offset_ms: 0,
         };
         let hb = |node: u32, boot: u64, seq: u64| Heartbeat {
             node,
             boot,
+            echo: 0,
             seq,
             sent_ms: 0,
             generation: 0,

@@ -186,6 +186,7 @@ pub(super) fn query(v: &View) -> Value {
             "primary": d.primary,
             "inhibited": d.inhibited,
             "heard_ms_ago": v.now_ms.saturating_sub(d.heard_ms),
+            "clock_offset_ms": d.clock_offset_ms,
             "config_generation": format!("{:016x}", d.generation),
             "config_in_sync": d.generation == v.generation,
         })),
@@ -302,6 +303,7 @@ mod tests {
             boot: 1,
             seq: 1,
             heard_ms: 9_800,
+            clock_offset_ms: -23_400,
         }
     }
 
@@ -444,8 +446,8 @@ mod tests {
         assert_eq!(
             q["dual"],
             json!({"id": 2, "state": "ACTIVE", "primary": false, "inhibited": true,
-                   "heard_ms_ago": 200, "config_generation": "00000000000000ab",
-                   "config_in_sync": true})
+                   "heard_ms_ago": 200, "clock_offset_ms": -23_400,
+                   "config_generation": "00000000000000ab", "config_in_sync": true})
         );
         assert_eq!(q["peer"], "alive");
         assert_eq!(
