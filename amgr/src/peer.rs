@@ -167,8 +167,12 @@ pub fn open_request(
     nonce: &[u8; NONCE_LEN],
     line: &str,
 ) -> Result<PeerRequest, PeerError> {
-    let v = open(key, nonce, Dir::Request, line)?;
-    serde_json::from_value(v).map_err(|e| PeerError::Malformed(e.to_string()))
+    request_from_body(open(key, nonce, Dir::Request, line)?)
+}
+
+/// What an authenticated request body asks for.
+pub fn request_from_body(body: Value) -> Result<PeerRequest, PeerError> {
+    serde_json::from_value(body).map_err(|e| PeerError::Malformed(e.to_string()))
 }
 
 pub fn seal_reply(key: &[u8], nonce: &[u8; NONCE_LEN], reply: &Result<Value, String>) -> String {
@@ -180,7 +184,11 @@ pub fn seal_reply(key: &[u8], nonce: &[u8; NONCE_LEN], reply: &Result<Value, Str
 }
 
 pub fn open_reply(key: &[u8], nonce: &[u8; NONCE_LEN], line: &str) -> Result<Value, PeerError> {
-    let v = open(key, nonce, Dir::Reply, line)?;
+    reply_from_body(&open(key, nonce, Dir::Reply, line)?)
+}
+
+/// What an authenticated reply body answers.
+pub fn reply_from_body(v: &Value) -> Result<Value, PeerError> {
     match v.get("ok") {
         Some(Value::Bool(true)) => Ok(v.get("result").cloned().unwrap_or(Value::Null)),
         Some(Value::Bool(false)) => Err(PeerError::Refused(
@@ -312,6 +320,32 @@ mod tests {
     use super::*;
 
     const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn the_peer_fuzz_seeds_are_these_sealed_lines() {
+        let n = [7u8; NONCE_LEN];
+        for (name, line) in [
+            (
+                "sealed_take_over",
+                seal_request(KEY, &n, &PeerRequest::TakeOver { from: 2, seq: 41 }),
+            ),
+            (
+                "sealed_run",
+                seal_request(KEY, &n, &PeerRequest::run(1, Command::Test)),
+            ),
+            (
+                "sealed_reply",
+                seal_reply(KEY, &n, &Ok(json!({"state": "ACTIVE"}))),
+            ),
+            (
+                "sealed_refusal",
+                seal_reply(KEY, &n, &Err("not ACTIVE".into())),
+            ),
+            ("challenge_line", challenge_line(&n)),
+        ] {
+            slb_common::fuzz_seed::check("peer", name, line.as_bytes()).unwrap();
+        }
+    }
 
     #[test]
     fn a_sealed_request_opens_under_the_same_key_and_nonce_only() {

@@ -259,6 +259,28 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    #[test]
+    fn the_heartbeat_fuzz_seeds_are_these_fixtures() {
+        let many = Heartbeat {
+            apps: (0..4)
+                .map(|id| App {
+                    id,
+                    state: AppState::Standby,
+                    primary: false,
+                    inhibited: id == 2,
+                })
+                .collect(),
+            ..hb(3, 1_000_000)
+        };
+        for (name, h) in [
+            ("first_contact", hb(1, 1_000_000)),
+            ("confirmed", confirmed(5)),
+            ("four_apps", many),
+        ] {
+            slb_common::fuzz_seed::check("heartbeat", name, &emit(&h, KEY)).unwrap();
+        }
+    }
+
     const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
 
     fn hb(seq: u64, sent_ms: u64) -> Heartbeat {

@@ -492,6 +492,29 @@ mod tests {
     use crate::wire::netlink::{NLA_F_NESTED, NLMSG_DONE};
     use proptest::prelude::*;
 
+    #[test]
+    fn the_ctnetlink_fuzz_seeds_are_these_fixtures() {
+        let update = kernel_entry(MSG_CT_NEW, 0, AF_INET, 6, |o| {
+            o.attr(CTA_STATUS, &(IPS_SEEN_REPLY | IPS_CONFIRMED).to_be_bytes());
+            tcp_protoinfo(o, tcp_state::ESTABLISHED);
+        });
+        let destroy = kernel_entry(MSG_CT_DELETE, 0, AF_INET, 17, |o| {
+            counters(o, CTA_COUNTERS_ORIG, 3, 180);
+            counters(o, CTA_COUNTERS_REPLY, 2, 120);
+        });
+        let mut two = new_event();
+        two.extend(&destroy);
+        for (name, bytes) in [
+            ("new_event", new_event()),
+            ("update", update),
+            ("destroy", destroy),
+            ("create_request", emit_create(1, &tcp_flow()).unwrap()),
+            ("two_in_one_datagram", two),
+        ] {
+            slb_common::fuzz_seed::check("ctnetlink", name, &bytes).unwrap();
+        }
+    }
+
     fn sa(s: &str) -> SocketAddrV4 {
         s.parse().unwrap()
     }

@@ -210,6 +210,21 @@ pub fn padding(n: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_nfqueue_fuzz_seeds_are_these_fixtures() {
+        let ip = [
+            0x45u8, 0, 0, 21, 1, 2, 3, 0, 64, 17, 0, 0, 10, 0, 0, 5, 10, 0, 0, 100, 9,
+        ];
+        let mut two = kernel_packet(77, 4, &ip, None, SKB_CSUMNOTREADY);
+        two.extend(kernel_packet(78, 0, &ip[..5], Some(1500), SKB_GSO));
+        for (name, bytes) in [
+            ("one_packet", kernel_packet(9, 1, &ip, None, 0)),
+            ("two_packets", two),
+        ] {
+            slb_common::fuzz_seed::check("nfqueue", name, &bytes).unwrap();
+        }
+    }
     use crate::wire::netlink::messages;
 
     fn u16_at(b: &[u8], at: usize) -> Option<u16> {

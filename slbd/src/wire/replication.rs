@@ -503,6 +503,24 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    #[test]
+    fn the_replication_fuzz_seeds_are_these_fixtures() {
+        let (r, s) = ([1u8; NONCE_LEN], [2u8; NONCE_LEN]);
+        let mut body = Vec::new();
+        sample().iter().for_each(|x| x.encode(&mut body));
+        let mut sender = Sender::new(KEY, &r, &s);
+        let batch = sender.frames(Kind::Snapshot, 1_000, &sample()).remove(0);
+        for (name, bytes) in [
+            ("hello", hello(KEY, &r)),
+            ("welcome", welcome(KEY, &r, &s)),
+            ("start", start(KEY, &r, &s)),
+            ("first_snapshot_frame", batch),
+            ("records", body),
+        ] {
+            slb_common::fuzz_seed::check("replication", name, &bytes).unwrap();
+        }
+    }
+
     const KEY: &[u8] = b"the pair's shared key, 0600";
 
     fn sample() -> Vec<Record> {
