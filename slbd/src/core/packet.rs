@@ -25,10 +25,12 @@ pub enum Malformed {
     L4TooShort,
     /// A UDP length field that disagrees with the IP payload.
     BadUdpLength,
+    /// An ICMP error whose own checksum is wrong: translated, it would leave with a right one.
+    BadChecksum,
 }
 
 impl Malformed {
-    pub const ALL: [Malformed; 8] = [
+    pub const ALL: [Malformed; 9] = [
         Malformed::TooShort,
         Malformed::NotIpv4,
         Malformed::BadHeaderLength,
@@ -37,6 +39,7 @@ impl Malformed {
         Malformed::Protocol,
         Malformed::L4TooShort,
         Malformed::BadUdpLength,
+        Malformed::BadChecksum,
     ];
 
     pub fn name(self) -> &'static str {
@@ -49,6 +52,7 @@ impl Malformed {
             Malformed::Protocol => "protocol",
             Malformed::L4TooShort => "l4_too_short",
             Malformed::BadUdpLength => "bad_udp_length",
+            Malformed::BadChecksum => "bad_checksum",
         }
     }
 }
@@ -364,6 +368,34 @@ mod tests {
     use super::fixtures::*;
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn the_packet_fuzz_seeds_are_these_fixtures() {
+        let (client, vip) = (sa("10.0.0.5:40000"), sa("10.0.0.100:80"));
+        let syn = tcp(client, vip, tcp_flags::SYN, b"", &[]);
+        let data = tcp(
+            client,
+            vip,
+            tcp_flags::ACK | 0x08,
+            b"GET / HTTP/1.0\r\n\r\n",
+            &[],
+        );
+        let dns = udp(
+            sa("10.0.0.5:5353"),
+            sa("10.0.0.100:53"),
+            b"\x12\x34\x01\x00\x00\x01",
+        );
+        let mut partial = data.clone();
+        make_partial(&mut partial);
+        for (name, bytes) in [
+            ("tcp_syn", &syn),
+            ("tcp_data", &data),
+            ("udp", &dns),
+            ("tcp_partial", &partial),
+        ] {
+            slb_common::fuzz_seed::check("packet", name, bytes).unwrap();
+        }
+    }
 
     fn sa(s: &str) -> SocketAddrV4 {
         s.parse().unwrap()

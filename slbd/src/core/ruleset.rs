@@ -28,6 +28,7 @@
 use std::fmt;
 use std::net::Ipv4Addr;
 
+use crate::core::icmp;
 use crate::core::model::{Config, Mode};
 use crate::core::net::{Ipv4Net, Protocol};
 
@@ -199,8 +200,8 @@ pub enum Match {
     TcpRst,
     /// conntrack has not seen the flow's handshake complete (`ct status & assured == 0`).
     CtNotAssured,
-    /// An ICMP destination unreachable (`icmp type destination-unreachable`).
-    IcmpUnreachable,
+    /// An ICMP message of this type (`icmp type destination-unreachable`, ...).
+    IcmpType(u8),
     /// conntrack relates the packet to one of its entries (an ICMP error about a flow).
     CtStateRelated,
     /// The packet is kept out of conntrack (`ct state untracked`).
@@ -290,6 +291,20 @@ pub fn plan(
             actions,
             comment,
         });
+    }
+    // An ICMP error to the VIP about a packet-mode reply (a client-side router's
+    // "fragmentation needed"): translated for the server (about server → client, to the
+    // server) before routing, so it is routed there. Not untracked: an offload flow's error
+    // passes slbd unchanged and conntrack translates it.
+    if config.services.iter().any(|s| s.mode == Mode::Packet) {
+        for kind in icmp::ERROR_TYPES {
+            rules.push(Rule {
+                chain: REQUEST_CHAIN,
+                matches: vec![Match::DaddrIs(config.vip), Match::IcmpType(kind)],
+                actions: vec![Action::Queue(queues)],
+                comment: "an ICMP error about a reply".into(),
+            });
+        }
     }
     for s in config.services.iter().filter(|s| s.mode == Mode::Offload) {
         let mut matches = service_matches(s);
@@ -391,7 +406,7 @@ pub fn plan(
             matches: vec![
                 Match::SaddrIn(net),
                 Match::DaddrNotIn(net),
-                Match::IcmpUnreachable,
+                Match::IcmpType(icmp::DEST_UNREACHABLE),
                 Match::CtStateRelated,
             ],
             actions: vec![Action::Queue(queues)],
@@ -502,22 +517,17 @@ pub fn plan(
             comment: format!("reply {p}/{port}"),
         });
     }
-    // An ICMP unreachable from the server network: for a packet-mode flow a server never
-    // answered, a server that is not there (passive detection); anything else passes.
-    if config
-        .services
-        .iter()
-        .any(|s| s.mode == Mode::Packet && s.health.passive.enabled)
-    {
+    // An ICMP error on its way to a client about a packet-mode request, from the server
+    // network or from this node (a TTL that ran out here): translated for the client (about
+    // client → VIP, from the VIP); an unreachable from a server a flow's handshake never
+    // reached may instead be kept from it (passive detection).
+    let packet_mode = config.services.iter().any(|s| s.mode == Mode::Packet);
+    for kind in icmp::ERROR_TYPES.into_iter().filter(|_| packet_mode) {
         rules.push(Rule {
             chain: REPLY_CHAIN,
-            matches: vec![
-                Match::SaddrIn(net),
-                Match::DaddrNotIn(net),
-                Match::IcmpUnreachable,
-            ],
+            matches: vec![Match::DaddrNotIn(net), Match::IcmpType(kind)],
             actions: vec![Action::Queue(queues)],
-            comment: "a server's unreachable about a flow".into(),
+            comment: "an ICMP error about a request".into(),
         });
     }
     // A rule that reads conntrack state has the kernel run conntrack, and with it IPv4
@@ -549,7 +559,12 @@ impl fmt::Display for Match {
             Match::CtStateInvalid => f.write_str("ct state invalid"),
             Match::TcpRst => f.write_str("tcp flags & rst == rst"),
             Match::CtNotAssured => f.write_str("ct status & assured == 0"),
-            Match::IcmpUnreachable => f.write_str("icmp type destination-unreachable"),
+            Match::IcmpType(t) => match *t {
+                icmp::DEST_UNREACHABLE => f.write_str("icmp type destination-unreachable"),
+                icmp::TIME_EXCEEDED => f.write_str("icmp type time-exceeded"),
+                icmp::PARAMETER_PROBLEM => f.write_str("icmp type parameter-problem"),
+                t => write!(f, "icmp type {t}"),
+            },
             Match::CtStateRelated => f.write_str("ct state related"),
             Match::CtStateUntracked => f.write_str("ct state untracked"),
         }
@@ -629,6 +644,9 @@ mod tests {
                 r#"prerouting: ip daddr 10.0.0.100 meta l4proto tcp tcp dport 80 notrack queue num 0-1 fanout comment "request tcp/80""#,
                 r#"prerouting: ip daddr 10.0.0.100 meta l4proto udp udp dport 53 notrack queue num 0-1 fanout comment "request udp/53""#,
                 r#"prerouting: ip daddr 10.0.0.100 meta l4proto tcp tcp dport 8080 notrack queue num 0-1 fanout comment "request tcp/8080""#,
+                r#"prerouting: ip daddr 10.0.0.100 icmp type destination-unreachable queue num 0-1 fanout comment "an ICMP error about a reply""#,
+                r#"prerouting: ip daddr 10.0.0.100 icmp type time-exceeded queue num 0-1 fanout comment "an ICMP error about a reply""#,
+                r#"prerouting: ip daddr 10.0.0.100 icmp type parameter-problem queue num 0-1 fanout comment "an ICMP error about a reply""#,
                 r#"guard: ip daddr 10.0.0.100 meta l4proto tcp drop comment "VIP tcp: never to local sockets""#,
                 r#"guard: ip daddr 10.0.0.100 meta l4proto udp drop comment "VIP udp: never to local sockets""#,
                 r#"prerouting: ip saddr 172.16.0.0/24 ip daddr != 172.16.0.0/24 meta l4proto tcp tcp sport 80 notrack comment "reply tcp/80 untracked""#,
@@ -641,13 +659,15 @@ mod tests {
                 r#"postrouting: ip saddr 172.16.0.0/24 ip daddr != 172.16.0.0/24 meta l4proto tcp tcp sport 80 queue num 0-1 fanout comment "reply tcp/80""#,
                 r#"postrouting: ip saddr 172.16.0.0/24 ip daddr != 172.16.0.0/24 meta l4proto tcp tcp sport 8080 queue num 0-1 fanout comment "reply tcp/8080""#,
                 r#"postrouting: ip saddr 172.16.0.0/24 ip daddr != 172.16.0.0/24 meta l4proto udp udp sport 53 queue num 0-1 fanout comment "reply udp/53""#,
-                r#"postrouting: ip saddr 172.16.0.0/24 ip daddr != 172.16.0.0/24 icmp type destination-unreachable queue num 0-1 fanout comment "a server's unreachable about a flow""#,
+                r#"postrouting: ip daddr != 172.16.0.0/24 icmp type destination-unreachable queue num 0-1 fanout comment "an ICMP error about a request""#,
+                r#"postrouting: ip daddr != 172.16.0.0/24 icmp type time-exceeded queue num 0-1 fanout comment "an ICMP error about a request""#,
+                r#"postrouting: ip daddr != 172.16.0.0/24 icmp type parameter-problem queue num 0-1 fanout comment "an ICMP error about a request""#,
                 r#"postrouting: ct state untracked accept comment "defragmentation on: fragments reach slbd whole""#,
             ]
         );
-        assert_eq!(rs.count_in("prerouting"), 8);
+        assert_eq!(rs.count_in("prerouting"), 11);
         assert_eq!(rs.count_in("refuse"), 2);
-        assert_eq!(rs.count_in("postrouting"), 5);
+        assert_eq!(rs.count_in("postrouting"), 7);
         assert_eq!(rs.count_in("guard"), 2);
         let single = plan(
             &config,
@@ -693,6 +713,9 @@ mod tests {
             vec![
                 r#"prerouting: ip daddr 10.0.0.100 meta l4proto tcp tcp dport 80 accept comment "offload tcp/80: conntrack sees it""#,
                 r#"prerouting: ip daddr 10.0.0.100 meta l4proto udp udp dport 53 notrack queue num 0 comment "request udp/53""#,
+                r#"prerouting: ip daddr 10.0.0.100 icmp type destination-unreachable queue num 0 comment "an ICMP error about a reply""#,
+                r#"prerouting: ip daddr 10.0.0.100 icmp type time-exceeded queue num 0 comment "an ICMP error about a reply""#,
+                r#"prerouting: ip daddr 10.0.0.100 icmp type parameter-problem queue num 0 comment "an ICMP error about a reply""#,
                 r#"offload: ip daddr 10.0.0.100 meta l4proto tcp tcp dport 80 ct state new queue num 0 comment "offload tcp/80: first packet""#,
                 r#"offload: ip daddr 10.0.0.100 meta l4proto tcp tcp dport 80 ct state invalid meta mark set 0x5b1d0002 queue num 0 comment "offload tcp/80: a packet conntrack does not translate""#,
                 r#"offload: ip saddr 172.16.0.0/24 ip daddr != 172.16.0.0/24 meta l4proto tcp tcp sport 80 ct state invalid,new queue num 0 comment "offload tcp/80: a server's packet no flow here knows""#,
@@ -709,7 +732,9 @@ mod tests {
                 r#"refuse: meta mark 0x5b1d0001 reject with icmp port-unreachable comment "refused: no server up""#,
                 r#"postrouting: meta mark 0x5b1c0000 queue num 0 comment "offload: a taken flow's packet conntrack does not translate""#,
                 r#"postrouting: ip saddr 172.16.0.0/24 ip daddr != 172.16.0.0/24 meta l4proto udp udp sport 53 queue num 0 comment "reply udp/53""#,
-                r#"postrouting: ip saddr 172.16.0.0/24 ip daddr != 172.16.0.0/24 icmp type destination-unreachable queue num 0 comment "a server's unreachable about a flow""#,
+                r#"postrouting: ip daddr != 172.16.0.0/24 icmp type destination-unreachable queue num 0 comment "an ICMP error about a request""#,
+                r#"postrouting: ip daddr != 172.16.0.0/24 icmp type time-exceeded queue num 0 comment "an ICMP error about a request""#,
+                r#"postrouting: ip daddr != 172.16.0.0/24 icmp type parameter-problem queue num 0 comment "an ICMP error about a request""#,
                 r#"postrouting: ct state untracked accept comment "defragmentation on: fragments reach slbd whole""#,
             ]
         );

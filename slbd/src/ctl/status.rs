@@ -34,6 +34,11 @@ pub struct Status {
     /// Flows evicted from a full table to make room for new ones.
     #[serde(default)]
     pub evicted_flows: u64,
+    /// ICMP errors about packet-mode flows translated for the client and for the server.
+    #[serde(default)]
+    pub icmp_to_client: u64,
+    #[serde(default)]
+    pub icmp_to_server: u64,
     /// Packets dropped, by reason (every reason, zeros included).
     pub drops: BTreeMap<String, u64>,
     pub services: Vec<ServiceStatus>,
@@ -259,6 +264,8 @@ mod tests {
             untracked_requests: 0,
             retried_handshakes: 0,
             evicted_flows: 0,
+            icmp_to_client: 0,
+            icmp_to_server: 0,
             drops: [("no_server".to_string(), 1)].into(),
             services: vec![ServiceStatus {
                 name: "tcp/80".into(),

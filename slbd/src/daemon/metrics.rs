@@ -318,6 +318,20 @@ pub fn families(i: &Inputs) -> Vec<Family> {
          for new ones.",
     );
     evicted.count(vec![], i.dp.counters.evicted_flows.load(Relaxed));
+    let mut icmp = Family::counter(
+        "slb_icmp_errors_translated",
+        "ICMP errors (fragmentation needed, unreachable, time exceeded) about packet-mode \
+         flows, translated and sent on: to the client (about its request) or to the server \
+         (about its reply).",
+    );
+    icmp.count(
+        vec![("to", "client".to_string())],
+        i.dp.counters.icmp_to_client.load(Relaxed),
+    );
+    icmp.count(
+        vec![("to", "server".to_string())],
+        i.dp.counters.icmp_to_server.load(Relaxed),
+    );
 
     let q = i.queue;
     let mut queue_packets = Family::counter("slb_queue_packets", "Packets read from NFQUEUE.");

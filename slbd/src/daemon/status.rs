@@ -79,6 +79,8 @@ pub fn status(i: Inputs) -> Status {
         untracked_requests: i.dp.counters.untracked_requests.load(Relaxed),
         retried_handshakes: i.dp.counters.retried_handshakes.load(Relaxed),
         evicted_flows: i.dp.counters.evicted_flows.load(Relaxed),
+        icmp_to_client: i.dp.counters.icmp_to_client.load(Relaxed),
+        icmp_to_server: i.dp.counters.icmp_to_server.load(Relaxed),
         drops: DropReason::all()
             .map(|d| (d.name().to_string(), i.dp.counters.dropped(d)))
             .collect(),

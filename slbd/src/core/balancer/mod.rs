@@ -10,13 +10,15 @@
 //!   conntrack's reports;
 //! - `replica`: replication's change log, snapshot and apply;
 //! - `health`: what a server's health means for its flows;
-//! - `passive`: failed handshakes the data path sees, their retry and passive detection.
+//! - `passive`: failed handshakes the data path sees, their retry and passive detection;
+//! - `icmp`: ICMP errors about balanced flows, passive detection's first, then translated.
 //!
 //! Sharing between queue workers: the flow table is split into shards by the client's address
 //! and port, which both directions of a flow carry (the source of a request, the destination of
 //! a reply), so a flow's two directions always meet in one shard whichever queue they land on.
 
 mod health;
+mod icmp;
 mod offload;
 mod packet;
 mod passive;
@@ -149,7 +151,8 @@ impl Dataplane {
             Err(DropReason::Truncated)
         } else {
             match dir {
-                // Only the server network's ICMP errors are queued.
+                // ICMP errors: to the VIP (about replies), from the server network (about
+                // requests).
                 Direction::Request | Direction::Reply if crate::core::icmp::is_icmp(buf) => {
                     self.icmp_error(buf, now_ms).map(|()| None)
                 }

@@ -24,7 +24,7 @@ use super::replica::Record;
 use super::{Dataplane, DropReason, HealthOutcome, Shard};
 use crate::core::flow::{Ended, FlowKey};
 use crate::core::health::{Failure, PassiveConfig};
-use crate::core::icmp;
+use crate::core::icmp::IcmpError;
 use crate::core::net::Protocol;
 use crate::core::persist::PersistKey;
 
@@ -225,15 +225,13 @@ impl Dataplane {
         self.passive.retry_len.store(retry.len(), Relaxed);
     }
 
-    /// An ICMP error queued from the server network (either mode). A destination unreachable
-    /// from a flow's own server that says nothing is there, about a flow whose handshake the
-    /// server has not answered (any UDP flow: UDP has none), fails that flow: the error is
-    /// kept from the client, the flow forgotten (an offload flow's conntrack entry deleted)
-    /// and the client's next packet placed elsewhere. Anything else passes unchanged.
-    pub(super) fn icmp_error(&self, buf: &[u8], now_ms: u64) -> Result<(), DropReason> {
-        let Ok(u) = icmp::parse_unreachable(buf) else {
-            return Ok(());
-        };
+    /// A destination unreachable queued from the server network (either mode), about the
+    /// packet a server got (client → server). From the flow's own server and saying nothing
+    /// is there, about a flow whose handshake the server has not answered (any UDP flow: UDP
+    /// has none), it fails that flow: the error is kept from the client, the flow forgotten
+    /// (an offload flow's conntrack entry deleted) and the client's next packet placed
+    /// elsewhere. Anything else is passed on (`Ok`).
+    pub(super) fn passive_unreachable(&self, u: &IcmpError, now_ms: u64) -> Result<(), DropReason> {
         // Only the server speaks for itself: another host of its network could otherwise
         // take it out by guessing client ports.
         if !u.server_gone() || u.from != *u.dst.ip() {

@@ -140,6 +140,9 @@ pub struct Counters {
     pub retried_handshakes: AtomicU64,
     /// Flows evicted from a full table to make room for a new one.
     pub evicted_flows: AtomicU64,
+    /// ICMP errors about packet-mode flows translated for the client / for the server.
+    pub icmp_to_client: AtomicU64,
+    pub icmp_to_server: AtomicU64,
     drops: [AtomicU64; DropReason::COUNT],
 }
 
@@ -152,6 +155,8 @@ impl Default for Counters {
             untracked_requests: AtomicU64::new(0),
             retried_handshakes: AtomicU64::new(0),
             evicted_flows: AtomicU64::new(0),
+            icmp_to_client: AtomicU64::new(0),
+            icmp_to_server: AtomicU64::new(0),
             drops: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }

@@ -309,6 +309,12 @@ impl FlowTable {
         ))
     }
 
+    /// The flow whose request key is `key`; nothing about it changes.
+    pub fn find_request_flow(&self, key: &FlowKey) -> Option<Ended> {
+        let i = self.find_request(key)?;
+        Some(self.slots[i as usize].ended())
+    }
+
     /// Removes the flow of request key `key` if it is on `server` and its handshake is not
     /// answered yet (a reset or an ICMP error refused it), and returns it.
     pub fn take_unanswered(&mut self, key: &FlowKey, server: SocketAddrV4) -> Option<Ended> {

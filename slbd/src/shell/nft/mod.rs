@@ -248,12 +248,12 @@ fn add_match(rule: &mut Rule, m: &Match) {
             rule.add_expr(&Bitwise::new(bit, 0u32));
             rule.add_expr(&Cmp::new(CmpOp::Neq, 0u32));
         }
-        Match::IcmpUnreachable => {
+        Match::IcmpType(t) => {
             rule.add_expr(&Meta::L4Proto);
             rule.add_expr(&Cmp::new(CmpOp::Eq, 1u8));
-            // The ICMP type is the transport header's first byte; 3 is destination unreachable.
+            // The ICMP type is the transport header's first byte.
             rule.add_expr(&exprs::TransportByte(0));
-            rule.add_expr(&Cmp::new(CmpOp::Eq, 3u8));
+            rule.add_expr(&Cmp::new(CmpOp::Eq, t));
         }
         Match::CtStateRelated | Match::CtStateUntracked => {
             // NF_CT_STATE_BIT(IP_CT_RELATED) is 4, NF_CT_STATE_UNTRACKED_BIT 64.
