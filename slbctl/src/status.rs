@@ -98,6 +98,12 @@ pub fn render(st: &Status) -> String {
             st.retried_handshakes
         ));
     }
+    if st.icmp_to_client + st.icmp_to_server > 0 {
+        out.push_str(&format!(
+            "ICMP errors translated: {} to clients, {} to servers\n",
+            st.icmp_to_client, st.icmp_to_server
+        ));
+    }
     if st
         .services
         .iter()
@@ -132,7 +138,7 @@ mod tests {
         let st: Status = serde_json::from_value(json!({
             "state": "balancing", "vip": "10.0.0.100", "address_dev": "eth0", "gateway": "172.16.0.1",
             "gateway_dev": "br0", "cluster_network": "172.16.0.0/24", "algorithm": "ROUND_ROBIN",
-            "flows": 3, "requests": 10, "replies": 9,
+            "flows": 3, "requests": 10, "replies": 9, "icmp_to_server": 2,
             "queue": {"backend": "xtables NFQUEUE target (nft_compat)", "packets": 19, "overruns": 0, "verdict_errors": 0},
             "conntrack": {"events": 0, "overruns": 0, "resyncs": 0, "committed": 0, "commit_failed": 0, "cuts": 0},
             "replication": null,
@@ -177,5 +183,9 @@ mod tests {
         );
         assert!(text.contains("dropped: no_server=2\n"), "{text}");
         assert!(!text.contains("fragment"), "zero counters are not listed");
+        assert!(
+            text.contains("ICMP errors translated: 0 to clients, 2 to servers\n"),
+            "{text}"
+        );
     }
 }

@@ -54,6 +54,7 @@ pub fn server_ip(i: usize) -> Ipv4Addr {
 pub mod dying;
 pub mod held;
 pub mod pair;
+pub mod synflood;
 
 static LABS: AtomicUsize = AtomicUsize::new(0);
 

@@ -27,6 +27,9 @@ use serde_json::json;
 use slb_tests::*;
 
 const SERVERS: usize = 4;
+/// Where the SYN flood's spoofed sources come from (RFC 2544's benchmarking range).
+const SPOOFED: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 0);
+const SPOOFED_LEN: u8 = 15;
 /// Run order within a round. HAProxy goes last: right after it, the conntrack-based
 /// `writeback` variant measured a third of its new-connection rate (state HAProxy leaves in
 /// the balancer namespace for a while; a conntrack flush does not clear it), and by the next
@@ -60,10 +63,14 @@ enum Metric {
     MachineCpuUsPerReq,
     SlbdCpuUsPerPacket,
     SlbdQueueOverruns,
+    SynfloodPps,
+    SynfloodP50Us,
+    SynfloodP99Us,
+    SynfloodOkPct,
 }
 
 impl Metric {
-    const ALL: [Metric; 12] = [
+    const ALL: [Metric; 16] = [
         Metric::BulkGbps,
         Metric::KeepaliveRps,
         Metric::KeepaliveP50Us,
@@ -76,6 +83,10 @@ impl Metric {
         Metric::MachineCpuUsPerReq,
         Metric::SlbdCpuUsPerPacket,
         Metric::SlbdQueueOverruns,
+        Metric::SynfloodPps,
+        Metric::SynfloodP50Us,
+        Metric::SynfloodP99Us,
+        Metric::SynfloodOkPct,
     ];
 
     fn name(self) -> &'static str {
@@ -92,6 +103,10 @@ impl Metric {
             Metric::MachineCpuUsPerReq => "whole-machine CPU per keep-alive request (µs)",
             Metric::SlbdCpuUsPerPacket => "slbd CPU per queued packet, all workloads (µs)",
             Metric::SlbdQueueOverruns => "slbd queue overruns (ENOBUFS), all workloads",
+            Metric::SynfloodPps => "SYN flood: spoofed SYNs sent (packets/s)",
+            Metric::SynfloodP50Us => "SYN flood: legitimate connect p50 (µs)",
+            Metric::SynfloodP99Us => "SYN flood: legitimate connect p99 (µs)",
+            Metric::SynfloodOkPct => "SYN flood: legitimate connects that succeeded (%)",
         }
     }
 
@@ -109,6 +124,10 @@ impl Metric {
             Metric::MachineCpuUsPerReq => "machine_cpu_us_per_req",
             Metric::SlbdCpuUsPerPacket => "slbd_cpu_us_per_packet",
             Metric::SlbdQueueOverruns => "slbd_queue_overruns",
+            Metric::SynfloodPps => "synflood_pps",
+            Metric::SynfloodP50Us => "synflood_connect_p50_us",
+            Metric::SynfloodP99Us => "synflood_connect_p99_us",
+            Metric::SynfloodOkPct => "synflood_ok_pct",
         }
     }
 
@@ -128,7 +147,16 @@ struct Options {
     rounds: usize,
     seconds: u64,
     out: PathBuf,
+    /// Which workloads to measure (all by default).
+    workloads: Vec<&'static str>,
+    /// slbd's kernel queue length (`queue.max_len`), when not the default.
+    queue_len: Option<u32>,
+    /// A kernel budget of new SYNs per second to the VIP, in front of every variant (an
+    /// `nft limit` rule in a table of the benchmark's own): what it costs legitimate clients.
+    syn_limit: Option<u32>,
 }
+
+const WORKLOADS: [&str; 5] = ["bulk", "keepalive", "close", "udp", "synflood"];
 
 fn options() -> Result<Options> {
     let mut o = Options {
@@ -140,6 +168,9 @@ fn options() -> Result<Options> {
         rounds: 3,
         seconds: 5,
         out: PathBuf::from("bench/results/latest"),
+        workloads: WORKLOADS.to_vec(),
+        queue_len: None,
+        syn_limit: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut it = args.iter();
@@ -150,13 +181,21 @@ fn options() -> Result<Options> {
             "--seconds" => o.seconds = v.parse().context("--seconds")?,
             "--out" => o.out = PathBuf::from(v),
             "--baseline" => o.baseline = Some(PathBuf::from(v)),
+            "--queue-len" => o.queue_len = Some(v.parse().context("--queue-len")?),
+            "--syn-limit" => o.syn_limit = Some(v.parse().context("--syn-limit")?),
+            "--workloads" => {
+                o.workloads = v
+                    .split(',')
+                    .map(|name| WORKLOADS.iter().copied().find(|k| *k == name).with_context(|| format!("unknown workload {name}; known: {}", WORKLOADS.join(","))))
+                    .collect::<Result<_>>()?;
+            }
             "--variants" => {
                 o.variants = v
                     .split(',')
                     .map(|name| VARIANTS.iter().copied().find(|k| *k == name).with_context(|| format!("unknown variant {name}; known: {}", VARIANTS.join(","))))
                     .collect::<Result<_>>()?;
             }
-            _ => bail!("unknown flag {a}; usage: slb-bench [--rounds N] [--seconds S] [--variants A,B] [--baseline SLBD] [--out DIR]"),
+            _ => bail!("unknown flag {a}; usage: slb-bench [--rounds N] [--seconds S] [--variants A,B] [--workloads A,B] [--queue-len N] [--syn-limit N] [--baseline SLBD] [--out DIR]"),
         }
     }
     if o.baseline.is_some() && !o.variants.iter().any(|v| BASELINE.contains(v)) {
@@ -197,7 +236,7 @@ fn main() -> Result<()> {
     for round in 1..=o.rounds {
         for variant in round_order(&o.variants, round) {
             let t = Instant::now();
-            let got = run_variant(&lab, variant, o.seconds, o.baseline.as_deref())
+            let got = run_variant(&lab, variant, &o)
                 .with_context(|| format!("variant {variant}, round {round}"))?;
             for (m, v) in got {
                 writeln!(csv, "{round},{variant},{},{v:.3}", m.key())?;
@@ -319,12 +358,8 @@ fn manual_addresses(lab: &Lab, up: bool) -> Result<()> {
     )
 }
 
-fn run_variant(
-    lab: &Lab,
-    variant: &str,
-    secs: u64,
-    baseline: Option<&Path>,
-) -> Result<Vec<(Metric, f64)>> {
+fn run_variant(lab: &Lab, variant: &str, o: &Options) -> Result<Vec<(Metric, f64)>> {
+    let (secs, baseline) = (o.seconds, o.baseline.as_deref());
     let b = lab.balancer();
     let mut target = VIP;
     let mut balancer_pid = None;
@@ -333,6 +368,16 @@ fn run_variant(
     // Conntrack entries left by the previous variant (un-NATed ones from HAProxy's, say)
     // would capture reused client ports and bypass this variant's NAT.
     sh(lab, &b, "conntrack -F 2>/dev/null || true")?;
+    if let Some(n) = o.syn_limit {
+        sh(
+            lab,
+            &b,
+            &format!(
+                "nft 'table ip benchlimit {{ chain pre {{ type filter hook prerouting priority -350; \
+                 ip daddr {VIP} tcp flags & (syn | ack) == syn limit rate over {n}/second burst 1000 packets drop; }} }}'"
+            ),
+        )?;
+    }
     match variant {
         "route" => {
             sh(lab, &b, "ip addr add 172.16.0.1/24 dev br0")?;
@@ -407,7 +452,7 @@ fn run_variant(
                     .map(|i| format!("{}:{port}", server_ip(i)))
                     .collect::<Vec<_>>()
             };
-            let config = json!({
+            let mut config = json!({
                 "address": VIP.to_string(), "address_dev": "eth0",
                 "gateway": "172.16.0.1", "gateway_dev": "br0",
                 "cluster_network": "172.16.0.0/24", "algorithm": "ROUND_ROBIN",
@@ -418,6 +463,9 @@ fn run_variant(
                     {"protocol": "udp", "port": 53, "mode": mode, "servers": servers(53)}
                 ]
             });
+            if let Some(len) = o.queue_len {
+                config["queue"] = json!({ "max_len": len });
+            }
             let s = match (BASELINE.contains(&variant), baseline) {
                 (true, Some(bin)) => lab.start_slbd_binary(bin, &config),
                 _ => lab.start_slbd(&config),
@@ -427,10 +475,28 @@ fn run_variant(
         }
         _ => bail!("unknown variant {variant}"),
     }
-    // HAProxy does not balance UDP.
-    let mut result = measure(lab, target, balancer_pid, secs, variant != "haproxy");
+    // HAProxy does not balance UDP. The SYN flood is measured against the kernel's NAT and
+    // slbd's two modes.
+    let flood = matches!(
+        variant,
+        "nft-dnat" | "slbd" | "slbd-offload" | "baseline" | "baseline-offload"
+    );
+    let workloads: Vec<&str> = o
+        .workloads
+        .iter()
+        .copied()
+        .filter(|w| match *w {
+            "udp" => variant != "haproxy",
+            "synflood" => flood,
+            _ => true,
+        })
+        .collect();
+    let mut result = measure(lab, target, balancer_pid, secs, &workloads);
     // Tear down whatever the variant set up, whether or not the measurement worked.
     drop(_proc);
+    if o.syn_limit.is_some() {
+        sh(lab, &b, "nft delete table ip benchlimit")?;
+    }
     if let Some(mut s) = slbd {
         let cpu = process_cpu_secs(s.pid());
         s.signal(nix::sys::signal::Signal::SIGTERM);
@@ -479,12 +545,65 @@ fn measure(
     target: Ipv4Addr,
     balancer_pid: Option<i32>,
     secs: u64,
-    udp: bool,
+    workloads: &[&str],
 ) -> Result<Vec<(Metric, f64)>> {
     let c = lab.client();
     let mut out = Vec::new();
+    if workloads.contains(&"bulk") {
+        out.extend(bulk(lab, target, secs)?);
+    }
+    let url = format!("http://{target}/");
+    if workloads.contains(&"keepalive") {
+        let cpu0 = balancer_pid.map(process_cpu_secs);
+        let busy0 = machine_busy_secs();
+        let w = wrk(
+            lab,
+            &["-t2", "-c50", &format!("-d{secs}s"), "--latency", &url],
+        )?;
+        let busy = machine_busy_secs() - busy0;
+        let requests = w.rps * secs as f64;
+        out.push((Metric::KeepaliveRps, w.rps));
+        out.push((Metric::KeepaliveP50Us, w.p50_us));
+        out.push((Metric::KeepaliveP99Us, w.p99_us));
+        if let (Some(pid), Some(cpu0)) = (balancer_pid, cpu0) {
+            out.push((
+                Metric::BalancerCpuUsPerReq,
+                (process_cpu_secs(pid) - cpu0) * 1e6 / requests,
+            ));
+        }
+        out.push((Metric::MachineCpuUsPerReq, busy * 1e6 / requests));
+    }
+    if workloads.contains(&"close") {
+        let w = wrk(
+            lab,
+            &[
+                "-t2",
+                "-c50",
+                &format!("-d{secs}s"),
+                "-H",
+                "Connection: close",
+                &url,
+            ],
+        )?;
+        out.push((Metric::CloseRps, w.rps));
+    }
+    if workloads.contains(&"udp") {
+        let (rps, _, _) = in_ns(&c, || udp_load(target, 4, Duration::from_secs(secs)))?;
+        out.push((Metric::UdpRps, rps));
+        let (_, p50, p99) = in_ns(&c, || udp_load(target, 1, Duration::from_secs(secs)))?;
+        out.push((Metric::UdpRttP50Us, p50));
+        out.push((Metric::UdpRttP99Us, p99));
+    }
+    if workloads.contains(&"synflood") {
+        out.extend(synflood(lab, target, secs)?);
+    }
+    Ok(out)
+}
+
+/// One iperf3 stream through `target` for `secs`.
+fn bulk(lab: &Lab, target: Ipv4Addr, secs: u64) -> Result<Vec<(Metric, f64)>> {
     let json = lab.exec(
-        &c,
+        &lab.client(),
         &[
             "iperf3",
             "-c",
@@ -500,48 +619,102 @@ fn measure(
     let bps = v["end"]["sum_received"]["bits_per_second"]
         .as_f64()
         .with_context(|| format!("iperf3 failed: {}", v["error"]))?;
-    out.push((Metric::BulkGbps, bps / 1e9));
+    Ok(vec![(Metric::BulkGbps, bps / 1e9)])
+}
 
-    let url = format!("http://{target}/");
-    let cpu0 = balancer_pid.map(process_cpu_secs);
-    let busy0 = machine_busy_secs();
-    let w = wrk(
+/// The `synflood` workload: for `secs`, spoofed SYNs to :80 as fast as this machine sends
+/// them (from hosts of [`SPOOFED`], routed back through the client's namespace), while a legitimate client opens
+/// a new connection every 20 ms (3 s each at most: a SYN retransmitted once is already a
+/// second late).
+fn synflood(lab: &Lab, target: Ipv4Addr, secs: u64) -> Result<Vec<(Metric, f64)>> {
+    let dur = Duration::from_secs(secs);
+    let to = SocketAddrV4::new(target, 80);
+    let queue_drops = || {
+        in_ns(&lab.balancer(), || {
+            // /proc/net is the process's namespace; this thread's is thread-self's.
+            std::fs::read_to_string("/proc/thread-self/net/netfilter/nfnetlink_queue")
+                .unwrap_or_default()
+                .lines()
+                .map(|l| {
+                    let f: Vec<u64> = l
+                        .split_whitespace()
+                        .filter_map(|x| x.parse().ok())
+                        .collect();
+                    // queue_dropped (full), user_dropped (socket buffer).
+                    (
+                        f.get(5).copied().unwrap_or(0),
+                        f.get(6).copied().unwrap_or(0),
+                    )
+                })
+                .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+        })
+    };
+    // The flood comes from beyond the client network's router, as a real one does from the
+    // Internet: the balancer routes the spoofed range back through the client's namespace,
+    // which drops the answers. (Spoofed hosts of a directly connected network would instead
+    // have the balancer resolve each by ARP and overflow its neighbour table, a lab artifact
+    // that evicts the real client's entry too.)
+    let b = lab.balancer();
+    sh(
         lab,
-        &["-t2", "-c50", &format!("-d{secs}s"), "--latency", &url],
+        &b,
+        &format!("ip route add {SPOOFED}/{SPOOFED_LEN} via {CLIENT}"),
     )?;
-    let busy = machine_busy_secs() - busy0;
-    let requests = w.rps * secs as f64;
-    out.push((Metric::KeepaliveRps, w.rps));
-    out.push((Metric::KeepaliveP50Us, w.p50_us));
-    out.push((Metric::KeepaliveP99Us, w.p99_us));
-    if let (Some(pid), Some(cpu0)) = (balancer_pid, cpu0) {
-        out.push((
-            Metric::BalancerCpuUsPerReq,
-            (process_cpu_secs(pid) - cpu0) * 1e6 / requests,
-        ));
-    }
-    out.push((Metric::MachineCpuUsPerReq, busy * 1e6 / requests));
-    let w = wrk(
+    let drops0 = queue_drops();
+    let (flood, times) = in_ns(&lab.client(), || {
+        let sender = std::thread::spawn(move || {
+            synflood::flood(to, (SPOOFED, SPOOFED_LEN), 20_000_000, dur)
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let times = synflood::connects(
+            CLIENT,
+            to,
+            Duration::from_millis(20),
+            dur - Duration::from_millis(600),
+            Duration::from_secs(3),
+        );
+        (sender.join(), times)
+    });
+    let flood = flood
+        .map_err(|_| anyhow::anyhow!("the flood sender panicked"))?
+        .context("the SYN flood's raw socket")?;
+    // A failed connect counts as the whole timeout: the percentiles drop none.
+    let ok = times.iter().flatten().count();
+    let mut all: Vec<f64> = times.iter().map(|t| t.unwrap_or(3e6)).collect();
+    all.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| {
+        if all.is_empty() {
+            f64::NAN
+        } else {
+            all[((all.len() - 1) as f64 * p) as usize]
+        }
+    };
+    let drops = queue_drops();
+    sh(
         lab,
-        &[
-            "-t2",
-            "-c50",
-            &format!("-d{secs}s"),
-            "-H",
-            "Connection: close",
-            &url,
-        ],
+        &b,
+        &format!("ip route del {SPOOFED}/{SPOOFED_LEN} via {CLIENT}"),
     )?;
-    out.push((Metric::CloseRps, w.rps));
-
-    if udp {
-        let (rps, _, _) = in_ns(&c, || udp_load(target, 4, Duration::from_secs(secs)))?;
-        out.push((Metric::UdpRps, rps));
-        let (_, p50, p99) = in_ns(&c, || udp_load(target, 1, Duration::from_secs(secs)))?;
-        out.push((Metric::UdpRttP50Us, p50));
-        out.push((Metric::UdpRttP99Us, p99));
-    }
-    Ok(out)
+    eprintln!(
+        "  synflood: {} SYNs at {:.0}/s, {ok} of {} connects, p50 {:.0} µs, p99 {:.0} µs; \
+         queue dropped {} full, {} at the socket",
+        flood.sent,
+        flood.rate(),
+        times.len(),
+        pct(0.5),
+        pct(0.99),
+        drops.0 - drops0.0,
+        drops.1 - drops0.1
+    );
+    Ok(vec![
+        (Metric::SynfloodPps, flood.rate()),
+        (Metric::SynfloodP50Us, pct(0.5)),
+        (Metric::SynfloodP99Us, pct(0.99)),
+        (
+            Metric::SynfloodOkPct,
+            100.0 * ok as f64 / times.len().max(1) as f64,
+        ),
+    ])
 }
 
 /// `clients` clients, each its own flow, asking the UDP echo back to back; returns the rate
