@@ -777,6 +777,77 @@ pub fn udp_ask(
     Ok((buf, peer))
 }
 
+/// Sends whole IPv4 packets as they are (headers included) from a raw socket in the calling
+/// thread's namespace; the kernel fills in only the header checksum.
+pub fn send_raw_ipv4(packets: &[Vec<u8>]) -> std::io::Result<()> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: socket takes no pointers; the descriptor is checked and then owned.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    for p in packets {
+        // SAFETY: sockaddr_in is plain data; zero is valid for every field.
+        let mut to: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        to.sin_family = libc::AF_INET as libc::sa_family_t;
+        to.sin_addr.s_addr = u32::from_ne_bytes([p[16], p[17], p[18], p[19]]);
+        // SAFETY: `p` and `to` are live for the call and their lengths are passed.
+        let n = unsafe {
+            libc::sendto(
+                fd.as_raw_fd(),
+                p.as_ptr().cast(),
+                p.len(),
+                0,
+                (&to as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// The fragments of one UDP datagram from `src` to `dst` carrying `payload`: each
+/// `(offset, len)` is a slice of the datagram (UDP header included; offsets in bytes, multiples
+/// of 8), the last one without more-fragments.
+pub fn udp_fragments(
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+    payload: &[u8],
+    id: u16,
+    pieces: &[(usize, usize)],
+) -> Vec<Vec<u8>> {
+    let mut dgram = Vec::with_capacity(8 + payload.len());
+    dgram.extend_from_slice(&src.port().to_be_bytes());
+    dgram.extend_from_slice(&dst.port().to_be_bytes());
+    dgram.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    dgram.extend_from_slice(&[0, 0]); // no UDP checksum (RFC 768 allows it)
+    dgram.extend_from_slice(payload);
+    pieces
+        .iter()
+        .enumerate()
+        .map(|(i, &(off, len))| {
+            let data = &dgram[off..(off + len).min(dgram.len())];
+            let mut p = vec![0u8; 20];
+            p[0] = 0x45;
+            p[2..4].copy_from_slice(&((20 + data.len()) as u16).to_be_bytes());
+            p[4..6].copy_from_slice(&id.to_be_bytes());
+            let mf: u16 = if i + 1 < pieces.len() { 0x2000 } else { 0 };
+            p[6..8].copy_from_slice(&(mf | (off / 8) as u16).to_be_bytes());
+            p[8] = 64;
+            p[9] = 17;
+            p[12..16].copy_from_slice(&src.ip().octets());
+            p[16..20].copy_from_slice(&dst.ip().octets());
+            p.extend_from_slice(data);
+            p
+        })
+        .collect()
+}
+
 /// VIP:`port`.
 pub fn vip(port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(VIP, port)

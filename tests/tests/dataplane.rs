@@ -592,6 +592,61 @@ fn a_fragmented_udp_datagram_reaches_its_server_and_its_fragmented_answer_comes_
     );
 }
 
+fn overlapping_fragments_are_dropped_and_counted_while_a_clean_train_is_answered(
+    mode: &'static str,
+) {
+    if !can_run("overlapping_fragments_are_dropped_and_counted") {
+        return;
+    }
+    let lab = Lab::new_in(2, mode).unwrap();
+    let _slbd = lab.start_slbd(&lab.config(2));
+    let reasm_fails = || {
+        in_ns(&lab.balancer(), || {
+            let snmp = std::fs::read_to_string("/proc/thread-self/net/snmp").unwrap();
+            let mut ip = snmp.lines().filter(|l| l.starts_with("Ip:"));
+            let (names, values) = (ip.next().unwrap(), ip.next().unwrap());
+            let at = names
+                .split_whitespace()
+                .position(|n| n == "ReasmFails")
+                .unwrap();
+            values
+                .split_whitespace()
+                .nth(at)
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+        })
+    };
+    let payload: Vec<u8> = (0..2000u32).map(|i| (i % 251) as u8).collect();
+    // Sent by hand from a raw socket, answered (or not) to a UDP socket on the same port.
+    let ask = |id: u16, pieces: &[(usize, usize)]| {
+        in_ns(&lab.client(), || {
+            let s = UdpSocket::bind((CLIENT, 0)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+            let src = match s.local_addr().unwrap() {
+                SocketAddr::V4(a) => a,
+                _ => unreachable!(),
+            };
+            send_raw_ipv4(&udp_fragments(src, vip(53), &payload, id, pieces)).unwrap();
+            let mut buf = [0u8; 4096];
+            s.recv(&mut buf).ok()
+        })
+    };
+    assert!(
+        ask(7001, &[(0, 1480), (1480, 528)]).is_some(),
+        "a clean two-fragment train is answered"
+    );
+    let before = reasm_fails();
+    // The second fragment rewrites bytes 1000..1480 of the first: RFC 5722's overlap, which
+    // Linux refuses for IPv4 too (the whole train is dropped).
+    assert_eq!(
+        ask(7002, &[(0, 1480), (1000, 1008)]),
+        None,
+        "an overlapping train reaches nobody"
+    );
+    assert!(reasm_fails() > before, "counted as ReasmFails");
+}
+
 fn a_full_table_holds_exactly_flows_max_and_a_new_tcp_client_is_still_served(mode: &'static str) {
     if !can_run("a_full_table_holds_exactly_flows_max") {
         return;
@@ -637,6 +692,7 @@ fn a_full_table_holds_exactly_flows_max_and_a_new_tcp_client_is_still_served(mod
 in_both_modes!(
     a_full_table_holds_exactly_flows_max_and_a_new_tcp_client_is_still_served,
     a_fragmented_udp_datagram_reaches_its_server_and_its_fragmented_answer_comes_back,
+    overlapping_fragments_are_dropped_and_counted_while_a_clean_train_is_answered,
     round_robin_spreads_30_connections_10_10_10,
     ratio_3_1_1_spreads_30_connections_18_6_6,
     udp_is_balanced_and_replies_come_from_the_vip,
