@@ -374,7 +374,7 @@ fn run_variant(lab: &Lab, variant: &str, o: &Options) -> Result<Vec<(Metric, f64
             &b,
             &format!(
                 "nft 'table ip benchlimit {{ chain pre {{ type filter hook prerouting priority -350; \
-                 ip daddr {VIP} tcp flags & (syn | ack) == syn limit rate over {n}/second burst 1000 packets drop; }} }}'"
+                 ip daddr {VIP} tcp flags & (syn | ack) == syn limit rate over {n}/second burst 1000 packets drop; }}; }}'"
             ),
         )?;
     }
