@@ -240,7 +240,10 @@ pub struct RawQueue {
     pub num: u32,
     /// How many queues (one worker thread each); 0 means one per CPU core.
     pub count: u32,
-    /// Packets the kernel holds per queue before it drops.
+    /// Packets the kernel holds per queue; what does not fit goes on without slbd (an
+    /// offload flow's first packet to the kernel's spread, a packet-mode one to a drop). Short,
+    /// because a full queue is a wait every queued packet pays: at slbd's ~70 k packets/s,
+    /// 1024 is ~15 ms.
     pub max_len: u32,
     /// Let the kernel hand over segmentation-offloaded (GSO) packets whole.
     pub gso: bool,
@@ -253,7 +256,7 @@ impl Default for RawQueue {
         RawQueue {
             num: 0,
             count: 0,
-            max_len: 8192,
+            max_len: 1024,
             gso: true,
             rcvbuf: 0,
         }

@@ -28,7 +28,7 @@ use parking_lot::Mutex;
 use crate::config::edit::Secrets;
 use crate::config::{Config, RawConfig};
 use crate::core::balancer::{Dataplane, DropReason};
-use crate::core::ruleset::QueueRange;
+use crate::core::ruleset::{OffloadTarget, QueueRange};
 use crate::ctl;
 use crate::shell::nfqueue::{self as queue, QueueStats};
 use crate::shell::nft::{self, QueueBackend};
@@ -74,6 +74,8 @@ struct Daemon {
     epoch: Instant,
     replication: Option<Arc<Replication>>,
     offload: Arc<Offload>,
+    /// The offload targets the rules in force were planned with.
+    installed_targets: Mutex<Vec<OffloadTarget>>,
 }
 
 impl Daemon {
@@ -156,6 +158,7 @@ pub fn run(
         epoch,
         replication,
         offload,
+        installed_targets: Mutex::new(Vec::new()),
     });
     if let Some(r) = &daemon.replication {
         let d = Arc::downgrade(&daemon);
@@ -187,6 +190,19 @@ pub fn run(
                 dp.expire(epoch.elapsed().as_millis() as u64);
             })
             .context("cannot start the expiry thread")?;
+    }
+    {
+        let d = Arc::downgrade(&daemon);
+        std::thread::Builder::new()
+            .name("rotation".into())
+            .spawn(move || {
+                while let Some(d) = d.upgrade() {
+                    d.follow_rotation();
+                    drop(d);
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            })
+            .context("cannot start the rotation thread")?;
     }
     crate::shell::passive::start(dp.clone(), daemon.offload.clone())
         .context("cannot start the passive detection thread")?;

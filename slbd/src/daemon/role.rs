@@ -159,17 +159,41 @@ impl Daemon {
     /// Installs the rules for `config` (plus the reply rules that removed servers still
     /// draining need).
     pub(super) fn install_rules(&self, config: &Config) -> anyhow::Result<()> {
-        let rules = ruleset::plan(
-            config,
-            self.queues,
-            &self.dp.draining_ports(),
-            &self.dp.offload_targets(),
-        );
+        let targets = self.dp.offload_targets();
+        let rules = ruleset::plan(config, self.queues, &self.dp.draining_ports(), &targets);
+        // Recorded even when refused, so a failing table is retried on the next change, not
+        // on every look.
+        *self.installed_targets.lock() = targets;
         nft::apply(&rules, self.backend).context("installing the nftables table")?;
         for r in &rules.rules {
             tracing::debug!(table = ruleset::TABLE, chain = r.chain.name, rule = %r, "rule installed");
         }
         Ok(())
+    }
+
+    /// The kernel's overflow spread (see [`ruleset`]) names the offload servers in rotation
+    /// and their weights: when health, passive detection or a check changes them, the rules
+    /// follow.
+    pub(super) fn follow_rotation(&self) {
+        let st = self.state.lock();
+        if st.role != Role::Balancing {
+            return;
+        }
+        let targets = self.dp.offload_targets();
+        if *self.installed_targets.lock() == targets {
+            return;
+        }
+        match self.install_rules(&st.config) {
+            Ok(()) => tracing::info!(
+                in_rotation = targets.iter().filter(|t| t.weight > 0).count(),
+                servers = targets.len(),
+                "offload overflow spread follows the servers in rotation"
+            ),
+            Err(e) => tracing::error!(
+                error = %format!("{e:#}"),
+                "cannot update the offload overflow spread; the previous rules stay"
+            ),
+        }
     }
 
     /// Rules first, then addresses, so the VIP is never local without its rules. Between the

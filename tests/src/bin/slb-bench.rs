@@ -174,8 +174,15 @@ fn options() -> Result<Options> {
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut it = args.iter();
+    const USAGE: &str = "usage: slb-bench [--rounds N] [--seconds S] [--variants A,B] [--workloads A,B] [--queue-len N] [--syn-limit N] [--baseline SLBD] [--out DIR]";
     while let Some(a) = it.next() {
-        let v = it.next().with_context(|| format!("{a} needs a value"))?;
+        if a == "--help" || a == "-h" {
+            println!("{USAGE}");
+            std::process::exit(0);
+        }
+        let v = it
+            .next()
+            .with_context(|| format!("{a} needs a value; {USAGE}"))?;
         match a.as_str() {
             "--rounds" => o.rounds = v.parse().context("--rounds")?,
             "--seconds" => o.seconds = v.parse().context("--seconds")?,
@@ -186,16 +193,32 @@ fn options() -> Result<Options> {
             "--workloads" => {
                 o.workloads = v
                     .split(',')
-                    .map(|name| WORKLOADS.iter().copied().find(|k| *k == name).with_context(|| format!("unknown workload {name}; known: {}", WORKLOADS.join(","))))
+                    .map(|name| {
+                        WORKLOADS
+                            .iter()
+                            .copied()
+                            .find(|k| *k == name)
+                            .with_context(|| {
+                                format!("unknown workload {name}; known: {}", WORKLOADS.join(","))
+                            })
+                    })
                     .collect::<Result<_>>()?;
             }
             "--variants" => {
                 o.variants = v
                     .split(',')
-                    .map(|name| VARIANTS.iter().copied().find(|k| *k == name).with_context(|| format!("unknown variant {name}; known: {}", VARIANTS.join(","))))
+                    .map(|name| {
+                        VARIANTS
+                            .iter()
+                            .copied()
+                            .find(|k| *k == name)
+                            .with_context(|| {
+                                format!("unknown variant {name}; known: {}", VARIANTS.join(","))
+                            })
+                    })
                     .collect::<Result<_>>()?;
             }
-            _ => bail!("unknown flag {a}; usage: slb-bench [--rounds N] [--seconds S] [--variants A,B] [--workloads A,B] [--queue-len N] [--syn-limit N] [--baseline SLBD] [--out DIR]"),
+            _ => bail!("unknown flag {a}; {USAGE}"),
         }
     }
     if o.baseline.is_some() && !o.variants.iter().any(|v| BASELINE.contains(v)) {

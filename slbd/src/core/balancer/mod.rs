@@ -345,13 +345,8 @@ impl Dataplane {
                 c.up = false;
                 continue;
             };
-            // A check's dynamic weight (stored + 1) overrides the configured one; weight 0
-            // takes no new flows.
-            c.weight = match st.dynamic_weight.load(Relaxed) {
-                0 => r.weight,
-                w => w - 1,
-            };
-            c.up = st.up.load(Relaxed) && c.weight > 0 && Some(*id) != avoid;
+            c.weight = st.weight(r.weight);
+            c.up = st.takes_new_flows(r.weight) && Some(*id) != avoid;
             c.live = st.live_flows.load(Relaxed).min(u64::from(u32::MAX)) as u32;
             c.latency_us = Some(st.latency_us.load(Relaxed)).filter(|l| *l > 0);
         }

@@ -328,22 +328,37 @@ impl Dataplane {
         out
     }
 
-    /// The servers of offload services in force, each with the mark that binds a flow to it.
+    /// The servers of offload services in force, each with the mark that binds a flow to it
+    /// and the weight it takes new flows with now (health and checks change it: the rules
+    /// follow).
     pub fn offload_targets(&self) -> Vec<OffloadTarget> {
         let view = self.view.load();
+        let registry = self.registry.load();
         let mut out: Vec<OffloadTarget> = view
             .services
             .iter()
             .filter(|s| s.service.mode == Mode::Offload)
             .flat_map(|s| {
-                s.service.servers.iter().zip(&s.ids).filter_map(|(r, id)| {
-                    Some(OffloadTarget {
-                        mark: offload_mark(*id)?,
-                        protocol: s.service.protocol,
-                        server: r.addr,
-                        every_state: s.service.algorithm == Algorithm::LeastConnections,
+                let registry = &registry;
+                s.service
+                    .servers
+                    .iter()
+                    .zip(&s.ids)
+                    .filter_map(move |(r, id)| {
+                        let weight = registry
+                            .stats
+                            .get(*id as usize)
+                            .filter(|st| st.takes_new_flows(r.weight))
+                            .map_or(0, |st| st.weight(r.weight));
+                        Some(OffloadTarget {
+                            mark: offload_mark(*id)?,
+                            protocol: s.service.protocol,
+                            port: s.service.port,
+                            server: r.addr,
+                            weight,
+                            every_state: s.service.algorithm == Algorithm::LeastConnections,
+                        })
                     })
-                })
             })
             .collect();
         out.sort_by_key(|t| t.mark);

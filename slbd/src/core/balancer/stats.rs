@@ -68,6 +68,21 @@ impl Default for ServerStats {
 }
 
 impl ServerStats {
+    /// The weight new flows see: a check's dynamic weight (stored + 1) overrides the
+    /// `configured` one.
+    pub fn weight(&self, configured: u32) -> u32 {
+        match self.dynamic_weight.load(Relaxed) {
+            0 => configured,
+            w => w - 1,
+        }
+    }
+
+    /// In rotation and given new flows: up, and a weight of 0 keeps a server's flows but
+    /// gives it no new ones (IPVS's quiescent server).
+    pub fn takes_new_flows(&self, configured: u32) -> bool {
+        self.up.load(Relaxed) && self.weight(configured) > 0
+    }
+
     /// Takes `n` off the live count (saturating: counts are advisory, never negative).
     pub(super) fn less_live(&self, n: u64) {
         let _ = self

@@ -14,6 +14,13 @@
 //! - Queue rules never use `bypass`: with no slbd reading the queue the kernel drops the packets,
 //!   so a crashed slbd fails closed. The VIP's other TCP/UDP ports are dropped for the same
 //!   reason: nothing sent to the VIP reaches the balancer's own sockets.
+//! - A queue slbd reads but cannot keep up with (a SYN flood) fails open: the kernel passes
+//!   what does not fit on unchanged, to the chains after the queueing one. An offload flow's
+//!   first packet then gets a server from the kernel itself (`offload_nat` spreads it by a
+//!   hash of the client's address over the servers in rotation, by weight), which is what
+//!   keeps real clients connecting while the queue is full; a packet-mode packet reaches a
+//!   drop (`guard` for requests, `reply_guard` for replies), as it did when the queue
+//!   dropped it.
 //!
 //! Offload services (`"mode": "offload"`) are the other way round: conntrack must see them.
 //! - Their requests pass raw prerouting untouched; in `offload` (mangle priority, after
@@ -107,6 +114,16 @@ pub const SNAT_CHAIN: Chain = Chain {
     kind: ChainKind::Nat,
 };
 
+/// After slbd's reply rules: a packet-mode reply the full queue passed on unrewritten
+/// (fail-open) must not reach a client with a real server's address, whose stack would reset
+/// the server's connection.
+pub const REPLY_GUARD_CHAIN: Chain = Chain {
+    name: "reply_guard",
+    hook: Hook::Postrouting,
+    priority: 200,
+    kind: ChainKind::Filter,
+};
+
 /// Nothing addressed to the VIP reaches the balancer's own sockets.
 pub const GUARD_CHAIN: Chain = Chain {
     name: "guard",
@@ -158,7 +175,12 @@ pub fn offload_id(mark: u32) -> Option<u32> {
 pub struct OffloadTarget {
     pub mark: u32,
     pub protocol: Protocol,
+    /// The service's port on the VIP.
+    pub port: u16,
     pub server: std::net::SocketAddrV4,
+    /// The weight it takes new flows with; 0 when out of rotation. The kernel spreads the
+    /// flows a full queue passes on by these ([`SPREAD_SEED`]).
+    pub weight: u32,
     /// Its flows report every TCP state change (LEAST_CONNECTIONS counts open connections,
     /// so it must see each close). Otherwise conntrack reports only a flow's assurance
     /// (established) and its end: each event costs the kernel and slbd work on the
@@ -208,7 +230,17 @@ pub enum Match {
     CtStateRelated,
     /// The packet is kept out of conntrack (`ct state untracked`).
     CtStateUntracked,
+    /// The Jenkins hash of the source address, with [`SPREAD_SEED`], modulo `modulus`, is
+    /// `value`.
+    SourceHash {
+        modulus: u32,
+        value: u32,
+    },
 }
+
+/// The seed of [`Match::SourceHash`]: fixed, so a client's overflow server is the same
+/// after every replan.
+pub const SPREAD_SEED: u32 = 0x5b1d;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -242,7 +274,7 @@ pub struct Ruleset {
 }
 
 impl Ruleset {
-    pub const CHAINS: [Chain; 7] = [
+    pub const CHAINS: [Chain; 8] = [
         REQUEST_CHAIN,
         OFFLOAD_CHAIN,
         REFUSE_CHAIN,
@@ -250,6 +282,7 @@ impl Ruleset {
         GUARD_CHAIN,
         REPLY_CHAIN,
         SNAT_CHAIN,
+        REPLY_GUARD_CHAIN,
     ];
 
     /// How many rules go in `chain`, for checking what the kernel reports back.
@@ -409,6 +442,16 @@ pub fn plan(
         actions: vec![Action::Accept],
         comment: "defragmentation on: fragments reach slbd whole".into(),
     });
+    for &(p, port) in &reply_ports {
+        let mut matches = reply_matches(p, port);
+        matches.push(Match::CtStateUntracked);
+        rules.push(Rule {
+            chain: REPLY_GUARD_CHAIN,
+            matches,
+            actions: vec![Action::Drop],
+            comment: format!("reply {p}/{port}: not rewritten (queue full)"),
+        });
+    }
     Ruleset { rules }
 }
 
@@ -435,6 +478,12 @@ impl fmt::Display for Match {
             },
             Match::CtStateRelated => f.write_str("ct state related"),
             Match::CtStateUntracked => f.write_str("ct state untracked"),
+            Match::SourceHash { modulus, value } => {
+                write!(
+                    f,
+                    "jhash ip saddr mod {modulus} seed {SPREAD_SEED:#x} == {value}"
+                )
+            }
         }
     }
 }
@@ -531,9 +580,13 @@ mod tests {
                 r#"postrouting: ip daddr != 172.16.0.0/24 icmp type time-exceeded queue num 0-1 fanout comment "an ICMP error about a request""#,
                 r#"postrouting: ip daddr != 172.16.0.0/24 icmp type parameter-problem queue num 0-1 fanout comment "an ICMP error about a request""#,
                 r#"postrouting: ct state untracked accept comment "defragmentation on: fragments reach slbd whole""#,
+                r#"reply_guard: ip saddr 172.16.0.0/24 ip daddr != 172.16.0.0/24 meta l4proto tcp tcp sport 80 ct state untracked drop comment "reply tcp/80: not rewritten (queue full)""#,
+                r#"reply_guard: ip saddr 172.16.0.0/24 ip daddr != 172.16.0.0/24 meta l4proto tcp tcp sport 8080 ct state untracked drop comment "reply tcp/8080: not rewritten (queue full)""#,
+                r#"reply_guard: ip saddr 172.16.0.0/24 ip daddr != 172.16.0.0/24 meta l4proto udp udp sport 53 ct state untracked drop comment "reply udp/53: not rewritten (queue full)""#,
             ]
         );
         assert_eq!(rs.count_in("prerouting"), 11);
+        assert_eq!(rs.count_in("reply_guard"), 3);
         assert_eq!(rs.count_in("refuse"), 2);
         assert_eq!(rs.count_in("postrouting"), 7);
         assert_eq!(rs.count_in("guard"), 2);
@@ -564,12 +617,20 @@ mod tests {
                 ]}"#,
         )
         .unwrap();
-        let targets = [OffloadTarget {
-            mark: offload_mark(7).unwrap(),
+        let target = |id, server: &str, weight| OffloadTarget {
+            mark: offload_mark(id).unwrap(),
             protocol: Protocol::Tcp,
-            server: "172.16.0.2:80".parse().unwrap(),
+            port: 80,
+            server: server.parse().unwrap(),
+            weight,
             every_state: false,
-        }];
+        };
+        // 172.16.0.4 is out of rotation: the kernel's spread leaves it out.
+        let targets = [
+            target(7, "172.16.0.2:80", 1),
+            target(8, "172.16.0.3:80", 2),
+            target(9, "172.16.0.4:80", 0),
+        ];
         let rs = plan(&config, QueueRange { first: 0, count: 1 }, &[], &targets);
         let text: Vec<String> = rs
             .rules
@@ -590,7 +651,12 @@ mod tests {
                 r#"offload: ip saddr 172.16.0.0/24 ip daddr != 172.16.0.0/24 meta l4proto tcp tcp sport 80 tcp flags & rst == rst ct status & assured == 0 queue num 0 comment "offload tcp/80: a server refusing a handshake""#,
                 r#"offload: ip saddr 172.16.0.0/24 ip daddr != 172.16.0.0/24 icmp type destination-unreachable ct state related queue num 0 comment "offload: a server's unreachable about a flow""#,
                 r#"offload_snat: meta mark 0x5b1c0050 meta l4proto tcp ct mark set meta mark snat to 10.0.0.100:80 comment "offload tcp/80: a flow taken from the dual""#,
+                r#"offload_nat: meta mark 0x0 ip daddr 10.0.0.100 meta l4proto tcp tcp dport 80 jhash ip saddr mod 3 seed 0x5b1d == 0 meta mark set 0x5b1f0007 comment "offload tcp/80: queue full, to 172.16.0.2:80""#,
+                r#"offload_nat: meta mark 0x0 ip daddr 10.0.0.100 meta l4proto tcp tcp dport 80 jhash ip saddr mod 3 seed 0x5b1d == 1 meta mark set 0x5b1f0008 comment "offload tcp/80: queue full, to 172.16.0.3:80""#,
+                r#"offload_nat: meta mark 0x0 ip daddr 10.0.0.100 meta l4proto tcp tcp dport 80 jhash ip saddr mod 3 seed 0x5b1d == 2 meta mark set 0x5b1f0008 comment "offload tcp/80: queue full, to 172.16.0.3:80""#,
                 r#"offload_nat: meta mark 0x5b1f0007 meta l4proto tcp ct mark set meta mark ct event set destroy,assured dnat to 172.16.0.2:80 comment "offload to tcp/172.16.0.2:80""#,
+                r#"offload_nat: meta mark 0x5b1f0008 meta l4proto tcp ct mark set meta mark ct event set destroy,assured dnat to 172.16.0.3:80 comment "offload to tcp/172.16.0.3:80""#,
+                r#"offload_nat: meta mark 0x5b1f0009 meta l4proto tcp ct mark set meta mark ct event set destroy,assured dnat to 172.16.0.4:80 comment "offload to tcp/172.16.0.4:80""#,
                 r#"guard: ip daddr 10.0.0.100 meta l4proto tcp drop comment "VIP tcp: never to local sockets""#,
                 r#"guard: ip daddr 10.0.0.100 meta l4proto udp drop comment "VIP udp: never to local sockets""#,
                 r#"prerouting: ip saddr 172.16.0.0/24 ip daddr != 172.16.0.0/24 meta l4proto udp udp sport 53 notrack comment "reply udp/53 untracked""#,
@@ -604,6 +670,7 @@ mod tests {
                 r#"postrouting: ip daddr != 172.16.0.0/24 icmp type time-exceeded queue num 0 comment "an ICMP error about a request""#,
                 r#"postrouting: ip daddr != 172.16.0.0/24 icmp type parameter-problem queue num 0 comment "an ICMP error about a request""#,
                 r#"postrouting: ct state untracked accept comment "defragmentation on: fragments reach slbd whole""#,
+                r#"reply_guard: ip saddr 172.16.0.0/24 ip daddr != 172.16.0.0/24 meta l4proto udp udp sport 53 ct state untracked drop comment "reply udp/53: not rewritten (queue full)""#,
             ]
         );
         assert_eq!(offload_id(0x5b1f_0007), Some(7));

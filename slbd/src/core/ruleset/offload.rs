@@ -1,6 +1,7 @@
 //! The rules of offload services: their first packets queued after conntrack, the packets of
 //! theirs conntrack cannot translate, a server's packets no flow here knows, a server's refusal
-//! of a handshake, and the marks that become a flow's NAT binding. Pure, as the rest of
+//! of a handshake, the marks that become a flow's NAT binding, and the kernel's own choice for
+//! the first packets a full queue passes on. Pure, as the rest of
 //! [`super::plan`], which places them between the request rules and the guard.
 
 use super::*;
@@ -134,6 +135,7 @@ pub(super) fn rules(config: &Config, queues: QueueRange, targets: &[OffloadTarge
             comment: format!("offload {}: a flow taken from the dual", s.name()),
         });
     }
+    rules.extend(overflow_spread(config, targets));
     for t in targets {
         let mut actions = vec![Action::CtMarkFromMark];
         if !t.every_state {
@@ -148,4 +150,120 @@ pub(super) fn rules(config: &Config, queues: QueueRange, targets: &[OffloadTarge
         });
     }
     rules
+}
+
+/// Most rules one service's overflow spread takes: weights are scaled down to this many
+/// slots, so a new flow's way through `offload_nat` stays short.
+pub const MAX_SPREAD_SLOTS: usize = 32;
+
+/// A first packet the full queue passed on (fail-open) carries no mark: it gets the mark of a
+/// server in rotation by a hash of its source address, and the target rules after these bind
+/// it as if slbd had chosen that server; slbd adopts the flow from its conntrack events.
+fn overflow_spread(config: &Config, targets: &[OffloadTarget]) -> Vec<Rule> {
+    let mut rules = Vec::new();
+    for s in config.services.iter().filter(|s| s.mode == Mode::Offload) {
+        let up: Vec<&OffloadTarget> = targets
+            .iter()
+            .filter(|t| t.protocol == s.protocol && t.port == s.port && t.weight > 0)
+            .collect();
+        let weights: Vec<u32> = up.iter().map(|t| t.weight).collect();
+        let slots = spread_slots(&weights);
+        for (value, &i) in slots.iter().enumerate() {
+            let mut matches = vec![Match::Mark(0)];
+            matches.extend(service_matches(config, s));
+            matches.push(Match::SourceHash {
+                modulus: slots.len() as u32,
+                value: value as u32,
+            });
+            rules.push(Rule {
+                chain: NAT_CHAIN,
+                matches,
+                actions: vec![Action::SetMark(up[i].mark)],
+                comment: format!("offload {}: queue full, to {}", s.name(), up[i].server),
+            });
+        }
+    }
+    rules
+}
+
+/// Which server (an index into `weights`) each slot of a spread names: each weight divided
+/// by their greatest common divisor, scaled down to at most [`MAX_SPREAD_SLOTS`] with every
+/// server keeping one (so more servers than that get one each). Servers of weight 0 get none.
+pub fn spread_slots(weights: &[u32]) -> Vec<usize> {
+    let g = weights_gcd(weights);
+    if g == 0 {
+        return Vec::new();
+    }
+    let reduced: Vec<u64> = weights.iter().map(|&w| u64::from(w) / g).collect();
+    let total: u64 = reduced.iter().sum();
+    let max = MAX_SPREAD_SLOTS as u64;
+    let counts: Vec<u64> = if total <= max {
+        reduced
+    } else {
+        let positive = reduced.iter().filter(|&&w| w > 0).count() as u64;
+        // What is left after every server's one slot, shared by weight, rounded down.
+        let rest = max.saturating_sub(positive);
+        reduced
+            .iter()
+            .map(|&w| if w == 0 { 0 } else { 1 + w * rest / total })
+            .collect()
+    };
+    counts
+        .iter()
+        .enumerate()
+        .flat_map(|(i, &n)| std::iter::repeat_n(i, n as usize))
+        .collect()
+}
+
+fn weights_gcd(weights: &[u32]) -> u64 {
+    fn gcd(a: u64, b: u64) -> u64 {
+        if b == 0 {
+            a
+        } else {
+            gcd(b, a % b)
+        }
+    }
+    weights.iter().fold(0u64, |g, &w| gcd(g, u64::from(w)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn equal_weights_get_one_slot_each_and_ratios_reduce() {
+        assert_eq!(spread_slots(&[1, 1, 1]), vec![0, 1, 2]);
+        assert_eq!(spread_slots(&[100, 100]), vec![0, 1]);
+        assert_eq!(spread_slots(&[2, 4]), vec![0, 1, 1]);
+        assert_eq!(spread_slots(&[3, 0, 1]), vec![0, 0, 0, 2]);
+        assert_eq!(spread_slots(&[0, 0]), Vec::<usize>::new());
+        assert_eq!(spread_slots(&[]), Vec::<usize>::new());
+    }
+
+    proptest! {
+        #[test]
+        fn spreads_stay_short_keep_every_server_in_rotation_and_follow_the_weights(
+            weights in proptest::collection::vec(0u32..=10_000, 1..40)
+        ) {
+            let slots = spread_slots(&weights);
+            let positive = weights.iter().filter(|&&w| w > 0).count();
+            prop_assert!(slots.len() <= MAX_SPREAD_SLOTS.max(positive));
+            let total: u64 = weights.iter().map(|&w| u64::from(w)).sum();
+            let exact = total > 0 && total / weights_gcd(&weights) <= MAX_SPREAD_SLOTS as u64;
+            let count = |i: usize| slots.iter().filter(|&&s| s == i).count() as u64;
+            for (i, &w) in weights.iter().enumerate() {
+                prop_assert_eq!(count(i) == 0, w == 0, "server {} weight {}", i, w);
+                if exact {
+                    // Not scaled: exactly the weight's share.
+                    prop_assert_eq!(count(i) * total, u64::from(w) * slots.len() as u64);
+                }
+                for (j, &v) in weights.iter().enumerate() {
+                    if w > v {
+                        prop_assert!(count(i) >= count(j), "weight {} got fewer slots than {}", w, v);
+                    }
+                }
+            }
+        }
+    }
 }

@@ -57,9 +57,11 @@ impl QueueSocket {
             0 as libc::c_int,
         )?;
         let sock = QueueSocket { fd, num };
-        let flags = if setup.gso { wire::CFG_F_GSO } else { 0 };
-        // Fail-open stays off: when the queue is full the kernel drops, it does not pass
-        // unbalanced packets to the balancer's own stack.
+        // Fail-open: what a full queue cannot hold goes on to the chains after the queueing
+        // one instead of being dropped; the ruleset gives an offload flow's first packet a
+        // server there, and drops a packet-mode one (see `core::ruleset`). With nobody bound
+        // to the queue (slbd gone) the kernel still drops: fail-open needs a reader.
+        let flags = wire::CFG_F_FAIL_OPEN | if setup.gso { wire::CFG_F_GSO } else { 0 };
         let mask = wire::CFG_F_GSO | wire::CFG_F_FAIL_OPEN;
         for req in wire::config_requests(num, setup.max_len, flags, mask, 1)? {
             sock.send(&req)?;

@@ -1,7 +1,7 @@
 //! SHELL: the nftables expressions slbd builds by hand with libnftnl, because the `nftnl`
 //! crate has no builder for them or builds them wrong for an `ip` table: `notrack`, `ct event
-//! set`, `reject` with ICMP codes, single transport-header bytes, the native `queue`, and the xtables
-//! `NFQUEUE` target.
+//! set`, `reject` with ICMP codes, single transport-header bytes, the native `queue`, the xtables
+//! `NFQUEUE` target, and `jhash`.
 //! Side effects: allocations owned by libnftnl, freed with the rule.
 
 use std::ptr::NonNull;
@@ -168,6 +168,33 @@ impl Expression for XtNfqueue {
                 buf as *const sys::libc::c_void,
                 info.len() as u32,
             );
+        }
+        expr
+    }
+}
+
+/// `jhash` of the 4 bytes in register 1 (a loaded IPv4 address), `mod modulus`, with this
+/// seed, into register 1 (host byte order, as `meta mark` compares).
+pub(super) struct Jhash {
+    pub(super) modulus: u32,
+    pub(super) seed: u32,
+}
+
+impl Expression for Jhash {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        const NFT_HASH_JENKINS: u32 = 0;
+        const NFT_REG_1: u32 = 1;
+        let expr = alloc_expr!(c"hash");
+        // SAFETY: a live, non-NULL `hash` expression and integer keys of its own.
+        unsafe {
+            let e = expr.as_ptr();
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_HASH_TYPE as u16, NFT_HASH_JENKINS);
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_HASH_SREG as u16, NFT_REG_1);
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_HASH_DREG as u16, NFT_REG_1);
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_HASH_LEN as u16, 4);
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_HASH_MODULUS as u16, self.modulus);
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_HASH_SEED as u16, self.seed);
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_HASH_OFFSET as u16, 0);
         }
         expr
     }

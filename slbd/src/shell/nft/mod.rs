@@ -274,6 +274,14 @@ fn add_match(rule: &mut Rule, m: &Match) {
             rule.add_expr(&Bitwise::new(4u32, 0u32));
             rule.add_expr(&Cmp::new(CmpOp::Eq, 0u32));
         }
+        Match::SourceHash { modulus, value } => {
+            rule.add_expr(&ip(Ipv4HeaderField::Saddr));
+            rule.add_expr(&exprs::Jhash {
+                modulus,
+                seed: ruleset::SPREAD_SEED,
+            });
+            rule.add_expr(&Cmp::new(CmpOp::Eq, value));
+        }
         Match::Dport(p, n) | Match::Sport(p, n) => {
             rule.add_expr(&port(p, matches!(m, Match::Sport(..))));
             rule.add_expr(&Cmp::new(CmpOp::Eq, &n.to_be_bytes()[..]));

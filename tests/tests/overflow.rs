@@ -1,0 +1,240 @@
+//! A queue slbd cannot keep up with (a SYN flood; here, slbd frozen with SIGSTOP so that a
+//! short queue fills for certain): what does not fit goes on without slbd. An offload flow's
+//! first packet gets a server in rotation from the kernel; a packet-mode packet is dropped,
+//! never passed on unrewritten. Real slbd, rules, NFQUEUE and conntrack.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::{json, Value};
+use slb_tests::synflood::flood;
+use slb_tests::*;
+
+const T: Duration = Duration::from_secs(10);
+/// Shorter than a SYN's first retransmission (1 s): a connect within it was answered at once.
+const AT_ONCE: Duration = Duration::from_millis(700);
+
+/// The lab's config with one queue, the shortest slbd accepts, and fast health checks.
+fn short_queue(lab: &Lab, n: usize) -> Value {
+    let mut config = lab.config(n);
+    config["queue"] = json!({"max_len": 16, "count": 1});
+    let health = json!({"interval_ms": 200, "timeout_ms": 150, "fall": 2, "rise": 2});
+    config["services"][0]["health"] = health.clone();
+    config["services"][1]["health"] = health;
+    config
+}
+
+/// Stops slbd's process until the guard drops (SIGCONT), and fills its queues with spoofed
+/// SYNs meanwhile.
+struct Frozen(Pid);
+
+impl Frozen {
+    fn new(lab: &Lab, slbd: &Slbd) -> Frozen {
+        let pid = Pid::from_raw(slbd.pid());
+        kill(pid, Signal::SIGSTOP).unwrap();
+        in_ns(&lab.client(), || {
+            flood(
+                vip(80),
+                (Ipv4Addr::new(198, 18, 0, 0), 15),
+                200,
+                Duration::from_secs(1),
+            )
+            .unwrap()
+        });
+        Frozen(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = kill(self.0, Signal::SIGCONT);
+    }
+}
+
+/// The client addresses the tests connect from: one each, so a hash of the source spreads.
+fn sources(n: u8) -> Vec<Ipv4Addr> {
+    (0..n).map(|i| Ipv4Addr::new(10, 0, 0, 20 + i)).collect()
+}
+
+fn add_sources(lab: &Lab, addrs: &[Ipv4Addr]) {
+    for a in addrs {
+        lab.exec(
+            &lab.client(),
+            &["ip", "addr", "add", &format!("{a}/24"), "dev", "eth0"],
+        )
+        .unwrap();
+    }
+}
+
+fn offload_nat_chain(lab: &Lab) -> String {
+    let out = lab
+        .exec(
+            &lab.balancer(),
+            &["nft", "list", "chain", "ip", "slb", "offload_nat"],
+        )
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_full_queue_has_the_kernel_place_new_offload_connections_on_the_servers_in_rotation_only() {
+    if !can_run("a_full_queue_has_the_kernel_place_new_offload_connections") {
+        return;
+    }
+    let mut lab = Lab::new_in(3, "offload").unwrap();
+    let slbd = lab.start_slbd(&short_queue(&lab, 3));
+    let addrs = sources(40);
+    add_sources(&lab, &addrs);
+    lab.stop_server(2);
+    let started = Instant::now();
+    loop {
+        let chain = offload_nat_chain(&lab);
+        if !chain.contains("queue full, to 172.16.0.4:")
+            && chain.contains("queue full, to 172.16.0.3:")
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < T,
+            "the kernel's spread still names the stopped server s3 after {T:?}:\n{chain}\nlog:\n{}",
+            slbd.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let frozen = Frozen::new(&lab, &slbd);
+    let answered: Vec<Result<String, String>> = in_ns(&lab.client(), || {
+        addrs
+            .iter()
+            .map(|&a| {
+                http_get(a, vip(80), "/", AT_ONCE)
+                    .map(|body| server_name(&body))
+                    .map_err(|e| format!("{a}: {e}"))
+            })
+            .collect()
+    });
+    drop(frozen);
+    let failed: Vec<&String> = answered.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        failed.is_empty(),
+        "with slbd frozen and its queue full, every new connection is served at once: {failed:?}"
+    );
+    let names: std::collections::BTreeSet<&str> =
+        answered.iter().filter_map(|r| r.as_deref().ok()).collect();
+    assert_eq!(
+        names,
+        ["s1", "s2"].into_iter().collect(),
+        "the kernel spreads over both servers in rotation and never the stopped one"
+    );
+    // slbd, running again, balances as before.
+    assert!(in_ns(&lab.client(), || http_get(CLIENT, vip(80), "/", T)).is_ok());
+}
+
+/// A raw socket in the calling thread's namespace that sees every TCP packet it receives.
+fn tcp_sniffer() -> OwnedFd {
+    // SAFETY: socket takes no pointers; the descriptor is checked and then owned.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_TCP) };
+    assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+    // SAFETY: a fresh descriptor nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 100_000,
+    };
+    // SAFETY: `tv` is live for the call and its size is passed.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    fd
+}
+
+/// The source addresses of the TCP packets `sniffer` receives within `wait`.
+fn sources_seen(sniffer: &OwnedFd, wait: Duration) -> Vec<Ipv4Addr> {
+    let mut seen = Vec::new();
+    let until = Instant::now() + wait;
+    let mut buf = [0u8; 2048];
+    while Instant::now() < until {
+        // SAFETY: `buf` is live and its length is passed.
+        let n = unsafe { libc::recv(sniffer.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n >= 20 {
+            seen.push(Ipv4Addr::new(buf[12], buf[13], buf[14], buf[15]));
+        }
+    }
+    seen
+}
+
+#[test]
+fn a_full_queue_in_packet_mode_lets_no_request_reach_a_server_nor_a_reply_reach_the_client_unrewritten(
+) {
+    if !can_run("a_full_queue_in_packet_mode_lets_nothing_through_unrewritten") {
+        return;
+    }
+    let lab = Lab::new_in(2, "packet").unwrap();
+    let slbd = lab.start_slbd(&short_queue(&lab, 2));
+    assert!(in_ns(&lab.client(), || http_get(CLIENT, vip(80), "/", T)).is_ok());
+
+    let frozen = Frozen::new(&lab, &slbd);
+    let refused = in_ns(&lab.client(), || http_get(CLIENT, vip(80), "/", AT_ONCE));
+    assert!(
+        refused.is_err(),
+        "a packet-mode request the full queue passes on reaches nobody: {refused:?}"
+    );
+    // A server's packet to the client, as a reply the full queue passes on unrewritten.
+    let server = SocketAddrV4::new(server_ip(0), SERVER_HTTP_PORT);
+    let leaked = std::thread::scope(|scope| {
+        let client = lab.client();
+        let sniff = scope.spawn(move || {
+            in_ns(&client, || {
+                let s = tcp_sniffer();
+                sources_seen(&s, Duration::from_millis(1500))
+            })
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        in_ns(&lab.server(0), || {
+            let replies: Vec<Vec<u8>> = (0..20u16)
+                .map(|i| tcp_packet(server, SocketAddrV4::new(CLIENT, 40000 + i), 0x12))
+                .collect();
+            send_raw_ipv4(&replies).unwrap()
+        });
+        sniff.join().unwrap()
+    });
+    drop(frozen);
+    assert!(
+        !leaked.contains(server.ip()),
+        "no packet with a real server's address reaches the client: saw {leaked:?}"
+    );
+    assert!(
+        in_ns(&lab.client(), || http_get(CLIENT, vip(80), "/", T)).is_ok(),
+        "slbd, running again, balances as before"
+    );
+}
+
+/// A TCP packet from `src` to `dst` with these flags, checksums complete.
+fn tcp_packet(src: SocketAddrV4, dst: SocketAddrV4, flags: u8) -> Vec<u8> {
+    use slbd::core::checksum::{fold, pseudo_header, sum};
+    let mut p = vec![0u8; 40];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&40u16.to_be_bytes());
+    p[8] = 64;
+    p[9] = 6;
+    p[12..16].copy_from_slice(&src.ip().octets());
+    p[16..20].copy_from_slice(&dst.ip().octets());
+    let t = &mut p[20..];
+    t[0..2].copy_from_slice(&src.port().to_be_bytes());
+    t[2..4].copy_from_slice(&dst.port().to_be_bytes());
+    t[12] = 5 << 4;
+    t[13] = flags;
+    t[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    let c = !fold(sum(t, pseudo_header(*src.ip(), *dst.ip(), 6, 20)));
+    t[16..18].copy_from_slice(&c.to_be_bytes());
+    p
+}
