@@ -1,7 +1,9 @@
-//! A queue slbd cannot keep up with (a SYN flood; here, slbd frozen with SIGSTOP so that a
-//! short queue fills for certain): what does not fit goes on without slbd. An offload flow's
-//! first packet gets a server in rotation from the kernel; a packet-mode packet is dropped,
-//! never passed on unrewritten. Real slbd, rules, NFQUEUE and conntrack.
+//! Floods in front of the queue. The SYN budget: spoofed SYNs beyond it are dropped before the
+//! queue while a known client connects at once. A queue slbd cannot keep up with (here, slbd
+//! frozen with SIGSTOP so that a short queue fills for certain): what does not fit goes on
+//! without slbd. An offload flow's first packet gets a server in rotation from the kernel; a
+//! packet-mode packet is dropped, never passed on unrewritten. Real slbd, rules, NFQUEUE and
+//! conntrack.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -238,3 +240,64 @@ fn tcp_packet(src: SocketAddrV4, dst: SocketAddrV4, flags: u8) -> Vec<u8> {
     t[16..18].copy_from_slice(&c.to_be_bytes());
     p
 }
+
+fn a_known_client_connects_at_once_while_spoofed_syns_beyond_the_budget_never_reach_slbd(
+    mode: &'static str,
+) {
+    if !can_run("a_known_client_connects_at_once_while_spoofed_syns_beyond_the_budget") {
+        return;
+    }
+    let lab = Lab::new_in(2, mode).unwrap();
+    let mut config = lab.config(2);
+    config["syn_flood"] = json!({"budget": 50});
+    let slbd = lab.start_slbd(&config);
+    // New flows slbd placed, over every server of every service.
+    let placed = || {
+        let (_, out, _) = lab.slbctl(&slbd, &["--status", "--json"]);
+        let st: Value = serde_json::from_str(&out).unwrap();
+        st["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|s| s["servers"].as_array().unwrap().iter())
+            .map(|r| r["new_flows"].as_u64().unwrap())
+            .sum::<u64>()
+    };
+    assert!(in_ns(&lab.client(), || http_get(CLIENT, vip(80), "/", T)).is_ok());
+    let set = lab
+        .exec(
+            &lab.balancer(),
+            &["nft", "list", "set", "ip", "slb", "known_clients"],
+        )
+        .unwrap();
+    let set = String::from_utf8_lossy(&set.stdout).into_owned();
+    assert!(
+        set.contains(&CLIENT.to_string()),
+        "the client is known after its handshake:\n{set}"
+    );
+    let before = placed();
+
+    let (sent, answered) = in_ns(&lab.client(), || {
+        let f = flood(vip(80), (Ipv4Addr::new(198, 18, 0, 0), 15), 2000, T).unwrap();
+        let answered = (0..5)
+            .filter(|_| http_get(CLIENT, vip(80), "/", AT_ONCE).is_ok())
+            .count();
+        (f.sent, answered)
+    });
+    assert_eq!(sent, 2000);
+    assert_eq!(
+        answered, 5,
+        "the known client connects at once through the flood"
+    );
+    let placed = placed() - before;
+    // The 5 connects, the budget's burst (5) and its rate for as long as the flood lasted.
+    assert!(
+        (5..=100).contains(&placed),
+        "of 2,000 spoofed SYNs, the budget let {placed} flows reach slbd; log:\n{}",
+        slbd.log_text()
+    );
+}
+
+in_both_modes!(
+    a_known_client_connects_at_once_while_spoofed_syns_beyond_the_budget_never_reach_slbd
+);

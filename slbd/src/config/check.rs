@@ -8,7 +8,7 @@ use super::raw::*;
 use super::services::{reply_ports_apart, service};
 
 pub use super::checker::{ConfigError, FieldError};
-use super::{Backup, Config, FlowLimits, QueueConfig, Redundancy, Service};
+use super::{Backup, Config, FlowLimits, QueueConfig, Redundancy, Service, SynFlood};
 use crate::core::net::Ipv4Net;
 
 const MAX_FLOWS: u64 = 1 << 24;
@@ -96,6 +96,7 @@ impl TryFrom<&RawConfig> for Config {
         reply_ports_apart(&mut c, &services);
         let queue = queue(&mut c, &raw.queue);
         let flows = flows(&mut c, &raw.flows);
+        let syn_flood = syn_flood(&mut c, &raw.syn_flood);
         let redundancy = redundancy(&mut c, raw);
         let metrics_listen = raw
             .metrics_listen
@@ -116,6 +117,7 @@ impl TryFrom<&RawConfig> for Config {
             services,
             queue,
             flows,
+            syn_flood,
             redundancy,
             metrics_listen,
         })
@@ -242,6 +244,31 @@ fn flows(c: &mut Checker, raw: &RawFlows) -> FlowLimits {
     }
 }
 
+fn syn_flood(c: &mut Checker, raw: &RawSynFlood) -> SynFlood {
+    const MAX_BUDGET: u64 = 10_000_000;
+    const MAX_KNOWN: u64 = 1 << 24;
+    if raw.budget > MAX_BUDGET {
+        c.fail(
+            "syn_flood.budget",
+            format!(
+                "{} is out of range (0 to {MAX_BUDGET} per second)",
+                raw.budget
+            ),
+        );
+    }
+    if !(1..=MAX_KNOWN).contains(&raw.known_max) {
+        c.fail(
+            "syn_flood.known_max",
+            format!("{} is out of range (1 to {MAX_KNOWN})", raw.known_max),
+        );
+    }
+    SynFlood {
+        budget: raw.budget.min(MAX_BUDGET) as u32,
+        known_for: c.seconds("syn_flood.known_for", raw.known_for, 1),
+        known_max: raw.known_max.clamp(1, MAX_KNOWN) as u32,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,7 +304,11 @@ mod tests {
 
     fn with(pointer: &str, value: serde_json::Value) -> String {
         let mut v: serde_json::Value = serde_json::from_str(GOOD).unwrap();
-        *v.pointer_mut(pointer).unwrap() = value;
+        match v.pointer_mut(pointer) {
+            Some(slot) => *slot = value,
+            // A top-level section GOOD leaves to its defaults.
+            None => v[pointer.trim_start_matches('/')] = value,
+        }
         v.to_string()
     }
 
@@ -305,6 +336,7 @@ mod tests {
             // A number too big for its field.
             ("/services/0/port", value(70000.into()), "services[0].port: 70000 is not a port"),
             ("/queue", serde_json::json!({"max_len": -1}), "queue.max_len: invalid value: integer `-1`"),
+            ("/syn_flood", serde_json::json!({"budget": "lots"}), "syn_flood.budget: invalid type: string \"lots\""),
             // A server that is neither shape.
             ("/services/0/servers/1", value(5.into()), "services[0].servers[1]: invalid type: integer `5`, expected \"ADDRESS:PORT\" or {\"address\""),
             // An unknown field inside a server's object.
@@ -465,6 +497,21 @@ mod tests {
                 "/services/1/servers/0/weight",
                 0.into(),
                 "services[1].servers[0].weight: 0 is out of range (1 to 10000)",
+            ),
+            (
+                "/syn_flood",
+                serde_json::json!({"budget": 20_000_000}),
+                "syn_flood.budget: 20000000 is out of range (0 to 10000000 per second)",
+            ),
+            (
+                "/syn_flood",
+                serde_json::json!({"known_max": 0}),
+                "syn_flood.known_max: 0 is out of range (1 to 16777216)",
+            ),
+            (
+                "/syn_flood",
+                serde_json::json!({"known_for": 0}),
+                "syn_flood.known_for: 0 is out of range (1 to 604800 seconds)",
             ),
             (
                 "/services/0/servers",

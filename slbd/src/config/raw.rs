@@ -27,6 +27,8 @@ pub struct RawConfig {
     pub queue: RawQueue,
     #[serde(default)]
     pub flows: RawFlows,
+    #[serde(default)]
+    pub syn_flood: RawSynFlood,
     /// The node's SSH port, for the peer's configuration sync (failover).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_port: Option<u32>,
@@ -287,6 +289,31 @@ impl Default for RawFlows {
             // short enough that a flood of unanswered SYNs leaves the table soon.
             syn_timeout: 5,
             udp_timeout: 60,
+        }
+    }
+}
+
+/// The kernel's SYN budget in front of the queue: see [`crate::core::model::SynFlood`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSynFlood {
+    /// New TCP connections per second from clients slbd's table does not know; 0: no budget.
+    pub budget: u64,
+    /// Seconds a client that completed a handshake stays known.
+    pub known_for: u64,
+    /// Clients known at most.
+    pub known_max: u64,
+}
+
+impl Default for RawSynFlood {
+    fn default() -> Self {
+        RawSynFlood {
+            // Above what slbd places per second on this kind of machine (~15 k new
+            // connections/s), below what fills its queue (~70 k packets/s, a SYN and its
+            // SYN-ACK each): without a flood it never bites.
+            budget: 20_000,
+            known_for: 600,
+            known_max: 65_536,
         }
     }
 }

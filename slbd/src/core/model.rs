@@ -21,6 +21,7 @@ pub struct Config {
     pub services: Vec<Service>,
     pub queue: QueueConfig,
     pub flows: FlowLimits,
+    pub syn_flood: SynFlood,
     pub redundancy: Redundancy,
     pub metrics_listen: Option<std::net::SocketAddr>,
 }
@@ -116,6 +117,19 @@ pub struct FlowLimits {
     /// TCP handshakes the server has not answered.
     pub syn_timeout: Duration,
     pub udp_timeout: Duration,
+}
+
+/// A budget of new TCP connections per second to the VIP, in the kernel before the queue, for
+/// clients that are not known: a client is known once one of its packets after a handshake
+/// (an ACK) reached the VIP, for `known_for` after its last one. Known clients are never held
+/// to the budget, so under a SYN flood from spoofed sources they keep connecting at once; an
+/// unknown client's SYN shares the budget with the flood.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SynFlood {
+    /// New connections per second; 0: no budget.
+    pub budget: u32,
+    pub known_for: Duration,
+    pub known_max: u32,
 }
 
 /// Largest weight a server may have; keeps the weighted schedulers' sums far from overflow.

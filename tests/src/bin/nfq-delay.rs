@@ -46,6 +46,7 @@ fn main() -> Result<()> {
             })],
             comment: "nfq-delay".into(),
         }],
+        known_clients: None,
     };
     slbd::shell::nft::apply(&rules, slbd::shell::nft::probe()?)?;
 

@@ -50,6 +50,7 @@ fn main() -> Result<()> {
                 comment: "passthrough reply".into(),
             },
         ],
+        known_clients: None,
     };
     let backend = slbd::shell::nft::probe()?;
     slbd::shell::nft::apply(&rules, backend)?;

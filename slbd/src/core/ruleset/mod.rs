@@ -32,7 +32,6 @@
 //! - `guard` (input hook) drops any TCP/UDP still addressed to the VIP: an offload packet that
 //!   got no binding (slbd gone, a conntrack INVALID packet) must not reach local sockets.
 
-use std::fmt;
 use std::net::Ipv4Addr;
 
 use crate::core::icmp;
@@ -40,6 +39,8 @@ use crate::core::model::{Config, Mode, Service};
 use crate::core::net::{Ipv4Net, Protocol};
 
 mod offload;
+pub mod syn_budget;
+mod syntax;
 
 /// The one table slbd owns (family `ip`). It never touches any other.
 pub const TABLE: &str = "slb";
@@ -230,6 +231,19 @@ pub enum Match {
     CtStateRelated,
     /// The packet is kept out of conntrack (`ct state untracked`).
     CtStateUntracked,
+    /// The TCP flags under `mask` are `value` (`tcp flags & (syn | ack) == syn`).
+    TcpFlags {
+        mask: u8,
+        value: u8,
+    },
+    /// The source address is not in this set of slbd's table.
+    SaddrNotInSet(&'static str),
+    /// More than `per_second` packets a second (with a burst of `burst`) have matched the
+    /// rule's earlier conditions: the ones over the rate match.
+    RateOver {
+        per_second: u32,
+        burst: u32,
+    },
     /// The Jenkins hash of the source address, with [`SPREAD_SEED`], modulo `modulus`, is
     /// `value`.
     SourceHash {
@@ -258,6 +272,8 @@ pub enum Action {
     CtEvents(u32),
     Dnat(std::net::SocketAddrV4),
     Snat(std::net::SocketAddrV4),
+    /// Adds the source address to this set of slbd's table, or renews its timeout.
+    UpdateSetWithSaddr(&'static str),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -271,6 +287,8 @@ pub struct Rule {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ruleset {
     pub rules: Vec<Rule>,
+    /// The set of known clients the SYN budget's rules read and fill, when there is one.
+    pub known_clients: Option<syn_budget::KnownClients>,
 }
 
 impl Ruleset {
@@ -312,6 +330,7 @@ pub fn plan(
     let net = config.cluster_network;
     let mut rules = Vec::new();
     let service_matches = |s: &Service| service_matches(config, s);
+    rules.extend(syn_budget::rules(config));
     for s in &config.services {
         let (actions, comment) = match s.mode {
             Mode::Packet => (
@@ -452,84 +471,9 @@ pub fn plan(
             comment: format!("reply {p}/{port}: not rewritten (queue full)"),
         });
     }
-    Ruleset { rules }
-}
-
-impl fmt::Display for Match {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Match::DaddrIs(a) => write!(f, "ip daddr {a}"),
-            Match::SaddrIn(n) => write!(f, "ip saddr {n}"),
-            Match::DaddrNotIn(n) => write!(f, "ip daddr != {n}"),
-            Match::L4Proto(p) => write!(f, "meta l4proto {p}"),
-            Match::Dport(p, port) => write!(f, "{p} dport {port}"),
-            Match::Sport(p, port) => write!(f, "{p} sport {port}"),
-            Match::Mark(m) => write!(f, "meta mark {m:#x}"),
-            Match::CtStateNew => f.write_str("ct state new"),
-            Match::CtStateNewOrInvalid => f.write_str("ct state invalid,new"),
-            Match::CtStateInvalid => f.write_str("ct state invalid"),
-            Match::TcpRst => f.write_str("tcp flags & rst == rst"),
-            Match::CtNotAssured => f.write_str("ct status & assured == 0"),
-            Match::IcmpType(t) => match *t {
-                icmp::DEST_UNREACHABLE => f.write_str("icmp type destination-unreachable"),
-                icmp::TIME_EXCEEDED => f.write_str("icmp type time-exceeded"),
-                icmp::PARAMETER_PROBLEM => f.write_str("icmp type parameter-problem"),
-                t => write!(f, "icmp type {t}"),
-            },
-            Match::CtStateRelated => f.write_str("ct state related"),
-            Match::CtStateUntracked => f.write_str("ct state untracked"),
-            Match::SourceHash { modulus, value } => {
-                write!(
-                    f,
-                    "jhash ip saddr mod {modulus} seed {SPREAD_SEED:#x} == {value}"
-                )
-            }
-        }
-    }
-}
-
-impl fmt::Display for Action {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Action::Notrack => f.write_str("notrack"),
-            Action::Drop => f.write_str("drop"),
-            Action::Accept => f.write_str("accept"),
-            Action::CtMarkFromMark => f.write_str("ct mark set meta mark"),
-            Action::SetMark(m) => write!(f, "meta mark set {m:#010x}"),
-            Action::CtEvents(bits) => {
-                let names = ["new", "related", "destroy", "reply", "assured", "protoinfo"];
-                let set: Vec<&str> = (0..names.len())
-                    .filter(|b| bits & (1 << b) != 0)
-                    .map(|b| names[b])
-                    .collect();
-                write!(f, "ct event set {}", set.join(","))
-            }
-            Action::Dnat(to) => write!(f, "dnat to {to}"),
-            Action::Snat(to) => write!(f, "snat to {to}"),
-            Action::RejectTcpReset => f.write_str("reject with tcp reset"),
-            Action::RejectPortUnreachable => f.write_str("reject with icmp port-unreachable"),
-            Action::Queue(q) if q.count > 1 => {
-                write!(
-                    f,
-                    "queue num {}-{} fanout",
-                    q.first,
-                    q.first + (q.count - 1)
-                )
-            }
-            Action::Queue(q) => write!(f, "queue num {}", q.first),
-        }
-    }
-}
-
-impl fmt::Display for Rule {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let parts: Vec<String> = self
-            .matches
-            .iter()
-            .map(|m| m.to_string())
-            .chain(self.actions.iter().map(|a| a.to_string()))
-            .collect();
-        write!(f, "{} comment \"{}\"", parts.join(" "), self.comment)
+    Ruleset {
+        rules,
+        known_clients: syn_budget::known_clients(config),
     }
 }
 
@@ -542,6 +486,7 @@ mod tests {
         let config = Config::from_json(
             r#"{"address": "10.0.0.100", "address_dev": "eth0", "gateway": "172.16.0.1",
                 "gateway_dev": "eth1", "cluster_network": "172.16.0.0/24",
+                "syn_flood": {"budget": 0},
                 "services": [
                   {"protocol": "tcp", "port": 80, "servers": ["172.16.0.2:80", "172.16.0.3:8080"]},
                   {"protocol": "udp", "port": 53, "servers": ["172.16.0.2:53"]},
@@ -611,6 +556,7 @@ mod tests {
         let config = Config::from_json(
             r#"{"address": "10.0.0.100", "address_dev": "eth0", "gateway": "172.16.0.1",
                 "gateway_dev": "eth1", "cluster_network": "172.16.0.0/24",
+                "syn_flood": {"budget": 0},
                 "services": [
                   {"protocol": "tcp", "port": 80, "mode": "offload", "servers": ["172.16.0.2:80"]},
                   {"protocol": "udp", "port": 53, "servers": ["172.16.0.2:53"]}

@@ -1,7 +1,7 @@
 //! SHELL: the nftables expressions slbd builds by hand with libnftnl, because the `nftnl`
 //! crate has no builder for them or builds them wrong for an `ip` table: `notrack`, `ct event
 //! set`, `reject` with ICMP codes, single transport-header bytes, the native `queue`, the xtables
-//! `NFQUEUE` target, and `jhash`.
+//! `NFQUEUE` target, `jhash`, and the set lookup, update and `limit` of the SYN budget.
 //! Side effects: allocations owned by libnftnl, freed with the rule.
 
 use std::ptr::NonNull;
@@ -195,6 +195,89 @@ impl Expression for Jhash {
             sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_HASH_MODULUS as u16, self.modulus);
             sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_HASH_SEED as u16, self.seed);
             sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_HASH_OFFSET as u16, 0);
+        }
+        expr
+    }
+}
+
+/// The id slbd's one set has in the transaction that creates it; rules name it by this too.
+pub(super) const SET_ID: u32 = 1;
+
+/// `ip saddr != @set` or `ip saddr @set` on register 1 (a loaded address): a lookup.
+pub(super) struct Lookup {
+    pub(super) set: &'static std::ffi::CStr,
+    pub(super) inverted: bool,
+}
+
+impl Expression for Lookup {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        const NFT_REG_1: u32 = 1;
+        let expr = alloc_expr!(c"lookup");
+        let flags = if self.inverted {
+            sys::libc::NFT_LOOKUP_F_INV as u32
+        } else {
+            0
+        };
+        // SAFETY: a live, non-NULL `lookup` expression and keys of its own; the set name is a
+        // NUL-terminated string libnftnl copies.
+        unsafe {
+            let e = expr.as_ptr();
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_LOOKUP_SREG as u16, NFT_REG_1);
+            sys::nftnl_expr_set_str(e, sys::NFTNL_EXPR_LOOKUP_SET as u16, self.set.as_ptr());
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_LOOKUP_SET_ID as u16, SET_ID);
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_LOOKUP_FLAGS as u16, flags);
+        }
+        expr
+    }
+}
+
+/// `update @set { ip saddr }` from register 1: adds the address or renews its timeout.
+pub(super) struct DynsetUpdate {
+    pub(super) set: &'static std::ffi::CStr,
+}
+
+impl Expression for DynsetUpdate {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        const NFT_REG_1: u32 = 1;
+        let expr = alloc_expr!(c"dynset");
+        // SAFETY: as for `lookup` above.
+        unsafe {
+            let e = expr.as_ptr();
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_DYNSET_SREG_KEY as u16, NFT_REG_1);
+            sys::nftnl_expr_set_u32(
+                e,
+                sys::NFTNL_EXPR_DYNSET_OP as u16,
+                sys::libc::NFT_DYNSET_OP_UPDATE as u32,
+            );
+            sys::nftnl_expr_set_str(e, sys::NFTNL_EXPR_DYNSET_SET_NAME as u16, self.set.as_ptr());
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_DYNSET_SET_ID as u16, SET_ID);
+        }
+        expr
+    }
+}
+
+/// `limit rate over N/second burst B packets`: matches the packets beyond the rate.
+pub(super) struct LimitOver {
+    pub(super) per_second: u32,
+    pub(super) burst: u32,
+}
+
+impl Expression for LimitOver {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        const NFT_LIMIT_PKTS: u32 = 0;
+        let expr = alloc_expr!(c"limit");
+        // SAFETY: a live, non-NULL `limit` expression and integer keys of its own.
+        unsafe {
+            let e = expr.as_ptr();
+            sys::nftnl_expr_set_u64(e, sys::NFTNL_EXPR_LIMIT_RATE as u16, self.per_second.into());
+            sys::nftnl_expr_set_u64(e, sys::NFTNL_EXPR_LIMIT_UNIT as u16, 1);
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_LIMIT_BURST as u16, self.burst);
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_LIMIT_TYPE as u16, NFT_LIMIT_PKTS);
+            sys::nftnl_expr_set_u32(
+                e,
+                sys::NFTNL_EXPR_LIMIT_FLAGS as u16,
+                sys::libc::NFT_LIMIT_F_INV as u32,
+            );
         }
         expr
     }

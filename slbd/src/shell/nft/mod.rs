@@ -14,6 +14,7 @@ use nftnl::expr::{
     Bitwise, Cmp, CmpOp, Conntrack, Immediate, Meta, Nat, NatType, Payload, Register, Verdict,
 };
 use nftnl::nftnl_sys as sys;
+use nftnl::set::Set;
 use nftnl::{Batch, Chain, FinalizedBatch, MsgType, ProtoFamily, Rule, Table};
 
 mod exprs;
@@ -126,6 +127,10 @@ pub fn apply(rules: &Ruleset, backend: QueueBackend) -> Result<(), NftError> {
     for c in &chains {
         batch.add(c, MsgType::Add);
     }
+    let known = rules.known_clients.map(|k| known_clients_set(&table, k));
+    if let Some(set) = &known {
+        batch.add(set, MsgType::Add);
+    }
     for r in &rules.rules {
         let chain = chains
             .iter()
@@ -135,6 +140,40 @@ pub fn apply(rules: &Ruleset, backend: QueueBackend) -> Result<(), NftError> {
     }
     send(&batch.finalize())?;
     verify(rules)
+}
+
+/// The SYN budget's set of known clients: addresses that time out, filled by rules.
+fn known_clients_set(
+    table: &Table,
+    k: ruleset::syn_budget::KnownClients,
+) -> Set<'_, std::net::Ipv4Addr> {
+    let set = Set::new_named(
+        set_name(ruleset::syn_budget::KNOWN_CLIENTS),
+        exprs::SET_ID,
+        table,
+        ProtoFamily::Ipv4,
+    );
+    let flags = (sys::libc::NFT_SET_TIMEOUT | sys::libc::NFT_SET_EVAL) as u32;
+    // SAFETY: the set is live (owned by `set`, never NULL) and these are integer attributes
+    // libnftnl copies.
+    unsafe {
+        let p = set.as_ptr().as_ptr();
+        sys::nftnl_set_set_u32(p, sys::NFTNL_SET_FLAGS as u16, flags);
+        sys::nftnl_set_set_u64(
+            p,
+            sys::NFTNL_SET_TIMEOUT as u16,
+            k.timeout.as_millis() as u64,
+        );
+        sys::nftnl_set_set_u32(p, sys::NFTNL_SET_DESC_SIZE as u16, k.size);
+    }
+    set
+}
+
+/// The C name of a set the ruleset names: slbd's table has one, and the ruleset names no
+/// other.
+fn set_name(name: &str) -> &'static CStr {
+    debug_assert_eq!(name, ruleset::syn_budget::KNOWN_CLIENTS);
+    c"known_clients"
 }
 
 /// Deletes slbd's table if it exists.
@@ -187,6 +226,12 @@ fn build_rule<'a>(chain: &'a Chain<'a>, r: &ruleset::Rule, backend: QueueBackend
             Action::RejectTcpReset => rule.add_expr(&Reject::TcpReset),
             Action::RejectPortUnreachable => rule.add_expr(&Reject::PortUnreachable),
             Action::Queue(q) => add_queue(&mut rule, *q, backend),
+            Action::UpdateSetWithSaddr(set) => {
+                rule.add_expr(&Payload::Network(nftnl::expr::NetworkHeaderField::Ipv4(
+                    nftnl::expr::Ipv4HeaderField::Saddr,
+                )));
+                rule.add_expr(&exprs::DynsetUpdate { set: set_name(set) });
+            }
         }
     }
     if let Ok(c) = CString::new(r.comment.as_str()) {
@@ -273,6 +318,22 @@ fn add_match(rule: &mut Rule, m: &Match) {
             rule.add_expr(&Conntrack::Status);
             rule.add_expr(&Bitwise::new(4u32, 0u32));
             rule.add_expr(&Cmp::new(CmpOp::Eq, 0u32));
+        }
+        Match::TcpFlags { mask, value } => {
+            // The TCP flags are byte 13 of its header.
+            rule.add_expr(&exprs::TransportByte(13));
+            rule.add_expr(&Bitwise::new(mask, 0u8));
+            rule.add_expr(&Cmp::new(CmpOp::Eq, value));
+        }
+        Match::SaddrNotInSet(set) => {
+            rule.add_expr(&ip(Ipv4HeaderField::Saddr));
+            rule.add_expr(&exprs::Lookup {
+                set: set_name(set),
+                inverted: true,
+            });
+        }
+        Match::RateOver { per_second, burst } => {
+            rule.add_expr(&exprs::LimitOver { per_second, burst })
         }
         Match::SourceHash { modulus, value } => {
             rule.add_expr(&ip(Ipv4HeaderField::Saddr));
