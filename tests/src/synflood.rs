@@ -26,8 +26,20 @@ impl Flood {
 const BATCH: usize = 256;
 const LEN: usize = 40;
 
-/// One SYN from `src` to `dst`, checksums complete (the kernel fills the IPv4 one too).
+/// A header-only TCP segment from `src` to `dst` with these flags, checksums complete (a raw
+/// socket's kernel fills the IPv4 one too).
+pub fn tcp_segment(src: SocketAddrV4, dst: SocketAddrV4, seq: u32, flags: u8) -> [u8; LEN] {
+    let mut out = [0u8; LEN];
+    segment(src, dst, seq, flags, &mut out);
+    out
+}
+
+/// One SYN from `src` to `dst`, written in place (the flood's loop allocates nothing).
 fn syn(src: SocketAddrV4, dst: SocketAddrV4, seq: u32, out: &mut [u8; LEN]) {
+    segment(src, dst, seq, 0x02, out)
+}
+
+fn segment(src: SocketAddrV4, dst: SocketAddrV4, seq: u32, flags: u8, out: &mut [u8; LEN]) {
     *out = [0; LEN];
     out[0] = 0x45;
     out[2..4].copy_from_slice(&(LEN as u16).to_be_bytes());
@@ -41,7 +53,7 @@ fn syn(src: SocketAddrV4, dst: SocketAddrV4, seq: u32, out: &mut [u8; LEN]) {
     t[2..4].copy_from_slice(&dst.port().to_be_bytes());
     t[4..8].copy_from_slice(&seq.to_be_bytes());
     t[12] = 5 << 4;
-    t[13] = 0x02;
+    t[13] = flags;
     t[14..16].copy_from_slice(&64240u16.to_be_bytes());
     let c = !fold(sum(t, pseudo_header(*src.ip(), *dst.ip(), 6, 20)));
     t[16..18].copy_from_slice(&c.to_be_bytes());

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
-use slb_tests::synflood::flood;
+use slb_tests::synflood::{flood, tcp_segment};
 use slb_tests::*;
 
 const T: Duration = Duration::from_secs(10);
@@ -203,7 +203,9 @@ fn a_full_queue_in_packet_mode_lets_no_request_reach_a_server_nor_a_reply_reach_
         std::thread::sleep(Duration::from_millis(300));
         in_ns(&lab.server(0), || {
             let replies: Vec<Vec<u8>> = (0..20u16)
-                .map(|i| tcp_packet(server, SocketAddrV4::new(CLIENT, 40000 + i), 0x12))
+                .map(|i| {
+                    tcp_segment(server, SocketAddrV4::new(CLIENT, 40000 + i), 0, 0x12).to_vec()
+                })
                 .collect();
             send_raw_ipv4(&replies).unwrap()
         });
@@ -218,27 +220,6 @@ fn a_full_queue_in_packet_mode_lets_no_request_reach_a_server_nor_a_reply_reach_
         in_ns(&lab.client(), || http_get(CLIENT, vip(80), "/", T)).is_ok(),
         "slbd, running again, balances as before"
     );
-}
-
-/// A TCP packet from `src` to `dst` with these flags, checksums complete.
-fn tcp_packet(src: SocketAddrV4, dst: SocketAddrV4, flags: u8) -> Vec<u8> {
-    use slbd::core::checksum::{fold, pseudo_header, sum};
-    let mut p = vec![0u8; 40];
-    p[0] = 0x45;
-    p[2..4].copy_from_slice(&40u16.to_be_bytes());
-    p[8] = 64;
-    p[9] = 6;
-    p[12..16].copy_from_slice(&src.ip().octets());
-    p[16..20].copy_from_slice(&dst.ip().octets());
-    let t = &mut p[20..];
-    t[0..2].copy_from_slice(&src.port().to_be_bytes());
-    t[2..4].copy_from_slice(&dst.port().to_be_bytes());
-    t[12] = 5 << 4;
-    t[13] = flags;
-    t[14..16].copy_from_slice(&64240u16.to_be_bytes());
-    let c = !fold(sum(t, pseudo_header(*src.ip(), *dst.ip(), 6, 20)));
-    t[16..18].copy_from_slice(&c.to_be_bytes());
-    p
 }
 
 /// Packet mode only: offload services have no budget (their overflow goes to the kernel).

@@ -18,14 +18,10 @@
 use std::time::Duration;
 
 use super::*;
+use crate::core::packet::tcp_flags::{ACK, FIN, RST, SYN};
 
 /// The set of known clients in slbd's table.
 pub const KNOWN_CLIENTS: &str = "known_clients";
-
-const FIN: u8 = 0x01;
-const SYN: u8 = 0x02;
-const RST: u8 = 0x04;
-const ACK: u8 = 0x10;
 
 /// The known clients' set: `ipv4_addr`, entries timing out, at most `size`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
