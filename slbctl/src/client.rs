@@ -23,3 +23,12 @@ pub fn status(socket: &Path) -> Result<Status> {
 pub fn show_config(socket: &Path) -> Result<RawConfig> {
     slbd::ctl::client::show_config(socket, TIMEOUT)
 }
+
+pub fn explain(
+    socket: &Path,
+    protocol: &str,
+    port: u16,
+    client: &str,
+) -> Result<slbd::core::balancer::Explanation> {
+    slbd::ctl::client::explain(socket, protocol, port, client, TIMEOUT)
+}

@@ -157,6 +157,68 @@ pub fn backup_slb(v: &str) -> Result<Edit, String> {
     })
 }
 
+/// `[tcp/|udp/]VIPPORT`: a service, as `--set` and `explain` name it.
+pub fn service(flag: &str, v: &str) -> Result<(String, u16), String> {
+    let (protocol, port) = match v.split_once('/') {
+        Some((p, r)) if p.eq_ignore_ascii_case("tcp") || p.eq_ignore_ascii_case("udp") => {
+            (p.to_ascii_lowercase(), r)
+        }
+        Some((p, _)) => return Err(format!("{flag} {v:?}: {p:?} is not tcp or udp")),
+        None => ("tcp".to_string(), v),
+    };
+    let port = port
+        .parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("{flag} {v:?}: VIP port {port:?} is not a port"))?;
+    Ok((protocol, port))
+}
+
+/// `[tcp/|udp/]VIPPORT:KEY=VALUE`.
+pub fn set(v: &str) -> Result<Edit, String> {
+    let form = "(expected [tcp/|udp/]VIPPORT:KEY=VALUE, e.g. tcp/80:persistence_timeout=30)";
+    let Some((svc, setting)) = v.split_once(':') else {
+        return Err(format!("--set {v:?}: no setting given {form}"));
+    };
+    let (protocol, port) = service("--set", svc)?;
+    let Some((key, value)) = setting.split_once('=').filter(|(k, _)| !k.is_empty()) else {
+        return Err(format!("--set {v:?}: no KEY=VALUE {form}"));
+    };
+    Ok(Edit::Set {
+        protocol,
+        port,
+        key: key.to_string(),
+        value: value.to_string(),
+    })
+}
+
+/// `IP:PORT` or `IP` (every port of that address): a server the state flags name.
+pub fn server(flag: &str, v: &str) -> Result<String, String> {
+    if let Ok(a) = parse_server_address(v) {
+        return Ok(a.to_string());
+    }
+    v.parse::<Ipv4Addr>()
+        .map(|a| a.to_string())
+        .map_err(|_| format!("{flag} {v:?}: not ADDRESS:PORT or ADDRESS"))
+}
+
+/// `--drain`, `--maint` or `--ready` of `server`; a drain may have a deadline (seconds from
+/// `now_unix`).
+pub fn server_state(
+    state: &str,
+    v: &str,
+    deadline_s: Option<u64>,
+    now_unix: u64,
+) -> Result<Edit, String> {
+    Ok(Edit::ServerState {
+        server: server(&format!("--{state}"), v)?,
+        state: state.to_string(),
+        until: deadline_s
+            .filter(|_| state == "drain")
+            .map(|d| now_unix + d),
+    })
+}
+
 pub fn server_port(v: &str) -> Result<Edit, String> {
     let a = parse_server_address(v).map_err(|e| format!("--rm-server-port: {e}"))?;
     Ok(Edit::RmServerPort {
@@ -277,6 +339,48 @@ mod tests {
         assert!(port("--ssh-port", "70000")
             .unwrap_err()
             .contains("not a port"));
+    }
+
+    #[test]
+    fn set_notation() {
+        assert_eq!(
+            set("udp/53:health.interval_ms=500"),
+            Ok(Edit::Set {
+                protocol: "udp".into(),
+                port: 53,
+                key: "health.interval_ms".into(),
+                value: "500".into()
+            })
+        );
+        assert!(set("80").unwrap_err().contains("no setting given"));
+        assert!(set("80:=3").unwrap_err().contains("no KEY=VALUE"));
+        assert!(set("sctp/80:a=1")
+            .unwrap_err()
+            .contains("is not tcp or udp"));
+        assert!(set("0:a=1").unwrap_err().contains("is not a port"));
+    }
+
+    #[test]
+    fn server_state_notation() {
+        assert_eq!(
+            server_state("drain", "172.16.0.2:80", Some(30), 1000),
+            Ok(Edit::ServerState {
+                server: "172.16.0.2:80".into(),
+                state: "drain".into(),
+                until: Some(1030)
+            })
+        );
+        assert_eq!(
+            server_state("maint", "172.16.0.2", Some(30), 1000),
+            Ok(Edit::ServerState {
+                server: "172.16.0.2".into(),
+                state: "maint".into(),
+                until: None
+            })
+        );
+        assert!(server_state("ready", "172.16.0", None, 0)
+            .unwrap_err()
+            .starts_with("--ready"));
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use clap::{ArgGroup, Parser};
@@ -100,9 +101,58 @@ struct Args {
     #[arg(long, value_name = "ADDRESS:PORT", help_heading = "execute")]
     rm_server_port: Vec<String>,
 
+    /// Drain a real server, ADDRESS:PORT or ADDRESS (every port): no new flows or persistence entries; its flows go on (until --deadline)
+    #[arg(long, value_name = "SERVER", help_heading = "server states")]
+    drain: Vec<String>,
+    /// With --drain: cut the server's remaining flows after SECONDS (a reset to their clients; offload: their conntrack entries deleted)
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        requires = "drain",
+        help_heading = "server states"
+    )]
+    deadline: Option<u64>,
+    /// Put a real server in maintenance: out of rotation at once, its flows cut
+    #[arg(long, value_name = "SERVER", help_heading = "server states")]
+    maint: Vec<String>,
+    /// Put a drained or maintained real server back in rotation (with its slow start, if any)
+    #[arg(long, value_name = "SERVER", help_heading = "server states")]
+    ready: Vec<String>,
+    /// Wait until the draining SERVER holds no flow (status says `drained`); fails after --timeout
+    #[arg(long, value_name = "SERVER", help_heading = "server states")]
+    wait_drained: Option<String>,
+    /// With --wait-drained: give up after SECONDS
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 300,
+        help_heading = "server states"
+    )]
+    timeout: u64,
+    /// Change one setting of one service, [tcp/|udp/]VIPPORT:KEY=VALUE, KEY being its slb_conf.json field (persistence_timeout, algorithm, mode, slow_start_s, health.interval_ms, health.fall, ...)
+    #[arg(long, value_name = "SERVICE:KEY=VALUE", help_heading = "execute")]
+    set: Vec<String>,
+
     /// slbd's control socket
-    #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET, global = true)]
     socket: PathBuf,
+
+    #[command(subcommand)]
+    command: Option<Sub>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Sub {
+    /// What slbd would do with a new flow from CLIENT to SERVICE right now, and why: its flow or persistence entry, the scheduler's choice and inputs, the servers skipped and why
+    Explain {
+        /// The client, ADDRESS or ADDRESS:PORT (with a port, its flow if it has one)
+        client: String,
+        /// The service, [tcp/|udp/]VIPPORT
+        service: String,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 impl Args {
@@ -171,6 +221,21 @@ impl Args {
         if self.with_redundancy {
             e.push(Edit::WithRedundancy);
         }
+        let now_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        for (state, servers) in [
+            ("ready", &self.ready),
+            ("drain", &self.drain),
+            ("maint", &self.maint),
+        ] {
+            for v in servers {
+                e.push(flags::server_state(state, v, self.deadline, now_unix)?);
+            }
+        }
+        for v in &self.set {
+            e.push(flags::set(v)?);
+        }
         Ok(e)
     }
 }
@@ -190,7 +255,27 @@ fn main() -> ExitCode {
 fn run(args: &Args) -> Result<()> {
     // Everything the user typed is checked before anything reaches slbd.
     let edits = args.edits().map_err(|e| anyhow::anyhow!(e))?;
+    if let Some(Sub::Explain {
+        client,
+        service,
+        json,
+    }) = &args.command
+    {
+        let (protocol, port) = flags::service("explain", service).map_err(anyhow::Error::msg)?;
+        let e = client::explain(&args.socket, &protocol, port, client)?;
+        if *json {
+            println!("{}", serde_json::to_string_pretty(&e)?);
+        } else {
+            print!("{}", status::render_explanation(&e));
+        }
+        return Ok(());
+    }
+    let wait = match &args.wait_drained {
+        Some(v) => Some(flags::server("--wait-drained", v).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
     let any = !edits.is_empty()
+        || wait.is_some()
         || args.clear_config
         || args.load
         || args.unload
@@ -235,5 +320,51 @@ fn run(args: &Args) -> Result<()> {
         let cfg = client::show_config(&args.socket)?;
         println!("{}", serde_json::to_string_pretty(&cfg)?);
     }
+    if let Some(server) = wait {
+        wait_drained(&args.socket, &server, Duration::from_secs(args.timeout))?;
+    }
     Ok(())
+}
+
+/// Polls status until every server `server` names is drained; an error at the timeout, or
+/// at once if one of them is not draining.
+fn wait_drained(socket: &std::path::Path, server: &str, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let st = client::status(socket)?;
+        let named: Vec<_> = st
+            .services
+            .iter()
+            .flat_map(|s| s.servers.iter().map(move |r| (s, r)))
+            .filter(|(_, r)| {
+                r.address == server || r.address.rsplit_once(':').map(|(ip, _)| ip) == Some(server)
+            })
+            .collect();
+        if named.is_empty() {
+            bail!("--wait-drained: {server} is not a server");
+        }
+        if let Some((s, r)) = named
+            .iter()
+            .find(|(_, r)| r.admin_state != "drain" && r.admin_state != "drained")
+        {
+            bail!(
+                "--wait-drained: {} of {} is not draining (it is {}); drain it first with --drain",
+                r.address,
+                s.name,
+                r.admin_state
+            );
+        }
+        let left: u64 = named.iter().map(|(_, r)| r.live_flows).sum();
+        if named.iter().all(|(_, r)| r.admin_state == "drained") {
+            eprintln!("slbd: {server} drained");
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "--wait-drained: {server} still holds {left} flows after {} s",
+                timeout.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

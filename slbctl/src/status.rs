@@ -43,8 +43,11 @@ pub fn render(st: &Status) -> String {
                 String::new()
             }
         ));
+        if svc.serving_backups {
+            out.push_str("  SERVING FROM BACKUP SERVERS: no primary server is in rotation\n");
+        }
         out.push_str(&format!(
-            "  {:<21} {:>6} {:>5} {:<20} {:<16} {:>10} {:>6} {:>8} {:>10} {:>8} {:>10} {:>8}\n",
+            "  {:<21} {:>6} {:<14} {:<20} {:<16} {:>10} {:>6} {:>8} {:>10} {:>8} {:>10} {:>8}\n",
             "SERVER",
             "WEIGHT",
             "STATE",
@@ -66,11 +69,19 @@ pub fn render(st: &Status) -> String {
             let weight = r
                 .dynamic_weight
                 .map_or(r.weight.to_string(), |w| format!("{w}*"));
+            // The operator's state and the backup role read with health, as `up/drain`.
+            let mut state = r.state.clone();
+            if r.admin_state != "ready" {
+                state = format!("{state}/{}", r.admin_state);
+            }
+            if r.backup {
+                state += " (backup)";
+            }
             out.push_str(&format!(
-                "  {:<21} {:>6} {:>5} {:<20} {:<16} {:>10} {:>6} {:>8} {:>10} {:>8} {:>10} {:>8}\n",
+                "  {:<21} {:>6} {:<14} {:<20} {:<16} {:>10} {:>6} {:>8} {:>10} {:>8} {:>10} {:>8}\n",
                 r.address,
                 weight,
-                r.state,
+                state,
                 r.down_reason.as_deref().unwrap_or("-"),
                 r.last_check.as_deref().unwrap_or("-"),
                 latency,
@@ -124,6 +135,66 @@ pub fn render(st: &Status) -> String {
             "\nreplication: {}\n",
             slbd::ctl::status::describe_replication(Some(r))
         ));
+    }
+    out
+}
+
+/// `explain`'s answer in words: the decision first, then what it saw of each server.
+pub fn render_explanation(e: &slbd::core::balancer::Explanation) -> String {
+    let mut out = format!(
+        "service {}  {}  client {}\n",
+        e.service, e.algorithm, e.client
+    );
+    out += &match (&e.server, e.decided_by.as_str()) {
+        (Some(s), "existing_flow") => format!("-> {s}: the client's flow is already there\n"),
+        (Some(s), "persistence") => format!("-> {s}: by persistence\n"),
+        (Some(s), _) => format!("-> {s}: the scheduler's choice\n"),
+        (None, _) => "-> refused: no server is in rotation\n".to_string(),
+    };
+    if let Some(f) = &e.flow {
+        out += &format!(
+            "flow: on {}, {}{}\n",
+            f.server,
+            f.state,
+            if f.kernel {
+                ", carried by conntrack"
+            } else {
+                ""
+            }
+        );
+    }
+    if let Some(p) = &e.persistence {
+        out += &format!(
+            "persistence: {} for {:.1} s more{}\n",
+            p.server,
+            p.expires_in_ms as f64 / 1000.0,
+            if p.used {
+                ""
+            } else {
+                " (not used: that server is not in rotation)"
+            }
+        );
+    }
+    out += &format!(
+        "  {:<21} {:<12} {:<8} {:>6} {:>9} {:>10} {:>6} {:>10}\n",
+        "SERVER", "STANDING", "ADMIN", "WEIGHT", "EFFECTIVE", "SLOW START", "LIVE", "LATENCY"
+    );
+    for r in &e.servers {
+        let latency = r.latency_us.map_or("-".to_string(), |us| {
+            format!("{:.2} ms", f64::from(us) / 1000.0)
+        });
+        out += &format!(
+            "  {:<21} {:<12} {:<8} {:>6} {:>9.2} {:>9.0}% {:>6} {:>10}{}\n",
+            r.address,
+            r.standing,
+            r.admin_state,
+            r.weight,
+            r.effective_weight,
+            r.slow_start_factor * 100.0,
+            r.live_flows,
+            latency,
+            if r.backup { "  backup" } else { "" }
+        );
     }
     out
 }

@@ -340,7 +340,7 @@ mod tests {
             // A server that is neither shape.
             ("/services/0/servers/1", value(5.into()), "services[0].servers[1]: invalid type: integer `5`, expected \"ADDRESS:PORT\" or {\"address\""),
             // An unknown field inside a server's object.
-            ("/services/1/servers/0", serde_json::json!({"address": "172.16.0.2:53", "wieght": 3}), "services[1].servers[0].wieght: unknown field `wieght`, expected `address` or `weight`"),
+            ("/services/1/servers/0", serde_json::json!({"address": "172.16.0.2:53", "wieght": 3}), "services[1].servers[0].wieght: unknown field `wieght`, expected one of `address`, `weight`, `state`, `drain_until`, `backup`, `slow_start_s`"),
             // Wrong kinds in the health settings.
             ("/services/0/health", serde_json::json!({"interval_ms": "fast"}), "services[0].health.interval_ms: invalid type: string \"fast\""),
             ("/services/0/health", serde_json::json!({"tls": "yes"}), "services[0].health.tls: invalid type: string \"yes\", expected true, false or {"),
@@ -497,6 +497,27 @@ mod tests {
                 "/services/1/servers/0/weight",
                 0.into(),
                 "services[1].servers[0].weight: 0 is out of range (1 to 10000)",
+            ),
+            (
+                "/services/1/servers/0",
+                serde_json::json!({"address": "172.16.0.2:53", "state": "paused"}),
+                r#"services[1].servers[0].state: "paused" is not "ready", "drain" or "maint""#,
+            ),
+            (
+                "/services/1/servers/0",
+                serde_json::json!({"address": "172.16.0.2:53", "drain_until": 1_900_000_000}),
+                r#"services[1].servers[0].drain_until: only a draining server has a deadline (state is "ready")"#,
+            ),
+            (
+                "/services/1/servers/0",
+                serde_json::json!({"address": "172.16.0.2:53", "slow_start_s": 700_000}),
+                "services[1].servers[0].slow_start_s: 700000 is out of range (0 to 604800 seconds)",
+            ),
+            (
+                "/services/0",
+                serde_json::json!({"protocol": "tcp", "port": 80, "slow_start_s": 700_000,
+                                   "servers": ["172.16.0.2:80"]}),
+                "services[0].slow_start_s: 700000 is out of range (0 to 604800 seconds)",
             ),
             (
                 "/syn_flood",

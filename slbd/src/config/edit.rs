@@ -106,6 +106,24 @@ pub enum Edit {
         password: Option<Secret>,
     },
     WithRedundancy,
+    /// Sets the operator's state of a server (`IP:PORT`, or `IP` for every port of that
+    /// address) in every service that has it: `ready`, `drain` (with `until`, a deadline in
+    /// seconds since the Unix epoch, when its flows are cut) or `maint`.
+    ServerState {
+        server: String,
+        state: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        until: Option<u64>,
+    },
+    /// Sets one setting of the service on `protocol`/`port`: `key` is its field in
+    /// slb_conf.json (`persistence_timeout`, `slow_start_s`, `health.interval_ms`, ...) and
+    /// `value` its JSON (a bare word is taken as a string).
+    Set {
+        protocol: String,
+        port: u16,
+        key: String,
+        value: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -161,10 +179,7 @@ fn apply_one(raw: &mut RawConfig, secrets: &mut Secrets, e: &Edit) -> Result<(),
             let server = if *weight == 1 {
                 RawServer::Plain(addr.to_string())
             } else {
-                RawServer::Weighted(RawWeightedServer {
-                    address: addr.to_string(),
-                    weight: *weight,
-                })
+                RawServer::Weighted(RawWeightedServer::new(addr.to_string(), *weight))
             };
             let same_proto = |s: &RawService| s.protocol.parse::<Protocol>() == Ok(proto);
             let listens_on = |s: &RawService| {
@@ -204,6 +219,7 @@ fn apply_one(raw: &mut RawConfig, secrets: &mut Secrets, e: &Edit) -> Result<(),
                     persistence_timeout: None,
                     health: None,
                     mode: None,
+                    slow_start_s: None,
                     servers: vec![server],
                 }),
             }
@@ -278,13 +294,133 @@ fn apply_one(raw: &mut RawConfig, secrets: &mut Secrets, e: &Edit) -> Result<(),
             secrets.backup_password = password.clone();
         }
         Edit::WithRedundancy => raw.with_redundancy = true,
+        Edit::ServerState {
+            server,
+            state,
+            until,
+        } => set_server_state(raw, server, state, *until)?,
+        Edit::Set {
+            protocol,
+            port,
+            key,
+            value,
+        } => set_service_field(raw, protocol, *port, key, value)?,
     }
+    Ok(())
+}
+
+/// Whether `address` (`IP:PORT`) is named by `server` (`IP:PORT`, or `IP` for every port).
+fn names(server: &str, address: &str) -> bool {
+    address == server || address.rsplit_once(':').map(|(ip, _)| ip) == Some(server)
+}
+
+fn set_server_state(
+    raw: &mut RawConfig,
+    server: &str,
+    state: &str,
+    until: Option<u64>,
+) -> Result<(), EditError> {
+    let flag = match state {
+        "ready" | "drain" | "maint" => format!("--{state}"),
+        _ => {
+            return Err(EditError::Refused(format!(
+                "{state:?} is not a server state (ready, drain, maint)"
+            )))
+        }
+    };
+    let mut found = false;
+    for s in &mut raw.services {
+        for o in s
+            .servers
+            .iter_mut()
+            .filter(|o| names(server, server_address(o)))
+        {
+            found = true;
+            let mut w = match o {
+                RawServer::Plain(a) => RawWeightedServer::new(a.clone(), 1),
+                RawServer::Weighted(w) => w.clone(),
+            };
+            w.state = (state != "ready").then(|| state.to_string());
+            w.drain_until = until.filter(|_| state == "drain");
+            let plain = w == RawWeightedServer::new(w.address.clone(), 1);
+            *o = if plain {
+                RawServer::Plain(w.address)
+            } else {
+                RawServer::Weighted(w)
+            };
+        }
+    }
+    if !found {
+        return Err(EditError::Refused(format!(
+            "{flag}: {server} is not a server"
+        )));
+    }
+    Ok(())
+}
+
+/// The service fields `--set` may change: not its identity (protocol, port) nor its
+/// servers, which have their own flags.
+const SETTABLE: &[&str] = &[
+    "algorithm",
+    "persistence_timeout",
+    "mode",
+    "slow_start_s",
+    "health",
+];
+
+fn set_service_field(
+    raw: &mut RawConfig,
+    protocol: &str,
+    port: u16,
+    key: &str,
+    value: &str,
+) -> Result<(), EditError> {
+    let refuse = |m: String| Err(EditError::Refused(format!("--set {protocol}/{port}: {m}")));
+    let Some(at) = raw
+        .services
+        .iter()
+        .position(|s| s.protocol.eq_ignore_ascii_case(protocol) && s.port == u32::from(port))
+    else {
+        return refuse("there is no such service".into());
+    };
+    let path: Vec<&str> = key.split('.').collect();
+    if !SETTABLE.contains(&path[0]) || path.iter().any(|p| p.is_empty()) {
+        return refuse(format!(
+            "{key:?} is not a setting of a service (one of {}, health.FIELD)",
+            SETTABLE.join(", ")
+        ));
+    }
+    // A bare word is a string; anything JSON reads is taken as JSON.
+    let value = serde_json::from_str(value).unwrap_or(serde_json::Value::String(value.into()));
+    let mut json = serde_json::to_value(&raw.services[at]).expect("a service serialises");
+    let mut slot = &mut json;
+    for p in &path {
+        if slot.is_null() {
+            *slot = serde_json::Value::Object(Default::default());
+        }
+        let Some(obj) = slot.as_object_mut() else {
+            return refuse(format!(
+                "{key:?}: {p:?} is inside a value that is not an object"
+            ));
+        };
+        slot = obj.entry(p.to_string()).or_insert(serde_json::Value::Null);
+    }
+    *slot = value;
+    let service: RawService = serde_path_to_error::deserialize(json).map_err(|e| {
+        EditError::Refused(format!(
+            "--set {protocol}/{port}: {}: {}",
+            e.path(),
+            e.inner()
+        ))
+    })?;
+    raw.services[at] = service;
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::AdminState;
 
     fn raw() -> RawConfig {
         serde_json::from_str(
@@ -509,6 +645,120 @@ mod tests {
         let err =
             apply_with_secrets(&raw(), &Secrets::default(), &[Edit::RmCredentials]).unwrap_err();
         assert_eq!(err.to_string(), "--rm-credentials: no credentials are set");
+    }
+
+    fn state(server: &str, state: &str, until: Option<u64>) -> Edit {
+        Edit::ServerState {
+            server: server.into(),
+            state: state.into(),
+            until,
+        }
+    }
+
+    #[test]
+    fn server_states_are_set_by_address_or_address_and_port_and_kept_in_the_file() {
+        let (r, c) = apply(&raw(), &[state("172.16.0.2", "drain", Some(1_900_000_000))]).unwrap();
+        assert_eq!(
+            c.services[0].servers[0].state,
+            AdminState::Drain {
+                until: Some(1_900_000_000)
+            }
+        );
+        assert_eq!(
+            c.services[1].servers[0].state,
+            c.services[0].servers[0].state
+        );
+        assert_eq!(c.services[0].servers[1].state, AdminState::Ready);
+        let text = serde_json::to_string(&r.services[0].servers[0]).unwrap();
+        assert_eq!(
+            text,
+            r#"{"address":"172.16.0.2:80","weight":1,"state":"drain","drain_until":1900000000}"#
+        );
+        let (r, c) = apply(&r, &[state("172.16.0.2:80", "ready", None)]).unwrap();
+        assert_eq!(c.services[0].servers[0].state, AdminState::Ready);
+        assert_eq!(
+            r.services[0].servers[0],
+            RawServer::Plain("172.16.0.2:80".into()),
+            "back to the plain form"
+        );
+        let (_, c) = apply(&r, &[state("172.16.0.3:80", "maint", Some(5))]).unwrap();
+        assert_eq!(
+            c.services[0].servers[1].state,
+            AdminState::Maint,
+            "no deadline"
+        );
+        for (e, why) in [
+            (
+                state("172.16.0.9", "drain", None),
+                "--drain: 172.16.0.9 is not a server",
+            ),
+            (
+                state("172.16.0.2", "gone", None),
+                "\"gone\" is not a server state",
+            ),
+        ] {
+            let err = apply(&raw(), &[e]).unwrap_err().to_string();
+            assert!(err.contains(why), "{err}");
+        }
+    }
+
+    fn set(key: &str, value: &str) -> Edit {
+        Edit::Set {
+            protocol: "tcp".into(),
+            port: 80,
+            key: key.into(),
+            value: value.into(),
+        }
+    }
+
+    #[test]
+    fn one_service_setting_is_changed_and_validated_at_its_field_path() {
+        let (_, c) = apply(
+            &raw(),
+            &[
+                set("persistence_timeout", "30"),
+                set("health.interval_ms", "500"),
+                set("slow_start_s", "10"),
+                set("algorithm", "RATIO"),
+            ],
+        )
+        .unwrap();
+        let s = &c.services[0];
+        assert_eq!(s.persistence_timeout, std::time::Duration::from_secs(30));
+        assert_eq!(s.health.interval, std::time::Duration::from_millis(500));
+        assert_eq!(s.servers[0].slow_start, std::time::Duration::from_secs(10));
+        assert_eq!(s.algorithm.name(), "RATIO");
+        assert_eq!(c.services[1].persistence_timeout, c.persistence_timeout);
+        for (e, why) in [
+            (
+                set("servers", "[]"),
+                "\"servers\" is not a setting of a service",
+            ),
+            (set("port", "81"), "\"port\" is not a setting"),
+            (
+                set("health.interval_ms", "-1"),
+                "health.interval_ms: invalid value",
+            ),
+            (set("health.bogus", "1"), "unknown field `bogus`"),
+            (
+                set("persistence_timeout", "999999999"),
+                "services[0].persistence_timeout",
+            ),
+            (set("algorithm", "FASTEST"), "is not a scheduling algorithm"),
+        ] {
+            let err = apply(&raw(), &[e]).unwrap_err().to_string();
+            assert!(err.contains(why), "{why}: {err}");
+        }
+        let other = Edit::Set {
+            protocol: "udp".into(),
+            port: 80,
+            key: "mode".into(),
+            value: "offload".into(),
+        };
+        assert!(apply(&raw(), &[other])
+            .unwrap_err()
+            .to_string()
+            .contains("--set udp/80: there is no such service"));
     }
 
     #[test]

@@ -95,6 +95,9 @@ pub struct RawService {
     /// new flow, the kernel's conntrack carries the rest).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
+    /// Seconds over which a server coming back into rotation is ramped to its full weight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow_start_s: Option<u64>,
     pub servers: Vec<RawServer>,
 }
 
@@ -229,6 +232,33 @@ pub struct RawWeightedServer {
     pub address: String,
     #[serde(default = "default_weight")]
     pub weight: u64,
+    /// `"ready"` (the default), `"drain"` or `"maint"`, as `slbctl --drain/--maint/--ready`
+    /// set it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// A draining server's deadline, seconds since the Unix epoch: its flows are cut then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_until: Option<u64>,
+    /// Used only while no primary server of the service is up.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub backup: bool,
+    /// Overrides the service's `slow_start_s` for this server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow_start_s: Option<u64>,
+}
+
+impl RawWeightedServer {
+    /// A server with only an address and a weight.
+    pub fn new(address: String, weight: u64) -> RawWeightedServer {
+        RawWeightedServer {
+            address,
+            weight,
+            state: None,
+            drain_until: None,
+            backup: false,
+            slow_start_s: None,
+        }
+    }
 }
 
 fn default_weight() -> u64 {
@@ -351,7 +381,7 @@ macro_rules! one_of_two_shapes {
 
 one_of_two_shapes!(
     RawServer,
-    r#""ADDRESS:PORT" or {"address": "ADDRESS:PORT", "weight": N}"#,
+    r#""ADDRESS:PORT" or {"address": "ADDRESS:PORT", "weight": N, ...}"#,
     RawWeightedServer => RawServer::Weighted,
     fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<RawServer, E> {
         Ok(RawServer::Plain(s.to_string()))

@@ -9,8 +9,9 @@ use super::checker::{port, Checker};
 use super::parse::parse_server_address;
 use super::raw::{
     RawExpectStatus, RawHealth, RawHttpCheck, RawPassive, RawScript, RawServer, RawService, RawTls,
+    RawWeightedServer,
 };
-use super::{Mode, RealServer, Service, MAX_WEIGHT};
+use super::{AdminState, Mode, RealServer, Service, MAX_WEIGHT};
 use crate::core::health::{
     CheckConfig, ExpectStatus, HttpCheck, PassiveConfig, ScriptCheck, TlsCheck,
 };
@@ -61,10 +62,14 @@ pub(super) fn service(
             "at least one real server is needed",
         );
     }
+    let slow_start = match raw.slow_start_s {
+        Some(s) => c.seconds(&format!("{path}.slow_start_s"), s, 0),
+        None => Duration::ZERO,
+    };
     let mut servers = Vec::new();
     for (j, s) in raw.servers.iter().enumerate() {
         let spath = format!("{path}.servers[{j}]");
-        if let Some(server) = real_server(c, &spath, s, net, gateway) {
+        if let Some(server) = real_server(c, &spath, s, net, gateway, slow_start) {
             if servers.iter().any(|o: &RealServer| o.addr == server.addr) {
                 c.fail(spath, format!("{} is listed twice", server.addr));
             } else {
@@ -356,10 +361,43 @@ fn real_server(
     raw: &RawServer,
     net: Option<Ipv4Net>,
     gateway: Option<Ipv4Addr>,
+    slow_start: Duration,
 ) -> Option<RealServer> {
-    let (address, weight) = match raw {
-        RawServer::Plain(a) => (a.as_str(), 1),
-        RawServer::Weighted(w) => (w.address.as_str(), w.weight),
+    let plain;
+    let w = match raw {
+        RawServer::Plain(a) => {
+            plain = RawWeightedServer::new(a.clone(), 1);
+            &plain
+        }
+        RawServer::Weighted(w) => w,
+    };
+    let (address, weight) = (w.address.as_str(), w.weight);
+    let state = match w.state.as_deref().unwrap_or("ready") {
+        "ready" => AdminState::Ready,
+        "drain" => AdminState::Drain {
+            until: w.drain_until,
+        },
+        "maint" => AdminState::Maint,
+        other => {
+            c.fail(
+                format!("{path}.state"),
+                format!("{other:?} is not \"ready\", \"drain\" or \"maint\""),
+            );
+            AdminState::Drain { until: None }
+        }
+    };
+    if w.drain_until.is_some() && !matches!(state, AdminState::Drain { .. }) {
+        c.fail(
+            format!("{path}.drain_until"),
+            format!(
+                "only a draining server has a deadline (state is {:?})",
+                state.name()
+            ),
+        );
+    }
+    let slow_start = match w.slow_start_s {
+        Some(s) => c.seconds(&format!("{path}.slow_start_s"), s, 0),
+        None => slow_start,
     };
     let addr = match parse_server_address(address) {
         Ok(a) => a,
@@ -395,5 +433,8 @@ fn real_server(
     Some(RealServer {
         addr,
         weight: weight.min(MAX_WEIGHT) as u32,
+        state,
+        backup: w.backup,
+        slow_start,
     })
 }

@@ -54,6 +54,39 @@ pub struct Service {
     pub servers: Vec<RealServer>,
 }
 
+/// What the operator set a server to: in rotation, draining (no new flows or persistence
+/// entries; its flows go on, until `until` if given, seconds since the Unix epoch, when they
+/// are cut), or in maintenance (out of rotation, its flows cut at once). Kept in the file, so
+/// it survives a restart and reaches the STANDBY with the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AdminState {
+    #[default]
+    Ready,
+    Drain {
+        until: Option<u64>,
+    },
+    Maint,
+}
+
+impl AdminState {
+    pub fn name(self) -> &'static str {
+        match self {
+            AdminState::Ready => "ready",
+            AdminState::Drain { .. } => "drain",
+            AdminState::Maint => "maint",
+        }
+    }
+
+    /// Whether the server's flows must be cut by `now_unix` (seconds since the epoch).
+    pub fn cuts_flows(self, now_unix: u64) -> bool {
+        match self {
+            AdminState::Ready => false,
+            AdminState::Drain { until } => until.is_some_and(|t| now_unix >= t),
+            AdminState::Maint => true,
+        }
+    }
+}
+
 /// How a service's packets travel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Mode {
@@ -96,6 +129,25 @@ impl Service {
 pub struct RealServer {
     pub addr: SocketAddrV4,
     pub weight: u32,
+    pub state: AdminState,
+    /// Used only while no primary server of the service is in rotation (a sorry server).
+    pub backup: bool,
+    /// A server coming back into rotation has its weight ramped up over this long; zero: at
+    /// once.
+    pub slow_start: Duration,
+}
+
+impl RealServer {
+    /// A ready primary server with no slow start.
+    pub fn new(addr: SocketAddrV4, weight: u32) -> RealServer {
+        RealServer {
+            addr,
+            weight,
+            state: AdminState::Ready,
+            backup: false,
+            slow_start: Duration::ZERO,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -44,6 +44,14 @@ impl Persistence {
             .map(|e| e.server)
     }
 
+    /// The client's entry, its server and when it expires, if live.
+    pub fn entry(&self, key: &PersistKey, now_ms: u64) -> Option<(SocketAddrV4, u64)> {
+        self.entries
+            .get(key)
+            .filter(|e| e.until_ms > now_ms)
+            .map(|e| (e.server, e.until_ms))
+    }
+
     /// Remembers (or refreshes) the client's server until `until_ms`. When the table is full
     /// the client is not remembered: persistence is best effort, balancing is not.
     pub fn remember(&mut self, key: PersistKey, server: SocketAddrV4, until_ms: u64) {

@@ -46,6 +46,22 @@ pub fn status(socket: &Path, timeout: Duration) -> Result<Status> {
     typed(call(socket, &Command::Status, timeout)?, "status")
 }
 
+/// What slbd would do with a new flow from `client` to a service, and why.
+pub fn explain(
+    socket: &Path,
+    protocol: &str,
+    port: u16,
+    client: &str,
+    timeout: Duration,
+) -> Result<crate::core::balancer::Explanation> {
+    let cmd = Command::Explain {
+        protocol: protocol.into(),
+        port,
+        client: client.into(),
+    };
+    typed(call(socket, &cmd, timeout)?, "explanation")
+}
+
 /// The running configuration as slb_conf.json would hold it (secrets left out).
 pub fn show_config(socket: &Path, timeout: Duration) -> Result<RawConfig> {
     typed(

@@ -50,6 +50,13 @@ pub enum Command {
     ClearConfig,
     /// Send gratuitous ARP for the VIP and gateway addresses again (when balancing).
     Announce,
+    /// What slbd would do with a new flow from `client` (`IP` or `IP:PORT`) to the service
+    /// on `protocol`/`port`, and why.
+    Explain {
+        protocol: String,
+        port: u16,
+        client: String,
+    },
 }
 
 impl Command {
@@ -67,6 +74,7 @@ impl Command {
             Command::SaveConfig => "save_config",
             Command::ClearConfig => "clear_config",
             Command::Announce => "announce",
+            Command::Explain { .. } => "explain",
         }
     }
 }
@@ -79,6 +87,7 @@ impl Command {
 pub enum Reply {
     Status(Box<Status>),
     Config(Box<RawConfig>),
+    Explanation(Box<crate::core::balancer::Explanation>),
     Done(String),
 }
 
@@ -96,6 +105,8 @@ pub enum ProtoError {
     UnknownCommand(String),
     #[error("bad edits: {0}")]
     BadEdits(String),
+    #[error("bad {0}: {1}")]
+    BadField(String, String),
 }
 
 /// Parses one request line (without its newline).
@@ -119,6 +130,17 @@ pub fn parse_request(line: &[u8]) -> Result<Command, ProtoError> {
                 serde_json::from_value(edits).map_err(|e| ProtoError::BadEdits(e.to_string()))?;
             Command::Apply(edits)
         }
+        Some("explain") => {
+            let field = |k: &str| obj.get(k).cloned().unwrap_or(Value::Null);
+            let bad =
+                |k: &str, e: serde_json::Error| ProtoError::BadField(k.to_string(), e.to_string());
+            Command::Explain {
+                protocol: serde_json::from_value(field("protocol"))
+                    .map_err(|e| bad("protocol", e))?,
+                port: serde_json::from_value(field("port")).map_err(|e| bad("port", e))?,
+                client: serde_json::from_value(field("client")).map_err(|e| bad("client", e))?,
+            }
+        }
         Some(other) => return Err(ProtoError::UnknownCommand(other.to_string())),
         None => {
             return Err(ProtoError::UnknownCommand(
@@ -128,6 +150,7 @@ pub fn parse_request(line: &[u8]) -> Result<Command, ProtoError> {
     };
     let takes: &[&str] = match cmd {
         Command::Apply(_) => &["edits"],
+        Command::Explain { .. } => &["protocol", "port", "client"],
         _ => &[],
     };
     envelope::only_fields(&obj, takes)?;
@@ -138,6 +161,11 @@ pub fn parse_request(line: &[u8]) -> Result<Command, ProtoError> {
 pub fn request(cmd: &Command) -> String {
     let fields = match cmd {
         Command::Apply(edits) => json!({"edits": edits}),
+        Command::Explain {
+            protocol,
+            port,
+            client,
+        } => json!({"protocol": protocol, "port": port, "client": client}),
         _ => Value::Null,
     };
     envelope::request(cmd.name(), fields)
@@ -172,6 +200,11 @@ mod tests {
             Command::Reload,
             Command::SaveConfig,
             Command::ClearConfig,
+            Command::Explain {
+                protocol: "tcp".into(),
+                port: 80,
+                client: "10.0.0.5:4000".into(),
+            },
         ] {
             let line = request(&cmd);
             assert!(line.ends_with('\n'));

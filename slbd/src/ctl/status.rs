@@ -57,6 +57,9 @@ pub struct ServiceStatus {
     pub mode: String,
     /// Seconds; 0 when persistence is off.
     pub persistence_timeout: u64,
+    /// No primary server is in rotation and backup servers take the new flows.
+    #[serde(default)]
+    pub serving_backups: bool,
     pub servers: Vec<ServerStatus>,
 }
 
@@ -66,6 +69,16 @@ pub struct ServerStatus {
     pub weight: u32,
     /// `up` or `down`.
     pub state: String,
+    /// The operator's state: `ready`, `drain` (flows left), `drained` (draining, no flow
+    /// left) or `maint`.
+    #[serde(default = "ready")]
+    pub admin_state: String,
+    /// A draining server's deadline, seconds since the Unix epoch.
+    #[serde(default)]
+    pub drain_until: Option<u64>,
+    /// Used only while no primary server is in rotation.
+    #[serde(default)]
+    pub backup: bool,
     /// The smoothed health-check latency, once measured.
     pub latency_us: Option<u32>,
     /// The last active check: `ok`, or why it failed (`refused`, `timeout`, `http 503`, ...);
@@ -85,6 +98,10 @@ pub struct ServerStatus {
     pub bytes_in: u64,
     pub packets_out: u64,
     pub bytes_out: u64,
+}
+
+fn ready() -> String {
+    "ready".into()
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -272,10 +289,14 @@ mod tests {
                 algorithm: "RATIO".into(),
                 mode: "packet".into(),
                 persistence_timeout: 0,
+                serving_backups: false,
                 servers: vec![ServerStatus {
                     address: "172.16.0.2:80".into(),
                     weight: 2,
                     state: "up".into(),
+                    admin_state: "drain".into(),
+                    drain_until: Some(1_800_000_000),
+                    backup: true,
                     latency_us: None,
                     last_check: Some("ok".into()),
                     down_reason: None,

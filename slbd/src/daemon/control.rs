@@ -70,6 +70,26 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    fn explain(&self, protocol: &str, port: u16, client: &str) -> Result<Reply, String> {
+        let proto: crate::core::net::Protocol = protocol
+            .parse()
+            .map_err(|()| format!("{protocol:?} is not tcp or udp"))?;
+        let client = client
+            .parse::<std::net::SocketAddrV4>()
+            .or_else(|_| {
+                client
+                    .parse::<std::net::Ipv4Addr>()
+                    .map(|ip| std::net::SocketAddrV4::new(ip, 0))
+            })
+            .map_err(|_| format!("client {client:?} is not IP or IP:PORT"))?;
+        self.dp
+            .explain(proto, port, client, self.now_ms())
+            .map(|e| Reply::Explanation(Box::new(e)))
+            .ok_or_else(|| format!("there is no service {proto}/{port}"))
+    }
+}
+
 impl Handler for Daemon {
     fn handle(&self, cmd: &Command) -> Result<Reply, String> {
         let err = |e: anyhow::Error| format!("{e:#}");
@@ -97,7 +117,16 @@ impl Handler for Daemon {
             }
             Command::Merge => self.merge().map(Reply::Done).map_err(err),
             Command::Unload => Ok(self.unload().into()),
-            Command::Reload => self.reload().map(Into::into).map_err(err),
+            Command::Reload => self.reload().map(Into::into).map_err(|e| {
+                // Logged as a SIGHUP's refusal is: the operator may not be watching slbctl.
+                tracing::error!(error = %format!("{e:#}"), "reload refused");
+                err(e)
+            }),
+            Command::Explain {
+                protocol,
+                port,
+                client,
+            } => self.explain(protocol, *port, client),
             Command::SaveConfig => self.save().map(Reply::Done).map_err(err),
             Command::Announce => self.announce().map(Into::into).map_err(err),
         }

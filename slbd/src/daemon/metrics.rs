@@ -238,6 +238,19 @@ pub fn families(i: &Inputs) -> Vec<Family> {
         "slb_server_last_check",
         "1, labelled with the result of the server's last active check (ok or why it failed).",
     );
+    let mut admin = Family::gauge(
+        "slb_server_admin_state",
+        "1, labelled with the operator's state of the real server: ready, drain (flows left), \
+         drained (no flow left) or maint.",
+    );
+    let mut backups = Family::gauge(
+        "slb_service_serving_backups",
+        "1 while no primary server of the service is in rotation and its backup servers take \
+         the new flows; 0 otherwise (services with backup servers only).",
+    );
+    for (service, on) in i.dp.serving_backups() {
+        backups.set(vec![("service", service)], if on { 1.0 } else { 0.0 });
+    }
     let mut decisions = Family::counter(
         "slb_scheduler_decisions",
         "Real-server choices for new flows: by the service's scheduler (labelled with its \
@@ -258,6 +271,8 @@ pub fn families(i: &Inputs) -> Vec<Family> {
             live.set(l(), st.live_flows.load(Relaxed) as f64);
             new.count(l(), st.new_flows.load(Relaxed));
             up.set(l(), if st.up.load(Relaxed) { 1.0 } else { 0.0 });
+            let state = super::status::admin_state(server.state, st.live_flows.load(Relaxed));
+            admin.set(with("state", state), 1.0);
             let us = st.latency_us.load(Relaxed);
             if us > 0 {
                 latency.set(l(), f64::from(us) / 1e6);
@@ -393,6 +408,8 @@ pub fn families(i: &Inputs) -> Vec<Family> {
         effective,
         down_reason,
         last_check,
+        admin,
+        backups,
         decisions,
         dropped,
         retried,

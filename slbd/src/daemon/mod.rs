@@ -76,6 +76,8 @@ struct Daemon {
     offload: Arc<Offload>,
     /// The offload targets the rules in force were planned with.
     installed_targets: Mutex<Vec<OffloadTarget>>,
+    /// Which services served from their backups at the last look, for the switch's log line.
+    serving_backups: Mutex<Vec<(String, bool)>>,
 }
 
 impl Daemon {
@@ -159,6 +161,7 @@ pub fn run(
         replication,
         offload,
         installed_targets: Mutex::new(Vec::new()),
+        serving_backups: Mutex::new(Vec::new()),
     });
     if let Some(r) = &daemon.replication {
         let d = Arc::downgrade(&daemon);

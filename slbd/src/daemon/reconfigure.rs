@@ -55,6 +55,10 @@ impl Daemon {
             self.dp.update(&config);
         }
         self.start_checks(&config);
+        if st.role == Role::Balancing {
+            // A server put in maintenance loses its flows now, not at the next look.
+            self.enforce_admin_states();
+        }
         if st.role == Role::Cleared {
             st.role = Role::Unloaded;
         }

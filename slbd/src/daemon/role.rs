@@ -179,6 +179,8 @@ impl Daemon {
         if st.role != Role::Balancing {
             return;
         }
+        self.enforce_admin_states();
+        self.follow_backups();
         let targets = self.dp.offload_targets();
         if *self.installed_targets.lock() == targets {
             return;
@@ -194,6 +196,41 @@ impl Daemon {
                 "cannot update the offload overflow spread; the previous rules stay"
             ),
         }
+    }
+
+    /// Cuts the flows of servers in maintenance or draining past their deadline, in the
+    /// flow table and (offload) in conntrack.
+    pub(super) fn enforce_admin_states(&self) {
+        let now_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        for (server, outcome) in self.dp.enforce_admin_states(now_unix, self.now_ms()) {
+            if let Some(mark) = outcome.cut {
+                self.offload.cut(Some(mark));
+            }
+            tracing::warn!(
+                server = %server, flows_ended = outcome.flows_ended,
+                "operator's state cut the server's flows (maintenance, or drain deadline passed)"
+            );
+        }
+    }
+
+    /// Logs each service's switch to its backup servers and back, once each way.
+    fn follow_backups(&self) {
+        let now = self.dp.serving_backups();
+        let mut was = self.serving_backups.lock();
+        for (service, on) in &now {
+            let before = was
+                .iter()
+                .find(|(s, _)| s == service)
+                .is_some_and(|(_, b)| *b);
+            if *on && !before {
+                tracing::warn!(service = %service, serving = "backups", "no primary server in rotation: backup servers serve");
+            } else if !*on && before {
+                tracing::info!(service = %service, serving = "primaries", "a primary server is back: new flows go to the primaries");
+            }
+        }
+        *was = now;
     }
 
     /// Rules first, then addresses, so the VIP is never local without its rules. Between the

@@ -4,7 +4,7 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
-use crate::config::Config;
+use crate::config::{AdminState, Config};
 use crate::core::balancer::{Dataplane, DropReason, CHECK_PASSED};
 use crate::core::health::Failure;
 use crate::ctl::status::{
@@ -25,7 +25,16 @@ pub struct Inputs<'a> {
     pub replication: Option<ReplicationStatus>,
 }
 
+/// The operator's state as status shows it: a draining server with no flow left is `drained`.
+pub fn admin_state(state: AdminState, live_flows: u64) -> &'static str {
+    match state {
+        AdminState::Drain { .. } if live_flows == 0 => "drained",
+        s => s.name(),
+    }
+}
+
 pub fn status(i: Inputs) -> Status {
+    let backups = i.dp.serving_backups();
     let services =
         i.dp.services()
             .iter()
@@ -34,6 +43,7 @@ pub fn status(i: Inputs) -> Status {
                 algorithm: svc.algorithm.name().into(),
                 mode: svc.mode.name().into(),
                 persistence_timeout: svc.persistence_timeout.as_secs(),
+                serving_backups: backups.iter().any(|(n, on)| *on && *n == svc.name()),
                 servers: svc
                     .servers
                     .iter()
@@ -42,6 +52,12 @@ pub fn status(i: Inputs) -> Status {
                         address: r.addr.to_string(),
                         weight: r.weight,
                         state: if st.up.load(Relaxed) { "up" } else { "down" }.into(),
+                        admin_state: admin_state(r.state, st.live_flows.load(Relaxed)).into(),
+                        drain_until: match r.state {
+                            AdminState::Drain { until } => until,
+                            _ => None,
+                        },
+                        backup: r.backup,
                         latency_us: Some(st.latency_us.load(Relaxed)).filter(|l| *l > 0),
                         last_check: match st.last_check.load(Relaxed) {
                             0 => None,

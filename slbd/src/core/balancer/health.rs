@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use super::replica::Record;
 use super::stats::CHECK_PASSED;
 use super::Dataplane;
+use crate::core::flow::FlowKey;
 use crate::core::health::Failure;
 use crate::core::model::Mode;
 use crate::core::net::Protocol;
@@ -79,6 +80,7 @@ impl Dataplane {
             st.down_reason.store(0, Relaxed);
             if !was_up {
                 st.passive_fails.store(0, Relaxed);
+                st.ramp_pending.store(true, Relaxed);
             }
             return HealthOutcome::default();
         }
@@ -104,6 +106,16 @@ impl Dataplane {
     /// A server just left rotation: forgets its flows (on a balancing node) and says what the
     /// caller must still cut.
     pub(super) fn end_flows_of(&self, id: u32) -> HealthOutcome {
+        self.end_server_flows(id, None)
+    }
+
+    /// The operator cut server `id`'s flows: forgotten as [`Self::end_flows_of`] does, and
+    /// remembered until a while after `now_ms`, so that their next packets get a reset.
+    pub(super) fn end_flows_where(&self, id: u32, now_ms: u64) -> HealthOutcome {
+        self.end_server_flows(id, Some(now_ms))
+    }
+
+    fn end_server_flows(&self, id: u32, cut_at: Option<u64>) -> HealthOutcome {
         if !self.balancing.load(Relaxed) {
             return HealthOutcome::default();
         }
@@ -116,6 +128,17 @@ impl Dataplane {
             let ended = t.remove_where(|e| e.tag == id);
             for e in &ended {
                 self.log(&mut t, Record::end(e));
+            }
+            if let Some(now_ms) = cut_at.filter(|_| !ended.is_empty()) {
+                let mut cut = self.cut_flows.lock();
+                for e in ended.iter().filter(|e| e.protocol == Protocol::Tcp) {
+                    let key = FlowKey {
+                        protocol: e.protocol,
+                        src: e.client,
+                        dst: e.vip,
+                    };
+                    cut.remember(key, now_ms);
+                }
             }
             drop(t);
             n += ended.len();

@@ -17,12 +17,14 @@
 //! and port, which both directions of a flow carry (the source of a request, the destination of
 //! a reply), so a flow's two directions always meet in one shard whichever queue they land on.
 
+mod explain;
 mod health;
 mod icmp;
 mod offload;
 mod packet;
 mod passive;
 mod replica;
+mod rotation;
 mod stats;
 mod verdict;
 mod view;
@@ -40,10 +42,12 @@ use crate::core::net::Protocol;
 use crate::core::packet::ChecksumState;
 use crate::core::persist::{PersistKey, Persistence};
 
+pub use explain::{Explanation, FlowSeen, PersistSeen, ServerSeen};
 pub use health::HealthOutcome;
 pub use offload::{KernelReport, Traffic};
 pub use passive::{PassiveDown, PassiveWork, RETRY_MEMORY_MS};
 pub use replica::{LogOverflowed, Record, ReplicaApplied};
+pub use rotation::{ramp_permille, Standing, WEIGHT_SCALE};
 pub use stats::{Counters, ServerStats, CHECK_PASSED};
 pub use verdict::{Direction, DropReason, Verdict};
 
@@ -92,12 +96,31 @@ pub struct Dataplane {
     /// Until when mid-stream packets of unknown flows count as [`DropReason::AfterTakeover`].
     grace_until_ms: AtomicU64,
     passive: passive::Passive,
+    /// Flows the operator cut (maintenance, a drain's deadline), answered with a reset.
+    cut_flows: Mutex<rotation::CutFlows>,
 }
 
 fn shard_of(client: SocketAddrV4) -> usize {
     // Fibonacci hashing of address and port: cheap, and spreads sequential clients.
     let x = (u64::from(u32::from(*client.ip())) << 16) | u64::from(client.port());
     (x.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58) as usize % SHARDS
+}
+
+/// How a new flow's server was decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decided {
+    /// The client's persistence entry named it.
+    Persisted(usize),
+    /// The service's scheduler chose it.
+    Scheduled(usize),
+}
+
+fn persist_key(svc: &ServiceState, client: SocketAddrV4) -> PersistKey {
+    PersistKey {
+        client: *client.ip(),
+        protocol: svc.service.protocol,
+        port: svc.service.port,
+    }
 }
 
 fn timeouts(config: &Config) -> Timeouts {
@@ -132,6 +155,7 @@ impl Dataplane {
             balancing: AtomicBool::new(true),
             grace_until_ms: AtomicU64::new(0),
             passive: passive::Passive::default(),
+            cut_flows: Mutex::new(rotation::CutFlows::default()),
         };
         dp.update(config);
         dp
@@ -175,7 +199,9 @@ impl Dataplane {
                 match why {
                     // Answered from the VIP (a reset, or a rate-limited port unreachable)
                     // rather than left to time out.
-                    DropReason::NoServer | DropReason::TableFull => Verdict::Refuse,
+                    DropReason::NoServer | DropReason::TableFull | DropReason::Cut => {
+                        Verdict::Refuse
+                    }
                     _ => Verdict::Drop(why),
                 }
             }
@@ -211,6 +237,9 @@ impl Dataplane {
         kernel: bool,
     ) -> Result<(SocketAddrV4, u32), DropReason> {
         if key.protocol == Protocol::Tcp && !tcp::is_syn(flags) {
+            if self.cut_flows.lock().contains(key, now_ms) {
+                return Err(DropReason::Cut);
+            }
             return Err(if now_ms < self.grace_until_ms.load(Relaxed) {
                 DropReason::AfterTakeover
             } else {
@@ -283,42 +312,69 @@ impl Dataplane {
         avoid: Option<u32>,
     ) -> Result<usize, DropReason> {
         let registry = self.registry.load();
-        let stats = |i: usize| {
-            svc.ids
-                .get(i)
-                .and_then(|id| registry.stats.get(*id as usize))
-        };
-        let up = |i: usize| stats(i).is_some_and(|st| st.up.load(Relaxed));
+        let decided = self.decide(svc, &registry, client, now_ms, avoid, || {
+            self.pick(svc, &registry, avoid, now_ms)
+        })?;
+        let (Decided::Persisted(i) | Decided::Scheduled(i)) = decided;
+        if let Some(st) = svc
+            .ids
+            .get(i)
+            .and_then(|id| registry.stats.get(*id as usize))
+        {
+            let counter = match decided {
+                Decided::Persisted(_) => &st.persisted,
+                Decided::Scheduled(_) => &st.scheduled,
+            };
+            counter.fetch_add(1, Relaxed);
+        }
         let timeout = svc.service.persistence_timeout.as_millis() as u64;
-        let pkey = PersistKey {
-            client: *client.ip(),
-            protocol: svc.service.protocol,
-            port: svc.service.port,
-        };
-        let remembered = (timeout > 0)
-            .then(|| self.persistence.lock().get(&pkey, now_ms))
-            .flatten()
-            .and_then(|addr| svc.service.servers.iter().position(|s| s.addr == addr))
-            .filter(|&i| up(i) && svc.ids.get(i) != avoid.as_ref());
-        let i = match remembered {
-            Some(i) => {
-                stats(i).map(|st| st.persisted.fetch_add(1, Relaxed));
-                i
-            }
-            None => {
-                let i = self.pick(svc, &registry, avoid)?;
-                stats(i).map(|st| st.scheduled.fetch_add(1, Relaxed));
-                i
-            }
-        };
         if timeout > 0 {
             let server = svc.service.servers[i].addr;
+            let pkey = persist_key(svc, client);
             self.persistence
                 .lock()
                 .remember(pkey, server, now_ms + timeout);
             self.log(shard, Record::persist(&pkey, server, timeout));
         }
         Ok(i)
+    }
+
+    /// The decision itself, with no side effect but the scheduler's (`pick`): the client's
+    /// remembered server when persistence is on and that server is in rotation (and not
+    /// `avoid`), else `pick`'s choice. The real placement and `explain` both come here.
+    fn decide(
+        &self,
+        svc: &ServiceState,
+        registry: &Registry,
+        client: SocketAddrV4,
+        now_ms: u64,
+        avoid: Option<u32>,
+        pick: impl FnOnce() -> Result<usize, DropReason>,
+    ) -> Result<Decided, DropReason> {
+        let primaries_up = Self::primaries_up(svc, registry);
+        let in_rotation = |i: usize| {
+            svc.ids
+                .get(i)
+                .and_then(|id| registry.stats.get(*id as usize))
+                .is_some_and(|st| {
+                    Self::standing(st, &svc.service.servers[i], primaries_up)
+                        == Standing::InRotation
+                })
+        };
+        let timeout = svc.service.persistence_timeout.as_millis() as u64;
+        let remembered = (timeout > 0)
+            .then(|| {
+                self.persistence
+                    .lock()
+                    .get(&persist_key(svc, client), now_ms)
+            })
+            .flatten()
+            .and_then(|addr| svc.service.servers.iter().position(|s| s.addr == addr))
+            .filter(|&i| in_rotation(i) && svc.ids.get(i) != avoid.as_ref());
+        match remembered {
+            Some(i) => Ok(Decided::Persisted(i)),
+            None => pick().map(Decided::Scheduled),
+        }
     }
 
     /// The service's scheduler's choice among its servers as they are now. A scheduler is
@@ -330,12 +386,37 @@ impl Dataplane {
         svc: &ServiceState,
         registry: &Registry,
         avoid: Option<u32>,
+        now_ms: u64,
     ) -> Result<usize, DropReason> {
         let mut p = svc.picker.lock();
         let view::Picker {
             scheduler,
             candidates,
         } = &mut *p;
+        Self::fill_candidates(svc, registry, avoid, now_ms, candidates);
+        let picked = scheduler
+            .pick(candidates)
+            .filter(|&i| i < svc.service.servers.len() && candidates.get(i).is_some_and(|c| c.up));
+        match picked {
+            // The server to avoid was the only one in rotation: better it than none.
+            None if avoid.is_some() => {
+                drop(p);
+                self.pick(svc, registry, None, now_ms)
+            }
+            picked => picked.ok_or(DropReason::NoServer),
+        }
+    }
+
+    /// The scheduler's view of `svc`'s servers now: in rotation or not, effective weight,
+    /// live flows, latency. `avoid` is left out.
+    fn fill_candidates(
+        svc: &ServiceState,
+        registry: &Registry,
+        avoid: Option<u32>,
+        now_ms: u64,
+        candidates: &mut [crate::core::sched::Candidate],
+    ) {
+        let primaries_up = Self::primaries_up(svc, registry);
         for ((c, id), r) in candidates
             .iter_mut()
             .zip(&svc.ids)
@@ -345,21 +426,11 @@ impl Dataplane {
                 c.up = false;
                 continue;
             };
-            c.weight = st.weight(r.weight);
-            c.up = st.takes_new_flows(r.weight) && Some(*id) != avoid;
+            c.weight = Self::effective_weight(st, r, now_ms);
+            c.up =
+                Self::standing(st, r, primaries_up) == Standing::InRotation && Some(*id) != avoid;
             c.live = st.live_flows.load(Relaxed).min(u64::from(u32::MAX)) as u32;
             c.latency_us = Some(st.latency_us.load(Relaxed)).filter(|l| *l > 0);
-        }
-        let picked = scheduler
-            .pick(candidates)
-            .filter(|&i| i < svc.service.servers.len() && candidates.get(i).is_some_and(|c| c.up));
-        match picked {
-            // The server to avoid was the only one in rotation: better it than none.
-            None if avoid.is_some() => {
-                drop(p);
-                self.pick(svc, registry, None)
-            }
-            picked => picked.ok_or(DropReason::NoServer),
         }
     }
 
@@ -419,6 +490,7 @@ impl Dataplane {
             }
         }
         self.persistence.lock().expire(now_ms);
+        self.cut_flows.lock().expire(now_ms);
         self.expire_retries(now_ms);
         n
     }
@@ -521,6 +593,7 @@ mod tests {
     use crate::core::sched::{Candidate, Scheduler};
 
     /// A scheduler with a bug: it names a server the service does not have.
+    #[derive(Clone)]
     struct PastTheEnd;
 
     impl Scheduler for PastTheEnd {

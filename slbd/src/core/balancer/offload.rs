@@ -340,6 +340,7 @@ impl Dataplane {
             .filter(|s| s.service.mode == Mode::Offload)
             .flat_map(|s| {
                 let registry = &registry;
+                let primaries_up = Self::primaries_up(s, registry);
                 s.service
                     .servers
                     .iter()
@@ -348,7 +349,9 @@ impl Dataplane {
                         let weight = registry
                             .stats
                             .get(*id as usize)
-                            .filter(|st| st.takes_new_flows(r.weight))
+                            .filter(|st| {
+                                Self::standing(st, r, primaries_up) == super::Standing::InRotation
+                            })
                             .map_or(0, |st| st.weight(r.weight));
                         Some(OffloadTarget {
                             mark: offload_mark(*id)?,

@@ -40,6 +40,10 @@ pub struct ServerStats {
     pub(super) passive_fails: AtomicU32,
     /// When the data path last saw one fail (ms on the data plane's clock).
     pub(super) passive_last_ms: AtomicU64,
+    /// The server just came into rotation: its slow start begins at the next look.
+    pub(super) ramp_pending: AtomicBool,
+    /// When its slow start began (ms on the data plane's clock); 0: none.
+    pub(super) ramp_from_ms: AtomicU64,
 }
 
 /// [`ServerStats::last_check`] of a check that passed.
@@ -63,6 +67,8 @@ impl Default for ServerStats {
             down_reason: AtomicU32::new(0),
             passive_fails: AtomicU32::new(0),
             passive_last_ms: AtomicU64::new(0),
+            ramp_pending: AtomicBool::new(false),
+            ramp_from_ms: AtomicU64::new(0),
         }
     }
 }
@@ -75,12 +81,6 @@ impl ServerStats {
             0 => configured,
             w => w - 1,
         }
-    }
-
-    /// In rotation and given new flows: up, and a weight of 0 keeps a server's flows but
-    /// gives it no new ones (IPVS's quiescent server).
-    pub fn takes_new_flows(&self, configured: u32) -> bool {
-        self.up.load(Relaxed) && self.weight(configured) > 0
     }
 
     /// Takes `n` off the live count (saturating: counts are advisory, never negative).

@@ -66,11 +66,14 @@ pub enum DropReason {
     /// A server's ICMP unreachable about a flow it never answered: kept from the client, the
     /// flow forgotten, its next packet placed elsewhere.
     ServerUnreachable,
+    /// A packet of a flow the operator cut (its server in maintenance, or draining past its
+    /// deadline): answered with a reset, so the client knows at once.
+    Cut,
 }
 
 impl DropReason {
     /// The reasons that are not [`DropReason::Malformed`], in counter order.
-    const OWN: [DropReason; 11] = [
+    const OWN: [DropReason; 12] = [
         DropReason::NoService,
         DropReason::MidStream,
         DropReason::ReplyWithoutFlow,
@@ -82,6 +85,7 @@ impl DropReason {
         DropReason::HandshakeRefused,
         DropReason::HandshakeUnanswered,
         DropReason::ServerUnreachable,
+        DropReason::Cut,
     ];
 
     /// How many counters the reasons need: derived, so a reason added to `Self::OWN` or to
@@ -106,7 +110,8 @@ impl DropReason {
             | DropReason::Untracked
             | DropReason::HandshakeRefused
             | DropReason::HandshakeUnanswered
-            | DropReason::ServerUnreachable) => own(d),
+            | DropReason::ServerUnreachable
+            | DropReason::Cut) => own(d),
         }
     }
 
@@ -123,6 +128,7 @@ impl DropReason {
             DropReason::HandshakeRefused => "handshake_refused_retried",
             DropReason::HandshakeUnanswered => "handshake_unanswered_retried",
             DropReason::ServerUnreachable => "server_unreachable_retried",
+            DropReason::Cut => "cut_by_operator",
             DropReason::Malformed(m) => m.name(),
         }
     }

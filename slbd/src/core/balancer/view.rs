@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use super::stats::ServerStats;
 use super::{timeouts, Dataplane};
 use crate::core::health::PassiveConfig;
-use crate::core::model::{Config, Service};
+use crate::core::model::{AdminState, Config, Service};
 use crate::core::sched::{Candidate, Scheduler};
 
 /// A service's scheduler with the candidate list it is handed, refreshed at each pick (kept
@@ -77,6 +77,11 @@ impl Dataplane {
         let mut generation = self.updating.lock();
         *generation += 1;
         let mut registry = super::stats::Registry::clone(&self.registry.load());
+        let old = self.view.load();
+        // Servers coming into rotation by this change begin their slow start: newly added
+        // ones (after the first configuration, where all start alike) and ones the operator
+        // made ready again.
+        let mut ramping = Vec::new();
         let services = config
             .services
             .iter()
@@ -95,7 +100,22 @@ impl Dataplane {
                 let ids = s
                     .servers
                     .iter()
-                    .map(|r| registry.id(s.protocol, s.port, r.addr, s.mode, passive))
+                    .map(|r| {
+                        let id = registry.id(s.protocol, s.port, r.addr, s.mode, passive);
+                        let was = old
+                            .service(s.protocol, s.port)
+                            .and_then(|o| o.service.servers.iter().find(|x| x.addr == r.addr));
+                        let comes_in = match was {
+                            None => *generation > 1,
+                            Some(was) => {
+                                was.state != AdminState::Ready && r.state == AdminState::Ready
+                            }
+                        };
+                        if comes_in {
+                            ramping.push(id);
+                        }
+                        id
+                    })
                     .collect();
                 let seed = self
                     .seed
@@ -126,6 +146,9 @@ impl Dataplane {
             vip: config.vip,
             services,
         }));
+        for id in ramping {
+            self.start_ramp(id);
+        }
         for shard in self.shards.iter() {
             shard.lock().set_timeouts(timeouts(config));
         }

@@ -3,7 +3,7 @@
 
 use super::{Candidate, Scheduler};
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct LeastConnections {
     next: usize,
 }

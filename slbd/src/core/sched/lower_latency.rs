@@ -8,7 +8,7 @@
 use super::rng::Rng;
 use super::{Candidate, Scheduler};
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct LowerLatency {
     rng: Rng,
 }

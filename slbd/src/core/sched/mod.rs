@@ -101,8 +101,20 @@ pub struct Candidate {
 }
 
 /// Picks the index of the server a new flow goes to, or `None` when no server is up.
-pub trait Scheduler: Send {
+pub trait Scheduler: Send + Fork {
     fn pick(&mut self, servers: &[Candidate]) -> Option<usize>;
+}
+
+/// A copy of a scheduler in its current state: what it would pick next, asked without moving
+/// the real one on (`slbctl explain`).
+pub trait Fork {
+    fn fork(&self) -> Box<dyn Scheduler>;
+}
+
+impl<T: Scheduler + Clone + 'static> Fork for T {
+    fn fork(&self) -> Box<dyn Scheduler> {
+        Box::new(self.clone())
+    }
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 use super::rng::Rng;
 use super::{Candidate, Scheduler};
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Random {
     rng: Rng,
     order: Vec<usize>,

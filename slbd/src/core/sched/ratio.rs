@@ -3,7 +3,7 @@
 
 use super::{Candidate, Scheduler};
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Ratio {
     /// Each server's running credit; resized when the server list changes.
     current: Vec<i64>,

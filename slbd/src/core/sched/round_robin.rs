@@ -2,7 +2,7 @@
 
 use super::{Candidate, Scheduler};
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct RoundRobin {
     next: usize,
 }
