@@ -78,6 +78,8 @@ struct Daemon {
     installed_targets: Mutex<Vec<OffloadTarget>>,
     /// Which services served from their backups at the last look, for the switch's log line.
     serving_backups: Mutex<Vec<(String, bool)>>,
+    /// When conntrack was last dumped for a draining offload server's closes (ms).
+    drain_resync_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Daemon {
@@ -162,6 +164,7 @@ pub fn run(
         offload,
         installed_targets: Mutex::new(Vec::new()),
         serving_backups: Mutex::new(Vec::new()),
+        drain_resync_ms: std::sync::atomic::AtomicU64::new(0),
     });
     if let Some(r) = &daemon.replication {
         let d = Arc::downgrade(&daemon);

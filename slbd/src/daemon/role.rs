@@ -181,6 +181,17 @@ impl Daemon {
         }
         self.enforce_admin_states();
         self.follow_backups();
+        if self.dp.offload_draining() {
+            let now = self.now_ms();
+            let last = self
+                .drain_resync_ms
+                .load(std::sync::atomic::Ordering::Relaxed);
+            if now >= last + 1_000 {
+                self.drain_resync_ms
+                    .store(now, std::sync::atomic::Ordering::Relaxed);
+                self.offload.resync(&self.dp);
+            }
+        }
         let targets = self.dp.offload_targets();
         if *self.installed_targets.lock() == targets {
             return;

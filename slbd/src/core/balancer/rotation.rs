@@ -152,6 +152,23 @@ impl Dataplane {
             .collect()
     }
 
+    /// Whether an offload server is draining with flows left. Conntrack reports only the end
+    /// of most offload flows (not their close), so their live count drops only when the
+    /// entry expires; while a drain waits on it, the caller dumps conntrack to see closes.
+    pub fn offload_draining(&self) -> bool {
+        let view = self.view.load();
+        view.services
+            .iter()
+            .filter(|s| s.service.mode == crate::core::model::Mode::Offload)
+            .flat_map(|s| s.service.servers.iter().zip(&s.ids))
+            .any(|(r, id)| {
+                matches!(r.state, AdminState::Drain { .. })
+                    && self
+                        .stats(*id)
+                        .is_some_and(|st| st.live_flows.load(Relaxed) > 0)
+            })
+    }
+
     /// Marks server `id` as just come into rotation: its slow start (if it has one) begins.
     pub(super) fn start_ramp(&self, id: u32) {
         if let Some(st) = self.stats(id) {
