@@ -43,6 +43,9 @@ pub struct RawConfig {
     /// The isolation guard: what this node must reach to take or keep the VIP.
     #[serde(default)]
     pub guard: crate::guard::RawGuard,
+    /// Commands run after each transition into a state (`hooks.active`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hooks: Option<crate::hooks::RawHooks>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -216,6 +219,7 @@ pub struct Config {
     /// The slbd flow replication port; None: replication is off.
     pub replication_port: Option<u16>,
     pub guard: crate::guard::Settings,
+    pub hooks: crate::hooks::HookSet,
 }
 
 impl Config {
@@ -389,6 +393,7 @@ pub fn validate(raw: &RawConfig) -> Result<Config, ConfigError> {
             Duration::from_millis(hb.interval_ms * hb.dead_intervals),
             &mut e,
         ),
+        hooks: crate::hooks::validate(&raw.hooks.clone().unwrap_or_default(), &mut e),
     };
     if e.is_empty() {
         Ok(config)

@@ -646,3 +646,83 @@ fn the_standby_checks_its_servers_too_and_shows_a_dead_one_down_then_up() {
     p.lab.start_server(0).expect("server 1 again");
     wait_for(&p, "up");
 }
+
+/// Adds `hooks` to node `i`'s amgr.json (before amgr starts).
+fn with_hooks(p: &Pair, i: usize, hooks: serde_json::Value) {
+    let path = p.nodes[i].dir.join("amgr.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    cfg["hooks"] = hooks;
+    std::fs::write(&path, serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
+}
+
+#[test]
+fn hooks_run_on_a_switch_and_a_crash_with_their_variables_and_a_hanging_hook_costs_no_failover_time(
+) {
+    if !can_run("hooks_run_on_a_switch_and_a_crash") {
+        return;
+    }
+    let mut p = Pair::new(PairOptions::default()).expect("the pair's lab");
+    let dirs = [0, 1].map(|i| p.nodes[i].dir.clone());
+    let record = |i: usize, then: &str| {
+        let log = dirs[i].join("hooks.log");
+        serde_json::json!({
+            "command": [format!(
+                "echo \"$SLB_NODE $SLB_OLD_STATE $SLB_NEW_STATE $SLB_REASON\" >> {}{then}",
+                log.display()
+            )],
+            "shell": true,
+            "timeout_ms": 60_000
+        })
+    };
+    // Node 2's ACTIVE hook hangs for a minute (a pager that does not answer).
+    for i in 0..2 {
+        // `exec`: the sleep is the hook's own process, which dies with amgr at the end.
+        let active = record(i, if i == 1 { "; exec sleep 60" } else { "" });
+        with_hooks(
+            &p,
+            i,
+            serde_json::json!({"active": active, "standby": record(i, "")}),
+        );
+    }
+    p.start_both().expect("amgr");
+    p.wait_states(["ACTIVE", "STANDBY"], UP).unwrap();
+    let logs = [0, 1].map(|i| p.nodes[i].dir.join("hooks.log"));
+    let hooks_log = |i: usize| std::fs::read_to_string(&logs[i]).unwrap_or_default();
+    // A switch, both ways.
+    for to in [1usize, 0] {
+        let (code, out, err) = p.amgr(1 - to, &["switch"]);
+        assert_eq!(code, 0, "{out}{err}");
+        let mut want = ["STANDBY"; 2];
+        want[to] = "ACTIVE";
+        p.wait_states(want, UP).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let (one, two) = (hooks_log(0), hooks_log(1));
+    assert!(one.contains("1 ACTIVE STANDBY"), "node 1's hooks:\n{one}");
+    assert!(two.contains("2 STANDBY ACTIVE"), "node 2's hooks:\n{two}");
+    assert!(
+        one.lines()
+            .last()
+            .unwrap_or("")
+            .starts_with("1 STANDBY ACTIVE"),
+        "node 1's hooks:\n{one}"
+    );
+    // A crash of node 1, while node 2's last ACTIVE hook may still hang: the takeover waits
+    // for no hook.
+    let before = hooks_log(1).lines().count();
+    let gap = crash_gap(&mut p, "kill");
+    eprintln!(
+        "hooks: node 1 ran\n{one}node 2 ran\n{}crash gap with a hanging hook {} ms",
+        hooks_log(1),
+        gap.as_millis()
+    );
+    assert!(gap < GOAL, "the failover took {} ms", gap.as_millis());
+    let after = hooks_log(1);
+    let new: Vec<&str> = after.lines().skip(before).collect();
+    assert!(
+        new.iter().any(|l| l.starts_with("2 STANDBY ACTIVE ")),
+        "the crash's hook ran with its variables: {new:?}"
+    );
+    assert!(p.log(1).contains("hook"), "hook lines in amgr's log");
+}

@@ -55,6 +55,8 @@ impl Agent {
         );
         self.history
             .changed(self.node.id, from, to, why, unix_ms(SystemTime::now()));
+        // In a thread of its own: a hook never delays what this transition does next.
+        self.hooks.fire(self.node.id, from, to, why);
         if to == State::Init {
             self.init_since_ms = self.now_ms();
         }

@@ -153,6 +153,8 @@ pub struct Agent {
     keep_running: bool,
     last_announce: Option<Instant>,
     history: History,
+    /// The state-change hooks amgr.json names.
+    hooks: crate::hooks::Hooks,
     generation: u64,
     generation_mtime: Option<SystemTime>,
     sync_status: Arc<Mutex<sync::Status>>,
@@ -204,6 +206,7 @@ impl Agent {
         log_format: slb_common::logging::LogFormat,
     ) -> Agent {
         let n = cfg.links.len();
+        let hooks = cfg.hooks.clone();
         Agent {
             node: Node {
                 id: cfg.node_id,
@@ -235,6 +238,7 @@ impl Agent {
             keep_running: true,
             last_announce: None,
             history: History::default(),
+            hooks: crate::hooks::Hooks::new(hooks),
             generation: 0,
             generation_mtime: None,
             sync_status: shared.sync_status,
