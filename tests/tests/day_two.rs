@@ -83,6 +83,11 @@ fn drain_with_a_deadline_keeps_held_connections_until_it_then_resets_them(mode: 
             &deadline_s.to_string(),
         ],
     );
+    let (_, text, _) = lab.slbctl(&slbd, &["--status"]);
+    eprintln!(
+        "$ slbctl --status   # after --drain {} --deadline {deadline_s}\n{text}",
+        addr("s1")
+    );
     let st = status(&lab, &slbd);
     assert_eq!(server(&st, "s1")["admin_state"], "drain", "{st}");
     assert!(server(&st, "s1")["drain_until"].is_u64(), "{st}");
@@ -107,6 +112,7 @@ fn drain_with_a_deadline_keeps_held_connections_until_it_then_resets_them(mode: 
     );
     let (code, _, err) = lab.slbctl(&slbd, &["--wait-drained", &addr("s1"), "--timeout", "1"]);
     assert_ne!(code, 0, "not drained yet");
+    eprintln!("$ slbctl --wait-drained {} --timeout 1\n{err}", addr("s1"));
     assert!(err.contains("still holds 5 flows"), "{err}");
 
     // --wait-drained returns once the deadline cut the rest.
@@ -315,7 +321,69 @@ fn explain_names_the_server_the_next_connection_gets(mode: &'static str) {
     assert!(err.contains("there is no service udp/99"), "{err}");
 }
 
+fn an_agent_on_the_server_sets_its_weight_then_drains_it_then_readies_it(mode: &'static str) {
+    if !can_run("an_agent_on_the_server_sets_its_weight_then_drains_it_then_readies_it") {
+        return;
+    }
+    let lab = Lab::new_in(2, mode).unwrap();
+    let says = lab.dir().join("agent-says");
+    std::fs::write(&says, "50%\n").unwrap();
+    // A second lab-server in s1's namespace, as its agent (HAProxy's agent-check protocol).
+    let _agent = lab
+        .start(
+            &lab.server(0),
+            &[
+                workspace_bin("lab-server").to_str().unwrap(),
+                "--name",
+                "agent",
+                "--tcp",
+                "0.0.0.0:8100",
+                "--agent",
+                "0.0.0.0:5555",
+                "--agent-file",
+                says.to_str().unwrap(),
+            ],
+        )
+        .unwrap();
+    let mut config = lab.config(2);
+    config["algorithm"] = "RATIO".into();
+    config["services"][0]["servers"] = serde_json::json!([
+        {"address": addr("s1"), "weight": 10, "agent": {"port": 5555, "interval_ms": 300}},
+        {"address": addr("s2"), "weight": 10},
+    ]);
+    let slbd = lab.start_slbd(&config);
+    let interval = Duration::from_millis(300);
+    let settle = || std::thread::sleep(interval * 2);
+    settle();
+    let half = spread(&lab, 30);
+    assert_eq!(
+        half.get("s1"),
+        Some(&10),
+        "50 %: weight 5 against 10: {half:?}"
+    );
+    assert_eq!(server(&status(&lab, &slbd), "s1")["dynamic_weight"], 5);
+    std::fs::write(&says, "drain #deploy\n").unwrap();
+    settle();
+    let st = status(&lab, &slbd);
+    assert_eq!(server(&st, "s1")["admin_state"], "drained", "{st}");
+    let drained = spread(&lab, 10);
+    assert_eq!(drained.get("s2"), Some(&10), "{drained:?}");
+    std::fs::write(&says, "ready 100% bogus\n").unwrap();
+    settle();
+    let back = spread(&lab, 20);
+    assert_eq!(back.get("s1"), Some(&10), "{back:?}");
+    assert_eq!(server(&status(&lab, &slbd), "s1")["admin_state"], "ready");
+    let log = slbd.log_text();
+    assert_eq!(
+        log.matches("word=bogus").count(),
+        1,
+        "unknown words logged once: {log}"
+    );
+    eprintln!("agent ({mode}): 50% {half:?}, drain {drained:?}, ready 100% {back:?}");
+}
+
 in_both_modes!(
+    an_agent_on_the_server_sets_its_weight_then_drains_it_then_readies_it,
     drain_with_a_deadline_keeps_held_connections_until_it_then_resets_them,
     backup_servers_serve_while_every_primary_is_down_and_hand_back_when_one_returns,
     a_server_back_from_maintenance_gets_a_rising_share_over_its_slow_start,

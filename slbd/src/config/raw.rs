@@ -245,6 +245,21 @@ pub struct RawWeightedServer {
     /// Overrides the service's `slow_start_s` for this server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slow_start_s: Option<u64>,
+    /// An agent on the server (HAProxy's agent-check protocol) that sets its weight and state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<RawAgent>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAgent {
+    pub port: u32,
+    #[serde(default = "default_agent_interval")]
+    pub interval_ms: u64,
+}
+
+fn default_agent_interval() -> u64 {
+    2000
 }
 
 impl RawWeightedServer {
@@ -257,6 +272,7 @@ impl RawWeightedServer {
             drain_until: None,
             backup: false,
             slow_start_s: None,
+            agent: None,
         }
     }
 }

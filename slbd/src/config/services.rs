@@ -11,7 +11,7 @@ use super::raw::{
     RawExpectStatus, RawHealth, RawHttpCheck, RawPassive, RawScript, RawServer, RawService, RawTls,
     RawWeightedServer,
 };
-use super::{AdminState, Mode, RealServer, Service, MAX_WEIGHT};
+use super::{AdminState, AgentCheck, Mode, RealServer, Service, MAX_WEIGHT};
 use crate::core::health::{
     CheckConfig, ExpectStatus, HttpCheck, PassiveConfig, ScriptCheck, TlsCheck,
 };
@@ -430,11 +430,25 @@ fn real_server(
     if Some(*addr.ip()) == gateway {
         c.fail(path, format!("{} is the gateway address", addr.ip()));
     }
+    let agent = w.agent.as_ref().and_then(|a| {
+        let port = port(c, &format!("{path}.agent.port"), a.port);
+        if !(100..=3_600_000).contains(&a.interval_ms) {
+            c.fail(
+                format!("{path}.agent.interval_ms"),
+                format!("{} is out of range (100 to 3600000)", a.interval_ms),
+            );
+        }
+        Some(AgentCheck {
+            port: port?,
+            interval: Duration::from_millis(a.interval_ms),
+        })
+    });
     Some(RealServer {
         addr,
         weight: weight.min(MAX_WEIGHT) as u32,
         state,
         backup: w.backup,
         slow_start,
+        agent,
     })
 }

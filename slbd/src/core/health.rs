@@ -154,6 +154,8 @@ pub enum Failure {
     PassiveUnreachable,
     /// The data path saw a SYN go unanswered.
     PassiveTimeout,
+    /// The server's agent said `down`, `fail` or `stopped`.
+    Agent,
 }
 
 impl Failure {
@@ -179,6 +181,7 @@ impl Failure {
             Failure::PassiveRst => (8, 0),
             Failure::PassiveUnreachable => (9, 0),
             Failure::PassiveTimeout => (10, 0),
+            Failure::Agent => (11, 0),
         };
         (kind << 24) | detail
     }
@@ -197,6 +200,7 @@ impl Failure {
             8 => Failure::PassiveRst,
             9 => Failure::PassiveUnreachable,
             10 => Failure::PassiveTimeout,
+            11 => Failure::Agent,
             _ => return None,
         })
     }
@@ -216,6 +220,7 @@ impl std::fmt::Display for Failure {
             Failure::PassiveRst => f.write_str("passive_rst"),
             Failure::PassiveUnreachable => f.write_str("passive_unreachable"),
             Failure::PassiveTimeout => f.write_str("passive_timeout"),
+            Failure::Agent => f.write_str("agent"),
         }
     }
 }

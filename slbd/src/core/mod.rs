@@ -8,6 +8,7 @@
 //! configuration ([`model`], which `crate::config` builds from slb_conf.json). The shells (`crate::shell`) and the
 //! daemon (`crate::daemon`) wrap them; nothing here imports from either.
 
+pub mod agent;
 pub mod balancer;
 pub mod checksum;
 pub mod flow;

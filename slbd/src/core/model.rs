@@ -135,6 +135,15 @@ pub struct RealServer {
     /// A server coming back into rotation has its weight ramped up over this long; zero: at
     /// once.
     pub slow_start: Duration,
+    /// The server's agent, asked every interval for its weight and state.
+    pub agent: Option<AgentCheck>,
+}
+
+/// An agent check (HAProxy's protocol): a TCP port on the server that answers one line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AgentCheck {
+    pub port: u16,
+    pub interval: Duration,
 }
 
 impl RealServer {
@@ -146,6 +155,7 @@ impl RealServer {
             state: AdminState::Ready,
             backup: false,
             slow_start: Duration::ZERO,
+            agent: None,
         }
     }
 }

@@ -271,7 +271,10 @@ pub fn families(i: &Inputs) -> Vec<Family> {
             live.set(l(), st.live_flows.load(Relaxed) as f64);
             new.count(l(), st.new_flows.load(Relaxed));
             up.set(l(), if st.up.load(Relaxed) { 1.0 } else { 0.0 });
-            let state = super::status::admin_state(server.state, st.live_flows.load(Relaxed));
+            let state = super::status::admin_state(
+                crate::core::balancer::Dataplane::admin_state(st, server),
+                st.live_flows.load(Relaxed),
+            );
             admin.set(with("state", state), 1.0);
             let us = st.latency_us.load(Relaxed);
             if us > 0 {

@@ -52,7 +52,11 @@ pub fn status(i: Inputs) -> Status {
                         address: r.addr.to_string(),
                         weight: r.weight,
                         state: if st.up.load(Relaxed) { "up" } else { "down" }.into(),
-                        admin_state: admin_state(r.state, st.live_flows.load(Relaxed)).into(),
+                        admin_state: admin_state(
+                            Dataplane::admin_state(st, r),
+                            st.live_flows.load(Relaxed),
+                        )
+                        .into(),
                         drain_until: match r.state {
                             AdminState::Drain { until } => until,
                             _ => None,

@@ -7,6 +7,7 @@
 //! sessions ([`replication`]).
 
 pub mod addr;
+pub mod agent;
 pub mod conntrack;
 pub mod netlink;
 pub mod nfqueue;

@@ -36,7 +36,20 @@ impl Prober {
     pub fn check(&self, config: &Config, dp: Arc<Dataplane>, cut: Arc<Cut>) -> std::io::Result<()> {
         let generation = self.generation.fetch_add(1, Relaxed) + 1;
         let mut jobs = Vec::new();
+        let mut agents = Vec::new();
         for (si, s) in config.services.iter().enumerate() {
+            for (i, r) in s.servers.iter().enumerate() {
+                if let (Some(agent), Some(id)) = (r.agent, dp.server_id(si, i)) {
+                    agents.push(AgentJob {
+                        id,
+                        service: s.name(),
+                        server: r.addr,
+                        agent: std::net::SocketAddrV4::new(*r.addr.ip(), agent.port),
+                        interval: agent.interval,
+                        weight: r.weight,
+                    });
+                }
+            }
             if !s.health.enabled {
                 continue;
             }
@@ -53,7 +66,7 @@ impl Prober {
                 });
             }
         }
-        if jobs.is_empty() {
+        if jobs.is_empty() && agents.is_empty() {
             return Ok(());
         }
         let current = self.generation.clone();
@@ -72,6 +85,15 @@ impl Prober {
                             watch(dp, job, cut, || current.load(Relaxed) == generation).await
                         }));
                     }
+                    for job in agents {
+                        let (dp, current, cut) = (dp.clone(), current.clone(), cut.clone());
+                        tasks.push(tokio::spawn(async move {
+                            super::agent::watch(dp, job, cut, || {
+                                current.load(Relaxed) == generation
+                            })
+                            .await
+                        }));
+                    }
                     for t in tasks {
                         let _ = t.await;
                     }
@@ -80,6 +102,8 @@ impl Prober {
         Ok(())
     }
 }
+
+use super::agent::AgentJob;
 
 struct Job {
     id: u32,

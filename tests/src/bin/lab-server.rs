@@ -1,7 +1,8 @@
 //! A real server for the lab: an HTTP/1.0 responder on TCP that names itself, with a bulk
 //! download (`GET /bytes/N`), a bulk upload that answers the SHA-256 of what it received
 //! (`POST /sink`), a long-lived connection (`GET /hold`: names itself, then echoes each line
-//! after its name until the client closes), and a UDP echo that prefixes its name. Threads and std only.
+//! after its name until the client closes), a UDP echo that prefixes its name, and with
+//! `--agent ADDR:PORT --agent-file PATH` an agent-check agent answering the file's first line. Threads and std only.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
@@ -27,6 +28,18 @@ fn main() {
                 let mut reply = format!("{name} ").into_bytes();
                 reply.extend_from_slice(&buf[..n]);
                 let _ = sock.send_to(&reply, from);
+            }
+        });
+    }
+    // An agent-check agent: each connection gets the file's first line (what the test
+    // wrote there last), then the connection closes.
+    if let (Some(addr), Some(file)) = (get("--agent"), get("--agent-file")) {
+        let listener = TcpListener::bind(&addr).expect("bind agent");
+        std::thread::spawn(move || {
+            for mut conn in listener.incoming().flatten() {
+                let line = std::fs::read_to_string(&file).unwrap_or_default();
+                let _ = conn.write_all(line.lines().next().unwrap_or("").as_bytes());
+                let _ = conn.write_all(b"\n");
             }
         });
     }

@@ -131,7 +131,7 @@ impl Dataplane {
                 Some(ServerSeen {
                     address: r.addr.to_string(),
                     standing: Self::standing(st, r, primaries_up).name().into(),
-                    admin_state: r.state.name().into(),
+                    admin_state: Self::admin_state(st, r).name().into(),
                     backup: r.backup,
                     weight: r.weight,
                     effective_weight: f64::from(c.weight) / f64::from(WEIGHT_SCALE),

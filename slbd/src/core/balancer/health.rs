@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use super::replica::Record;
 use super::stats::CHECK_PASSED;
 use super::Dataplane;
+use crate::core::agent::{weight_of, AgentAdmin, AgentOper, AgentSays};
 use crate::core::flow::FlowKey;
 use crate::core::health::Failure;
 use crate::core::model::Mode;
@@ -72,7 +73,8 @@ impl Dataplane {
         }
         st.last_check
             .store(last.map_or(CHECK_PASSED, Failure::code), Relaxed);
-        if up && !came_up {
+        // A server its agent took out comes back when the agent says so, not by its checks.
+        if up && (!came_up || st.down_reason.load(Relaxed) == Failure::Agent.code()) {
             return HealthOutcome::default();
         }
         let was_up = st.up.swap(up, Relaxed);
@@ -100,6 +102,43 @@ impl Dataplane {
             // Stored as weight + 1 so that 0 can mean "configured".
             let w = weight.map_or(0, |w| w.min(crate::core::model::MAX_WEIGHT as u32) + 1);
             st.dynamic_weight.store(w, Relaxed);
+        }
+    }
+
+    /// Applies what server `id`'s agent said (`configured`: its configured weight): its
+    /// weight, the agent's administrative state, and its operational state (a `down` takes
+    /// it out of rotation as a failed check does; `up` brings back only a server the agent
+    /// took out). Says what the caller must still cut.
+    pub fn apply_agent(&self, id: u32, says: &AgentSays, configured: u32) -> HealthOutcome {
+        let Some(st) = self.stats(id) else {
+            return HealthOutcome::default();
+        };
+        if let Some(pct) = says.weight_pct {
+            self.set_weight(id, Some(weight_of(configured, pct)));
+        }
+        if let Some(admin) = says.admin {
+            let code = match admin {
+                AgentAdmin::Ready => 0,
+                AgentAdmin::Drain => 1,
+                AgentAdmin::Maint => 2,
+            };
+            if st.agent_admin.swap(code, Relaxed) != 0 && code == 0 {
+                st.ramp_pending.store(true, Relaxed);
+            }
+        }
+        match says.oper {
+            Some(AgentOper::Down) => self.set_health(id, false, None, Some(Failure::Agent), false),
+            Some(AgentOper::Up)
+                if !st.up.load(Relaxed)
+                    && st.down_reason.load(Relaxed) == Failure::Agent.code() =>
+            {
+                st.down_reason.store(0, Relaxed);
+                st.passive_fails.store(0, Relaxed);
+                st.ramp_pending.store(true, Relaxed);
+                st.up.store(true, Relaxed);
+                HealthOutcome::default()
+            }
+            _ => HealthOutcome::default(),
         }
     }
 

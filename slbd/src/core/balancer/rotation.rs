@@ -86,11 +86,12 @@ impl Dataplane {
     /// Where server `r` (with counters `st`) stands; `primaries_up`: whether a primary server
     /// of its service is in rotation.
     pub(super) fn standing(st: &ServerStats, r: &RealServer, primaries_up: bool) -> Standing {
+        let state = Self::admin_state(st, r);
         if !st.up.load(Relaxed) {
             Standing::Down
-        } else if r.state == AdminState::Maint {
+        } else if state == AdminState::Maint {
             Standing::Maint
-        } else if matches!(r.state, AdminState::Drain { .. }) {
+        } else if matches!(state, AdminState::Drain { .. }) {
             Standing::Draining
         } else if st.weight(r.weight) == 0 {
             Standing::Quiescent
@@ -98,6 +99,17 @@ impl Dataplane {
             Standing::BackupIdle
         } else {
             Standing::InRotation
+        }
+    }
+
+    /// The administrative state in force: the more restrictive of the operator's and the
+    /// agent's (whose drain has no deadline).
+    pub fn admin_state(st: &ServerStats, r: &RealServer) -> AdminState {
+        match (r.state, st.agent_admin.load(Relaxed)) {
+            (AdminState::Maint, _) | (_, 2) => AdminState::Maint,
+            (AdminState::Drain { until }, _) => AdminState::Drain { until },
+            (AdminState::Ready, 1) => AdminState::Drain { until: None },
+            (AdminState::Ready, _) => AdminState::Ready,
         }
     }
 
@@ -162,10 +174,10 @@ impl Dataplane {
             .filter(|s| s.service.mode == crate::core::model::Mode::Offload)
             .flat_map(|s| s.service.servers.iter().zip(&s.ids))
             .any(|(r, id)| {
-                matches!(r.state, AdminState::Drain { .. })
-                    && self
-                        .stats(*id)
-                        .is_some_and(|st| st.live_flows.load(Relaxed) > 0)
+                self.stats(*id).is_some_and(|st| {
+                    matches!(Self::admin_state(&st, r), AdminState::Drain { .. })
+                        && st.live_flows.load(Relaxed) > 0
+                })
             })
     }
 
@@ -320,6 +332,33 @@ mod tests {
         let cut = dp.enforce_admin_states(1000, 30);
         assert_eq!(cut.len(), 1);
         assert_eq!(send(&dp, "10.0.0.5:1000", ACK, 40).0, Verdict::Refuse);
+    }
+
+    #[test]
+    fn an_agent_drains_takes_out_and_brings_back_and_checks_do_not_overrule_its_down() {
+        use crate::core::agent::parse;
+        let dp = dp(r#""172.16.0.2:80", "172.16.0.3:80""#, "");
+        let a = dp.server_id(0, 0).unwrap();
+        dp.apply_agent(a, &parse(b"drain"), 1);
+        for k in 0..4 {
+            assert_eq!(
+                send(&dp, &format!("10.0.0.5:{k}"), SYN, 0).1,
+                sa("172.16.0.3:80")
+            );
+        }
+        dp.apply_agent(a, &parse(b"ready down"), 1);
+        assert!(!dp.is_up(a));
+        dp.set_health(a, true, None, None, true);
+        assert!(
+            !dp.is_up(a),
+            "a passing check does not undo the agent's down"
+        );
+        dp.apply_agent(a, &parse(b"up"), 1);
+        assert!(dp.is_up(a));
+        let got: Vec<_> = (0..4)
+            .map(|k| send(&dp, &format!("10.0.0.6:{k}"), SYN, 0).1)
+            .collect();
+        assert!(got.contains(&sa("172.16.0.2:80")), "{got:?}");
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub struct ServerStats {
     pub(super) passive_fails: AtomicU32,
     /// When the data path last saw one fail (ms on the data plane's clock).
     pub(super) passive_last_ms: AtomicU64,
+    /// The agent's administrative state: 0 ready (or no agent), 1 drain, 2 maint.
+    pub agent_admin: std::sync::atomic::AtomicU8,
     /// The server just came into rotation: its slow start begins at the next look.
     pub(super) ramp_pending: AtomicBool,
     /// When its slow start began (ms on the data plane's clock); 0: none.
@@ -67,6 +69,7 @@ impl Default for ServerStats {
             down_reason: AtomicU32::new(0),
             passive_fails: AtomicU32::new(0),
             passive_last_ms: AtomicU64::new(0),
+            agent_admin: std::sync::atomic::AtomicU8::new(0),
             ramp_pending: AtomicBool::new(false),
             ramp_from_ms: AtomicU64::new(0),
         }
