@@ -281,6 +281,8 @@ fn explain_names_the_server_the_next_connection_gets(mode: &'static str) {
     let slbd = lab.start_slbd(&lab.config(3));
     slbctl_ok(&lab, &slbd, &["--set", "tcp/80:persistence_timeout=30"]);
     let explain = |client: &str| -> Value {
+        let (_, words, _) = lab.slbctl(&slbd, &["explain", client, "tcp/80"]);
+        eprintln!("$ slbctl explain {client} tcp/80\n{words}");
         let (code, out, err) = lab.slbctl(&slbd, &["explain", client, "tcp/80", "--json"]);
         assert_eq!(code, 0, "{err}");
         serde_json::from_str(&out).unwrap()
@@ -311,9 +313,8 @@ fn explain_names_the_server_the_next_connection_gets(mode: &'static str) {
     let next = get(CLIENT);
     assert_eq!(draining["server"], addr(&next), "{draining}");
     assert_ne!(next, first);
-    let (_, words, _) = lab.slbctl(&slbd, &["explain", &CLIENT.to_string(), "tcp/80"]);
     eprintln!(
-        "explain ({mode}): fresh {} -> {got}; persisted -> {first}; {first} draining -> {next}\n{words}",
+        "explain ({mode}): fresh {} -> {got}; persisted -> {first}; {first} draining -> {next}",
         fresh["server"]
     );
     let (code, _, err) = lab.slbctl(&slbd, &["explain", "10.0.0.5", "udp/99"]);
