@@ -19,9 +19,12 @@ use slb_common::logging::LogFormat;
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// The running amgr's command socket (root-only).
-    #[arg(long, global = true, value_name = "PATH", default_value = config::DEFAULT_SOCKET)]
-    socket: PathBuf,
+    /// The running amgr's command socket (root-only) [default: /run/slb/amgr.sock]
+    #[arg(long, global = true, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// The node NAME of several on one host (slb-node-config --instance): /etc/slb/NAME/amgr.json and /run/slb/NAME/amgr.sock
+    #[arg(long, global = true, value_name = "NAME", conflicts_with = "socket")]
+    instance: Option<String>,
     /// Run the command on the dual node instead (over the pair's authenticated connection).
     #[arg(long, global = true)]
     peer: bool,
@@ -37,9 +40,9 @@ struct Args {
 enum Cmd {
     /// Run the daemon.
     Run {
-        /// amgr's configuration.
-        #[arg(long, short = 'c', value_name = "PATH", default_value = config::DEFAULT_PATH)]
-        config: PathBuf,
+        /// amgr's configuration [default: /etc/slb/amgr.json, or the instance's]
+        #[arg(long, short = 'c', value_name = "PATH")]
+        config: Option<PathBuf>,
         /// Check the configuration and exit.
         #[arg(long)]
         check: bool,
@@ -142,17 +145,31 @@ impl Cmd {
 fn main() -> ExitCode {
     slb_common::cli_docs::emit_if_asked::<Args>();
     let args = Args::parse();
+    let instance = args.instance.as_deref();
     let result = match &args.cmd {
+        _ if instance.is_some_and(|n| !slb_common::instance::valid(n)) => Err(anyhow!(
+            "--instance {:?}: use a-z, 0-9, _ and - only",
+            instance.unwrap_or_default()
+        )),
         Cmd::Run {
             config,
             check,
             log_format,
-        } => daemon(config, *check, *log_format),
+        } => {
+            let path = config
+                .clone()
+                .unwrap_or_else(|| slb_common::instance::path(config::DEFAULT_PATH, instance));
+            daemon(&path, *check, *log_format)
+        }
         other => {
             let cmd = other
                 .command()
                 .expect("every other subcommand is a command");
-            client(&args, cmd)
+            let socket = args
+                .socket
+                .clone()
+                .unwrap_or_else(|| slb_common::instance::path(config::DEFAULT_SOCKET, instance));
+            client(&args, &socket, cmd)
         }
     };
     match result {
@@ -177,21 +194,21 @@ fn daemon(path: &Path, check: bool, log_format: LogFormat) -> Result<()> {
     amgr::daemon::run(cfg, log_format)
 }
 
-fn client(args: &Args, cmd: Command) -> Result<()> {
-    let mut s = UnixStream::connect(&args.socket).map_err(|e| match e.kind() {
+fn client(args: &Args, socket: &Path, cmd: Command) -> Result<()> {
+    let mut s = UnixStream::connect(socket).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
             anyhow!(
                 "amgr is not running (no command socket at {})",
-                args.socket.display()
+                socket.display()
             )
         }
         std::io::ErrorKind::PermissionDenied => {
             anyhow!(
                 "permission denied on {}: the command socket is root-only",
-                args.socket.display()
+                socket.display()
             )
         }
-        _ => anyhow!(e).context(format!("cannot connect to {}", args.socket.display())),
+        _ => anyhow!(e).context(format!("cannot connect to {}", socket.display())),
     })?;
     s.set_read_timeout(Some(Duration::from_secs(40)))?;
     s.write_all(

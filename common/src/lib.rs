@@ -15,6 +15,7 @@ pub mod cli_docs;
 pub mod envelope;
 pub mod fs;
 pub mod fuzz_seed;
+pub mod instance;
 pub mod listen;
 pub mod logging;
 pub mod metrics;

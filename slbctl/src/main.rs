@@ -133,9 +133,12 @@ struct Args {
     #[arg(long, value_name = "SERVICE:KEY=VALUE", help_heading = "execute")]
     set: Vec<String>,
 
-    /// slbd's control socket
-    #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET, global = true)]
-    socket: PathBuf,
+    /// slbd's control socket [default: /run/slb/slbd.sock]
+    #[arg(long, value_name = "PATH", global = true)]
+    socket: Option<PathBuf>,
+    /// The node NAME of several on one host (slb-node-config --instance): its socket is /run/slb/NAME/slbd.sock
+    #[arg(long, value_name = "NAME", global = true, conflicts_with = "socket")]
+    instance: Option<String>,
 
     #[command(subcommand)]
     command: Option<Sub>,
@@ -156,6 +159,24 @@ enum Sub {
 }
 
 impl Args {
+    /// The control socket: `--socket`, or the instance's, or the default.
+    fn socket(&self) -> Result<PathBuf> {
+        if let Some(s) = &self.socket {
+            return Ok(s.clone());
+        }
+        if let Some(name) = self
+            .instance
+            .as_deref()
+            .filter(|n| !slb_common::instance::valid(n))
+        {
+            bail!("--instance {name:?}: use a-z, 0-9, _ and - only");
+        }
+        Ok(slb_common::instance::path(
+            DEFAULT_SOCKET,
+            self.instance.as_deref(),
+        ))
+    }
+
     /// The configuration flags as edits, every value checked; the first bad one is the error.
     fn edits(&self) -> Result<Vec<Edit>, String> {
         let mut e = Vec::new();
@@ -253,6 +274,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> Result<()> {
+    let socket = args.socket()?;
     // Everything the user typed is checked before anything reaches slbd.
     let edits = args.edits().map_err(|e| anyhow::anyhow!(e))?;
     if let Some(Sub::Explain {
@@ -262,7 +284,7 @@ fn run(args: &Args) -> Result<()> {
     }) = &args.command
     {
         let (protocol, port) = flags::service("explain", service).map_err(anyhow::Error::msg)?;
-        let e = client::explain(&args.socket, &protocol, port, client)?;
+        let e = client::explain(&socket, &protocol, port, client)?;
         if *json {
             println!("{}", serde_json::to_string_pretty(&e)?);
         } else {
@@ -287,7 +309,7 @@ fn run(args: &Args) -> Result<()> {
         bail!("nothing to do (see --help)");
     }
     let say = |cmd: Command| -> Result<()> {
-        eprintln!("slbd: {}", client::run(&args.socket, &cmd)?);
+        eprintln!("slbd: {}", client::run(&socket, &cmd)?);
         Ok(())
     };
     if args.clear_config {
@@ -309,7 +331,7 @@ fn run(args: &Args) -> Result<()> {
         say(Command::SaveConfig)?;
     }
     if args.status {
-        let st = client::status(&args.socket)?;
+        let st = client::status(&socket)?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(&st)?);
         } else {
@@ -317,11 +339,11 @@ fn run(args: &Args) -> Result<()> {
         }
     }
     if args.show_config {
-        let cfg = client::show_config(&args.socket)?;
+        let cfg = client::show_config(&socket)?;
         println!("{}", serde_json::to_string_pretty(&cfg)?);
     }
     if let Some(server) = wait {
-        wait_drained(&args.socket, &server, Duration::from_secs(args.timeout))?;
+        wait_drained(&socket, &server, Duration::from_secs(args.timeout))?;
     }
     Ok(())
 }
