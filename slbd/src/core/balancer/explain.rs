@@ -267,6 +267,50 @@ mod tests {
     }
 
     #[test]
+    fn every_reason_a_server_is_skipped_is_named() {
+        let dp = dp(
+            r#""172.16.0.2:80", "172.16.0.3:80", "172.16.0.4:80",
+               {"address": "172.16.0.5:80", "backup": true}"#,
+            "",
+        );
+        let (down, quiet) = (dp.server_id(0, 0).unwrap(), dp.server_id(0, 1).unwrap());
+        dp.set_health(
+            down,
+            false,
+            None,
+            Some(crate::core::health::Failure::Refused),
+            false,
+        );
+        dp.set_weight(quiet, Some(0));
+        let e = explained(&dp, "10.0.0.5:0", 0);
+        let standing: Vec<&str> = e.servers.iter().map(|s| s.standing.as_str()).collect();
+        assert_eq!(standing, ["down", "weight_0", "in_rotation", "backup_idle"]);
+        assert_eq!(e.server.as_deref(), Some("172.16.0.4:80"));
+        assert!(e.servers[3].backup);
+    }
+
+    #[test]
+    fn a_server_in_slow_start_shows_its_share_of_weight() {
+        let cfg = |state: &str| {
+            Config::from_json(&format!(
+                r#"{{"address": "10.0.0.100", "address_dev": "eth0", "gateway": "172.16.0.1",
+                "gateway_dev": "eth1", "cluster_network": "172.16.0.0/24",
+                "services": [{{"protocol": "tcp", "port": 80, "slow_start_s": 10,
+                  "servers": [{{"address": "172.16.0.2:80", "state": "{state}"}}, "172.16.0.3:80"]}}]}}"#
+            ))
+            .unwrap()
+        };
+        let dp = Dataplane::for_test(&cfg("maint"));
+        let cfg = cfg("ready");
+        dp.update(&cfg);
+        explained(&dp, "10.0.0.5:0", 1_000);
+        let e = explained(&dp, "10.0.0.5:0", 3_500);
+        assert_eq!(e.servers[0].slow_start_factor, 0.25);
+        assert_eq!(e.servers[0].effective_weight, 0.25);
+        assert_eq!(e.servers[1].slow_start_factor, 1.0);
+    }
+
+    #[test]
     fn no_such_service_explains_nothing() {
         let dp = dp(r#""172.16.0.2:80""#, "");
         assert!(dp.explain(Protocol::Udp, 80, sa("10.0.0.5:0"), 0).is_none());
