@@ -12,6 +12,10 @@
 //! - `health`: what a server's health means for its flows;
 //! - `passive`: failed handshakes the data path sees, their retry and passive detection;
 //! - `icmp`: ICMP errors about balanced flows, passive detection's first, then translated.
+//! - `rotation`: who may take a new flow and with what weight (health, the operator's and an
+//!   agent's state, backups, slow start), and the decision itself (persistence, then the
+//!   scheduler), with the operator's cuts;
+//! - `explain`: that same decision asked without being taken (`slbctl explain`).
 //!
 //! Sharing between queue workers: the flow table is split into shards by the client's address
 //! and port, which both directions of a flow carry (the source of a request, the destination of
@@ -337,101 +341,6 @@ impl Dataplane {
             self.log(shard, Record::persist(&pkey, server, timeout));
         }
         Ok(i)
-    }
-
-    /// The decision itself, with no side effect but the scheduler's (`pick`): the client's
-    /// remembered server when persistence is on and that server is in rotation (and not
-    /// `avoid`), else `pick`'s choice. The real placement and `explain` both come here.
-    fn decide(
-        &self,
-        svc: &ServiceState,
-        registry: &Registry,
-        client: SocketAddrV4,
-        now_ms: u64,
-        avoid: Option<u32>,
-        pick: impl FnOnce() -> Result<usize, DropReason>,
-    ) -> Result<Decided, DropReason> {
-        let primaries_up = Self::primaries_up(svc, registry);
-        let in_rotation = |i: usize| {
-            svc.ids
-                .get(i)
-                .and_then(|id| registry.stats.get(*id as usize))
-                .is_some_and(|st| {
-                    Self::standing(st, &svc.service.servers[i], primaries_up)
-                        == Standing::InRotation
-                })
-        };
-        let timeout = svc.service.persistence_timeout.as_millis() as u64;
-        let remembered = (timeout > 0)
-            .then(|| {
-                self.persistence
-                    .lock()
-                    .get(&persist_key(svc, client), now_ms)
-            })
-            .flatten()
-            .and_then(|addr| svc.service.servers.iter().position(|s| s.addr == addr))
-            .filter(|&i| in_rotation(i) && svc.ids.get(i) != avoid.as_ref());
-        match remembered {
-            Some(i) => Ok(Decided::Persisted(i)),
-            None => pick().map(Decided::Scheduled),
-        }
-    }
-
-    /// The service's scheduler's choice among its servers as they are now. A scheduler is
-    /// trusted for its policy, not its bounds: an index past the list, or a server out of
-    /// rotation, is no choice at all. `avoid` (a server that just failed this client's
-    /// handshake) is left out unless no other server is in rotation.
-    fn pick(
-        &self,
-        svc: &ServiceState,
-        registry: &Registry,
-        avoid: Option<u32>,
-        now_ms: u64,
-    ) -> Result<usize, DropReason> {
-        let mut p = svc.picker.lock();
-        let view::Picker {
-            scheduler,
-            candidates,
-        } = &mut *p;
-        Self::fill_candidates(svc, registry, avoid, now_ms, candidates);
-        let picked = scheduler
-            .pick(candidates)
-            .filter(|&i| i < svc.service.servers.len() && candidates.get(i).is_some_and(|c| c.up));
-        match picked {
-            // The server to avoid was the only one in rotation: better it than none.
-            None if avoid.is_some() => {
-                drop(p);
-                self.pick(svc, registry, None, now_ms)
-            }
-            picked => picked.ok_or(DropReason::NoServer),
-        }
-    }
-
-    /// The scheduler's view of `svc`'s servers now: in rotation or not, effective weight,
-    /// live flows, latency. `avoid` is left out.
-    fn fill_candidates(
-        svc: &ServiceState,
-        registry: &Registry,
-        avoid: Option<u32>,
-        now_ms: u64,
-        candidates: &mut [crate::core::sched::Candidate],
-    ) {
-        let primaries_up = Self::primaries_up(svc, registry);
-        for ((c, id), r) in candidates
-            .iter_mut()
-            .zip(&svc.ids)
-            .zip(&svc.service.servers)
-        {
-            let Some(st) = registry.stats.get(*id as usize) else {
-                c.up = false;
-                continue;
-            };
-            c.weight = Self::effective_weight(st, r, now_ms);
-            c.up =
-                Self::standing(st, r, primaries_up) == Standing::InRotation && Some(*id) != avoid;
-            c.live = st.live_flows.load(Relaxed).min(u64::from(u32::MAX)) as u32;
-            c.latency_us = Some(st.latency_us.load(Relaxed)).filter(|l| *l > 0);
-        }
     }
 
     /// A flow left the table while its shard is held: replication hears of it, and its

@@ -1,16 +1,18 @@
 //! Who may take a service's next new flow, and with what weight: the one place where health,
-//! the operator's state, backup servers and slow start meet. The scheduler's candidates,
-//! persistence's check of a remembered server and `explain` all read it, so they cannot
-//! disagree. Also the operator's cuts: a server in maintenance, or draining past its
+//! the operator's and an agent's state, backup servers and slow start meet; and the decision
+//! made from it (persistence first, then the scheduler). The real placement and `explain` both
+//! run that decision, so they cannot disagree. Also the operator's cuts: a server in maintenance, or draining past its
 //! deadline, has its flows forgotten, and their next packets are answered with a reset.
 //! Pure.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 
+use std::net::SocketAddrV4;
+
 use super::stats::{Registry, ServerStats};
 use super::view::ServiceState;
-use super::{Dataplane, HealthOutcome};
+use super::{persist_key, view, Dataplane, Decided, DropReason, HealthOutcome};
 use crate::core::flow::FlowKey;
 use crate::core::model::{AdminState, RealServer};
 
@@ -206,6 +208,104 @@ impl Dataplane {
             }
         }
         out
+    }
+}
+
+/// The decision for a new flow: persistence, then the scheduler over the candidates above.
+impl Dataplane {
+    /// The decision itself, with no side effect but the scheduler's (`pick`): the client's
+    /// remembered server when persistence is on and that server is in rotation (and not
+    /// `avoid`), else `pick`'s choice. The real placement and `explain` both come here.
+    pub(super) fn decide(
+        &self,
+        svc: &ServiceState,
+        registry: &Registry,
+        client: SocketAddrV4,
+        now_ms: u64,
+        avoid: Option<u32>,
+        pick: impl FnOnce() -> Result<usize, DropReason>,
+    ) -> Result<Decided, DropReason> {
+        let primaries_up = Self::primaries_up(svc, registry);
+        let in_rotation = |i: usize| {
+            svc.ids
+                .get(i)
+                .and_then(|id| registry.stats.get(*id as usize))
+                .is_some_and(|st| {
+                    Self::standing(st, &svc.service.servers[i], primaries_up)
+                        == Standing::InRotation
+                })
+        };
+        let timeout = svc.service.persistence_timeout.as_millis() as u64;
+        let remembered = (timeout > 0)
+            .then(|| {
+                self.persistence
+                    .lock()
+                    .get(&persist_key(svc, client), now_ms)
+            })
+            .flatten()
+            .and_then(|addr| svc.service.servers.iter().position(|s| s.addr == addr))
+            .filter(|&i| in_rotation(i) && svc.ids.get(i) != avoid.as_ref());
+        match remembered {
+            Some(i) => Ok(Decided::Persisted(i)),
+            None => pick().map(Decided::Scheduled),
+        }
+    }
+
+    /// The service's scheduler's choice among its servers as they are now. A scheduler is
+    /// trusted for its policy, not its bounds: an index past the list, or a server out of
+    /// rotation, is no choice at all. `avoid` (a server that just failed this client's
+    /// handshake) is left out unless no other server is in rotation.
+    pub(super) fn pick(
+        &self,
+        svc: &ServiceState,
+        registry: &Registry,
+        avoid: Option<u32>,
+        now_ms: u64,
+    ) -> Result<usize, DropReason> {
+        let mut p = svc.picker.lock();
+        let view::Picker {
+            scheduler,
+            candidates,
+        } = &mut *p;
+        Self::fill_candidates(svc, registry, avoid, now_ms, candidates);
+        let picked = scheduler
+            .pick(candidates)
+            .filter(|&i| i < svc.service.servers.len() && candidates.get(i).is_some_and(|c| c.up));
+        match picked {
+            // The server to avoid was the only one in rotation: better it than none.
+            None if avoid.is_some() => {
+                drop(p);
+                self.pick(svc, registry, None, now_ms)
+            }
+            picked => picked.ok_or(DropReason::NoServer),
+        }
+    }
+
+    /// The scheduler's view of `svc`'s servers now: in rotation or not, effective weight,
+    /// live flows, latency. `avoid` is left out.
+    pub(super) fn fill_candidates(
+        svc: &ServiceState,
+        registry: &Registry,
+        avoid: Option<u32>,
+        now_ms: u64,
+        candidates: &mut [crate::core::sched::Candidate],
+    ) {
+        let primaries_up = Self::primaries_up(svc, registry);
+        for ((c, id), r) in candidates
+            .iter_mut()
+            .zip(&svc.ids)
+            .zip(&svc.service.servers)
+        {
+            let Some(st) = registry.stats.get(*id as usize) else {
+                c.up = false;
+                continue;
+            };
+            c.weight = Self::effective_weight(st, r, now_ms);
+            c.up =
+                Self::standing(st, r, primaries_up) == Standing::InRotation && Some(*id) != avoid;
+            c.live = st.live_flows.load(Relaxed).min(u64::from(u32::MAX)) as u32;
+            c.latency_us = Some(st.latency_us.load(Relaxed)).filter(|l| *l > 0);
+        }
     }
 }
 
