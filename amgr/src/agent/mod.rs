@@ -330,7 +330,13 @@ impl Agent {
                     node = self.node.id,
                     "dual lost: every heartbeat link silent for the dead time"
                 ),
-                Peer::Alive => tracing::info!(node = self.node.id, "dual heard"),
+                Peer::Alive => {
+                    tracing::info!(node = self.node.id, "dual heard");
+                    // Its state counts from now: the guard's rounds from before a healed
+                    // split (cut off, every one unfit) must not hand over to a dual whose
+                    // last known state, from before the split, is the same STANDBY.
+                    self.dual_state_since_ms = now_ms;
+                }
                 Peer::Unknown => {}
             }
             self.peer_was = peer;
