@@ -748,6 +748,28 @@ pub fn connect(from: Ipv4Addr, to: SocketAddrV4, timeout: Duration) -> std::io::
     Ok(s)
 }
 
+/// How many segments the kernel retransmitted on `s` (TCP_INFO's total, SYNs included): what
+/// `ss -ti` shows as `retrans`. A connection through a balancer that drops nothing has none.
+pub fn retransmissions(s: &TcpStream) -> u32 {
+    let mut info = std::mem::MaybeUninit::<libc::tcp_info>::zeroed();
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `info` is a writable tcp_info of `len` bytes and `s` an open TCP socket; the
+    // kernel writes at most `len` bytes into it.
+    let rc = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(s),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+    // SAFETY: zero-initialised, then (partly) written by the kernel: every bit pattern is a
+    // valid tcp_info.
+    unsafe { info.assume_init() }.tcpi_total_retrans
+}
+
 fn read_body(mut s: TcpStream) -> std::io::Result<Vec<u8>> {
     let mut all = Vec::new();
     s.read_to_end(&mut all)?;

@@ -106,6 +106,9 @@ fn a_dead_server_leaves_rotation_and_returns_when_it_recovers(mode: &'static str
         "took {took:?}, expected about interval × rise"
     );
     let counts = spread(&lab, 30);
+    if counts.get("s2") != Some(&10) {
+        eprintln!("LOG:\n{}", std::fs::read_to_string(&slbd.log).unwrap());
+    }
     assert_eq!(
         counts.get("s2"),
         Some(&10),

@@ -447,3 +447,55 @@ fn mode_switches_a_service_between_packet_and_offload_live() {
         "a connection from before both switches still reaches its server"
     );
 }
+
+/// Every edit commits slbd's rules; one that dropped what waits in the queue would cost a SYN
+/// its retransmission (a second) or a segment its RTO. The client counts retransmissions the
+/// way `ss -ti` does, on each new connection and on a held one echoing all along.
+fn edits_during_a_stream_of_connections_cost_no_retransmission(mode: &'static str) {
+    if !can_run("edits_during_a_stream_of_connections_cost_no_retransmission") {
+        return;
+    }
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let lab = Lab::new_in(3, mode).unwrap();
+    let slbd = lab.start_slbd(&lab.config(3));
+    let done = AtomicBool::new(false);
+    let s3 = format!("{}:8000", server_ip(2));
+    let (connections, retransmitted) = std::thread::scope(|scope| {
+        let client = scope.spawn(|| {
+            in_ns(&lab.client(), || {
+                let (held, _) = hold_connection();
+                let (mut n, mut retrans) = (0u32, 0u32);
+                while !done.load(Ordering::Relaxed) {
+                    let mut s = connect(CLIENT, vip(80), T).expect("connect");
+                    write!(s, "GET / HTTP/1.0\r\n\r\n").expect("request");
+                    let mut body = Vec::new();
+                    s.read_to_end(&mut body).expect("answer");
+                    retrans += retransmissions(&s);
+                    echo(&held, &format!("ping {n}"), T).expect("held connection echoes");
+                    n += 1;
+                }
+                (n, retrans + retransmissions(&held))
+            })
+        });
+        for _ in 0..10 {
+            for flag in ["--drain", "--ready"] {
+                ok(&lab, &slbd, &[flag, &s3]);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        done.store(true, Ordering::Relaxed);
+        client.join().unwrap()
+    });
+    eprintln!("{connections} connections during 20 edits, {retransmitted} retransmissions");
+    assert!(
+        connections >= 20,
+        "the client kept connecting: {connections}"
+    );
+    assert_eq!(
+        retransmitted, 0,
+        "no segment retransmitted over {connections} connections and a held one"
+    );
+}
+
+in_both_modes!(edits_during_a_stream_of_connections_cost_no_retransmission);

@@ -1,6 +1,6 @@
 //! SHELL: writes a [`Ruleset`] into the kernel as slbd's own nftables table, in one atomic
 //! batch through `nftnl` + `mnl`, checks every ACK, and reads the table back to verify it.
-//! Side effects: creates, replaces and deletes the table `ip slb`, and nothing else.
+//! Side effects: creates, refills, replaces and deletes the table `ip slb`, and nothing else.
 //!
 //! NFQUEUE comes in two forms. Kernels with `nft_queue` take the native `queue` expression;
 //! kernels without it (CONFIG_NFT_QUEUE unset) still take the xtables `NFQUEUE` target through
@@ -20,6 +20,7 @@ use nftnl::{Batch, Chain, FinalizedBatch, MsgType, ProtoFamily, Rule, Table};
 mod exprs;
 
 use crate::core::net::Protocol;
+use crate::core::ruleset::syn_budget::KnownClients;
 use crate::core::ruleset::{self, Action, ChainKind, Hook, Match, QueueRange, Ruleset};
 use exprs::{CtEventMask, NativeQueue, Notrack, Reject, XtNfqueue};
 
@@ -96,9 +97,40 @@ pub fn probe() -> Result<QueueBackend, NftError> {
     }
 }
 
-/// Replaces slbd's table with `rules` in one transaction (a table left by an earlier slbd is
-/// taken over without a moment where the VIP is unguarded), then verifies it.
+/// The known clients' set slbd last committed in this process (`Some(None)`: a table without
+/// one), or `None` when there is no table of this process's making to refill.
+static COMMITTED: parking_lot::Mutex<Option<Option<KnownClients>>> = parking_lot::Mutex::new(None);
+
+/// Writes `rules` into slbd's table in one transaction, then verifies it.
+///
+/// A table this process made is refilled in place: each chain's rules are flushed and
+/// re-added, the chains and their hooks stay. Replacing the table would unregister its hooks,
+/// and the kernel drops every packet waiting in the queue when a hook goes (a SYN then waits
+/// for its retransmission, a second later). The first commit, and one whose known clients'
+/// set changed shape, replace the whole table (one left by an earlier slbd is taken over
+/// without a moment where the VIP is unguarded).
 pub fn apply(rules: &Ruleset, backend: QueueBackend) -> Result<(), NftError> {
+    let mut committed = COMMITTED.lock();
+    let refilled = *committed == Some(rules.known_clients)
+        && send(&batch(rules, backend, Commit::Refill)).is_ok();
+    if !refilled {
+        *committed = None;
+        send(&batch(rules, backend, Commit::Replace))?;
+    }
+    *committed = Some(rules.known_clients);
+    verify(rules)
+}
+
+/// How [`apply`] writes the table.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Commit {
+    /// Delete the table and create it again.
+    Replace,
+    /// Flush each chain and fill it again.
+    Refill,
+}
+
+fn batch(rules: &Ruleset, backend: QueueBackend, how: Commit) -> FinalizedBatch {
     let name = table_name();
     let table = Table::new(&name, ProtoFamily::Ipv4);
     let chains: Vec<Chain> = Ruleset::CHAINS
@@ -121,12 +153,22 @@ pub fn apply(rules: &Ruleset, backend: QueueBackend) -> Result<(), NftError> {
         })
         .collect();
     let mut batch = Batch::new();
+    // Without NLM_F_EXCL, adding what exists is a no-op: the table and chains stand either way.
     batch.add(&table, MsgType::Add);
-    batch.add(&table, MsgType::Del);
-    batch.add(&table, MsgType::Add);
+    if how == Commit::Replace {
+        batch.add(&table, MsgType::Del);
+        batch.add(&table, MsgType::Add);
+    }
     for c in &chains {
         batch.add(c, MsgType::Add);
     }
+    if how == Commit::Refill {
+        // A rule delete naming a chain and no handle flushes the chain.
+        for c in &chains {
+            batch.add(&Rule::new(c), MsgType::Del);
+        }
+    }
+    // An existing set of the same shape is kept, and with it the clients it knows.
     let known = rules.known_clients.map(|k| known_clients_set(&table, k));
     if let Some(set) = &known {
         batch.add(set, MsgType::Add);
@@ -138,8 +180,7 @@ pub fn apply(rules: &Ruleset, backend: QueueBackend) -> Result<(), NftError> {
             .expect("every rule's chain is in CHAINS");
         batch.add(&build_rule(chain, r, backend), MsgType::Add);
     }
-    send(&batch.finalize())?;
-    verify(rules)
+    batch.finalize()
 }
 
 /// The SYN budget's set of known clients: addresses that time out, filled by rules.
@@ -178,6 +219,7 @@ fn set_name(name: &str) -> &'static CStr {
 
 /// Deletes slbd's table if it exists.
 pub fn remove() -> Result<(), NftError> {
+    *COMMITTED.lock() = None;
     let name = table_name();
     let table = Table::new(&name, ProtoFamily::Ipv4);
     let mut batch = Batch::new();
