@@ -77,7 +77,7 @@ struct Args {
     backup_slb: Option<String>,
     /// Set a scheduling algorithm
     #[arg(long, value_name = "ALGORITHM", help_heading = "execute",
-          value_parser = ["ROUND_ROBIN", "LOWER_LATENCY", "LEAST_CONNECTIONS", "RATIO", "RANDOM"])]
+          value_parser = ["ROUND_ROBIN", "LOWER_LATENCY", "LEAST_CONNECTIONS", "RATIO", "RANDOM", "MAGLEV"])]
     algorithm: Option<String>,
     /// Set a service's data path, [tcp/|udp/]VIPPORT=packet|offload: packet (every packet through slbd) or offload (slbd places each new flow, the kernel's conntrack carries the rest)
     #[arg(long, value_name = "[tcp/|udp/]VIPPORT=MODE", help_heading = "execute")]

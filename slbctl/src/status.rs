@@ -109,6 +109,12 @@ pub fn render(st: &Status) -> String {
             st.retried_handshakes
         ));
     }
+    if st.adopted_midstream > 0 {
+        out.push_str(&format!(
+            "connections placed elsewhere, carried on by the MAGLEV table: {}\n",
+            st.adopted_midstream
+        ));
+    }
     if st.icmp_to_client + st.icmp_to_server > 0 {
         out.push_str(&format!(
             "ICMP errors translated: {} to clients, {} to servers\n",

@@ -702,6 +702,15 @@ pub fn http_get(
 
 /// Connects from a chosen local address.
 pub fn connect(from: Ipv4Addr, to: SocketAddrV4, timeout: Duration) -> std::io::Result<TcpStream> {
+    connect_from(SocketAddrV4::new(from, 0), to, timeout)
+}
+
+/// Connects from a chosen local address and port (0: any), so a test can name the tuple.
+pub fn connect_from(
+    from: SocketAddrV4,
+    to: SocketAddrV4,
+    timeout: Duration,
+) -> std::io::Result<TcpStream> {
     use nix::sys::socket::{
         bind, connect as nconnect, socket, AddressFamily, SockFlag, SockType, SockaddrIn,
     };
@@ -714,7 +723,7 @@ pub fn connect(from: Ipv4Addr, to: SocketAddrV4, timeout: Duration) -> std::io::
     )?;
     bind(
         std::os::fd::AsRawFd::as_raw_fd(&fd),
-        &SockaddrIn::from(SocketAddrV4::new(from, 0)),
+        &SockaddrIn::from(from),
     )?;
     // SAFETY: `fd` is an open TCP socket this function owns; into_raw_fd gives its
     // ownership to the stream, so it is closed once.

@@ -5,11 +5,12 @@
 use super::checker::{port, Checker};
 use super::parse::valid_user;
 use super::raw::*;
-use super::services::{reply_ports_apart, service};
+use super::services::{reply_ports_apart, service, Inherited};
 
 pub use super::checker::{ConfigError, FieldError};
 use super::{Backup, Config, FlowLimits, QueueConfig, Redundancy, Service, SynFlood};
 use crate::core::net::Ipv4Net;
+use crate::core::sched::maglev::HashKey;
 
 const MAX_FLOWS: u64 = 1 << 24;
 
@@ -67,17 +68,24 @@ impl TryFrom<&RawConfig> for Config {
         if raw.services.is_empty() {
             c.fail("services", "at least one service is needed");
         }
+        let hash_key = match raw.hash_key.as_deref().map(HashKey::parse) {
+            None => HashKey::default(),
+            Some(Ok(k)) => k,
+            Some(Err(e)) => {
+                c.fail("hash_key", e);
+                HashKey::default()
+            }
+        };
+        let inherited = Inherited {
+            algorithm,
+            persistence: persistence_timeout,
+            net: cluster_network,
+            gateway,
+            hash_key,
+        };
         let mut services: Vec<Service> = Vec::new();
         for (i, s) in raw.services.iter().enumerate() {
-            let Some(svc) = service(
-                &mut c,
-                i,
-                s,
-                algorithm,
-                persistence_timeout,
-                cluster_network,
-                gateway,
-            ) else {
+            let Some(svc) = service(&mut c, i, s, &inherited) else {
                 continue;
             };
             if services
@@ -373,6 +381,27 @@ mod tests {
     }
 
     #[test]
+    fn a_maglev_service_takes_its_table_size_hash_and_the_files_key() {
+        let mut v: serde_json::Value = serde_json::from_str(GOOD).unwrap();
+        v["hash_key"] = "00112233445566778899aabbccddeeff".into();
+        v["services"][0]["algorithm"] = "MAGLEV".into();
+        v["services"][0]["maglev"] = serde_json::json!({"table_size": 1009, "hash": "client"});
+        let c = Config::from_json(&v.to_string()).unwrap();
+        let m = c.services[0].maglev;
+        assert_eq!(c.services[0].algorithm, Algorithm::Maglev);
+        assert_eq!(
+            (m.table_size, m.by),
+            (1009, crate::core::sched::maglev::HashBy::Client)
+        );
+        assert_eq!(m.key.hex(), "00112233445566778899aabbccddeeff");
+        // Without a block: the paper's table, each flow hashed on its own, the shared default.
+        v["services"][0].as_object_mut().unwrap().remove("maglev");
+        v.as_object_mut().unwrap().remove("hash_key");
+        let d = Config::from_json(&v.to_string()).unwrap().services[0].maglev;
+        assert_eq!(d, crate::core::sched::maglev::Settings::default());
+    }
+
+    #[test]
     fn accepts_a_good_file() {
         let c = Config::from_json(GOOD).unwrap();
         assert_eq!(c.vip, Ipv4Addr::new(10, 0, 0, 100));
@@ -547,7 +576,36 @@ mod tests {
             (
                 "/algorithm",
                 "FASTEST".into(),
-                r#"algorithm: "FASTEST" is not a scheduling algorithm (ROUND_ROBIN, RATIO, RANDOM, LEAST_CONNECTIONS, LOWER_LATENCY)"#,
+                r#"algorithm: "FASTEST" is not a scheduling algorithm (ROUND_ROBIN, RATIO, RANDOM, LEAST_CONNECTIONS, LOWER_LATENCY, MAGLEV)"#,
+            ),
+            (
+                "/services/0",
+                serde_json::json!({"protocol": "tcp", "port": 80, "algorithm": "MAGLEV",
+                                   "maglev": {"table_size": 65_536}, "servers": ["172.16.0.2:80"]}),
+                "services[0].maglev.table_size: 65536 is not a prime (every server's walk must reach every slot)",
+            ),
+            (
+                "/services/0",
+                serde_json::json!({"protocol": "tcp", "port": 80, "algorithm": "MAGLEV",
+                                   "maglev": {"table_size": 7}, "servers": ["172.16.0.2:80"]}),
+                "services[0].maglev.table_size: 7 is not in 251-1048573",
+            ),
+            (
+                "/services/0",
+                serde_json::json!({"protocol": "tcp", "port": 80, "algorithm": "MAGLEV",
+                                   "maglev": {"hash": "5-tuple"}, "servers": ["172.16.0.2:80"]}),
+                r#"services[0].maglev.hash: "5-tuple" is not "flow" or "client""#,
+            ),
+            (
+                "/services/0",
+                serde_json::json!({"protocol": "tcp", "port": 80, "maglev": {},
+                                   "servers": ["172.16.0.2:80"]}),
+                "services[0].maglev: set, but the service's algorithm is ROUND_ROBIN, not MAGLEV",
+            ),
+            (
+                "/hash_key",
+                "0123".into(),
+                r#"hash_key: "0123" is not 32 hex digits"#,
             ),
             (
                 "/address_dev",

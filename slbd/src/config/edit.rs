@@ -220,6 +220,7 @@ fn apply_one(raw: &mut RawConfig, secrets: &mut Secrets, e: &Edit) -> Result<(),
                     health: None,
                     mode: None,
                     slow_start_s: None,
+                    maglev: None,
                     servers: vec![server],
                 }),
             }

@@ -49,6 +49,10 @@ pub struct RawConfig {
     /// The file is shared by a pair, so a wildcard or loopback address suits both nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<String>,
+    /// The key of MAGLEV's hashes, 32 hex digits: every balancer of a cluster must share it
+    /// (they share this file); absent, a fixed default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_key: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -98,7 +102,29 @@ pub struct RawService {
     /// Seconds over which a server coming back into rotation is ramped to its full weight.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slow_start_s: Option<u64>,
+    /// MAGLEV's table: its size and what a flow's hash covers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maglev: Option<RawMaglev>,
     pub servers: Vec<RawServer>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawMaglev {
+    /// Slots, a prime; 100 per server or more keeps each server within 1 % of its share.
+    pub table_size: u32,
+    /// `"flow"` (protocol, client address and port, service port) or `"client"` (the client
+    /// address only: all its connections to one server).
+    pub hash: String,
+}
+
+impl Default for RawMaglev {
+    fn default() -> RawMaglev {
+        RawMaglev {
+            table_size: crate::core::sched::maglev::DEFAULT_TABLE_SIZE,
+            hash: "flow".to_string(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

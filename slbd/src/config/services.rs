@@ -16,17 +16,31 @@ use crate::core::health::{
     CheckConfig, ExpectStatus, HttpCheck, PassiveConfig, ScriptCheck, TlsCheck,
 };
 use crate::core::net::{Ipv4Net, Protocol};
+use crate::core::sched::maglev::{self, HashKey};
 use crate::core::sched::Algorithm;
+
+/// What a service takes from the top level of the file.
+pub(super) struct Inherited {
+    pub algorithm: Algorithm,
+    pub persistence: Duration,
+    pub net: Option<Ipv4Net>,
+    pub gateway: Option<Ipv4Addr>,
+    pub hash_key: HashKey,
+}
 
 pub(super) fn service(
     c: &mut Checker,
     i: usize,
     raw: &RawService,
-    default_algorithm: Algorithm,
-    default_persistence: Duration,
-    net: Option<Ipv4Net>,
-    gateway: Option<Ipv4Addr>,
+    top: &Inherited,
 ) -> Option<Service> {
+    let Inherited {
+        algorithm: default_algorithm,
+        persistence: default_persistence,
+        net,
+        gateway,
+        hash_key,
+    } = *top;
     let path = format!("services[{i}]");
     let protocol = match raw.protocol.parse::<Protocol>() {
         Ok(p) => Some(p),
@@ -66,6 +80,7 @@ pub(super) fn service(
         Some(s) => c.seconds(&format!("{path}.slow_start_s"), s, 0),
         None => Duration::ZERO,
     };
+    let maglev = maglev(c, &path, raw, algorithm, hash_key);
     let mut servers = Vec::new();
     for (j, s) in raw.servers.iter().enumerate() {
         let spath = format!("{path}.servers[{j}]");
@@ -84,8 +99,69 @@ pub(super) fn service(
         persistence_timeout,
         health,
         mode,
+        maglev,
         servers,
     })
+}
+
+/// A service's MAGLEV settings: a prime table with a slot for every server, and only on a
+/// service that uses them.
+fn maglev(
+    c: &mut Checker,
+    path: &str,
+    raw: &RawService,
+    algorithm: Algorithm,
+    key: HashKey,
+) -> maglev::Settings {
+    let mut settings = maglev::Settings {
+        key,
+        ..Default::default()
+    };
+    let Some(m) = &raw.maglev else {
+        return settings;
+    };
+    if algorithm != Algorithm::Maglev {
+        c.fail(
+            format!("{path}.maglev"),
+            format!("set, but the service's algorithm is {algorithm}, not MAGLEV"),
+        );
+    }
+    let size_path = format!("{path}.maglev.table_size");
+    if !(maglev::MIN_TABLE_SIZE..=maglev::MAX_TABLE_SIZE).contains(&m.table_size) {
+        c.fail(
+            size_path,
+            format!(
+                "{} is not in {}-{}",
+                m.table_size,
+                maglev::MIN_TABLE_SIZE,
+                maglev::MAX_TABLE_SIZE
+            ),
+        );
+    } else if !maglev::is_prime(m.table_size) {
+        c.fail(
+            size_path,
+            format!(
+                "{} is not a prime (every server's walk must reach every slot)",
+                m.table_size
+            ),
+        );
+    } else if (m.table_size as usize) < raw.servers.len() {
+        c.fail(
+            size_path,
+            format!(
+                "{} slots cannot give each of {} servers one",
+                m.table_size,
+                raw.servers.len()
+            ),
+        );
+    } else {
+        settings.table_size = m.table_size;
+    }
+    match m.hash.parse::<maglev::HashBy>() {
+        Ok(by) => settings.by = by,
+        Err(e) => c.fail(format!("{path}.maglev.hash"), e),
+    }
+    settings
 }
 
 /// The two modes treat replies differently (packet mode keeps them out of conntrack by

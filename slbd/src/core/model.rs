@@ -51,6 +51,8 @@ pub struct Service {
     pub persistence_timeout: Duration,
     pub health: CheckConfig,
     pub mode: Mode,
+    /// MAGLEV's key, table size and hash (unused by the other algorithms).
+    pub maglev: crate::core::sched::maglev::Settings,
     pub servers: Vec<RealServer>,
 }
 

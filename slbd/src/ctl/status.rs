@@ -25,6 +25,9 @@ pub struct Status {
     /// Replies taken as the dual's flows right after a planned takeover (packet mode).
     #[serde(default)]
     pub adopted_replies: u64,
+    /// TCP segments without SYN that matched no flow, placed by a MAGLEV table.
+    #[serde(default)]
+    pub adopted_midstream: u64,
     /// Offload requests conntrack did not translate, sent on by slbd in a hand-over.
     #[serde(default)]
     pub untracked_requests: u64,
@@ -278,6 +281,7 @@ mod tests {
             requests: 9,
             replies: 8,
             adopted_replies: 0,
+            adopted_midstream: 0,
             untracked_requests: 0,
             retried_handshakes: 0,
             evicted_flows: 0,

@@ -330,6 +330,12 @@ pub fn families(i: &Inputs) -> Vec<Family> {
          kept from the client and retried on another server.",
     );
     retried.count(vec![], i.dp.counters.retried_handshakes.load(Relaxed));
+    let mut adopted = Family::counter(
+        "slb_adopted_midstream",
+        "TCP segments without SYN that matched no flow (placed by another balancer or an \
+         earlier slbd), carried to the server a MAGLEV table names instead of dropped.",
+    );
+    adopted.count(vec![], i.dp.counters.adopted_midstream.load(Relaxed));
     let mut evicted = Family::counter(
         "slb_evicted_flows",
         "Flows evicted from a full table (unanswered handshakes, idle UDP flows) to make room \
@@ -416,6 +422,7 @@ pub fn families(i: &Inputs) -> Vec<Family> {
         decisions,
         dropped,
         retried,
+        adopted,
         evicted,
         queue_packets,
         batches,

@@ -96,6 +96,7 @@ pub fn status(i: Inputs) -> Status {
         requests: i.dp.counters.requests.load(Relaxed),
         replies: i.dp.counters.replies.load(Relaxed),
         adopted_replies: i.dp.counters.adopted_replies.load(Relaxed),
+        adopted_midstream: i.dp.counters.adopted_midstream.load(Relaxed),
         untracked_requests: i.dp.counters.untracked_requests.load(Relaxed),
         retried_handshakes: i.dp.counters.retried_handshakes.load(Relaxed),
         evicted_flows: i.dp.counters.evicted_flows.load(Relaxed),

@@ -101,7 +101,7 @@ impl Dataplane {
             let (scheduler, candidates) = &mut candidates;
             Self::fill_candidates(svc, &registry, None, now_ms, candidates);
             scheduler
-                .pick(candidates)
+                .pick_flow(candidates, &Self::flow(svc, client, None, now_ms))
                 .filter(|&i| candidates.get(i).is_some_and(|c| c.up))
                 .ok_or(DropReason::NoServer)
         });

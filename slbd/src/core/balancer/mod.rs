@@ -45,6 +45,7 @@ use crate::core::model::Config;
 use crate::core::net::Protocol;
 use crate::core::packet::ChecksumState;
 use crate::core::persist::{PersistKey, Persistence};
+use crate::core::sched::Algorithm;
 
 pub use explain::{Explanation, FlowSeen, PersistSeen, ServerSeen};
 pub use health::HealthOutcome;
@@ -240,18 +241,29 @@ impl Dataplane {
         flows: &mut Shard,
         kernel: bool,
     ) -> Result<(SocketAddrV4, u32), DropReason> {
-        if key.protocol == Protocol::Tcp && !tcp::is_syn(flags) {
+        // A segment without SYN that no flow knows: a connection placed elsewhere (another
+        // balancer, the dual, an slbd before this one) or forgotten. A consistent-hash table
+        // names the same server every balancer would, so MAGLEV carries it there; the other
+        // schedulers would choose anew, most likely a server that does not know it.
+        let midstream = key.protocol == Protocol::Tcp && !tcp::is_syn(flags);
+        if midstream {
             if self.cut_flows.lock().contains(key, now_ms) {
                 return Err(DropReason::Cut);
             }
-            return Err(if now_ms < self.grace_until_ms.load(Relaxed) {
-                DropReason::AfterTakeover
-            } else {
-                DropReason::MidStream
-            });
+            if svc.service.algorithm != Algorithm::Maglev {
+                return Err(if now_ms < self.grace_until_ms.load(Relaxed) {
+                    DropReason::AfterTakeover
+                } else {
+                    DropReason::MidStream
+                });
+            }
         }
-        let avoid = self.retry_avoid(key, now_ms);
-        let i = self.choose(svc, key.src, now_ms, flows, avoid)?;
+        let i = if midstream {
+            self.pick(svc, &self.registry.load(), key.src, None, now_ms)?
+        } else {
+            let avoid = self.retry_avoid(key, now_ms);
+            self.choose(svc, key.src, now_ms, flows, avoid)?
+        };
         let (server, id) = (svc.service.servers[i].addr, svc.ids[i]);
         let insert = |flows: &mut Shard| {
             if kernel {
@@ -269,6 +281,10 @@ impl Dataplane {
         };
         if let Some(ended) = displaced {
             self.end(flows, view, &ended, now_ms);
+        }
+        if midstream {
+            flows.mark_adopted(key);
+            self.counters.adopted_midstream.fetch_add(1, Relaxed);
         }
         if key.protocol == Protocol::Udp {
             self.log(flows, Record::flow(key, server));
@@ -317,7 +333,7 @@ impl Dataplane {
     ) -> Result<usize, DropReason> {
         let registry = self.registry.load();
         let decided = self.decide(svc, &registry, client, now_ms, avoid, || {
-            self.pick(svc, &registry, avoid, now_ms)
+            self.pick(svc, &registry, client, avoid, now_ms)
         })?;
         let (Decided::Persisted(i) | Decided::Scheduled(i)) = decided;
         if let Some(st) = svc

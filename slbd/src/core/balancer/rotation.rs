@@ -259,6 +259,7 @@ impl Dataplane {
         &self,
         svc: &ServiceState,
         registry: &Registry,
+        client: SocketAddrV4,
         avoid: Option<u32>,
         now_ms: u64,
     ) -> Result<usize, DropReason> {
@@ -268,16 +269,38 @@ impl Dataplane {
             candidates,
         } = &mut *p;
         Self::fill_candidates(svc, registry, avoid, now_ms, candidates);
+        let flow = Self::flow(svc, client, avoid, now_ms);
         let picked = scheduler
-            .pick(candidates)
+            .pick_flow(candidates, &flow)
             .filter(|&i| i < svc.service.servers.len() && candidates.get(i).is_some_and(|c| c.up));
         match picked {
             // The server to avoid was the only one in rotation: better it than none.
             None if avoid.is_some() => {
                 drop(p);
-                self.pick(svc, registry, None, now_ms)
+                self.pick(svc, registry, client, None, now_ms)
             }
             picked => picked.ok_or(DropReason::NoServer),
+        }
+    }
+
+    /// What the scheduler may know of a new flow from `client`: its hash (only MAGLEV looks
+    /// at it), the time, and the server to avoid as an index into the service's servers.
+    pub(super) fn flow(
+        svc: &ServiceState,
+        client: SocketAddrV4,
+        avoid: Option<u32>,
+        now_ms: u64,
+    ) -> crate::core::sched::Flow {
+        let s = &svc.service;
+        let hash = if s.algorithm == crate::core::sched::Algorithm::Maglev {
+            s.maglev.flow_hash(s.protocol as u8, client, s.port)
+        } else {
+            0
+        };
+        crate::core::sched::Flow {
+            hash,
+            now_ms,
+            avoid: avoid.and_then(|id| svc.ids.iter().position(|&x| x == id)),
         }
     }
 
@@ -314,7 +337,7 @@ mod tests {
     use super::*;
     use crate::core::balancer::testing::*;
     use crate::core::packet::fixtures::tcp;
-    use crate::core::packet::tcp_flags::{ACK, SYN};
+    use crate::core::packet::tcp_flags::{ACK, RST, SYN};
     use proptest::prelude::*;
 
     fn dp(servers: &str, extra: &str) -> Dataplane {
@@ -340,6 +363,72 @@ mod tests {
             now_ms,
         );
         (v, dst_of(&p))
+    }
+
+    const MAGLEV: &str = r#""algorithm": "MAGLEV", "maglev": {"table_size": 251},"#;
+    const FIVE: &str =
+        r#""172.16.0.2:80", "172.16.0.3:80", "172.16.0.4:80", "172.16.0.5:80", "172.16.0.6:80""#;
+
+    fn reply(dp: &Dataplane, server: SocketAddrV4, client: &str, flags: u8) -> Verdict {
+        let mut p = tcp(server, sa(client), flags, b"", &[]);
+        dp.handle(Direction::Reply, &mut p, true, ChecksumState::Complete, 5)
+    }
+
+    /// Two balancers of a cluster (two data planes, seeded differently) place each flow on the
+    /// same server, and one that never saw a flow's SYN carries its next segments there.
+    #[test]
+    fn maglev_carries_a_flow_placed_elsewhere_to_the_server_that_placed_it() {
+        for mode in ["", r#""mode": "offload","#] {
+            let extra = format!("{MAGLEV} {mode}");
+            let a = dp(FIVE, &extra);
+            let b = Dataplane::new(&one_service(FIVE, &extra), 7);
+            let mut servers = std::collections::BTreeSet::new();
+            for k in 0..40 {
+                let client = format!("10.0.0.{}:{}", 5 + k % 3, 1000 + k);
+                let placed = |dp: &Dataplane, flags| {
+                    let mut p = tcp(sa(&client), sa("10.0.0.100:80"), flags, b"", &[]);
+                    match dp.handle(Direction::Request, &mut p, true, ChecksumState::Complete, 1) {
+                        Verdict::Accept => dst_of(&p),
+                        Verdict::Offload(mark) => {
+                            let i = (0..5)
+                                .find(|&j| dp.server_id(0, j).and_then(offload_mark) == Some(mark))
+                                .expect("a server's mark");
+                            dp.services()[0].0.servers[i].addr
+                        }
+                        v => panic!("{mode} {client}: {v:?}"),
+                    }
+                };
+                let on_a = placed(&a, SYN);
+                assert_eq!(placed(&b, ACK), on_a, "{mode} {client}: the same server");
+                assert_eq!(placed(&b, ACK), on_a, "{mode} {client}: and it stays there");
+                servers.insert(on_a);
+            }
+            assert!(servers.len() >= 4, "{mode}: 40 flows spread: {servers:?}");
+            assert_eq!(b.counters.adopted_midstream.load(Relaxed), 40, "{mode}");
+        }
+    }
+
+    #[test]
+    fn a_servers_reset_of_a_carried_flow_reaches_the_client_and_counts_no_failed_handshake() {
+        let dp = dp(FIVE, MAGLEV);
+        let (v, server) = send(&dp, "10.0.0.5:1000", ACK, 1);
+        assert_eq!(v, Verdict::Accept);
+        assert_eq!(
+            reply(&dp, server, "10.0.0.5:1000", RST),
+            Verdict::Accept,
+            "the server does not know the connection: the client hears so"
+        );
+        assert_eq!(dp.counters.retried_handshakes.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn other_schedulers_still_drop_a_segment_without_syn_that_no_flow_knows() {
+        let dp = dp(FIVE, r#""algorithm": "RATIO","#);
+        assert_eq!(
+            send(&dp, "10.0.0.5:1000", ACK, 1).0,
+            Verdict::Drop(DropReason::MidStream)
+        );
+        assert_eq!(dp.counters.adopted_midstream.load(Relaxed), 0);
     }
 
     #[test]

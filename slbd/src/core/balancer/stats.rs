@@ -151,6 +151,9 @@ pub struct Counters {
     pub replies: AtomicU64,
     /// Replies taken as the dual's flows right after a takeover (packet mode).
     pub adopted_replies: AtomicU64,
+    /// TCP segments without SYN that matched no flow, placed by a MAGLEV table (a flow another
+    /// balancer or an earlier slbd placed) instead of dropped.
+    pub adopted_midstream: AtomicU64,
     /// Offload requests conntrack did not translate, sent on to their server in a hand-over.
     pub untracked_requests: AtomicU64,
     /// New connections whose handshake a server failed (reset, ICMP, no answer), retried on
@@ -170,6 +173,7 @@ impl Default for Counters {
             requests: AtomicU64::new(0),
             replies: AtomicU64::new(0),
             adopted_replies: AtomicU64::new(0),
+            adopted_midstream: AtomicU64::new(0),
             untracked_requests: AtomicU64::new(0),
             retried_handshakes: AtomicU64::new(0),
             evicted_flows: AtomicU64::new(0),

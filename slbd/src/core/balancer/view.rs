@@ -129,11 +129,12 @@ impl Dataplane {
                         up: true,
                         live: 0,
                         latency_us: None,
+                        key: crate::core::sched::maglev::server_id(r.addr),
                     })
                     .collect();
                 ServiceState {
                     picker: Mutex::new(Picker {
-                        scheduler: s.algorithm.scheduler(seed),
+                        scheduler: s.algorithm.scheduler(seed, s.maglev),
                         candidates,
                     }),
                     ids,

@@ -27,7 +27,11 @@ pub(super) const KERNEL: u8 = 0x80;
 /// reported too. Until then the flow expires like an unanswered handshake: its first packet
 /// may have died between slbd's verdict and conntrack's confirmation.
 pub(super) const CONFIRMED: u8 = 0x40;
-const PROTOCOL_BITS: u8 = 0x3f;
+/// ADOPTED: a TCP flow placed by a consistent-hash table on a segment without SYN (another
+/// balancer's, or one from before a restart), not by its handshake: a server's reset of it is
+/// the server not knowing the connection, not a refused handshake.
+pub(super) const ADOPTED: u8 = 0x20;
+const PROTOCOL_BITS: u8 = 0x1f;
 
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Slot {
@@ -37,7 +41,8 @@ pub(super) struct Slot {
     client_port: u16,
     vip_port: u16,
     server_port: u16,
-    /// The IP protocol number, with [`KERNEL`] and [`CONFIRMED`] in its high bits.
+    /// The IP protocol number, with [`KERNEL`], [`CONFIRMED`] and [`ADOPTED`] in its high
+    /// bits.
     pub(super) protocol: u8,
     /// `None` while the slot is free; UDP flows stay `Established`.
     pub(super) state: Option<TcpState>,
@@ -294,7 +299,7 @@ impl FlowTable {
             tag: slot.tag,
             closed_now: step.closed_now,
             established_now: step.established_now,
-            refused_now: step.refused_now,
+            refused_now: step.refused_now && slot.protocol & ADOPTED == 0,
         })
     }
 
@@ -320,12 +325,22 @@ impl FlowTable {
     pub fn take_unanswered(&mut self, key: &FlowKey, server: SocketAddrV4) -> Option<Ended> {
         let i = self.find_request(key)?;
         let slot = &self.slots[i as usize];
-        if slot.state != Some(TcpState::Opening) || slot.server() != server {
+        if slot.state != Some(TcpState::Opening)
+            || slot.server() != server
+            || slot.protocol & ADOPTED != 0
+        {
             return None;
         }
         let ended = slot.ended();
         self.remove(i);
         Some(ended)
+    }
+
+    /// Marks the flow of request key `key` as [`ADOPTED`] (placed mid-stream).
+    pub fn mark_adopted(&mut self, key: &FlowKey) {
+        if let Some(i) = self.find_request(key) {
+            self.slots[i as usize].protocol |= ADOPTED;
+        }
     }
 
     /// Adds a flow for a request packet that found none. A reply key already held by another

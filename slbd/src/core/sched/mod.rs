@@ -4,6 +4,7 @@
 
 mod least_connections;
 mod lower_latency;
+pub mod maglev;
 mod random;
 mod ratio;
 mod rng;
@@ -14,6 +15,7 @@ use std::str::FromStr;
 
 pub use least_connections::LeastConnections;
 pub use lower_latency::LowerLatency;
+pub use maglev::Maglev;
 pub use random::Random;
 pub use ratio::Ratio;
 pub use round_robin::RoundRobin;
@@ -26,15 +28,17 @@ pub enum Algorithm {
     Random,
     LeastConnections,
     LowerLatency,
+    Maglev,
 }
 
 impl Algorithm {
-    pub const ALL: [Algorithm; 5] = [
+    pub const ALL: [Algorithm; 6] = [
         Algorithm::RoundRobin,
         Algorithm::Ratio,
         Algorithm::Random,
         Algorithm::LeastConnections,
         Algorithm::LowerLatency,
+        Algorithm::Maglev,
     ];
 
     pub fn name(self) -> &'static str {
@@ -44,17 +48,19 @@ impl Algorithm {
             Algorithm::Random => "RANDOM",
             Algorithm::LeastConnections => "LEAST_CONNECTIONS",
             Algorithm::LowerLatency => "LOWER_LATENCY",
+            Algorithm::Maglev => "MAGLEV",
         }
     }
 
-    /// A fresh scheduler; `seed` feeds the randomised ones.
-    pub fn scheduler(self, seed: u64) -> Box<dyn Scheduler> {
+    /// A fresh scheduler; `seed` feeds the randomised ones, `maglev` the consistent one.
+    pub fn scheduler(self, seed: u64, maglev: maglev::Settings) -> Box<dyn Scheduler> {
         match self {
             Algorithm::RoundRobin => Box::new(RoundRobin::default()),
             Algorithm::Ratio => Box::new(Ratio::default()),
             Algorithm::Random => Box::new(Random::new(seed)),
             Algorithm::LeastConnections => Box::new(LeastConnections::default()),
             Algorithm::LowerLatency => Box::new(LowerLatency::new(seed)),
+            Algorithm::Maglev => Box::new(Maglev::new(maglev)),
         }
     }
 }
@@ -98,11 +104,31 @@ pub struct Candidate {
     pub live: u32,
     /// Smoothed service latency (TCP connect time), once measured.
     pub latency_us: Option<u32>,
+    /// The server's identity, the same on every balancer ([`maglev::server_id`]).
+    pub key: u64,
+}
+
+/// What a scheduler may know about the new flow itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flow {
+    /// The flow's keyed hash (the service's [`maglev::Settings::flow_hash`]).
+    pub hash: u64,
+    /// Milliseconds on the data plane's clock.
+    pub now_ms: u64,
+    /// A server in rotation that just failed this flow's handshake, marked not up among the
+    /// candidates: consistent hashing keeps it in its table and skips it for this flow only.
+    pub avoid: Option<usize>,
 }
 
 /// Picks the index of the server a new flow goes to, or `None` when no server is up.
 pub trait Scheduler: Send + Fork {
     fn pick(&mut self, servers: &[Candidate]) -> Option<usize>;
+
+    /// The choice for one flow: the consistent-hashing scheduler looks at the flow, the
+    /// others do not.
+    fn pick_flow(&mut self, servers: &[Candidate], _flow: &Flow) -> Option<usize> {
+        self.pick(servers)
+    }
 }
 
 /// A copy of a scheduler in its current state: what it would pick next, asked without moving
@@ -130,6 +156,7 @@ pub(crate) mod testing {
                 up: true,
                 live: 0,
                 latency_us: None,
+                key: 0,
             })
             .collect()
     }
@@ -156,12 +183,14 @@ pub(crate) mod testing {
             any::<bool>(),
             prop_oneof![0u32..4, 0u32..1000],
             prop::option::weighted(0.8, prop_oneof![0u32..2_000, 0u32..200_000]),
+            any::<u64>(),
         )
-            .prop_map(|(weight, up, live, latency_us)| Candidate {
+            .prop_map(|(weight, up, live, latency_us, key)| Candidate {
                 weight,
                 up,
                 live,
                 latency_us,
+                key,
             })
     }
 
@@ -185,6 +214,15 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// MAGLEV over a table that builds in microseconds, so that these tests can rebuild it
+    /// hundreds of times.
+    fn small_table() -> maglev::Settings {
+        maglev::Settings {
+            table_size: maglev::MIN_TABLE_SIZE,
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn parses_names_case_insensitively() {
         assert_eq!(
@@ -194,20 +232,21 @@ mod tests {
         assert_eq!("RATIO".parse::<Algorithm>(), Ok(Algorithm::Ratio));
         assert_eq!(
             "LOWEST".parse::<Algorithm>().unwrap_err().to_string(),
-            r#""LOWEST" is not a scheduling algorithm (ROUND_ROBIN, RATIO, RANDOM, LEAST_CONNECTIONS, LOWER_LATENCY)"#
+            r#""LOWEST" is not a scheduling algorithm (ROUND_ROBIN, RATIO, RANDOM, LEAST_CONNECTIONS, LOWER_LATENCY, MAGLEV)"#
         );
     }
 
     #[test]
     fn no_algorithm_picks_from_an_empty_or_all_down_set() {
         for a in Algorithm::ALL {
-            let mut s = a.scheduler(1);
+            let mut s = a.scheduler(1, small_table());
             assert_eq!(s.pick(&[]), None, "{a}");
             let down = [Candidate {
                 weight: 1,
                 up: false,
                 live: 0,
                 latency_us: None,
+                key: 0,
             }; 3];
             assert_eq!(s.pick(&down), None, "{a}");
         }
@@ -223,7 +262,7 @@ mod tests {
             picks in 1usize..8,
         ) {
             for a in Algorithm::ALL {
-                let mut s = a.scheduler(seed);
+                let mut s = a.scheduler(seed, small_table());
                 for servers in &sets {
                     let any_up = servers.iter().any(|c| c.up);
                     for _ in 0..picks {
