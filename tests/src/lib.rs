@@ -392,6 +392,32 @@ impl Lab {
         }
     }
 
+    /// Makes the lab's real servers direct-routing servers (forwarding `dr`) with
+    /// `scripts/slb-dr-server`, as a real server is made one: each holds the VIP on its loopback and neither answers nor announces it in ARP (`arp_ignore=1`,
+    /// `arp_announce=2`), so it accepts requests sent to its MAC with the VIP as destination
+    /// and answers from the VIP. The balancer, their gateway here, routes those answers to
+    /// the clients: from one of its own addresses, so it must accept them (`accept_local`).
+    pub fn direct_routing_servers(&self) -> Result<()> {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/slb-dr-server");
+        for i in 0..self.servers.len() {
+            let s = self.server(i);
+            let out = self.exec(
+                &s,
+                &[&script.to_string_lossy(), "--apply", &VIP.to_string()],
+            )?;
+            if !out.status.success() {
+                bail!(
+                    "slb-dr-server in {s}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        let b = self.balancer();
+        self.sysctl(&b, "net.ipv4.conf.br0.accept_local", "1")?;
+        self.sysctl(&b, "net.ipv4.conf.all.rp_filter", "0")?;
+        self.sysctl(&b, "net.ipv4.conf.br0.rp_filter", "0")
+    }
+
     pub fn sysctl(&self, ns: &str, key: &str, value: &str) -> Result<()> {
         let out = self.exec(ns, &["sysctl", "-qw", &format!("{key}={value}")])?;
         if !out.status.success() {

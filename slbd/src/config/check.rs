@@ -603,6 +603,31 @@ mod tests {
                 "services[0].maglev: set, but the service's algorithm is ROUND_ROBIN, not MAGLEV",
             ),
             (
+                "/services/0",
+                serde_json::json!({"protocol": "tcp", "port": 80, "forwarding": "tunnel",
+                                   "servers": ["172.16.0.2:80"]}),
+                r#"services[0].forwarding: "tunnel" is not "nat" or "dr""#,
+            ),
+            (
+                "/services/0",
+                serde_json::json!({"protocol": "tcp", "port": 80, "forwarding": "dr",
+                                   "servers": ["172.16.0.2:8080"]}),
+                r#"services[0].servers[0]: 172.16.0.2:8080: with forwarding "dr" the request keeps the VIP's port, so the server must listen on it, not on 8080"#,
+            ),
+            (
+                "/services/0",
+                serde_json::json!({"protocol": "tcp", "port": 80, "forwarding": "dr", "mode": "offload",
+                                   "servers": ["172.16.0.2:80"]}),
+                r#"services[0].forwarding: "dr" is built for packet mode only (offload mode binds flows with NAT)"#,
+            ),
+            (
+                "/services/0",
+                serde_json::json!({"protocol": "tcp", "port": 80, "forwarding": "dr",
+                                   "health": {"passive": {"enabled": true}},
+                                   "servers": ["172.16.0.2:80"]}),
+                r#"services[0].health.passive.enabled: passive detection needs the servers' replies, which forwarding "dr" never sees"#,
+            ),
+            (
                 "/hash_key",
                 "0123".into(),
                 r#"hash_key: "0123" is not 32 hex digits"#,

@@ -134,13 +134,6 @@ pub enum EditError {
     Invalid(#[from] ConfigError),
 }
 
-fn server_address(s: &RawServer) -> &str {
-    match s {
-        RawServer::Plain(a) => a,
-        RawServer::Weighted(w) => &w.address,
-    }
-}
-
 /// Applies `edits` to `raw`; returns the new raw and validated configuration, or why not.
 pub fn apply(raw: &RawConfig, edits: &[Edit]) -> Result<(RawConfig, Config), EditError> {
     apply_with_secrets(raw, &Secrets::default(), edits).map(|(r, _, c)| (r, c))
@@ -184,7 +177,7 @@ fn apply_one(raw: &mut RawConfig, secrets: &mut Secrets, e: &Edit) -> Result<(),
             let same_proto = |s: &RawService| s.protocol.parse::<Protocol>() == Ok(proto);
             let listens_on = |s: &RawService| {
                 s.servers.iter().any(|o| {
-                    parse_server_address(server_address(o)).is_ok_and(|a| a.port() == addr.port())
+                    parse_server_address(o.address()).is_ok_and(|a| a.port() == addr.port())
                 })
             };
             let vip_port = u32::from(service_port.unwrap_or(addr.port()));
@@ -204,11 +197,7 @@ fn apply_one(raw: &mut RawConfig, secrets: &mut Secrets, e: &Edit) -> Result<(),
             };
             let svc = at.map(|i| &mut raw.services[i]);
             match svc {
-                Some(s)
-                    if s.servers
-                        .iter()
-                        .any(|o| server_address(o) == addr.to_string()) =>
-                {
+                Some(s) if s.servers.iter().any(|o| o.address() == addr.to_string()) => {
                     return refuse(format!("--add-server: {proto}/{addr} is already a server"));
                 }
                 Some(s) => s.servers.push(server),
@@ -220,6 +209,7 @@ fn apply_one(raw: &mut RawConfig, secrets: &mut Secrets, e: &Edit) -> Result<(),
                     health: None,
                     mode: None,
                     slow_start_s: None,
+                    forwarding: None,
                     maglev: None,
                     servers: vec![server],
                 }),
@@ -229,7 +219,7 @@ fn apply_one(raw: &mut RawConfig, secrets: &mut Secrets, e: &Edit) -> Result<(),
             let before: usize = raw.services.iter().map(|s| s.servers.len()).sum();
             for s in &mut raw.services {
                 s.servers.retain(|o| {
-                    server_address(o).rsplit_once(':').map(|(ip, _)| ip) != Some(address.as_str())
+                    o.address().rsplit_once(':').map(|(ip, _)| ip) != Some(address.as_str())
                 });
             }
             raw.services.retain(|s| !s.servers.is_empty());
@@ -241,7 +231,7 @@ fn apply_one(raw: &mut RawConfig, secrets: &mut Secrets, e: &Edit) -> Result<(),
         Edit::RmServerPort { address } => {
             let before: usize = raw.services.iter().map(|s| s.servers.len()).sum();
             for s in &mut raw.services {
-                s.servers.retain(|o| server_address(o) != address);
+                s.servers.retain(|o| o.address() != address);
             }
             raw.services.retain(|s| !s.servers.is_empty());
             let after: usize = raw.services.iter().map(|s| s.servers.len()).sum();
@@ -331,11 +321,7 @@ fn set_server_state(
     };
     let mut found = false;
     for s in &mut raw.services {
-        for o in s
-            .servers
-            .iter_mut()
-            .filter(|o| names(server, server_address(o)))
-        {
+        for o in s.servers.iter_mut().filter(|o| names(server, o.address())) {
             found = true;
             let mut w = match o {
                 RawServer::Plain(a) => RawWeightedServer::new(a.clone(), 1),

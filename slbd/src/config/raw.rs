@@ -102,6 +102,10 @@ pub struct RawService {
     /// Seconds over which a server coming back into rotation is ramped to its full weight.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slow_start_s: Option<u64>,
+    /// `"nat"` (the default: DNAT in, SNAT of the replies) or `"dr"` (direct routing: the
+    /// request goes to the server's MAC unchanged, the server answers the client itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarding: Option<String>,
     /// MAGLEV's table: its size and what a flow's hash covers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maglev: Option<RawMaglev>,
@@ -250,6 +254,16 @@ impl Default for RawPassive {
 pub enum RawServer {
     Plain(String),
     Weighted(RawWeightedServer),
+}
+
+impl RawServer {
+    /// Its `ADDRESS:PORT`, as written.
+    pub fn address(&self) -> &str {
+        match self {
+            RawServer::Plain(a) => a,
+            RawServer::Weighted(w) => &w.address,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -11,7 +11,7 @@ use super::raw::{
     RawExpectStatus, RawHealth, RawHttpCheck, RawPassive, RawScript, RawServer, RawService, RawTls,
     RawWeightedServer,
 };
-use super::{AdminState, AgentCheck, Mode, RealServer, Service, MAX_WEIGHT};
+use super::{AdminState, AgentCheck, Forwarding, Mode, RealServer, Service, MAX_WEIGHT};
 use crate::core::health::{
     CheckConfig, ExpectStatus, HttpCheck, PassiveConfig, ScriptCheck, TlsCheck,
 };
@@ -61,7 +61,7 @@ pub(super) fn service(
         Some(t) => c.seconds(&format!("{path}.persistence_timeout"), t, 0),
         None => default_persistence,
     };
-    let health = health(c, &format!("{path}.health"), raw.health.as_ref(), protocol);
+    let mut health = health(c, &format!("{path}.health"), raw.health.as_ref(), protocol);
     let mode = match raw.mode.as_deref().map(str::parse::<Mode>) {
         None => Mode::Packet,
         Some(Ok(m)) => m,
@@ -81,6 +81,22 @@ pub(super) fn service(
         None => Duration::ZERO,
     };
     let maglev = maglev(c, &path, raw, algorithm, hash_key);
+    let forwarding = forwarding(c, &path, raw, mode, port);
+    if forwarding == Forwarding::Dr {
+        // Passive detection reads the servers' answers, which DR never sees.
+        if raw
+            .health
+            .as_ref()
+            .and_then(|h| h.passive.as_ref())
+            .is_some_and(|p| p.enabled)
+        {
+            c.fail(
+                format!("{path}.health.passive.enabled"),
+                "passive detection needs the servers' replies, which forwarding \"dr\" never sees",
+            );
+        }
+        health.passive.enabled = false;
+    }
     let mut servers = Vec::new();
     for (j, s) in raw.servers.iter().enumerate() {
         let spath = format!("{path}.servers[{j}]");
@@ -99,9 +115,54 @@ pub(super) fn service(
         persistence_timeout,
         health,
         mode,
+        forwarding,
         maglev,
         servers,
     })
+}
+
+/// A service's forwarding: direct routing sends the request unchanged, so the server must
+/// listen on the VIP's port, and (for now) only packet mode places its flows.
+fn forwarding(
+    c: &mut Checker,
+    path: &str,
+    raw: &RawService,
+    mode: Mode,
+    port: Option<u16>,
+) -> Forwarding {
+    let f = match raw.forwarding.as_deref().map(str::parse::<Forwarding>) {
+        None => Forwarding::Nat,
+        Some(Ok(f)) => f,
+        Some(Err(e)) => {
+            c.fail(format!("{path}.forwarding"), e);
+            return Forwarding::Nat;
+        }
+    };
+    if f != Forwarding::Dr {
+        return f;
+    }
+    if mode == Mode::Offload {
+        c.fail(
+            format!("{path}.forwarding"),
+            "\"dr\" is built for packet mode only (offload mode binds flows with NAT)",
+        );
+    }
+    for (j, s) in raw.servers.iter().enumerate() {
+        let Ok(addr) = parse_server_address(s.address()) else {
+            continue;
+        };
+        if Some(addr.port()) != port {
+            c.fail(
+                format!("{path}.servers[{j}]"),
+                format!(
+                    "{addr}: with forwarding \"dr\" the request keeps the VIP's port, so the server \
+                     must listen on it, not on {}",
+                    addr.port()
+                ),
+            );
+        }
+    }
+    f
 }
 
 /// A service's MAGLEV settings: a prime table with a slot for every server, and only on a

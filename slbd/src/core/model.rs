@@ -51,6 +51,8 @@ pub struct Service {
     pub persistence_timeout: Duration,
     pub health: CheckConfig,
     pub mode: Mode,
+    /// How a request reaches its server.
+    pub forwarding: Forwarding,
     /// MAGLEV's key, table size and hash (unused by the other algorithms).
     pub maglev: crate::core::sched::maglev::Settings,
     pub servers: Vec<RealServer>,
@@ -116,6 +118,39 @@ impl std::str::FromStr for Mode {
             "packet" => Ok(Mode::Packet),
             "offload" => Ok(Mode::Offload),
             _ => Err(format!("{s:?} is not \"packet\" or \"offload\"")),
+        }
+    }
+}
+
+/// How a request reaches its real server. One variant per way a packet is delivered, so a
+/// tunnel (IPIP, GUE) is one more variant with its ruleset and rewrite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Forwarding {
+    /// DNAT to the server, SNAT of its replies: both directions cross slbd.
+    #[default]
+    Nat,
+    /// Direct routing (IPVS's DR): the request keeps the VIP as its destination and is sent
+    /// to the server's MAC on the server network; the server holds the VIP on a loopback
+    /// and answers the client directly, so replies never reach slbd.
+    Dr,
+}
+
+impl Forwarding {
+    pub fn name(self) -> &'static str {
+        match self {
+            Forwarding::Nat => "nat",
+            Forwarding::Dr => "dr",
+        }
+    }
+}
+
+impl std::str::FromStr for Forwarding {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Forwarding, String> {
+        match s {
+            "nat" => Ok(Forwarding::Nat),
+            "dr" => Ok(Forwarding::Dr),
+            _ => Err(format!("{s:?} is not \"nat\" or \"dr\"")),
         }
     }
 }

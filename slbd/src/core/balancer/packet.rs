@@ -6,10 +6,11 @@ use super::replica::Record;
 use std::sync::atomic::Ordering::Relaxed;
 
 use super::{shard_of, Dataplane, DropReason};
-use crate::core::flow::{Ended, FlowKey, Lookup, Placed};
+use crate::core::flow::{tcp, Ended, FlowKey, Lookup, Placed};
 use crate::core::health::Failure;
-use crate::core::model::Mode;
+use crate::core::model::{Forwarding, Mode};
 use crate::core::packet::{self, ChecksumState, Endpoint};
+use crate::core::ruleset;
 
 /// The flow key a packet carries, as it travels (a reply's is the reply key).
 fn key_of(h: &packet::Headers) -> FlowKey {
@@ -52,6 +53,7 @@ impl Dataplane {
                 .offload_first(&view, svc, &key, h.flags, now_ms)
                 .map(Some);
         }
+        let dr = svc.service.forwarding == Forwarding::Dr;
         let mut flows = self.shards[shard_of(h.src)].lock();
         let (server, id) = match flows.lookup_request(&key, h.flags, now_ms) {
             // The client retransmits a SYN its server never answered: placed afresh,
@@ -68,6 +70,13 @@ impl Dataplane {
                 if placed.closed_now {
                     self.with_stats(placed.tag, |st| st.less_live(1));
                 }
+                // Direct routing never sees the server's answer: the client's first segment
+                // after its SYN says the handshake completed.
+                if dr && placed.opening && !tcp::is_syn(h.flags) && !placed.closed_now {
+                    flows.set_established(&key);
+                    self.handshake_ok(placed.tag);
+                    self.log(&mut flows, Record::flow(&key, placed.server));
+                }
                 (placed.server, placed.tag)
             }
             found @ (Lookup::Missing | Lookup::Reused(_)) => {
@@ -79,6 +88,10 @@ impl Dataplane {
         };
         drop(flows);
         self.with_stats(id, |st| st.inbound(buf.len()));
+        if dr {
+            // Unchanged, marked with its server: the `dr` chain sends it to that MAC.
+            return Ok(Some(ruleset::dr_mark(*server.ip())));
+        }
         packet::rewrite(buf, &h, Endpoint::Destination, server, csum);
         Ok(None)
     }

@@ -421,6 +421,59 @@ mod tests {
         assert_eq!(dp.counters.retried_handshakes.load(Relaxed), 0);
     }
 
+    /// Direct routing: the request leaves unchanged, marked with its server's address; the
+    /// client's first segment after its SYN establishes the flow, which never sees a reply.
+    #[test]
+    fn direct_routing_marks_requests_unchanged_and_the_clients_ack_establishes_the_flow() {
+        let dp = dp(
+            r#""172.16.0.2:80", "172.16.0.3:80""#,
+            r#""forwarding": "dr","#,
+        );
+        let mut syn = tcp(sa("10.0.0.5:1000"), sa("10.0.0.100:80"), SYN, b"", &[]);
+        let before = syn.clone();
+        let v = dp.handle(
+            Direction::Request,
+            &mut syn,
+            true,
+            ChecksumState::Complete,
+            1,
+        );
+        let Verdict::Offload(mark) = v else {
+            panic!("{v:?}");
+        };
+        let server = std::net::Ipv4Addr::from(mark.to_ne_bytes());
+        assert!(
+            server == "172.16.0.2".parse::<std::net::Ipv4Addr>().unwrap()
+                || server == "172.16.0.3".parse::<std::net::Ipv4Addr>().unwrap(),
+            "{server}"
+        );
+        assert_eq!(syn, before, "the packet is not rewritten");
+        let key = crate::core::flow::FlowKey {
+            protocol: Protocol::Tcp,
+            src: sa("10.0.0.5:1000"),
+            dst: sa("10.0.0.100:80"),
+        };
+        let established = |dp: &Dataplane| {
+            dp.shards[crate::core::balancer::shard_of(key.src)]
+                .lock()
+                .is_established(&key)
+        };
+        assert_eq!(established(&dp), Some(false));
+        let mut ack = tcp(sa("10.0.0.5:1000"), sa("10.0.0.100:80"), ACK, b"", &[]);
+        assert_eq!(
+            dp.handle(
+                Direction::Request,
+                &mut ack,
+                true,
+                ChecksumState::Complete,
+                2
+            ),
+            Verdict::Offload(mark),
+            "the flow's next segment goes to the same server"
+        );
+        assert_eq!(established(&dp), Some(true));
+    }
+
     #[test]
     fn other_schedulers_still_drop_a_segment_without_syn_that_no_flow_knows() {
         let dp = dp(FIVE, r#""algorithm": "RATIO","#);

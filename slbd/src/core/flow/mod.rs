@@ -77,6 +77,8 @@ pub struct Placed {
     /// A SYN on a handshake the server has not answered: how long ago the flow last saw a
     /// packet (its previous SYN).
     pub unanswered_ms: Option<u64>,
+    /// The flow's handshake was not answered before this packet (TCP).
+    pub opening: bool,
 }
 
 /// Where a reply of a known flow comes from.
@@ -520,7 +522,8 @@ mod tests {
                 let want = match m.flows.get_mut(&key) {
                     None => Lookup::Missing,
                     Some(f) => {
-                        let unanswered = (f.state == TcpState::Opening && tcp::is_syn(flags))
+                        let opening = f.state == TcpState::Opening;
+                        let unanswered = (opening && tcp::is_syn(flags))
                             .then(|| (now / 100).saturating_sub(f.last_seen_ms / 100) * 100);
                         let step = Model::see(&key, f, Seen::Request(flags));
                         if step.restarts {
@@ -534,6 +537,7 @@ mod tests {
                                 tag: f.tag,
                                 closed_now: step.closed_now,
                                 unanswered_ms: unanswered,
+                                opening,
                             })
                         }
                     }

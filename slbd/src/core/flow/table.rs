@@ -270,7 +270,8 @@ impl FlowTable {
             return Lookup::Missing;
         };
         let slot = &mut self.slots[i as usize];
-        let unanswered = (slot.state == Some(TcpState::Opening) && tcp::is_syn(flags))
+        let opening = slot.state == Some(TcpState::Opening);
+        let unanswered = (opening && tcp::is_syn(flags))
             .then(|| u64::from(ticks(now_ms).saturating_sub(slot.last_seen)) * TICK_MS);
         let step = slot.see(Seen::Request(flags));
         if step.restarts {
@@ -284,6 +285,7 @@ impl FlowTable {
             tag: slot.tag,
             closed_now: step.closed_now,
             unanswered_ms: unanswered,
+            opening,
         })
     }
 
@@ -542,6 +544,7 @@ mod tests {
                 tag: 7,
                 closed_now: false,
                 unanswered_ms: Some(0),
+                opening: true,
             })
         );
         let r = reply(Protocol::Tcp, "172.16.0.2:8080", "10.0.0.5:4000");

@@ -35,7 +35,7 @@
 use std::net::Ipv4Addr;
 
 use crate::core::icmp;
-use crate::core::model::{Config, Mode, Service};
+use crate::core::model::{Config, Forwarding, Mode, Service};
 use crate::core::net::{Ipv4Net, Protocol};
 
 mod offload;
@@ -124,6 +124,28 @@ pub const REPLY_GUARD_CHAIN: Chain = Chain {
     priority: 200,
     kind: ChainKind::Filter,
 };
+
+/// Direct routing, after the refusals: a request slbd's verdict marked with its server's
+/// address ([`dr_mark`]) is sent to that server's MAC unchanged (`dup`, which routes the copy
+/// to the address as a gateway and keeps it out of conntrack) and the original dropped.
+/// Marked after routing it would be too late: the VIP is local, so routing delivers it here.
+pub const DR_CHAIN: Chain = Chain {
+    name: "dr",
+    hook: Hook::Prerouting,
+    priority: -130,
+    kind: ChainKind::Filter,
+};
+
+// A verdict's mark is read by the chains after the queue's, and a refusal ends before `dr`.
+const _: () = assert!(
+    REQUEST_CHAIN.priority < REFUSE_CHAIN.priority && REFUSE_CHAIN.priority < DR_CHAIN.priority
+);
+
+/// The mark that sends a direct-routing request to `server`: its address, laid out in the
+/// mark's register as the `dup` statement reads an address (network order in memory).
+pub fn dr_mark(server: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(server.octets())
+}
 
 /// Nothing addressed to the VIP reaches the balancer's own sockets.
 pub const GUARD_CHAIN: Chain = Chain {
@@ -250,6 +272,37 @@ pub enum Match {
         modulus: u32,
         value: u32,
     },
+    /// The packet mark, read as an address ([`dr_mark`]), is inside this network.
+    MarkAddressIn(Ipv4Net),
+}
+
+/// A network interface's name, at most 15 bytes (IFNAMSIZ with its NUL), kept in a `Copy`
+/// value as rules are.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct IfName([u8; 16]);
+
+impl IfName {
+    /// `None` for a name the kernel would refuse (empty, 16 bytes or more, a NUL).
+    pub fn new(name: &str) -> Option<IfName> {
+        let b = name.as_bytes();
+        if b.is_empty() || b.len() > 15 || b.contains(&0) {
+            return None;
+        }
+        let mut a = [0u8; 16];
+        a[..b.len()].copy_from_slice(b);
+        Some(IfName(a))
+    }
+
+    pub fn as_str(&self) -> &str {
+        let n = self.0.iter().position(|&c| c == 0).unwrap_or(16);
+        std::str::from_utf8(&self.0[..n]).unwrap_or("")
+    }
+}
+
+impl std::fmt::Debug for IfName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.as_str())
+    }
 }
 
 /// The seed of [`Match::SourceHash`]: fixed, so a client's overflow server is the same
@@ -274,6 +327,9 @@ pub enum Action {
     Snat(std::net::SocketAddrV4),
     /// Adds the source address to this set of slbd's table, or renews its timeout.
     UpdateSetWithSaddr(&'static str),
+    /// `dup to meta mark device DEV`: a copy, unchanged, to the address the mark holds as a
+    /// gateway on DEV (untracked).
+    DupToMarkAddress(IfName),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -292,10 +348,11 @@ pub struct Ruleset {
 }
 
 impl Ruleset {
-    pub const CHAINS: [Chain; 8] = [
+    pub const CHAINS: [Chain; 9] = [
         REQUEST_CHAIN,
         OFFLOAD_CHAIN,
         REFUSE_CHAIN,
+        DR_CHAIN,
         NAT_CHAIN,
         GUARD_CHAIN,
         REPLY_CHAIN,
@@ -372,10 +429,27 @@ pub fn plan(
             comment: format!("VIP {p}: never to local sockets"),
         });
     }
+    if let Some(dev) = IfName::new(&config.gateway_dev) {
+        for s in config
+            .services
+            .iter()
+            .filter(|s| s.forwarding == Forwarding::Dr)
+        {
+            let mut matches = service_matches(s);
+            matches.push(Match::MarkAddressIn(net));
+            rules.push(Rule {
+                chain: DR_CHAIN,
+                matches,
+                actions: vec![Action::DupToMarkAddress(dev), Action::Drop],
+                comment: format!("dr {}: to the server the mark names", s.name()),
+            });
+        }
+    }
+    // Direct routing's servers answer clients themselves: no reply of theirs is slbd's.
     let mut reply_ports: Vec<(Protocol, u16)> = config
         .services
         .iter()
-        .filter(|s| s.mode == Mode::Packet)
+        .filter(|s| s.mode == Mode::Packet && s.forwarding == Forwarding::Nat)
         .flat_map(|s| s.servers.iter().map(|r| (s.protocol, r.addr.port())))
         .chain(draining.iter().copied())
         .collect();
@@ -549,6 +623,49 @@ mod tests {
                 .any(|r| r.chain == REPLY_CHAIN && r.to_string().contains("udp sport 99 queue")),
             "draining ports keep their reply rule"
         );
+    }
+
+    #[test]
+    fn direct_routing_dups_the_marked_request_to_its_server_and_leaves_its_replies_alone() {
+        let config = Config::from_json(
+            r#"{"address": "10.0.0.100", "address_dev": "eth0", "gateway": "172.16.0.1",
+                "gateway_dev": "eth1", "cluster_network": "172.16.0.0/24",
+                "syn_flood": {"budget": 0},
+                "services": [
+                  {"protocol": "tcp", "port": 80, "forwarding": "dr",
+                   "servers": ["172.16.0.2:80", "172.16.0.3:80"]}
+                ]}"#,
+        )
+        .unwrap();
+        let rs = plan(&config, QueueRange { first: 0, count: 1 }, &[], &[]);
+        let in_chain = |name: &str| -> Vec<String> {
+            rs.rules
+                .iter()
+                .filter(|r| r.chain.name == name)
+                .map(|r| r.to_string())
+                .collect()
+        };
+        assert_eq!(
+            in_chain("dr"),
+            vec![
+                r#"ip daddr 10.0.0.100 meta l4proto tcp tcp dport 80 meta mark (as an address) 172.16.0.0/24 dup to meta mark device "eth1" drop comment "dr tcp/80: to the server the mark names""#
+            ]
+        );
+        assert!(
+            in_chain("prerouting")[0].contains("tcp dport 80 notrack queue num 0"),
+            "requests are queued as in NAT mode: {:?}",
+            in_chain("prerouting")
+        );
+        let replies: Vec<String> = rs
+            .rules
+            .iter()
+            .filter(|r| r.comment.starts_with("reply "))
+            .map(|r| r.to_string())
+            .collect();
+        assert!(replies.is_empty(), "no reply rule: {replies:?}");
+        // The mark holds the address as the `dup` reads it, and the match finds it.
+        let m = dr_mark("172.16.0.3".parse().unwrap());
+        assert_eq!(m.to_ne_bytes(), [172, 16, 0, 3]);
     }
 
     #[test]

@@ -49,6 +49,7 @@ impl fmt::Display for Match {
                     "jhash ip saddr mod {modulus} seed {SPREAD_SEED:#x} == {value}"
                 )
             }
+            Match::MarkAddressIn(n) => write!(f, "meta mark (as an address) {n}"),
         }
     }
 }
@@ -85,6 +86,9 @@ impl fmt::Display for Action {
             Action::Dnat(to) => write!(f, "dnat to {to}"),
             Action::Snat(to) => write!(f, "snat to {to}"),
             Action::UpdateSetWithSaddr(set) => write!(f, "update @{set} {{ ip saddr }}"),
+            Action::DupToMarkAddress(dev) => {
+                write!(f, "dup to meta mark device \"{}\"", dev.as_str())
+            }
             Action::RejectTcpReset => f.write_str("reject with tcp reset"),
             Action::RejectPortUnreachable => f.write_str("reject with icmp port-unreachable"),
             Action::Queue(q) if q.count > 1 => {

@@ -1,6 +1,6 @@
 //! SHELL: the nftables expressions slbd builds by hand with libnftnl, because the `nftnl`
 //! crate has no builder for them or builds them wrong for an `ip` table: `notrack`, `ct event
-//! set`, `reject` with ICMP codes, single transport-header bytes, the native `queue`, the xtables
+//! set`, `reject` with ICMP codes, `dup`, single transport-header bytes, the native `queue`, the xtables
 //! `NFQUEUE` target, `jhash`, and the set lookup, update and `limit` of the SYN budget.
 //! Side effects: allocations owned by libnftnl, freed with the rule.
 
@@ -27,6 +27,36 @@ pub(super) struct Notrack;
 impl Expression for Notrack {
     fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
         alloc_expr!(c"notrack")
+    }
+}
+
+/// `dup to` the IPv4 address in register 1 (as a gateway), on the device whose index is in
+/// register 2 when `device`: the `nftnl` crate has no `dup`.
+pub(super) struct Dup {
+    pub(super) device: bool,
+}
+
+impl Expression for Dup {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        const NFT_REG_1: u32 = 1;
+        const NFT_REG_2: u32 = 2;
+        let expr = alloc_expr!(c"dup");
+        // SAFETY: a live, non-NULL `dup` expression and integer keys of its own.
+        unsafe {
+            sys::nftnl_expr_set_u32(
+                expr.as_ptr(),
+                sys::NFTNL_EXPR_DUP_SREG_ADDR as u16,
+                NFT_REG_1,
+            );
+            if self.device {
+                sys::nftnl_expr_set_u32(
+                    expr.as_ptr(),
+                    sys::NFTNL_EXPR_DUP_SREG_DEV as u16,
+                    NFT_REG_2,
+                );
+            }
+        }
+        expr
     }
 }
 

@@ -22,7 +22,7 @@ mod exprs;
 use crate::core::net::Protocol;
 use crate::core::ruleset::syn_budget::KnownClients;
 use crate::core::ruleset::{self, Action, ChainKind, Hook, Match, QueueRange, Ruleset};
-use exprs::{CtEventMask, NativeQueue, Notrack, Reject, XtNfqueue};
+use exprs::{CtEventMask, Dup, NativeQueue, Notrack, Reject, XtNfqueue};
 
 /// How a queue verdict is expressed to this kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -251,6 +251,18 @@ fn build_rule<'a>(chain: &'a Chain<'a>, r: &ruleset::Rule, backend: QueueBackend
                 rule.add_expr(&Immediate::new(*bits, Register::Reg1));
                 rule.add_expr(&CtEventMask);
             }
+            Action::DupToMarkAddress(dev) => {
+                rule.add_expr(&Meta::Mark { set: false });
+                // Without the device (gone since the config was checked) the copy still goes
+                // to the address, by the route to it.
+                let index = nix::net::if_::if_nametoindex(dev.as_str()).ok();
+                if let Some(i) = index {
+                    rule.add_expr(&Immediate::new(i, Register::Reg2));
+                }
+                rule.add_expr(&Dup {
+                    device: index.is_some(),
+                });
+            }
             Action::Dnat(to) | Action::Snat(to) => {
                 rule.add_expr(&Immediate::new(to.ip().octets(), Register::Reg1));
                 rule.add_expr(&Immediate::new(to.port().to_be_bytes(), Register::Reg2));
@@ -323,6 +335,12 @@ fn add_match(rule: &mut Rule, m: &Match) {
         Match::Mark(mark) => {
             rule.add_expr(&Meta::Mark { set: false });
             rule.add_expr(&Cmp::new(CmpOp::Eq, mark));
+        }
+        Match::MarkAddressIn(n) => {
+            // The mark's register bytes are the address in network order (`dr_mark`).
+            rule.add_expr(&Meta::Mark { set: false });
+            rule.add_expr(&Bitwise::new(n.netmask(), std::net::Ipv4Addr::UNSPECIFIED));
+            rule.add_expr(&Cmp::new(CmpOp::Eq, n.addr()));
         }
         Match::CtStateNew | Match::CtStateNewOrInvalid | Match::CtStateInvalid => {
             // NF_CT_STATE_BIT(IP_CT_NEW) is 8, NF_CT_STATE_INVALID_BIT 1.
