@@ -293,41 +293,48 @@ impl Maglev {
     /// Rebuilds the table if the servers it was built over have changed: at once when one
     /// joined or left, at most every [`REBUILD_EVERY_MS`] when only weights moved.
     fn follow(&mut self, servers: &[Candidate], flow: &Flow) {
-        let wanted: Vec<(usize, Member)> = servers
-            .iter()
-            .enumerate()
-            .filter(|&(i, c)| (c.up || flow.avoid == Some(i)) && c.weight > 0)
-            .map(|(i, c)| {
-                (
-                    i,
-                    Member {
-                        id: c.key,
-                        weight: c.weight,
-                    },
-                )
-            })
-            .collect();
-        if wanted == self.built {
+        let wanted = || {
+            servers
+                .iter()
+                .enumerate()
+                .filter(move |&(i, c)| (c.up || flow.avoid == Some(i)) && c.weight > 0)
+                .map(|(i, c)| {
+                    (
+                        i,
+                        Member {
+                            id: c.key,
+                            weight: c.weight,
+                        },
+                    )
+                })
+        };
+        // Every new flow comes here: compared in place, nothing allocated, while the servers
+        // and weights are the ones the table was built over.
+        let (mut same_servers, mut same_weights, mut n) = (true, true, 0);
+        for (k, w) in wanted().enumerate() {
+            n += 1;
+            match self.built.get(k) {
+                Some(b) if b.0 == w.0 && b.1.id == w.1.id => same_weights &= b.1 == w.1,
+                _ => same_servers = false,
+            }
+        }
+        same_servers &= n == self.built.len();
+        if same_servers && same_weights {
             return;
         }
-        let same_servers = wanted.len() == self.built.len()
-            && wanted
-                .iter()
-                .zip(&self.built)
-                .all(|(a, b)| a.0 == b.0 && a.1.id == b.1.id);
         let recent = self
             .built_ms
             .is_some_and(|t| flow.now_ms < t.saturating_add(REBUILD_EVERY_MS));
         if same_servers && recent && !self.table.slots.is_empty() {
             return;
         }
-        let members: Vec<Member> = wanted.iter().map(|(_, m)| *m).collect();
+        self.built = wanted().collect();
+        let members: Vec<Member> = self.built.iter().map(|(_, m)| *m).collect();
         self.table = Arc::new(Table::build(
             self.settings.key,
             &members,
             self.settings.table_size,
         ));
-        self.built = wanted;
         self.built_ms = Some(flow.now_ms);
     }
 }
