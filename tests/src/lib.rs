@@ -42,6 +42,20 @@ pub fn pattern(offset: u64, buf: &mut [u8]) {
     }
 }
 
+/// The SHA-256, in hex, of the first `size` bytes of [`pattern`]: what a bulk transfer of
+/// that size must arrive as.
+pub fn pattern_sha256(size: usize) -> String {
+    use sha2::{Digest, Sha256};
+    let mut digest = Sha256::new();
+    let mut chunk = vec![0u8; 1 << 16];
+    for off in (0..size).step_by(1 << 16) {
+        let len = chunk.len().min(size - off);
+        pattern(off as u64, &mut chunk[..len]);
+        digest.update(&chunk[..len]);
+    }
+    format!("{:x}", digest.finalize())
+}
+
 fn word(w: u64) -> [u8; 8] {
     (w.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (w >> 3)).to_le_bytes()
 }
