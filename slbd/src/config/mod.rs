@@ -9,6 +9,7 @@ mod checker;
 pub mod edit;
 pub mod load;
 pub mod parse;
+mod placement;
 pub mod raw;
 mod services;
 

@@ -38,7 +38,9 @@ use crate::core::icmp;
 use crate::core::model::{Config, Forwarding, Mode, Service};
 use crate::core::net::{Ipv4Net, Protocol};
 
+mod dr;
 mod offload;
+pub use dr::{dr_mark, IfName, DR_CHAIN};
 pub mod syn_budget;
 mod syntax;
 
@@ -124,28 +126,6 @@ pub const REPLY_GUARD_CHAIN: Chain = Chain {
     priority: 200,
     kind: ChainKind::Filter,
 };
-
-/// Direct routing, after the refusals: a request slbd's verdict marked with its server's
-/// address ([`dr_mark`]) is sent to that server's MAC unchanged (`dup`, which routes the copy
-/// to the address as a gateway and keeps it out of conntrack) and the original dropped.
-/// Marked after routing it would be too late: the VIP is local, so routing delivers it here.
-pub const DR_CHAIN: Chain = Chain {
-    name: "dr",
-    hook: Hook::Prerouting,
-    priority: -130,
-    kind: ChainKind::Filter,
-};
-
-// A verdict's mark is read by the chains after the queue's, and a refusal ends before `dr`.
-const _: () = assert!(
-    REQUEST_CHAIN.priority < REFUSE_CHAIN.priority && REFUSE_CHAIN.priority < DR_CHAIN.priority
-);
-
-/// The mark that sends a direct-routing request to `server`: its address, laid out in the
-/// mark's register as the `dup` statement reads an address (network order in memory).
-pub fn dr_mark(server: Ipv4Addr) -> u32 {
-    u32::from_ne_bytes(server.octets())
-}
 
 /// Nothing addressed to the VIP reaches the balancer's own sockets.
 pub const GUARD_CHAIN: Chain = Chain {
@@ -276,35 +256,6 @@ pub enum Match {
     MarkAddressIn(Ipv4Net),
 }
 
-/// A network interface's name, at most 15 bytes (IFNAMSIZ with its NUL), kept in a `Copy`
-/// value as rules are.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct IfName([u8; 16]);
-
-impl IfName {
-    /// `None` for a name the kernel would refuse (empty, 16 bytes or more, a NUL).
-    pub fn new(name: &str) -> Option<IfName> {
-        let b = name.as_bytes();
-        if b.is_empty() || b.len() > 15 || b.contains(&0) {
-            return None;
-        }
-        let mut a = [0u8; 16];
-        a[..b.len()].copy_from_slice(b);
-        Some(IfName(a))
-    }
-
-    pub fn as_str(&self) -> &str {
-        let n = self.0.iter().position(|&c| c == 0).unwrap_or(16);
-        std::str::from_utf8(&self.0[..n]).unwrap_or("")
-    }
-}
-
-impl std::fmt::Debug for IfName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:?}", self.as_str())
-    }
-}
-
 /// The seed of [`Match::SourceHash`]: fixed, so a client's overflow server is the same
 /// after every replan.
 pub const SPREAD_SEED: u32 = 0x5b1d;
@@ -429,22 +380,7 @@ pub fn plan(
             comment: format!("VIP {p}: never to local sockets"),
         });
     }
-    if let Some(dev) = IfName::new(&config.gateway_dev) {
-        for s in config
-            .services
-            .iter()
-            .filter(|s| s.forwarding == Forwarding::Dr)
-        {
-            let mut matches = service_matches(s);
-            matches.push(Match::MarkAddressIn(net));
-            rules.push(Rule {
-                chain: DR_CHAIN,
-                matches,
-                actions: vec![Action::DupToMarkAddress(dev), Action::Drop],
-                comment: format!("dr {}: to the server the mark names", s.name()),
-            });
-        }
-    }
+    rules.extend(dr::rules(config));
     // Direct routing's servers answer clients themselves: no reply of theirs is slbd's.
     let mut reply_ports: Vec<(Protocol, u16)> = config
         .services
