@@ -19,35 +19,92 @@ const T: Duration = Duration::from_secs(10);
 /// Shorter than a SYN's first retransmission (1 s): a connect within it was answered at once.
 const AT_ONCE: Duration = Duration::from_millis(700);
 
+/// The queue length the tests run with: the shortest slbd accepts.
+const MAX_LEN: usize = 16;
+
 /// The lab's config with one queue, the shortest slbd accepts, and fast health checks.
 fn short_queue(lab: &Lab, n: usize) -> Value {
     let mut config = lab.config(n);
-    config["queue"] = json!({"max_len": 16, "count": 1});
+    config["queue"] = json!({"max_len": MAX_LEN, "count": 1});
     let health = json!({"interval_ms": 200, "timeout_ms": 150, "fall": 2, "rise": 2});
     config["services"][0]["health"] = health.clone();
     config["services"][1]["health"] = health;
     config
 }
 
-/// Stops slbd's process until the guard drops (SIGCONT), and fills its queues with spoofed
-/// SYNs meanwhile.
+/// Stops slbd's process until the guard drops (SIGCONT), and fills its queue with spoofed
+/// SYNs meanwhile: every thread seen stopped first, then floods until the kernel counts the
+/// queue full (a SYN slbd verdicts before it stops, or one lost on the way, would leave room
+/// that the test's own connections then fill).
 struct Frozen(Pid);
 
 impl Frozen {
     fn new(lab: &Lab, slbd: &Slbd) -> Frozen {
         let pid = Pid::from_raw(slbd.pid());
         kill(pid, Signal::SIGSTOP).unwrap();
-        in_ns(&lab.client(), || {
-            flood(
-                vip(80),
-                (Ipv4Addr::new(198, 18, 0, 0), 15),
-                200,
-                Duration::from_secs(1),
-            )
-            .unwrap()
-        });
-        Frozen(pid)
+        let frozen = Frozen(pid);
+        let started = Instant::now();
+        while !all_threads_stopped(slbd.pid()) {
+            assert!(
+                started.elapsed() < T,
+                "slbd's threads still run {T:?} after SIGSTOP"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for _ in 0..5 {
+            in_ns(&lab.client(), || {
+                flood(
+                    vip(80),
+                    (Ipv4Addr::new(198, 18, 0, 0), 15),
+                    200,
+                    Duration::from_secs(1),
+                )
+                .unwrap()
+            });
+            if queued(lab) >= MAX_LEN {
+                return frozen;
+            }
+        }
+        panic!(
+            "five floods of 200 SYNs left slbd's queue short of {MAX_LEN}: {} queued",
+            queued(lab)
+        );
     }
+}
+
+/// Whether every thread of `pid` is in the stopped state.
+fn all_threads_stopped(pid: i32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|t| {
+        std::fs::read_to_string(t.path().join("stat"))
+            .ok()
+            .and_then(|stat| {
+                let after_name = stat.rsplit_once(") ")?.1.to_owned();
+                after_name.chars().next()
+            })
+            .is_some_and(|state| state == 'T' || state == 't')
+    })
+}
+
+/// The packets waiting in the balancer's queue 0 for slbd's verdict, as the kernel counts them.
+fn queued(lab: &Lab) -> usize {
+    let out = lab
+        .exec(
+            &lab.balancer(),
+            &["cat", "/proc/net/netfilter/nfnetlink_queue"],
+        )
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut fields = l.split_whitespace();
+            let number: u32 = fields.next()?.parse().ok()?;
+            let total: usize = fields.nth(1)?.parse().ok()?;
+            (number == 0).then_some(total)
+        })
+        .sum()
 }
 
 impl Drop for Frozen {
