@@ -118,6 +118,13 @@ struct Args {
     /// Put a drained or maintained real server back in rotation (with its slow start, if any)
     #[arg(long, value_name = "SERVER", help_heading = "server states")]
     ready: Vec<String>,
+    /// Cluster mode: withdraw this balancer's announcement of the VIP (routers send it no new
+    /// flows; it keeps serving what still reaches it); kept by --save-config
+    #[arg(long, help_heading = "cluster", conflicts_with = "rejoin")]
+    withdraw: bool,
+    /// Cluster mode: let this balancer be announced again (while it can serve)
+    #[arg(long, help_heading = "cluster")]
+    rejoin: bool,
     /// Wait until the draining SERVER holds no flow (status says `drained`); fails after --timeout
     #[arg(long, value_name = "SERVER", help_heading = "server states")]
     wait_drained: Option<String>,
@@ -241,6 +248,11 @@ impl Args {
         }
         if self.with_redundancy {
             e.push(Edit::WithRedundancy);
+        }
+        if self.withdraw || self.rejoin {
+            e.push(Edit::Withdraw {
+                withdrawn: self.withdraw,
+            });
         }
         let now_unix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -142,6 +142,12 @@ pub fn render(st: &Status) -> String {
             slbd::ctl::status::describe_replication(Some(r))
         ));
     }
+    if let Some(a) = &st.announce {
+        out.push_str(&format!(
+            "\nannounce: {}\n",
+            slbd::ctl::status::describe_announce(a)
+        ));
+    }
     out
 }
 

@@ -84,7 +84,20 @@ fn run(args: Args) -> anyhow::Result<()> {
         if let Some(m) = config.metrics_listen {
             println!("metrics http://{m}/metrics");
         }
+        if let Some(a) = &config.announce {
+            println!(
+                "announce {}",
+                slbd::core::announce::route_text(config.vip, a)
+            );
+        }
         return Ok(());
+    }
+    if config.announce.is_some() && args.pair_key.is_some() {
+        anyhow::bail!(
+            "--pair-key with announce in {}: a cluster's balancers are all active and \
+             replicate no flows; run either as a pair (amgr) or in a cluster",
+            args.config.display()
+        );
     }
     let replication = match &args.pair_key {
         Some(path) => Some(slbd::shell::replication::Settings {

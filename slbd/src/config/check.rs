@@ -110,6 +110,10 @@ impl TryFrom<&RawConfig> for Config {
             .metrics_listen
             .as_deref()
             .and_then(|m| listen_addr(&mut c, "metrics_listen", m));
+        let announce = raw
+            .announce
+            .as_ref()
+            .map(|a| super::announce::check(&mut c, a, raw));
 
         if !c.errors.is_empty() {
             return Err(ConfigError::Invalid(c.errors));
@@ -128,6 +132,7 @@ impl TryFrom<&RawConfig> for Config {
             syn_flood,
             redundancy,
             metrics_listen,
+            announce,
         })
     }
 }

@@ -124,6 +124,12 @@ pub enum Edit {
         key: String,
         value: String,
     },
+    /// Cluster mode: withdraws this node's announcement (it keeps serving what still reaches
+    /// it) or, with `false`, lets it be announced again. A struct variant: the tagged enum
+    /// this is cannot carry a bare bool.
+    Withdraw {
+        withdrawn: bool,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -296,6 +302,14 @@ fn apply_one(raw: &mut RawConfig, secrets: &mut Secrets, e: &Edit) -> Result<(),
             key,
             value,
         } => set_service_field(raw, protocol, *port, key, value)?,
+        Edit::Withdraw { withdrawn } => match &mut raw.announce {
+            Some(a) => a.withdrawn = *withdrawn,
+            None => {
+                return Err(EditError::Refused(
+                    "not in cluster mode: the configuration has no announce section".into(),
+                ))
+            }
+        },
     }
     Ok(())
 }
@@ -758,5 +772,28 @@ mod tests {
         );
         assert_eq!(serde_json::from_str::<Edit>(&text).unwrap(), e);
         assert!(serde_json::from_str::<Edit>(r#"{"op":"format_disk"}"#).is_err());
+    }
+
+    #[test]
+    fn withdraw_and_rejoin_set_the_announcement_and_refuse_without_one() {
+        let mut with = raw();
+        with.announce = Some(crate::config::RawAnnounce {
+            table: 100,
+            device: "slb-vip".into(),
+            withdrawn: false,
+            bird_socket: None,
+        });
+        let (out, c) = apply(&with, &[Edit::Withdraw { withdrawn: true }]).unwrap();
+        assert!(out.announce.as_ref().unwrap().withdrawn);
+        assert!(c.announce.unwrap().withdrawn, "in force");
+        let (back, _) = apply(&out, &[Edit::Withdraw { withdrawn: false }]).unwrap();
+        assert_eq!(back, with, "rejoined: as before");
+        let text = serde_json::to_string(&Edit::Withdraw { withdrawn: true }).unwrap();
+        assert_eq!(
+            serde_json::from_str::<Edit>(&text).unwrap(),
+            Edit::Withdraw { withdrawn: true }
+        );
+        let err = apply(&raw(), &[Edit::Withdraw { withdrawn: true }]).unwrap_err();
+        assert!(err.to_string().contains("no announce section"), "{err}");
     }
 }

@@ -4,6 +4,7 @@
 //! holds the value parsers slbctl and amgr share, and [`edit`] applies the changes slbctl
 //! sends. Pure, but for reading the file.
 
+mod announce;
 pub mod check;
 mod checker;
 pub mod edit;

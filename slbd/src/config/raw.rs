@@ -53,6 +53,28 @@ pub struct RawConfig {
     /// (they share this file); absent, a fixed default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash_key: Option<String>,
+    /// Cluster mode: the VIP's /32 kept in a kernel routing table while this node can serve,
+    /// for a BGP daemon to announce; absent, nothing is announced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announce: Option<RawAnnounce>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAnnounce {
+    pub table: u64,
+    #[serde(default = "default_announce_device")]
+    pub device: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub withdrawn: bool,
+    /// The BGP daemon's control socket, read for `--status` (BIRD's; default
+    /// /run/bird/bird.ctl).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bird_socket: Option<String>,
+}
+
+fn default_announce_device() -> String {
+    "slb-vip".into()
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -9,6 +9,7 @@
 //! daemon (`crate::daemon`) wrap them; nothing here imports from either.
 
 pub mod agent;
+pub mod announce;
 pub mod balancer;
 pub mod checksum;
 pub mod flow;

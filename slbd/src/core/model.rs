@@ -24,6 +24,8 @@ pub struct Config {
     pub syn_flood: SynFlood,
     pub redundancy: Redundancy,
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Cluster mode's announcement, when the file asks for one.
+    pub announce: Option<crate::core::announce::Announce>,
 }
 
 /// What the failover agent needs from this node's configuration.

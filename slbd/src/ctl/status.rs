@@ -49,6 +49,52 @@ pub struct Status {
     pub conntrack: ConntrackStatus,
     /// Absent when slbd runs without a pair key.
     pub replication: Option<ReplicationStatus>,
+    /// Cluster mode's announcement; absent without `announce` in the file.
+    #[serde(default)]
+    pub announce: Option<AnnounceStatus>,
+}
+
+/// Cluster mode: the VIP's route a BGP daemon announces, and why it is or is not there.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct AnnounceStatus {
+    /// `VIP/32 dev DEVICE table N`.
+    pub route: String,
+    pub announced: bool,
+    /// `serving`, or why not (`withdrawn by the operator`, `no server in rotation`, ...).
+    pub reason: String,
+    /// The operator's `--withdraw`, kept in the file.
+    pub withdrawn: bool,
+    /// Times the route was added or deleted since slbd started.
+    pub changes: u64,
+    /// The last failure to create the device or change the route, while it lasts.
+    pub error: Option<String>,
+    /// The BGP daemon's sessions, as its control socket says (`show protocols`).
+    #[serde(default)]
+    pub bgp: Vec<BgpSessionStatus>,
+    /// Its BFD sessions (`show bfd sessions`).
+    #[serde(default)]
+    pub bfd: Vec<BfdSessionStatus>,
+    /// Why the daemon could not be asked, when it could not.
+    #[serde(default)]
+    pub daemon_error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct BgpSessionStatus {
+    pub name: String,
+    /// `up`, `start`, ...
+    pub state: String,
+    /// BGP's state (`Established`, `Active`, ...) and what else the daemon says.
+    pub info: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct BfdSessionStatus {
+    pub address: String,
+    pub interface: String,
+    /// `Up`, `Down`, `Init`, `AdminDown`.
+    pub state: String,
+    pub since: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -163,6 +209,35 @@ pub struct ReplicationStatus {
     pub merge_conflicts: u64,
     /// Connections and frames refused, by reason.
     pub refused: BTreeMap<String, u64>,
+}
+
+/// One line saying where cluster mode's announcement stands.
+pub fn describe_announce(a: &AnnounceStatus) -> String {
+    let mut out = if a.announced {
+        format!("{}: announced ({})", a.route, a.reason)
+    } else {
+        format!("{}: WITHDRAWN ({})", a.route, a.reason)
+    };
+    if a.withdrawn && a.announced {
+        out.push_str(", withdrawal pending");
+    }
+    out.push_str(&format!(", {} changes", a.changes));
+    if let Some(e) = &a.error {
+        out.push_str(&format!("; ERROR: {e}"));
+    }
+    for b in &a.bgp {
+        out.push_str(&format!("\n  bgp {}: {} {}", b.name, b.state, b.info));
+    }
+    for b in &a.bfd {
+        out.push_str(&format!(
+            "\n  bfd {} on {}: {} since {}",
+            b.address, b.interface, b.state, b.since
+        ));
+    }
+    if let Some(e) = &a.daemon_error {
+        out.push_str(&format!("\n  BGP daemon not asked: {e}"));
+    }
+    out
 }
 
 /// One line saying what the replication figures mean to an operator; `off` without any.
@@ -329,6 +404,7 @@ mod tests {
                 forgotten: 0,
             },
             replication: None,
+            announce: None,
         };
         let v = serde_json::to_value(&st).unwrap();
         assert_eq!(
@@ -338,5 +414,46 @@ mod tests {
         assert_eq!(v["drops"]["no_server"], 1);
         assert_eq!(v["replication"], serde_json::Value::Null);
         assert_eq!(serde_json::from_value::<Status>(v).unwrap(), st);
+    }
+
+    #[test]
+    fn the_announcement_reads_announced_or_withdrawn_with_its_reason() {
+        let mut a = AnnounceStatus {
+            route: "10.0.0.100/32 dev slb-vip table 100".into(),
+            announced: true,
+            reason: "serving".into(),
+            changes: 1,
+            ..AnnounceStatus::default()
+        };
+        assert_eq!(
+            describe_announce(&a),
+            "10.0.0.100/32 dev slb-vip table 100: announced (serving), 1 changes"
+        );
+        a.announced = false;
+        a.reason = "no server in rotation".into();
+        a.changes = 2;
+        a.error = Some("cannot add the route".into());
+        assert_eq!(
+            describe_announce(&a),
+            "10.0.0.100/32 dev slb-vip table 100: WITHDRAWN (no server in rotation), 2 changes; \
+             ERROR: cannot add the route"
+        );
+        a.error = None;
+        a.bgp = vec![BgpSessionStatus {
+            name: "up1".into(),
+            state: "up".into(),
+            info: "Established".into(),
+        }];
+        a.bfd = vec![BfdSessionStatus {
+            address: "192.168.77.1".into(),
+            interface: "bgp0".into(),
+            state: "Up".into(),
+            since: "18:40:01.123".into(),
+        }];
+        assert_eq!(
+            describe_announce(&a),
+            "10.0.0.100/32 dev slb-vip table 100: WITHDRAWN (no server in rotation), 2 changes\n  \
+             bgp up1: up Established\n  bfd 192.168.77.1 on bgp0: Up since 18:40:01.123"
+        );
     }
 }

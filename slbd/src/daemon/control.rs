@@ -15,8 +15,9 @@ use crate::shell::addr;
 
 impl Daemon {
     fn status(&self) -> Status {
+        let sessions = self.daemon_sessions();
         let st = self.state.lock();
-        super::status::status(super::status::Inputs {
+        let mut status = super::status::status(super::status::Inputs {
             dp: &self.dp,
             config: &st.config,
             state: st.role.name(),
@@ -27,13 +28,25 @@ impl Daemon {
                 .replication
                 .as_ref()
                 .map(|r| r.status.snapshot(r.is_active())),
-        })
+            announce: self.announcement_status(&st),
+        });
+        if let (Some(a), Some(s)) = (&mut status.announce, sessions) {
+            s.fill(a);
+        }
+        status
     }
 
     /// The metrics exposition: read at scrape time from the same counters as `status`.
     pub(super) fn metrics(&self) -> String {
         use super::metrics::{families, parse_kernel_queues, Inputs};
-        let balancing = self.state.lock().role == Role::Balancing;
+        let sessions = self.daemon_sessions();
+        let (balancing, mut announce) = {
+            let st = self.state.lock();
+            (st.role == Role::Balancing, self.announcement_status(&st))
+        };
+        if let (Some(a), Some(s)) = (&mut announce, sessions) {
+            s.fill(a);
+        }
         let range = u32::from(self.queues.first)
             ..u32::from(self.queues.first) + u32::from(self.queues.count);
         let kernel_queues = std::fs::read_to_string("/proc/net/netfilter/nfnetlink_queue")
@@ -54,6 +67,7 @@ impl Daemon {
             kernel_queues,
             replication: self.replication.as_ref().map(|r| &r.status),
             offload: Some(&self.offload.stats),
+            announce,
         }))
     }
 
@@ -106,6 +120,10 @@ impl Handler for Daemon {
                     .map_err(|e| e.to_string())?;
                 self.switch(&mut st, raw, config).map_err(err)?;
                 st.secrets = secrets;
+                drop(st);
+                // A withdrawal (or anything that changes the announcement) acts now, not at
+                // the next tick.
+                self.follow_announcement();
                 Ok("applied".into())
             }
             Command::ClearConfig => Ok(self.clear().into()),

@@ -56,6 +56,61 @@ pub struct Inputs<'a> {
     pub replication: Option<&'a crate::shell::replication::Status>,
     /// Offload mode's conntrack figures.
     pub offload: Option<&'a crate::shell::offload::OffloadStats>,
+    /// Cluster mode's announcement, when there is one.
+    pub announce: Option<crate::ctl::status::AnnounceStatus>,
+}
+
+/// Cluster mode: whether the routers are told to send this node the VIP's traffic.
+fn announce_families(a: &crate::ctl::status::AnnounceStatus) -> Vec<Family> {
+    let mut announced = Family::gauge(
+        "slb_vip_announced",
+        "1 while the VIP's route is in the table the BGP daemon announces from, 0 while \
+         withdrawn (not balancing, no server in rotation, or the operator's --withdraw).",
+    );
+    announced.set(
+        vec![("reason", a.reason.clone())],
+        if a.announced { 1.0 } else { 0.0 },
+    );
+    let mut changes = Family::counter(
+        "slb_vip_announce_changes",
+        "Times the VIP's route was added or deleted since slbd started.",
+    );
+    changes.count(vec![], a.changes);
+    let mut failing = Family::gauge(
+        "slb_vip_announce_failing",
+        "1 while the last attempt to create the announce device or change its route failed.",
+    );
+    failing.set(vec![], if a.error.is_some() { 1.0 } else { 0.0 });
+    let mut bgp = Family::gauge(
+        "slb_bgp_session_up",
+        "1 while the BGP daemon's session is Established, per session (its control socket).",
+    );
+    for b in &a.bgp {
+        let up = b.info.split_whitespace().next() == Some("Established");
+        bgp.set(
+            vec![("session", b.name.clone())],
+            if up { 1.0 } else { 0.0 },
+        );
+    }
+    let mut bfd = Family::gauge(
+        "slb_bfd_session_up",
+        "1 while the BGP daemon's BFD session with the neighbour is Up.",
+    );
+    for b in &a.bfd {
+        bfd.set(
+            vec![
+                ("neighbor", b.address.clone()),
+                ("interface", b.interface.clone()),
+            ],
+            if b.state == "Up" { 1.0 } else { 0.0 },
+        );
+    }
+    let mut asked = Family::gauge(
+        "slb_bgp_daemon_reachable",
+        "1 when the BGP daemon's control socket answered this scrape.",
+    );
+    asked.set(vec![], if a.daemon_error.is_none() { 1.0 } else { 0.0 });
+    vec![announced, changes, failing, bgp, bfd, asked]
 }
 
 /// Offload mode: what slbd learnt from and did to conntrack.
@@ -439,6 +494,9 @@ pub fn families(i: &Inputs) -> Vec<Family> {
     if let Some(o) = i.offload {
         out.extend(offload_families(o));
     }
+    if let Some(a) = &i.announce {
+        out.extend(announce_families(a));
+    }
     out
 }
 
@@ -512,7 +570,40 @@ mod tests {
             }],
             replication: None,
             offload: Some(&offload),
+            announce: Some(crate::ctl::status::AnnounceStatus {
+                route: "10.0.0.100/32 dev slb-vip table 100".into(),
+                announced: false,
+                reason: "no server in rotation".into(),
+                changes: 2,
+                bfd: vec![crate::ctl::status::BfdSessionStatus {
+                    address: "192.168.77.1".into(),
+                    interface: "bgp0".into(),
+                    state: "Up".into(),
+                    since: "18:40:01.123".into(),
+                }],
+                ..Default::default()
+            }),
         }));
+        assert_eq!(
+            sample(
+                &text,
+                "slb_vip_announced",
+                &[("reason", "no server in rotation")]
+            ),
+            Some(0.0)
+        );
+        assert_eq!(
+            sample(&text, "slb_vip_announce_changes_total", &[]),
+            Some(2.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "slb_bfd_session_up",
+                &[("neighbor", "192.168.77.1"), ("interface", "bgp0")]
+            ),
+            Some(1.0)
+        );
         assert_eq!(sample(&text, "slb_conntrack_events_total", &[]), Some(12.0));
         assert_eq!(
             sample(

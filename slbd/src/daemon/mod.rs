@@ -10,6 +10,7 @@
 //! conntrack entries carrying slbd's offload mark, slb_conf.json (on save), the replication
 //! connections, threads, signal mask.
 
+mod announce;
 mod control;
 pub mod metrics;
 mod reconfigure;
@@ -80,6 +81,8 @@ struct Daemon {
     serving_backups: Mutex<Vec<(String, bool)>>,
     /// When conntrack was last dumped for a draining offload server's closes (ms).
     drain_resync_ms: std::sync::atomic::AtomicU64,
+    /// Cluster mode's route (taken after `state`).
+    announcement: Mutex<announce::Announcement>,
 }
 
 impl Daemon {
@@ -165,6 +168,7 @@ pub fn run(
         installed_targets: Mutex::new(Vec::new()),
         serving_backups: Mutex::new(Vec::new()),
         drain_resync_ms: std::sync::atomic::AtomicU64::new(0),
+        announcement: Mutex::new(announce::Announcement::default()),
     });
     if let Some(r) = &daemon.replication {
         let d = Arc::downgrade(&daemon);
@@ -204,6 +208,7 @@ pub fn run(
             .spawn(move || {
                 while let Some(d) = d.upgrade() {
                     d.follow_rotation();
+                    d.follow_announcement();
                     drop(d);
                     std::thread::sleep(Duration::from_millis(200));
                 }

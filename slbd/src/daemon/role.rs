@@ -146,6 +146,7 @@ impl Daemon {
     /// reach before it takes over (the data plane only records what they show while it stands
     /// by). A cleared configuration has nothing to check.
     fn leave(&self, st: &mut State, to: Role) {
+        self.withdraw_now(st);
         if st.role == Role::Balancing {
             self.take_down(&st.config);
             self.stop_balancing();

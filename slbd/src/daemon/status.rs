@@ -8,7 +8,8 @@ use crate::config::{AdminState, Config};
 use crate::core::balancer::{Dataplane, DropReason, CHECK_PASSED};
 use crate::core::health::Failure;
 use crate::ctl::status::{
-    ConntrackStatus, QueueStatus, ReplicationStatus, ServerStatus, ServiceStatus, Status,
+    AnnounceStatus, ConntrackStatus, QueueStatus, ReplicationStatus, ServerStatus, ServiceStatus,
+    Status,
 };
 use crate::shell::nfqueue::QueueStats;
 use crate::shell::offload::OffloadStats;
@@ -23,6 +24,7 @@ pub struct Inputs<'a> {
     pub queue: &'a QueueStats,
     pub offload: &'a OffloadStats,
     pub replication: Option<ReplicationStatus>,
+    pub announce: Option<AnnounceStatus>,
 }
 
 /// The operator's state as status shows it: a draining server with no flow left is `drained`.
@@ -122,5 +124,6 @@ pub fn status(i: Inputs) -> Status {
             forgotten: o.forgotten.load(Relaxed),
         },
         replication: i.replication,
+        announce: i.announce,
     }
 }

@@ -46,14 +46,14 @@ const RCVBUF: usize = 256 * 1024;
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A NETLINK_ROUTE request socket; only answers to its own requests arrive on it.
-struct Rtnl {
+pub(crate) struct Rtnl {
     fd: OwnedFd,
     seq: u32,
     buf: Vec<u8>,
 }
 
 impl Rtnl {
-    fn open() -> Result<Rtnl, AddrError> {
+    pub(crate) fn open() -> Result<Rtnl, AddrError> {
         let fd = nl::open(libc::NETLINK_ROUTE, RCVBUF).map_err(AddrError::Socket)?;
         let raw = fd.as_raw_fd();
         let tv = libc::timeval {
@@ -112,7 +112,7 @@ impl Rtnl {
     }
 
     /// A request answered by an ACK: Ok, or the kernel's errno.
-    fn ack(
+    pub(crate) fn ack(
         &mut self,
         emit: impl FnOnce(u32) -> Result<Vec<u8>, crate::wire::netlink::TooLong>,
     ) -> io::Result<()> {
@@ -128,7 +128,7 @@ impl Rtnl {
     }
 
     /// The interface's index and, if it has one, its 6-byte hardware address.
-    fn link(&mut self, dev: &str) -> Result<(u32, Option<[u8; 6]>), AddrError> {
+    pub(crate) fn link(&mut self, dev: &str) -> Result<(u32, Option<[u8; 6]>), AddrError> {
         let answers = self
             .transact(|seq| route::emit_get_link(seq, dev))
             .map_err(AddrError::List)?;

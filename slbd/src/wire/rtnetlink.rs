@@ -1,9 +1,9 @@
-//! rtnetlink messages for links and IPv4 addresses as bytes (include/uapi/linux/rtnetlink.h,
-//! if_link.h, if_addr.h): emitting the requests `addr` sends (a link looked up by name; an
-//! address added, dumped per interface, deleted) and parsing the kernel's answers (a link's
-//! index and MAC, an address's prefix, interface and IFA_LOCAL, ACKs and errors). Pure: no
-//! sockets; every parse is bounds-checked and never panics.
-
+//! rtnetlink messages for links, IPv4 addresses and host routes as bytes
+//! (include/uapi/linux/rtnetlink.h, if_link.h, if_addr.h): emitting the requests `addr` and
+//! `announce` send (a link looked up by name or set up; an address added, dumped per
+//! interface, deleted; a host route added or deleted in a table) and parsing the kernel's
+//! answers (a link's index and MAC, an address's prefix, interface and IFA_LOCAL, ACKs and
+//! errors). Pure: no sockets; every parse is bounds-checked and never panics.
 use std::net::Ipv4Addr;
 
 use crate::wire::netlink::{
@@ -16,6 +16,8 @@ pub const RTM_GETLINK: u16 = 18;
 pub const RTM_NEWADDR: u16 = 20;
 pub const RTM_DELADDR: u16 = 21;
 pub const RTM_GETADDR: u16 = 22;
+pub const RTM_NEWROUTE: u16 = 24;
+pub const RTM_DELROUTE: u16 = 25;
 
 // enum ifla (if_link.h)
 const IFLA_ADDRESS: u16 = 1;
@@ -24,6 +26,23 @@ const IFLA_IFNAME: u16 = 3;
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
 const IFA_BROADCAST: u16 = 4;
+
+// enum rtattr_type_t (rtnetlink.h)
+const RTA_DST: u16 = 1;
+const RTA_OIF: u16 = 4;
+const RTA_TABLE: u16 = 15;
+/// RTPROT_STATIC: a route an administrator put there, which a BGP daemon's kernel protocol
+/// learns (it skips the kernel's own, RTPROT_KERNEL, and its own).
+const RTPROT_STATIC: u8 = 4;
+/// RT_SCOPE_LINK: the destination is on the device itself, no gateway.
+const RT_SCOPE_LINK: u8 = 253;
+const RTN_UNICAST: u8 = 1;
+/// RT_TABLE_UNSPEC in rtmsg's 8-bit table field: the table is RTA_TABLE's, which has 32 bits.
+const RT_TABLE_UNSPEC: u8 = 0;
+/// IFF_UP (if.h).
+const IFF_UP: u32 = 1;
+/// struct rtmsg: `{family, dst_len, src_len, tos, table, protocol, scope, type: u8; flags u32}`.
+const RTMSG_LEN: usize = 12;
 
 const AF_UNSPEC: u8 = 0;
 const AF_INET: u8 = 2;
@@ -141,6 +160,50 @@ pub fn emit_del_addr(seq: u32, a: &Addr) -> Result<Vec<u8>, TooLong> {
     if let Some(local) = a.local {
         w.attr(IFA_LOCAL, &local.octets());
     }
+    w.finish()
+}
+
+/// RTM_NEWLINK setting interface `index` up (IFF_UP in both flags and change, so no other flag
+/// is touched), as `ip link set DEV up` sends it.
+pub fn emit_link_up(seq: u32, index: u32) -> Result<Vec<u8>, TooLong> {
+    let mut w = Writer::new(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, seq);
+    let mut m = [0u8; IFINFOMSG_LEN];
+    m[4..8].copy_from_slice(&(index as i32).to_ne_bytes());
+    m[8..12].copy_from_slice(&IFF_UP.to_ne_bytes());
+    m[12..16].copy_from_slice(&IFF_UP.to_ne_bytes());
+    w.fixed(&m);
+    w.finish()
+}
+
+/// RTM_NEWROUTE (`add`, replacing the same route) or RTM_DELROUTE of `ip/32 dev index table
+/// table proto static scope link`: the host route a BGP daemon learns from `table`.
+pub fn emit_host_route(
+    seq: u32,
+    add: bool,
+    table: u32,
+    ip: Ipv4Addr,
+    index: u32,
+) -> Result<Vec<u8>, TooLong> {
+    let (kind, flags) = if add {
+        (
+            RTM_NEWROUTE,
+            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+        )
+    } else {
+        (RTM_DELROUTE, NLM_F_REQUEST | NLM_F_ACK)
+    };
+    let mut w = Writer::new(kind, flags, seq);
+    let mut m = [0u8; RTMSG_LEN];
+    m[0] = AF_INET;
+    m[1] = 32;
+    m[4] = RT_TABLE_UNSPEC;
+    m[5] = RTPROT_STATIC;
+    m[6] = RT_SCOPE_LINK;
+    m[7] = RTN_UNICAST;
+    w.fixed(&m);
+    w.attr(RTA_DST, &ip.octets());
+    w.attr(RTA_OIF, &index.to_ne_bytes());
+    w.attr(RTA_TABLE, &table.to_ne_bytes());
     w.finish()
 }
 
@@ -471,6 +534,37 @@ mod tests {
             let mut del = emit_del_addr(seq, &want).unwrap();
             del[4..6].copy_from_slice(&ne16(RTM_NEWADDR));
             prop_assert_eq!(parse(&del), Ok(Answer::Addr(want)));
+        }
+
+        #[test]
+        fn emitted_routes_name_the_host_its_device_and_its_table(
+            add: bool, table: u32, ip: u32, index: u32
+        ) {
+            let ip = Ipv4Addr::from(ip);
+            let msg = emit_host_route(7, add, table, ip, index).unwrap();
+            let h = Header::parse(&msg).unwrap();
+            prop_assert_eq!(h.kind, if add { RTM_NEWROUTE } else { RTM_DELROUTE });
+            prop_assert_eq!(h.seq, 7);
+            let rtm = &msg[NLMSG_HDRLEN..NLMSG_HDRLEN + RTMSG_LEN];
+            prop_assert_eq!(&rtm[..8], &[AF_INET, 32, 0, 0, 0, RTPROT_STATIC, RT_SCOPE_LINK, RTN_UNICAST]);
+            let a: Vec<_> = attrs(&msg[NLMSG_HDRLEN + RTMSG_LEN..])
+                .collect::<Result<_, _>>()
+                .unwrap();
+            let kinds: Vec<u16> = a.iter().map(|a| a.kind).collect();
+            prop_assert_eq!(kinds, vec![RTA_DST, RTA_OIF, RTA_TABLE]);
+            prop_assert_eq!(a[0].data, &ip.octets()[..]);
+            prop_assert_eq!(a[1].data, &index.to_ne_bytes()[..]);
+            prop_assert_eq!(a[2].data, &table.to_ne_bytes()[..]);
+        }
+
+        #[test]
+        fn link_up_sets_only_iff_up(index: u32) {
+            let msg = emit_link_up(3, index).unwrap();
+            prop_assert_eq!(Header::parse(&msg).unwrap().kind, RTM_NEWLINK);
+            let ifi = &msg[NLMSG_HDRLEN..NLMSG_HDRLEN + IFINFOMSG_LEN];
+            prop_assert_eq!(&ifi[4..8], &index.to_ne_bytes()[..]);
+            prop_assert_eq!(&ifi[8..16], &[1u8, 0, 0, 0, 1, 0, 0, 0][..]);
+            prop_assert_eq!(msg.len(), NLMSG_HDRLEN + IFINFOMSG_LEN);
         }
 
         #[test]

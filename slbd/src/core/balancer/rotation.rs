@@ -145,6 +145,29 @@ impl Dataplane {
         st.weight(r.weight).saturating_mul(share)
     }
 
+    /// How many servers, over every service, are in rotation now: cluster mode withdraws the
+    /// VIP's announcement at none.
+    pub fn servers_in_rotation(&self) -> usize {
+        let view = self.view.load();
+        let registry = self.registry.load();
+        view.services
+            .iter()
+            .map(|s| {
+                let primaries = Self::primaries_up(s, &registry);
+                s.service
+                    .servers
+                    .iter()
+                    .zip(&s.ids)
+                    .filter(|(r, id)| {
+                        registry.stats.get(**id as usize).is_some_and(|st| {
+                            Self::standing(st, r, primaries) == Standing::InRotation
+                        })
+                    })
+                    .count()
+            })
+            .sum()
+    }
+
     /// Whether the service on (protocol, port) is serving from its backup servers: no
     /// primary is in rotation and a backup is.
     pub fn serving_backups(&self) -> Vec<(String, bool)> {
@@ -372,6 +395,44 @@ mod tests {
     fn reply(dp: &Dataplane, server: SocketAddrV4, client: &str, flags: u8) -> Verdict {
         let mut p = tcp(server, sa(client), flags, b"", &[]);
         dp.handle(Direction::Reply, &mut p, true, ChecksumState::Complete, 5)
+    }
+
+    #[test]
+    fn servers_in_rotation_counts_neither_a_down_nor_a_backup_server_while_a_primary_serves() {
+        let dp = dp(
+            r#""172.16.0.2:80", "172.16.0.3:80", {"address": "172.16.0.4:80", "backup": true}"#,
+            "",
+        );
+        assert_eq!(
+            dp.servers_in_rotation(),
+            2,
+            "two primaries; the backup idles"
+        );
+        let id = |j| dp.server_id(0, j).unwrap();
+        dp.set_health(
+            id(0),
+            false,
+            None,
+            Some(crate::core::health::Failure::Timeout),
+            false,
+        );
+        assert_eq!(dp.servers_in_rotation(), 1);
+        dp.set_health(
+            id(1),
+            false,
+            None,
+            Some(crate::core::health::Failure::Timeout),
+            false,
+        );
+        assert_eq!(dp.servers_in_rotation(), 1, "no primary: the backup serves");
+        dp.set_health(
+            id(2),
+            false,
+            None,
+            Some(crate::core::health::Failure::Timeout),
+            false,
+        );
+        assert_eq!(dp.servers_in_rotation(), 0);
     }
 
     /// Two balancers of a cluster (two data planes, seeded differently) place each flow on the
