@@ -14,7 +14,7 @@ fail() {
 contents=$(dpkg-deb -c "$deb")
 want=(
     ./usr/sbin/slbd ./usr/sbin/slbctl ./usr/sbin/amgr ./usr/sbin/slb-heartbeat ./usr/sbin/slb-node-config
-    ./usr/sbin/slb-dr-server
+    ./usr/sbin/slb-dr-server ./usr/sbin/slb-bird-config
     ./usr/lib/systemd/system/slbd.service ./usr/lib/systemd/system/amgr.service
     ./usr/lib/tmpfiles.d/slb.conf ./etc/slb/slb_conf.json ./etc/slb/amgr.json
     ./usr/share/doc/slb/README.md ./usr/share/doc/slb/slb_conf.md ./usr/share/doc/slb/amgr.md
@@ -56,6 +56,7 @@ chroot "$root" /usr/sbin/amgr run --check --config /etc/slb/amgr.json >/dev/null
     fail "the packaged amgr.json does not pass amgr run --check"
 chroot "$root" /usr/sbin/slb-node-config --help >/dev/null || fail "slb-node-config --help failed"
 chroot "$root" /usr/sbin/slb-dr-server --help >/dev/null || fail "slb-dr-server --help failed"
+chroot "$root" /usr/sbin/slb-bird-config --help >/dev/null || fail "slb-bird-config --help failed"
 if command -v systemd-analyze >/dev/null; then
     systemd-analyze verify --man=no --root="$root" \
         "$root/usr/lib/systemd/system/slbd.service" "$root/usr/lib/systemd/system/amgr.service" ||

@@ -5,7 +5,7 @@
 # balancers' configuration comes from scripts/slb-node-config, which the namespace lab runs too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-shellcheck -x vagrant/provision/*.sh scripts/*.sh scripts/slb-node-config scripts/slb-dr-server
+shellcheck -x vagrant/provision/*.sh scripts/*.sh scripts/slb-node-config scripts/slb-dr-server scripts/slb-bird-config
 (cd vagrant && vagrant validate --ignore-provider)
 rm -rf vagrant/.vagrant
 echo "check-vagrant: Vagrantfile valid, shell scripts clean"

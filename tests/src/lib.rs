@@ -65,6 +65,7 @@ pub fn server_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(172, 16, 0, 2 + i as u8)
 }
 
+pub mod cluster;
 pub mod dying;
 pub mod held;
 pub mod pair;
