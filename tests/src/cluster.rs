@@ -61,28 +61,114 @@ impl Bgp {
         vip: Ipv4Addr,
         table: u32,
     ) -> Result<Bgp> {
+        Bgp::with_room(lab, balancers, balancers.len(), vip, table)
+    }
+
+    /// [`Bgp::in_front_of`] with a router configured for `room` balancers, so that more can
+    /// [`Bgp::join`] later (their sessions wait, Active, until then).
+    pub fn with_room(
+        lab: &mut Lab,
+        balancers: &[String],
+        room: usize,
+        vip: Ipv4Addr,
+        table: u32,
+    ) -> Result<Bgp> {
         let router = lab.add_namespace("r")?;
-        wire(lab, &router, balancers)?;
+        ip(&["-n", &router, "link", "add", "rbr", "type", "bridge"])?;
+        ip(&[
+            "-n",
+            &router,
+            "addr",
+            "add",
+            &format!("{ROUTER_ADDR}/24"),
+            "dev",
+            "rbr",
+        ])?;
+        ip(&["-n", &router, "link", "set", "rbr", "up"])?;
+        lab.sysctl(&router, "net.ipv4.ip_forward", "1")?;
+        lab.sysctl(&router, "net.ipv4.fib_multipath_hash_policy", "1")?;
         let router_bird = Bird::new(lab, &router, "router");
-        router_bird.start(lab, &router_config(&router_bird, balancers.len()))?;
-        let mut balancer_birds = Vec::new();
-        for (k, ns) in balancers.iter().enumerate() {
-            let bird = Bird::new(lab, ns, &format!("balancer{k}"));
-            bird.start(
-                lab,
-                &balancer_config(&bird, Bgp::balancer_addr(k), vip, table)?,
-            )?;
-            balancer_birds.push(bird);
-        }
-        let bgp = Bgp {
+        router_bird.start(lab, &router_config(&router_bird, room.max(balancers.len())))?;
+        let mut bgp = Bgp {
             router,
-            balancers: balancers.to_vec(),
+            balancers: Vec::new(),
             vip,
             router_bird,
-            balancer_birds,
+            balancer_birds: Vec::new(),
         };
+        for ns in balancers {
+            bgp.start_balancer(lab, ns, table)?;
+        }
         bgp.wait_established()?;
         Ok(bgp)
+    }
+
+    /// Wires one more balancer namespace to the router and starts its BIRD; waits until its
+    /// session is Established. The router must have room for it ([`Bgp::with_room`]).
+    pub fn join(&mut self, lab: &Lab, ns: &str, table: u32) -> Result<()> {
+        self.start_balancer(lab, ns, table)?;
+        self.wait_established()
+    }
+
+    fn start_balancer(&mut self, lab: &Lab, ns: &str, table: u32) -> Result<()> {
+        let k = self.balancers.len();
+        wire(lab, &self.router, ns, k)?;
+        let bird = Bird::new(lab, ns, &format!("balancer{k}"));
+        bird.start(
+            lab,
+            &balancer_config(&bird, Bgp::balancer_addr(k), self.vip, table)?,
+        )?;
+        self.balancers.push(ns.to_string());
+        self.balancer_birds.push(bird);
+        Ok(())
+    }
+
+    /// Wires `ns` into the router's bridge as a real server at `addr`/24 (eth0), the router
+    /// its default gateway, so it answers clients through the router, not a balancer.
+    pub fn add_server(&self, ns: &str, port: &str, addr: Ipv4Addr) -> Result<()> {
+        ip(&[
+            "-n",
+            ns,
+            "link",
+            "add",
+            "eth0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            port,
+            "netns",
+            &self.router,
+        ])?;
+        ip(&[
+            "-n",
+            &self.router,
+            "link",
+            "set",
+            port,
+            "master",
+            "rbr",
+            "up",
+        ])?;
+        ip(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            "eth0",
+        ])?;
+        ip(&["-n", ns, "link", "set", "eth0", "up"])?;
+        ip(&[
+            "-n",
+            ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &ROUTER_ADDR.to_string(),
+        ])
     }
 
     /// The next hops the router's main table holds for vip/32 right now (one route, or one
@@ -194,11 +280,16 @@ impl Bgp {
         let deadline = Instant::now() + ESTABLISH_TIMEOUT;
         loop {
             let mut waiting = Vec::new();
+            let joined: Vec<String> = (0..self.balancers.len())
+                .map(|k| format!("lb{k}"))
+                .collect();
             for bird in std::iter::once(&self.router_bird).chain(&self.balancer_birds) {
                 match bird.sessions() {
                     Ok(s) if s.is_empty() => waiting.push(format!("{}: no BGP session", bird.name)),
                     Ok(s) => waiting.extend(
                         s.into_iter()
+                            // The router's sessions to balancers yet to join wait.
+                            .filter(|(name, _)| !name.starts_with("lb") || joined.contains(name))
                             .filter(|(_, row)| !row.split(' ').any(|w| w == "Established"))
                             .map(|(name, row)| format!("{} {name}: {row}", bird.name)),
                     ),
@@ -220,31 +311,20 @@ impl Bgp {
     }
 }
 
-/// The router namespace's bridge, and one veth from each balancer into it.
-fn wire(lab: &Lab, router: &str, balancers: &[String]) -> Result<()> {
-    ip(&["-n", router, "link", "add", "rbr", "type", "bridge"])?;
+/// A veth from balancer `k`'s namespace `ns` (`bgp0`) into the router's bridge.
+fn wire(lab: &Lab, router: &str, ns: &str, k: usize) -> Result<()> {
+    let port = format!("rb{k}");
     ip(&[
-        "-n",
-        router,
-        "addr",
-        "add",
-        &format!("{ROUTER_ADDR}/24"),
-        "dev",
-        "rbr",
+        "-n", ns, "link", "add", "bgp0", "type", "veth", "peer", "name", &port, "netns", router,
     ])?;
-    ip(&["-n", router, "link", "set", "rbr", "up"])?;
-    lab.sysctl(router, "net.ipv4.ip_forward", "1")?;
-    lab.sysctl(router, "net.ipv4.fib_multipath_hash_policy", "1")?;
-    for (k, ns) in balancers.iter().enumerate() {
-        let port = format!("rb{k}");
-        ip(&[
-            "-n", ns, "link", "add", "bgp0", "type", "veth", "peer", "name", &port, "netns", router,
-        ])?;
-        ip(&["-n", router, "link", "set", &port, "master", "rbr", "up"])?;
-        let addr = format!("{}/24", Bgp::balancer_addr(k));
-        ip(&["-n", ns, "addr", "add", &addr, "dev", "bgp0"])?;
-        ip(&["-n", ns, "link", "set", "bgp0", "up"])?;
-    }
+    ip(&["-n", router, "link", "set", &port, "master", "rbr", "up"])?;
+    let addr = format!("{}/24", Bgp::balancer_addr(k));
+    ip(&["-n", ns, "addr", "add", &addr, "dev", "bgp0"])?;
+    ip(&["-n", ns, "link", "set", "bgp0", "up"])?;
+    // The balancer answers nothing itself; what it must reach (its servers' health checks,
+    // the router) is on the bridge. Its replies to clients, if any, go through the router.
+    lab.sysctl(ns, "net.ipv4.conf.all.rp_filter", "0")?;
+    lab.sysctl(ns, "net.ipv4.conf.bgp0.rp_filter", "0")?;
     Ok(())
 }
 

@@ -67,6 +67,7 @@ pub fn server_ip(i: usize) -> Ipv4Addr {
 
 pub mod cluster;
 pub mod dying;
+pub mod ecmp;
 pub mod held;
 pub mod pair;
 pub mod synflood;
@@ -514,11 +515,16 @@ impl Lab {
 
     /// [`Lab::spawn_slbd`] with another slbd binary (the benchmark's baseline build).
     pub fn spawn_slbd_binary(&self, binary: &Path, config: &Path) -> Slbd {
+        self.spawn_slbd_in(&self.balancer(), binary, config)
+    }
+
+    /// [`Lab::spawn_slbd_binary`] in namespace `ns` (a cluster has several balancers).
+    pub fn spawn_slbd_in(&self, ns: &str, binary: &Path, config: &Path) -> Slbd {
         let n = LABS.fetch_add(1, Ordering::SeqCst);
         let log = self.dir.join(format!("slbd-{n}.log"));
         let socket = self.dir.join(format!("slbd-{n}.sock"));
         let child = Command::new("ip")
-            .args(["netns", "exec", &self.balancer()])
+            .args(["netns", "exec", ns])
             .arg(binary)
             .arg("--config")
             .arg(config)
@@ -554,11 +560,13 @@ impl Lab {
 
     /// [`Lab::start_slbd`] with another slbd binary (the benchmark's baseline build).
     pub fn start_slbd_binary(&self, binary: &Path, config: &Value) -> Slbd {
-        let path = self.write_config(
-            "slb_conf.json",
-            &serde_json::to_string_pretty(config).unwrap(),
-        );
-        let mut slbd = self.spawn_slbd_binary(binary, &path);
+        self.start_slbd_in(&self.balancer(), binary, "slb_conf.json", config)
+    }
+
+    /// [`Lab::start_slbd_binary`] in namespace `ns`, its configuration in file `name`.
+    pub fn start_slbd_in(&self, ns: &str, binary: &Path, name: &str, config: &Value) -> Slbd {
+        let path = self.write_config(name, &serde_json::to_string_pretty(config).unwrap());
+        let mut slbd = self.spawn_slbd_in(ns, binary, &path);
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if slbd.log_text().contains("balancing") {
