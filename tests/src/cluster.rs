@@ -48,8 +48,7 @@ pub struct Bgp {
 
 impl Bgp {
     /// Adds namespace `{lab.id}r` with a bridge `rbr` at 192.168.77.1/24 (ip_forward on,
-    /// fib_multipath_hash_policy=1: the router hashes on ports too, so one client's
-    /// connections spread), and for each balancer namespace `balancers[k]` a veth `bgp0` in it
+    /// ECMP on the 5-tuple, so one client's connections spread), and for each balancer namespace `balancers[k]` a veth `bgp0` in it
     /// at 192.168.77.(10+k)/24 whose peer end is enslaved to `rbr`. Runs BIRD in the router
     /// (one `protocol bgp` per balancer, BFD, the merged routes exported to the main table)
     /// and in each balancer, with the configuration `scripts/slb-bird-config` prints for
@@ -86,7 +85,13 @@ impl Bgp {
         ])?;
         ip(&["-n", &router, "link", "set", "rbr", "up"])?;
         lab.sysctl(&router, "net.ipv4.ip_forward", "1")?;
-        lab.sysctl(&router, "net.ipv4.fib_multipath_hash_policy", "1")?;
+        // ECMP on the 5-tuple, read from the headers as a router box does. Policy 1 would
+        // take a hash the skb already carries, and across a veth that is the sending TCP
+        // socket's, which it changes for a RST or a retransmission (sk_rethink_txhash): a
+        // connection's last segment then reaches another balancer. Policy 3 always dissects.
+        lab.sysctl(&router, "net.ipv4.fib_multipath_hash_policy", "3")?;
+        // src 0x01 | dst 0x02 | protocol 0x04 | src port 0x10 | dst port 0x20.
+        lab.sysctl(&router, "net.ipv4.fib_multipath_hash_fields", "0x0037")?;
         let router_bird = Bird::new(lab, &router, "router");
         router_bird.start(lab, &router_config(&router_bird, room.max(balancers.len())))?;
         let mut bgp = Bgp {

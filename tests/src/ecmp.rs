@@ -269,6 +269,8 @@ pub struct Seen {
     /// New requests not answered within 1 s (the SYN's first retransmission), with why.
     pub failed: Vec<String>,
     pub held: usize,
+    /// Each held connection's server.
+    pub servers: Vec<String>,
     /// Held connections that stopped answering, or answered from another server, with why.
     pub broken: Vec<String>,
 }
@@ -351,6 +353,7 @@ impl Load {
             requests,
             failed,
             held: self.servers.len(),
+            servers: self.servers,
             broken,
         }
     }
