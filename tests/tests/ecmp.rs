@@ -163,7 +163,7 @@ fn a_server_leaving_or_returning_a_balancer_withdrawn_or_seeing_no_server_break_
     if !can_run("a_server_leaving_or_returning_a_balancer_withdrawn") {
         return;
     }
-    let mut c = Cluster::new(3, 5, 3).unwrap();
+    let c = Cluster::new(3, 5, 3).unwrap();
     let removed = format!("{}:80", slb_tests::ecmp::server_addr(4));
     let before = tuples(&c, 0, 200);
 
