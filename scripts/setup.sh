@@ -13,21 +13,22 @@ need_apt=()
 # libssl-dev: ssh2 (amgr's config sync) builds libssh2 against OpenSSL. openssh-server: the
 # pair's lab runs a real sshd in each balancer namespace (the host's ssh service is not started).
 # conntrack: the operator's view of offload flows (the lab checks what slbd leaves in conntrack).
-# bird2: the cluster lab (tests/src/cluster.rs) runs BIRD in a router namespace and in each balancer's.
 missing() {
   for pkg in "$@"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || echo "$pkg"
   done
 }
 mapfile -t need_apt < <(missing build-essential pkg-config libnftnl-dev libmnl-dev libssl-dev nftables \
-  iproute2 ethtool ca-certificates curl openssh-client openssh-server conntrack bird2)
+  iproute2 ethtool ca-certificates curl openssh-client openssh-server conntrack)
 # The tests also check what ships: the Vagrantfile (vagrant validate), the shell scripts
 # (shellcheck) and the Debian package, installed into a throw-away root (mmdebstrap).
 # Without recommends: vagrant's would pull in libvirt, an NFS server and a kernel.
 need_ship=()
 if [ -n "$tests" ]; then
   # faketime: the failover lab sets one balancer's wall clock off, as a rebooted VM's is.
-  mapfile -t need_ship < <(missing vagrant shellcheck mmdebstrap faketime)
+  # bird2: the cluster lab (tests/src/cluster.rs) runs BIRD in a router namespace and in
+  # each balancer's (its host service is not started).
+  mapfile -t need_ship < <(missing vagrant shellcheck mmdebstrap faketime bird2)
 fi
 # The bed (--vm): bookworm's libvirt 9 without recommends (no NFS server, no desktop);
 # dnsmasq-base for the management network's DHCP; the box builder's disk tools. QEMU comes

@@ -74,6 +74,8 @@ fn the_router_reaches_a_balancer_exactly_while_it_serves_and_the_operator_lets_i
     assert_eq!(code, 0, "{err}");
     let took = next_hops_become(&bgp, &lab, &[], "--withdraw");
     eprintln!("--withdraw: next hop gone in {took:?}");
+    let (_, text, _) = lab.slbctl(&slbd, &["--status"]);
+    eprintln!("{}", &text[text.find("announce:").unwrap_or(0)..]);
     let st = announce_status(&lab, &slbd);
     assert_eq!(
         (st["announced"].clone(), st["reason"].clone()),

@@ -8,7 +8,11 @@
 //! `nft-dnat` (the kernel balancing: `dnat to numgen inc mod 4 map`), `writeback` (kernel NAT
 //! plus every packet queued and written back unchanged: the ceiling of any per-packet design),
 //! `slbd` (ROUND_ROBIN), `slbd-offload` (the same with `"mode": "offload"`: slbd places each
-//! new flow, conntrack carries the rest), and `haproxy` (`mode tcp`, `balance roundrobin`).
+//! new flow, conntrack carries the rest), `slbd-dr` (the same in packet mode with `"forwarding":
+//! "dr"`: requests go unchanged to the server's MAC, the servers answer from the VIP on their
+//! loopback through the balancer's routing, never its queue), and `haproxy` (`mode tcp`,
+//! `balance roundrobin`). Bulk TCP runs both ways: upload (client to server, what every variant
+//! queues) and download (`-R`, the reply direction direct routing keeps out of user space).
 //! iperf3 is balanced by source (jhash, `balance source`, persistence) in every variant, since
 //! its control and data connections must reach one server.
 //!
@@ -34,12 +38,13 @@ const SPOOFED_LEN: u8 = 15;
 /// `writeback` variant measured a third of its new-connection rate (state HAProxy leaves in
 /// the balancer namespace for a while; a conntrack flush does not clear it), and by the next
 /// round's turn it has decayed.
-const VARIANTS: [&str; 8] = [
+const VARIANTS: [&str; 9] = [
     "route",
     "nft-dnat",
     "writeback",
     "slbd",
     "slbd-offload",
+    "slbd-dr",
     "baseline",
     "baseline-offload",
     "haproxy",
@@ -52,6 +57,7 @@ const BASELINE: [&str; 2] = ["baseline", "baseline-offload"];
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 enum Metric {
     BulkGbps,
+    BulkDownGbps,
     KeepaliveRps,
     KeepaliveP50Us,
     KeepaliveP99Us,
@@ -72,8 +78,9 @@ enum Metric {
 }
 
 impl Metric {
-    const ALL: [Metric; 18] = [
+    const ALL: [Metric; 19] = [
         Metric::BulkGbps,
+        Metric::BulkDownGbps,
         Metric::KeepaliveRps,
         Metric::KeepaliveP50Us,
         Metric::KeepaliveP99Us,
@@ -96,6 +103,7 @@ impl Metric {
     fn name(self) -> &'static str {
         match self {
             Metric::BulkGbps => "bulk TCP, 1 stream (Gbit/s)",
+            Metric::BulkDownGbps => "bulk TCP download, 1 stream, server to client (Gbit/s)",
             Metric::KeepaliveRps => "HTTP keep-alive (req/s)",
             Metric::KeepaliveP50Us => "HTTP keep-alive p50 (µs)",
             Metric::KeepaliveP99Us => "HTTP keep-alive p99 (µs)",
@@ -119,6 +127,7 @@ impl Metric {
     fn key(self) -> &'static str {
         match self {
             Metric::BulkGbps => "bulk_gbps",
+            Metric::BulkDownGbps => "bulk_down_gbps",
             Metric::KeepaliveRps => "keepalive_rps",
             Metric::KeepaliveP50Us => "keepalive_p50_us",
             Metric::KeepaliveP99Us => "keepalive_p99_us",
@@ -143,7 +152,11 @@ impl Metric {
     fn charted(self) -> bool {
         matches!(
             self,
-            Metric::BulkGbps | Metric::KeepaliveRps | Metric::CloseRps | Metric::UdpRttP50Us
+            Metric::BulkGbps
+                | Metric::BulkDownGbps
+                | Metric::KeepaliveRps
+                | Metric::CloseRps
+                | Metric::UdpRttP50Us
         )
     }
 }
@@ -262,6 +275,10 @@ fn main() -> Result<()> {
     let started = Instant::now();
     let lab = Lab::new(SERVERS).context("building the lab")?;
     let _servers = start_servers(&lab)?;
+    // `slbd-dr`'s servers hold the VIP on their loopback; the other variants address them by
+    // their own addresses, which that leaves alone, so every variant runs on one topology.
+    lab.direct_routing_servers()
+        .context("making the servers direct-routing ones")?;
     let mut samples: BTreeMap<(&str, Metric), Vec<f64>> = BTreeMap::new();
     let mut csv = String::from("round,variant,metric,value\n");
     for round in 1..=o.rounds {
@@ -472,12 +489,13 @@ fn run_variant(lab: &Lab, variant: &str, o: &Options) -> Result<Vec<(Metric, f64
             _proc = Some(p);
             std::thread::sleep(Duration::from_millis(500));
         }
-        "slbd" | "slbd-offload" | "baseline" | "baseline-offload" => {
+        "slbd" | "slbd-offload" | "slbd-dr" | "baseline" | "baseline-offload" => {
             let mode = if variant.ends_with("offload") {
                 "offload"
             } else {
                 "packet"
             };
+            let forwarding = if variant == "slbd-dr" { "dr" } else { "nat" };
             let servers = |port: u16| {
                 (0..SERVERS)
                     .map(|i| format!("{}:{port}", server_ip(i)))
@@ -488,10 +506,10 @@ fn run_variant(lab: &Lab, variant: &str, o: &Options) -> Result<Vec<(Metric, f64
                 "gateway": "172.16.0.1", "gateway_dev": "br0",
                 "cluster_network": "172.16.0.0/24", "algorithm": "ROUND_ROBIN",
                 "services": [
-                    {"protocol": "tcp", "port": 80, "mode": mode, "servers": servers(80)},
+                    {"protocol": "tcp", "port": 80, "mode": mode, "forwarding": forwarding, "servers": servers(80)},
                     // iperf3's server takes a probe's bare connect for a broken test.
-                    {"protocol": "tcp", "port": 5201, "mode": mode, "persistence_timeout": 600, "health": {"enabled": false}, "servers": servers(5201)},
-                    {"protocol": "udp", "port": 53, "mode": mode, "servers": servers(53)}
+                    {"protocol": "tcp", "port": 5201, "mode": mode, "forwarding": forwarding, "persistence_timeout": 600, "health": {"enabled": false}, "servers": servers(5201)},
+                    {"protocol": "udp", "port": 53, "mode": mode, "forwarding": forwarding, "servers": servers(53)}
                 ]
             });
             if let Some(len) = o.queue_len {
@@ -510,14 +528,17 @@ fn run_variant(lab: &Lab, variant: &str, o: &Options) -> Result<Vec<(Metric, f64
     // slbd's two modes.
     let flood = matches!(
         variant,
-        "nft-dnat" | "slbd" | "slbd-offload" | "baseline" | "baseline-offload"
+        "nft-dnat" | "slbd" | "slbd-offload" | "slbd-dr" | "baseline" | "baseline-offload"
     );
     let workloads: Vec<&str> = o
         .workloads
         .iter()
         .copied()
         .filter(|w| match *w {
-            "udp" => variant != "haproxy",
+            // HAProxy does not balance UDP; the servers' UDP echo answers from the address
+            // its route picks (bound to 0.0.0.0, as most UDP daemons are), not from the VIP a
+            // direct-routing request was sent to, so the client would never take its answer.
+            "udp" => variant != "haproxy" && variant != "slbd-dr",
             "synflood" => flood,
             _ => true,
         })
@@ -581,7 +602,8 @@ fn measure(
     let c = lab.client();
     let mut out = Vec::new();
     if workloads.contains(&"bulk") {
-        out.extend(bulk(lab, target, secs)?);
+        out.extend(bulk(lab, target, secs, false)?);
+        out.extend(bulk(lab, target, secs, true)?);
     }
     let url = format!("http://{target}/");
     if workloads.contains(&"keepalive") {
@@ -631,26 +653,25 @@ fn measure(
     Ok(out)
 }
 
-/// One iperf3 stream through `target` for `secs`.
-fn bulk(lab: &Lab, target: Ipv4Addr, secs: u64) -> Result<Vec<(Metric, f64)>> {
-    let json = lab.exec(
-        &lab.client(),
-        &[
-            "iperf3",
-            "-c",
-            &target.to_string(),
-            "-p",
-            "5201",
-            "-t",
-            &secs.to_string(),
-            "-J",
-        ],
-    )?;
+/// One iperf3 stream through `target` for `secs`: client to server, or (`download`, iperf3's
+/// `-R`) server to client, the direction direct routing keeps away from the balancer.
+fn bulk(lab: &Lab, target: Ipv4Addr, secs: u64, download: bool) -> Result<Vec<(Metric, f64)>> {
+    let (target, secs) = (target.to_string(), secs.to_string());
+    let mut args = vec!["iperf3", "-c", &target, "-p", "5201", "-t", &secs, "-J"];
+    if download {
+        args.push("-R");
+    }
+    let json = lab.exec(&lab.client(), &args)?;
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).context("iperf3 -J output")?;
     let bps = v["end"]["sum_received"]["bits_per_second"]
         .as_f64()
         .with_context(|| format!("iperf3 failed: {}", v["error"]))?;
-    Ok(vec![(Metric::BulkGbps, bps / 1e9)])
+    let metric = if download {
+        Metric::BulkDownGbps
+    } else {
+        Metric::BulkGbps
+    };
+    Ok(vec![(metric, bps / 1e9)])
 }
 
 /// The `synflood` workload: for `secs`, spoofed SYNs to :80 as fast as this machine sends
