@@ -100,22 +100,11 @@ impl Cluster {
             "via",
             "10.0.0.1",
         ])?;
-        let script =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/slb-dr-server");
         for i in 0..servers {
             let ns = lab.server(i);
             lab.add_ns(ns.clone())?;
             bgp.add_server(&ns, &format!("rs{i}"), server_addr(i))?;
-            let out = lab.exec(
-                &ns,
-                &[&script.to_string_lossy(), "--apply", &VIP.to_string()],
-            )?;
-            if !out.status.success() {
-                bail!(
-                    "slb-dr-server in {ns}: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
+            lab.direct_routing_server(&ns)?;
             lab.servers.push(None);
         }
         let mut c = Cluster {

@@ -414,24 +414,30 @@ impl Lab {
     /// and answers from the VIP. The balancer, their gateway here, routes those answers to
     /// the clients: from one of its own addresses, so it must accept them (`accept_local`).
     pub fn direct_routing_servers(&self) -> Result<()> {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/slb-dr-server");
         for i in 0..self.servers.len() {
-            let s = self.server(i);
-            let out = self.exec(
-                &s,
-                &[&script.to_string_lossy(), "--apply", &VIP.to_string()],
-            )?;
-            if !out.status.success() {
-                bail!(
-                    "slb-dr-server in {s}: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
+            self.direct_routing_server(&self.server(i))?;
         }
         let b = self.balancer();
         self.sysctl(&b, "net.ipv4.conf.br0.accept_local", "1")?;
         self.sysctl(&b, "net.ipv4.conf.all.rp_filter", "0")?;
         self.sysctl(&b, "net.ipv4.conf.br0.rp_filter", "0")
+    }
+
+    /// Runs `scripts/slb-dr-server --apply VIP` in namespace `ns`, as a real server is made a
+    /// direct-routing one.
+    pub fn direct_routing_server(&self, ns: &str) -> Result<()> {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/slb-dr-server");
+        let out = self.exec(
+            ns,
+            &[&script.to_string_lossy(), "--apply", &VIP.to_string()],
+        )?;
+        if !out.status.success() {
+            bail!(
+                "slb-dr-server in {ns}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
     }
 
     pub fn sysctl(&self, ns: &str, key: &str, value: &str) -> Result<()> {
