@@ -38,7 +38,8 @@ fn assert_nothing_broke(what: &str, seen: &Seen, failed_at_most: usize) {
 }
 
 #[test]
-fn a_balancer_killed_then_another_cut_off_breaks_no_held_connection_and_at_most_one_request() {
+fn a_balancer_killed_restarted_then_another_cut_off_breaks_no_held_connection_and_at_most_one_request(
+) {
     if !can_run("a_balancer_killed_then_another_cut_off_breaks_no_held_connection") {
         return;
     }
@@ -72,11 +73,24 @@ fn a_balancer_killed_then_another_cut_off_breaks_no_held_connection_and_at_most_
     let seen = load.stop();
     assert_nothing_broke("kill -9 of one slbd", &seen, 1);
 
+    // slbd restarted: announced again as soon as it balances (its BGP session never went down).
+    let load = Load::start(&c.lab.client(), 20);
+    let restarted = Instant::now();
+    c.start_slbd(0).unwrap();
+    c.wait_next_hops(&[0, 1, 2], T).unwrap();
+    eprintln!(
+        "slbd restarted: announced again {:?} after its start",
+        restarted.elapsed()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let seen = load.stop();
+    assert_nothing_broke("a killed slbd restarted", &seen, 1);
+
     // Balancer 1's link cut at the router: only BFD notices.
     let load = Load::start(&c.lab.client(), 20);
     std::thread::sleep(Duration::from_secs(1));
     ip(&["-n", &c.bgp.router, "link", "set", "rb1", "down"]).unwrap();
-    let took = c.wait_next_hops(&[2], T).unwrap();
+    let took = c.wait_next_hops(&[0, 2], T).unwrap();
     eprintln!("link cut: next hop gone in {took:?}");
     assert!(
         took < Duration::from_millis(500),
