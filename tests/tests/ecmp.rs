@@ -38,8 +38,8 @@ fn assert_nothing_broke(what: &str, seen: &Seen, failed_at_most: usize) {
 }
 
 #[test]
-fn a_balancer_killed_restarted_then_another_cut_off_breaks_no_held_connection_and_at_most_one_request(
-) {
+fn a_balancer_killed_restarted_cut_off_or_frozen_breaks_no_held_connection_and_at_most_one_request()
+{
     if !can_run("a_balancer_killed_then_another_cut_off_breaks_no_held_connection") {
         return;
     }
@@ -99,6 +99,23 @@ fn a_balancer_killed_restarted_then_another_cut_off_breaks_no_held_connection_an
     std::thread::sleep(Duration::from_secs(1));
     let seen = load.stop();
     assert_nothing_broke("a balancer's link cut", &seen, 1);
+
+    // Balancer 2's BIRD frozen: its sessions stay open but fall silent; BFD notices.
+    let load = Load::start(&c.lab.client(), 20);
+    std::thread::sleep(Duration::from_millis(500));
+    c.bgp.freeze(2);
+    let took = c.wait_next_hops(&[0], T).unwrap();
+    eprintln!("BIRD frozen: next hop gone in {took:?}");
+    assert!(
+        took < Duration::from_millis(500),
+        "BFD detects a silent BIRD: {took:?}"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let seen = load.stop();
+    assert_nothing_broke("a balancer's BIRD frozen", &seen, 1);
+    c.bgp.thaw(2);
+    let took = c.wait_next_hops(&[0, 2], T).unwrap();
+    eprintln!("BIRD thawed: announced again in {took:?}");
 }
 
 /// Where balancer `k` would place a fresh flow from each of the fixed tuples' client ports.
