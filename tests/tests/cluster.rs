@@ -96,6 +96,43 @@ fn the_router_reaches_a_balancer_exactly_while_it_serves_and_the_operator_lets_i
     let took = next_hops_become(&bgp, &lab, &[me], "--rejoin");
     eprintln!("--rejoin: next hop back in {took:?}");
 
+    // Someone else's hands on slbd's route or device: slbd puts them back.
+    let b = lab.balancer();
+    for (what, cmd) in [
+        (
+            "the table flushed",
+            vec!["ip", "route", "flush", "table", "100"],
+        ),
+        ("the device deleted", vec!["ip", "link", "del", "slb-vip"]),
+    ] {
+        let out = lab.exec(&b, &cmd).unwrap();
+        assert!(
+            out.status.success(),
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let gone = Instant::now();
+        let route = || {
+            let out = lab
+                .exec(&b, &["ip", "route", "show", "table", "100"])
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).contains(&format!("{VIP} dev slb-vip"))
+        };
+        while !route() {
+            assert!(
+                gone.elapsed() < Duration::from_secs(2),
+                "{what}: slbd put no route back in table 100 within 2 s"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let back = gone.elapsed();
+        next_hops_become(&bgp, &lab, &[me], what);
+        eprintln!(
+            "{what}: the route back in {back:?}, at the router {:?}",
+            gone.elapsed()
+        );
+    }
+
     // No server in rotation: nothing to serve a new flow with, so the routers are told.
     let down = Instant::now();
     lab.stop_server(0);

@@ -41,6 +41,26 @@ impl Daemon {
         if a.route.as_ref().is_some_and(|r| !r.is_for(vip, cfg)) {
             a.route = None;
         }
+        // The kernel held to what was decided before: a flushed table or a deleted device
+        // would leave this node unannounced while it says otherwise.
+        match a.route.as_mut().map(VipRoute::reassert) {
+            Some(Ok(true)) => tracing::warn!(
+                route = %announce::route_text(vip, cfg),
+                "the announced route was removed by someone else: added again"
+            ),
+            Some(Err(crate::shell::announce::AnnounceError::Gone(dev))) => {
+                tracing::warn!(device = %dev, "the announce device was deleted by someone else: creating it again");
+                a.route = None;
+            }
+            Some(Err(e)) => {
+                let e = format!("{e:#}");
+                if a.error.as_deref() != Some(e.as_str()) {
+                    tracing::error!(error = %e, "cannot check the announced route");
+                }
+                a.error = Some(e);
+            }
+            _ => {}
+        }
         let result = match &mut a.route {
             Some(r) => r.set(decision.announce),
             None => VipRoute::create(vip, cfg).and_then(|mut r| {

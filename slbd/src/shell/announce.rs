@@ -13,7 +13,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use crate::core::announce::Announce;
 use crate::shell::addr::{AddrError, Rtnl};
-use crate::wire::rtnetlink as route;
+use crate::wire::rtnetlink::{self as route, RouteOp};
 
 /// TUNSETIFF (linux/if_tun.h): `_IOW('T', 202, int)`.
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
@@ -34,6 +34,8 @@ pub enum AnnounceError {
     Rtnl(#[from] AddrError),
     #[error("cannot set the announce device {0:?} up")]
     Up(String, #[source] io::Error),
+    #[error("the announce device {0:?} was deleted by someone else")]
+    Gone(String),
     #[error("cannot {verb} the route {route}")]
     Route {
         verb: &'static str,
@@ -93,7 +95,12 @@ impl VipRoute {
         }
         let (index, table, vip) = (self.index, self.announce.table, self.vip);
         let mut rtnl = Rtnl::open()?;
-        match rtnl.ack(|seq| route::emit_host_route(seq, routed, table, vip, index)) {
+        let op = if routed {
+            RouteOp::Add
+        } else {
+            RouteOp::Delete
+        };
+        match rtnl.ack(|seq| route::emit_host_route(seq, op, table, vip, index)) {
             Ok(()) => {}
             // Already gone (someone deleted it): what deleting wanted.
             Err(e) if !routed && e.raw_os_error() == Some(libc::ESRCH) => {}
@@ -107,6 +114,32 @@ impl VipRoute {
         }
         self.routed = routed;
         Ok(())
+    }
+}
+
+impl VipRoute {
+    /// Holds the kernel to what this says while announced: someone flushing the table puts
+    /// the route back (true when it had to), someone deleting the device is
+    /// [`AnnounceError::Gone`], for the caller to create it again. The route is added only if
+    /// missing, so the BGP daemon sees no change when it is there.
+    pub fn reassert(&mut self) -> Result<bool, AnnounceError> {
+        if !self.routed {
+            return Ok(false);
+        }
+        let (index, table, vip) = (self.index, self.announce.table, self.vip);
+        let mut rtnl = Rtnl::open()?;
+        match rtnl.ack(|seq| route::emit_host_route(seq, RouteOp::Ensure, table, vip, index)) {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {
+                Err(AnnounceError::Gone(self.announce.device.clone()))
+            }
+            Err(source) => Err(AnnounceError::Route {
+                verb: "restore",
+                route: crate::core::announce::route_text(vip, &self.announce),
+                source,
+            }),
+        }
     }
 }
 

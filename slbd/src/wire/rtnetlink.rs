@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 
 use crate::wire::netlink::{
     attrs, status, BadAttr, Header, Status, TooLong, Writer, NLMSG_HDRLEN, NLM_F_ACK, NLM_F_CREATE,
-    NLM_F_DUMP, NLM_F_REPLACE, NLM_F_REQUEST,
+    NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
 };
 
 pub const RTM_NEWLINK: u16 = 16;
@@ -175,22 +175,35 @@ pub fn emit_link_up(seq: u32, index: u32) -> Result<Vec<u8>, TooLong> {
     w.finish()
 }
 
-/// RTM_NEWROUTE (`add`, replacing the same route) or RTM_DELROUTE of `ip/32 dev index table
-/// table proto static scope link`: the host route a BGP daemon learns from `table`.
+/// What to do with a host route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteOp {
+    /// Add it, replacing the same route.
+    Add,
+    /// Add it only if it is not there (EEXIST otherwise, and no change the daemon would see).
+    Ensure,
+    Delete,
+}
+
+/// RTM_NEWROUTE or RTM_DELROUTE of `ip/32 dev index table table proto static scope link`: the
+/// host route a BGP daemon learns from `table`.
 pub fn emit_host_route(
     seq: u32,
-    add: bool,
+    op: RouteOp,
     table: u32,
     ip: Ipv4Addr,
     index: u32,
 ) -> Result<Vec<u8>, TooLong> {
-    let (kind, flags) = if add {
-        (
+    let (kind, flags) = match op {
+        RouteOp::Add => (
             RTM_NEWROUTE,
             NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
-        )
-    } else {
-        (RTM_DELROUTE, NLM_F_REQUEST | NLM_F_ACK)
+        ),
+        RouteOp::Ensure => (
+            RTM_NEWROUTE,
+            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        ),
+        RouteOp::Delete => (RTM_DELROUTE, NLM_F_REQUEST | NLM_F_ACK),
     };
     let mut w = Writer::new(kind, flags, seq);
     let mut m = [0u8; RTMSG_LEN];
@@ -538,12 +551,19 @@ mod tests {
 
         #[test]
         fn emitted_routes_name_the_host_its_device_and_its_table(
-            add: bool, table: u32, ip: u32, index: u32
+            op in prop_oneof![Just(RouteOp::Add), Just(RouteOp::Ensure), Just(RouteOp::Delete)],
+            table: u32, ip: u32, index: u32
         ) {
             let ip = Ipv4Addr::from(ip);
-            let msg = emit_host_route(7, add, table, ip, index).unwrap();
+            let msg = emit_host_route(7, op, table, ip, index).unwrap();
             let h = Header::parse(&msg).unwrap();
-            prop_assert_eq!(h.kind, if add { RTM_NEWROUTE } else { RTM_DELROUTE });
+            let (kind, create_flags) = match op {
+                RouteOp::Add => (RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE),
+                RouteOp::Ensure => (RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL),
+                RouteOp::Delete => (RTM_DELROUTE, 0),
+            };
+            prop_assert_eq!(h.kind, kind);
+            prop_assert_eq!(h.flags, NLM_F_REQUEST | NLM_F_ACK | create_flags);
             prop_assert_eq!(h.seq, 7);
             let rtm = &msg[NLMSG_HDRLEN..NLMSG_HDRLEN + RTMSG_LEN];
             prop_assert_eq!(&rtm[..8], &[AF_INET, 32, 0, 0, 0, RTPROT_STATIC, RT_SCOPE_LINK, RTN_UNICAST]);
