@@ -58,6 +58,8 @@ impl Daemon {
                     tracing::error!(error = %e, "cannot check the announced route");
                 }
                 a.error = Some(e);
+                // Tried again next tick; nothing below would get further with rtnetlink failing.
+                return;
             }
             _ => {}
         }

@@ -6,9 +6,11 @@
 //! unloading hands the last changes to the dual (`shell::replication`).
 //! Offload services' flows are committed to conntrack between the rules and the addresses, and
 //! deleted from it when balancing stops (`offload`).
+//! In cluster mode (`announce`), the VIP's route for the BGP daemon follows whether this node
+//! can serve (`announce`).
 //! Side effects: NFQUEUE binds, the `ip slb` nftables table, the VIP and gateway addresses,
-//! conntrack entries carrying slbd's offload mark, slb_conf.json (on save), the replication
-//! connections, threads, signal mask.
+//! conntrack entries carrying slbd's offload mark, the announce device and its route,
+//! slb_conf.json (on save), the replication connections, threads, signal mask.
 
 mod announce;
 mod control;
