@@ -152,19 +152,7 @@ impl Dataplane {
         let registry = self.registry.load();
         view.services
             .iter()
-            .map(|s| {
-                let primaries = Self::primaries_up(s, &registry);
-                s.service
-                    .servers
-                    .iter()
-                    .zip(&s.ids)
-                    .filter(|(r, id)| {
-                        registry.stats.get(**id as usize).is_some_and(|st| {
-                            Self::standing(st, r, primaries) == Standing::InRotation
-                        })
-                    })
-                    .count()
-            })
+            .map(|s| Self::in_rotation(s, &registry).count())
             .sum()
     }
 
@@ -178,15 +166,29 @@ impl Dataplane {
             .filter(|s| s.service.servers.iter().any(|r| r.backup))
             .map(|s| {
                 let primaries = Self::primaries_up(s, &registry);
-                let backups = s.service.servers.iter().zip(&s.ids).any(|(r, id)| {
-                    r.backup
-                        && registry.stats.get(*id as usize).is_some_and(|st| {
-                            Self::standing(st, r, primaries) == Standing::InRotation
-                        })
-                });
+                let backups = Self::in_rotation(s, &registry).any(|r| r.backup);
                 (s.service.name(), !primaries && backups)
             })
             .collect()
+    }
+
+    /// The servers of `svc` that may take its next new flow.
+    fn in_rotation<'a>(
+        svc: &'a ServiceState,
+        registry: &'a Registry,
+    ) -> impl Iterator<Item = &'a RealServer> + 'a {
+        let primaries = Self::primaries_up(svc, registry);
+        svc.service
+            .servers
+            .iter()
+            .zip(&svc.ids)
+            .filter(move |(r, id)| {
+                registry
+                    .stats
+                    .get(**id as usize)
+                    .is_some_and(|st| Self::standing(st, r, primaries) == Standing::InRotation)
+            })
+            .map(|(r, _)| r)
     }
 
     /// Whether an offload server is draining with flows left. Conntrack reports only the end
