@@ -53,6 +53,8 @@ pub struct VipRoute {
     vip: Ipv4Addr,
     announce: Announce,
     routed: bool,
+    /// One request socket for the device's life: the daemon looks every tick.
+    rtnl: Rtnl,
 }
 
 impl VipRoute {
@@ -74,6 +76,7 @@ impl VipRoute {
             vip,
             announce: announce.clone(),
             routed: false,
+            rtnl,
         })
     }
 
@@ -93,21 +96,19 @@ impl VipRoute {
         if routed == self.routed {
             return Ok(());
         }
-        let (index, table, vip) = (self.index, self.announce.table, self.vip);
-        let mut rtnl = Rtnl::open()?;
         let op = if routed {
             RouteOp::Add
         } else {
             RouteOp::Delete
         };
-        match rtnl.ack(|seq| route::emit_host_route(seq, op, table, vip, index)) {
+        match self.route(op) {
             Ok(()) => {}
             // Already gone (someone deleted it): what deleting wanted.
             Err(e) if !routed && e.raw_os_error() == Some(libc::ESRCH) => {}
             Err(source) => {
                 return Err(AnnounceError::Route {
                     verb: if routed { "add" } else { "delete" },
-                    route: crate::core::announce::route_text(vip, &self.announce),
+                    route: crate::core::announce::route_text(self.vip, &self.announce),
                     source,
                 })
             }
@@ -115,9 +116,7 @@ impl VipRoute {
         self.routed = routed;
         Ok(())
     }
-}
 
-impl VipRoute {
     /// Holds the kernel to what this says while announced: someone flushing the table puts
     /// the route back (true when it had to), someone deleting the device is
     /// [`AnnounceError::Gone`], for the caller to create it again. The route is added only if
@@ -126,9 +125,7 @@ impl VipRoute {
         if !self.routed {
             return Ok(false);
         }
-        let (index, table, vip) = (self.index, self.announce.table, self.vip);
-        let mut rtnl = Rtnl::open()?;
-        match rtnl.ack(|seq| route::emit_host_route(seq, RouteOp::Ensure, table, vip, index)) {
+        match self.route(RouteOp::Ensure) {
             Ok(()) => Ok(true),
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
             Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {
@@ -136,10 +133,17 @@ impl VipRoute {
             }
             Err(source) => Err(AnnounceError::Route {
                 verb: "restore",
-                route: crate::core::announce::route_text(vip, &self.announce),
+                route: crate::core::announce::route_text(self.vip, &self.announce),
                 source,
             }),
         }
+    }
+
+    /// `op` on the VIP's host route in the announce table; the kernel's answer.
+    fn route(&mut self, op: RouteOp) -> io::Result<()> {
+        let (index, table, vip) = (self.index, self.announce.table, self.vip);
+        self.rtnl
+            .ack(|seq| route::emit_host_route(seq, op, table, vip, index))
     }
 }
 
