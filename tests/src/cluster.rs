@@ -131,40 +131,7 @@ impl Bgp {
     /// Wires `ns` into the router's bridge as a real server at `addr`/24 (eth0), the router
     /// its default gateway, so it answers clients through the router, not a balancer.
     pub fn add_server(&self, ns: &str, port: &str, addr: Ipv4Addr) -> Result<()> {
-        ip(&[
-            "-n",
-            ns,
-            "link",
-            "add",
-            "eth0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            port,
-            "netns",
-            &self.router,
-        ])?;
-        ip(&[
-            "-n",
-            &self.router,
-            "link",
-            "set",
-            port,
-            "master",
-            "rbr",
-            "up",
-        ])?;
-        ip(&[
-            "-n",
-            ns,
-            "addr",
-            "add",
-            &format!("{addr}/24"),
-            "dev",
-            "eth0",
-        ])?;
-        ip(&["-n", ns, "link", "set", "eth0", "up"])?;
+        plug(&self.router, ns, "eth0", port, addr)?;
         ip(&[
             "-n",
             ns,
@@ -318,19 +285,22 @@ impl Bgp {
 
 /// A veth from balancer `k`'s namespace `ns` (`bgp0`) into the router's bridge.
 fn wire(lab: &Lab, router: &str, ns: &str, k: usize) -> Result<()> {
-    let port = format!("rb{k}");
-    ip(&[
-        "-n", ns, "link", "add", "bgp0", "type", "veth", "peer", "name", &port, "netns", router,
-    ])?;
-    ip(&["-n", router, "link", "set", &port, "master", "rbr", "up"])?;
-    let addr = format!("{}/24", Bgp::balancer_addr(k));
-    ip(&["-n", ns, "addr", "add", &addr, "dev", "bgp0"])?;
-    ip(&["-n", ns, "link", "set", "bgp0", "up"])?;
+    plug(router, ns, "bgp0", &format!("rb{k}"), Bgp::balancer_addr(k))?;
     // The balancer answers nothing itself; what it must reach (its servers' health checks,
     // the router) is on the bridge. Its replies to clients, if any, go through the router.
     lab.sysctl(ns, "net.ipv4.conf.all.rp_filter", "0")?;
     lab.sysctl(ns, "net.ipv4.conf.bgp0.rp_filter", "0")?;
     Ok(())
+}
+
+/// A veth from `ns`'s `dev`, up at `addr`/24, to the router's bridge, whose port is `port`.
+fn plug(router: &str, ns: &str, dev: &str, port: &str, addr: Ipv4Addr) -> Result<()> {
+    ip(&[
+        "-n", ns, "link", "add", dev, "type", "veth", "peer", "name", port, "netns", router,
+    ])?;
+    ip(&["-n", router, "link", "set", port, "master", "rbr", "up"])?;
+    ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev])?;
+    ip(&["-n", ns, "link", "set", dev, "up"])
 }
 
 /// The router's bird.conf: a session per balancer, importing what it announces, and the

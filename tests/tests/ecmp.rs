@@ -87,35 +87,44 @@ fn a_balancer_killed_restarted_cut_off_or_frozen_breaks_no_held_connection_and_a
     assert_nothing_broke("a killed slbd restarted", &seen, 1);
 
     // Balancer 1's link cut at the router: only BFD notices.
-    let load = Load::start(&c.lab.client(), 20);
-    std::thread::sleep(Duration::from_secs(1));
-    ip(&["-n", &c.bgp.router, "link", "set", "rb1", "down"]).unwrap();
-    let took = c.wait_next_hops(&[0, 2], T).unwrap();
-    eprintln!("link cut: next hop gone in {took:?}");
-    assert!(
-        took < Duration::from_millis(500),
-        "BFD (3 x 50 ms) detects a cut link: {took:?}"
+    let router = c.bgp.router.clone();
+    lose_one(
+        &c,
+        "a balancer's link cut",
+        Duration::from_secs(1),
+        &[0, 2],
+        || ip(&["-n", &router, "link", "set", "rb1", "down"]).unwrap(),
     );
-    std::thread::sleep(Duration::from_secs(1));
-    let seen = load.stop();
-    assert_nothing_broke("a balancer's link cut", &seen, 1);
 
     // Balancer 2's BIRD frozen: its sessions stay open but fall silent; BFD notices.
-    let load = Load::start(&c.lab.client(), 20);
-    std::thread::sleep(Duration::from_millis(500));
-    c.bgp.freeze(2);
-    let took = c.wait_next_hops(&[0], T).unwrap();
-    eprintln!("BIRD frozen: next hop gone in {took:?}");
-    assert!(
-        took < Duration::from_millis(500),
-        "BFD detects a silent BIRD: {took:?}"
+    lose_one(
+        &c,
+        "a balancer's BIRD frozen",
+        Duration::from_millis(500),
+        &[0],
+        || c.bgp.freeze(2),
     );
-    std::thread::sleep(Duration::from_secs(1));
-    let seen = load.stop();
-    assert_nothing_broke("a balancer's BIRD frozen", &seen, 1);
     c.bgp.thaw(2);
     let took = c.wait_next_hops(&[0, 2], T).unwrap();
     eprintln!("BIRD thawed: announced again in {took:?}");
+}
+
+/// Under the load (after `settle`), `lose` takes one balancer away; the router must be left
+/// with balancers `left` within BFD's detection (3 x 50 ms, 500 ms allowed), no held
+/// connection may break and at most one new request fail.
+fn lose_one(c: &Cluster, what: &str, settle: Duration, left: &[usize], lose: impl FnOnce()) {
+    let load = Load::start(&c.lab.client(), 20);
+    std::thread::sleep(settle);
+    lose();
+    let took = c.wait_next_hops(left, T).unwrap();
+    eprintln!("{what}: next hop gone in {took:?}");
+    assert!(
+        took < Duration::from_millis(500),
+        "{what}: BFD detects it: {took:?}"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let seen = load.stop();
+    assert_nothing_broke(what, &seen, 1);
 }
 
 /// Where balancer `k` would place a fresh flow from each of the fixed tuples' client ports.
@@ -263,20 +272,22 @@ fn a_server_leaving_or_returning_a_balancer_withdrawn_or_seeing_no_server_break_
     let load = Load::start(&c.lab.client(), 20);
     std::thread::sleep(Duration::from_millis(500));
     let b2 = c.bgp.balancers[2].clone();
-    let block = "add table ip checks_blocked\n\
-                 add chain ip checks_blocked input { type filter hook input priority 0; }\n\
-                 add rule ip checks_blocked input ip saddr 192.168.77.0/24 tcp sport 80 drop\n";
-    let nft = std::process::Command::new("ip")
-        .args(["netns", "exec", &b2, "nft", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut p| {
-            use std::io::Write;
-            p.stdin.take().unwrap().write_all(block.as_bytes())?;
-            p.wait()
-        })
+    let nft = c
+        .lab
+        .exec(
+            &b2,
+            &[
+                "nft",
+                "table ip checks_blocked { chain input { type filter hook input priority 0; \
+                 ip saddr 192.168.77.0/24 tcp sport 80 drop; }; }",
+            ],
+        )
         .unwrap();
-    assert!(nft.success());
+    assert!(
+        nft.status.success(),
+        "{}",
+        String::from_utf8_lossy(&nft.stderr)
+    );
     let took = c.wait_next_hops(&[0, 1], T).unwrap();
     eprintln!("balancer 2 seeing no server: next hop gone {took:?} after the checks began failing");
     assert_eq!(c.status(2)["announce"]["reason"], "no server in rotation");
