@@ -952,10 +952,27 @@ pub fn spread(lab: &Lab, n: usize) -> std::collections::BTreeMap<String, usize> 
     })
 }
 
+/// Polls `f` every 100 ms until it holds or `within` passes; whether it held.
+pub fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + within;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    f()
+}
+
 /// Opens a long-lived connection through VIP:80 (lab-server's `/hold`); returns it and the
 /// server that holds it. Call it inside the client namespace.
 pub fn hold_connection() -> (TcpStream, String) {
-    let mut s = connect(CLIENT, vip(80), Duration::from_secs(5)).expect("connect");
+    hold_connection_to(vip(80))
+}
+
+/// [`hold_connection`] through `to`.
+pub fn hold_connection_to(to: SocketAddrV4) -> (TcpStream, String) {
+    let mut s = connect(CLIENT, to, Duration::from_secs(5)).expect("connect");
     write!(s, "GET /hold HTTP/1.0\r\n\r\n").expect("send /hold");
     let mut reader = BufReader::new(s.try_clone().expect("clone"));
     let mut name = String::new();

@@ -34,18 +34,6 @@ fn addr(name: &str) -> String {
     format!("{}:{SERVER_HTTP_PORT}", server_ip(i))
 }
 
-/// Polls `f` every 100 ms until it holds or `within` passes.
-fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + within;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    f()
-}
-
 /// Held connections (lab-server's `/hold`) until `n` of them are on server `on`; the others
 /// are closed.
 fn hold_on(lab: &Lab, on: &str, n: usize) -> Vec<TcpStream> {

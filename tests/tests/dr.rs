@@ -1,6 +1,8 @@
-//! Direct routing (`"forwarding": "dr"`) against the real slbd in packet mode: the lab's real
+//! Direct routing (`"forwarding": "dr"`) against the real slbd in both modes: the lab's real
 //! servers hold the VIP on their loopback; slbd sends each request unchanged to the chosen
-//! server's MAC and the server answers the client itself, so slbd's queue sees requests only.
+//! server's MAC and the server answers the client itself, so slbd's queue sees requests only
+//! (packet mode), or only each flow's first packet (offload mode: the kernel's flow map
+//! carries the rest).
 
 use std::time::{Duration, Instant};
 
@@ -10,27 +12,43 @@ use slb_tests::*;
 
 const T: Duration = Duration::from_secs(5);
 
-fn dr_config(lab: &Lab, algorithm: &str) -> Value {
+fn dr_config(lab: &Lab, algorithm: &str, mode: &str) -> Value {
     let servers: Vec<Value> = (0..2)
         .map(|i| format!("{}:{SERVER_HTTP_PORT}", server_ip(i)).into())
         .collect();
     let mut config = lab.config(2);
     config["services"] = json!([{
         "protocol": "tcp", "port": SERVER_HTTP_PORT, "algorithm": algorithm,
-        "forwarding": "dr", "servers": servers,
+        "forwarding": "dr", "mode": mode, "servers": servers,
     }]);
+    config["flows"] = json!({"tcp_closing_timeout": 2});
     config
 }
 
 #[test]
-fn requests_are_balanced_and_answered_by_the_servers_directly_and_a_256_mib_download_is_intact() {
-    if !can_run("requests_are_balanced_and_answered_by_the_servers_directly_and_a_256_mib_download_is_intact") {
+fn packet_mode_requests_are_balanced_and_answered_by_the_servers_directly_and_a_256_mib_download_is_intact(
+) {
+    if !can_run("packet_mode_requests_are_balanced_and_answered_by_the_servers_directly_and_a_256_mib_download_is_intact") {
         return;
     }
+    balanced_direct_and_intact("packet");
+}
+
+#[test]
+fn offload_mode_requests_are_balanced_answered_directly_and_only_first_packets_reach_slbd() {
+    if !can_run(
+        "offload_mode_requests_are_balanced_answered_directly_and_only_first_packets_reach_slbd",
+    ) {
+        return;
+    }
+    balanced_direct_and_intact("offload");
+}
+
+fn balanced_direct_and_intact(mode: &str) {
     const SIZE: usize = 256 << 20;
     let lab = Lab::new(2).unwrap();
     lab.direct_routing_servers().unwrap();
-    let slbd = lab.start_slbd(&dr_config(&lab, "ROUND_ROBIN"));
+    let slbd = lab.start_slbd(&dr_config(&lab, "ROUND_ROBIN", mode));
     let to = vip(SERVER_HTTP_PORT);
     let names: Vec<String> = in_ns(&lab.client(), || {
         (0..20)
@@ -70,16 +88,68 @@ fn requests_are_balanced_and_answered_by_the_servers_directly_and_a_256_mib_down
     assert_eq!(code, 0, "{err}");
     let st: Value = serde_json::from_str(&out).unwrap();
     eprintln!(
-        "dr: 20 requests {s1}/{}; {SIZE} bytes in {secs:.2} s ({:.2} Gbit/s); slbd saw {} requests, {} replies",
+        "dr {mode}: 20 requests {s1}/{}; {SIZE} bytes in {secs:.2} s ({:.2} Gbit/s); slbd saw {} requests, {} replies",
         names.len() - s1,
         SIZE as f64 * 8.0 / secs / 1e9,
         st["requests"],
         st["replies"]
     );
-    assert!(
-        st["requests"].as_u64().unwrap() > 20,
-        "the requests went through slbd: {}",
-        st["requests"]
-    );
+    let queued = st["requests"].as_u64().unwrap();
     assert_eq!(st["replies"], 0, "no reply reached slbd's queue");
+    if mode == "packet" {
+        // Every request packet: the download alone sends thousands of ACKs.
+        assert!(queued > 1000, "the requests went through slbd: {queued}");
+        return;
+    }
+    // 21 flows: their SYNs, and never the download's ACKs.
+    assert!(
+        (21..=42).contains(&queued),
+        "only each flow's first packet reached slbd's queue: {queued}"
+    );
+    held_flow_is_counted_while_the_kernel_carries_it(&lab, &slbd);
+}
+
+/// A connection the kernel's flow map carries stays counted on its server past the time an
+/// unconfirmed flow would expire, keeps working, and leaves the count once it closes.
+fn held_flow_is_counted_while_the_kernel_carries_it(lab: &Lab, slbd: &Slbd) {
+    // Live flows on server `name` (`s1`, `s2`), or on all with "".
+    let live = |name: &str| -> u64 {
+        let (code, out, err) = lab.slbctl(slbd, &["--status", "--json"]);
+        assert_eq!(code, 0, "{err}");
+        let st: Value = serde_json::from_str(&out).unwrap();
+        st["services"][0]["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| name.is_empty() || name == format!("s{}", i + 1))
+            .map(|(_, s)| s["live_flows"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || live("") == 0),
+        "the 21 closed flows leave the count: {}",
+        live("")
+    );
+    in_ns(&lab.client(), || {
+        let (held, server) = hold_connection_to(vip(SERVER_HTTP_PORT));
+        assert!(
+            eventually(T, || live(&server) == 1),
+            "the held flow is counted on {server}"
+        );
+        // Past the closing timeout (2 s), by which an unconfirmed flow would have gone.
+        std::thread::sleep(Duration::from_secs(4));
+        assert_eq!(
+            live(&server),
+            1,
+            "the held flow is still counted on {server}"
+        );
+        assert_eq!(echo(&held, "still there", T).unwrap(), server);
+        drop(held);
+        assert!(
+            eventually(Duration::from_secs(10), || live("") == 0),
+            "the closed flow leaves the count: {}",
+            live("")
+        );
+    });
 }

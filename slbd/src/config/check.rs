@@ -621,12 +621,6 @@ mod tests {
             ),
             (
                 "/services/0",
-                serde_json::json!({"protocol": "tcp", "port": 80, "forwarding": "dr", "mode": "offload",
-                                   "servers": ["172.16.0.2:80"]}),
-                r#"services[0].forwarding: "dr" is built for packet mode only (offload mode binds flows with NAT)"#,
-            ),
-            (
-                "/services/0",
                 serde_json::json!({"protocol": "tcp", "port": 80, "forwarding": "dr",
                                    "health": {"passive": {"enabled": true}},
                                    "servers": ["172.16.0.2:80"]}),

@@ -1,21 +1,20 @@
 //! The checks of how a service's requests are placed and delivered: MAGLEV's table (prime,
 //! a slot for every server, only on a MAGLEV service) and the forwarding (direct routing keeps
-//! the VIP's port and, for now, packet mode). Part of the checker ([`super::check`]); pure.
+//! the VIP's port). Part of the checker ([`super::check`]); pure.
 
 use super::checker::Checker;
 use super::parse::parse_server_address;
 use super::raw::RawService;
-use super::{Forwarding, Mode};
+use super::Forwarding;
 use crate::core::sched::maglev::{self, HashKey};
 use crate::core::sched::Algorithm;
 
 /// A service's forwarding: direct routing sends the request unchanged, so the server must
-/// listen on the VIP's port, and (for now) only packet mode places its flows.
+/// listen on the VIP's port.
 pub(super) fn forwarding(
     c: &mut Checker,
     path: &str,
     raw: &RawService,
-    mode: Mode,
     port: Option<u16>,
 ) -> Forwarding {
     let f = match raw.forwarding.as_deref().map(str::parse::<Forwarding>) {
@@ -28,12 +27,6 @@ pub(super) fn forwarding(
     };
     if f != Forwarding::Dr {
         return f;
-    }
-    if mode == Mode::Offload {
-        c.fail(
-            format!("{path}.forwarding"),
-            "\"dr\" is built for packet mode only (offload mode binds flows with NAT)",
-        );
     }
     for (j, s) in raw.servers.iter().enumerate() {
         let Ok(addr) = parse_server_address(s.address()) else {

@@ -81,7 +81,7 @@ pub(super) fn service(
         None => Duration::ZERO,
     };
     let maglev = super::placement::maglev(c, &path, raw, algorithm, hash_key);
-    let forwarding = super::placement::forwarding(c, &path, raw, mode, port);
+    let forwarding = super::placement::forwarding(c, &path, raw, port);
     if forwarding == Forwarding::Dr {
         // Passive detection reads the servers' answers, which DR never sees.
         if raw

@@ -162,6 +162,16 @@ impl Service {
     pub fn name(&self) -> String {
         format!("{}/{}", self.protocol, self.port)
     }
+
+    /// An offload service whose flows conntrack carries, its NAT binding them to their server.
+    pub fn nat_offload(&self) -> bool {
+        self.mode == Mode::Offload && self.forwarding == Forwarding::Nat
+    }
+
+    /// An offload service of direct routing: the kernel's flow map carries its flows.
+    pub fn dr_offload(&self) -> bool {
+        self.mode == Mode::Offload && self.forwarding == Forwarding::Dr
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

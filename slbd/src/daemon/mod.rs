@@ -83,6 +83,8 @@ struct Daemon {
     serving_backups: Mutex<Vec<(String, bool)>>,
     /// When conntrack was last dumped for a draining offload server's closes (ms).
     drain_resync_ms: std::sync::atomic::AtomicU64,
+    /// When the flow map was last read ([`Daemon::follow_dr_flows`]).
+    dr_resync_ms: std::sync::atomic::AtomicU64,
     /// Cluster mode's route (taken after `state`).
     announcement: Mutex<announce::Announcement>,
 }
@@ -170,6 +172,7 @@ pub fn run(
         installed_targets: Mutex::new(Vec::new()),
         serving_backups: Mutex::new(Vec::new()),
         drain_resync_ms: std::sync::atomic::AtomicU64::new(0),
+        dr_resync_ms: std::sync::atomic::AtomicU64::new(0),
         announcement: Mutex::new(announce::Announcement::default()),
     });
     if let Some(r) = &daemon.replication {

@@ -193,6 +193,7 @@ impl Daemon {
                 self.offload.resync(&self.dp);
             }
         }
+        self.follow_dr_flows(&st.config);
         let targets = self.dp.offload_targets();
         if *self.installed_targets.lock() == targets {
             return;
@@ -206,6 +207,28 @@ impl Daemon {
             Err(e) => tracing::error!(
                 error = %format!("{e:#}"),
                 "cannot update the offload overflow spread; the previous rules stay"
+            ),
+        }
+    }
+
+    /// Once a second, the flow map of offload direct-routing flows tells the flow table which
+    /// of them live, and in what phase (the kernel carries their packets, slbd sees only
+    /// their first).
+    fn follow_dr_flows(&self, config: &crate::core::model::Config) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if ruleset::dr_flows(config).is_none() {
+            return;
+        }
+        let now = self.now_ms();
+        if now < self.dr_resync_ms.load(Relaxed) + 1_000 {
+            return;
+        }
+        self.dr_resync_ms.store(now, Relaxed);
+        match crate::shell::nft::dr_flows() {
+            Ok(flows) => self.dp.dr_flows_resync(&flows, &config.flows, now),
+            Err(e) => tracing::warn!(
+                error = %e, map = ruleset::DR_FLOWS,
+                "cannot read the flow map; the flow table keeps what it had"
             ),
         }
     }

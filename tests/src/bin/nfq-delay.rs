@@ -47,6 +47,7 @@ fn main() -> Result<()> {
             comment: "nfq-delay".into(),
         }],
         known_clients: None,
+        dr_flows: None,
     };
     slbd::shell::nft::apply(&rules, slbd::shell::nft::probe()?)?;
 

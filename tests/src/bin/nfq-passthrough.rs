@@ -51,6 +51,7 @@ fn main() -> Result<()> {
             },
         ],
         known_clients: None,
+        dr_flows: None,
     };
     let backend = slbd::shell::nft::probe()?;
     slbd::shell::nft::apply(&rules, backend)?;

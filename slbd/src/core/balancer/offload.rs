@@ -13,10 +13,11 @@ use super::view::{ServiceState, View};
 use super::{shard_of, Dataplane, DropReason};
 use crate::core::flow::{Ended, FlowKey, Lookup, Phase, Reported};
 use crate::core::health::Failure;
-use crate::core::model::Mode;
+use crate::core::model::{FlowLimits, Forwarding, Mode};
 use crate::core::net::Protocol;
 use crate::core::ruleset::{
-    adopt_mark, offload_id, offload_mark, OffloadTarget, ADOPT_REWRITE_MARK,
+    adopt_mark, dr_mark, offload_id, offload_mark, phase_of, DrFlow, OffloadTarget,
+    ADOPT_REWRITE_MARK,
 };
 use crate::core::sched::Algorithm;
 
@@ -49,9 +50,10 @@ pub struct Traffic {
 }
 
 impl Dataplane {
-    /// An offload flow's first packet (conntrack has no entry for it): the same choice as in
-    /// packet mode, answered with the chosen server's mark instead of a rewrite. A flow the
-    /// table still holds keeps its server, unless a SYN restarts it.
+    /// An offload flow's first packet (conntrack, or the flow map of direct routing, has no
+    /// entry for it): the same choice as in packet mode, answered with the chosen server's
+    /// mark instead of a rewrite ([`offload_mark`] for NAT, [`dr_mark`] for direct routing).
+    /// A flow the table still holds keeps its server, unless a SYN restarts it.
     pub(super) fn offload_first(
         &self,
         view: &View,
@@ -60,6 +62,10 @@ impl Dataplane {
         flags: u8,
         now_ms: u64,
     ) -> Result<u32, DropReason> {
+        let mark = |server: SocketAddrV4, id: u32| match svc.service.forwarding {
+            Forwarding::Dr => Ok(dr_mark(*server.ip())),
+            Forwarding::Nat => offload_mark(id).ok_or(DropReason::NoServer),
+        };
         let syn = crate::core::flow::tcp::is_syn(flags);
         let mut flows = self.shards[shard_of(key.src)].lock();
         let stale = match flows.lookup_request(key, flags, now_ms) {
@@ -80,7 +86,7 @@ impl Dataplane {
                 if placed.closed_now {
                     self.with_stats(placed.tag, |st| st.less_live(1));
                 }
-                return offload_mark(placed.tag).ok_or(DropReason::NoServer);
+                return mark(placed.server, placed.tag);
             }
             // Conntrack forgot a flow the table kept (its end was not reported yet).
             Lookup::Found(_) => flows.remove_request(key),
@@ -90,8 +96,8 @@ impl Dataplane {
         if let Some(ended) = stale {
             self.end(&mut flows, view, &ended, now_ms);
         }
-        let (_, id) = self.place(view, svc, key, flags, now_ms, &mut flows, true)?;
-        offload_mark(id).ok_or(DropReason::NoServer)
+        let (server, id) = self.place(view, svc, key, flags, now_ms, &mut flows, true)?;
+        mark(server, id)
     }
 
     /// A server's reset of an offload flow's handshake (queued by the ruleset while conntrack
@@ -270,6 +276,40 @@ impl Dataplane {
     /// Conntrack's whole list of slbd's entries (after lost events, or a restart): offload
     /// flows it no longer holds end, and the ones it holds are adopted or updated.
     pub fn conntrack_resync(&self, entries: &[KernelReport], now_ms: u64) {
+        self.kernel_resync(Forwarding::Nat, entries, now_ms);
+    }
+
+    /// The flow map's entries (read every second): the offload direct-routing flows it no
+    /// longer holds end, and the ones it holds are confirmed, adopted or updated, each in
+    /// the phase its timeout tells ([`phase_of`]), as conntrack's reports do for NAT.
+    pub fn dr_flows_resync(&self, entries: &[DrFlow], limits: &FlowLimits, now_ms: u64) {
+        let vip = self.view.load().vip;
+        let registry = self.registry.load();
+        let reports: Vec<KernelReport> = entries
+            .iter()
+            .filter_map(|e| {
+                let server = SocketAddrV4::new(e.server, e.vip_port);
+                let id = registry.ids.get(&(e.protocol, e.vip_port, server))?;
+                Some(KernelReport {
+                    ended: false,
+                    protocol: e.protocol,
+                    client: e.client,
+                    vip: SocketAddrV4::new(vip, e.vip_port),
+                    server,
+                    mark: offload_mark(*id)?,
+                    phase: phase_of(e, limits),
+                    traffic: None,
+                })
+            })
+            .collect();
+        drop(registry);
+        self.kernel_resync(Forwarding::Dr, &reports, now_ms);
+    }
+
+    /// A whole list of the kernel's flows of offload services forwarding by `forwarding`:
+    /// their flows it no longer holds end (and those of services gone), the others follow
+    /// the reports.
+    fn kernel_resync(&self, forwarding: Forwarding, entries: &[KernelReport], now_ms: u64) {
         if !self.balancing.load(Relaxed) {
             return;
         }
@@ -278,10 +318,23 @@ impl Dataplane {
             .map(|e| (e.protocol, e.client, e.vip))
             .collect();
         let view = self.view.load();
+        let carried_by = |protocol: Protocol, vip: SocketAddrV4| {
+            view.service(protocol, vip.port())
+                .is_none_or(|s| s.service.forwarding == forwarding)
+        };
         for shard in self.shards.iter() {
             let mut t = shard.lock();
-            let gone =
-                t.remove_where(|f| f.kernel && !held.contains(&(f.protocol, f.client, f.vip)));
+            let gone_from_list = |f: &Ended| {
+                f.kernel
+                    && carried_by(f.protocol, f.vip)
+                    && !held.contains(&(f.protocol, f.client, f.vip))
+            };
+            // The flow map is read every second, so a flow placed while it was being read is
+            // usual there: only confirmed flows end by its list.
+            let gone = match forwarding {
+                Forwarding::Nat => t.remove_where(gone_from_list),
+                Forwarding::Dr => t.remove_confirmed_where(gone_from_list),
+            };
             for e in &gone {
                 self.log(&mut t, Record::end(e));
             }
@@ -302,11 +355,7 @@ impl Dataplane {
         let view = self.view.load();
         // A merge asks after every batch it receives: without an offload service there is
         // nothing to hand over, and no reason to walk the table.
-        if !view
-            .services
-            .iter()
-            .any(|s| s.service.mode == Mode::Offload)
-        {
+        if !view.services.iter().any(|s| s.service.nat_offload()) {
             return Vec::new();
         }
         // Not the flows conntrack carries already (a merge happens while balancing).
@@ -314,7 +363,7 @@ impl Dataplane {
             !e.kernel
                 && view
                     .service(e.protocol, e.vip.port())
-                    .is_some_and(|s| s.service.mode == Mode::Offload)
+                    .is_some_and(|s| s.service.nat_offload())
                 && offload_mark(e.tag).is_some()
         };
         let mut out = Vec::new();
@@ -328,8 +377,8 @@ impl Dataplane {
         out
     }
 
-    /// The servers of offload services in force, each with the mark that binds a flow to it
-    /// and the weight it takes new flows with now (health and checks change it: the rules
+    /// The servers of offload NAT services in force, each with the mark that binds a flow to
+    /// it and the weight it takes new flows with now (health and checks change it: the rules
     /// follow).
     pub fn offload_targets(&self) -> Vec<OffloadTarget> {
         let view = self.view.load();
@@ -337,7 +386,7 @@ impl Dataplane {
         let mut out: Vec<OffloadTarget> = view
             .services
             .iter()
-            .filter(|s| s.service.mode == Mode::Offload)
+            .filter(|s| s.service.nat_offload())
             .flat_map(|s| {
                 let registry = &registry;
                 let primaries_up = Self::primaries_up(s, registry);
@@ -813,5 +862,71 @@ mod tests {
         dp.conntrack_report(&report_b(true), 0);
         assert_eq!(dp.flow_count(), 0);
         assert_eq!(live(&dp, 0, 1), 0);
+    }
+
+    #[test]
+    fn dr_offload_flows_get_their_servers_address_and_live_exactly_as_long_as_the_flow_map_holds_them(
+    ) {
+        use crate::core::ruleset::{dr_mark, DrFlow};
+        let config = Config::from_json(
+            r#"{"address": "10.0.0.100", "address_dev": "eth0", "gateway": "172.16.0.1",
+                "gateway_dev": "eth1", "cluster_network": "172.16.0.0/24",
+                "services": [
+                  {"protocol": "tcp", "port": 80, "mode": "offload", "forwarding": "dr",
+                   "servers": ["172.16.0.2:80", "172.16.0.3:80"]},
+                  {"protocol": "udp", "port": 53, "mode": "offload", "servers": ["172.16.0.2:53"]}
+                ]}"#,
+        )
+        .unwrap();
+        let dp = Dataplane::new(&config, 1);
+        let limits = config.flows;
+        let Verdict::Offload(mark) = syn(&dp, "10.0.0.5:1000") else {
+            panic!("no mark")
+        };
+        assert_eq!(
+            mark,
+            dr_mark("172.16.0.2".parse().unwrap()),
+            "the server's address"
+        );
+        let mut q = udp(sa("10.0.0.5:9"), sa("10.0.0.100:53"), b"q");
+        let udp_mark = offload_mark(dp.server_id(1, 0).unwrap()).unwrap();
+        assert_eq!(
+            dp.handle(Direction::Request, &mut q, true, ChecksumState::Complete, 0),
+            Verdict::Offload(udp_mark),
+            "the NAT offload service beside it keeps conntrack's marks"
+        );
+        assert_eq!((dp.flow_count(), live(&dp, 0, 0)), (2, 1));
+        let entry = |timeout: std::time::Duration| DrFlow {
+            protocol: Protocol::Tcp,
+            client: sa("10.0.0.5:1000"),
+            vip_port: 80,
+            server: "172.16.0.2".parse().unwrap(),
+            timeout,
+        };
+        // The map holds it established; conntrack's list (which never holds a DR flow) ends
+        // the NAT flow, not this one.
+        dp.dr_flows_resync(&[entry(limits.tcp_timeout)], &limits, 1_000);
+        dp.conntrack_resync(&[], 1_000);
+        assert_eq!((dp.flow_count(), live(&dp, 0, 0)), (1, 1));
+        // Confirmed, it never idles out in the table.
+        assert_eq!(dp.expire(10_000_000), 0);
+        assert_eq!(live(&dp, 0, 0), 1);
+        // A FIN gave it the closing timeout: no longer counted, still in the table.
+        dp.dr_flows_resync(&[entry(limits.tcp_closing_timeout)], &limits, 10_001_000);
+        assert_eq!((dp.flow_count(), live(&dp, 0, 0)), (1, 0));
+        // Gone from the map: gone from the table.
+        dp.dr_flows_resync(&[], &limits, 10_002_000);
+        assert_eq!(dp.flow_count(), 0);
+        // A flow placed while the map was read is not ended by that read.
+        let Verdict::Offload(_) = syn(&dp, "10.0.0.6:1000") else {
+            panic!("no mark")
+        };
+        dp.dr_flows_resync(&[], &limits, 10_003_000);
+        assert_eq!(dp.flow_count(), 1);
+        // An entry on a server slbd does not have is no flow of its.
+        let mut stranger = entry(limits.tcp_timeout);
+        stranger.server = "172.16.0.9".parse().unwrap();
+        dp.dr_flows_resync(&[stranger], &limits, 10_004_000);
+        assert_eq!(dp.flow_count(), 1);
     }
 }

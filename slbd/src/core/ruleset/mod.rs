@@ -40,7 +40,9 @@ use crate::core::net::{Ipv4Net, Protocol};
 
 mod dr;
 mod offload;
-pub use dr::{dr_mark, IfName, DR_CHAIN};
+pub use dr::{
+    dr_flows, dr_mark, phase_of, DrFlow, DrFlows, IfName, DR_CHAIN, DR_CLOSING, DR_FLOWS,
+};
 pub mod syn_budget;
 mod syntax;
 
@@ -254,6 +256,8 @@ pub enum Match {
     },
     /// The packet mark, read as an address ([`dr_mark`]), is inside this network.
     MarkAddressIn(Ipv4Net),
+    /// The packet's flow is in the set of closing flows ([`DR_CLOSING`]).
+    FlowClosing,
 }
 
 /// The seed of [`Match::SourceHash`]: fixed, so a client's overflow server is the same
@@ -281,6 +285,20 @@ pub enum Action {
     /// `dup to meta mark device DEV`: a copy, unchanged, to the address the mark holds as a
     /// gateway on DEV (untracked).
     DupToMarkAddress(IfName),
+    /// `meta mark set ip saddr . meta l4proto . th sport . th dport map @dr_flows`: the mark
+    /// of the packet's flow in the flow map; the rule ends here for a flow it does not hold.
+    MarkFromFlows,
+    /// `update @dr_flows { ip saddr . meta l4proto . th sport . th dport timeout T : meta
+    /// mark }`: the flow enters the map with the packet's mark, or keeps the one it has and
+    /// renews its timeout.
+    RecordFlow {
+        timeout: std::time::Duration,
+    },
+    /// `update @dr_closing { KEY }`: the flow is closing, for the set's timeout from now.
+    MarkClosing,
+    /// `delete @dr_flows { KEY : meta mark } delete @dr_closing { KEY }`: the flow's entries
+    /// go, so the ones this packet makes hold its mark.
+    ForgetFlow,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -296,6 +314,8 @@ pub struct Ruleset {
     pub rules: Vec<Rule>,
     /// The set of known clients the SYN budget's rules read and fill, when there is one.
     pub known_clients: Option<syn_budget::KnownClients>,
+    /// The map of offload direct-routing flows, when there is one.
+    pub dr_flows: Option<DrFlows>,
 }
 
 impl Ruleset {
@@ -345,6 +365,10 @@ pub fn plan(
                 vec![Action::Notrack, Action::Queue(queues)],
                 format!("request {}", s.name()),
             ),
+            Mode::Offload if s.forwarding == Forwarding::Dr => {
+                rules.extend(dr::offload_request_rules(config, s, queues));
+                continue;
+            }
             Mode::Offload => (
                 vec![Action::Accept],
                 format!("offload {}: conntrack sees it", s.name()),
@@ -484,6 +508,7 @@ pub fn plan(
     Ruleset {
         rules,
         known_clients: syn_budget::known_clients(config),
+        dr_flows: dr_flows(config),
     }
 }
 

@@ -10,7 +10,7 @@ use super::*;
 pub(super) fn rules(config: &Config, queues: QueueRange, targets: &[OffloadTarget]) -> Vec<Rule> {
     let net = config.cluster_network;
     let mut rules = Vec::new();
-    for s in config.services.iter().filter(|s| s.mode == Mode::Offload) {
+    for s in config.services.iter().filter(|s| s.nat_offload()) {
         let mut matches = service_matches(config, s);
         matches.push(Match::CtStateNew);
         rules.push(Rule {
@@ -27,7 +27,7 @@ pub(super) fn rules(config: &Config, queues: QueueRange, targets: &[OffloadTarge
     for s in config
         .services
         .iter()
-        .filter(|s| s.mode == Mode::Offload && s.protocol == Protocol::Tcp)
+        .filter(|s| s.nat_offload() && s.protocol == Protocol::Tcp)
     {
         let mut matches = service_matches(config, s);
         matches.push(Match::CtStateInvalid);
@@ -51,7 +51,7 @@ pub(super) fn rules(config: &Config, queues: QueueRange, targets: &[OffloadTarge
     let mut offload_ports: Vec<u16> = config
         .services
         .iter()
-        .filter(|s| s.mode == Mode::Offload && s.protocol == Protocol::Tcp)
+        .filter(|s| s.nat_offload() && s.protocol == Protocol::Tcp)
         .flat_map(|s| s.servers.iter().map(|r| r.addr.port()))
         .collect();
     offload_ports.sort();
@@ -76,9 +76,7 @@ pub(super) fn rules(config: &Config, queues: QueueRange, targets: &[OffloadTarge
     let mut refusing_ports: Vec<u16> = config
         .services
         .iter()
-        .filter(|s| {
-            s.mode == Mode::Offload && s.protocol == Protocol::Tcp && s.health.passive.enabled
-        })
+        .filter(|s| s.nat_offload() && s.protocol == Protocol::Tcp && s.health.passive.enabled)
         .flat_map(|s| s.servers.iter().map(|r| r.addr.port()))
         .collect();
     refusing_ports.sort();
@@ -103,7 +101,7 @@ pub(super) fn rules(config: &Config, queues: QueueRange, targets: &[OffloadTarge
     if config
         .services
         .iter()
-        .any(|s| s.mode == Mode::Offload && s.health.passive.enabled)
+        .any(|s| s.nat_offload() && s.health.passive.enabled)
     {
         rules.push(Rule {
             chain: OFFLOAD_CHAIN,
@@ -120,7 +118,7 @@ pub(super) fn rules(config: &Config, queues: QueueRange, targets: &[OffloadTarge
     for s in config
         .services
         .iter()
-        .filter(|s| s.mode == Mode::Offload && s.protocol == Protocol::Tcp)
+        .filter(|s| s.nat_offload() && s.protocol == Protocol::Tcp)
     {
         rules.push(Rule {
             chain: SNAT_CHAIN,
@@ -161,7 +159,7 @@ pub const MAX_SPREAD_SLOTS: usize = 32;
 /// it as if slbd had chosen that server; slbd adopts the flow from its conntrack events.
 fn overflow_spread(config: &Config, targets: &[OffloadTarget]) -> Vec<Rule> {
     let mut rules = Vec::new();
-    for s in config.services.iter().filter(|s| s.mode == Mode::Offload) {
+    for s in config.services.iter().filter(|s| s.nat_offload()) {
         let up: Vec<&OffloadTarget> = targets
             .iter()
             .filter(|t| t.protocol == s.protocol && t.port == s.port && t.weight > 0)

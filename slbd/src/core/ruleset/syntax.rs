@@ -50,9 +50,13 @@ impl fmt::Display for Match {
                 )
             }
             Match::MarkAddressIn(n) => write!(f, "meta mark (as an address) {n}"),
+            Match::FlowClosing => write!(f, "{FLOW_KEY} @{DR_CLOSING}"),
         }
     }
 }
+
+/// The key of the flow map's entries.
+const FLOW_KEY: &str = "ip saddr . meta l4proto . th sport . th dport";
 
 /// TCP flag bits as nft names them, `(fin | syn)` for more than one.
 fn tcp_flags(bits: u8) -> String {
@@ -89,6 +93,17 @@ impl fmt::Display for Action {
             Action::DupToMarkAddress(dev) => {
                 write!(f, "dup to meta mark device \"{}\"", dev.as_str())
             }
+            Action::MarkFromFlows => write!(f, "meta mark set {FLOW_KEY} map @{DR_FLOWS}"),
+            Action::RecordFlow { timeout } => write!(
+                f,
+                "update @{DR_FLOWS} {{ {FLOW_KEY} timeout {}ms : meta mark }}",
+                timeout.as_millis()
+            ),
+            Action::MarkClosing => write!(f, "update @{DR_CLOSING} {{ {FLOW_KEY} }}"),
+            Action::ForgetFlow => write!(
+                f,
+                "delete @{DR_FLOWS} {{ {FLOW_KEY} : meta mark }} delete @{DR_CLOSING} {{ {FLOW_KEY} }}"
+            ),
             Action::RejectTcpReset => f.write_str("reject with tcp reset"),
             Action::RejectPortUnreachable => f.write_str("reject with icmp port-unreachable"),
             Action::Queue(q) if q.count > 1 => {

@@ -1,7 +1,8 @@
 //! SHELL: the nftables expressions slbd builds by hand with libnftnl, because the `nftnl`
 //! crate has no builder for them or builds them wrong for an `ip` table: `notrack`, `ct event
 //! set`, `reject` with ICMP codes, `dup`, single transport-header bytes, the native `queue`, the xtables
-//! `NFQUEUE` target, `jhash`, and the set lookup, update and `limit` of the SYN budget.
+//! `NFQUEUE` target, `jhash`, the set lookup, update and `limit` of the SYN budget, and the
+//! flow map's key loads (into registers of choice), lookup and update.
 //! Side effects: allocations owned by libnftnl, freed with the rule.
 
 use std::ptr::NonNull;
@@ -230,13 +231,21 @@ impl Expression for Jhash {
     }
 }
 
-/// The id slbd's one set has in the transaction that creates it; rules name it by this too.
-pub(super) const SET_ID: u32 = 1;
+/// A set of slbd's table: its name and the id it has in the transaction that creates it
+/// (rules name it by both).
+#[derive(Clone, Copy)]
+pub(super) struct SetRef {
+    pub(super) name: &'static std::ffi::CStr,
+    pub(super) id: u32,
+}
 
-/// `ip saddr != @set` or `ip saddr @set` on register 1 (a loaded address): a lookup.
+/// A lookup of the key in register 1 (a loaded address, or the flow map's key from
+/// register 1 on): `ip saddr != @set`, `ip saddr @set`, or, with `dreg`, a map's value into
+/// that register.
 pub(super) struct Lookup {
-    pub(super) set: &'static std::ffi::CStr,
+    pub(super) set: SetRef,
     pub(super) inverted: bool,
+    pub(super) dreg: Option<u32>,
 }
 
 impl Expression for Lookup {
@@ -253,34 +262,107 @@ impl Expression for Lookup {
         unsafe {
             let e = expr.as_ptr();
             sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_LOOKUP_SREG as u16, NFT_REG_1);
-            sys::nftnl_expr_set_str(e, sys::NFTNL_EXPR_LOOKUP_SET as u16, self.set.as_ptr());
-            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_LOOKUP_SET_ID as u16, SET_ID);
+            sys::nftnl_expr_set_str(e, sys::NFTNL_EXPR_LOOKUP_SET as u16, self.set.name.as_ptr());
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_LOOKUP_SET_ID as u16, self.set.id);
             sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_LOOKUP_FLAGS as u16, flags);
+            if let Some(dreg) = self.dreg {
+                sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_LOOKUP_DREG as u16, dreg);
+            }
         }
         expr
     }
 }
 
-/// `update @set { ip saddr }` from register 1: adds the address or renews its timeout.
-pub(super) struct DynsetUpdate {
-    pub(super) set: &'static std::ffi::CStr,
+/// What a [`Dynset`] does with its key.
+#[derive(Clone, Copy)]
+pub(super) enum DynsetOp {
+    /// Adds the key, or renews its timeout.
+    Update,
+    /// Deletes the key (NFT_DYNSET_OP_DELETE, which the `libc` crate does not name).
+    Delete,
 }
 
-impl Expression for DynsetUpdate {
+/// `update @set { KEY }` or `delete @set { KEY }` with the key from register 1. A map's entry
+/// takes its value from register `data` (a delete from a map names one too) and its timeout
+/// from `timeout_ms` (otherwise the set's).
+pub(super) struct Dynset {
+    pub(super) set: SetRef,
+    pub(super) op: DynsetOp,
+    pub(super) data: Option<u32>,
+    pub(super) timeout_ms: Option<u64>,
+}
+
+impl Expression for Dynset {
     fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
         const NFT_REG_1: u32 = 1;
+        const NFT_DYNSET_OP_DELETE: u32 = 2;
+        let op = match self.op {
+            DynsetOp::Update => sys::libc::NFT_DYNSET_OP_UPDATE as u32,
+            DynsetOp::Delete => NFT_DYNSET_OP_DELETE,
+        };
         let expr = alloc_expr!(c"dynset");
         // SAFETY: as for `lookup` above.
         unsafe {
             let e = expr.as_ptr();
             sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_DYNSET_SREG_KEY as u16, NFT_REG_1);
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_DYNSET_OP as u16, op);
+            sys::nftnl_expr_set_str(
+                e,
+                sys::NFTNL_EXPR_DYNSET_SET_NAME as u16,
+                self.set.name.as_ptr(),
+            );
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_DYNSET_SET_ID as u16, self.set.id);
+            if let Some(data) = self.data {
+                sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_DYNSET_SREG_DATA as u16, data);
+            }
+            if let Some(ms) = self.timeout_ms {
+                sys::nftnl_expr_set_u64(e, sys::NFTNL_EXPR_DYNSET_TIMEOUT as u16, ms);
+            }
+        }
+        expr
+    }
+}
+
+/// A `meta` key loaded into a register of choice (the `nftnl` crate's `Meta` always loads
+/// into register 1).
+pub(super) struct MetaTo {
+    pub(super) key: u32,
+    pub(super) dreg: u32,
+}
+
+impl Expression for MetaTo {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        let expr = alloc_expr!(c"meta");
+        // SAFETY: a live, non-NULL `meta` expression and integer keys of its own.
+        unsafe {
+            sys::nftnl_expr_set_u32(expr.as_ptr(), sys::NFTNL_EXPR_META_KEY as u16, self.key);
+            sys::nftnl_expr_set_u32(expr.as_ptr(), sys::NFTNL_EXPR_META_DREG as u16, self.dreg);
+        }
+        expr
+    }
+}
+
+/// `len` bytes of the transport header from `offset`, into a register of choice.
+pub(super) struct TransportTo {
+    pub(super) offset: u32,
+    pub(super) len: u32,
+    pub(super) dreg: u32,
+}
+
+impl Expression for TransportTo {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        let expr = alloc_expr!(c"payload");
+        // SAFETY: a live, non-NULL `payload` expression and integer keys of its own.
+        unsafe {
+            let e = expr.as_ptr();
             sys::nftnl_expr_set_u32(
                 e,
-                sys::NFTNL_EXPR_DYNSET_OP as u16,
-                sys::libc::NFT_DYNSET_OP_UPDATE as u32,
+                sys::NFTNL_EXPR_PAYLOAD_BASE as u16,
+                sys::libc::NFT_PAYLOAD_TRANSPORT_HEADER as u32,
             );
-            sys::nftnl_expr_set_str(e, sys::NFTNL_EXPR_DYNSET_SET_NAME as u16, self.set.as_ptr());
-            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_DYNSET_SET_ID as u16, SET_ID);
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_PAYLOAD_OFFSET as u16, self.offset);
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_PAYLOAD_LEN as u16, self.len);
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_PAYLOAD_DREG as u16, self.dreg);
         }
         expr
     }

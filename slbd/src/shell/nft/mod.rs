@@ -18,11 +18,13 @@ use nftnl::set::Set;
 use nftnl::{Batch, Chain, FinalizedBatch, MsgType, ProtoFamily, Rule, Table};
 
 mod exprs;
+mod flow_map;
+pub use flow_map::dr_flows;
 
 use crate::core::net::Protocol;
 use crate::core::ruleset::syn_budget::KnownClients;
 use crate::core::ruleset::{self, Action, ChainKind, Hook, Match, QueueRange, Ruleset};
-use exprs::{CtEventMask, Dup, NativeQueue, Notrack, Reject, XtNfqueue};
+use exprs::{CtEventMask, Dup, DynsetOp, NativeQueue, Notrack, Reject, XtNfqueue};
 
 /// How a queue verdict is expressed to this kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,27 +99,30 @@ pub fn probe() -> Result<QueueBackend, NftError> {
     }
 }
 
-/// The known clients' set slbd last committed in this process (`Some(None)`: a table without
-/// one), or `None` when there is no table of this process's making to refill.
-static COMMITTED: parking_lot::Mutex<Option<Option<KnownClients>>> = parking_lot::Mutex::new(None);
+/// The sets of a table: a refill keeps them, so it needs the same ones.
+type Sets = (Option<KnownClients>, Option<ruleset::DrFlows>);
+
+/// The sets slbd last committed in this process, or `None` when there is no table of this
+/// process's making to refill.
+static COMMITTED: parking_lot::Mutex<Option<Sets>> = parking_lot::Mutex::new(None);
 
 /// Writes `rules` into slbd's table in one transaction, then verifies it.
 ///
 /// A table this process made is refilled in place: each chain's rules are flushed and
 /// re-added, the chains and their hooks stay. Replacing the table would unregister its hooks,
 /// and the kernel drops every packet waiting in the queue when a hook goes (a SYN then waits
-/// for its retransmission, a second later). The first commit, and one whose known clients'
-/// set changed shape, replace the whole table (one left by an earlier slbd is taken over
+/// for its retransmission, a second later). The first commit, and one whose sets (the known
+/// clients', the flow map) changed shape, replace the whole table (one left by an earlier slbd is taken over
 /// without a moment where the VIP is unguarded).
 pub fn apply(rules: &Ruleset, backend: QueueBackend) -> Result<(), NftError> {
     let mut committed = COMMITTED.lock();
-    let refilled = *committed == Some(rules.known_clients)
-        && send(&batch(rules, backend, Commit::Refill)).is_ok();
+    let sets = (rules.known_clients, rules.dr_flows);
+    let refilled = *committed == Some(sets) && send(&batch(rules, backend, Commit::Refill)).is_ok();
     if !refilled {
         *committed = None;
         send(&batch(rules, backend, Commit::Replace))?;
     }
-    *committed = Some(rules.known_clients);
+    *committed = Some(sets);
     verify(rules)
 }
 
@@ -168,10 +173,18 @@ fn batch(rules: &Ruleset, backend: QueueBackend, how: Commit) -> FinalizedBatch 
             batch.add(&Rule::new(c), MsgType::Del);
         }
     }
-    // An existing set of the same shape is kept, and with it the clients it knows.
+    // An existing set of the same shape is kept, and with it the clients (or the flows) it
+    // holds.
     let known = rules.known_clients.map(|k| known_clients_set(&table, k));
     if let Some(set) = &known {
         batch.add(set, MsgType::Add);
+    }
+    let flows = rules
+        .dr_flows
+        .map(|m| (dr_flows_map(&table, m), dr_closing_set(&table, m)));
+    if let Some((map, closing)) = &flows {
+        batch.add(map, MsgType::Add);
+        batch.add(closing, MsgType::Add);
     }
     for r in &rules.rules {
         let chain = chains
@@ -188,12 +201,8 @@ fn known_clients_set(
     table: &Table,
     k: ruleset::syn_budget::KnownClients,
 ) -> Set<'_, std::net::Ipv4Addr> {
-    let set = Set::new_named(
-        set_name(ruleset::syn_budget::KNOWN_CLIENTS),
-        exprs::SET_ID,
-        table,
-        ProtoFamily::Ipv4,
-    );
+    let r = set_ref(ruleset::syn_budget::KNOWN_CLIENTS);
+    let set = Set::new_named(r.name, r.id, table, ProtoFamily::Ipv4);
     let flags = (sys::libc::NFT_SET_TIMEOUT | sys::libc::NFT_SET_EVAL) as u32;
     // SAFETY: the set is live (owned by `set`, never NULL) and these are integer attributes
     // libnftnl copies.
@@ -210,11 +219,107 @@ fn known_clients_set(
     set
 }
 
-/// The C name of a set the ruleset names: slbd's table has one, and the ruleset names no
-/// other.
-fn set_name(name: &str) -> &'static CStr {
-    debug_assert_eq!(name, ruleset::syn_budget::KNOWN_CLIENTS);
-    c"known_clients"
+/// The flow map's key: `ipv4_addr . inet_proto . inet_service . inet_service`, each field in
+/// a 4-byte register of its own.
+struct FlowMapKey;
+
+impl nftnl::set::SetKey for FlowMapKey {
+    // nft's concatenated type: each field's type id shifted in by 6 bits (TYPE_BITS), in
+    // order: ipv4_addr (7), inet_proto (12), inet_service (13) twice. Only `nft list` reads it.
+    const TYPE: u32 = ((7 << 6 | 12) << 6 | 13) << 6 | 13;
+    const LEN: u32 = 16;
+
+    fn data(&self) -> Box<[u8]> {
+        Box::new([0; 16])
+    }
+}
+
+/// The map of offload direct-routing flows: keys that time out, each to a mark (nft's
+/// `mark` type, 19), filled by rules.
+fn dr_flows_map(table: &Table, m: ruleset::DrFlows) -> Set<'_, FlowMapKey> {
+    let r = set_ref(ruleset::DR_FLOWS);
+    let set = Set::new_named(r.name, r.id, table, ProtoFamily::Ipv4);
+    let flags =
+        (sys::libc::NFT_SET_MAP | sys::libc::NFT_SET_TIMEOUT | sys::libc::NFT_SET_EVAL) as u32;
+    // SAFETY: as in `known_clients_set`.
+    unsafe {
+        let p = set.as_ptr().as_ptr();
+        sys::nftnl_set_set_u32(p, sys::NFTNL_SET_FLAGS as u16, flags);
+        sys::nftnl_set_set_u32(p, sys::NFTNL_SET_DATA_TYPE as u16, 19);
+        sys::nftnl_set_set_u32(p, sys::NFTNL_SET_DATA_LEN as u16, 4);
+        sys::nftnl_set_set_u32(p, sys::NFTNL_SET_DESC_SIZE as u16, m.size);
+    }
+    set
+}
+
+/// The set of closing flows: the flow map's keys, timing out after the closing timeout.
+fn dr_closing_set(table: &Table, m: ruleset::DrFlows) -> Set<'_, FlowMapKey> {
+    let r = set_ref(ruleset::DR_CLOSING);
+    let set = Set::new_named(r.name, r.id, table, ProtoFamily::Ipv4);
+    let flags = (sys::libc::NFT_SET_TIMEOUT | sys::libc::NFT_SET_EVAL) as u32;
+    // SAFETY: as in `known_clients_set`.
+    unsafe {
+        let p = set.as_ptr().as_ptr();
+        sys::nftnl_set_set_u32(p, sys::NFTNL_SET_FLAGS as u16, flags);
+        sys::nftnl_set_set_u64(
+            p,
+            sys::NFTNL_SET_TIMEOUT as u16,
+            m.closing.as_millis() as u64,
+        );
+        sys::nftnl_set_set_u32(p, sys::NFTNL_SET_DESC_SIZE as u16, m.size);
+    }
+    set
+}
+
+/// A set the ruleset names, as rules and the batch name it: slbd's table has these three.
+fn set_ref(name: &str) -> exprs::SetRef {
+    if name == ruleset::DR_FLOWS {
+        exprs::SetRef {
+            name: c"dr_flows",
+            id: 2,
+        }
+    } else if name == ruleset::DR_CLOSING {
+        exprs::SetRef {
+            name: c"dr_closing",
+            id: 3,
+        }
+    } else {
+        debug_assert_eq!(name, ruleset::syn_budget::KNOWN_CLIENTS);
+        exprs::SetRef {
+            name: c"known_clients",
+            id: 1,
+        }
+    }
+}
+
+/// [`add_flow_key`], and the packet's mark into register 2, past the key's registers.
+fn add_flow_key_and_mark(rule: &mut Rule) {
+    add_flow_key(rule);
+    rule.add_expr(&exprs::MetaTo {
+        key: sys::libc::NFT_META_MARK as u32,
+        dreg: 2,
+    });
+}
+
+/// Loads the flow map's key from the packet: the client's address into register 1, the
+/// protocol and both ports into the 4-byte registers after it (9 to 11), as nft lays out a
+/// concatenation.
+fn add_flow_key(rule: &mut Rule) {
+    use nftnl::expr::{Ipv4HeaderField, NetworkHeaderField};
+    rule.add_expr(&Payload::Network(NetworkHeaderField::Ipv4(
+        Ipv4HeaderField::Saddr,
+    )));
+    rule.add_expr(&exprs::MetaTo {
+        key: sys::libc::NFT_META_L4PROTO as u32,
+        dreg: 9,
+    });
+    for (offset, dreg) in [(0, 10), (2, 11)] {
+        rule.add_expr(&exprs::TransportTo {
+            offset,
+            len: 2,
+            dreg,
+        });
+    }
 }
 
 /// Deletes slbd's table if it exists.
@@ -284,7 +389,50 @@ fn build_rule<'a>(chain: &'a Chain<'a>, r: &ruleset::Rule, backend: QueueBackend
                 rule.add_expr(&Payload::Network(nftnl::expr::NetworkHeaderField::Ipv4(
                     nftnl::expr::Ipv4HeaderField::Saddr,
                 )));
-                rule.add_expr(&exprs::DynsetUpdate { set: set_name(set) });
+                rule.add_expr(&exprs::Dynset {
+                    set: set_ref(set),
+                    op: DynsetOp::Update,
+                    data: None,
+                    timeout_ms: None,
+                });
+            }
+            Action::MarkFromFlows => {
+                add_flow_key(&mut rule);
+                rule.add_expr(&exprs::Lookup {
+                    set: set_ref(ruleset::DR_FLOWS),
+                    inverted: false,
+                    dreg: Some(1),
+                });
+                rule.add_expr(&Meta::Mark { set: true });
+            }
+            Action::RecordFlow { timeout } => {
+                add_flow_key_and_mark(&mut rule);
+                rule.add_expr(&exprs::Dynset {
+                    set: set_ref(ruleset::DR_FLOWS),
+                    op: DynsetOp::Update,
+                    data: Some(2),
+                    timeout_ms: Some(timeout.as_millis() as u64),
+                });
+            }
+            Action::MarkClosing => {
+                add_flow_key(&mut rule);
+                rule.add_expr(&exprs::Dynset {
+                    set: set_ref(ruleset::DR_CLOSING),
+                    op: DynsetOp::Update,
+                    data: None,
+                    timeout_ms: None,
+                });
+            }
+            Action::ForgetFlow => {
+                add_flow_key_and_mark(&mut rule);
+                for (set, data) in [(ruleset::DR_FLOWS, Some(2)), (ruleset::DR_CLOSING, None)] {
+                    rule.add_expr(&exprs::Dynset {
+                        set: set_ref(set),
+                        op: DynsetOp::Delete,
+                        data,
+                        timeout_ms: None,
+                    });
+                }
             }
         }
     }
@@ -385,11 +533,20 @@ fn add_match(rule: &mut Rule, m: &Match) {
             rule.add_expr(&Bitwise::new(mask, 0u8));
             rule.add_expr(&Cmp::new(CmpOp::Eq, value));
         }
+        Match::FlowClosing => {
+            add_flow_key(rule);
+            rule.add_expr(&exprs::Lookup {
+                set: set_ref(ruleset::DR_CLOSING),
+                inverted: false,
+                dreg: None,
+            });
+        }
         Match::SaddrNotInSet(set) => {
             rule.add_expr(&ip(Ipv4HeaderField::Saddr));
             rule.add_expr(&exprs::Lookup {
-                set: set_name(set),
+                set: set_ref(set),
                 inverted: true,
+                dreg: None,
             });
         }
         Match::RateOver { per_second, burst } => {
