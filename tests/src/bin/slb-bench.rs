@@ -10,7 +10,8 @@
 //! `slbd` (ROUND_ROBIN), `slbd-offload` (the same with `"mode": "offload"`: slbd places each
 //! new flow, conntrack carries the rest), `slbd-dr` (the same in packet mode with `"forwarding":
 //! "dr"`: requests go unchanged to the server's MAC, the servers answer from the VIP on their
-//! loopback through the balancer's routing, never its queue), and `haproxy` (`mode tcp`,
+//! loopback through the balancer's routing, never its queue), `slbd-dr-offload` (direct routing
+//! in offload mode: slbd places each new flow, the kernel's flow map carries the rest), and `haproxy` (`mode tcp`,
 //! `balance roundrobin`). Bulk TCP runs both ways: upload (client to server, what every variant
 //! queues) and download (`-R`, the reply direction direct routing keeps out of user space).
 //! iperf3 is balanced by source (jhash, `balance source`, persistence) in every variant, since
@@ -38,13 +39,14 @@ const SPOOFED_LEN: u8 = 15;
 /// `writeback` variant measured a third of its new-connection rate (state HAProxy leaves in
 /// the balancer namespace for a while; a conntrack flush does not clear it), and by the next
 /// round's turn it has decayed.
-const VARIANTS: [&str; 9] = [
+const VARIANTS: [&str; 10] = [
     "route",
     "nft-dnat",
     "writeback",
     "slbd",
     "slbd-offload",
     "slbd-dr",
+    "slbd-dr-offload",
     "baseline",
     "baseline-offload",
     "haproxy",
@@ -489,13 +491,18 @@ fn run_variant(lab: &Lab, variant: &str, o: &Options) -> Result<Vec<(Metric, f64
             _proc = Some(p);
             std::thread::sleep(Duration::from_millis(500));
         }
-        "slbd" | "slbd-offload" | "slbd-dr" | "baseline" | "baseline-offload" => {
+        "slbd" | "slbd-offload" | "slbd-dr" | "slbd-dr-offload" | "baseline"
+        | "baseline-offload" => {
             let mode = if variant.ends_with("offload") {
                 "offload"
             } else {
                 "packet"
             };
-            let forwarding = if variant == "slbd-dr" { "dr" } else { "nat" };
+            let forwarding = if variant.starts_with("slbd-dr") {
+                "dr"
+            } else {
+                "nat"
+            };
             let servers = |port: u16| {
                 (0..SERVERS)
                     .map(|i| format!("{}:{port}", server_ip(i)))
@@ -528,7 +535,13 @@ fn run_variant(lab: &Lab, variant: &str, o: &Options) -> Result<Vec<(Metric, f64
     // slbd's two modes.
     let flood = matches!(
         variant,
-        "nft-dnat" | "slbd" | "slbd-offload" | "slbd-dr" | "baseline" | "baseline-offload"
+        "nft-dnat"
+            | "slbd"
+            | "slbd-offload"
+            | "slbd-dr"
+            | "slbd-dr-offload"
+            | "baseline"
+            | "baseline-offload"
     );
     let workloads: Vec<&str> = o
         .workloads
@@ -538,7 +551,7 @@ fn run_variant(lab: &Lab, variant: &str, o: &Options) -> Result<Vec<(Metric, f64
             // HAProxy does not balance UDP; the servers' UDP echo answers from the address
             // its route picks (bound to 0.0.0.0, as most UDP daemons are), not from the VIP a
             // direct-routing request was sent to, so the client would never take its answer.
-            "udp" => variant != "haproxy" && variant != "slbd-dr",
+            "udp" => variant != "haproxy" && !variant.starts_with("slbd-dr"),
             "synflood" => flood,
             _ => true,
         })
