@@ -770,10 +770,12 @@ pub fn connect_from(
         bind, connect as nconnect, socket, AddressFamily, SockFlag, SockType, SockaddrIn,
     };
     use std::os::fd::{FromRawFd, IntoRawFd};
+    // Close-on-exec: a process a test starts later (slbd, restarted) must not keep the
+    // client's connection open after the test closes it.
     let fd = socket(
         AddressFamily::Inet,
         SockType::Stream,
-        SockFlag::empty(),
+        SockFlag::SOCK_CLOEXEC,
         None,
     )?;
     bind(

@@ -48,7 +48,8 @@ fn balanced_direct_and_intact(mode: &str) {
     const SIZE: usize = 256 << 20;
     let lab = Lab::new(2).unwrap();
     lab.direct_routing_servers().unwrap();
-    let slbd = lab.start_slbd(&dr_config(&lab, "ROUND_ROBIN", mode));
+    let config = dr_config(&lab, "ROUND_ROBIN", mode);
+    let slbd = lab.start_slbd(&config);
     let to = vip(SERVER_HTTP_PORT);
     let names: Vec<String> = in_ns(&lab.client(), || {
         (0..20)
@@ -101,19 +102,41 @@ fn balanced_direct_and_intact(mode: &str) {
         assert!(queued > 1000, "the requests went through slbd: {queued}");
         return;
     }
-    // 21 flows: their SYNs, and never the download's ACKs.
+    // 21 flows: each one's SYN and the segment after it (placed, it enters the kernel's map),
+    // and a segment or two the client sent before the entry was made; never the download's
+    // thousands of ACKs.
     assert!(
-        (21..=42).contains(&queued),
-        "only each flow's first packet reached slbd's queue: {queued}"
+        (42..=84).contains(&queued),
+        "only each flow's first packets reached slbd's queue: {queued}"
     );
-    held_flow_is_counted_while_the_kernel_carries_it(&lab, &slbd);
+    let mut slbd =
+        held_flow_outlives_slbd_and_is_counted_while_the_kernel_carries_it(&lab, slbd, &config);
+    let tables = lab.nft_tables();
+    assert!(
+        tables.contains("table ip slb") && tables.contains("table netdev slb"),
+        "{tables}"
+    );
+    slbd.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(slbd.wait(T), Some(0), "slbd stops cleanly");
+    assert_eq!(
+        lab.nft_tables(),
+        "",
+        "both of slbd's tables go when it stops"
+    );
 }
 
 /// A connection the kernel's flow map carries stays counted on its server past the time an
-/// unconfirmed flow would expire, keeps working, and leaves the count once it closes.
-fn held_flow_is_counted_while_the_kernel_carries_it(lab: &Lab, slbd: &Slbd) {
+/// unconfirmed flow would expire, keeps working through a `kill -9` of slbd and its restart
+/// (which adopts it from the map), and leaves the count once it closes. Returns the slbd
+/// running at the end.
+fn held_flow_outlives_slbd_and_is_counted_while_the_kernel_carries_it(
+    lab: &Lab,
+    first: Slbd,
+    config: &Value,
+) -> Slbd {
+    let mut slbd = first;
     // Live flows on server `name` (`s1`, `s2`), or on all with "".
-    let live = |name: &str| -> u64 {
+    let live = |slbd: &Slbd, name: &str| -> u64 {
         let (code, out, err) = lab.slbctl(slbd, &["--status", "--json"]);
         assert_eq!(code, 0, "{err}");
         let st: Value = serde_json::from_str(&out).unwrap();
@@ -127,29 +150,53 @@ fn held_flow_is_counted_while_the_kernel_carries_it(lab: &Lab, slbd: &Slbd) {
             .sum()
     };
     assert!(
-        eventually(Duration::from_secs(10), || live("") == 0),
+        eventually(Duration::from_secs(10), || live(&slbd, "") == 0),
         "the 21 closed flows leave the count: {}",
-        live("")
+        live(&slbd, "")
     );
-    in_ns(&lab.client(), || {
-        let (held, server) = hold_connection_to(vip(SERVER_HTTP_PORT));
+    let (held, server) = in_ns(&lab.client(), || hold_connection_to(vip(SERVER_HTTP_PORT)));
+    {
         assert!(
-            eventually(T, || live(&server) == 1),
+            eventually(T, || live(&slbd, &server) == 1),
             "the held flow is counted on {server}"
         );
         // Past the closing timeout (2 s), by which an unconfirmed flow would have gone.
         std::thread::sleep(Duration::from_secs(4));
         assert_eq!(
-            live(&server),
+            live(&slbd, &server),
             1,
             "the held flow is still counted on {server}"
         );
         assert_eq!(echo(&held, "still there", T).unwrap(), server);
+        // slbd dies: the kernel carries the flow on; started again, slbd adopts it.
+        slbd.signal(nix::sys::signal::Signal::SIGKILL);
+        slbd.wait(T);
+        assert_eq!(echo(&held, "slbd gone", T).unwrap(), server);
+        slbd = lab.start_slbd(config);
+        assert!(
+            eventually(T, || live(&slbd, &server) == 1),
+            "the restarted slbd counts the held flow on {server}"
+        );
+        assert_eq!(echo(&held, "slbd back", T).unwrap(), server);
         drop(held);
         assert!(
-            eventually(Duration::from_secs(10), || live("") == 0),
+            eventually(Duration::from_secs(10), || live(&slbd, "") == 0),
             "the closed flow leaves the count: {}",
-            live("")
+            live(&slbd, "")
         );
-    });
+    }
+    // Closed, the flows leave the kernel's map within the closing timeout (2 s), and the flow
+    // table with them.
+    let flows = || {
+        let (_, out, _) = lab.slbctl(&slbd, &["--status", "--json"]);
+        serde_json::from_str::<Value>(&out).unwrap()["flows"]
+            .as_u64()
+            .unwrap()
+    };
+    assert!(
+        eventually(Duration::from_secs(8), || flows() == 0),
+        "closed flows left in the table: {}",
+        flows()
+    );
+    slbd
 }

@@ -39,14 +39,17 @@ use crate::core::model::{Config, Forwarding, Mode, Service};
 use crate::core::net::{Ipv4Net, Protocol};
 
 mod dr;
+mod dr_flows;
 mod offload;
-pub use dr::{
-    dr_flows, dr_mark, phase_of, DrFlow, DrFlows, IfName, DR_CHAIN, DR_CLOSING, DR_FLOWS,
+pub use dr::{dr_mark, IfName, DR_CHAIN};
+pub use dr_flows::{
+    dr_flows, phase_of, DrFlow, DrFlows, DR_CLOSING, DR_FLOWS, DR_IN_CHAIN, DR_OUT_CHAIN,
 };
 pub mod syn_budget;
 mod syntax;
 
-/// The one table slbd owns (family `ip`). It never touches any other.
+/// slbd's table (family `ip`), and the name of its `netdev` table (offload direct routing's
+/// flows, [`dr_flows`]). It never touches any other.
 pub const TABLE: &str = "slb";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +57,10 @@ pub enum Hook {
     Prerouting,
     Input,
     Postrouting,
+    /// The netdev family's: a device's packets as they arrive, before the IP stack.
+    Ingress,
+    /// The netdev family's: a device's packets as they leave.
+    Egress,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -258,6 +265,8 @@ pub enum Match {
     MarkAddressIn(Ipv4Net),
     /// The packet's flow is in the set of closing flows ([`DR_CLOSING`]).
     FlowClosing,
+    /// An IPv4 packet (`meta protocol ip`): the netdev family sees every protocol.
+    Ipv4,
 }
 
 /// The seed of [`Match::SourceHash`]: fixed, so a client's overflow server is the same
@@ -288,6 +297,9 @@ pub enum Action {
     /// `meta mark set ip saddr . meta l4proto . th sport . th dport map @dr_flows`: the mark
     /// of the packet's flow in the flow map; the rule ends here for a flow it does not hold.
     MarkFromFlows,
+    /// `fwd ip to meta mark device DEV` (netdev): the packet, its TTL lowered, straight out of
+    /// DEV to the MAC of the address the mark holds.
+    FwdToMarkAddress(IfName),
     /// `update @dr_flows { ip saddr . meta l4proto . th sport . th dport timeout T : meta
     /// mark }`: the flow enters the map with the packet's mark, or keeps the one it has and
     /// renews its timeout.
@@ -314,7 +326,8 @@ pub struct Ruleset {
     pub rules: Vec<Rule>,
     /// The set of known clients the SYN budget's rules read and fill, when there is one.
     pub known_clients: Option<syn_budget::KnownClients>,
-    /// The map of offload direct-routing flows, when there is one.
+    /// The netdev table of offload direct-routing flows, when there is one; its rules are
+    /// the ones in [`Ruleset::NETDEV_CHAINS`].
     pub dr_flows: Option<DrFlows>,
 }
 
@@ -330,6 +343,9 @@ impl Ruleset {
         SNAT_CHAIN,
         REPLY_GUARD_CHAIN,
     ];
+
+    /// The netdev table's chains.
+    pub const NETDEV_CHAINS: [Chain; 2] = [DR_IN_CHAIN, DR_OUT_CHAIN];
 
     /// How many rules go in `chain`, for checking what the kernel reports back.
     pub fn count_in(&self, chain: &str) -> usize {
@@ -366,7 +382,7 @@ pub fn plan(
                 format!("request {}", s.name()),
             ),
             Mode::Offload if s.forwarding == Forwarding::Dr => {
-                rules.extend(dr::offload_request_rules(config, s, queues));
+                rules.push(dr::offload_request_rule(config, s, queues));
                 continue;
             }
             Mode::Offload => (
@@ -405,6 +421,7 @@ pub fn plan(
         });
     }
     rules.extend(dr::rules(config));
+    rules.extend(dr_flows::rules(config));
     // Direct routing's servers answer clients themselves: no reply of theirs is slbd's.
     let mut reply_ports: Vec<(Protocol, u16)> = config
         .services

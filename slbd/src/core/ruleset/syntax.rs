@@ -51,6 +51,7 @@ impl fmt::Display for Match {
             }
             Match::MarkAddressIn(n) => write!(f, "meta mark (as an address) {n}"),
             Match::FlowClosing => write!(f, "{FLOW_KEY} @{DR_CLOSING}"),
+            Match::Ipv4 => f.write_str("meta protocol ip"),
         }
     }
 }
@@ -99,6 +100,9 @@ impl fmt::Display for Action {
                 "update @{DR_FLOWS} {{ {FLOW_KEY} timeout {}ms : meta mark }}",
                 timeout.as_millis()
             ),
+            Action::FwdToMarkAddress(dev) => {
+                write!(f, "fwd ip to meta mark device \"{}\"", dev.as_str())
+            }
             Action::MarkClosing => write!(f, "update @{DR_CLOSING} {{ {FLOW_KEY} }}"),
             Action::ForgetFlow => write!(
                 f,

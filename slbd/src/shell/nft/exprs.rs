@@ -2,7 +2,8 @@
 //! crate has no builder for them or builds them wrong for an `ip` table: `notrack`, `ct event
 //! set`, `reject` with ICMP codes, `dup`, single transport-header bytes, the native `queue`, the xtables
 //! `NFQUEUE` target, `jhash`, the set lookup, update and `limit` of the SYN budget, and the
-//! flow map's key loads (into registers of choice), lookup and update.
+//! flow map's key loads (into registers of choice), lookup, update and delete, and the netdev
+//! family's `fwd`.
 //! Side effects: allocations owned by libnftnl, freed with the rule.
 
 use std::ptr::NonNull;
@@ -318,6 +319,30 @@ impl Expression for Dynset {
             if let Some(ms) = self.timeout_ms {
                 sys::nftnl_expr_set_u64(e, sys::NFTNL_EXPR_DYNSET_TIMEOUT as u16, ms);
             }
+        }
+        expr
+    }
+}
+
+/// `fwd ip to` the IPv4 address in register 1 `device` the index in register 2 (netdev):
+/// out of that device to the address's MAC, by the neighbour table, its TTL lowered.
+pub(super) struct FwdNeigh;
+
+impl Expression for FwdNeigh {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        const NFT_REG_1: u32 = 1;
+        const NFT_REG_2: u32 = 2;
+        let expr = alloc_expr!(c"fwd");
+        // SAFETY: a live, non-NULL `fwd` expression and integer keys of its own.
+        unsafe {
+            let e = expr.as_ptr();
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_FWD_SREG_DEV as u16, NFT_REG_2);
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_FWD_SREG_ADDR as u16, NFT_REG_1);
+            sys::nftnl_expr_set_u32(
+                e,
+                sys::NFTNL_EXPR_FWD_NFPROTO as u16,
+                sys::libc::NFPROTO_IPV4 as u32,
+            );
         }
         expr
     }

@@ -1,6 +1,7 @@
 //! SHELL: reads the flow map of offload direct-routing flows ([`ruleset::DR_FLOWS`]) out of
-//! slbd's table, for the daemon's once-a-second resync. Side effects: none (a dump).
+//! slbd's netdev table, for the daemon's once-a-second resync. Side effects: none (a dump).
 
+use std::ffi::CStr;
 use std::io;
 
 use nftnl::nftnl_sys as sys;
@@ -11,6 +12,22 @@ use crate::core::ruleset::{self, DrFlow};
 
 /// Every entry of the flow map; an empty list when the table has no map.
 pub fn dr_flows() -> io::Result<Vec<DrFlow>> {
+    debug_assert_eq!(ruleset::DR_FLOWS, "dr_flows");
+    Ok(elements(c"dr_flows")?
+        .into_iter()
+        .filter_map(|e| DrFlow::from_entry(&e.key, &e.data, e.timeout))
+        .collect())
+}
+
+/// A set element as the kernel lists it.
+struct Element {
+    key: Vec<u8>,
+    data: Vec<u8>,
+    timeout: std::time::Duration,
+}
+
+/// Every element of slbd's netdev set `name`; none when there is no such set.
+fn elements(name: &CStr) -> io::Result<Vec<Element>> {
     let socket = mnl::Socket::new(mnl::Bus::Netfilter)?;
     let portid = socket.portid();
     let seq = 1;
@@ -24,7 +41,7 @@ pub fn dr_flows() -> io::Result<Vec<DrFlow>> {
         let nlh = sys::nftnl_nlmsg_build_hdr(
             request.as_mut_ptr() as *mut sys::libc::c_char,
             sys::libc::NFT_MSG_GETSETELEM as u16,
-            ProtoFamily::Ipv4 as u16,
+            ProtoFamily::NetDev as u16,
             (sys::libc::NLM_F_DUMP | sys::libc::NLM_F_ACK) as u16,
             seq,
         );
@@ -33,14 +50,13 @@ pub fn dr_flows() -> io::Result<Vec<DrFlow>> {
             return Err(io::Error::from(io::ErrorKind::OutOfMemory));
         }
         sys::nftnl_set_set_str(set, sys::NFTNL_SET_TABLE as u16, table.as_ptr());
-        sys::nftnl_set_set_str(set, sys::NFTNL_SET_NAME as u16, c"dr_flows".as_ptr());
+        sys::nftnl_set_set_str(set, sys::NFTNL_SET_NAME as u16, name.as_ptr());
         sys::nftnl_set_elems_nlmsg_build_payload(nlh, set);
         sys::nftnl_set_free(set);
         let len = (*nlh).nlmsg_len as usize;
         socket.send(&request[..len])?;
     }
-    debug_assert_eq!(ruleset::DR_FLOWS, "dr_flows");
-    let mut flows = Vec::new();
+    let mut out = Vec::new();
     let mut buf = NlBuf::new();
     let buffer = buf.bytes();
     loop {
@@ -48,21 +64,21 @@ pub fn dr_flows() -> io::Result<Vec<DrFlow>> {
         if n == 0 {
             break;
         }
-        match mnl::cb_run2(&buffer[..n], seq, portid, elems_cb, &mut flows) {
+        match mnl::cb_run2(&buffer[..n], seq, portid, elems_cb, &mut out) {
             Ok(mnl::CbResult::Stop) => break,
             Ok(mnl::CbResult::Ok) => {}
-            // No map (no offload direct-routing service, or no table yet): no flows.
+            // No set (no offload direct-routing service, or no table yet): no elements.
             Err(e) if e.raw_os_error() == Some(sys::libc::ENOENT) => return Ok(Vec::new()),
             Err(e) => return Err(e),
         }
     }
-    Ok(flows)
+    Ok(out)
 }
 
-fn elems_cb(header: &sys::libc::nlmsghdr, flows: &mut Vec<DrFlow>) -> sys::libc::c_int {
+fn elems_cb(header: &sys::libc::nlmsghdr, out: &mut Vec<Element>) -> sys::libc::c_int {
     // SAFETY: `header` is a whole netlink message libmnl validated against the buffer; `set`
     // and `iter` are checked for NULL and freed on every path; the key and data pointers
-    // belong to the element, live while `set` is, and are read within the lengths libnftnl
+    // belong to the element, live while `set` is, and are copied within the lengths libnftnl
     // reports.
     unsafe {
         let set = sys::nftnl_set_alloc();
@@ -78,22 +94,19 @@ fn elems_cb(header: &sys::libc::nlmsghdr, flows: &mut Vec<DrFlow>) -> sys::libc:
                         let mut len = 0u32;
                         let p = sys::nftnl_set_elem_get(elem, attr as u16, &mut len);
                         if p.is_null() {
-                            &[][..]
+                            Vec::new()
                         } else {
-                            std::slice::from_raw_parts(p as *const u8, len as usize)
+                            std::slice::from_raw_parts(p as *const u8, len as usize).to_vec()
                         }
                     };
-                    let timeout = std::time::Duration::from_millis(sys::nftnl_set_elem_get_u64(
-                        elem,
-                        sys::NFTNL_SET_ELEM_TIMEOUT as u16,
-                    ));
-                    let (key, data) = (
-                        bytes(sys::NFTNL_SET_ELEM_KEY),
-                        bytes(sys::NFTNL_SET_ELEM_DATA),
-                    );
-                    if let Some(f) = DrFlow::from_entry(key, data, timeout) {
-                        flows.push(f);
-                    }
+                    out.push(Element {
+                        key: bytes(sys::NFTNL_SET_ELEM_KEY),
+                        data: bytes(sys::NFTNL_SET_ELEM_DATA),
+                        timeout: std::time::Duration::from_millis(sys::nftnl_set_elem_get_u64(
+                            elem,
+                            sys::NFTNL_SET_ELEM_TIMEOUT as u16,
+                        )),
+                    });
                     elem = sys::nftnl_set_elems_iter_next(iter);
                 }
                 sys::nftnl_set_elems_iter_destroy(iter);

@@ -1,6 +1,7 @@
 //! SHELL: writes a [`Ruleset`] into the kernel as slbd's own nftables table, in one atomic
 //! batch through `nftnl` + `mnl`, checks every ACK, and reads the table back to verify it.
-//! Side effects: creates, refills, replaces and deletes the table `ip slb`, and nothing else.
+//! Side effects: creates, refills, replaces and deletes the tables `ip slb` and (offload
+//! direct routing only) `netdev slb`, and nothing else.
 //!
 //! NFQUEUE comes in two forms. Kernels with `nft_queue` take the native `queue` expression;
 //! kernels without it (CONFIG_NFT_QUEUE unset) still take the xtables `NFQUEUE` target through
@@ -14,12 +15,18 @@ use nftnl::expr::{
     Bitwise, Cmp, CmpOp, Conntrack, Immediate, Meta, Nat, NatType, Payload, Register, Verdict,
 };
 use nftnl::nftnl_sys as sys;
-use nftnl::set::Set;
 use nftnl::{Batch, Chain, FinalizedBatch, MsgType, ProtoFamily, Rule, Table};
 
 mod exprs;
 mod flow_map;
+mod readback;
+mod sets;
 pub use flow_map::dr_flows;
+pub use readback::list_rule_chains;
+use readback::verify;
+use sets::{
+    add_flow_key, add_flow_key_and_mark, dr_closing_set, dr_flows_map, known_clients_set, set_ref,
+};
 
 use crate::core::net::Protocol;
 use crate::core::ruleset::syn_budget::KnownClients;
@@ -112,24 +119,32 @@ static COMMITTED: parking_lot::Mutex<Option<Sets>> = parking_lot::Mutex::new(Non
 /// re-added, the chains and their hooks stay. Replacing the table would unregister its hooks,
 /// and the kernel drops every packet waiting in the queue when a hook goes (a SYN then waits
 /// for its retransmission, a second later). The first commit, and one whose sets (the known
-/// clients', the flow map) changed shape, replace the whole table (one left by an earlier slbd is taken over
-/// without a moment where the VIP is unguarded).
+/// clients', the flow map) changed shape, replace the whole `ip` table (one left by an
+/// earlier slbd is taken over without a moment where the VIP is unguarded). The netdev table
+/// is refilled even then when it can be, so the flows its map carries outlive a restart of
+/// slbd (which adopts them from the map); one that cannot (its devices or its sets changed)
+/// is replaced too.
 pub fn apply(rules: &Ruleset, backend: QueueBackend) -> Result<(), NftError> {
     let mut committed = COMMITTED.lock();
     let sets = (rules.known_clients, rules.dr_flows);
-    let refilled = *committed == Some(sets) && send(&batch(rules, backend, Commit::Refill)).is_ok();
+    let done = |how| send(&batch(rules, backend, how)).is_ok();
+    let refilled = *committed == Some(sets) && done(Commit::Refill);
     if !refilled {
         *committed = None;
-        send(&batch(rules, backend, Commit::Replace))?;
+        if !done(Commit::Replace) {
+            send(&batch(rules, backend, Commit::ReplaceAll))?;
+        }
     }
     *committed = Some(sets);
     verify(rules)
 }
 
-/// How [`apply`] writes the table.
+/// How [`apply`] writes the tables.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Commit {
-    /// Delete the table and create it again.
+    /// Delete both tables and create them again.
+    ReplaceAll,
+    /// Delete the `ip` table and create it again; refill the netdev table.
     Replace,
     /// Flush each chain and fill it again.
     Refill,
@@ -138,40 +153,43 @@ enum Commit {
 fn batch(rules: &Ruleset, backend: QueueBackend, how: Commit) -> FinalizedBatch {
     let name = table_name();
     let table = Table::new(&name, ProtoFamily::Ipv4);
-    let chains: Vec<Chain> = Ruleset::CHAINS
-        .iter()
-        .map(|c| {
-            let cname = CString::new(c.name).expect("no NUL in chain names");
-            let mut chain = Chain::new(&cname, &table);
-            let hook = match c.hook {
-                Hook::Prerouting => nftnl::Hook::PreRouting,
-                Hook::Input => nftnl::Hook::In,
-                Hook::Postrouting => nftnl::Hook::PostRouting,
-            };
-            chain.set_hook(hook, c.priority);
-            chain.set_type(match c.kind {
-                ChainKind::Filter => nftnl::ChainType::Filter,
-                ChainKind::Nat => nftnl::ChainType::Nat,
-            });
-            chain.set_policy(nftnl::Policy::Accept);
-            chain
-        })
-        .collect();
+    let netdev = Table::new(&name, ProtoFamily::NetDev);
+    let mut chains = chains_of(&table, &Ruleset::CHAINS, None);
     let mut batch = Batch::new();
     // Without NLM_F_EXCL, adding what exists is a no-op: the table and chains stand either way.
-    batch.add(&table, MsgType::Add);
-    if how == Commit::Replace {
-        batch.add(&table, MsgType::Del);
-        batch.add(&table, MsgType::Add);
+    let tables: &[&Table] = if rules.dr_flows.is_some() {
+        &[&table, &netdev]
+    } else {
+        // No offload direct routing: no netdev table (adding it first makes the delete
+        // succeed whether or not it was there).
+        batch.add(&netdev, MsgType::Add);
+        batch.add(&netdev, MsgType::Del);
+        &[&table]
+    };
+    for t in tables {
+        batch.add(*t, MsgType::Add);
+        let replaced = how == Commit::ReplaceAll
+            || (how == Commit::Replace && t.get_family() == ProtoFamily::Ipv4);
+        if replaced {
+            batch.add(*t, MsgType::Del);
+            batch.add(*t, MsgType::Add);
+        }
+    }
+    let ip_chains = chains.len();
+    if let Some(m) = rules.dr_flows {
+        chains.extend(chains_of(&netdev, &Ruleset::NETDEV_CHAINS, Some(m)));
     }
     for c in &chains {
         batch.add(c, MsgType::Add);
     }
-    if how == Commit::Refill {
-        // A rule delete naming a chain and no handle flushes the chain.
-        for c in &chains {
-            batch.add(&Rule::new(c), MsgType::Del);
-        }
+    // A rule delete naming a chain and no handle flushes the chain.
+    let flushed = match how {
+        Commit::Refill => &chains[..],
+        Commit::Replace => &chains[ip_chains..],
+        Commit::ReplaceAll => &[],
+    };
+    for c in flushed {
+        batch.add(&Rule::new(c), MsgType::Del);
     }
     // An existing set of the same shape is kept, and with it the clients (or the flows) it
     // holds.
@@ -181,7 +199,7 @@ fn batch(rules: &Ruleset, backend: QueueBackend, how: Commit) -> FinalizedBatch 
     }
     let flows = rules
         .dr_flows
-        .map(|m| (dr_flows_map(&table, m), dr_closing_set(&table, m)));
+        .map(|m| (dr_flows_map(&netdev, m), dr_closing_set(&netdev, m)));
     if let Some((map, closing)) = &flows {
         batch.add(map, MsgType::Add);
         batch.add(closing, MsgType::Add);
@@ -190,147 +208,64 @@ fn batch(rules: &Ruleset, backend: QueueBackend, how: Commit) -> FinalizedBatch 
         let chain = chains
             .iter()
             .find(|c| c.get_name().to_bytes() == r.chain.name.as_bytes())
-            .expect("every rule's chain is in CHAINS");
+            .expect("every rule's chain is in CHAINS or NETDEV_CHAINS");
         batch.add(&build_rule(chain, r, backend), MsgType::Add);
     }
     batch.finalize()
 }
 
-/// The SYN budget's set of known clients: addresses that time out, filled by rules.
-fn known_clients_set(
-    table: &Table,
-    k: ruleset::syn_budget::KnownClients,
-) -> Set<'_, std::net::Ipv4Addr> {
-    let r = set_ref(ruleset::syn_budget::KNOWN_CLIENTS);
-    let set = Set::new_named(r.name, r.id, table, ProtoFamily::Ipv4);
-    let flags = (sys::libc::NFT_SET_TIMEOUT | sys::libc::NFT_SET_EVAL) as u32;
-    // SAFETY: the set is live (owned by `set`, never NULL) and these are integer attributes
-    // libnftnl copies.
-    unsafe {
-        let p = set.as_ptr().as_ptr();
-        sys::nftnl_set_set_u32(p, sys::NFTNL_SET_FLAGS as u16, flags);
-        sys::nftnl_set_set_u64(
-            p,
-            sys::NFTNL_SET_TIMEOUT as u16,
-            k.timeout.as_millis() as u64,
-        );
-        sys::nftnl_set_set_u32(p, sys::NFTNL_SET_DESC_SIZE as u16, k.size);
-    }
-    set
-}
-
-/// The flow map's key: `ipv4_addr . inet_proto . inet_service . inet_service`, each field in
-/// a 4-byte register of its own.
-struct FlowMapKey;
-
-impl nftnl::set::SetKey for FlowMapKey {
-    // nft's concatenated type: each field's type id shifted in by 6 bits (TYPE_BITS), in
-    // order: ipv4_addr (7), inet_proto (12), inet_service (13) twice. Only `nft list` reads it.
-    const TYPE: u32 = ((7 << 6 | 12) << 6 | 13) << 6 | 13;
-    const LEN: u32 = 16;
-
-    fn data(&self) -> Box<[u8]> {
-        Box::new([0; 16])
-    }
-}
-
-/// The map of offload direct-routing flows: keys that time out, each to a mark (nft's
-/// `mark` type, 19), filled by rules.
-fn dr_flows_map(table: &Table, m: ruleset::DrFlows) -> Set<'_, FlowMapKey> {
-    let r = set_ref(ruleset::DR_FLOWS);
-    let set = Set::new_named(r.name, r.id, table, ProtoFamily::Ipv4);
-    let flags =
-        (sys::libc::NFT_SET_MAP | sys::libc::NFT_SET_TIMEOUT | sys::libc::NFT_SET_EVAL) as u32;
-    // SAFETY: as in `known_clients_set`.
-    unsafe {
-        let p = set.as_ptr().as_ptr();
-        sys::nftnl_set_set_u32(p, sys::NFTNL_SET_FLAGS as u16, flags);
-        sys::nftnl_set_set_u32(p, sys::NFTNL_SET_DATA_TYPE as u16, 19);
-        sys::nftnl_set_set_u32(p, sys::NFTNL_SET_DATA_LEN as u16, 4);
-        sys::nftnl_set_set_u32(p, sys::NFTNL_SET_DESC_SIZE as u16, m.size);
-    }
-    set
-}
-
-/// The set of closing flows: the flow map's keys, timing out after the closing timeout.
-fn dr_closing_set(table: &Table, m: ruleset::DrFlows) -> Set<'_, FlowMapKey> {
-    let r = set_ref(ruleset::DR_CLOSING);
-    let set = Set::new_named(r.name, r.id, table, ProtoFamily::Ipv4);
-    let flags = (sys::libc::NFT_SET_TIMEOUT | sys::libc::NFT_SET_EVAL) as u32;
-    // SAFETY: as in `known_clients_set`.
-    unsafe {
-        let p = set.as_ptr().as_ptr();
-        sys::nftnl_set_set_u32(p, sys::NFTNL_SET_FLAGS as u16, flags);
-        sys::nftnl_set_set_u64(
-            p,
-            sys::NFTNL_SET_TIMEOUT as u16,
-            m.closing.as_millis() as u64,
-        );
-        sys::nftnl_set_set_u32(p, sys::NFTNL_SET_DESC_SIZE as u16, m.size);
-    }
-    set
-}
-
-/// A set the ruleset names, as rules and the batch name it: slbd's table has these three.
-fn set_ref(name: &str) -> exprs::SetRef {
-    if name == ruleset::DR_FLOWS {
-        exprs::SetRef {
-            name: c"dr_flows",
-            id: 2,
-        }
-    } else if name == ruleset::DR_CLOSING {
-        exprs::SetRef {
-            name: c"dr_closing",
-            id: 3,
-        }
-    } else {
-        debug_assert_eq!(name, ruleset::syn_budget::KNOWN_CLIENTS);
-        exprs::SetRef {
-            name: c"known_clients",
-            id: 1,
-        }
-    }
-}
-
-/// [`add_flow_key`], and the packet's mark into register 2, past the key's registers.
-fn add_flow_key_and_mark(rule: &mut Rule) {
-    add_flow_key(rule);
-    rule.add_expr(&exprs::MetaTo {
-        key: sys::libc::NFT_META_MARK as u32,
-        dreg: 2,
-    });
-}
-
-/// Loads the flow map's key from the packet: the client's address into register 1, the
-/// protocol and both ports into the 4-byte registers after it (9 to 11), as nft lays out a
-/// concatenation.
-fn add_flow_key(rule: &mut Rule) {
-    use nftnl::expr::{Ipv4HeaderField, NetworkHeaderField};
-    rule.add_expr(&Payload::Network(NetworkHeaderField::Ipv4(
-        Ipv4HeaderField::Saddr,
-    )));
-    rule.add_expr(&exprs::MetaTo {
-        key: sys::libc::NFT_META_L4PROTO as u32,
-        dreg: 9,
-    });
-    for (offset, dreg) in [(0, 10), (2, 11)] {
-        rule.add_expr(&exprs::TransportTo {
-            offset,
-            len: 2,
-            dreg,
-        });
-    }
+/// The base chains `specs` of `table`; a netdev chain is bound to its device in `devices`.
+fn chains_of<'a>(
+    table: &'a Table,
+    specs: &[ruleset::Chain],
+    devices: Option<ruleset::DrFlows>,
+) -> Vec<Chain<'a>> {
+    // The crate's hooks are the ip family's; the netdev family's ingress and egress hooks
+    // have the numbers of its prerouting and input.
+    const _: () = assert!(
+        sys::libc::NF_NETDEV_INGRESS == sys::libc::NF_INET_PRE_ROUTING
+            && sys::libc::NF_NETDEV_EGRESS == sys::libc::NF_INET_LOCAL_IN
+    );
+    specs
+        .iter()
+        .map(|c| {
+            let cname = CString::new(c.name).expect("no NUL in chain names");
+            let mut chain = Chain::new(&cname, table);
+            let hook = match c.hook {
+                Hook::Prerouting | Hook::Ingress => nftnl::Hook::PreRouting,
+                Hook::Input | Hook::Egress => nftnl::Hook::In,
+                Hook::Postrouting => nftnl::Hook::PostRouting,
+            };
+            chain.set_hook(hook, c.priority);
+            chain.set_type(match c.kind {
+                ChainKind::Filter => nftnl::ChainType::Filter,
+                ChainKind::Nat => nftnl::ChainType::Nat,
+            });
+            chain.set_policy(nftnl::Policy::Accept);
+            let device = match (c.hook, devices) {
+                (Hook::Ingress, Some(d)) => Some(d.ingress),
+                (Hook::Egress, Some(d)) => Some(d.egress),
+                _ => None,
+            };
+            if let Some(dev) = device.and_then(|d| CString::new(d.as_str()).ok()) {
+                chain.set_device(dev);
+            }
+            chain
+        })
+        .collect()
 }
 
 /// Deletes slbd's table if it exists.
 pub fn remove() -> Result<(), NftError> {
     *COMMITTED.lock() = None;
     let name = table_name();
-    let table = Table::new(&name, ProtoFamily::Ipv4);
     let mut batch = Batch::new();
-    // Adding first makes the delete succeed whether or not the table was there.
-    batch.add(&table, MsgType::Add);
-    batch.add(&table, MsgType::Del);
+    for family in [ProtoFamily::Ipv4, ProtoFamily::NetDev] {
+        let table = Table::new(&name, family);
+        // Adding first makes the delete succeed whether or not the table was there.
+        batch.add(&table, MsgType::Add);
+        batch.add(&table, MsgType::Del);
+    }
     send(&batch.finalize())
 }
 
@@ -413,6 +348,13 @@ fn build_rule<'a>(chain: &'a Chain<'a>, r: &ruleset::Rule, backend: QueueBackend
                     data: Some(2),
                     timeout_ms: Some(timeout.as_millis() as u64),
                 });
+            }
+            Action::FwdToMarkAddress(dev) => {
+                // The mark holds the address as `fwd` reads one (`dr_mark`).
+                rule.add_expr(&Meta::Mark { set: false });
+                let index = nix::net::if_::if_nametoindex(dev.as_str()).unwrap_or(0);
+                rule.add_expr(&Immediate::new(index, Register::Reg2));
+                rule.add_expr(&exprs::FwdNeigh);
             }
             Action::MarkClosing => {
                 add_flow_key(&mut rule);
@@ -533,6 +475,10 @@ fn add_match(rule: &mut Rule, m: &Match) {
             rule.add_expr(&Bitwise::new(mask, 0u8));
             rule.add_expr(&Cmp::new(CmpOp::Eq, value));
         }
+        Match::Ipv4 => {
+            rule.add_expr(&Meta::Protocol);
+            rule.add_expr(&Cmp::new(CmpOp::Eq, &0x0800u16.to_be_bytes()[..]));
+        }
         Match::FlowClosing => {
             add_flow_key(rule);
             rule.add_expr(&exprs::Lookup {
@@ -607,95 +553,4 @@ fn send(batch: &FinalizedBatch) -> Result<(), NftError> {
         }
     }
     Ok(())
-}
-
-/// Reads the table's rules back and checks each chain holds what was planned.
-fn verify(rules: &Ruleset) -> Result<(), NftError> {
-    let found = list_rule_chains().map_err(|source| NftError::Dump {
-        table: ruleset::TABLE,
-        source,
-    })?;
-    for c in Ruleset::CHAINS {
-        let expected = rules.count_in(c.name);
-        let n = found.iter().filter(|name| name.as_str() == c.name).count();
-        if n != expected {
-            return Err(NftError::Verify {
-                table: ruleset::TABLE,
-                chain: c.name,
-                expected,
-                found: n,
-            });
-        }
-    }
-    Ok(())
-}
-
-/// The chain name of every rule in slbd's table, from a rule dump.
-pub fn list_rule_chains() -> io::Result<Vec<String>> {
-    let socket = mnl::Socket::new(mnl::Bus::Netfilter)?;
-    let portid = socket.portid();
-    let seq = 1;
-    let mut request_buf = NlBuf::new();
-    let request = request_buf.bytes();
-    let name = table_name();
-    // SAFETY: `request` is an nlmsghdr-aligned buffer of nft_nlmsg_maxsize bytes, which is
-    // what nftnl_nlmsg_build_hdr and a rule payload need; `filter` is checked for NULL and
-    // freed after its payload is written; `nlh` points into `request`, which outlives it.
-    unsafe {
-        let nlh = sys::nftnl_nlmsg_build_hdr(
-            request.as_mut_ptr() as *mut sys::libc::c_char,
-            sys::libc::NFT_MSG_GETRULE as u16,
-            ProtoFamily::Ipv4 as u16,
-            (sys::libc::NLM_F_DUMP | sys::libc::NLM_F_ACK) as u16,
-            seq,
-        );
-        let filter = sys::nftnl_rule_alloc();
-        if filter.is_null() {
-            return Err(io::Error::from(io::ErrorKind::OutOfMemory));
-        }
-        sys::nftnl_rule_set_str(filter, sys::NFTNL_RULE_TABLE as u16, name.as_ptr());
-        sys::nftnl_rule_nlmsg_build_payload(nlh, filter);
-        sys::nftnl_rule_free(filter);
-        let len = (*nlh).nlmsg_len as usize;
-        socket.send(&request[..len])?;
-    }
-    let mut chains: Vec<String> = Vec::new();
-    let mut buf = NlBuf::new();
-    let buffer = buf.bytes();
-    loop {
-        let n = socket.recv_raw(buffer)?;
-        if n == 0 {
-            break;
-        }
-        match mnl::cb_run2(&buffer[..n], seq, portid, rule_chain_cb, &mut chains)? {
-            mnl::CbResult::Stop => break,
-            mnl::CbResult::Ok => {}
-        }
-    }
-    Ok(chains)
-}
-
-fn rule_chain_cb(header: &sys::libc::nlmsghdr, chains: &mut Vec<String>) -> sys::libc::c_int {
-    // SAFETY: `header` is a whole netlink message libmnl validated against the buffer;
-    // `rule` is checked for NULL and freed on every path; the strings nftnl returns belong
-    // to `rule` and are copied before it is freed.
-    unsafe {
-        let rule = sys::nftnl_rule_alloc();
-        if rule.is_null() {
-            return -1; // MNL_CB_ERROR: out of memory
-        }
-        if sys::nftnl_rule_nlmsg_parse(header, rule) >= 0 {
-            let table = sys::nftnl_rule_get_str(rule, sys::NFTNL_RULE_TABLE as u16);
-            let chain = sys::nftnl_rule_get_str(rule, sys::NFTNL_RULE_CHAIN as u16);
-            // The kernel filters the dump by table; checking again costs nothing.
-            if !table.is_null()
-                && !chain.is_null()
-                && CStr::from_ptr(table).to_bytes() == ruleset::TABLE.as_bytes()
-            {
-                chains.push(CStr::from_ptr(chain).to_string_lossy().into_owned());
-            }
-        }
-        sys::nftnl_rule_free(rule);
-    }
-    1 // MNL_CB_OK
 }

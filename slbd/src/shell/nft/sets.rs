@@ -1,0 +1,137 @@
+//! SHELL: the sets of slbd's tables as libnftnl builds them (the known clients', the flow map
+//! and the closing flows), the names and transaction ids rules refer to them by, and the
+//! loads of the flow map's key. Side effects: allocations owned by libnftnl.
+
+use nftnl::expr::Payload;
+use nftnl::nftnl_sys as sys;
+use nftnl::set::Set;
+use nftnl::{ProtoFamily, Rule, Table};
+
+use super::exprs;
+use crate::core::ruleset;
+
+/// The SYN budget's set of known clients: addresses that time out, filled by rules.
+pub(super) fn known_clients_set(
+    table: &Table,
+    k: ruleset::syn_budget::KnownClients,
+) -> Set<'_, std::net::Ipv4Addr> {
+    let r = set_ref(ruleset::syn_budget::KNOWN_CLIENTS);
+    let set = Set::new_named(r.name, r.id, table, ProtoFamily::Ipv4);
+    let flags = (sys::libc::NFT_SET_TIMEOUT | sys::libc::NFT_SET_EVAL) as u32;
+    // SAFETY: the set is live (owned by `set`, never NULL) and these are integer attributes
+    // libnftnl copies.
+    unsafe {
+        let p = set.as_ptr().as_ptr();
+        sys::nftnl_set_set_u32(p, sys::NFTNL_SET_FLAGS as u16, flags);
+        sys::nftnl_set_set_u64(
+            p,
+            sys::NFTNL_SET_TIMEOUT as u16,
+            k.timeout.as_millis() as u64,
+        );
+        sys::nftnl_set_set_u32(p, sys::NFTNL_SET_DESC_SIZE as u16, k.size);
+    }
+    set
+}
+
+/// The flow map's key: `ipv4_addr . inet_proto . inet_service . inet_service`, each field in
+/// a 4-byte register of its own.
+pub(super) struct FlowMapKey;
+
+impl nftnl::set::SetKey for FlowMapKey {
+    // nft's concatenated type: each field's type id shifted in by 6 bits (TYPE_BITS), in
+    // order: ipv4_addr (7), inet_proto (12), inet_service (13) twice. Only `nft list` reads it.
+    const TYPE: u32 = ((7 << 6 | 12) << 6 | 13) << 6 | 13;
+    const LEN: u32 = 16;
+
+    fn data(&self) -> Box<[u8]> {
+        Box::new([0; 16])
+    }
+}
+
+/// The map of offload direct-routing flows: keys that time out, each to a mark (nft's
+/// `mark` type, 19), filled by rules.
+pub(super) fn dr_flows_map(table: &Table, m: ruleset::DrFlows) -> Set<'_, FlowMapKey> {
+    let r = set_ref(ruleset::DR_FLOWS);
+    let set = Set::new_named(r.name, r.id, table, ProtoFamily::Ipv4);
+    let flags =
+        (sys::libc::NFT_SET_MAP | sys::libc::NFT_SET_TIMEOUT | sys::libc::NFT_SET_EVAL) as u32;
+    // SAFETY: as in `known_clients_set`.
+    unsafe {
+        let p = set.as_ptr().as_ptr();
+        sys::nftnl_set_set_u32(p, sys::NFTNL_SET_FLAGS as u16, flags);
+        sys::nftnl_set_set_u32(p, sys::NFTNL_SET_DATA_TYPE as u16, 19);
+        sys::nftnl_set_set_u32(p, sys::NFTNL_SET_DATA_LEN as u16, 4);
+        sys::nftnl_set_set_u32(p, sys::NFTNL_SET_DESC_SIZE as u16, m.size);
+    }
+    set
+}
+
+/// The set of closing flows: the flow map's keys, timing out after the closing timeout.
+pub(super) fn dr_closing_set(table: &Table, m: ruleset::DrFlows) -> Set<'_, FlowMapKey> {
+    let r = set_ref(ruleset::DR_CLOSING);
+    let set = Set::new_named(r.name, r.id, table, ProtoFamily::Ipv4);
+    let flags = (sys::libc::NFT_SET_TIMEOUT | sys::libc::NFT_SET_EVAL) as u32;
+    // SAFETY: as in `known_clients_set`.
+    unsafe {
+        let p = set.as_ptr().as_ptr();
+        sys::nftnl_set_set_u32(p, sys::NFTNL_SET_FLAGS as u16, flags);
+        sys::nftnl_set_set_u64(
+            p,
+            sys::NFTNL_SET_TIMEOUT as u16,
+            m.closing.as_millis() as u64,
+        );
+        sys::nftnl_set_set_u32(p, sys::NFTNL_SET_DESC_SIZE as u16, m.size);
+    }
+    set
+}
+
+/// A set the ruleset names, as rules and the batch name it: slbd's table has these three.
+pub(super) fn set_ref(name: &str) -> exprs::SetRef {
+    if name == ruleset::DR_FLOWS {
+        exprs::SetRef {
+            name: c"dr_flows",
+            id: 2,
+        }
+    } else if name == ruleset::DR_CLOSING {
+        exprs::SetRef {
+            name: c"dr_closing",
+            id: 3,
+        }
+    } else {
+        debug_assert_eq!(name, ruleset::syn_budget::KNOWN_CLIENTS);
+        exprs::SetRef {
+            name: c"known_clients",
+            id: 1,
+        }
+    }
+}
+
+/// [`add_flow_key`], and the packet's mark into register 2, past the key's registers.
+pub(super) fn add_flow_key_and_mark(rule: &mut Rule) {
+    add_flow_key(rule);
+    rule.add_expr(&exprs::MetaTo {
+        key: sys::libc::NFT_META_MARK as u32,
+        dreg: 2,
+    });
+}
+
+/// Loads the flow map's key from the packet: the client's address into register 1, the
+/// protocol and both ports into the 4-byte registers after it (9 to 11), as nft lays out a
+/// concatenation.
+pub(super) fn add_flow_key(rule: &mut Rule) {
+    use nftnl::expr::{Ipv4HeaderField, NetworkHeaderField};
+    rule.add_expr(&Payload::Network(NetworkHeaderField::Ipv4(
+        Ipv4HeaderField::Saddr,
+    )));
+    rule.add_expr(&exprs::MetaTo {
+        key: sys::libc::NFT_META_L4PROTO as u32,
+        dreg: 9,
+    });
+    for (offset, dreg) in [(0, 10), (2, 11)] {
+        rule.add_expr(&exprs::TransportTo {
+            offset,
+            len: 2,
+            dreg,
+        });
+    }
+}
