@@ -282,6 +282,10 @@ impl Dataplane {
     /// The flow map's entries (read every second): the offload direct-routing flows it no
     /// longer holds end, and the ones it holds are confirmed, adopted or updated, each in
     /// the phase its timeout tells ([`phase_of`]), as conntrack's reports do for NAT.
+    ///
+    /// A flow placed since the map was read (a SYN on a client port just closed) is only
+    /// confirmed by an established entry on its own server: any other entry of its key is
+    /// the previous flow's, which that SYN deleted from the map after the read.
     pub fn dr_flows_resync(&self, entries: &[DrFlow], limits: &FlowLimits, now_ms: u64) {
         let vip = self.view.load().vip;
         let registry = self.registry.load();
@@ -290,6 +294,18 @@ impl Dataplane {
             .filter_map(|e| {
                 let server = SocketAddrV4::new(e.server, e.vip_port);
                 let id = registry.ids.get(&(e.protocol, e.vip_port, server))?;
+                let key = FlowKey {
+                    protocol: e.protocol,
+                    src: e.client,
+                    dst: SocketAddrV4::new(vip, e.vip_port),
+                };
+                let placed = self.shards[shard_of(key.src)]
+                    .lock()
+                    .unconfirmed_kernel(&key);
+                let phase = phase_of(e, limits);
+                if placed.is_some_and(|p| p != server || phase == Some(Phase::Closing)) {
+                    return None;
+                }
                 Some(KernelReport {
                     ended: false,
                     protocol: e.protocol,
@@ -297,7 +313,7 @@ impl Dataplane {
                     vip: SocketAddrV4::new(vip, e.vip_port),
                     server,
                     mark: offload_mark(*id)?,
-                    phase: phase_of(e, limits),
+                    phase,
                     traffic: None,
                 })
             })
@@ -923,6 +939,24 @@ mod tests {
         };
         dp.dr_flows_resync(&[], &limits, 10_003_000);
         assert_eq!(dp.flow_count(), 1);
+        // Its port closed, the client's new SYN is placed before the map is read again: the
+        // previous flow's closing entry, read before that SYN deleted it, neither confirms
+        // nor closes the new flow, and an entry naming another server does not displace it.
+        let on = (0..2)
+            .find(|&i| live(&dp, 0, i) == 1)
+            .expect("the new flow is counted");
+        let addr = |i: usize| *dp.services()[0].0.servers[i].addr.ip();
+        let mut stale = entry(limits.tcp_closing_timeout);
+        stale.client = sa("10.0.0.6:1000");
+        stale.server = addr(on);
+        dp.dr_flows_resync(&[stale], &limits, 10_003_500);
+        stale.server = addr(1 - on);
+        stale.timeout = limits.tcp_timeout;
+        dp.dr_flows_resync(&[stale], &limits, 10_003_600);
+        assert_eq!(
+            (dp.flow_count(), live(&dp, 0, on), live(&dp, 0, 1 - on)),
+            (1, 1, 0)
+        );
         // An entry on a server slbd does not have is no flow of its.
         let mut stranger = entry(limits.tcp_timeout);
         stranger.server = "172.16.0.9".parse().unwrap();

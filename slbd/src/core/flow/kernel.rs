@@ -56,6 +56,13 @@ impl FlowTable {
         }
     }
 
+    /// The server of the offload flow `key` when the kernel has not confirmed it yet (it was
+    /// placed after the kernel's list was read, or since its last report).
+    pub fn unconfirmed_kernel(&self, key: &FlowKey) -> Option<SocketAddrV4> {
+        let s = &self.slots[self.find_request(key)? as usize];
+        (s.protocol & (KERNEL | CONFIRMED) == KERNEL).then(|| s.server())
+    }
+
     /// Removes every confirmed offload flow `pred` selects and returns them. One not yet
     /// confirmed may have been placed after the kernel's list was read; it expires by itself
     /// if the kernel never reports it.
