@@ -9,14 +9,19 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 
 use crate::pair::Pair;
-use crate::{echo, hold_connection, in_ns, ip};
+use crate::{echo, hold_connection_to, in_ns, ip};
 
 /// Opens `n` held connections through the VIP; each has answered once.
 pub fn hold(p: &Pair, n: usize) -> Vec<(TcpStream, String)> {
+    hold_to(p, n, 80)
+}
+
+/// [`hold`] through the VIP's `port`.
+pub fn hold_to(p: &Pair, n: usize, port: u16) -> Vec<(TcpStream, String)> {
     in_ns(&p.lab.client(), || {
         (0..n)
             .map(|i| {
-                let (s, server) = hold_connection();
+                let (s, server) = hold_connection_to(crate::vip(port));
                 let echoed = echo(&s, &format!("hello {i}"), Duration::from_secs(2))
                     .expect("the held connection answers");
                 assert_eq!(echoed, server);

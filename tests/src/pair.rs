@@ -44,6 +44,10 @@ pub struct PairOptions {
     pub persistence_s: u64,
     /// Every service's data path: "packet" or "offload".
     pub mode: &'static str,
+    /// The TCP service's forwarding: "nat", or "dr" (direct routing: the service moves to the
+    /// servers' port, they hold the VIP on their loopback, and each balancer takes their
+    /// answers from the VIP as the gateway).
+    pub forwarding: &'static str,
     /// The isolation guard's witness addresses (amgr's `guard.witness`).
     pub witness: Vec<Ipv4Addr>,
 }
@@ -57,6 +61,7 @@ impl Default for PairOptions {
             json_logs: false,
             persistence_s: 0,
             mode: "packet",
+            forwarding: "nat",
             witness: Vec::new(),
         }
     }
@@ -175,6 +180,24 @@ fn node_config(
     run(&mut cmd).context("slb-node-config")
 }
 
+/// Node `me` (namespace `ns`) as a direct-routing balancer: its TCP service forwards by
+/// `dr` on the servers' own port, and its server side takes their answers, which come from
+/// the VIP, a local address.
+fn direct_routing(lab: &Lab, me: &Node, ns: &str) -> Result<()> {
+    let path = me.config_path();
+    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+    for svc in config["services"].as_array_mut().into_iter().flatten() {
+        if svc["protocol"] == "tcp" {
+            svc["port"] = crate::SERVER_HTTP_PORT.into();
+            svc["forwarding"] = "dr".into();
+        }
+    }
+    std::fs::write(&path, serde_json::to_string_pretty(&config)?)?;
+    lab.sysctl(ns, "net.ipv4.conf.eth1.accept_local", "1")?;
+    lab.sysctl(ns, "net.ipv4.conf.all.rp_filter", "0")?;
+    lab.sysctl(ns, "net.ipv4.conf.eth1.rp_filter", "0")
+}
+
 fn run(cmd: &mut Command) -> Result<()> {
     let out = cmd.output().with_context(|| format!("{cmd:?}"))?;
     if !out.status.success() {
@@ -228,6 +251,7 @@ impl Pair {
         for i in 0..opts.servers {
             let s = lab.server(i);
             lab.add_ns(s.clone())?;
+            let dr = opts.forwarding == "dr";
             plug(
                 &format!("s{}", i + 1),
                 "brs",
@@ -236,6 +260,9 @@ impl Pair {
                 &format!("{}/24", server_ip(i)),
             )?;
             ip(&["-n", &s, "route", "add", "default", "via", "172.16.0.1"])?;
+            if dr {
+                lab.direct_routing_server(&s)?;
+            }
             lab.servers.push(None);
             lab.start_server(i)?;
         }
@@ -272,6 +299,9 @@ impl Pair {
                 format!("{} {kind} {blob}\n", BALANCER_CABLE[1 - i]),
             )?;
             node_config(i, me, peer, &dir, &opts)?;
+            if opts.forwarding == "dr" {
+                direct_routing(&lab, me, &b[i])?;
+            }
             // SHLVL=1 keeps bash from sourcing root's ~/.bashrc for the sync's command (bash
             // does for commands run by sshd at shell level 1): the lab logs in as root, and a
             // machine's root rc file (this one's hangs outside the host namespace) is not ours.
