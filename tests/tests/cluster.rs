@@ -53,6 +53,14 @@ fn the_router_reaches_a_balancer_exactly_while_it_serves_and_the_operator_lets_i
         st["bgp"][0]["info"], "Established",
         "BIRD's session, as its socket says: {st}"
     );
+    // BFD comes up on its own clock (Down, Init, Up), which may run behind BGP's route:
+    // status shows each state BIRD reports, so it is asked until BIRD says Up.
+    let mut st = st;
+    let deadline = Instant::now() + T;
+    while st["bfd"][0]["state"] != "Up" && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        st = announce_status(&lab, &slbd);
+    }
     assert_eq!(
         (
             st["bfd"][0]["address"].clone(),

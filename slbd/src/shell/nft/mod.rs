@@ -129,6 +129,9 @@ pub fn apply(rules: &Ruleset, backend: QueueBackend) -> Result<(), NftError> {
     let sets = (rules.known_clients, rules.dr_flows);
     let done = |how| send(&batch(rules, backend, how)).is_ok();
     let refilled = *committed == Some(sets) && done(Commit::Refill);
+    // A netdev table this process may not have removed yet: one of its own that the config
+    // no longer needs, or one an earlier slbd left.
+    let stale_netdev = rules.dr_flows.is_none() && !committed.is_some_and(|c| c.1.is_none());
     if !refilled {
         *committed = None;
         if !done(Commit::Replace) {
@@ -136,6 +139,11 @@ pub fn apply(rules: &Ruleset, backend: QueueBackend) -> Result<(), NftError> {
         }
     }
     *committed = Some(sets);
+    if stale_netdev {
+        // Apart from the ip table's batch, so a kernel without the netdev family (no
+        // offload direct routing there) refuses only this.
+        let _ = remove_netdev();
+    }
     verify(rules)
 }
 
@@ -160,10 +168,6 @@ fn batch(rules: &Ruleset, backend: QueueBackend, how: Commit) -> FinalizedBatch 
     let tables: &[&Table] = if rules.dr_flows.is_some() {
         &[&table, &netdev]
     } else {
-        // No offload direct routing: no netdev table (adding it first makes the delete
-        // succeed whether or not it was there).
-        batch.add(&netdev, MsgType::Add);
-        batch.add(&netdev, MsgType::Del);
         &[&table]
     };
     for t in tables {
@@ -255,17 +259,27 @@ fn chains_of<'a>(
         .collect()
 }
 
-/// Deletes slbd's table if it exists.
+/// Deletes slbd's tables if they exist.
 pub fn remove() -> Result<(), NftError> {
     *COMMITTED.lock() = None;
+    // The netdev table first and on its own: a kernel without the netdev family refuses
+    // only that, and the ip table still goes.
+    let _ = remove_netdev();
+    remove_table(ProtoFamily::Ipv4)
+}
+
+/// Deletes slbd's netdev table if it exists.
+fn remove_netdev() -> Result<(), NftError> {
+    remove_table(ProtoFamily::NetDev)
+}
+
+fn remove_table(family: ProtoFamily) -> Result<(), NftError> {
     let name = table_name();
+    let table = Table::new(&name, family);
     let mut batch = Batch::new();
-    for family in [ProtoFamily::Ipv4, ProtoFamily::NetDev] {
-        let table = Table::new(&name, family);
-        // Adding first makes the delete succeed whether or not the table was there.
-        batch.add(&table, MsgType::Add);
-        batch.add(&table, MsgType::Del);
-    }
+    // Adding first makes the delete succeed whether or not the table was there.
+    batch.add(&table, MsgType::Add);
+    batch.add(&table, MsgType::Del);
     send(&batch.finalize())
 }
 
