@@ -394,6 +394,20 @@ impl Pair {
         }
     }
 
+    /// Waits (at most 10 s) until node `i` is ACTIVE; panics with its log otherwise.
+    pub fn wait_active(&self, i: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.state(i) != "ACTIVE" {
+            assert!(
+                Instant::now() < deadline,
+                "node {} did not take over:\n{}",
+                i + 1,
+                self.log(i)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// slbd's pid on node `i`, from amgr's GETPID.
     pub fn slbd_pid(&self, i: usize) -> Option<i32> {
         let (code, out, _) = self.amgr(i, &["--json", "getpid"]);

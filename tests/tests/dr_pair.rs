@@ -3,7 +3,7 @@
 //! the flows the STANDBY's slbd holds from replication. The servers answer clients directly
 //! through the gateway address, which moves with the VIP.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use slb_tests::held::{hold_to, kept};
 use slb_tests::pair::{Pair, PairOptions};
@@ -14,19 +14,6 @@ const HELD: usize = 10;
 
 fn active_of(p: &Pair) -> usize {
     usize::from(p.state(0) != "ACTIVE")
-}
-
-fn wait_active(p: &Pair, i: usize) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while p.state(i) != "ACTIVE" {
-        assert!(
-            Instant::now() < deadline,
-            "node {} did not take over:\n{}",
-            i + 1,
-            p.log(i)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn held_connections_survive_a_switch_and_a_kill_9(mode: &'static str) {
@@ -54,7 +41,7 @@ fn held_connections_survive_a_switch_and_a_kill_9(mode: &'static str) {
             }
             _ => p.kill(from),
         }
-        wait_active(&p, to);
+        p.wait_active(to);
         let n = kept(&p, &held, round);
         eprintln!("dr {mode} {how}: {n}/{HELD} held connections kept");
         assert_eq!(n, HELD, "dr {mode} {how}: held connections lost");

@@ -35,19 +35,6 @@ fn active_of(p: &Pair) -> usize {
     }
 }
 
-fn wait_active(p: &Pair, i: usize) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while p.state(i) != "ACTIVE" {
-        assert!(
-            Instant::now() < deadline,
-            "node {} did not take over:\n{}",
-            i + 1,
-            p.log(i)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Restarts crashed node `i` and waits until it is STANDBY to the other's ACTIVE.
 fn rejoin(p: &mut Pair, i: usize) {
     p.start(i).unwrap();
@@ -75,7 +62,7 @@ fn failover(p: &mut Pair, how: &str) -> (Duration, usize) {
         }
         _ => unreachable!(),
     }
-    wait_active(p, to);
+    p.wait_active(to);
     std::thread::sleep(Duration::from_millis(700));
     let attempts = reqs.finish();
     if how == "switch" {
@@ -303,7 +290,7 @@ fn a_standby_started_late_is_ready_only_with_the_snapshot_and_keeps_1000_flows(m
     })
     .expect("the pair's lab");
     p.start(0).unwrap();
-    wait_active(&p, 0);
+    p.wait_active(0);
     let t0 = Instant::now();
     let held = hold(&p, 1000);
     eprintln!("1000 held in {:?}", t0.elapsed());
@@ -531,7 +518,7 @@ fn forged_and_replayed_replication_frames_change_nothing() {
     // Node 2 takes over with what it held: every connection still works.
     let (code, out, err) = p.amgr(1, &["uninhibit"]);
     assert_eq!(code, 0, "{out}{err}");
-    wait_active(&p, 1);
+    p.wait_active(1);
     assert_eq!(kept(&p, &held, 0), HELD);
 }
 

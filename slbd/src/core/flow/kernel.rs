@@ -67,20 +67,7 @@ impl FlowTable {
     /// confirmed may have been placed after the kernel's list was read; it expires by itself
     /// if the kernel never reports it.
     pub fn remove_confirmed_where(&mut self, pred: impl Fn(&Ended) -> bool) -> Vec<Ended> {
-        let doomed: Vec<(u32, Ended)> = self
-            .slots
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| {
-                s.state.is_some() && s.protocol & (KERNEL | CONFIRMED) == KERNEL | CONFIRMED
-            })
-            .map(|(i, s)| (i as u32, s.ended()))
-            .filter(|(_, e)| pred(e))
-            .collect();
-        for (i, _) in &doomed {
-            self.remove(*i);
-        }
-        doomed.into_iter().map(|(_, e)| e).collect()
+        self.remove_flagged(KERNEL | CONFIRMED, pred)
     }
 
     /// Removes the offload flow `key` on `server` that conntrack reported gone. A flow not yet

@@ -478,11 +478,20 @@ impl FlowTable {
 
     /// Removes every flow `pred` selects and returns them.
     pub fn remove_where(&mut self, pred: impl Fn(&Ended) -> bool) -> Vec<Ended> {
+        self.remove_flagged(0, pred)
+    }
+
+    /// Removes every flow whose slot carries all of `flags` and that `pred` selects.
+    pub(super) fn remove_flagged(
+        &mut self,
+        flags: u8,
+        pred: impl Fn(&Ended) -> bool,
+    ) -> Vec<Ended> {
         let doomed: Vec<(u32, Ended)> = self
             .slots
             .iter()
             .enumerate()
-            .filter(|(_, s)| s.state.is_some())
+            .filter(|(_, s)| s.state.is_some() && s.protocol & flags == flags)
             .map(|(i, s)| (i as u32, s.ended()))
             .filter(|(_, e)| pred(e))
             .collect();
