@@ -44,6 +44,89 @@ fn offload_mode_requests_are_balanced_answered_directly_and_only_first_packets_r
     balanced_direct_and_intact("offload");
 }
 
+#[test]
+fn packet_mode_a_server_put_in_maintenance_has_its_held_connections_reset_and_the_other_keeps_its_own(
+) {
+    if !can_run("packet_mode_a_server_put_in_maintenance_has_its_held_connections_reset_and_the_other_keeps_its_own") {
+        return;
+    }
+    maintenance_cuts_the_servers_flows("packet");
+}
+
+#[test]
+fn offload_mode_a_server_put_in_maintenance_leaves_the_flow_map_and_has_its_held_connections_reset()
+{
+    if !can_run("offload_mode_a_server_put_in_maintenance_leaves_the_flow_map_and_has_its_held_connections_reset") {
+        return;
+    }
+    maintenance_cuts_the_servers_flows("offload");
+}
+
+/// `--maint` of s1 while each server holds three connections: s1's are reset at their next
+/// segment (offload: the kernel's flow map no longer sends them to s1), s2's go on.
+fn maintenance_cuts_the_servers_flows(mode: &str) {
+    let lab = Lab::new(2).unwrap();
+    lab.direct_routing_servers().unwrap();
+    let slbd = lab.start_slbd(&dr_config(&lab, "ROUND_ROBIN", mode));
+    let held: Vec<(std::net::TcpStream, String)> = in_ns(&lab.client(), || {
+        (0..6)
+            .map(|_| hold_connection_to(vip(SERVER_HTTP_PORT)))
+            .collect()
+    });
+    let on = |name: &str| held.iter().filter(|(_, n)| n == name).count();
+    assert_eq!((on("s1"), on("s2")), (3, 3), "round robin over two");
+    let map = || {
+        let out = lab
+            .exec(
+                &lab.balancer(),
+                &["nft", "list", "map", "netdev", "slb", "dr_flows"],
+            )
+            .expect("nft");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // The map's entries naming server `i`: nft prints the mark's bytes, the address, as one
+    // hex number.
+    let entries_of = |i: usize| {
+        map()
+            .matches(&format!(": {:#010x}", u32::from(server_ip(i))))
+            .count()
+    };
+    if mode == "offload" {
+        assert!(
+            eventually(T, || (entries_of(0), entries_of(1)) == (3, 3)),
+            "the kernel carries the held flows, three on each server:\n{}",
+            map()
+        );
+    }
+    let (code, _, err) = lab.slbctl(&slbd, &["--maint", &server_ip(0).to_string()]);
+    assert_eq!(code, 0, "{err}");
+    if mode == "offload" {
+        assert!(
+            eventually(T, || entries_of(0) == 0),
+            "s1's entries leave the flow map:\n{}",
+            map()
+        );
+        assert_eq!(entries_of(1), 3, "s2's entries stay:\n{}", map());
+    }
+    let after: Vec<Result<String, std::io::ErrorKind>> = in_ns(&lab.client(), || {
+        held.iter()
+            .map(|(s, _)| echo(s, "after maint", T).map_err(|e| e.kind()))
+            .collect()
+    });
+    eprintln!("dr {mode}: after --maint of s1, the held connections (s1 s1 s1 s2 s2 s2 in some order) gave {after:?}");
+    for ((_, name), got) in held.iter().zip(&after) {
+        if name == "s1" {
+            assert_eq!(
+                got,
+                &Err(std::io::ErrorKind::ConnectionReset),
+                "a connection on s1 is reset, not left to time out"
+            );
+        } else {
+            assert_eq!(got, &Ok("s2".to_string()), "a connection on s2 goes on");
+        }
+    }
+}
+
 fn balanced_direct_and_intact(mode: &str) {
     const SIZE: usize = 256 << 20;
     let lab = Lab::new(2).unwrap();

@@ -137,7 +137,7 @@ impl Daemon {
         let st = self.state.lock();
         self.dp.set_balancing(false, false, self.now_ms());
         self.take_down(&st.config);
-        self.offload.cut(None);
+        self.offload.cut_all();
         self.start_checks(&st.config);
         tracing::info!("standby: not balancing until told to load");
     }
@@ -240,8 +240,8 @@ impl Daemon {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         for (server, outcome) in self.dp.enforce_admin_states(now_unix, self.now_ms()) {
-            if let Some(mark) = outcome.cut {
-                self.offload.cut(Some(mark));
+            if let Some(cut) = outcome.cut {
+                self.offload.cut(cut);
             }
             tracing::warn!(
                 server = %server, flows_ended = outcome.flows_ended,
@@ -299,7 +299,7 @@ impl Daemon {
     /// simply stay in rotation).
     pub(super) fn start_checks(&self, config: &Config) {
         let offload = self.offload.clone();
-        let cut = Arc::new(move |mark: u32| offload.cut(Some(mark)));
+        let cut = Arc::new(move |cut| offload.cut(cut));
         if let Err(e) = self.prober.check(config, self.dp.clone(), cut) {
             tracing::error!(error = %e, "cannot start the health checks; servers stay in rotation");
         }
@@ -321,7 +321,7 @@ impl Daemon {
         }
         // Offload flows would go on being translated by conntrack without the rules (even
         // without the VIP, prerouting NAT comes before routing): end them with the rest.
-        self.offload.cut(None);
+        self.offload.cut_all();
     }
 
     /// Addresses first, then the rules.

@@ -90,8 +90,8 @@ pub async fn watch(
             }
         }
         let outcome = dp.apply_agent(id, &says, weight);
-        if let Some(mark) = outcome.cut {
-            cut(mark);
+        if let Some(c) = outcome.cut {
+            cut(c);
         }
         let changed = last.as_ref().is_none_or(|l| {
             (l.weight_pct, l.admin, l.oper) != (says.weight_pct, says.admin, says.oper)

@@ -13,10 +13,11 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::core::balancer::{Dataplane, KernelReport};
+use crate::core::balancer::{Dataplane, FlowCut, KernelReport};
 use crate::core::net::Protocol;
-use crate::core::ruleset::{ADOPT_MARK_BASE, OFFLOAD_MARK_BASE, OFFLOAD_MARK_MASK};
+use crate::core::ruleset::{self, ADOPT_MARK_BASE, OFFLOAD_MARK_BASE, OFFLOAD_MARK_MASK};
 use crate::shell::conntrack::{Control, EventSocket};
+use crate::shell::nft;
 use crate::wire::ctnetlink::CtEntry;
 use crate::wire::ctnetlink::Inject;
 
@@ -221,18 +222,38 @@ impl Offload {
         }
     }
 
-    /// Deletes the conntrack entries of server `mark` (the drain policy's cut), or with
-    /// `None` every entry of slbd's (balancing stopped).
-    pub fn cut(&self, mark: Option<u32>) {
-        let cuts = match mark {
-            Some(m) => vec![(m, u32::MAX)],
-            // With the flows taken from the dual at a planned switch.
-            None => vec![
-                (OFFLOAD_MARK_BASE, OFFLOAD_MARK_MASK),
-                (ADOPT_MARK_BASE, OFFLOAD_MARK_MASK),
-            ],
-        };
-        for (m, mask) in cuts {
+    /// Ends what the kernel carries of one server's flows (the drain policy's cut, a server
+    /// gone down): its conntrack entries (NAT), or its flow map entries (direct routing).
+    pub fn cut(&self, cut: FlowCut) {
+        match cut {
+            FlowCut::Conntrack { mark } => self.delete_marked(&[(mark, u32::MAX)]),
+            FlowCut::DrFlows(server) => match nft::cut_dr_flows(&server) {
+                Ok(n) => {
+                    self.stats.cuts.fetch_add(1, Relaxed);
+                    tracing::info!(
+                        server = %server.server, port = server.vip_port, flows = n,
+                        map = ruleset::DR_FLOWS, "direct-routing flows cut from the flow map"
+                    );
+                }
+                Err(e) => tracing::error!(
+                    error = %format!("{:#}", anyhow::Error::from(e)), server = %server.server,
+                    "cannot cut direct-routing flows from the flow map"
+                ),
+            },
+        }
+    }
+
+    /// Deletes every conntrack entry of slbd's (balancing stopped), with the flows taken from
+    /// the dual at a planned switch. The flow map goes with slbd's netdev table.
+    pub fn cut_all(&self) {
+        self.delete_marked(&[
+            (OFFLOAD_MARK_BASE, OFFLOAD_MARK_MASK),
+            (ADOPT_MARK_BASE, OFFLOAD_MARK_MASK),
+        ]);
+    }
+
+    fn delete_marked(&self, cuts: &[(u32, u32)]) {
+        for &(m, mask) in cuts {
             match self.with_control(|c| c.delete_marked(m, mask)) {
                 Ok(()) => {
                     self.stats.cuts.fetch_add(1, Relaxed);

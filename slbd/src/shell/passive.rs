@@ -1,6 +1,6 @@
 //! SHELL: carries out what passive detection decided on the data path ([`PassiveWork`]): logs
 //! each server it took out of rotation (the line an active check's change logs, with
-//! `reason=passive_*`), cuts an offload server's conntrack entries, and deletes the entries of
+//! `reason=passive_*`), cuts what the kernel carries of an offload server's flows, and deletes the entries of
 //! offload handshakes a server failed. One thread, woken by the data plane.
 //! Side effects: a thread; conntrack deletions through [`Offload`].
 
@@ -28,8 +28,8 @@ fn carry_out(work: PassiveWork, offload: &Offload) {
         offload.forget(&work.forget);
     }
     for d in work.downs {
-        if let Some(mark) = d.outcome.cut {
-            offload.cut(Some(mark));
+        if let Some(cut) = d.outcome.cut {
+            offload.cut(cut);
         }
         tracing::warn!(
             service = %d.service, server = %d.server, state = "down", reason = %d.why,

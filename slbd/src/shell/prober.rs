@@ -11,14 +11,14 @@ use std::sync::Arc;
 
 use super::probe::Probe;
 use crate::config::Config;
-use crate::core::balancer::Dataplane;
+use crate::core::balancer::{Dataplane, FlowCut};
 use crate::core::health::{rise_needed, Change, CheckConfig, Health};
 use crate::core::net::Protocol;
 
-/// Runs the health checks; [`Prober::check`] replaces the set of servers checked.
-/// What the prober calls with an offload mark when that server's flows are cut.
-pub type Cut = dyn Fn(u32) + Send + Sync;
+/// What the prober calls with what the kernel carries of a server's flows when they are cut.
+pub type Cut = dyn Fn(FlowCut) + Send + Sync;
 
+/// Runs the health checks; [`Prober::check`] replaces the set of servers checked.
 #[derive(Default)]
 pub struct Prober {
     generation: Arc<AtomicU64>,
@@ -159,8 +159,8 @@ async fn watch(dp: Arc<Dataplane>, job: Job, cut: Arc<Cut>, still_current: impl 
             result.err(),
             change == Some(Change::CameUp),
         );
-        if let Some(mark) = outcome.cut {
-            cut(mark);
+        if let Some(c) = outcome.cut {
+            cut(c);
         }
         let ended = outcome.flows_ended;
         match (change, result) {

@@ -17,16 +17,25 @@ use crate::core::flow::FlowKey;
 use crate::core::health::Failure;
 use crate::core::model::Mode;
 use crate::core::net::Protocol;
-use crate::core::ruleset::offload_mark;
+use crate::core::ruleset::DrServer;
 
 /// What recording a server's health did, and what the caller must still do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct HealthOutcome {
     /// Flows forgotten because the server left rotation.
     pub flows_ended: usize,
-    /// The server left rotation and conntrack carries its flows: delete the entries under
-    /// this mark, or conntrack goes on translating them to a dead server.
-    pub cut: Option<u32>,
+    /// The server left rotation and the kernel carries its flows: what must go, or the
+    /// kernel goes on sending them to a dead server.
+    pub cut: Option<FlowCut>,
+}
+
+/// Where the kernel carries an offload server's flows, to be deleted when they are cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlowCut {
+    /// NAT: the conntrack entries under this mark.
+    Conntrack { mark: u32 },
+    /// Direct routing: the flow map's entries of this server.
+    DrFlows(DrServer),
 }
 
 impl Dataplane {
@@ -186,7 +195,7 @@ impl Dataplane {
         st.less_live(open as u64);
         HealthOutcome {
             flows_ended: n,
-            cut: self.is_offload(id).then(|| offload_mark(id)).flatten(),
+            cut: self.cut_of(id),
         }
     }
 

@@ -48,7 +48,7 @@ use crate::core::persist::{PersistKey, Persistence};
 use crate::core::sched::Algorithm;
 
 pub use explain::{Explanation, FlowSeen, PersistSeen, ServerSeen};
-pub use health::HealthOutcome;
+pub use health::{FlowCut, HealthOutcome};
 pub use offload::{KernelReport, Traffic};
 pub use passive::{PassiveDown, PassiveWork, RETRY_MEMORY_MS};
 pub use replica::{LogOverflowed, Record, ReplicaApplied};

@@ -10,13 +10,13 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use super::replica::Record;
 use super::view::{ServiceState, View};
-use super::{shard_of, Dataplane, DropReason};
+use super::{shard_of, Dataplane, DropReason, FlowCut};
 use crate::core::flow::{Ended, FlowKey, Lookup, Phase, Reported};
 use crate::core::health::Failure;
 use crate::core::model::{FlowLimits, Forwarding, Mode};
 use crate::core::net::Protocol;
 use crate::core::ruleset::{
-    adopt_mark, dr_mark, offload_id, offload_mark, phase_of, DrFlow, OffloadTarget,
+    adopt_mark, dr_mark, offload_id, offload_mark, phase_of, DrFlow, DrServer, OffloadTarget,
     ADOPT_REWRITE_MARK,
 };
 use crate::core::sched::Algorithm;
@@ -433,9 +433,25 @@ impl Dataplane {
         out
     }
 
-    /// Whether server `id` belongs to an offload service.
-    pub fn is_offload(&self, id: u32) -> bool {
-        self.registry.load().modes.get(id as usize) == Some(&Mode::Offload)
+    /// What carries server `id`'s flows in the kernel: none unless it is an offload
+    /// service's.
+    pub(super) fn cut_of(&self, id: u32) -> Option<FlowCut> {
+        let registry = self.registry.load();
+        if registry.modes.get(id as usize) != Some(&Mode::Offload) {
+            return None;
+        }
+        match registry.forwarding.get(id as usize)? {
+            Forwarding::Nat => offload_mark(id).map(|mark| FlowCut::Conntrack { mark }),
+            Forwarding::Dr => {
+                let (&(protocol, vip_port, server), _) =
+                    registry.ids.iter().find(|(_, &i)| i == id)?;
+                Some(FlowCut::DrFlows(DrServer {
+                    protocol,
+                    vip_port,
+                    server: *server.ip(),
+                }))
+            }
+        }
     }
 }
 
@@ -878,6 +894,47 @@ mod tests {
         dp.conntrack_report(&report_b(true), 0);
         assert_eq!(dp.flow_count(), 0);
         assert_eq!(live(&dp, 0, 1), 0);
+    }
+
+    #[test]
+    fn a_down_offload_server_names_what_the_kernel_carries_of_its_flows_conntrack_for_nat_the_flow_map_for_dr(
+    ) {
+        use crate::core::balancer::FlowCut;
+        use crate::core::health::Failure;
+        use crate::core::ruleset::DrServer;
+        let config = Config::from_json(
+            r#"{"address": "10.0.0.100", "address_dev": "eth0", "gateway": "172.16.0.1",
+                "gateway_dev": "eth1", "cluster_network": "172.16.0.0/24",
+                "services": [
+                  {"protocol": "tcp", "port": 80, "mode": "offload", "forwarding": "dr",
+                   "servers": ["172.16.0.2:80", "172.16.0.3:80"]},
+                  {"protocol": "tcp", "port": 81, "mode": "offload", "servers": ["172.16.0.2:81"]},
+                  {"protocol": "tcp", "port": 82, "servers": ["172.16.0.2:82"]}
+                ]}"#,
+        )
+        .unwrap();
+        let dp = Dataplane::new(&config, 1);
+        let down = |service, server| {
+            let id = dp.server_id(service, server).unwrap();
+            dp.set_health(id, false, None, Some(Failure::Refused), false)
+                .cut
+        };
+        assert_eq!(
+            down(0, 1),
+            Some(FlowCut::DrFlows(DrServer {
+                protocol: Protocol::Tcp,
+                vip_port: 80,
+                server: "172.16.0.3".parse().unwrap()
+            })),
+            "direct routing: the server's entries of the service's flow map"
+        );
+        let nat = offload_mark(dp.server_id(1, 0).unwrap()).unwrap();
+        assert_eq!(
+            down(1, 0),
+            Some(FlowCut::Conntrack { mark: nat }),
+            "NAT: the server's conntrack entries"
+        );
+        assert_eq!(down(2, 0), None, "packet mode: the kernel carries nothing");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::verdict::DropReason;
 use crate::core::health::PassiveConfig;
-use crate::core::model::Mode;
+use crate::core::model::{Forwarding, Mode};
 use crate::core::net::Protocol;
 
 /// Per real server counters and health, shared by the queue workers and the health checker.
@@ -118,6 +118,8 @@ pub(super) struct Registry {
     pub(super) ids: HashMap<(Protocol, u16, SocketAddrV4), u32>,
     /// The mode of each id's service when it was last configured.
     pub(super) modes: Vec<Mode>,
+    /// Each id's service's forwarding, as last configured.
+    pub(super) forwarding: Vec<Forwarding>,
     /// Each id's service's passive detection settings, as last configured.
     pub(super) passive: Vec<PassiveConfig>,
 }
@@ -130,15 +132,18 @@ impl Registry {
         port: u16,
         server: SocketAddrV4,
         mode: Mode,
+        forwarding: Forwarding,
         passive: PassiveConfig,
     ) -> u32 {
         let id = *self.ids.entry((protocol, port, server)).or_insert_with(|| {
             self.stats.push(Arc::new(ServerStats::default()));
             self.modes.push(mode);
+            self.forwarding.push(forwarding);
             self.passive.push(passive);
             (self.stats.len() - 1) as u32
         });
         self.modes[id as usize] = mode;
+        self.forwarding[id as usize] = forwarding;
         self.passive[id as usize] = passive;
         id
     }

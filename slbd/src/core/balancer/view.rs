@@ -101,7 +101,8 @@ impl Dataplane {
                     .servers
                     .iter()
                     .map(|r| {
-                        let id = registry.id(s.protocol, s.port, r.addr, s.mode, passive);
+                        let id =
+                            registry.id(s.protocol, s.port, r.addr, s.mode, s.forwarding, passive);
                         let was = old
                             .service(s.protocol, s.port)
                             .and_then(|o| o.service.servers.iter().find(|x| x.addr == r.addr));

@@ -111,6 +111,34 @@ impl DrFlow {
             timeout,
         })
     }
+
+    /// The entry's key, as [`Self::from_entry`] reads it (a cut deletes entries by key).
+    pub fn key(&self) -> [u8; 16] {
+        let mut key = [0; 16];
+        key[..4].copy_from_slice(&self.client.ip().octets());
+        key[4] = match self.protocol {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+        };
+        key[8..10].copy_from_slice(&self.client.port().to_be_bytes());
+        key[12..14].copy_from_slice(&self.vip_port.to_be_bytes());
+        key
+    }
+
+    /// Whether the entry is a flow of `server`.
+    pub fn is_on(&self, server: &DrServer) -> bool {
+        (self.protocol, self.vip_port, self.server)
+            == (server.protocol, server.vip_port, server.server)
+    }
+}
+
+/// A real server of an offload direct-routing service, whose flows the map may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrServer {
+    pub protocol: Protocol,
+    /// The service's port (a DR server listens on the VIP's).
+    pub vip_port: u16,
+    pub server: Ipv4Addr,
 }
 
 /// The TCP phase an entry's timeout tells (`None` for UDP, whose flows are established): the
@@ -387,5 +415,55 @@ mod tests {
         );
         assert_eq!(DrFlow::from_entry(&key[..12], &mark, Duration::ZERO), None);
         assert_eq!(DrFlow::from_entry(&key, &mark[..2], Duration::ZERO), None);
+    }
+
+    #[test]
+    fn a_server_cut_names_exactly_its_own_entries_by_the_keys_the_map_holds() {
+        let flow = |client: &str, protocol, vip_port, server: &str| DrFlow {
+            protocol,
+            client: client.parse().unwrap(),
+            vip_port,
+            server: server.parse().unwrap(),
+            timeout: Duration::from_secs(900),
+        };
+        let s1 = DrServer {
+            protocol: Protocol::Tcp,
+            vip_port: 80,
+            server: "172.16.0.2".parse().unwrap(),
+        };
+        let flows = [
+            flow("192.0.2.7:40000", Protocol::Tcp, 80, "172.16.0.2"),
+            flow("192.0.2.8:40001", Protocol::Tcp, 80, "172.16.0.3"),
+            flow("192.0.2.7:40002", Protocol::Tcp, 443, "172.16.0.2"),
+            flow("192.0.2.7:40000", Protocol::Udp, 80, "172.16.0.2"),
+        ];
+        let cut: Vec<bool> = flows.iter().map(|f| f.is_on(&s1)).collect();
+        assert_eq!(
+            cut,
+            [true, false, false, false],
+            "another server, port or protocol stays"
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_flows_key_reads_back_as_the_same_flow(
+            client in proptest::prelude::any::<[u8; 4]>(),
+            port in proptest::prelude::any::<u16>(),
+            vip_port in proptest::prelude::any::<u16>(),
+            server in proptest::prelude::any::<[u8; 4]>(),
+            udp in proptest::prelude::any::<bool>(),
+            secs in 0u64..100_000,
+        ) {
+            let f = DrFlow {
+                protocol: if udp { Protocol::Udp } else { Protocol::Tcp },
+                client: std::net::SocketAddrV4::new(client.into(), port),
+                vip_port,
+                server: server.into(),
+                timeout: Duration::from_secs(secs),
+            };
+            let mark = dr_mark(f.server).to_ne_bytes();
+            proptest::prop_assert_eq!(DrFlow::from_entry(&f.key(), &mark, f.timeout), Some(f));
+        }
     }
 }

@@ -1,14 +1,19 @@
-//! SHELL: reads the flow map of offload direct-routing flows ([`ruleset::DR_FLOWS`]) out of
-//! slbd's netdev table, for the daemon's once-a-second resync. Side effects: none (a dump).
+//! SHELL: the flow map of offload direct-routing flows ([`ruleset::DR_FLOWS`]) in slbd's
+//! netdev table: read for the daemon's once-a-second resync, and a server's entries deleted
+//! when its flows are cut. Side effects: dumps; deletions of the map's and the closing set's
+//! elements.
 
 use std::ffi::CStr;
 use std::io;
 
 use nftnl::nftnl_sys as sys;
-use nftnl::ProtoFamily;
+use nftnl::set::Set;
+use nftnl::{Batch, MsgType, ProtoFamily, Table};
 
-use super::{table_name, NlBuf};
-use crate::core::ruleset::{self, DrFlow};
+use super::sets::FlowMapKey;
+use super::socket::{alloc, dump, send};
+use super::{table_name, NftError};
+use crate::core::ruleset::{self, DrFlow, DrServer};
 
 /// Every entry of the flow map; an empty list when the table has no map.
 pub fn dr_flows() -> io::Result<Vec<DrFlow>> {
@@ -28,51 +33,30 @@ struct Element {
 
 /// Every element of slbd's netdev set `name`; none when there is no such set.
 fn elements(name: &CStr) -> io::Result<Vec<Element>> {
-    let socket = mnl::Socket::new(mnl::Bus::Netfilter)?;
-    let portid = socket.portid();
-    let seq = 1;
-    let mut request_buf = NlBuf::new();
-    let request = request_buf.bytes();
+    let set = alloc(sys::nftnl_set_alloc)?;
     let table = table_name();
-    // SAFETY: `request` is an nlmsghdr-aligned buffer of nft_nlmsg_maxsize bytes, enough for
-    // a header and a set's name and table; `set` is checked for NULL and freed after its
-    // payload is written; `nlh` points into `request`, which outlives it.
-    unsafe {
-        let nlh = sys::nftnl_nlmsg_build_hdr(
-            request.as_mut_ptr() as *mut sys::libc::c_char,
-            sys::libc::NFT_MSG_GETSETELEM as u16,
-            ProtoFamily::NetDev as u16,
-            (sys::libc::NLM_F_DUMP | sys::libc::NLM_F_ACK) as u16,
-            seq,
-        );
-        let set = sys::nftnl_set_alloc();
-        if set.is_null() {
-            return Err(io::Error::from(io::ErrorKind::OutOfMemory));
-        }
+    let mut out = Vec::new();
+    // SAFETY: `set` is a live set (non-NULL) that only this function holds; the payload is
+    // written while it lives, and it is freed once, after the dump.
+    let done = unsafe {
         sys::nftnl_set_set_str(set, sys::NFTNL_SET_TABLE as u16, table.as_ptr());
         sys::nftnl_set_set_str(set, sys::NFTNL_SET_NAME as u16, name.as_ptr());
-        sys::nftnl_set_elems_nlmsg_build_payload(nlh, set);
+        let done = dump(
+            sys::libc::NFT_MSG_GETSETELEM,
+            ProtoFamily::NetDev,
+            |nlh| sys::nftnl_set_elems_nlmsg_build_payload(nlh, set),
+            elems_cb,
+            &mut out,
+        );
         sys::nftnl_set_free(set);
-        let len = (*nlh).nlmsg_len as usize;
-        socket.send(&request[..len])?;
+        done
+    };
+    match done {
+        Ok(()) => Ok(out),
+        // No set (no offload direct-routing service, or no table yet): no elements.
+        Err(e) if e.raw_os_error() == Some(sys::libc::ENOENT) => Ok(Vec::new()),
+        Err(e) => Err(e),
     }
-    let mut out = Vec::new();
-    let mut buf = NlBuf::new();
-    let buffer = buf.bytes();
-    loop {
-        let n = socket.recv_raw(buffer)?;
-        if n == 0 {
-            break;
-        }
-        match mnl::cb_run2(&buffer[..n], seq, portid, elems_cb, &mut out) {
-            Ok(mnl::CbResult::Stop) => break,
-            Ok(mnl::CbResult::Ok) => {}
-            // No set (no offload direct-routing service, or no table yet): no elements.
-            Err(e) if e.raw_os_error() == Some(sys::libc::ENOENT) => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(out)
 }
 
 fn elems_cb(header: &sys::libc::nlmsghdr, out: &mut Vec<Element>) -> sys::libc::c_int {
@@ -115,4 +99,66 @@ fn elems_cb(header: &sys::libc::nlmsghdr, out: &mut Vec<Element>) -> sys::libc::
         sys::nftnl_set_free(set);
     }
     1 // MNL_CB_OK
+}
+
+/// Deletes `server`'s entries from the flow map and the closing set: the kernel stops
+/// carrying its flows, whose next packets go to slbd. Returns how many flows were cut.
+pub fn cut_dr_flows(server: &DrServer) -> Result<usize, NftError> {
+    let keys: Vec<[u8; 16]> = dr_flows()
+        .map_err(|source| NftError::Dump {
+            table: ruleset::TABLE,
+            source,
+        })?
+        .iter()
+        .filter(|f| f.is_on(server))
+        .map(DrFlow::key)
+        .collect();
+    if keys.is_empty() {
+        return Ok(0);
+    }
+    let closing: std::collections::HashSet<Vec<u8>> = elements(c"dr_closing")
+        .map_err(|source| NftError::Dump {
+            table: ruleset::TABLE,
+            source,
+        })?
+        .into_iter()
+        .map(|e| e.key)
+        .collect();
+    let is_closing = |k: &[u8; 16]| closing.contains(&k[..]);
+    // One batch for all; an entry that timed out since the dump makes the kernel refuse the
+    // whole batch, so then each goes in a batch of its own (the ones gone fail alone).
+    if delete(&keys, &is_closing).is_err() {
+        for k in &keys {
+            let _ = delete(std::slice::from_ref(k), &is_closing);
+        }
+    }
+    Ok(keys.len())
+}
+
+/// Deletes `keys` from the flow map, and those `is_closing` names from the closing set, in
+/// one batch.
+fn delete(keys: &[[u8; 16]], is_closing: &dyn Fn(&[u8; 16]) -> bool) -> Result<(), NftError> {
+    let name = table_name();
+    let table = Table::new(&name, ProtoFamily::NetDev);
+    let mut map: Set<FlowMapKey> = Set::new_named(c"dr_flows", 0, &table, ProtoFamily::NetDev);
+    let mut closing: Set<FlowMapKey> =
+        Set::new_named(c"dr_closing", 0, &table, ProtoFamily::NetDev);
+    let mut closing_keys = 0;
+    for k in keys {
+        map.add(&FlowMapKey(*k));
+        if is_closing(k) {
+            closing.add(&FlowMapKey(*k));
+            closing_keys += 1;
+        }
+    }
+    let mut batch = Batch::new();
+    for m in map.elems_iter() {
+        batch.add(&m, MsgType::Del);
+    }
+    if closing_keys > 0 {
+        for m in closing.elems_iter() {
+            batch.add(&m, MsgType::Del);
+        }
+    }
+    send(&batch.finalize())
 }

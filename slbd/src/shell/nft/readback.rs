@@ -7,7 +7,8 @@ use std::io;
 use nftnl::nftnl_sys as sys;
 use nftnl::ProtoFamily;
 
-use super::{table_name, NftError, NlBuf};
+use super::socket::{alloc, dump};
+use super::{table_name, NftError};
 use crate::core::ruleset::{self, Ruleset};
 
 /// Reads the tables' rules back and checks each chain holds what was planned.
@@ -44,47 +45,24 @@ pub fn list_rule_chains() -> io::Result<Vec<String>> {
 
 /// [`list_rule_chains`] of slbd's table in `family`.
 fn list_rule_chains_of(family: ProtoFamily) -> io::Result<Vec<String>> {
-    let socket = mnl::Socket::new(mnl::Bus::Netfilter)?;
-    let portid = socket.portid();
-    let seq = 1;
-    let mut request_buf = NlBuf::new();
-    let request = request_buf.bytes();
+    let filter = alloc(sys::nftnl_rule_alloc)?;
     let name = table_name();
-    // SAFETY: `request` is an nlmsghdr-aligned buffer of nft_nlmsg_maxsize bytes, which is
-    // what nftnl_nlmsg_build_hdr and a rule payload need; `filter` is checked for NULL and
-    // freed after its payload is written; `nlh` points into `request`, which outlives it.
-    unsafe {
-        let nlh = sys::nftnl_nlmsg_build_hdr(
-            request.as_mut_ptr() as *mut sys::libc::c_char,
-            sys::libc::NFT_MSG_GETRULE as u16,
-            family as u16,
-            (sys::libc::NLM_F_DUMP | sys::libc::NLM_F_ACK) as u16,
-            seq,
-        );
-        let filter = sys::nftnl_rule_alloc();
-        if filter.is_null() {
-            return Err(io::Error::from(io::ErrorKind::OutOfMemory));
-        }
-        sys::nftnl_rule_set_str(filter, sys::NFTNL_RULE_TABLE as u16, name.as_ptr());
-        sys::nftnl_rule_nlmsg_build_payload(nlh, filter);
-        sys::nftnl_rule_free(filter);
-        let len = (*nlh).nlmsg_len as usize;
-        socket.send(&request[..len])?;
-    }
     let mut chains: Vec<String> = Vec::new();
-    let mut buf = NlBuf::new();
-    let buffer = buf.bytes();
-    loop {
-        let n = socket.recv_raw(buffer)?;
-        if n == 0 {
-            break;
-        }
-        match mnl::cb_run2(&buffer[..n], seq, portid, rule_chain_cb, &mut chains)? {
-            mnl::CbResult::Stop => break,
-            mnl::CbResult::Ok => {}
-        }
-    }
-    Ok(chains)
+    // SAFETY: `filter` is a live rule (non-NULL) that only this function holds; the payload is
+    // written while it lives, and it is freed once, after the dump.
+    let done = unsafe {
+        sys::nftnl_rule_set_str(filter, sys::NFTNL_RULE_TABLE as u16, name.as_ptr());
+        let done = dump(
+            sys::libc::NFT_MSG_GETRULE,
+            family,
+            |nlh| sys::nftnl_rule_nlmsg_build_payload(nlh, filter),
+            rule_chain_cb,
+            &mut chains,
+        );
+        sys::nftnl_rule_free(filter);
+        done
+    };
+    done.map(|()| chains)
 }
 
 fn rule_chain_cb(header: &sys::libc::nlmsghdr, chains: &mut Vec<String>) -> sys::libc::c_int {

@@ -5,7 +5,7 @@
 use nftnl::expr::Payload;
 use nftnl::nftnl_sys as sys;
 use nftnl::set::Set;
-use nftnl::{ProtoFamily, Rule, Table};
+use nftnl::{Rule, Table};
 
 use super::exprs;
 use crate::core::ruleset;
@@ -15,27 +15,17 @@ pub(super) fn known_clients_set(
     table: &Table,
     k: ruleset::syn_budget::KnownClients,
 ) -> Set<'_, std::net::Ipv4Addr> {
-    let r = set_ref(ruleset::syn_budget::KNOWN_CLIENTS);
-    let set = Set::new_named(r.name, r.id, table, ProtoFamily::Ipv4);
-    let flags = (sys::libc::NFT_SET_TIMEOUT | sys::libc::NFT_SET_EVAL) as u32;
-    // SAFETY: the set is live (owned by `set`, never NULL) and these are integer attributes
-    // libnftnl copies.
-    unsafe {
-        let p = set.as_ptr().as_ptr();
-        sys::nftnl_set_set_u32(p, sys::NFTNL_SET_FLAGS as u16, flags);
-        sys::nftnl_set_set_u64(
-            p,
-            sys::NFTNL_SET_TIMEOUT as u16,
-            k.timeout.as_millis() as u64,
-        );
-        sys::nftnl_set_set_u32(p, sys::NFTNL_SET_DESC_SIZE as u16, k.size);
-    }
-    set
+    named_set(
+        table,
+        ruleset::syn_budget::KNOWN_CLIENTS,
+        Some(k.timeout),
+        k.size,
+    )
 }
 
-/// The flow map's key: `ipv4_addr . inet_proto . inet_service . inet_service`, each field in
-/// a 4-byte register of its own.
-pub(super) struct FlowMapKey;
+/// A key of the flow map: `ipv4_addr . inet_proto . inet_service . inet_service`, each field
+/// in a 4-byte register of its own ([`ruleset::DrFlow::key`]).
+pub(super) struct FlowMapKey(pub(super) [u8; 16]);
 
 impl nftnl::set::SetKey for FlowMapKey {
     // nft's concatenated type: each field's type id shifted in by 6 bits (TYPE_BITS), in
@@ -44,43 +34,54 @@ impl nftnl::set::SetKey for FlowMapKey {
     const LEN: u32 = 16;
 
     fn data(&self) -> Box<[u8]> {
-        Box::new([0; 16])
+        Box::new(self.0)
     }
 }
 
 /// The map of offload direct-routing flows: keys that time out, each to a mark (nft's
 /// `mark` type, 19), filled by rules.
 pub(super) fn dr_flows_map(table: &Table, m: ruleset::DrFlows) -> Set<'_, FlowMapKey> {
-    let r = set_ref(ruleset::DR_FLOWS);
-    let set = Set::new_named(r.name, r.id, table, ProtoFamily::Ipv4);
-    let flags =
-        (sys::libc::NFT_SET_MAP | sys::libc::NFT_SET_TIMEOUT | sys::libc::NFT_SET_EVAL) as u32;
-    // SAFETY: as in `known_clients_set`.
+    let set = named_set(table, ruleset::DR_FLOWS, None, m.size);
+    // SAFETY: as in `named_set`.
     unsafe {
         let p = set.as_ptr().as_ptr();
-        sys::nftnl_set_set_u32(p, sys::NFTNL_SET_FLAGS as u16, flags);
+        let flags = sys::nftnl_set_get_u32(p, sys::NFTNL_SET_FLAGS as u16);
+        sys::nftnl_set_set_u32(
+            p,
+            sys::NFTNL_SET_FLAGS as u16,
+            flags | sys::libc::NFT_SET_MAP as u32,
+        );
         sys::nftnl_set_set_u32(p, sys::NFTNL_SET_DATA_TYPE as u16, 19);
         sys::nftnl_set_set_u32(p, sys::NFTNL_SET_DATA_LEN as u16, 4);
-        sys::nftnl_set_set_u32(p, sys::NFTNL_SET_DESC_SIZE as u16, m.size);
     }
     set
 }
 
 /// The set of closing flows: the flow map's keys, timing out after the closing timeout.
 pub(super) fn dr_closing_set(table: &Table, m: ruleset::DrFlows) -> Set<'_, FlowMapKey> {
-    let r = set_ref(ruleset::DR_CLOSING);
-    let set = Set::new_named(r.name, r.id, table, ProtoFamily::Ipv4);
+    named_set(table, ruleset::DR_CLOSING, Some(m.closing), m.size)
+}
+
+/// Set `name` of `table` as rules fill it: its elements time out (after `timeout`, or the
+/// one each rule gives), at most `size` of them.
+fn named_set<'a, K: nftnl::set::SetKey>(
+    table: &'a Table,
+    name: &str,
+    timeout: Option<std::time::Duration>,
+    size: u32,
+) -> Set<'a, K> {
+    let r = set_ref(name);
+    let set = Set::new_named(r.name, r.id, table, table.get_family());
     let flags = (sys::libc::NFT_SET_TIMEOUT | sys::libc::NFT_SET_EVAL) as u32;
-    // SAFETY: as in `known_clients_set`.
+    // SAFETY: the set is live (owned by `set`, never NULL) and these are integer attributes
+    // libnftnl copies.
     unsafe {
         let p = set.as_ptr().as_ptr();
         sys::nftnl_set_set_u32(p, sys::NFTNL_SET_FLAGS as u16, flags);
-        sys::nftnl_set_set_u64(
-            p,
-            sys::NFTNL_SET_TIMEOUT as u16,
-            m.closing.as_millis() as u64,
-        );
-        sys::nftnl_set_set_u32(p, sys::NFTNL_SET_DESC_SIZE as u16, m.size);
+        if let Some(t) = timeout {
+            sys::nftnl_set_set_u64(p, sys::NFTNL_SET_TIMEOUT as u16, t.as_millis() as u64);
+        }
+        sys::nftnl_set_set_u32(p, sys::NFTNL_SET_DESC_SIZE as u16, size);
     }
     set
 }
