@@ -974,7 +974,12 @@ pub fn hold_connection() -> (TcpStream, String) {
 
 /// [`hold_connection`] through `to`.
 pub fn hold_connection_to(to: SocketAddrV4) -> (TcpStream, String) {
-    let mut s = connect(CLIENT, to, Duration::from_secs(5)).expect("connect");
+    hold_connection_from(CLIENT, to)
+}
+
+/// [`hold_connection_to`] from the client's address `from`.
+pub fn hold_connection_from(from: Ipv4Addr, to: SocketAddrV4) -> (TcpStream, String) {
+    let mut s = connect(from, to, Duration::from_secs(5)).expect("connect");
     write!(s, "GET /hold HTTP/1.0\r\n\r\n").expect("send /hold");
     let mut reader = BufReader::new(s.try_clone().expect("clone"));
     let mut name = String::new();

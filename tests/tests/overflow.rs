@@ -40,6 +40,11 @@ struct Frozen(Pid);
 
 impl Frozen {
     fn new(lab: &Lab, slbd: &Slbd) -> Frozen {
+        Frozen::flooding(lab, slbd, vip(80))
+    }
+
+    /// [`Frozen::new`], the flood's SYNs sent to `to`.
+    fn flooding(lab: &Lab, slbd: &Slbd, to: SocketAddrV4) -> Frozen {
         let pid = Pid::from_raw(slbd.pid());
         kill(pid, Signal::SIGSTOP).unwrap();
         let frozen = Frozen(pid);
@@ -54,7 +59,7 @@ impl Frozen {
         for _ in 0..5 {
             in_ns(&lab.client(), || {
                 flood(
-                    vip(80),
+                    to,
                     (Ipv4Addr::new(198, 18, 0, 0), 15),
                     200,
                     Duration::from_secs(1),
@@ -190,6 +195,107 @@ fn a_full_queue_has_the_kernel_place_new_offload_connections_on_the_servers_in_r
     );
     // slbd, running again, balances as before.
     assert!(in_ns(&lab.client(), || http_get(CLIENT, vip(80), "/", T)).is_ok());
+}
+
+#[test]
+fn a_full_queue_has_the_kernel_place_new_offload_dr_connections_in_rotation_which_slbd_then_adopts()
+{
+    if !can_run("a_full_queue_has_the_kernel_place_new_offload_dr_connections") {
+        return;
+    }
+    let mut lab = Lab::new(3).unwrap();
+    lab.direct_routing_servers().unwrap();
+    let mut config = short_queue(&lab, 3);
+    let servers: Vec<Value> = (0..3)
+        .map(|i| format!("{}:{SERVER_HTTP_PORT}", server_ip(i)).into())
+        .collect();
+    let health = config["services"][0]["health"].clone();
+    config["services"] = json!([{
+        "protocol": "tcp", "port": SERVER_HTTP_PORT, "forwarding": "dr", "mode": "offload",
+        "servers": servers, "health": health,
+    }]);
+    let slbd = lab.start_slbd(&config);
+    let addrs = sources(20);
+    add_sources(&lab, &addrs);
+    lab.stop_server(2);
+    let dr_chain = || {
+        let out = lab
+            .exec(
+                &lab.balancer(),
+                &["nft", "list", "chain", "ip", "slb", "dr"],
+            )
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let started = Instant::now();
+    loop {
+        let chain = dr_chain();
+        if !chain.contains("queue full, to 172.16.0.4:")
+            && chain.contains("queue full, to 172.16.0.3:")
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < T,
+            "the kernel's spread still names the stopped server s3 after {T:?}:\n{chain}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let to = vip(SERVER_HTTP_PORT);
+    let frozen = Frozen::flooding(&lab, &slbd, to);
+    // Whole requests, and one connection held open, while slbd cannot see a packet.
+    let answered: Vec<Result<String, String>> = in_ns(&lab.client(), || {
+        addrs[1..]
+            .iter()
+            .map(|&a| {
+                http_get(a, to, "/", AT_ONCE)
+                    .map(|body| server_name(&body))
+                    .map_err(|e| format!("{a}: {e}"))
+            })
+            .collect()
+    });
+    let (held, on) = in_ns(&lab.client(), || hold_connection_from(addrs[0], to));
+    assert_eq!(
+        in_ns(&lab.client(), || echo(&held, "frozen", T)).unwrap(),
+        on,
+        "the held connection works with slbd frozen"
+    );
+    drop(frozen);
+    let failed: Vec<&String> = answered.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        failed.is_empty(),
+        "with slbd frozen and its queue full, every new connection is served at once: {failed:?}"
+    );
+    let names: std::collections::BTreeSet<&str> =
+        answered.iter().filter_map(|r| r.as_deref().ok()).collect();
+    assert_eq!(
+        names,
+        ["s1", "s2"].into_iter().collect(),
+        "the kernel spreads over both servers in rotation and never the stopped one"
+    );
+    // Running again, slbd adopts the held flow from the kernel's map and counts it.
+    let live = || {
+        let (_, out, _) = lab.slbctl(&slbd, &["--status", "--json"]);
+        let st: Value = serde_json::from_str(&out).unwrap();
+        let i: usize = on[1..].parse::<usize>().unwrap() - 1;
+        st["services"][0]["servers"][i]["live_flows"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    assert!(
+        eventually(T, || live() >= 1),
+        "slbd counts the held flow on {on}"
+    );
+    assert_eq!(
+        in_ns(&lab.client(), || echo(&held, "thawed", T)).unwrap(),
+        on,
+        "the held connection goes on once slbd runs again"
+    );
+    eprintln!(
+        "dr offload, queue full: {} of {} new connections served at once over {names:?}; the held one on {on} adopted",
+        answered.len() - failed.len(),
+        answered.len()
+    );
 }
 
 /// A raw socket in the calling thread's namespace that sees every TCP packet it receives.

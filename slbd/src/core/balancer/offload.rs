@@ -393,16 +393,16 @@ impl Dataplane {
         out
     }
 
-    /// The servers of offload NAT services in force, each with the mark that binds a flow to
-    /// it and the weight it takes new flows with now (health and checks change it: the rules
-    /// follow).
+    /// The servers of offload services in force, each with the mark that binds a flow to
+    /// it (NAT) or sends a packet to it (direct routing) and the weight it takes new flows
+    /// with now (health and checks change it: the rules follow).
     pub fn offload_targets(&self) -> Vec<OffloadTarget> {
         let view = self.view.load();
         let registry = self.registry.load();
         let mut out: Vec<OffloadTarget> = view
             .services
             .iter()
-            .filter(|s| s.service.nat_offload())
+            .filter(|s| s.service.mode == Mode::Offload)
             .flat_map(|s| {
                 let registry = &registry;
                 let primaries_up = Self::primaries_up(s, registry);
@@ -418,8 +418,13 @@ impl Dataplane {
                                 Self::standing(st, r, primaries_up) == super::Standing::InRotation
                             })
                             .map_or(0, |st| st.weight(r.weight));
+                        let forwarding = s.service.forwarding;
                         Some(OffloadTarget {
-                            mark: offload_mark(*id)?,
+                            mark: match forwarding {
+                                Forwarding::Nat => offload_mark(*id)?,
+                                Forwarding::Dr => dr_mark(*r.addr.ip()),
+                            },
+                            forwarding,
                             protocol: s.service.protocol,
                             port: s.service.port,
                             server: r.addr,

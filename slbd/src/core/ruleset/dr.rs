@@ -68,12 +68,42 @@ pub(super) fn offload_request_rule(config: &Config, s: &Service, queues: QueueRa
     }
 }
 
-/// One rule per direct-routing service, in the `dr` chain.
-pub(super) fn rules(config: &Config) -> Vec<Rule> {
+/// The priority a first packet the kernel placed itself ([`rules`]' spread) carries to the
+/// netdev table's `dr_out`, which records its flow (instead of forgetting it, as a SYN slbd
+/// placed) and sets the priority back to 0 before the device's queueing discipline reads it.
+pub const SPREAD_PRIORITY: u32 = 0x5b1d_0003;
+
+/// The `dr` chain: per offload direct-routing service, the kernel's own choice for a first
+/// packet the full queue passed on (fail-open; see [`super::offload::spread`]), then per
+/// direct-routing service the rule that sends what is marked to its server.
+///
+/// A spread TCP packet is a SYN only: any other segment of a flow slbd placed would go to a
+/// server the hash names, not the flow's, so it goes on to `guard`'s drop as in packet mode.
+/// The SYN's flow enters the flow map as it leaves ([`SPREAD_PRIORITY`]): the rest of the
+/// handshake and the flow are the kernel's, and slbd adopts it from the map.
+pub(super) fn rules(config: &Config, targets: &[OffloadTarget]) -> Vec<Rule> {
     let Some(dev) = IfName::new(&config.gateway_dev) else {
         return Vec::new();
     };
-    config
+    let spread = config
+        .services
+        .iter()
+        .filter(|s| s.dr_offload())
+        .flat_map(|s| {
+            let syn: &[Match] = match s.protocol {
+                Protocol::Tcp => &[super::dr_flows::SYN_ONLY],
+                Protocol::Udp => &[],
+            };
+            offload::spread(
+                config,
+                s,
+                targets,
+                DR_CHAIN,
+                syn,
+                &[Action::SetPriority(SPREAD_PRIORITY)],
+            )
+        });
+    let sent = config
         .services
         .iter()
         .filter(|s| s.forwarding == Forwarding::Dr)
@@ -86,6 +116,6 @@ pub(super) fn rules(config: &Config) -> Vec<Rule> {
                 actions: vec![Action::DupToMarkAddress(dev), Action::Drop],
                 comment: format!("dr {}: to the server the mark names", s.name()),
             }
-        })
-        .collect()
+        });
+    spread.chain(sent).collect()
 }

@@ -195,7 +195,7 @@ pub(super) fn rules(config: &Config) -> Vec<Rule> {
     rules
 }
 
-const SYN_ONLY: Match = Match::TcpFlags {
+pub(super) const SYN_ONLY: Match = Match::TcpFlags {
     mask: SYN | ACK,
     value: SYN,
 };
@@ -223,8 +223,21 @@ fn kept(protocol: Protocol, limits: &FlowLimits) -> Vec<Kept> {
             .collect(),
         what,
     };
+    // A first packet the kernel placed (the queue was full) enters the map: nothing else
+    // will place its flow. Its priority, a flag between the two tables, goes back to 0.
+    let spread = |timeout| {
+        record(
+            Some(Match::Priority(super::dr::SPREAD_PRIORITY)),
+            &[Action::SetPriority(0)],
+            timeout,
+            "placed by the kernel (queue full)",
+        )
+    };
     if protocol == Protocol::Udp {
-        return vec![record(None, &[], limits.udp_timeout, "a datagram")];
+        return vec![
+            spread(limits.udp_timeout),
+            record(None, &[], limits.udp_timeout, "a datagram"),
+        ];
     }
     let flags = |mask, value| Some(Match::TcpFlags { mask, value });
     let closing = limits.tcp_closing_timeout;
@@ -234,7 +247,7 @@ fn kept(protocol: Protocol, limits: &FlowLimits) -> Vec<Kept> {
         what: "a SYN",
     };
     let closes = [Action::ForgetFlow, Action::MarkClosing];
-    [syn]
+    [spread(limits.syn_timeout), syn]
         .into_iter()
         .chain([
             record(flags(RST, RST), &closes, closing, "a reset"),
@@ -321,9 +334,14 @@ mod tests {
             format!("{tcp} meta mark (as an address) 172.16.0.0/24"),
             format!("{udp} meta mark (as an address) 172.16.0.0/24"),
         );
+        let spread = "meta priority 0x5b1d0003 meta priority set 0x00000000";
         assert_eq!(
             in_chain(&rs, "dr_out"),
             vec![
+                format!(
+                    r#"{tcp} {spread} {} accept comment "dr offload tcp/80: placed by the kernel (queue full)""#,
+                    record(5000)
+                ),
                 format!(
                     r#"{tcp} tcp flags & (syn | ack) == syn {forget} accept comment "dr offload tcp/80: a SYN""#
                 ),
@@ -337,6 +355,9 @@ mod tests {
                     r#"{tcp} {closing} {rec_close} accept comment "dr offload tcp/80: closing""#
                 ),
                 format!(r#"{tcp} {rec_tcp} accept comment "dr offload tcp/80: a segment""#),
+                format!(
+                    r#"{udp} {spread} {rec_udp} accept comment "dr offload udp/53: placed by the kernel (queue full)""#
+                ),
                 format!(r#"{udp} {rec_udp} accept comment "dr offload udp/53: a datagram""#),
             ]
         );
@@ -358,6 +379,62 @@ mod tests {
         assert!(
             !rs.rules.iter().any(|r| r.comment.starts_with("reply ")),
             "servers answer clients themselves"
+        );
+    }
+
+    #[test]
+    fn a_full_queues_first_packets_of_offload_dr_get_a_server_in_rotation_by_source_hash_and_a_flag_for_dr_out(
+    ) {
+        let config = offload_config();
+        let target = |port, server: &str, weight| OffloadTarget {
+            mark: dr_mark(server.parse().unwrap()),
+            forwarding: Forwarding::Dr,
+            protocol: if port == 80 {
+                Protocol::Tcp
+            } else {
+                Protocol::Udp
+            },
+            port,
+            server: format!("{server}:{port}").parse().unwrap(),
+            weight,
+            every_state: false,
+        };
+        let targets = [
+            target(80, "172.16.0.2", 1000),
+            target(80, "172.16.0.3", 0),
+            target(53, "172.16.0.2", 1000),
+        ];
+        let rs = plan(&config, QueueRange { first: 0, count: 1 }, &[], &targets);
+        let tcp = "ip daddr 10.0.0.100 meta l4proto tcp tcp dport 80";
+        let udp = "ip daddr 10.0.0.100 meta l4proto udp udp dport 53";
+        let hash = "jhash ip saddr mod 1 seed 0x5b1d == 0";
+        let to = |server: &str| {
+            format!(
+                "meta mark set {:#010x} meta priority set 0x5b1d0003",
+                dr_mark(server.parse().unwrap())
+            )
+        };
+        let dup = r#"meta mark (as an address) 172.16.0.0/24 dup to meta mark device "eth1" drop"#;
+        assert_eq!(
+            in_chain(&rs, "dr"),
+            vec![
+                format!(
+                    r#"meta mark 0x0 {tcp} tcp flags & (syn | ack) == syn {hash} {} comment "offload tcp/80: queue full, to 172.16.0.2:80""#,
+                    to("172.16.0.2")
+                ),
+                format!(
+                    r#"meta mark 0x0 {udp} {hash} {} comment "offload udp/53: queue full, to 172.16.0.2:53""#,
+                    to("172.16.0.2")
+                ),
+                format!(r#"{tcp} {dup} comment "dr tcp/80: to the server the mark names""#),
+                format!(r#"{udp} {dup} comment "dr udp/53: to the server the mark names""#),
+            ],
+            "a SYN (never a later segment, whose flow slbd placed) or a datagram, on the server in rotation only"
+        );
+        let nat: Vec<String> = in_chain(&rs, "offload_nat");
+        assert!(
+            nat.iter().all(|r| !r.contains("dnat")),
+            "a direct-routing target is no NAT binding: {nat:?}"
         );
     }
 

@@ -193,6 +193,9 @@ pub struct OffloadTarget {
     /// The weight it takes new flows with; 0 when out of rotation. The kernel spreads the
     /// flows a full queue passes on by these ([`SPREAD_SEED`]).
     pub weight: u32,
+    /// Nat: a flow's mark becomes its DNAT binding; direct routing: the mark holds the
+    /// server's address ([`dr_mark`]) and the packet goes to it unchanged.
+    pub forwarding: Forwarding,
     /// Its flows report every TCP state change (LEAST_CONNECTIONS counts open connections,
     /// so it must see each close). Otherwise conntrack reports only a flow's assurance
     /// (established) and its end: each event costs the kernel and slbd work on the
@@ -267,6 +270,8 @@ pub enum Match {
     FlowClosing,
     /// An IPv4 packet (`meta protocol ip`): the netdev family sees every protocol.
     Ipv4,
+    /// The packet's priority (`meta priority`) is this.
+    Priority(u32),
 }
 
 /// The seed of [`Match::SourceHash`]: fixed, so a client's overflow server is the same
@@ -311,6 +316,8 @@ pub enum Action {
     /// `delete @dr_flows { KEY : meta mark } delete @dr_closing { KEY }`: the flow's entries
     /// go, so the ones this packet makes hold its mark.
     ForgetFlow,
+    /// `meta priority set` this.
+    SetPriority(u32),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -420,7 +427,7 @@ pub fn plan(
             comment: format!("VIP {p}: never to local sockets"),
         });
     }
-    rules.extend(dr::rules(config));
+    rules.extend(dr::rules(config, targets));
     rules.extend(dr_flows::rules(config));
     // Direct routing's servers answer clients themselves: no reply of theirs is slbd's.
     let mut reply_ports: Vec<(Protocol, u16)> = config
@@ -660,6 +667,7 @@ mod tests {
         .unwrap();
         let target = |id, server: &str, weight| OffloadTarget {
             mark: offload_mark(id).unwrap(),
+            forwarding: Forwarding::Nat,
             protocol: Protocol::Tcp,
             port: 80,
             server: server.parse().unwrap(),

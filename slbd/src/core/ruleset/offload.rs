@@ -134,7 +134,7 @@ pub(super) fn rules(config: &Config, queues: QueueRange, targets: &[OffloadTarge
         });
     }
     rules.extend(overflow_spread(config, targets));
-    for t in targets {
+    for t in targets.iter().filter(|t| t.forwarding == Forwarding::Nat) {
         let mut actions = vec![Action::CtMarkFromMark];
         if !t.every_state {
             actions.push(Action::CtEvents(EVENTS_ASSURED_AND_DESTROY));
@@ -158,30 +158,52 @@ pub const MAX_SPREAD_SLOTS: usize = 32;
 /// server in rotation by a hash of its source address, and the target rules after these bind
 /// it as if slbd had chosen that server; slbd adopts the flow from its conntrack events.
 fn overflow_spread(config: &Config, targets: &[OffloadTarget]) -> Vec<Rule> {
-    let mut rules = Vec::new();
-    for s in config.services.iter().filter(|s| s.nat_offload()) {
-        let up: Vec<&OffloadTarget> = targets
-            .iter()
-            .filter(|t| t.protocol == s.protocol && t.port == s.port && t.weight > 0)
-            .collect();
-        let weights: Vec<u32> = up.iter().map(|t| t.weight).collect();
-        let slots = spread_slots(&weights);
-        for (value, &i) in slots.iter().enumerate() {
+    config
+        .services
+        .iter()
+        .filter(|s| s.nat_offload())
+        .flat_map(|s| spread(config, s, targets, NAT_CHAIN, &[], &[]))
+        .collect()
+}
+
+/// Service `s`'s share of a spread in `chain`: one rule per slot, matching packets without a
+/// mark (and `also`) by a hash of the source address, each giving its server's mark (and
+/// `then`).
+pub(super) fn spread(
+    config: &Config,
+    s: &Service,
+    targets: &[OffloadTarget],
+    chain: Chain,
+    also: &[Match],
+    then: &[Action],
+) -> Vec<Rule> {
+    let up: Vec<&OffloadTarget> = targets
+        .iter()
+        .filter(|t| t.protocol == s.protocol && t.port == s.port && t.weight > 0)
+        .collect();
+    let weights: Vec<u32> = up.iter().map(|t| t.weight).collect();
+    let slots = spread_slots(&weights);
+    slots
+        .iter()
+        .enumerate()
+        .map(|(value, &i)| {
             let mut matches = vec![Match::Mark(0)];
             matches.extend(service_matches(config, s));
+            matches.extend_from_slice(also);
             matches.push(Match::SourceHash {
                 modulus: slots.len() as u32,
                 value: value as u32,
             });
-            rules.push(Rule {
-                chain: NAT_CHAIN,
+            let mut actions = vec![Action::SetMark(up[i].mark)];
+            actions.extend_from_slice(then);
+            Rule {
+                chain,
                 matches,
-                actions: vec![Action::SetMark(up[i].mark)],
+                actions,
                 comment: format!("offload {}: queue full, to {}", s.name(), up[i].server),
-            });
-        }
-    }
-    rules
+            }
+        })
+        .collect()
 }
 
 /// Which server (an index into `weights`) each slot of a spread names: each weight divided

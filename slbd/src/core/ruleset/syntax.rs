@@ -52,6 +52,7 @@ impl fmt::Display for Match {
             Match::MarkAddressIn(n) => write!(f, "meta mark (as an address) {n}"),
             Match::FlowClosing => write!(f, "{FLOW_KEY} @{DR_CLOSING}"),
             Match::Ipv4 => f.write_str("meta protocol ip"),
+            Match::Priority(p) => write!(f, "meta priority {p:#010x}"),
         }
     }
 }
@@ -108,6 +109,7 @@ impl fmt::Display for Action {
                 f,
                 "delete @{DR_FLOWS} {{ {FLOW_KEY} : meta mark }} delete @{DR_CLOSING} {{ {FLOW_KEY} }}"
             ),
+            Action::SetPriority(p) => write!(f, "meta priority set {p:#010x}"),
             Action::RejectTcpReset => f.write_str("reject with tcp reset"),
             Action::RejectPortUnreachable => f.write_str("reject with icmp port-unreachable"),
             Action::Queue(q) if q.count > 1 => {

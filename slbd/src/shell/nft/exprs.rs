@@ -367,6 +367,23 @@ impl Expression for MetaTo {
     }
 }
 
+/// A `meta` key set from register 1 (the `nftnl` crate's `Meta` sets the mark only).
+pub(super) struct MetaSet {
+    pub(super) key: u32,
+}
+
+impl Expression for MetaSet {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        let expr = alloc_expr!(c"meta");
+        // SAFETY: a live, non-NULL `meta` expression and integer keys of its own.
+        unsafe {
+            sys::nftnl_expr_set_u32(expr.as_ptr(), sys::NFTNL_EXPR_META_KEY as u16, self.key);
+            sys::nftnl_expr_set_u32(expr.as_ptr(), sys::NFTNL_EXPR_META_SREG as u16, 1);
+        }
+        expr
+    }
+}
+
 /// `len` bytes of the transport header from `offset`, into a register of choice.
 pub(super) struct TransportTo {
     pub(super) offset: u32,

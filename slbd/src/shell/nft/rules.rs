@@ -7,6 +7,7 @@ use std::ffi::CString;
 use nftnl::expr::{
     Bitwise, Cmp, CmpOp, Conntrack, Immediate, Meta, Nat, NatType, Payload, Register, Verdict,
 };
+use nftnl::nftnl_sys as sys;
 use nftnl::{Chain, ProtoFamily, Rule};
 
 use super::exprs::{self, CtEventMask, Dup, DynsetOp, NativeQueue, Notrack, Reject, XtNfqueue};
@@ -37,6 +38,12 @@ pub(super) fn build_rule<'a>(
             Action::SetMark(mark) => {
                 rule.add_expr(&Immediate::new(*mark, Register::Reg1));
                 rule.add_expr(&Meta::Mark { set: true });
+            }
+            Action::SetPriority(p) => {
+                rule.add_expr(&Immediate::new(*p, Register::Reg1));
+                rule.add_expr(&exprs::MetaSet {
+                    key: sys::libc::NFT_META_PRIORITY as u32,
+                });
             }
             Action::CtEvents(bits) => {
                 rule.add_expr(&Immediate::new(*bits, Register::Reg1));
@@ -176,6 +183,13 @@ fn add_match(rule: &mut Rule, m: &Match) {
         Match::Mark(mark) => {
             rule.add_expr(&Meta::Mark { set: false });
             rule.add_expr(&Cmp::new(CmpOp::Eq, mark));
+        }
+        Match::Priority(p) => {
+            rule.add_expr(&exprs::MetaTo {
+                key: sys::libc::NFT_META_PRIORITY as u32,
+                dreg: 1,
+            });
+            rule.add_expr(&Cmp::new(CmpOp::Eq, p));
         }
         Match::MarkAddressIn(n) => {
             // The mark's register bytes are the address in network order (`dr_mark`).
