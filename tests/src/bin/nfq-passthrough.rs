@@ -3,8 +3,12 @@
 //! uses. Run beside kernel NAT (which does the balancing), it measures the best any design that
 //! rewrites every packet in user space can do on this machine.
 //!
-//! `nfq-passthrough VIP CLUSTER_CIDR QUEUES` — installs its rules in the table `ip slb` of the
-//! current network namespace, removes it on SIGTERM/SIGINT.
+//! With `requests`, it queues only the packets to VIP and lets each go on as it came (no
+//! payload in the verdict): the least any design costs that sees every request packet in user
+//! space and leaves the replies to the kernel, as direct routing's packet mode does.
+//!
+//! `nfq-passthrough VIP CLUSTER_CIDR QUEUES [requests]` — installs its rules in the table
+//! `ip slb` of the current network namespace, removes it on SIGTERM/SIGINT.
 
 use anyhow::{Context, Result};
 use nix::sys::signal::{SigSet, Signal};
@@ -21,6 +25,7 @@ fn main() -> Result<()> {
         .parse()
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let count: u16 = args.get(3).context("QUEUES")?.parse()?;
+    let requests_only = args.get(4).map(String::as_str) == Some("requests");
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGTERM);
     signals.add(Signal::SIGINT);
@@ -35,21 +40,22 @@ fn main() -> Result<()> {
     let sockets = (0..count)
         .map(|n| QueueSocket::open(n, setup))
         .collect::<std::io::Result<Vec<_>>>()?;
+    let mut rules = vec![Rule {
+        chain: REQUEST_CHAIN,
+        matches: vec![Match::DaddrIs(vip)],
+        actions: vec![Action::Queue(q)],
+        comment: "passthrough request".into(),
+    }];
+    if !requests_only {
+        rules.push(Rule {
+            chain: REPLY_CHAIN,
+            matches: vec![Match::SaddrIn(net), Match::DaddrNotIn(net)],
+            actions: vec![Action::Queue(q)],
+            comment: "passthrough reply".into(),
+        });
+    }
     let rules = Ruleset {
-        rules: vec![
-            Rule {
-                chain: REQUEST_CHAIN,
-                matches: vec![Match::DaddrIs(vip)],
-                actions: vec![Action::Queue(q)],
-                comment: "passthrough request".into(),
-            },
-            Rule {
-                chain: REPLY_CHAIN,
-                matches: vec![Match::SaddrIn(net), Match::DaddrNotIn(net)],
-                actions: vec![Action::Queue(q)],
-                comment: "passthrough reply".into(),
-            },
-        ],
+        rules,
         known_clients: None,
         dr_flows: None,
     };
@@ -68,6 +74,10 @@ fn main() -> Result<()> {
                 msgs.extend(batch.messages());
                 for &(slot, m) in &msgs {
                     if let Some(p) = batch.packet(slot, &m) {
+                        if requests_only {
+                            verdicts.push(sock.num, &p, slot, Out::AcceptUnchanged);
+                            continue;
+                        }
                         // A packet written back leaves exactly as written: one that arrived
                         // with a partial checksum (and is not GSO) needs its full checksum,
                         // the least any design that writes packets back must do.

@@ -5,6 +5,9 @@
 //! round starting one variant later (a variant's place in the round moves its figures: seen
 //! with two slbd builds, whichever ran first in every round came out behind on UDP):
 //! `route` (no balancing: the client talks to one server through the balancer namespace),
+//! `route-queued` (the same, with every client-to-server packet through a user-space queue and
+//! on unchanged: the ceiling of any design that sees every request packet, as direct routing's
+//! packet mode does),
 //! `nft-dnat` (the kernel balancing: `dnat to numgen inc mod 4 map`), `writeback` (kernel NAT
 //! plus every packet queued and written back unchanged: the ceiling of any per-packet design),
 //! `slbd` (ROUND_ROBIN), `slbd-offload` (the same with `"mode": "offload"`: slbd places each
@@ -39,8 +42,9 @@ const SPOOFED_LEN: u8 = 15;
 /// `writeback` variant measured a third of its new-connection rate (state HAProxy leaves in
 /// the balancer namespace for a while; a conntrack flush does not clear it), and by the next
 /// round's turn it has decayed.
-const VARIANTS: [&str; 10] = [
+const VARIANTS: [&str; 11] = [
     "route",
+    "route-queued",
     "nft-dnat",
     "writeback",
     "slbd",
@@ -429,7 +433,7 @@ fn run_variant(lab: &Lab, variant: &str, o: &Options) -> Result<Vec<(Metric, f64
         )?;
     }
     match variant {
-        "route" => {
+        "route" | "route-queued" => {
             sh(lab, &b, "ip addr add 172.16.0.1/24 dev br0")?;
             sh(
                 lab,
@@ -437,6 +441,25 @@ fn run_variant(lab: &Lab, variant: &str, o: &Options) -> Result<Vec<(Metric, f64
                 "ip route replace 172.16.0.0/24 via 10.0.0.1",
             )?;
             target = server_ip(0);
+            if variant == "route-queued" {
+                let bin = workspace_bin("nfq-passthrough");
+                let cores = std::thread::available_parallelism()
+                    .map_or(1, |n| n.get())
+                    .to_string();
+                let p = lab.start(
+                    &b,
+                    &[
+                        &bin.to_string_lossy(),
+                        &target.to_string(),
+                        "172.16.0.0/24",
+                        &cores,
+                        "requests",
+                    ],
+                )?;
+                balancer_pid = Some(p.pid());
+                _proc = Some(p);
+                std::thread::sleep(Duration::from_millis(500));
+            }
         }
         "nft-dnat" => {
             manual_addresses(lab, true)?;
@@ -586,7 +609,7 @@ fn run_variant(lab: &Lab, variant: &str, o: &Options) -> Result<Vec<(Metric, f64
         }
     }
     match variant {
-        "route" => {
+        "route" | "route-queued" => {
             sh(lab, &b, "ip addr del 172.16.0.1/24 dev br0")?;
             sh(
                 lab,

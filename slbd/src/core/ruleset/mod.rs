@@ -17,7 +17,8 @@
 //! - A queue slbd reads but cannot keep up with (a SYN flood) fails open: the kernel passes
 //!   what does not fit on unchanged, to the chains after the queueing one. An offload flow's
 //!   first packet then gets a server from the kernel itself (`offload_nat` spreads it by a
-//!   hash of the client's address over the servers in rotation, by weight), which is what
+//!   hash of the client's address over the servers in rotation, by weight; direct routing's
+//!   `dr` chain does the same for a SYN or a datagram), which is what
 //!   keeps real clients connecting while the queue is full; a packet-mode packet reaches a
 //!   drop (`guard` for requests, `reply_guard` for replies), as it did when the queue
 //!   dropped it.
