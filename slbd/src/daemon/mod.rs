@@ -70,6 +70,8 @@ struct Daemon {
     dp: Arc<Dataplane>,
     stats: Arc<QueueStats>,
     backend: QueueBackend,
+    /// Whether the kernel takes netdev egress chains (offload direct routing needs one).
+    netdev_egress: bool,
     queues: QueueRange,
     prober: Prober,
     config_path: PathBuf,
@@ -129,6 +131,12 @@ pub fn run(
     };
     let backend = nft::probe().context("probing the kernel's NFQUEUE support")?;
     tracing::info!(backend = backend.name(), "queue expression chosen");
+    let netdev_egress = nft::probe_netdev_egress();
+    if !netdev_egress {
+        tracing::warn!(
+            "this kernel has no netdev egress hook (Linux 5.16 and later): offload direct-routing services are refused"
+        );
+    }
     let mut bound = Vec::new();
     for num in (0..queues.count).map(|k| queues.first + k) {
         bound.push((num, queue::open(num, &config.queue)?));
@@ -163,6 +171,7 @@ pub fn run(
         dp: dp.clone(),
         stats: stats.clone(),
         backend,
+        netdev_egress,
         queues,
         prober: Prober::default(),
         config_path: config_path.to_path_buf(),

@@ -160,6 +160,14 @@ impl Daemon {
     /// Installs the rules for `config` (plus the reply rules that removed servers still
     /// draining need).
     pub(super) fn install_rules(&self, config: &Config) -> anyhow::Result<()> {
+        let refused = ruleset::needing_netdev_egress(config);
+        if !self.netdev_egress && !refused.is_empty() {
+            bail!(
+                "services {}: offload direct routing needs the netdev egress hook (Linux 5.16 \
+                 and later), which this kernel lacks; give them \"mode\": \"packet\"",
+                refused.join(", ")
+            );
+        }
         let targets = self.dp.offload_targets();
         let rules = ruleset::plan(config, self.queues, &self.dp.draining_ports(), &targets);
         // Recorded even when refused, so a failing table is retried on the next change, not

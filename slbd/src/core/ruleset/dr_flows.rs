@@ -11,6 +11,9 @@
 //!   established one otherwise; UDP's own. A SYN deletes its key's entries instead: the
 //!   handshake's next segment is placed by slbd too (two packets a connection reach slbd),
 //!   and enters the map with the server slbd chose, a port reused after a close included.
+//!   A first packet the kernel placed itself (the queue was full: the `dr` chain's spread
+//!   flags it with [`super::dr::SPREAD_PRIORITY`]) enters the map at once: nothing else will
+//!   place its flow.
 //! - `dr_in` (the ingress hook of the client-side device) gives a packet whose flow the map
 //!   holds its mark and forwards it to that server's MAC (`fwd`, by the neighbour table):
 //!   the IP stack, the queue and slbd never see it. A SYN and a flow the map does not hold go
@@ -74,6 +77,17 @@ pub fn dr_flows(config: &Config) -> Option<DrFlows> {
         size: config.flows.max,
         closing: config.flows.tcp_closing_timeout,
     })
+}
+
+/// The services `config` runs in offload direct routing, which a kernel without the netdev
+/// egress hook (before Linux 5.16) cannot carry: `dr_out` is an egress chain.
+pub fn needing_netdev_egress(config: &Config) -> Vec<String> {
+    config
+        .services
+        .iter()
+        .filter(|s| s.dr_offload())
+        .map(Service::name)
+        .collect()
 }
 
 /// A flow the map holds: what its entry says.
@@ -435,6 +449,19 @@ mod tests {
         assert!(
             nat.iter().all(|r| !r.contains("dnat")),
             "a direct-routing target is no NAT binding: {nat:?}"
+        );
+    }
+
+    #[test]
+    fn only_offload_direct_routing_services_need_the_netdev_egress_hook() {
+        let mut config = offload_config();
+        assert_eq!(needing_netdev_egress(&config), ["tcp/80", "udp/53"]);
+        config.services[1].mode = Mode::Packet;
+        assert_eq!(needing_netdev_egress(&config), ["tcp/80"]);
+        config.services[0].forwarding = Forwarding::Nat;
+        assert!(
+            needing_netdev_egress(&config).is_empty(),
+            "NAT offload is conntrack's"
         );
     }
 

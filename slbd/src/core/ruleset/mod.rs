@@ -44,7 +44,8 @@ mod dr_flows;
 mod offload;
 pub use dr::{dr_mark, IfName, DR_CHAIN};
 pub use dr_flows::{
-    dr_flows, phase_of, DrFlow, DrFlows, DrServer, DR_CLOSING, DR_FLOWS, DR_IN_CHAIN, DR_OUT_CHAIN,
+    dr_flows, needing_netdev_egress, phase_of, DrFlow, DrFlows, DrServer, DR_CLOSING, DR_FLOWS,
+    DR_IN_CHAIN, DR_OUT_CHAIN,
 };
 pub mod syn_budget;
 mod syntax;

@@ -103,6 +103,23 @@ pub fn probe() -> Result<QueueBackend, NftError> {
     }
 }
 
+/// Whether this kernel takes a netdev chain on the egress hook (Linux 5.16 and later), which
+/// offload direct routing's `dr_out` needs: a scratch table with such a chain on `lo`, added
+/// and deleted in one batch, so it leaves nothing behind either way.
+pub fn probe_netdev_egress() -> bool {
+    let table = Table::new(PROBE_TABLE, ProtoFamily::NetDev);
+    let mut chain = Chain::new(c"probe", &table);
+    // The crate's hooks are the ip family's: NF_NETDEV_EGRESS is NF_INET_LOCAL_IN's number.
+    chain.set_hook(nftnl::Hook::In, 0);
+    chain.set_type(nftnl::ChainType::Filter);
+    chain.set_device(c"lo");
+    let mut batch = Batch::new();
+    batch.add(&table, MsgType::Add);
+    batch.add(&chain, MsgType::Add);
+    batch.add(&table, MsgType::Del);
+    send(&batch.finalize()).is_ok()
+}
+
 /// The sets of a table: a refill keeps them, so it needs the same ones.
 type Sets = (Option<KnownClients>, Option<ruleset::DrFlows>);
 
