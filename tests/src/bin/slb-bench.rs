@@ -412,6 +412,21 @@ fn manual_addresses(lab: &Lab, up: bool) -> Result<()> {
     )
 }
 
+/// `nfq-passthrough` in the balancer namespace for packets to `to`, one queue per core, with
+/// its extra argument (`requests`), once its rules are in.
+fn start_passthrough(lab: &Lab, to: Ipv4Addr, extra: Option<&str>) -> Result<Proc> {
+    let bin = workspace_bin("nfq-passthrough");
+    let cores = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .to_string();
+    let (bin, to) = (bin.to_string_lossy(), to.to_string());
+    let mut args = vec![&*bin, to.as_str(), "172.16.0.0/24", &cores];
+    args.extend(extra);
+    let p = lab.start(&lab.balancer(), &args)?;
+    std::thread::sleep(Duration::from_millis(500));
+    Ok(p)
+}
+
 fn run_variant(lab: &Lab, variant: &str, o: &Options) -> Result<Vec<(Metric, f64)>> {
     let (secs, baseline) = (o.seconds, o.baseline.as_deref());
     let b = lab.balancer();
@@ -442,23 +457,9 @@ fn run_variant(lab: &Lab, variant: &str, o: &Options) -> Result<Vec<(Metric, f64
             )?;
             target = server_ip(0);
             if variant == "route-queued" {
-                let bin = workspace_bin("nfq-passthrough");
-                let cores = std::thread::available_parallelism()
-                    .map_or(1, |n| n.get())
-                    .to_string();
-                let p = lab.start(
-                    &b,
-                    &[
-                        &bin.to_string_lossy(),
-                        &target.to_string(),
-                        "172.16.0.0/24",
-                        &cores,
-                        "requests",
-                    ],
-                )?;
+                let p = start_passthrough(lab, target, Some("requests"))?;
                 balancer_pid = Some(p.pid());
                 _proc = Some(p);
-                std::thread::sleep(Duration::from_millis(500));
             }
         }
         "nft-dnat" => {
@@ -497,22 +498,9 @@ fn run_variant(lab: &Lab, variant: &str, o: &Options) -> Result<Vec<(Metric, f64
             // conntrack would call invalid. slbd keeps its flows out of conntrack, so the
             // fair ceiling does not pay for that check either.
             lab.sysctl(&b, "net.netfilter.nf_conntrack_checksum", "0")?;
-            let bin = workspace_bin("nfq-passthrough");
-            let cores = std::thread::available_parallelism()
-                .map_or(1, |n| n.get())
-                .to_string();
-            let p = lab.start(
-                &b,
-                &[
-                    &bin.to_string_lossy(),
-                    &VIP.to_string(),
-                    "172.16.0.0/24",
-                    &cores,
-                ],
-            )?;
+            let p = start_passthrough(lab, VIP, None)?;
             balancer_pid = Some(p.pid());
             _proc = Some(p);
-            std::thread::sleep(Duration::from_millis(500));
         }
         "slbd" | "slbd-offload" | "slbd-dr" | "slbd-dr-offload" | "baseline"
         | "baseline-offload" => {

@@ -104,11 +104,12 @@ fn elems_cb(header: &sys::libc::nlmsghdr, out: &mut Vec<Element>) -> sys::libc::
 /// Deletes `server`'s entries from the flow map and the closing set: the kernel stops
 /// carrying its flows, whose next packets go to slbd. Returns how many flows were cut.
 pub fn cut_dr_flows(server: &DrServer) -> Result<usize, NftError> {
+    let dumped = |source| NftError::Dump {
+        table: ruleset::TABLE,
+        source,
+    };
     let keys: Vec<[u8; 16]> = dr_flows()
-        .map_err(|source| NftError::Dump {
-            table: ruleset::TABLE,
-            source,
-        })?
+        .map_err(dumped)?
         .iter()
         .filter(|f| f.is_on(server))
         .map(DrFlow::key)
@@ -117,46 +118,44 @@ pub fn cut_dr_flows(server: &DrServer) -> Result<usize, NftError> {
         return Ok(0);
     }
     let closing: std::collections::HashSet<Vec<u8>> = elements(c"dr_closing")
-        .map_err(|source| NftError::Dump {
-            table: ruleset::TABLE,
-            source,
-        })?
+        .map_err(dumped)?
         .into_iter()
         .map(|e| e.key)
         .collect();
-    let is_closing = |k: &[u8; 16]| closing.contains(&k[..]);
+    let closing_of = |keys: &[[u8; 16]]| -> Vec<[u8; 16]> {
+        keys.iter()
+            .filter(|k| closing.contains(&k[..]))
+            .copied()
+            .collect()
+    };
     // One batch for all; an entry that timed out since the dump makes the kernel refuse the
     // whole batch, so then each goes in a batch of its own (the ones gone fail alone).
-    if delete(&keys, &is_closing).is_err() {
-        for k in &keys {
-            let _ = delete(std::slice::from_ref(k), &is_closing);
+    if delete(&keys, &closing_of(&keys)).is_err() {
+        for k in keys.chunks(1) {
+            let _ = delete(k, &closing_of(k));
         }
     }
     Ok(keys.len())
 }
 
-/// Deletes `keys` from the flow map, and those `is_closing` names from the closing set, in
-/// one batch.
-fn delete(keys: &[[u8; 16]], is_closing: &dyn Fn(&[u8; 16]) -> bool) -> Result<(), NftError> {
+/// Deletes `flows` from the flow map and `closing` from the closing set, in one batch.
+fn delete(flows: &[[u8; 16]], closing: &[[u8; 16]]) -> Result<(), NftError> {
     let name = table_name();
     let table = Table::new(&name, ProtoFamily::NetDev);
-    let mut map: Set<FlowMapKey> = Set::new_named(c"dr_flows", 0, &table, ProtoFamily::NetDev);
-    let mut closing: Set<FlowMapKey> =
-        Set::new_named(c"dr_closing", 0, &table, ProtoFamily::NetDev);
-    let mut closing_keys = 0;
-    for k in keys {
-        map.add(&FlowMapKey(*k));
-        if is_closing(k) {
-            closing.add(&FlowMapKey(*k));
-            closing_keys += 1;
-        }
-    }
+    let sets: Vec<Set<FlowMapKey>> = [(c"dr_flows", flows), (c"dr_closing", closing)]
+        .into_iter()
+        .filter(|(_, keys)| !keys.is_empty())
+        .map(|(set_name, keys)| {
+            let mut set = Set::new_named(set_name, 0, &table, ProtoFamily::NetDev);
+            for k in keys {
+                set.add(&FlowMapKey(*k));
+            }
+            set
+        })
+        .collect();
     let mut batch = Batch::new();
-    for m in map.elems_iter() {
-        batch.add(&m, MsgType::Del);
-    }
-    if closing_keys > 0 {
-        for m in closing.elems_iter() {
+    for set in &sets {
+        for m in set.elems_iter() {
             batch.add(&m, MsgType::Del);
         }
     }
